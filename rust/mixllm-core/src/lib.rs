@@ -1,0 +1,1 @@
+//! mixllm's decision core.
