@@ -1,1 +1,25 @@
-//! mixllm's decision core.
+//! mixllm's decision core: per-model LinUCB state with Sherman–Morrison updates, ridge quality
+//! and output-length predictors, latency-aware scoring, a live pool that models join and leave,
+//! and persistence. Pure Rust, no Python: the binding crate wraps [`Policy`].
+//!
+//! See `policy` for the concurrency design and `scoring` for the decision rule.
+
+// `multiversion` expands to `unsafe` dispatch code inside `kernels`; everything else is safe.
+#![deny(unsafe_code)]
+
+pub mod arm;
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod live;
+pub mod persist;
+pub mod policy;
+pub mod profile;
+pub mod scoring;
+
+pub use arm::{ArmLedger, ArmStats, Observation};
+pub use config::PolicyConfig;
+pub use error::{Error, Result};
+pub use policy::{ArmReport, Decision, PerRow, Policy};
+pub use profile::{ModelProfile, Priors};
+pub use scoring::Assessment;

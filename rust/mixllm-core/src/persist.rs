@@ -1,0 +1,353 @@
+//! Saving and loading a whole policy.
+//!
+//! Format (little-endian), version 1:
+//!
+//! ```text
+//! magic   8 bytes  "MIXLLMP\0"
+//! version u32
+//! length  u64      payload bytes
+//! payload          config, then each model (name, profile, priors, snapshot, ledger, live stats)
+//! crc32   u32      of everything before it
+//! ```
+//!
+//! No pickle, no code runs on load: every field is read with bounds checks and validated as if it
+//! came from a caller. A save writes a temporary file beside the target, syncs it, and renames it
+//! over the target, so a crash leaves either the old file or the new one, never a torn one.
+//! Requests in flight are not saved (they belong to the process that made them).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::arm::{ArmLedger, ArmStats};
+use crate::config::PolicyConfig;
+use crate::error::{Error, Result};
+use crate::kernels::packed_len;
+use crate::live::LiveStats;
+use crate::policy::{report_of, ArmSlot, Policy};
+use crate::profile::{ModelProfile, Priors};
+
+const MAGIC: &[u8; 8] = b"MIXLLMP\0";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8;
+const MAX_NAME_LEN: usize = 4096;
+
+/// Serialises the policy. Each model's snapshot and ledger are read under its writer lock, so
+/// they are consistent; decisions are not blocked.
+pub fn to_bytes(policy: &Policy) -> Vec<u8> {
+    let mut out = Encoder::default();
+    let c = policy.config();
+    out.u64(c.dim as u64);
+    for v in [c.alpha, c.beta, c.ridge, c.tau_s] {
+        out.f64(v);
+    }
+    out.u64(c.refactor_every);
+    out.f64(c.service_time_smoothing);
+    let slots = policy.slots();
+    out.u64(slots.len() as u64);
+    for slot in &slots {
+        let r = report_of(slot);
+        out.bytes(r.name.as_bytes());
+        let p = &r.profile;
+        for v in [p.price_in, p.price_out, p.fee, p.ttft_s, p.tokens_per_s] {
+            out.f64(v);
+        }
+        out.u64(u64::from(p.concurrency));
+        out.f64(r.priors.quality);
+        out.f64(r.priors.output_tokens);
+        out.u64(r.stats.observations);
+        out.f64(r.stats.weight_sum);
+        out.f64s(&r.stats.a_inv);
+        out.f64s(&r.stats.theta_quality);
+        out.f64s(&r.stats.theta_log_length);
+        out.f64s(&r.ledger.a);
+        out.f64s(&r.ledger.b_quality);
+        out.f64s(&r.ledger.b_log_length);
+        out.u64(r.ledger.updates_since_refactor);
+        out.f64(r.mean_service_s.unwrap_or(f64::NAN));
+        out.u64(r.completed);
+    }
+    let payload = out.buf;
+    let mut file = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&VERSION.to_le_bytes());
+    file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    file.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    file
+}
+
+/// Parses a saved policy. `expected_dim`, when given, must match the file's.
+pub fn from_bytes(
+    bytes: &[u8],
+    expected_dim: Option<usize>,
+) -> std::result::Result<Policy, String> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a mixllm policy file (bad magic bytes)".to_string());
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err("truncated header".to_string());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(format!(
+            "format version {version} is not supported (this build reads version {VERSION})"
+        ));
+    }
+    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let expected_total = (HEADER_LEN as u64)
+        .checked_add(payload_len)
+        .and_then(|n| n.checked_add(4));
+    if expected_total != Some(bytes.len() as u64) {
+        return Err(format!(
+            "truncated or padded: the header announces {payload_len} payload bytes, the file has \
+             {} bytes in all",
+            bytes.len()
+        ));
+    }
+    let body_end = bytes.len() - 4;
+    let stored_crc = u32::from_le_bytes(bytes[body_end..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[..body_end]) != stored_crc {
+        return Err("checksum mismatch: the file is corrupt".to_string());
+    }
+    let mut d = Decoder {
+        buf: &bytes[HEADER_LEN..body_end],
+    };
+    let dim = usize::try_from(d.u64()?).map_err(|_| "dimension out of range".to_string())?;
+    let mut config = PolicyConfig::new(dim);
+    config.alpha = d.f64()?;
+    config.beta = d.f64()?;
+    config.ridge = d.f64()?;
+    config.tau_s = d.f64()?;
+    config.refactor_every = d.u64()?;
+    config.service_time_smoothing = d.f64()?;
+    config
+        .validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    if let Some(expected) = expected_dim {
+        if expected != dim {
+            return Err(format!(
+                "the file holds a policy of dimension {dim}, expected {expected}"
+            ));
+        }
+    }
+    let n_models = d.u64()?;
+    let mut slots: Vec<Arc<ArmSlot>> = Vec::new();
+    for model in 0..n_models {
+        let slot = read_slot(&mut d, &config).map_err(|e| format!("model #{model}: {e}"))?;
+        if slots.iter().any(|s| s.name == slot.name) {
+            return Err(format!("model {:?} appears twice", slot.name));
+        }
+        slots.push(Arc::new(slot));
+    }
+    if !d.buf.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the last model",
+            d.buf.len()
+        ));
+    }
+    Ok(Policy::from_parts(config, slots))
+}
+
+fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<ArmSlot, String> {
+    let dim = config.dim;
+    let name_bytes = d.bytes(MAX_NAME_LEN)?;
+    let name =
+        std::str::from_utf8(name_bytes).map_err(|_| "model name is not UTF-8".to_string())?;
+    if name.is_empty() {
+        return Err("empty model name".to_string());
+    }
+    let profile = ModelProfile {
+        price_in: d.f64()?,
+        price_out: d.f64()?,
+        fee: d.f64()?,
+        ttft_s: d.f64()?,
+        tokens_per_s: d.f64()?,
+        concurrency: u32::try_from(d.u64()?).map_err(|_| "concurrency out of range".to_string())?,
+    };
+    profile.validate().map_err(|e| format!("{name:?}: {e}"))?;
+    let priors = Priors {
+        quality: d.f64()?,
+        output_tokens: d.f64()?,
+    };
+    priors.validate().map_err(|e| format!("{name:?}: {e}"))?;
+    let stats = ArmStats {
+        observations: d.u64()?,
+        weight_sum: d.finite("weight_sum")?,
+        a_inv: d.finite_f64s("A inverse", packed_len(dim))?,
+        theta_quality: d.finite_f64s("quality head", dim)?,
+        theta_log_length: d.finite_f64s("length head", dim)?,
+    };
+    let ledger = ArmLedger {
+        a: d.finite_f64s("A", packed_len(dim))?,
+        b_quality: d.finite_f64s("quality targets", dim)?,
+        b_log_length: d.finite_f64s("length targets", dim)?,
+        updates_since_refactor: d.u64()?,
+    };
+    let mean_service = d.f64()?;
+    let mean_service_s = if mean_service.is_nan() {
+        None
+    } else if mean_service.is_finite() && mean_service >= 0.0 {
+        Some(mean_service)
+    } else {
+        return Err(format!(
+            "{name:?}: invalid mean service time {mean_service}"
+        ));
+    };
+    let completed = d.u64()?;
+    Ok(ArmSlot {
+        name: Arc::from(name),
+        priors,
+        profile: ArcSwap::from_pointee(profile),
+        stats: ArcSwap::from_pointee(stats),
+        ledger: Mutex::new(ledger),
+        live: LiveStats::restored(mean_service_s, completed),
+    })
+}
+
+/// Writes the policy to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+pub fn save(policy: &Policy, path: &Path) -> Result<()> {
+    let bytes = to_bytes(policy);
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io {
+            action,
+            path: p,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidValue(format!("{} is not a file path", path.display())))?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(format!(".tmp-{}-{}", std::process::id(), unique_suffix()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
+        f.write_all(&bytes).map_err(io("cannot write", &tmp))?;
+        f.sync_all().map_err(io("cannot sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io("cannot rename into place", path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
+    // Make the rename itself durable; not every filesystem allows syncing a folder.
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads a policy saved by [`save`].
+pub fn load(path: &Path, expected_dim: Option<usize>) -> Result<Policy> {
+    let bytes = fs::read(path).map_err(|source| Error::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_bytes(&bytes, expected_dim).map_err(|reason| Error::StateFile {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+#[derive(Default)]
+struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64s(&mut self, vs: &[f64]) {
+        self.u64(vs.len() as u64);
+        for v in vs {
+            self.f64(*v);
+        }
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+}
+
+struct Decoder<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        if self.buf.len() < n {
+            return Err("unexpected end of data".to_string());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn f64(&mut self) -> std::result::Result<f64, String> {
+        Ok(f64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn finite(&mut self, what: &str) -> std::result::Result<f64, String> {
+        let v = self.f64()?;
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(format!("{what} is not finite"))
+        }
+    }
+    fn finite_f64s(
+        &mut self,
+        what: &str,
+        expected: usize,
+    ) -> std::result::Result<Vec<f64>, String> {
+        let len = self.u64()?;
+        if len != expected as u64 {
+            return Err(format!("{what} has {len} values, expected {expected}"));
+        }
+        let raw = self.take(expected * 8)?;
+        let values: Vec<f64> = raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(format!("{what} holds non-finite values"));
+        }
+        Ok(values)
+    }
+    fn bytes(&mut self, max: usize) -> std::result::Result<&'a [u8], String> {
+        let len = self.u64()?;
+        if len > max as u64 {
+            return Err(format!(
+                "a name of {len} bytes is longer than the limit of {max}"
+            ));
+        }
+        self.take(len as usize)
+    }
+}

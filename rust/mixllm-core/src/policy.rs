@@ -1,0 +1,489 @@
+//! The live pool of arms and the operations on it.
+//!
+//! Concurrency design: readers never wait for writers.
+//! - The pool (which models exist, in which order) is an immutable [`Pool`] behind an
+//!   [`ArcSwap`]; adding or removing a model builds a new pool under `pool_lock` and publishes it.
+//! - Each model's learned statistics are an immutable [`ArmStats`] behind its own `ArcSwap`. An
+//!   update takes that model's ledger mutex (so updates to one model are serialised and none is
+//!   lost), builds the next snapshot from the current one and publishes it with one atomic store.
+//!   A decision loads each snapshot wait-free and so sees every model either before or after an
+//!   update, never half of one. Updates to different models proceed in parallel.
+//! - Requests in flight and service times are atomics ([`LiveStats`]).
+//!
+//! A decision holds at most two snapshot guards at a time (the pool and one arm), staying within
+//! arc-swap's fast per-thread debt slots.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::arm::{self, ArmLedger, ArmStats, Observation};
+use crate::config::PolicyConfig;
+use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
+use crate::live::LiveStats;
+use crate::profile::{ModelProfile, Priors};
+use crate::scoring::{assess, choose, ArmView, Assessment};
+
+/// Inputs larger than this in magnitude are rejected: their squares would overflow A.
+const MAX_MAGNITUDE: f64 = 1e100;
+
+/// One model in the pool.
+#[derive(Debug)]
+pub(crate) struct ArmSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) priors: Priors,
+    pub(crate) profile: ArcSwap<ModelProfile>,
+    pub(crate) stats: ArcSwap<ArmStats>,
+    /// The writer lock of this arm, guarding the exact statistics behind `stats`.
+    pub(crate) ledger: Mutex<ArmLedger>,
+    pub(crate) live: LiveStats,
+}
+
+/// An immutable list of the models, in the order decisions report them.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    pub(crate) slots: Vec<Arc<ArmSlot>>,
+    names: Arc<[Arc<str>]>,
+    index: HashMap<Arc<str>, usize>,
+}
+
+impl Pool {
+    pub(crate) fn new(slots: Vec<Arc<ArmSlot>>) -> Self {
+        let names: Arc<[Arc<str>]> = slots.iter().map(|s| s.name.clone()).collect();
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Self {
+            slots,
+            names,
+            index,
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<&Arc<ArmSlot>> {
+        self.index
+            .get(name)
+            .map(|&i| &self.slots[i])
+            .ok_or_else(|| Error::UnknownModel(name.to_string()))
+    }
+}
+
+/// The outcome of one decision: the chosen model and, per model, why.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Position of the chosen model in `models`.
+    pub index: usize,
+    /// The pool at the time of the decision.
+    pub models: Arc<[Arc<str>]>,
+    /// One assessment per model, in pool order.
+    pub assessments: Vec<Assessment>,
+}
+
+impl Decision {
+    pub fn model(&self) -> &str {
+        &self.models[self.index]
+    }
+}
+
+/// Everything known about one arm, copied out for inspection and persistence.
+#[derive(Debug, Clone)]
+pub struct ArmReport {
+    pub name: Arc<str>,
+    pub profile: ModelProfile,
+    pub priors: Priors,
+    pub stats: Arc<ArmStats>,
+    pub ledger: ArmLedger,
+    pub in_flight: u64,
+    pub mean_service_s: Option<f64>,
+    pub completed: u64,
+}
+
+/// Per-row or shared value of a batch argument.
+#[derive(Debug, Clone, Copy)]
+pub enum PerRow<'a> {
+    Same(f64),
+    Each(&'a [f64]),
+}
+
+impl PerRow<'_> {
+    #[inline]
+    fn at(&self, row: usize) -> f64 {
+        match self {
+            PerRow::Same(v) => *v,
+            PerRow::Each(vs) => vs[row],
+        }
+    }
+
+    fn values(&self) -> &[f64] {
+        match self {
+            PerRow::Same(v) => std::slice::from_ref(v),
+            PerRow::Each(vs) => vs,
+        }
+    }
+}
+
+/// The router's decision core: a live pool of arms with a LinUCB-style decision rule.
+#[derive(Debug)]
+pub struct Policy {
+    config: PolicyConfig,
+    pool: ArcSwap<Pool>,
+    pool_lock: Mutex<()>,
+}
+
+impl Policy {
+    pub fn new(config: PolicyConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            pool: ArcSwap::from_pointee(Pool::default()),
+            pool_lock: Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn from_parts(config: PolicyConfig, slots: Vec<Arc<ArmSlot>>) -> Self {
+        Self {
+            config,
+            pool: ArcSwap::from_pointee(Pool::new(slots)),
+            pool_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Names of the models, in decision order.
+    pub fn models(&self) -> Arc<[Arc<str>]> {
+        self.pool.load().names.clone()
+    }
+
+    pub(crate) fn slots(&self) -> Vec<Arc<ArmSlot>> {
+        self.pool.load().slots.clone()
+    }
+
+    /// Adds a model with a fresh arm (A = ridge·I, heads at the priors).
+    pub fn add_model(&self, name: &str, profile: ModelProfile, priors: Priors) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::InvalidValue(
+                "model name must not be empty".to_string(),
+            ));
+        }
+        profile.validate()?;
+        priors.validate()?;
+        let dim = self.config.dim;
+        let slot = Arc::new(ArmSlot {
+            name: Arc::from(name),
+            priors,
+            profile: ArcSwap::from_pointee(profile),
+            stats: ArcSwap::from_pointee(ArmStats::prior(dim, self.config.ridge)),
+            ledger: Mutex::new(ArmLedger::prior(dim, self.config.ridge)),
+            live: LiveStats::default(),
+        });
+        let _guard = self.pool_lock.lock();
+        let current = self.pool.load();
+        if current.index.contains_key(name) {
+            return Err(Error::DuplicateModel(name.to_string()));
+        }
+        let mut slots = current.slots.clone();
+        slots.push(slot);
+        self.pool.store(Arc::new(Pool::new(slots)));
+        Ok(())
+    }
+
+    /// Removes a model. Decisions already made keep their names; later feedback for the model
+    /// is rejected with [`Error::UnknownModel`] and touches nothing else.
+    pub fn remove_model(&self, name: &str) -> Result<()> {
+        let _guard = self.pool_lock.lock();
+        let current = self.pool.load();
+        let position = *current
+            .index
+            .get(name)
+            .ok_or_else(|| Error::UnknownModel(name.to_string()))?;
+        let mut slots = current.slots.clone();
+        slots.remove(position);
+        self.pool.store(Arc::new(Pool::new(slots)));
+        Ok(())
+    }
+
+    pub fn profile(&self, name: &str) -> Result<ModelProfile> {
+        Ok(**self.pool.load().get(name)?.profile.load())
+    }
+
+    /// Changes a model's profile; `change` edits a copy, which is validated before it is
+    /// published. Serialised with that model's other writers.
+    pub fn update_profile(&self, name: &str, change: impl FnOnce(&mut ModelProfile)) -> Result<()> {
+        let slot = self.pool.load().get(name)?.clone();
+        let _writer = slot.ledger.lock();
+        let mut profile = **slot.profile.load();
+        change(&mut profile);
+        profile.validate()?;
+        slot.profile.store(Arc::new(profile));
+        Ok(())
+    }
+
+    fn check_context(&self, what: &str, x: &[f64]) -> Result<()> {
+        ensure_len(what, x, self.config.dim)?;
+        ensure_all_finite(what, x)?;
+        if let Some(i) = x.iter().position(|v| v.abs() > MAX_MAGNITUDE) {
+            return Err(Error::InvalidValue(format!(
+                "{what}[{i}] = {} is too large (|value| must be <= {MAX_MAGNITUDE:e})",
+                x[i]
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_decision_args(prompt_tokens: &[f64], willingness_to_pay: &[f64]) -> Result<()> {
+        for &p in prompt_tokens {
+            ensure_finite("prompt_tokens", p)?;
+            if p < 0.0 {
+                return Err(Error::InvalidValue(format!(
+                    "prompt_tokens must be >= 0, got {p}"
+                )));
+            }
+        }
+        for &w in willingness_to_pay {
+            if w.is_nan() || w <= 0.0 {
+                return Err(Error::InvalidValue(format!(
+                    "willingness_to_pay must be > 0 (quality points per USD; inf ignores cost), \
+                     got {w}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks a model for context `x`.
+    pub fn decide(
+        &self,
+        x: &[f64],
+        prompt_tokens: f64,
+        willingness_to_pay: f64,
+    ) -> Result<Decision> {
+        self.check_context("x", x)?;
+        Self::check_decision_args(&[prompt_tokens], &[willingness_to_pay])?;
+        let pool = self.pool.load();
+        let assessments: Vec<Assessment> = pool
+            .slots
+            .iter()
+            .map(|slot| {
+                let stats = slot.stats.load();
+                let profile = slot.profile.load();
+                let view = ArmView {
+                    stats: &stats,
+                    profile: &profile,
+                    priors: &slot.priors,
+                    live: &slot.live,
+                };
+                assess(&self.config, &view, x, prompt_tokens, willingness_to_pay)
+            })
+            .collect();
+        let index = choose(&assessments).ok_or(Error::EmptyPool)?;
+        Ok(Decision {
+            index,
+            models: pool.names.clone(),
+            assessments,
+        })
+    }
+
+    /// Picks a model for each row of `xs` (row-major, `dim` columns) into `out`; returns the pool
+    /// the indices refer to. All arms are read from one snapshot taken at the start.
+    pub fn decide_batch(
+        &self,
+        xs: &[f64],
+        prompt_tokens: PerRow<'_>,
+        willingness_to_pay: PerRow<'_>,
+        out: &mut [usize],
+    ) -> Result<Arc<[Arc<str>]>> {
+        let dim = self.config.dim;
+        if xs.len() != out.len() * dim {
+            return Err(Error::Dimension {
+                what: "X".to_string(),
+                expected: format!("{} values ({} rows × {dim})", out.len() * dim, out.len()),
+                got: format!("{} values", xs.len()),
+            });
+        }
+        for (name, arg) in [
+            ("prompt_tokens", &prompt_tokens),
+            ("willingness_to_pay", &willingness_to_pay),
+        ] {
+            if let PerRow::Each(values) = arg {
+                if values.len() != out.len() {
+                    return Err(Error::Dimension {
+                        what: name.to_string(),
+                        expected: format!("one value per row ({})", out.len()),
+                        got: format!("{} values", values.len()),
+                    });
+                }
+            }
+        }
+        for (row, x) in xs.chunks_exact(dim).enumerate() {
+            self.check_context(&format!("X row {row}"), x)?;
+        }
+        Self::check_decision_args(prompt_tokens.values(), willingness_to_pay.values())?;
+
+        let pool = self.pool.load_full();
+        if pool.slots.is_empty() {
+            return Err(Error::EmptyPool);
+        }
+        let arms: Vec<(Arc<ArmStats>, Arc<ModelProfile>)> = pool
+            .slots
+            .iter()
+            .map(|s| (s.stats.load_full(), s.profile.load_full()))
+            .collect();
+        let mut assessments = Vec::with_capacity(arms.len());
+        for (row, (x, chosen)) in xs.chunks_exact(dim).zip(out.iter_mut()).enumerate() {
+            assessments.clear();
+            let (p, w) = (prompt_tokens.at(row), willingness_to_pay.at(row));
+            for (slot, (stats, profile)) in pool.slots.iter().zip(&arms) {
+                let view = ArmView {
+                    stats,
+                    profile,
+                    priors: &slot.priors,
+                    live: &slot.live,
+                };
+                assessments.push(assess(&self.config, &view, x, p, w));
+            }
+            *chosen = choose(&assessments).ok_or(Error::EmptyPool)?;
+        }
+        Ok(pool.names.clone())
+    }
+
+    fn check_observation(&self, obs: &Observation<'_>) -> Result<()> {
+        self.check_context("x", obs.x)?;
+        ensure_finite("quality", obs.quality)?;
+        if obs.quality.abs() > MAX_MAGNITUDE {
+            return Err(Error::InvalidValue(format!(
+                "quality {} is too large",
+                obs.quality
+            )));
+        }
+        if let Some(tokens) = obs.output_tokens {
+            ensure_finite("output_tokens", tokens)?;
+            if tokens < 0.0 {
+                return Err(Error::InvalidValue(format!(
+                    "output_tokens must be >= 0, got {tokens}"
+                )));
+            }
+        }
+        ensure_finite("weight", obs.weight)?;
+        if !(obs.weight > 0.0 && obs.weight <= MAX_MAGNITUDE) {
+            return Err(Error::InvalidValue(format!(
+                "weight must be > 0, got {}",
+                obs.weight
+            )));
+        }
+        Ok(())
+    }
+
+    /// Learns one observation of model `name` (rank-1 update). A rejected call changes nothing.
+    pub fn update(&self, name: &str, obs: &Observation<'_>) -> Result<()> {
+        self.check_observation(obs)?;
+        let slot = self.pool.load().get(name)?.clone();
+        let mut ledger = slot.ledger.lock();
+        let current = slot.stats.load_full();
+        let next = arm::learn(
+            &current,
+            &mut ledger,
+            &slot.priors,
+            obs,
+            self.config.refactor_every,
+        )?;
+        slot.stats.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `xs`).
+    pub fn fit(
+        &self,
+        name: &str,
+        xs: &[f64],
+        quality: &[f64],
+        output_tokens: Option<&[f64]>,
+        weights: Option<&[f64]>,
+    ) -> Result<()> {
+        let dim = self.config.dim;
+        let n = quality.len();
+        if xs.len() != n * dim {
+            return Err(Error::Dimension {
+                what: "X".to_string(),
+                expected: format!("{} values ({n} rows × {dim}, one row per quality)", n * dim),
+                got: format!("{} values", xs.len()),
+            });
+        }
+        for (row, x) in xs.chunks_exact(dim).enumerate() {
+            self.check_context(&format!("X row {row}"), x)?;
+        }
+        ensure_all_finite("quality", quality)?;
+        if let Some(tokens) = output_tokens {
+            ensure_len("output_tokens", tokens, n)?;
+            ensure_all_finite("output_tokens", tokens)?;
+            if let Some(t) = tokens.iter().find(|t| **t < 0.0) {
+                return Err(Error::InvalidValue(format!(
+                    "output_tokens must be >= 0, got {t}"
+                )));
+            }
+        }
+        if let Some(ws) = weights {
+            ensure_len("weights", ws, n)?;
+            ensure_all_finite("weights", ws)?;
+            if let Some(w) = ws.iter().find(|w| **w < 0.0) {
+                return Err(Error::InvalidValue(format!(
+                    "weights must be >= 0, got {w}"
+                )));
+            }
+        }
+        let slot = self.pool.load().get(name)?.clone();
+        let (ledger, stats) = arm::fit(
+            dim,
+            self.config.ridge,
+            &slot.priors,
+            xs,
+            quality,
+            output_tokens,
+            weights,
+        )?;
+        let mut current = slot.ledger.lock();
+        *current = ledger;
+        slot.stats.store(Arc::new(stats));
+        Ok(())
+    }
+
+    /// A request was sent to model `name`.
+    pub fn begin(&self, name: &str) -> Result<()> {
+        self.pool.load().get(name)?.live.begin();
+        Ok(())
+    }
+
+    /// A request to model `name` finished after `latency_s` seconds.
+    pub fn end(&self, name: &str, latency_s: f64) -> Result<()> {
+        let slot = self.pool.load().get(name)?.clone();
+        slot.live
+            .end(name, latency_s, self.config.service_time_smoothing)
+    }
+
+    /// A consistent copy of everything known about model `name`.
+    pub fn report(&self, name: &str) -> Result<ArmReport> {
+        let slot = self.pool.load().get(name)?.clone();
+        Ok(report_of(&slot))
+    }
+}
+
+pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
+    // Holding the writer lock makes the ledger and the snapshot belong to the same update.
+    let ledger = slot.ledger.lock();
+    ArmReport {
+        name: slot.name.clone(),
+        profile: **slot.profile.load(),
+        priors: slot.priors,
+        stats: slot.stats.load_full(),
+        ledger: ledger.clone(),
+        in_flight: slot.live.in_flight(),
+        mean_service_s: slot.live.mean_service_s(),
+        completed: slot.live.completed(),
+    }
+}

@@ -1,0 +1,138 @@
+//! The decision rule of method.md section 3, for one query against one model:
+//!
+//! ```text
+//! s = q̂ − ĉ/λ + α·sqrt(xᵀA⁻¹x) − β·(exp(L/τ) − 1)
+//! ```
+//!
+//! λ (willingness to pay) is in quality points per USD: paying one more dollar is worth it when
+//! it buys λ more points of expected quality (quality is on the scale the caller feeds back,
+//! typically 0..1). `λ = ∞` ignores cost. A model whose predicted latency L exceeds τ is excluded;
+//! when every model is, the fastest is chosen.
+
+use crate::arm::ArmStats;
+use crate::config::PolicyConfig;
+use crate::kernels::quad_form_packed;
+use crate::live::LiveStats;
+use crate::profile::{ModelProfile, Priors};
+
+/// What the policy predicts for one model on one query, and the resulting score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessment {
+    /// Predicted quality q̂.
+    pub quality: f64,
+    /// Predicted output tokens ô.
+    pub output_tokens: f64,
+    /// Predicted cost ĉ in USD.
+    pub cost_usd: f64,
+    /// Predicted latency L in seconds: queue wait + time to first token + ô / tokens per second.
+    pub latency_s: f64,
+    /// LinUCB confidence width sqrt(xᵀA⁻¹x).
+    pub uncertainty: f64,
+    /// Latency penalty exp(L/τ) − 1.
+    pub penalty: f64,
+    /// The score s; the decision takes the best admissible one.
+    pub score: f64,
+    /// Whether L > τ took the model out of the running.
+    pub excluded: bool,
+}
+
+/// Everything a decision reads about one model, borrowed from a consistent snapshot.
+pub struct ArmView<'a> {
+    pub stats: &'a ArmStats,
+    pub profile: &'a ModelProfile,
+    pub priors: &'a Priors,
+    pub live: &'a LiveStats,
+}
+
+/// Scores one model for context `x` (validated by the caller).
+#[inline]
+pub fn assess(
+    config: &PolicyConfig,
+    arm: &ArmView<'_>,
+    x: &[f64],
+    prompt_tokens: f64,
+    willingness_to_pay: f64,
+) -> Assessment {
+    let quality = arm.stats.predict_quality(arm.priors, x);
+    let output_tokens = arm.stats.predict_output_tokens(arm.priors, x);
+    let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
+    let uncertainty = quad_form_packed(&arm.stats.a_inv, x).max(0.0).sqrt();
+    let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
+    let latency_s = arm.live.predicted_wait_s(arm.profile, service_s) + service_s;
+    let penalty = (latency_s / config.tau_s).exp_m1();
+    let score = quality - cost_usd / willingness_to_pay + config.alpha * uncertainty
+        - config.beta * penalty;
+    Assessment {
+        quality,
+        output_tokens,
+        cost_usd,
+        latency_s,
+        uncertainty,
+        penalty,
+        score,
+        excluded: latency_s > config.tau_s,
+    }
+}
+
+/// Index of the chosen model: the best score among admissible models (ties go to the earlier
+/// model), or the smallest latency when none is admissible. `None` only for an empty slice.
+pub fn choose(assessments: &[Assessment]) -> Option<usize> {
+    let best_admissible = assessments
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.excluded)
+        .fold(None::<(usize, f64)>, |best, (i, a)| match best {
+            Some((_, s)) if s >= a.score => best,
+            _ => Some((i, a.score)),
+        });
+    if let Some((i, _)) = best_admissible {
+        return Some(i);
+    }
+    assessments
+        .iter()
+        .enumerate()
+        .fold(None::<(usize, f64)>, |best, (i, a)| match best {
+            Some((_, l)) if l <= a.latency_s => best,
+            _ => Some((i, a.latency_s)),
+        })
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(score: f64, latency_s: f64, excluded: bool) -> Assessment {
+        Assessment {
+            quality: 0.0,
+            output_tokens: 0.0,
+            cost_usd: 0.0,
+            latency_s,
+            uncertainty: 0.0,
+            penalty: 0.0,
+            score,
+            excluded,
+        }
+    }
+
+    #[test]
+    fn best_admissible_wins_and_ties_go_first() {
+        let a = [
+            scored(0.5, 1.0, false),
+            scored(0.9, 1.0, true),
+            scored(0.5, 1.0, false),
+        ];
+        assert_eq!(choose(&a), Some(0));
+    }
+
+    #[test]
+    fn all_excluded_takes_the_fastest() {
+        let a = [
+            scored(0.5, 40.0, true),
+            scored(0.1, 35.0, true),
+            scored(0.9, 50.0, true),
+        ];
+        assert_eq!(choose(&a), Some(1));
+        assert_eq!(choose(&[]), None);
+    }
+}
