@@ -1,0 +1,292 @@
+"""Sentence vectors for queries: all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch.
+
+``Embedder().embed(texts)`` returns a float32 array (n, 384): the encoder's last hidden states
+mean-pooled over the real tokens (the attention mask) and L2-normalised, the recipe
+sentence-transformers uses for this model.
+
+How a batch runs:
+
+* Texts are tokenised without padding and truncated at ``max_tokens`` (256 by default; BERT
+  itself accepts 512). The shipped tokenizer file pads every input to 128 tokens, which makes a
+  short query ~5x slower for the same vector; that setting is switched off here. A text longer
+  than ``64 * max_tokens`` characters is cut before tokenising (it cannot produce more tokens
+  than that in practice, and tokenising megabytes would be wasted work).
+* Texts are sorted by token count and cut into micro-batches of ``batch_size``, each padded
+  only to its own longest member, so a long prompt does not make a hundred short ones pay for
+  its padding. Results come back in input order.
+* One ONNX Runtime session per (model file, thread count) is shared by every Embedder in the
+  process; ``InferenceSession.run`` is thread-safe. ``intra_op_threads`` defaults to 1: a router
+  embeds one short query at a time, where more threads cost more in handoff than they save.
+* An LRU cache maps the exact text to its vector (``cache_size`` entries, 0 disables it).
+  Cached rows are copied into each result, so callers can never modify the cache.
+
+``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
+:func:`mixllm.model_files.int8_model_path`): about 3x faster on one short query, cosine
+~0.99 against the float vectors (docs/query-understanding.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm import model_files
+from mixllm.errors import EmbeddingError, ModelFileError
+
+if TYPE_CHECKING:
+    import onnxruntime  # type: ignore[import-untyped]
+
+__all__ = ["Embedder"]
+
+_CHARS_PER_TOKEN_BOUND = 64
+
+
+class _LruCache:
+    """A thread-safe LRU map from text to a read-only float32 vector."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> NDArray[np.float32] | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: NDArray[np.float32]) -> None:
+        if self.capacity <= 0:
+            return
+        value.flags.writeable = False
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_session_lock = threading.Lock()
+_sessions: dict[tuple[str, str, int], onnxruntime.InferenceSession] = {}
+
+
+def _shared_session(path: Path, sha256: str, threads: int) -> onnxruntime.InferenceSession:
+    """The process-wide ONNX Runtime session for a model file and intra-op thread count."""
+    import onnxruntime
+
+    key = (str(path.resolve()), sha256, threads)
+    with _session_lock:
+        session = _sessions.get(key)
+        if session is None:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                session = onnxruntime.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as err:  # ORT raises its own exception types for bad files
+                raise ModelFileError(f"ONNX Runtime cannot load {path}: {err}") from err
+            _sessions[key] = session
+        return session
+
+
+def _token_output(session: onnxruntime.InferenceSession) -> str:
+    """The name of the model's per-token hidden-state output."""
+    outputs = session.get_outputs()
+    by_name = {o.name: o for o in outputs}
+    for preferred in ("last_hidden_state", "token_embeddings"):
+        if preferred in by_name:
+            return preferred
+    for output in outputs:
+        if len(output.shape) == 3:
+            return str(output.name)
+    raise ModelFileError(
+        "the ONNX model has no per-token output of shape (batch, sequence, hidden): "
+        f"outputs are {[(o.name, o.shape) for o in outputs]}"
+    )
+
+
+class Embedder:
+    """Turns query texts into L2-normalised sentence vectors (float32, one row per text).
+
+    Args:
+        model_dir: a directory holding ``model.onnx`` and ``tokenizer.json`` to use instead
+            of the shipped all-MiniLM-L6-v2.
+        hf_repo: a Hugging Face repository to download the model from (needs
+            ``huggingface_hub``); ``hf_revision``, ``hf_model_file`` and ``hf_tokenizer_file``
+            pick what to fetch.
+        model_sha256: when set, the model file must have this sha256 (the shipped model is
+            always checked against its pinned hash).
+        quantized: run a per-channel dynamic int8 copy of the model, built on first use and
+            cached under ``int8_cache_dir`` (default ``$MIXLLM_CACHE`` or ``~/.cache/mixllm``).
+        intra_op_threads: ONNX Runtime threads per call (default 1).
+        cache_size: how many text -> vector entries to keep (0 disables the cache).
+        max_tokens: tokens kept per text, [CLS] and [SEP] included (longer texts are cut).
+        batch_size: texts per ONNX Runtime call after sorting by length.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        hf_repo: str | None = None,
+        hf_revision: str | None = None,
+        hf_model_file: str = "onnx/model.onnx",
+        hf_tokenizer_file: str = "tokenizer.json",
+        model_sha256: str | None = None,
+        quantized: bool = False,
+        int8_cache_dir: str | os.PathLike[str] | None = None,
+        intra_op_threads: int = 1,
+        cache_size: int = 4096,
+        max_tokens: int = 256,
+        batch_size: int = 32,
+    ) -> None:
+        if model_dir is not None and hf_repo is not None:
+            raise ValueError("give model_dir or hf_repo, not both")
+        if intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if not 3 <= max_tokens <= 512:
+            raise ValueError(f"max_tokens must be in 3..512 (BERT's limit), got {max_tokens}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if model_dir is not None:
+            files = model_files.directory_model(model_dir, model_sha256)
+        elif hf_repo is not None:
+            files = model_files.hub_model(
+                hf_repo,
+                revision=hf_revision,
+                model_file=hf_model_file,
+                tokenizer_file=hf_tokenizer_file,
+                model_sha256=model_sha256,
+            )
+        else:
+            files = model_files.shipped_model()
+        self.source = files
+        self.quantized = quantized
+        if quantized:
+            cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
+            run_path = model_files.int8_model_path(files, cache)
+            run_sha = model_files.file_sha256(run_path)
+        else:
+            run_path, run_sha = files.model, files.model_sha256
+        self.model_path = run_path
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
+        self._tokenizer = self._load_tokenizer(files.tokenizer, max_tokens)
+        self._session = _shared_session(run_path, run_sha, intra_op_threads)
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= self._input_names:
+            raise ModelFileError(
+                f"{run_path} takes inputs {sorted(self._input_names)}, "
+                "expected input_ids and attention_mask"
+            )
+        self._output = _token_output(self._session)
+        self._cache = _LruCache(cache_size)
+        self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
+
+    @staticmethod
+    def _load_tokenizer(path: Path, max_tokens: int) -> Any:
+        import tokenizers
+
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for bad files
+            raise ModelFileError(f"cannot read tokenizer {path}: {err}") from err
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_tokens)
+        return tokenizer
+
+    @property
+    def cache_len(self) -> int:
+        """How many texts the LRU cache holds now."""
+        return len(self._cache)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Vectors for ``texts`` as a new float32 array of shape (len(texts), dim).
+
+        Raises:
+            TypeError: ``texts`` is a bare string, or an element is not a ``str``.
+            EmbeddingError: ``texts`` is empty.
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a sequence of str, not a single string; use [text]")
+        items = list(texts)
+        if not items:
+            raise EmbeddingError("texts is empty: give at least one text")
+        for index, text in enumerate(items):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        for index, text in enumerate(items):
+            hit = self._cache.get(text)
+            if hit is None:
+                missing.setdefault(text, []).append(index)
+            else:
+                out[index] = hit
+        if missing:
+            unique = list(missing)
+            vectors = self._embed_uncached(unique)
+            for text, vector in zip(unique, vectors, strict=True):
+                out[missing[text]] = vector
+                self._cache.put(text, vector.copy())
+        return out
+
+    def embed_one(self, text: str) -> NDArray[np.float32]:
+        """The vector (dim,) of one text."""
+        vector: NDArray[np.float32] = self.embed([text])[0]
+        return vector
+
+    def _embed_uncached(self, texts: list[str]) -> NDArray[np.float32]:
+        clipped = [t if len(t) <= self._max_chars else t[: self._max_chars] for t in texts]
+        encodings = self._tokenizer.encode_batch(clipped, add_special_tokens=True)
+        ids = [list(e.ids) for e in encodings]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        result = np.empty((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            result[chunk] = self._run([ids[i] for i in chunk])
+        return result
+
+    def _run(self, ids: list[list[int]]) -> NDArray[np.float32]:
+        """Pooled, normalised vectors for token id lists, padded to the longest of them."""
+        width = max(len(row) for row in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = np.asarray(self._session.run([self._output], feeds)[0], dtype=np.float32)
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        vectors: NDArray[np.float32] = (pooled / norms).astype(np.float32)
+        return vectors
