@@ -1,1 +1,140 @@
+//! Criterion benchmarks of the decision core, K = 11 models as in RouterBench.
+//!
+//! `cargo bench -p mixllm-core`. Groups: a single decision and a single update at d = 64 and
+//! d = 384, a batch of decisions, and decisions while another thread applies updates to the same
+//! arms (the cost readers pay for the arc-swap design; compare with `decide/64`).
 
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mixllm_core::{ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const MODELS: usize = 11;
+
+fn unit_vector(rng: &mut StdRng, dim: usize) -> Vec<f64> {
+    let mut x: Vec<f64> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    x.iter_mut().for_each(|v| *v /= norm);
+    x
+}
+
+/// A pool of 11 models with some learned state, so A⁻¹ is dense.
+fn trained_policy(dim: usize, rng: &mut StdRng) -> Policy {
+    let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+    for m in 0..MODELS {
+        let profile = ModelProfile {
+            price_in: 0.1 * m as f64,
+            price_out: 0.3 * m as f64,
+            fee: 0.0,
+            ttft_s: 0.2 + 0.05 * m as f64,
+            tokens_per_s: 40.0 + 5.0 * m as f64,
+            concurrency: 8,
+        };
+        policy
+            .add_model(&format!("model-{m}"), profile, Priors::default())
+            .unwrap();
+        for _ in 0..200 {
+            let x = unit_vector(rng, dim);
+            let obs = Observation {
+                x: &x,
+                quality: rng.gen(),
+                output_tokens: Some(rng.gen_range(10.0..500.0)),
+                weight: 1.0,
+            };
+            policy.update(&format!("model-{m}"), &obs).unwrap();
+        }
+    }
+    policy
+}
+
+fn decide(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide");
+    for dim in [64, 384] {
+        let mut rng = StdRng::seed_from_u64(7);
+        let policy = trained_policy(dim, &mut rng);
+        let x = unit_vector(&mut rng, dim);
+        group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
+            b.iter(|| policy.decide(black_box(&x), 300.0, 1e4).unwrap().index)
+        });
+    }
+    group.finish();
+}
+
+fn update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("update");
+    for dim in [64, 384] {
+        let mut rng = StdRng::seed_from_u64(8);
+        let policy = trained_policy(dim, &mut rng);
+        let x = unit_vector(&mut rng, dim);
+        group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
+            b.iter(|| {
+                let obs = Observation {
+                    x: black_box(&x),
+                    quality: 0.7,
+                    output_tokens: Some(120.0),
+                    weight: 1.0,
+                };
+                policy.update("model-3", &obs).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn decide_batch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide_batch");
+    let dim = 64;
+    let rows = 4096;
+    let mut rng = StdRng::seed_from_u64(9);
+    let policy = trained_policy(dim, &mut rng);
+    let xs: Vec<f64> = (0..rows).flat_map(|_| unit_vector(&mut rng, dim)).collect();
+    let mut out = vec![0usize; rows];
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function(BenchmarkId::from_parameter(dim), |b| {
+        b.iter(|| {
+            policy
+                .decide_batch(&xs, PerRow::Same(300.0), PerRow::Same(1e4), &mut out)
+                .unwrap();
+        })
+    });
+    group.finish();
+}
+
+/// Decisions while a second thread updates the arms as fast as it can.
+fn decide_under_updates(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide_under_updates");
+    let dim = 64;
+    let mut rng = StdRng::seed_from_u64(10);
+    let policy = Arc::new(trained_policy(dim, &mut rng));
+    let x = unit_vector(&mut rng, dim);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (policy, stop) = (policy.clone(), stop.clone());
+        let x = unit_vector(&mut rng, dim);
+        std::thread::spawn(move || {
+            let mut m = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let obs = Observation {
+                    x: &x,
+                    quality: 0.5,
+                    output_tokens: None,
+                    weight: 1.0,
+                };
+                policy.update(&format!("model-{m}"), &obs).unwrap();
+                m = (m + 1) % MODELS;
+            }
+        })
+    };
+    group.bench_function(BenchmarkId::from_parameter(dim), |b| {
+        b.iter(|| policy.decide(black_box(&x), 300.0, 1e4).unwrap().index)
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    group.finish();
+}
+
+criterion_group!(benches, decide, update, decide_batch, decide_under_updates);
+criterion_main!(benches);

@@ -1,7 +1,18 @@
+//! Python bindings of the mixllm decision core (`mixllm._core`). Only conversion lives here: the
+//! math is in the `mixllm-core` crate.
+
+mod arrays;
+mod decision;
+mod errors;
+mod policy;
+
 use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    m.add_class::<policy::PyPolicy>()?;
+    m.add_class::<decision::PyDecision>()?;
     Ok(())
 }

@@ -1,0 +1,132 @@
+//! Copying numeric inputs out of Python objects, with errors that name the argument, the
+//! expected shape and what was passed. Inputs are copied so the GIL can be released afterwards.
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::errors::{dimension, input_type};
+
+fn describe_array(array: &Bound<'_, PyUntypedArray>) -> String {
+    format!(
+        "an array of dtype {} and shape {:?}",
+        array
+            .dtype()
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        array.shape()
+    )
+}
+
+fn type_name(ob: &Bound<'_, PyAny>) -> String {
+    ob.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// A 1-D float vector: a float64 or float32 numpy array, or a sequence of numbers.
+pub fn vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    if let Ok(array) = ob.cast::<PyArray1<f64>>() {
+        let view = array.try_readonly()?;
+        return Ok(match view.as_slice() {
+            Ok(slice) => slice.to_vec(),
+            Err(_) => view.as_array().iter().copied().collect(),
+        });
+    }
+    if let Ok(array) = ob.cast::<PyArray1<f32>>() {
+        let view = array.try_readonly()?;
+        return Ok(view.as_array().iter().map(|&v| f64::from(v)).collect());
+    }
+    if let Ok(array) = ob.cast::<PyUntypedArray>() {
+        return Err(if array.ndim() != 1 {
+            dimension(format!(
+                "{what} must be a 1-D array, got {}",
+                describe_array(array)
+            ))
+        } else {
+            input_type(format!(
+                "{what} must be float64 or float32, got {}",
+                describe_array(array)
+            ))
+        });
+    }
+    if ob.is_instance_of::<pyo3::types::PyString>() || ob.is_instance_of::<pyo3::types::PyBytes>() {
+        return Err(input_type(format!(
+            "{what} must be a 1-D array of floats, got {}",
+            type_name(ob)
+        )));
+    }
+    ob.extract::<Vec<f64>>().map_err(|_| {
+        input_type(format!(
+            "{what} must be a 1-D array of floats, got {}",
+            type_name(ob)
+        ))
+    })
+}
+
+/// A 2-D float matrix, row-major: a float64 or float32 numpy array or a sequence of rows.
+/// Returns the values and the number of rows.
+pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Vec<f64>, usize)> {
+    let (values, shape) = if let Ok(array) = ob.cast::<PyArray2<f64>>() {
+        let view = array.try_readonly()?;
+        let values = match view.as_slice() {
+            Ok(slice) => slice.to_vec(),
+            Err(_) => view.as_array().iter().copied().collect(),
+        };
+        (values, view.shape().to_vec())
+    } else if let Ok(array) = ob.cast::<PyArray2<f32>>() {
+        let view = array.try_readonly()?;
+        (
+            view.as_array().iter().map(|&v| f64::from(v)).collect(),
+            view.shape().to_vec(),
+        )
+    } else if let Ok(array) = ob.cast::<PyUntypedArray>() {
+        return Err(if array.ndim() != 2 {
+            dimension(format!(
+                "{what} must be a 2-D array (rows × {columns}), got {}",
+                describe_array(array)
+            ))
+        } else {
+            input_type(format!(
+                "{what} must be float64 or float32, got {}",
+                describe_array(array)
+            ))
+        });
+    } else {
+        let rows: Vec<Vec<f64>> = ob.extract().map_err(|_| {
+            input_type(format!(
+                "{what} must be a 2-D array of floats, got {}",
+                type_name(ob)
+            ))
+        })?;
+        if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != columns) {
+            return Err(dimension(format!(
+                "{what} row {i} has {} values, expected {columns}",
+                row.len()
+            )));
+        }
+        let n = rows.len();
+        (rows.into_iter().flatten().collect(), vec![n, columns])
+    };
+    if shape[1] != columns {
+        return Err(dimension(format!(
+            "{what} has shape ({}, {}), expected (rows, {columns})",
+            shape[0], shape[1]
+        )));
+    }
+    Ok((values, shape[0]))
+}
+
+/// One value for every row, or a 1-D array with one value per row.
+pub enum ScalarOrVector {
+    Scalar(f64),
+    Vector(Vec<f64>),
+}
+
+pub fn scalar_or_vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<ScalarOrVector> {
+    if let Ok(v) = ob.extract::<f64>() {
+        return Ok(ScalarOrVector::Scalar(v));
+    }
+    vector(ob, what).map(ScalarOrVector::Vector)
+}

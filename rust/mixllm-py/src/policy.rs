@@ -1,0 +1,422 @@
+//! `mixllm.Policy`: the decision core, shared across threads. Every call copies its inputs out of
+//! Python objects, releases the GIL for the work, and maps core errors on the way back.
+
+use std::path::PathBuf;
+
+use mixllm_core::kernels::unpack;
+use mixllm_core::{persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyType};
+
+use crate::arrays::{matrix, scalar_or_vector, vector, ScalarOrVector};
+use crate::decision::PyDecision;
+use crate::errors::{invalid_input, to_py};
+
+/// The router's decision core: a live pool of models ("arms"), each with a ridge quality head, a
+/// ridge log-length head and LinUCB statistics, and a latency-aware decision rule.
+#[pyclass(name = "Policy", module = "mixllm", frozen)]
+pub struct PyPolicy {
+    inner: Policy,
+}
+
+fn concurrency_from(value: i64) -> PyResult<u32> {
+    u32::try_from(value)
+        .ok()
+        .filter(|&c| c >= 1)
+        .ok_or_else(|| invalid_input(format!("concurrency must be an integer >= 1, got {value}")))
+}
+
+fn per_row(value: &ScalarOrVector) -> PerRow<'_> {
+    match value {
+        ScalarOrVector::Scalar(v) => PerRow::Same(*v),
+        ScalarOrVector::Vector(vs) => PerRow::Each(vs),
+    }
+}
+
+#[pymethods]
+impl PyPolicy {
+    #[new]
+    #[pyo3(signature = (dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1))]
+    fn new(
+        dim: i64,
+        alpha: f64,
+        beta: f64,
+        ridge: f64,
+        tau_s: f64,
+        refactor_every: i64,
+        service_time_smoothing: f64,
+    ) -> PyResult<Self> {
+        let dim = usize::try_from(dim)
+            .map_err(|_| invalid_input(format!("dim must be a positive integer, got {dim}")))?;
+        let refactor_every = u64::try_from(refactor_every).map_err(|_| {
+            invalid_input(format!("refactor_every must be >= 1, got {refactor_every}"))
+        })?;
+        let config = PolicyConfig {
+            dim,
+            alpha,
+            beta,
+            ridge,
+            tau_s,
+            refactor_every,
+            service_time_smoothing,
+        };
+        Ok(Self {
+            inner: Policy::new(config).map_err(to_py)?,
+        })
+    }
+
+    /// Length of the context vectors.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.config().dim
+    }
+
+    #[getter]
+    fn alpha(&self) -> f64 {
+        self.inner.config().alpha
+    }
+
+    #[getter]
+    fn beta(&self) -> f64 {
+        self.inner.config().beta
+    }
+
+    #[getter]
+    fn ridge(&self) -> f64 {
+        self.inner.config().ridge
+    }
+
+    #[getter]
+    fn tau_s(&self) -> f64 {
+        self.inner.config().tau_s
+    }
+
+    #[getter]
+    fn refactor_every(&self) -> u64 {
+        self.inner.config().refactor_every
+    }
+
+    #[getter]
+    fn service_time_smoothing(&self) -> f64 {
+        self.inner.config().service_time_smoothing
+    }
+
+    /// Names of the models, in decision order.
+    #[getter]
+    fn models(&self) -> Vec<String> {
+        self.inner.models().iter().map(|m| m.to_string()).collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.models().len()
+    }
+
+    fn __contains__(&self, name: &str) -> bool {
+        self.inner.models().iter().any(|m| m.as_ref() == name)
+    }
+
+    /// Adds a model with a fresh arm. Prices are USD per million tokens.
+    #[pyo3(signature = (name, *, price_in, price_out, fee=0.0, ttft_s, tokens_per_s, concurrency, prior_quality=0.5, prior_output_tokens=256.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_model(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        price_in: f64,
+        price_out: f64,
+        fee: f64,
+        ttft_s: f64,
+        tokens_per_s: f64,
+        concurrency: i64,
+        prior_quality: f64,
+        prior_output_tokens: f64,
+    ) -> PyResult<()> {
+        let profile = ModelProfile {
+            price_in,
+            price_out,
+            fee,
+            ttft_s,
+            tokens_per_s,
+            concurrency: concurrency_from(concurrency)?,
+        };
+        let priors = Priors {
+            quality: prior_quality,
+            output_tokens: prior_output_tokens,
+        };
+        py.detach(|| self.inner.add_model(name, profile, priors))
+            .map_err(to_py)
+    }
+
+    /// Removes a model; later feedback for it raises UnknownModelError and changes nothing.
+    fn remove_model(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.inner.remove_model(name)).map_err(to_py)
+    }
+
+    /// Changes some of a model's profile fields; the rest keep their values.
+    #[pyo3(signature = (name, *, price_in=None, price_out=None, fee=None, ttft_s=None, tokens_per_s=None, concurrency=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn update_profile(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        price_in: Option<f64>,
+        price_out: Option<f64>,
+        fee: Option<f64>,
+        ttft_s: Option<f64>,
+        tokens_per_s: Option<f64>,
+        concurrency: Option<i64>,
+    ) -> PyResult<()> {
+        let concurrency = concurrency.map(concurrency_from).transpose()?;
+        py.detach(|| {
+            self.inner.update_profile(name, |p| {
+                p.price_in = price_in.unwrap_or(p.price_in);
+                p.price_out = price_out.unwrap_or(p.price_out);
+                p.fee = fee.unwrap_or(p.fee);
+                p.ttft_s = ttft_s.unwrap_or(p.ttft_s);
+                p.tokens_per_s = tokens_per_s.unwrap_or(p.tokens_per_s);
+                p.concurrency = concurrency.unwrap_or(p.concurrency);
+            })
+        })
+        .map_err(to_py)
+    }
+
+    /// A model's profile as a dict.
+    fn profile<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let p = self.inner.profile(name).map_err(to_py)?;
+        let out = PyDict::new(py);
+        out.set_item("price_in", p.price_in)?;
+        out.set_item("price_out", p.price_out)?;
+        out.set_item("fee", p.fee)?;
+        out.set_item("ttft_s", p.ttft_s)?;
+        out.set_item("tokens_per_s", p.tokens_per_s)?;
+        out.set_item("concurrency", p.concurrency)?;
+        Ok(out)
+    }
+
+    /// Picks a model for context `x`. `willingness_to_pay` is in quality points per USD.
+    #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        prompt_tokens: f64,
+        willingness_to_pay: f64,
+    ) -> PyResult<PyDecision> {
+        let x = vector(x, "x")?;
+        let inner = py
+            .detach(|| self.inner.decide(&x, prompt_tokens, willingness_to_pay))
+            .map_err(to_py)?;
+        Ok(PyDecision { inner })
+    }
+
+    /// Picks a model for each row of `X`; returns the chosen indices into `models` (int64).
+    /// `prompt_tokens` and `willingness_to_pay` are scalars or one value per row.
+    #[pyo3(signature = (X, *, prompt_tokens, willingness_to_pay))]
+    #[allow(non_snake_case)]
+    fn decide_batch<'py>(
+        &self,
+        py: Python<'py>,
+        X: &Bound<'py, PyAny>,
+        prompt_tokens: &Bound<'py, PyAny>,
+        willingness_to_pay: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
+        let prompt_tokens = scalar_or_vector(prompt_tokens, "prompt_tokens")?;
+        let willingness_to_pay = scalar_or_vector(willingness_to_pay, "willingness_to_pay")?;
+        let chosen = py
+            .detach(|| {
+                let mut out = vec![0usize; rows];
+                self.inner
+                    .decide_batch(
+                        &xs,
+                        per_row(&prompt_tokens),
+                        per_row(&willingness_to_pay),
+                        &mut out,
+                    )
+                    .map(|_| out)
+            })
+            .map_err(to_py)?;
+        Ok(PyArray1::from_iter(
+            py,
+            chosen.into_iter().map(|i| i as i64),
+        ))
+    }
+
+    /// Learns one observed outcome of model `name` on context `x` (Sherman–Morrison update).
+    /// Without `output_tokens` the length head keeps its prediction.
+    #[pyo3(signature = (name, x, *, quality, output_tokens=None, weight=1.0))]
+    fn update(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        x: &Bound<'_, PyAny>,
+        quality: f64,
+        output_tokens: Option<f64>,
+        weight: f64,
+    ) -> PyResult<()> {
+        let x = vector(x, "x")?;
+        py.detach(|| {
+            let obs = Observation {
+                x: &x,
+                quality,
+                output_tokens,
+                weight,
+            };
+            self.inner.update(name, &obs)
+        })
+        .map_err(to_py)
+    }
+
+    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `X`).
+    #[pyo3(signature = (name, X, quality, output_tokens=None, *, weights=None))]
+    #[allow(non_snake_case)]
+    fn fit(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        X: &Bound<'_, PyAny>,
+        quality: &Bound<'_, PyAny>,
+        output_tokens: Option<&Bound<'_, PyAny>>,
+        weights: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
+        let quality = vector(quality, "quality")?;
+        if quality.len() != rows {
+            return Err(crate::errors::dimension(format!(
+                "quality has {} values, expected one per row of X ({rows})",
+                quality.len()
+            )));
+        }
+        let output_tokens = output_tokens
+            .map(|t| vector(t, "output_tokens"))
+            .transpose()?;
+        let weights = weights.map(|w| vector(w, "weights")).transpose()?;
+        py.detach(|| {
+            self.inner.fit(
+                name,
+                &xs,
+                &quality,
+                output_tokens.as_deref(),
+                weights.as_deref(),
+            )
+        })
+        .map_err(to_py)
+    }
+
+    /// A request was sent to model `name` (counts towards its queue).
+    fn begin(&self, name: &str) -> PyResult<()> {
+        self.inner.begin(name).map_err(to_py)
+    }
+
+    /// A request to model `name` finished after `latency_s` seconds.
+    fn end(&self, name: &str, latency_s: f64) -> PyResult<()> {
+        self.inner.end(name, latency_s).map_err(to_py)
+    }
+
+    /// Requests in flight for model `name`.
+    fn in_flight(&self, name: &str) -> PyResult<u64> {
+        Ok(self.inner.report(name).map_err(to_py)?.in_flight)
+    }
+
+    /// A consistent copy of everything learned about model `name`, as numpy arrays: `a` (A),
+    /// `a_inv` (A⁻¹), `theta_quality`, `theta_log_length`, `b_quality`, `b_log_length`, and
+    /// counters, priors, live statistics and the profile.
+    fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
+        let dim = self.inner.config().dim;
+        let square = |packed: &[f64]| -> PyResult<Bound<'py, PyArray2<f64>>> {
+            Ok(PyArray1::from_vec(py, unpack(packed, dim)).reshape([dim, dim])?)
+        };
+        let out = PyDict::new(py);
+        out.set_item("a", square(&report.ledger.a)?)?;
+        out.set_item("a_inv", square(&report.stats.a_inv)?)?;
+        out.set_item(
+            "theta_quality",
+            PyArray1::from_slice(py, &report.stats.theta_quality),
+        )?;
+        out.set_item(
+            "theta_log_length",
+            PyArray1::from_slice(py, &report.stats.theta_log_length),
+        )?;
+        out.set_item(
+            "b_quality",
+            PyArray1::from_slice(py, &report.ledger.b_quality),
+        )?;
+        out.set_item(
+            "b_log_length",
+            PyArray1::from_slice(py, &report.ledger.b_log_length),
+        )?;
+        out.set_item("observations", report.stats.observations)?;
+        out.set_item("weight_sum", report.stats.weight_sum)?;
+        out.set_item(
+            "updates_since_refactor",
+            report.ledger.updates_since_refactor,
+        )?;
+        out.set_item("prior_quality", report.priors.quality)?;
+        out.set_item("prior_output_tokens", report.priors.output_tokens)?;
+        out.set_item("in_flight", report.in_flight)?;
+        out.set_item("mean_service_s", report.mean_service_s)?;
+        out.set_item("completed", report.completed)?;
+        out.set_item("profile", self.profile(py, name)?)?;
+        Ok(out)
+    }
+
+    /// Writes the whole state to `path` atomically (temporary file + rename).
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| persist::save(&self.inner, &path))
+            .map_err(to_py)
+    }
+
+    /// Reads a state written by `save`. With `dim`, a file of another dimension is rejected.
+    #[classmethod]
+    #[pyo3(signature = (path, *, dim=None))]
+    fn load(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        path: PathBuf,
+        dim: Option<usize>,
+    ) -> PyResult<Self> {
+        let inner = py.detach(|| persist::load(&path, dim)).map_err(to_py)?;
+        Ok(Self { inner })
+    }
+
+    /// The whole state as bytes (the `save` format), e.g. to share it with other replicas.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let bytes = py.detach(|| persist::to_bytes(&self.inner));
+        PyBytes::new(py, &bytes)
+    }
+
+    /// Rebuilds a policy from `to_bytes` output.
+    #[classmethod]
+    #[pyo3(signature = (data, *, dim=None))]
+    fn from_bytes(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        data: &[u8],
+        dim: Option<usize>,
+    ) -> PyResult<Self> {
+        let inner = py
+            .detach(|| persist::from_bytes(data, dim))
+            .map_err(|reason| {
+                to_py(mixllm_core::Error::StateFile {
+                    path: PathBuf::from("<bytes>"),
+                    reason,
+                })
+            })?;
+        Ok(Self { inner })
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.inner.config();
+        format!(
+            "Policy(dim={}, alpha={}, beta={}, ridge={}, tau_s={}, models={:?})",
+            c.dim,
+            c.alpha,
+            c.beta,
+            c.ridge,
+            c.tau_s,
+            self.models()
+        )
+    }
+}
