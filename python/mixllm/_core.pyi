@@ -1,0 +1,190 @@
+"""Type stubs of the Rust extension: the decision core."""
+
+from os import PathLike
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class MixllmError(Exception):
+    """Base class of every error mixllm raises."""
+
+class InvalidInputError(MixllmError, ValueError):
+    """An argument is out of range: NaN or infinite values, a negative price, a bad setting."""
+
+class DimensionError(InvalidInputError):
+    """An array has the wrong shape or length for this policy."""
+
+class InputTypeError(MixllmError, TypeError):
+    """An argument has the wrong type or dtype."""
+
+class UnknownModelError(MixllmError, KeyError):
+    """No model of that name is in the pool."""
+
+class DuplicateModelError(MixllmError, ValueError):
+    """A model of that name is already in the pool."""
+
+class EmptyPoolError(MixllmError, LookupError):
+    """A decision was asked of a pool with no models."""
+
+class StateFileError(MixllmError, ValueError):
+    """A saved state is not mixllm's, is corrupt or truncated, or does not fit."""
+
+_Vector = npt.ArrayLike
+_Matrix = npt.ArrayLike
+
+class Decision:
+    """The outcome of `Policy.decide`. Per-model arrays follow `models`."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+    @property
+    def model(self) -> str:
+        """Name of the chosen model."""
+    @property
+    def index(self) -> int:
+        """Position of the chosen model in `models`."""
+    @property
+    def models(self) -> list[str]:
+        """The models considered, in pool order."""
+    @property
+    def quality(self) -> npt.NDArray[np.float64]:
+        """Predicted quality per model."""
+    @property
+    def cost(self) -> npt.NDArray[np.float64]:
+        """Predicted cost per model, in USD."""
+    @property
+    def latency(self) -> npt.NDArray[np.float64]:
+        """Predicted latency per model, in seconds (queue wait + first token + generation)."""
+    @property
+    def output_tokens(self) -> npt.NDArray[np.float64]:
+        """Predicted output tokens per model."""
+    @property
+    def uncertainty(self) -> npt.NDArray[np.float64]:
+        """LinUCB confidence width sqrt(xᵀA⁻¹x) per model."""
+    @property
+    def penalty(self) -> npt.NDArray[np.float64]:
+        """Latency penalty exp(L/τ) − 1 per model."""
+    @property
+    def score(self) -> npt.NDArray[np.float64]:
+        """Score per model; the chosen model has the best among those not excluded."""
+    @property
+    def excluded(self) -> npt.NDArray[np.bool_]:
+        """Whether each model was excluded for a predicted latency above τ."""
+    def explain(self) -> dict[str, dict[str, float | bool]]:
+        """Per model: a dict of its predictions and score, keyed by model name."""
+
+class Policy:
+    """The router's decision core: a live pool of models, each with ridge quality and
+    log-length heads and LinUCB statistics, and a latency-aware decision rule."""
+
+    def __new__(
+        cls,
+        dim: int,
+        *,
+        alpha: float = 0.01,
+        beta: float = 0.1,
+        ridge: float = 1.0,
+        tau_s: float = 30.0,
+        refactor_every: int = 1000,
+        service_time_smoothing: float = 0.1,
+    ) -> Policy: ...
+    @property
+    def dim(self) -> int:
+        """Length of the context vectors."""
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def beta(self) -> float: ...
+    @property
+    def ridge(self) -> float: ...
+    @property
+    def tau_s(self) -> float: ...
+    @property
+    def refactor_every(self) -> int: ...
+    @property
+    def service_time_smoothing(self) -> float: ...
+    @property
+    def models(self) -> list[str]:
+        """Names of the models, in decision order."""
+    def __len__(self) -> int: ...
+    def __contains__(self, name: str) -> bool: ...
+    def add_model(
+        self,
+        name: str,
+        *,
+        price_in: float,
+        price_out: float,
+        fee: float = 0.0,
+        ttft_s: float,
+        tokens_per_s: float,
+        concurrency: int,
+        prior_quality: float = 0.5,
+        prior_output_tokens: float = 256.0,
+    ) -> None:
+        """Adds a model with a fresh arm. Prices are USD per million tokens."""
+    def remove_model(self, name: str) -> None:
+        """Removes a model; later feedback for it raises UnknownModelError."""
+    def update_profile(
+        self,
+        name: str,
+        *,
+        price_in: float | None = None,
+        price_out: float | None = None,
+        fee: float | None = None,
+        ttft_s: float | None = None,
+        tokens_per_s: float | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """Changes some of a model's profile fields; the rest keep their values."""
+    def profile(self, name: str) -> dict[str, float]:
+        """A model's profile as a dict."""
+    def decide(self, x: _Vector, *, prompt_tokens: float, willingness_to_pay: float) -> Decision:
+        """Picks a model for context `x`; `willingness_to_pay` is in quality points per USD."""
+    def decide_batch(
+        self,
+        X: _Matrix,
+        *,
+        prompt_tokens: float | _Vector,
+        willingness_to_pay: float | _Vector,
+    ) -> npt.NDArray[np.int64]:
+        """Picks a model for each row of `X`; returns indices into `models`."""
+    def update(
+        self,
+        name: str,
+        x: _Vector,
+        *,
+        quality: float,
+        output_tokens: float | None = None,
+        weight: float = 1.0,
+    ) -> None:
+        """Learns one observed outcome of model `name` on context `x`."""
+    def fit(
+        self,
+        name: str,
+        X: _Matrix,
+        quality: _Vector,
+        output_tokens: _Vector | None = None,
+        *,
+        weights: _Vector | None = None,
+    ) -> None:
+        """Replaces model `name`'s arm with an exact ridge fit on a batch."""
+    def begin(self, name: str) -> None:
+        """A request was sent to model `name`."""
+    def end(self, name: str, latency_s: float) -> None:
+        """A request to model `name` finished after `latency_s` seconds."""
+    def in_flight(self, name: str) -> int:
+        """Requests in flight for model `name`."""
+    def inspect(self, name: str) -> dict[str, Any]:
+        """A consistent copy of everything learned about model `name`."""
+    def save(self, path: str | PathLike[str]) -> None:
+        """Writes the whole state to `path` atomically."""
+    @classmethod
+    def load(cls, path: str | PathLike[str], *, dim: int | None = None) -> Policy:
+        """Reads a state written by `save`."""
+    def to_bytes(self) -> bytes:
+        """The whole state as bytes (the `save` format)."""
+    @classmethod
+    def from_bytes(cls, data: bytes, *, dim: int | None = None) -> Policy:
+        """Rebuilds a policy from `to_bytes` output."""
