@@ -1,0 +1,68 @@
+"""pytest-benchmark of the decision core called from Python: decide (d = 64, 384), update and
+decide_batch (d = 64), K = 11 models. Targets (docs): decide p50 ≤ 5 µs and p99 ≤ 10 µs at
+d = 64, p50 ≤ 150 µs at d = 384; update p50 ≤ 3 µs; decide_batch ≥ 500,000 decisions/s.
+
+Each round is one call on the next of 1,000 queries, so the round times are the per-call
+distribution and p99 comes from them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import workload
+
+DECIDE_ROUNDS = {64: 20_000, 384: 2_000}
+BATCH_ROWS = 10_000
+
+
+def _per_call(benchmark, call, queries, rounds: int, summary: list[str], label: str) -> None:
+    cycle = itertools.cycle(queries)
+    benchmark.pedantic(
+        call,
+        setup=lambda: ((next(cycle),), {}),
+        rounds=rounds,
+        iterations=1,
+        warmup_rounds=rounds // 10,
+    )
+    p50, p99 = np.percentile(benchmark.stats.stats.data, [50, 99]) * 1e6
+    benchmark.extra_info.update(p50_us=round(p50, 3), p99_us=round(p99, 3))
+    summary.append(f"{label}: p50 {p50:.2f} µs, p99 {p99:.2f} µs")
+
+
+@pytest.mark.benchmark(group="decide")
+@pytest.mark.parametrize("dim", [64, 384])
+def test_decide(benchmark, request, summary, dim: int) -> None:
+    policy = request.getfixturevalue(f"policy_{dim}")
+    queries = request.getfixturevalue(f"queries_{dim}")
+    call = workload.decide_once(policy)
+    _per_call(benchmark, call, queries, DECIDE_ROUNDS[dim], summary, f"decide d={dim}")
+
+
+@pytest.mark.benchmark(group="update")
+def test_update_64(benchmark, queries_64, summary) -> None:
+    # A pool of its own, so the updates do not change what the decide benchmarks read.
+    call = workload.update_once(workload.trained_policy(64))
+    _per_call(benchmark, call, queries_64, 20_000, summary, "update d=64")
+
+
+@pytest.mark.benchmark(group="decide_batch")
+def test_decide_batch_64(benchmark, policy_64, summary) -> None:
+    xs = workload.unit_rows(np.random.default_rng(3), BATCH_ROWS, 64)
+    benchmark.pedantic(
+        policy_64.decide_batch,
+        args=(xs,),
+        kwargs={
+            "prompt_tokens": workload.PROMPT_TOKENS,
+            "willingness_to_pay": workload.WILLINGNESS_TO_PAY,
+        },
+        rounds=30,
+        iterations=1,
+        warmup_rounds=2,
+    )
+    rate = BATCH_ROWS / benchmark.stats.stats.median
+    benchmark.extra_info["decisions_per_s"] = round(rate)
+    summary.append(f"decide_batch d=64, {BATCH_ROWS} rows: {rate:,.0f} decisions/s")

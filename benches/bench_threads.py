@@ -1,0 +1,59 @@
+"""Decisions from several Python threads: `decide` releases the GIL for the core's work.
+
+* Scaling: total decisions/s of two threads over one thread (target ≥ 1.6x at d = 64; a machine
+  with two cores caps it at 2x).
+* An updater thread applying 1,000 updates/s beside one deciding thread: the drop in decisions/s
+  (target < 25%).
+
+Each comparison alternates its two configurations over short windows and takes the median of
+each, so a burst of load from other processes lands on both sides. The cores the process got
+(CPU seconds per wall second) are reported too: two threads that only got one core say more
+about the machine than about the GIL.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import workload
+
+
+@pytest.mark.benchmark(group="threads")
+@pytest.mark.parametrize("dim", [64, 384])
+def test_two_threads(benchmark, request, summary, dim: int) -> None:
+    policy = workload.trained_policy(dim)
+    queries = request.getfixturevalue(f"queries_{dim}")
+    one, two = benchmark.pedantic(
+        workload.thread_scaling, args=(policy, queries), rounds=1, iterations=1
+    )
+    ratio = two.decisions_per_s / one.decisions_per_s
+    benchmark.extra_info.update(
+        one_thread_per_s=one.decisions_per_s,
+        two_threads_per_s=two.decisions_per_s,
+        two_threads_cores_used=two.cores_used,
+        ratio=ratio,
+    )
+    summary.append(
+        f"threads d={dim}: 1 thread {one.decisions_per_s:,.0f}/s, 2 threads "
+        f"{two.decisions_per_s:,.0f}/s on {two.cores_used:.2f} cores → {ratio:.2f}x"
+    )
+
+
+@pytest.mark.benchmark(group="threads")
+@pytest.mark.parametrize("dim", [64, 384])
+def test_updater_alongside(benchmark, request, summary, dim: int) -> None:
+    policy = workload.trained_policy(dim)
+    queries = request.getfixturevalue(f"queries_{dim}")
+    alone, shared = benchmark.pedantic(
+        workload.updater_slowdown, args=(policy, queries), rounds=1, iterations=1
+    )
+    slowdown = 1.0 - shared.decisions_per_s / alone.decisions_per_s
+    benchmark.extra_info.update(
+        alone_per_s=alone.decisions_per_s,
+        with_updater_per_s=shared.decisions_per_s,
+        slowdown=slowdown,
+    )
+    summary.append(
+        f"updater 1,000/s d={dim}: {alone.decisions_per_s:,.0f}/s alone, "
+        f"{shared.decisions_per_s:,.0f}/s with it → {100 * slowdown:.1f}% slower"
+    )

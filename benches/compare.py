@@ -1,0 +1,223 @@
+"""Side by side, in one process: the decision core from Python against its targets and peers.
+
+    python benches/compare.py
+
+Prints one markdown table (the README's): decide p50/p99 at d = 64 and 384, update p50,
+decide_batch throughput, the numpy reference and MABWiser per decision with mixllm's ratio to
+each (measured back to back on the same queries), two-thread scaling and the slowdown from a
+1,000 updates/s updater. Absolute times depend on the machine and its load, both printed; the
+ratios are the portable numbers. Before timing anything it checks that the numpy reference
+chooses the same model as `Policy.decide` on a few hundred random queries (exit status 1 if not).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import workload
+from mabwiser_peer import fitted_linucb, predict_once
+from numpy_reference import NumpyPolicy, disagreements, single_threaded_blas
+
+CHECK_QUERIES = 300
+DECIDE_CALLS = {64: 20_000, 384: 2_000}
+NUMPY_CALLS = {64: 5_000, 384: 500}
+MABWISER_CALLS = {64: 300, 384: 100}
+BATCH_ROWS = 10_000
+
+
+@dataclass
+class Row:
+    measure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+def fmt_us(us: float) -> str:
+    return f"{us:,.2f} µs" if us < 100 else f"{us:,.0f} µs"
+
+
+def check_reference(policy, reference: NumpyPolicy, seed: int) -> tuple[int, int]:
+    rng = np.random.default_rng(seed)
+    xs = workload.unit_rows(rng, CHECK_QUERIES, policy.dim)
+    return disagreements(
+        policy,
+        reference,
+        xs,
+        rng.uniform(10.0, 4000.0, CHECK_QUERIES),
+        10.0 ** rng.uniform(-3.0, 5.0, CHECK_QUERIES),
+    )
+
+
+def median_us(call, queries, calls: int) -> float:
+    return float(np.median(workload.sample_ns(call, queries, calls))) / 1e3
+
+
+def main() -> int:
+    started = time.perf_counter()
+    single_threaded_blas()
+    print(f"machine: {workload.machine()}")
+    policies = {dim: workload.trained_policy(dim) for dim in (64, 384)}
+    queries = {dim: workload.query_list(dim, 1000) for dim in (64, 384)}
+    references = {dim: NumpyPolicy(p) for dim, p in policies.items()}
+
+    for dim in (64, 384):
+        differ, ties = check_reference(policies[dim], references[dim], seed=dim)
+        print(
+            f"numpy reference vs Policy.decide, d={dim}: {CHECK_QUERIES - differ}/"
+            f"{CHECK_QUERIES} same model ({ties} of the differences are near-ties)"
+        )
+        if differ:
+            print("the numpy reference does not decide like Policy.decide; ratios are void")
+            return 1
+
+    rows: list[Row] = []
+    timer_ns = workload.timer_overhead_ns()
+    decide: dict[int, workload.Percentiles] = {}
+    for dim, target in ((64, (5.0, 10.0)), (384, (150.0, None))):
+        samples = workload.sample_ns(
+            workload.decide_once(policies[dim]), queries[dim], DECIDE_CALLS[dim]
+        )
+        decide[dim] = pc = workload.Percentiles.of(samples)
+        rows.append(
+            Row(
+                f"decide p50, d={dim}",
+                fmt_us(pc.p50_us),
+                f"≤ {target[0]:g} µs",
+                pc.p50_us <= target[0],
+            )
+        )
+        if target[1] is not None:
+            rows.append(
+                Row(
+                    f"decide p99, d={dim}",
+                    fmt_us(pc.p99_us),
+                    f"≤ {target[1]:g} µs",
+                    pc.p99_us <= target[1],
+                )
+            )
+        else:
+            rows.append(Row(f"decide p99, d={dim}", fmt_us(pc.p99_us)))
+
+    update = workload.Percentiles.of(
+        workload.sample_ns(workload.update_once(workload.trained_policy(64)), queries[64], 20_000)
+    )
+    rows.append(Row("update p50, d=64", fmt_us(update.p50_us), "≤ 3 µs", update.p50_us <= 3.0))
+    rows.append(Row("update p99, d=64", fmt_us(update.p99_us)))
+
+    batch = workload.unit_rows(np.random.default_rng(3), BATCH_ROWS, 64)
+    rate = workload.batch_rate(policies[64], batch)
+    rows.append(
+        Row(
+            f"decide_batch, d=64, {BATCH_ROWS:,} rows",
+            f"{rate:,.0f} decisions/s",
+            "≥ 500,000/s",
+            rate >= 500_000,
+        )
+    )
+
+    for dim in (64, 384):
+        ref = references[dim]
+
+        def numpy_call(x, ref=ref):
+            return ref.decide(x, workload.PROMPT_TOKENS, workload.WILLINGNESS_TO_PAY)
+
+        peer = median_us(numpy_call, queries[dim], NUMPY_CALLS[dim])
+        ours = median_us(workload.decide_once(policies[dim]), queries[dim], NUMPY_CALLS[dim])
+        rows.append(Row(f"numpy reference per decision, d={dim}", fmt_us(peer)))
+        rows.append(
+            Row(
+                f"  mixllm speed-up over numpy, d={dim}",
+                f"{peer / ours:.1f}x",
+                "≥ 20x",
+                peer / ours >= 20,
+            )
+        )
+
+    for dim in (64, 384):
+        peer = median_us(predict_once(fitted_linucb(dim)), queries[dim], MABWISER_CALLS[dim])
+        ours = median_us(workload.decide_once(policies[dim]), queries[dim], NUMPY_CALLS[dim])
+        rows.append(Row(f"MABWiser LinUCB predict, d={dim}", fmt_us(peer)))
+        rows.append(
+            Row(
+                f"  mixllm speed-up over MABWiser, d={dim}",
+                f"{peer / ours:.1f}x",
+                "≥ 100x",
+                peer / ours >= 100,
+            )
+        )
+
+    for dim in (64, 384):
+        one, two = workload.thread_scaling(workload.trained_policy(dim), queries[dim])
+        ratio = two.decisions_per_s / one.decisions_per_s
+        rows.append(
+            Row(
+                f"2 threads / 1 thread decisions/s, d={dim}",
+                f"{ratio:.2f}x ({one.decisions_per_s:,.0f} → {two.decisions_per_s:,.0f}/s; "
+                f"process got {two.cores_used:.2f} cores)",
+                "≥ 1.6x",
+                ratio >= 1.6,
+            )
+        )
+    for dim in (64, 384):
+        alone, shared = workload.updater_slowdown(workload.trained_policy(dim), queries[dim])
+        slowdown = 1.0 - shared.decisions_per_s / alone.decisions_per_s
+        rows.append(
+            Row(
+                f"decide slowdown beside 1,000 updates/s, d={dim}",
+                f"{100 * slowdown:.1f}% ({alone.decisions_per_s:,.0f} → "
+                f"{shared.decisions_per_s:,.0f}/s)",
+                "< 25%",
+                slowdown < 0.25,
+            )
+        )
+
+    rows.extend(breakdown(policies[64], queries[64]))
+
+    print()
+    print(f"K = {workload.MODELS} models; machine: {workload.machine()}")
+    print(f"each per-call sample includes a perf_counter_ns pair ({timer_ns:.0f} ns)")
+    print("numpy (and MABWiser through it) runs BLAS on one thread, as Policy.decide uses one core")
+    print()
+    print("| measure | value | target | met |")
+    print("|---|---|---|---|")
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "no")
+        print(f"| {r.measure} | {r.value} | {r.target} | {met} |")
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def breakdown(policy, queries) -> list[Row]:
+    """Where a decide call from Python spends its time, d = 64."""
+    small = workload.trained_policy(64, models=1)
+    one_row = [q.reshape(1, -1) for q in queries]
+    decision = workload.decide_once(policy)(queries[0])
+    probes = [
+        ("a PyO3 call that does nothing (len(policy))", lambda x: len(policy), queries),
+        ("decide, K = 1", workload.decide_once(small), queries),
+        ("decide, K = 11", workload.decide_once(policy), queries),
+        (
+            "decide_batch of one row, K = 11",
+            lambda x: policy.decide_batch(
+                x,
+                prompt_tokens=workload.PROMPT_TOKENS,
+                willingness_to_pay=workload.WILLINGNESS_TO_PAY,
+            ),
+            one_row,
+        ),
+        ("Decision.model", lambda x: decision.model, queries),
+        ("Decision.score (a numpy array)", lambda x: decision.score, queries),
+    ]
+    return [
+        Row(f"  where time goes, d=64: {label}", fmt_us(median_us(call, xs, 20_000)))
+        for label, call, xs in probes
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
