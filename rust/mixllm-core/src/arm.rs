@@ -11,10 +11,7 @@
 //! priors, and ridge shrinks towards them rather than towards zero.
 
 use crate::error::{Error, Result};
-use crate::kernels::{
-    axpy, dot, packed_len, rank1_packed_in_place, rank1_packed_into, spd_inverse_packed,
-    symv_packed,
-};
+use crate::kernels::{axpy, dot, rank1_in_place, rank1_into, spd_inverse, symv, SymLayout};
 use crate::profile::Priors;
 
 /// Output lengths are predicted in log space and clamped to this (≈ a million tokens), so an
@@ -24,7 +21,7 @@ pub const MAX_LOG_LENGTH: f64 = 13.8;
 /// An immutable snapshot of what an arm has learned: what a decision reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmStats {
-    /// A⁻¹, packed upper triangle.
+    /// A⁻¹, in the blocked packed layout of [`SymLayout`].
     pub a_inv: Vec<f64>,
     /// Quality head (residual over the prior).
     pub theta_quality: Vec<f64>,
@@ -39,7 +36,7 @@ pub struct ArmStats {
 /// The exact sufficient statistics behind an arm, owned by whoever holds the arm's writer lock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmLedger {
-    /// A = ridge·I + Σ w·x·xᵀ, packed upper triangle.
+    /// A = ridge·I + Σ w·x·xᵀ, in the blocked packed layout of [`SymLayout`].
     pub a: Vec<f64>,
     /// Σ w·(quality − prior)·x.
     pub b_quality: Vec<f64>,
@@ -62,10 +59,8 @@ pub struct Observation<'a> {
 impl ArmStats {
     /// The prior arm: A = ridge·I, both heads at zero residual.
     pub fn prior(dim: usize, ridge: f64) -> Self {
-        let mut a_inv = vec![0.0; packed_len(dim)];
-        set_packed_diagonal(&mut a_inv, dim, 1.0 / ridge);
         Self {
-            a_inv,
+            a_inv: SymLayout::new(dim).scaled_identity(1.0 / ridge),
             theta_quality: vec![0.0; dim],
             theta_log_length: vec![0.0; dim],
             observations: 0,
@@ -73,17 +68,13 @@ impl ArmStats {
         }
     }
 
-    pub fn dim(&self) -> usize {
-        self.theta_quality.len()
-    }
-
-    /// Predicted quality of this model on context `x`.
+    /// Predicted quality of this model on context `x` (padded or not).
     #[inline]
     pub fn predict_quality(&self, priors: &Priors, x: &[f64]) -> f64 {
         priors.quality + dot(&self.theta_quality, x)
     }
 
-    /// Predicted output tokens of this model on context `x`.
+    /// Predicted output tokens of this model on context `x` (padded or not).
     #[inline]
     pub fn predict_output_tokens(&self, priors: &Priors, x: &[f64]) -> f64 {
         let log_length = priors.log_length() + dot(&self.theta_log_length, x);
@@ -93,19 +84,18 @@ impl ArmStats {
 
 impl ArmLedger {
     pub fn prior(dim: usize, ridge: f64) -> Self {
-        let mut a = vec![0.0; packed_len(dim)];
-        set_packed_diagonal(&mut a, dim, ridge);
         Self {
-            a,
+            a: SymLayout::new(dim).scaled_identity(ridge),
             b_quality: vec![0.0; dim],
             b_log_length: vec![0.0; dim],
             updates_since_refactor: 0,
         }
     }
 
-    /// Adds one weighted observation: A += w·x·xᵀ, b += w·r·x.
+    /// Adds one weighted observation: A += w·x·xᵀ, b += w·r·x (`x` padded).
     fn accumulate(&mut self, x: &[f64], w: f64, residual_quality: f64, residual_log_length: f64) {
-        rank1_packed_in_place(&mut self.a, x, -w);
+        let layout = SymLayout::new(self.b_quality.len());
+        rank1_in_place(layout, &mut self.a, x, -w);
         axpy(w * residual_quality, x, &mut self.b_quality);
         axpy(w * residual_log_length, x, &mut self.b_log_length);
     }
@@ -113,16 +103,29 @@ impl ArmLedger {
     /// The exact snapshot these statistics imply: A⁻¹ by Cholesky, θ = A⁻¹·b.
     pub fn solve(&self, observations: u64, weight_sum: f64) -> Result<ArmStats> {
         let dim = self.b_quality.len();
-        let a_inv = spd_inverse_packed(&self.a, dim).ok_or_else(|| {
+        let layout = SymLayout::new(dim);
+        let a_inv = spd_inverse(layout, &self.a).ok_or_else(|| {
             Error::InvalidValue(
                 "the arm's matrix A is not positive definite (are the contexts finite?)"
                     .to_string(),
             )
         })?;
-        let mut theta_quality = vec![0.0; dim];
-        symv_packed(&a_inv, &self.b_quality, &mut theta_quality);
-        let mut theta_log_length = vec![0.0; dim];
-        symv_packed(&a_inv, &self.b_log_length, &mut theta_log_length);
+        let mut theta_quality = vec![0.0; layout.stride()];
+        symv(
+            layout,
+            &a_inv,
+            &layout.pad(&self.b_quality),
+            &mut theta_quality,
+        );
+        theta_quality.truncate(dim);
+        let mut theta_log_length = vec![0.0; layout.stride()];
+        symv(
+            layout,
+            &a_inv,
+            &layout.pad(&self.b_log_length),
+            &mut theta_log_length,
+        );
+        theta_log_length.truncate(dim);
         Ok(ArmStats {
             a_inv,
             theta_quality,
@@ -143,7 +146,8 @@ pub fn learn(
     obs: &Observation<'_>,
     refactor_every: u64,
 ) -> Result<ArmStats> {
-    let x = obs.x;
+    let layout = SymLayout::new(obs.x.len());
+    let x = &layout.pad(obs.x)[..];
     let w = obs.weight;
     let residual_quality = obs.quality - priors.quality;
     // An unobserved length is imputed with the current prediction, so the head does not drift.
@@ -154,8 +158,8 @@ pub fn learn(
     let observations = current.observations + 1;
     let weight_sum = current.weight_sum + w;
 
-    let mut u = vec![0.0; x.len()];
-    let x_ainv_x = symv_packed(&current.a_inv, x, &mut u);
+    let mut u = vec![0.0; layout.stride()];
+    let x_ainv_x = symv(layout, &current.a_inv, x, &mut u);
     let denominator = 1.0 + w * x_ainv_x;
     let drifted = !(denominator.is_finite() && denominator > 0.0);
     if drifted || ledger.updates_since_refactor + 1 >= refactor_every {
@@ -185,7 +189,7 @@ pub fn learn(
         ));
     }
     let mut a_inv = vec![0.0; current.a_inv.len()];
-    rank1_packed_into(&current.a_inv, &u, gain, &mut a_inv);
+    rank1_into(layout, &current.a_inv, &u, gain, &mut a_inv);
 
     ledger.accumulate(x, w, residual_quality, residual_log_length);
     ledger.updates_since_refactor += 1;
@@ -210,7 +214,9 @@ pub fn fit(
 ) -> Result<(ArmLedger, ArmStats)> {
     let mut ledger = ArmLedger::prior(dim, ridge);
     let mut weight_sum = 0.0;
+    let layout = SymLayout::new(dim);
     for (row, x) in xs.chunks_exact(dim).enumerate() {
+        let x = &layout.pad(x);
         let w = weights.map_or(1.0, |ws| ws[row]);
         // Without observed lengths the length head stays at its prior (zero residual).
         let residual_log_length =
@@ -222,18 +228,9 @@ pub fn fit(
     Ok((ledger, stats))
 }
 
-fn set_packed_diagonal(m: &mut [f64], dim: usize, value: f64) {
-    let mut start = 0;
-    for i in 0..dim {
-        m[start] = value;
-        start += dim - i;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::unpack;
 
     fn contexts(n: usize, dim: usize) -> Vec<f64> {
         (0..n * dim).map(|k| ((k as f64) * 0.7311).sin()).collect()
@@ -259,10 +256,7 @@ mod tests {
             };
             stats = learn(&stats, &mut ledger, &priors, &obs, 1_000_000).unwrap();
         }
-        for (a, b) in unpack(&stats.a_inv, dim)
-            .iter()
-            .zip(unpack(&batch.a_inv, dim))
-        {
+        for (a, b) in stats.a_inv.iter().zip(&batch.a_inv) {
             assert!((a - b).abs() < 1e-10);
         }
         for (a, b) in stats.theta_quality.iter().zip(&batch.theta_quality) {

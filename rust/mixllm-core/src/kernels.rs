@@ -1,160 +1,317 @@
-//! The hot numeric kernels, on plain slices, compiled for several instruction sets and picked at
-//! run time (AVX-512, AVX2+FMA, or the x86-64 baseline), so one wheel runs everywhere and still
-//! uses the wide registers where the CPU has them.
+//! The hot numeric kernels and the matrix layout they work on. Each kernel runs the AVX-512 or
+//! AVX2+FMA version from [`crate::simd`] when the CPU has it (detected at run time, so one wheel
+//! runs on plain x86-64 and still uses the wide registers where they exist), or the portable one.
 //!
-//! Symmetric d×d matrices (A and A⁻¹) are stored *packed*: the upper triangle row by row, row `i`
-//! holding columns `i..d`. That halves the bytes a decision streams from memory, which is what
-//! bounds it at d = 384 (11 models × 0.6 MiB instead of 1.2 MiB each), and halves the copy an
-//! update makes when it publishes a new snapshot.
+//! Symmetric d×d matrices (A and A⁻¹) are stored in a *blocked packed* layout ([`SymLayout`]):
+//! row `i` holds columns `8·⌊i/8⌋ .. stride`, where `stride` is d rounded up to a multiple of 8.
+//! Entries left of the diagonal in a row's first block, and the padding columns, are zero. This
+//! keeps about half the bytes of a full matrix (what bounds a decision at d = 384 is streaming
+//! 11 models' matrices from memory, and an update copies one) while every row is a whole number
+//! of 8-lane chunks starting on a chunk boundary, so the inner loops have no scalar remainders.
+//! Vectors that meet these matrices are zero-padded to `stride`.
 //!
-//! Sums use eight independent accumulators: Rust never reassociates float additions, so this is
-//! what lets the compiler fill a vector register; results differ from a sequential sum only in
-//! the last bits.
+//! Sums use several independent accumulators, so results differ from a sequential sum (and
+//! between instruction sets) in the last bits only.
 
-use multiversion::multiversion;
+use crate::simd::{self, isa, Isa};
 
-/// Number of stored entries of a packed symmetric `d`×`d` matrix.
-pub const fn packed_len(d: usize) -> usize {
-    d * (d + 1) / 2
+/// Width of the chunks the kernels work in (one AVX-512 register of f64).
+pub const LANES: usize = 8;
+
+/// Shape of a symmetric matrix in the blocked packed layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SymLayout {
+    dim: usize,
+    stride: usize,
 }
 
-#[inline(always)]
-fn dot_unrolled(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (xa, xb) in (&mut ca).zip(&mut cb) {
-        for k in 0..8 {
-            acc[k] += xa[k] * xb[k];
+impl SymLayout {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            stride: dim.div_ceil(LANES) * LANES,
         }
     }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
+
+    pub fn dim(&self) -> usize {
+        self.dim
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+
+    /// Length of padded vectors.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// First stored column of row `i`.
+    #[inline(always)]
+    fn first_column(&self, i: usize) -> usize {
+        LANES * (i / LANES)
+    }
+
+    /// Offset of row `i` in storage; `offset(dim)` is the total length.
+    #[inline(always)]
+    fn offset(&self, i: usize) -> usize {
+        let (block, within) = (i / LANES, i % LANES);
+        // Every row of block b holds stride − 8b entries.
+        LANES * (block * self.stride - LANES * block * block.saturating_sub(1) / 2)
+            + within * (self.stride - LANES * block)
+    }
+
+    /// Number of stored entries.
+    pub fn len(&self) -> usize {
+        self.offset(self.dim)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dim == 0
+    }
+
+    /// `x` zero-padded to `stride`.
+    pub fn pad(&self, x: &[f64]) -> Vec<f64> {
+        let mut padded = vec![0.0; self.stride];
+        padded[..x.len()].copy_from_slice(x);
+        padded
+    }
+
+    /// `value·I`.
+    pub fn scaled_identity(&self, value: f64) -> Vec<f64> {
+        let mut m = vec![0.0; self.len()];
+        for i in 0..self.dim {
+            m[self.offset(i) + i - self.first_column(i)] = value;
+        }
+        m
+    }
+
+    /// From the row-major upper triangle packed as `d(d+1)/2` values (the storage format on
+    /// disk, independent of the chunk width).
+    pub fn from_packed(&self, packed: &[f64]) -> Vec<f64> {
+        let mut m = vec![0.0; self.len()];
+        let mut next = 0;
+        for i in 0..self.dim {
+            let row = self.offset(i) - self.first_column(i);
+            let count = self.dim - i;
+            m[row + i..row + i + count].copy_from_slice(&packed[next..next + count]);
+            next += count;
+        }
+        m
+    }
+
+    /// To the row-major upper triangle packed as `d(d+1)/2` values.
+    pub fn to_packed(&self, m: &[f64]) -> Vec<f64> {
+        let mut packed = Vec::with_capacity(self.dim * (self.dim + 1) / 2);
+        for i in 0..self.dim {
+            let row = self.offset(i) - self.first_column(i);
+            packed.extend_from_slice(&m[row + i..row + self.dim]);
+        }
+        packed
+    }
+
+    /// The full row-major `d`×`d` matrix.
+    pub fn to_full(&self, m: &[f64]) -> Vec<f64> {
+        let d = self.dim;
+        let mut full = vec![0.0; d * d];
+        for i in 0..d {
+            let row = self.offset(i) - self.first_column(i);
+            for j in i..d {
+                full[i * d + j] = m[row + j];
+                full[j * d + i] = m[row + j];
+            }
+        }
+        full
+    }
+
+    /// The upper triangle of a full row-major symmetric matrix.
+    pub fn from_full(&self, full: &[f64]) -> Vec<f64> {
+        let d = self.dim;
+        let mut m = vec![0.0; self.len()];
+        for i in 0..d {
+            let row = self.offset(i) - self.first_column(i);
+            m[row + i..row + d].copy_from_slice(&full[i * d + i..(i + 1) * d]);
+        }
+        m
+    }
+
+    /// Iterates rows as (row index, first column, mutable stored row slice).
+    fn rows_mut<'a>(
+        &self,
+        m: &'a mut [f64],
+    ) -> impl Iterator<Item = (usize, usize, &'a mut [f64])> + 'a {
+        let layout = *self;
+        let mut rest = m;
+        (0..layout.dim).map(move |i| {
+            let first = layout.first_column(i);
+            let (row, tail) = std::mem::take(&mut rest).split_at_mut(layout.stride - first);
+            rest = tail;
+            (i, first, row)
+        })
+    }
+
+    /// Iterates rows as (row index, first column, stored row slice).
+    #[inline(always)]
+    fn rows<'a>(&self, m: &'a [f64]) -> impl Iterator<Item = (usize, usize, &'a [f64])> + 'a {
+        let layout = *self;
+        let mut start = 0;
+        (0..layout.dim).map(move |i| {
+            let first = layout.first_column(i);
+            let len = layout.stride - first;
+            let row = &m[start..start + len];
+            start += len;
+            (i, first, row)
+        })
+    }
 }
 
-#[inline(always)]
-fn axpy_unrolled(alpha: f64, x: &[f64], y: &mut [f64]) {
+/// Runs the kernel of the detected instruction set, or the portable one.
+macro_rules! dispatch {
+    ($kernel:ident($($arg:expr),*), portable: $portable:expr) => {
+        match isa() {
+            // SAFETY: `isa()` reports an instruction set only after detecting it on this CPU,
+            // and every caller asserts the slice lengths the kernels require.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Isa::Avx512 => unsafe { simd::avx512::$kernel($($arg),*) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            Isa::Avx2 => unsafe { simd::avx2::$kernel($($arg),*) },
+            _ => $portable,
+        }
+    };
+}
+
+/// `a · b` over the shorter of the two lengths.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    dispatch!(dot(a, b), portable: portable::dot(a, b))
+}
+
+/// `y ← y + alpha·x` over the shorter of the two lengths (O(d), not worth intrinsics).
+pub fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }
 }
 
-/// `a · b`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn dot(a: &[f64], b: &[f64]) -> f64 {
-    dot_unrolled(a, b)
-}
-
-/// `xᵀ M x` for a packed symmetric `M` of order `x.len()`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn quad_form_packed(m: &[f64], x: &[f64]) -> f64 {
-    let d = x.len();
-    debug_assert_eq!(m.len(), packed_len(d));
-    let mut total = 0.0;
-    let mut start = 0;
-    for i in 0..d {
-        let row = &m[start..start + d - i];
-        let xi = x[i];
-        // Off-diagonal entries appear twice in the full matrix.
-        let off_diagonal = dot_unrolled(&row[1..], &x[i + 1..]);
-        total += xi * (row[0] * xi + 2.0 * off_diagonal);
-        start += d - i;
-    }
-    total
-}
-
-/// `out = M x` for a packed symmetric `M`; returns `xᵀ M x` as well, which comes for free.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn symv_packed(m: &[f64], x: &[f64], out: &mut [f64]) -> f64 {
-    let d = x.len();
-    debug_assert_eq!(m.len(), packed_len(d));
-    debug_assert_eq!(out.len(), d);
-    out.fill(0.0);
-    let mut start = 0;
-    for i in 0..d {
-        let row = &m[start..start + d - i];
-        // Upper part of row i, and (by symmetry) the column-i entries below the diagonal.
-        out[i] += dot_unrolled(row, &x[i..]);
-        axpy_unrolled(x[i], &row[1..], &mut out[i + 1..]);
-        start += d - i;
-    }
-    dot_unrolled(x, out)
-}
-
-/// `out = M − c·u·uᵀ` for packed symmetric matrices, reading `M` and writing `out` in one pass.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn rank1_packed_into(m: &[f64], u: &[f64], c: f64, out: &mut [f64]) {
-    let d = u.len();
-    debug_assert_eq!(m.len(), packed_len(d));
-    debug_assert_eq!(out.len(), packed_len(d));
-    let mut start = 0;
-    for i in 0..d {
-        let len = d - i;
-        let s = c * u[i];
-        let tail = &u[i..];
-        for ((o, mi), uj) in out[start..start + len]
-            .iter_mut()
-            .zip(&m[start..start + len])
-            .zip(tail)
-        {
-            *o = mi - s * uj;
-        }
-        start += len;
-    }
-}
-
-/// `M ← M − c·u·uᵀ` in place, for a packed symmetric `M`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn rank1_packed_in_place(m: &mut [f64], u: &[f64], c: f64) {
-    let d = u.len();
-    debug_assert_eq!(m.len(), packed_len(d));
-    let mut start = 0;
-    for i in 0..d {
-        let len = d - i;
-        axpy_unrolled(-c * u[i], &u[i..], &mut m[start..start + len]);
-        start += len;
-    }
-}
-
-/// `y ← y + alpha·x`.
-pub fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
-    axpy_unrolled(alpha, x, y);
-}
-
-/// The packed upper triangle of the full row-major symmetric matrix `full` (`d`×`d`).
-pub fn pack(full: &[f64], d: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(packed_len(d));
-    for i in 0..d {
-        out.extend_from_slice(&full[i * d + i..(i + 1) * d]);
-    }
+/// Weights `W` such that `xᵀ M x = Σ_s M_s·W_s` over the storage of any `M` in this layout
+/// (`x` padded): the products x_i·x_k, doubled right of the diagonal (each stored entry stands
+/// for two entries of the full matrix) and zero left of it. Built once per query, it turns every
+/// model's confidence width into one streaming dot product with no per-row work.
+pub fn quadratic_weights(layout: SymLayout, x: &[f64]) -> Vec<f64> {
+    assert_eq!(x.len(), layout.stride(), "x must be padded");
+    let mut out = vec![0.0; layout.len()];
+    let (dim, stride) = (layout.dim(), layout.stride());
+    dispatch!(
+        quadratic_weights(dim, stride, x, &mut out),
+        portable: portable::quadratic_weights(layout, x, &mut out)
+    );
     out
 }
 
-/// The full row-major `d`×`d` matrix of a packed symmetric matrix.
-pub fn unpack(m: &[f64], d: usize) -> Vec<f64> {
-    let mut full = vec![0.0; d * d];
-    let mut start = 0;
-    for i in 0..d {
-        for j in i..d {
-            let v = m[start + j - i];
-            full[i * d + j] = v;
-            full[j * d + i] = v;
-        }
-        start += d - i;
-    }
-    full
+/// `out = M x` (both padded); returns `xᵀ M x` as well, which comes for free.
+pub fn symv(layout: SymLayout, m: &[f64], x: &[f64], out: &mut [f64]) -> f64 {
+    assert_eq!(m.len(), layout.len(), "matrix storage");
+    assert_eq!(x.len(), layout.stride(), "x must be padded");
+    assert_eq!(out.len(), layout.stride(), "out must be padded");
+    let (dim, stride) = (layout.dim(), layout.stride());
+    dispatch!(symv(dim, stride, m, x, out), portable: portable::symv(layout, m, x, out))
 }
 
-/// Inverse of a packed symmetric positive-definite matrix, by Cholesky factorisation
-/// (A = L·Lᵀ, A⁻¹ = L⁻ᵀ·L⁻¹). `None` when the matrix is not numerically positive definite.
-/// O(d³); used for exact refits and to bound the drift of rank-1 updates.
-pub fn spd_inverse_packed(a: &[f64], d: usize) -> Option<Vec<f64>> {
-    let full = unpack(a, d);
+/// `out = M − c·u·uᵀ` (`u` padded), reading `M` and writing `out` in one pass.
+pub fn rank1_into(layout: SymLayout, m: &[f64], u: &[f64], c: f64, out: &mut [f64]) {
+    assert_eq!(m.len(), layout.len(), "matrix storage");
+    assert_eq!(out.len(), layout.len(), "output storage");
+    assert_eq!(u.len(), layout.stride(), "u must be padded");
+    let (dim, stride) = (layout.dim(), layout.stride());
+    dispatch!(
+        rank1(dim, stride, m.as_ptr(), u, c, out.as_mut_ptr()),
+        portable: portable::rank1_into(layout, m, u, c, out)
+    )
+}
+
+/// `M ← M − c·u·uᵀ` in place (`u` padded).
+pub fn rank1_in_place(layout: SymLayout, m: &mut [f64], u: &[f64], c: f64) {
+    assert_eq!(m.len(), layout.len(), "matrix storage");
+    assert_eq!(u.len(), layout.stride(), "u must be padded");
+    let (dim, stride) = (layout.dim(), layout.stride());
+    let p = m.as_mut_ptr();
+    dispatch!(
+        rank1(dim, stride, p, u, c, p),
+        portable: portable::rank1_in_place(layout, m, u, c)
+    )
+}
+
+/// Plain-Rust versions of the kernels: the fallback on CPUs without AVX2, and the reference the
+/// intrinsics are tested against.
+mod portable {
+    use super::SymLayout;
+
+    pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+        let mut acc = [0.0f64; 4];
+        let mut ca = a.chunks_exact(4);
+        let mut cb = b.chunks_exact(4);
+        for (xa, xb) in (&mut ca).zip(&mut cb) {
+            for k in 0..4 {
+                acc[k] += xa[k] * xb[k];
+            }
+        }
+        let tail: f64 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    }
+
+    pub fn quadratic_weights(layout: SymLayout, x: &[f64], out: &mut [f64]) {
+        for (i, first, row) in layout.rows_mut(out) {
+            let xi = x[i];
+            row[i - first] = xi * xi;
+            for (w, xk) in row[i - first + 1..].iter_mut().zip(&x[i + 1..]) {
+                *w = 2.0 * xi * xk;
+            }
+        }
+    }
+
+    pub fn symv(layout: SymLayout, m: &[f64], x: &[f64], out: &mut [f64]) -> f64 {
+        out.fill(0.0);
+        for (i, first, row) in layout.rows(m) {
+            let xi = x[i];
+            // Row i's upper part, and by symmetry its contribution to the rows below.
+            let upper = dot(row, &x[first..]);
+            super::axpy(xi, row, &mut out[first..]);
+            // The axpy added the diagonal term to out[i], which `upper` already holds.
+            out[i] += upper - row[i - first] * xi;
+        }
+        dot(x, out)
+    }
+
+    pub fn rank1_into(layout: SymLayout, m: &[f64], u: &[f64], c: f64, out: &mut [f64]) {
+        for ((i, first, row), (_, _, target)) in layout.rows(m).zip(layout.rows_mut(out)) {
+            let s = c * u[i];
+            for ((o, mi), uj) in target.iter_mut().zip(row).zip(&u[first..]) {
+                *o = mi - s * uj;
+            }
+            // Keep the entries left of the diagonal at zero.
+            target[..i - first].fill(0.0);
+        }
+    }
+
+    pub fn rank1_in_place(layout: SymLayout, m: &mut [f64], u: &[f64], c: f64) {
+        for (i, first, row) in layout.rows_mut(m) {
+            // Only the diagonal and right of it: the zeros left of the diagonal stay zero.
+            super::axpy(-c * u[i], &u[i..], &mut row[i - first..]);
+        }
+    }
+}
+
+/// Inverse of a symmetric positive-definite matrix, by Cholesky factorisation
+/// (A = L·Lᵀ, A⁻¹ = L⁻ᵀ·L⁻¹). `None` when it is not numerically positive definite.
+/// O(d³); used for exact fits and to bound the drift of rank-1 updates.
+pub fn spd_inverse(layout: SymLayout, a: &[f64]) -> Option<Vec<f64>> {
+    let d = layout.dim();
+    let full = layout.to_full(a);
     // Lower-triangular factor, row-major, rows contiguous so the inner products vectorise.
     let mut l = vec![0.0; d * d];
     for i in 0..d {
@@ -183,23 +340,22 @@ pub fn spd_inverse_packed(a: &[f64], d: usize) -> Option<Vec<f64>> {
         }
     }
     // A⁻¹[i][j] = Σ_k W[k][i]·W[k][j] = (column i of W) · (column j of W), over k ≥ max(i, j).
-    let mut inv = Vec::with_capacity(packed_len(d));
+    let mut inv = vec![0.0; d * d];
     for i in 0..d {
         for j in i..d {
-            inv.push(dot(
-                &w_t[i * d + j..(i + 1) * d],
-                &w_t[j * d + j..(j + 1) * d],
-            ));
+            let v = dot(&w_t[i * d + j..(i + 1) * d], &w_t[j * d + j..(j + 1) * d]);
+            inv[i * d + j] = v;
+            inv[j * d + i] = v;
         }
     }
-    Some(inv)
+    Some(layout.from_full(&inv))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn naive_full_matvec(full: &[f64], x: &[f64]) -> Vec<f64> {
+    fn naive_matvec(full: &[f64], x: &[f64]) -> Vec<f64> {
         let d = x.len();
         (0..d)
             .map(|i| (0..d).map(|j| full[i * d + j] * x[j]).sum())
@@ -207,70 +363,152 @@ mod tests {
     }
 
     fn sample_spd(d: usize) -> Vec<f64> {
-        let mut full = vec![0.0; d * d];
-        for i in 0..d {
-            for j in 0..d {
-                let v = ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.5;
-                full[i * d + j] += v;
-            }
-        }
+        let b: Vec<f64> = (0..d * d)
+            .map(|k| ((k * 7 + k / d * 3) % 11) as f64 / 11.0 - 0.5)
+            .collect();
         // B·Bᵀ + d·I is symmetric positive definite.
         let mut spd = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {
-                spd[i * d + j] = (0..d)
-                    .map(|k| full[i * d + k] * full[j * d + k])
-                    .sum::<f64>()
+                spd[i * d + j] = (0..d).map(|k| b[i * d + k] * b[j * d + k]).sum::<f64>()
                     + if i == j { d as f64 } else { 0.0 };
             }
         }
         spd
     }
 
+    const DIMS: [usize; 9] = [1, 2, 7, 8, 9, 16, 17, 33, 65];
+
     #[test]
-    fn pack_unpack_round_trip() {
-        let d = 9;
-        let full = sample_spd(d);
-        assert_eq!(unpack(&pack(&full, d), d), full);
+    fn offsets_follow_the_row_lengths() {
+        for d in DIMS {
+            let layout = SymLayout::new(d);
+            let mut start = 0;
+            for i in 0..d {
+                assert_eq!(layout.offset(i), start, "d={d} i={i}");
+                start += layout.stride() - layout.first_column(i);
+            }
+            assert_eq!(layout.len(), start);
+        }
+    }
+
+    #[test]
+    fn conversions_round_trip() {
+        for d in DIMS {
+            let layout = SymLayout::new(d);
+            let full = sample_spd(d);
+            let m = layout.from_full(&full);
+            assert_eq!(layout.to_full(&m), full);
+            let packed = layout.to_packed(&m);
+            assert_eq!(packed.len(), d * (d + 1) / 2);
+            assert_eq!(layout.from_packed(&packed), m);
+            let identity = layout.to_full(&layout.scaled_identity(2.0));
+            for i in 0..d {
+                for j in 0..d {
+                    assert_eq!(identity[i * d + j], if i == j { 2.0 } else { 0.0 });
+                }
+            }
+        }
     }
 
     #[test]
     fn symv_and_quad_form_match_naive() {
-        for d in [1, 2, 7, 8, 9, 17, 65] {
+        for d in DIMS {
+            let layout = SymLayout::new(d);
             let full = sample_spd(d);
-            let m = pack(&full, d);
+            let m = layout.from_full(&full);
             let x: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
-            let expected = naive_full_matvec(&full, &x);
-            let mut out = vec![0.0; d];
-            let q = symv_packed(&m, &x, &mut out);
+            let xp = layout.pad(&x);
+            let expected = naive_matvec(&full, &x);
+            let mut out = vec![0.0; layout.stride()];
+            let q = symv(layout, &m, &xp, &mut out);
             for (a, b) in out.iter().zip(&expected) {
-                assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()));
+                assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "d={d}");
             }
+            assert!(out[d..].iter().all(|v| *v == 0.0));
             let q_naive: f64 = x.iter().zip(&expected).map(|(a, b)| a * b).sum();
             assert!((q - q_naive).abs() < 1e-9 * (1.0 + q_naive.abs()));
-            assert!((quad_form_packed(&m, &x) - q_naive).abs() < 1e-9 * (1.0 + q_naive.abs()));
+            let q2 = dot(&m, &quadratic_weights(layout, &xp));
+            assert!((q2 - q_naive).abs() < 1e-9 * (1.0 + q_naive.abs()));
         }
     }
 
     #[test]
-    fn rank1_variants_agree() {
-        let d = 13;
-        let m = pack(&sample_spd(d), d);
-        let u: Vec<f64> = (0..d).map(|i| i as f64 - 6.0).collect();
-        let mut into = vec![0.0; m.len()];
-        rank1_packed_into(&m, &u, 0.25, &mut into);
-        let mut in_place = m.clone();
-        rank1_packed_in_place(&mut in_place, &u, 0.25);
-        assert_eq!(into.len(), in_place.len());
-        for (a, b) in into.iter().zip(&in_place) {
-            assert!((a - b).abs() < 1e-12 * (1.0 + a.abs()));
+    fn rank1_variants_match_naive_and_keep_zeros() {
+        for d in DIMS {
+            let layout = SymLayout::new(d);
+            let full = sample_spd(d);
+            let m = layout.from_full(&full);
+            let u: Vec<f64> = (0..d).map(|i| i as f64 - 6.0).collect();
+            let up = layout.pad(&u);
+            let mut into = vec![f64::NAN; m.len()];
+            rank1_into(layout, &m, &up, 0.25, &mut into);
+            let mut in_place = m.clone();
+            rank1_in_place(layout, &mut in_place, &up, 0.25);
+            for (a, b) in into.iter().zip(&in_place) {
+                assert!((a - b).abs() < 1e-12 * (1.0 + a.abs()), "d={d}");
+            }
+            // Zero entries (left of the diagonal, padding) stay exactly zero in both.
+            let structure = layout.from_full(&vec![1.0; d * d]);
+            for ((s, a), b) in structure.iter().zip(&into).zip(&in_place) {
+                if *s == 0.0 {
+                    assert_eq!((*a, *b), (0.0, 0.0), "d={d}");
+                }
+            }
+            let result = layout.to_full(&into);
+            for i in 0..d {
+                for j in 0..d {
+                    let want = full[i * d + j] - 0.25 * u[i] * u[j];
+                    assert!((result[i * d + j] - want).abs() < 1e-12 * (1.0 + want.abs()));
+                }
+            }
         }
-        let full = unpack(&into, d);
-        let orig = sample_spd(d);
-        for i in 0..d {
-            for j in 0..d {
-                let want = orig[i * d + j] - 0.25 * u[i] * u[j];
-                assert!((full[i * d + j] - want).abs() < 1e-12 * (1.0 + want.abs()));
+    }
+
+    #[test]
+    fn dispatched_kernels_match_the_portable_ones() {
+        for d in DIMS {
+            let layout = SymLayout::new(d);
+            let m = layout.from_full(&sample_spd(d));
+            let x = layout.pad(&(0..d).map(|i| (i as f64 * 0.53).cos()).collect::<Vec<_>>());
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * (1.0 + a.abs().max(b.abs()));
+
+            let mut want = vec![0.0; layout.len()];
+            portable::quadratic_weights(layout, &x, &mut want);
+            let got = quadratic_weights(layout, &x);
+            assert!(
+                want.iter().zip(&got).all(|(a, b)| close(*a, *b)),
+                "weights d={d}"
+            );
+
+            let (mut want, mut got) = (vec![0.0; layout.stride()], vec![0.0; layout.stride()]);
+            let q_want = portable::symv(layout, &m, &x, &mut want);
+            let q_got = symv(layout, &m, &x, &mut got);
+            assert!(close(q_want, q_got), "symv d={d}");
+            assert!(
+                want.iter().zip(&got).all(|(a, b)| close(*a, *b)),
+                "symv d={d}"
+            );
+
+            let (mut want, mut got) = (vec![0.0; m.len()], vec![0.0; m.len()]);
+            portable::rank1_into(layout, &m, &x, 0.3, &mut want);
+            rank1_into(layout, &m, &x, 0.3, &mut got);
+            assert!(
+                want.iter().zip(&got).all(|(a, b)| close(*a, *b)),
+                "rank1 d={d}"
+            );
+
+            let (mut want, mut got) = (m.clone(), m.clone());
+            portable::rank1_in_place(layout, &mut want, &x, -0.7);
+            rank1_in_place(layout, &mut got, &x, -0.7);
+            assert!(
+                want.iter().zip(&got).all(|(a, b)| close(*a, *b)),
+                "rank1 in place d={d}"
+            );
+
+            for n in [0, 3, 8, 33, 100] {
+                let (a, b) = (&m[..n.min(m.len())], &got[..n.min(m.len())]);
+                assert!(close(portable::dot(a, b), dot(a, b)), "dot n={n}");
             }
         }
     }
@@ -278,8 +516,9 @@ mod tests {
     #[test]
     fn spd_inverse_is_an_inverse() {
         for d in [1, 3, 16, 33] {
+            let layout = SymLayout::new(d);
             let full = sample_spd(d);
-            let inv = unpack(&spd_inverse_packed(&pack(&full, d), d).unwrap(), d);
+            let inv = layout.to_full(&spd_inverse(layout, &layout.from_full(&full)).unwrap());
             for i in 0..d {
                 for j in 0..d {
                     let v: f64 = (0..d).map(|k| full[i * d + k] * inv[k * d + j]).sum();
@@ -292,7 +531,8 @@ mod tests {
 
     #[test]
     fn spd_inverse_rejects_indefinite() {
-        let m = pack(&[1.0, 2.0, 2.0, 1.0], 2);
-        assert!(spd_inverse_packed(&m, 2).is_none());
+        let layout = SymLayout::new(2);
+        let m = layout.from_full(&[1.0, 2.0, 2.0, 1.0]);
+        assert!(spd_inverse(layout, &m).is_none());
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! See `policy` for the concurrency design and `scoring` for the decision rule.
 
-// `multiversion` expands to `unsafe` dispatch code inside `kernels`; everything else is safe.
+// `simd` holds the measured hot loops written with intrinsics (see its docs) and `kernels` the
+// dispatch to them; everything else is safe code.
 #![deny(unsafe_code)]
 
 pub mod arm;
@@ -16,6 +17,7 @@ pub mod persist;
 pub mod policy;
 pub mod profile;
 pub mod scoring;
+pub mod simd;
 
 pub use arm::{ArmLedger, ArmStats, Observation};
 pub use config::PolicyConfig;

@@ -6,7 +6,8 @@
 //! magic   8 bytes  "MIXLLMP\0"
 //! version u32
 //! length  u64      payload bytes
-//! payload          config, then each model (name, profile, priors, snapshot, ledger, live stats)
+//! payload          config, then each model (name, profile, priors, snapshot, ledger, live stats);
+//!                  symmetric matrices as their upper triangle, row by row, d(d+1)/2 values
 //! crc32   u32      of everything before it
 //! ```
 //!
@@ -26,7 +27,7 @@ use parking_lot::Mutex;
 use crate::arm::{ArmLedger, ArmStats};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
-use crate::kernels::packed_len;
+use crate::kernels::SymLayout;
 use crate::live::LiveStats;
 use crate::policy::{report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
@@ -61,10 +62,11 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
         out.f64(r.priors.output_tokens);
         out.u64(r.stats.observations);
         out.f64(r.stats.weight_sum);
-        out.f64s(&r.stats.a_inv);
+        let layout = SymLayout::new(c.dim);
+        out.f64s(&layout.to_packed(&r.stats.a_inv));
         out.f64s(&r.stats.theta_quality);
         out.f64s(&r.stats.theta_log_length);
-        out.f64s(&r.ledger.a);
+        out.f64s(&layout.to_packed(&r.ledger.a));
         out.f64s(&r.ledger.b_quality);
         out.f64s(&r.ledger.b_log_length);
         out.u64(r.ledger.updates_since_refactor);
@@ -156,6 +158,8 @@ pub fn from_bytes(
 
 fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<ArmSlot, String> {
     let dim = config.dim;
+    let layout = SymLayout::new(dim);
+    let packed_len = dim * (dim + 1) / 2;
     let name_bytes = d.bytes(MAX_NAME_LEN)?;
     let name =
         std::str::from_utf8(name_bytes).map_err(|_| "model name is not UTF-8".to_string())?;
@@ -179,12 +183,12 @@ fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<
     let stats = ArmStats {
         observations: d.u64()?,
         weight_sum: d.finite("weight_sum")?,
-        a_inv: d.finite_f64s("A inverse", packed_len(dim))?,
+        a_inv: layout.from_packed(&d.finite_f64s("A inverse", packed_len)?),
         theta_quality: d.finite_f64s("quality head", dim)?,
         theta_log_length: d.finite_f64s("length head", dim)?,
     };
     let ledger = ArmLedger {
-        a: d.finite_f64s("A", packed_len(dim))?,
+        a: layout.from_packed(&d.finite_f64s("A", packed_len)?),
         b_quality: d.finite_f64s("quality targets", dim)?,
         b_log_length: d.finite_f64s("length targets", dim)?,
         updates_since_refactor: d.u64()?,

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
 use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
+use crate::kernels::{quadratic_weights, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 use crate::scoring::{assess, choose, ArmView, Assessment};
@@ -266,6 +267,9 @@ impl Policy {
     ) -> Result<Decision> {
         self.check_context("x", x)?;
         Self::check_decision_args(&[prompt_tokens], &[willingness_to_pay])?;
+        let layout = SymLayout::new(self.config.dim);
+        let x = &layout.pad(x);
+        let weights = quadratic_weights(layout, x);
         let pool = self.pool.load();
         let assessments: Vec<Assessment> = pool
             .slots
@@ -279,7 +283,14 @@ impl Policy {
                     priors: &slot.priors,
                     live: &slot.live,
                 };
-                assess(&self.config, &view, x, prompt_tokens, willingness_to_pay)
+                assess(
+                    &self.config,
+                    &view,
+                    x,
+                    &weights,
+                    prompt_tokens,
+                    willingness_to_pay,
+                )
             })
             .collect();
         let index = choose(&assessments).ok_or(Error::EmptyPool)?;
@@ -335,8 +346,12 @@ impl Policy {
             .iter()
             .map(|s| (s.stats.load_full(), s.profile.load_full()))
             .collect();
+        let layout = SymLayout::new(dim);
+        let mut x = vec![0.0; layout.stride()];
         let mut assessments = Vec::with_capacity(arms.len());
-        for (row, (x, chosen)) in xs.chunks_exact(dim).zip(out.iter_mut()).enumerate() {
+        for (row, (row_x, chosen)) in xs.chunks_exact(dim).zip(out.iter_mut()).enumerate() {
+            x[..dim].copy_from_slice(row_x);
+            let weights = quadratic_weights(layout, &x);
             assessments.clear();
             let (p, w) = (prompt_tokens.at(row), willingness_to_pay.at(row));
             for (slot, (stats, profile)) in pool.slots.iter().zip(&arms) {
@@ -346,7 +361,7 @@ impl Policy {
                     priors: &slot.priors,
                     live: &slot.live,
                 };
-                assessments.push(assess(&self.config, &view, x, p, w));
+                assessments.push(assess(&self.config, &view, &x, &weights, p, w));
             }
             *chosen = choose(&assessments).ok_or(Error::EmptyPool)?;
         }

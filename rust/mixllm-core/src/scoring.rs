@@ -11,7 +11,7 @@
 
 use crate::arm::ArmStats;
 use crate::config::PolicyConfig;
-use crate::kernels::quad_form_packed;
+use crate::kernels::dot;
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 
@@ -44,19 +44,21 @@ pub struct ArmView<'a> {
     pub live: &'a LiveStats,
 }
 
-/// Scores one model for context `x` (validated by the caller).
+/// Scores one model for context `x` (validated by the caller, zero-padded to the layout's
+/// stride); `quadratic_weights` are [`crate::kernels::quadratic_weights`] of `x`.
 #[inline]
 pub fn assess(
     config: &PolicyConfig,
     arm: &ArmView<'_>,
     x: &[f64],
+    quadratic_weights: &[f64],
     prompt_tokens: f64,
     willingness_to_pay: f64,
 ) -> Assessment {
     let quality = arm.stats.predict_quality(arm.priors, x);
     let output_tokens = arm.stats.predict_output_tokens(arm.priors, x);
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
-    let uncertainty = quad_form_packed(&arm.stats.a_inv, x).max(0.0).sqrt();
+    let uncertainty = dot(&arm.stats.a_inv, quadratic_weights).max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
     let latency_s = arm.live.predicted_wait_s(arm.profile, service_s) + service_s;
     let penalty = (latency_s / config.tau_s).exp_m1();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use mixllm_core::kernels::unpack;
+use mixllm_core::kernels::SymLayout;
 use mixllm_core::{persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
@@ -325,8 +325,9 @@ impl PyPolicy {
     fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
         let dim = self.inner.config().dim;
-        let square = |packed: &[f64]| -> PyResult<Bound<'py, PyArray2<f64>>> {
-            Ok(PyArray1::from_vec(py, unpack(packed, dim)).reshape([dim, dim])?)
+        let layout = SymLayout::new(dim);
+        let square = |stored: &[f64]| -> PyResult<Bound<'py, PyArray2<f64>>> {
+            PyArray1::from_vec(py, layout.to_full(stored)).reshape([dim, dim])
         };
         let out = PyDict::new(py);
         out.set_item("a", square(&report.ledger.a)?)?;
