@@ -1,114 +1,35 @@
-"""Shared pieces of the `mixllm.Policy` tests: a numpy oracle of one arm, a standard model profile.
-
-They are handed out as session fixtures because the test modules are imported by path
-(`--import-mode=importlib`) and cannot import each other.
-"""
+"""Shared fixtures: a small sample of the local RouterBench subset, when it is present."""
 
 from __future__ import annotations
 
-from typing import Any
+import ast
+import csv
+from pathlib import Path
 
-import numpy as np
 import pytest
 
-import mixllm
-
-PROFILE: dict[str, Any] = {
-    "price_in": 1.0,
-    "price_out": 3.0,
-    "ttft_s": 0.4,
-    "tokens_per_s": 60.0,
-    "concurrency": 4,
-}
+ROUTERBENCH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
 
 
-class ArmOracle:
-    """One arm's exact ridge statistics, accumulated in numpy from the same observations.
-
-    A = ridge·I + Σ w·x·xᵀ, b_q = Σ w·(q - prior_q)·x, b_len = Σ w·(log1p(t) - log1p(prior_t))·x;
-    an observation without output tokens uses the current length prediction as its target.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        ridge: float,
-        prior_quality: float = 0.5,
-        prior_output_tokens: float = 256.0,
-    ) -> None:
-        self.ridge = ridge
-        self.prior_quality = prior_quality
-        self.prior_log_length = float(np.log1p(prior_output_tokens))
-        self.a = ridge * np.eye(dim)
-        self.b_quality = np.zeros(dim)
-        self.b_log_length = np.zeros(dim)
-        self.observations = 0
-        self.weight_sum = 0.0
-
-    def update(
-        self,
-        x: np.ndarray,
-        quality: float,
-        output_tokens: float | None = None,
-        weight: float = 1.0,
-    ) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        if output_tokens is None:
-            residual_log_length = float(self.theta_log_length @ x)
-        else:
-            residual_log_length = float(np.log1p(output_tokens)) - self.prior_log_length
-        self.a += weight * np.outer(x, x)
-        self.b_quality += weight * (quality - self.prior_quality) * x
-        self.b_log_length += weight * residual_log_length * x
-        self.observations += 1
-        self.weight_sum += weight
-
-    @property
-    def a_inv(self) -> np.ndarray:
-        return np.linalg.inv(self.a)
-
-    @property
-    def theta_quality(self) -> np.ndarray:
-        return np.linalg.solve(self.a, self.b_quality)
-
-    @property
-    def theta_log_length(self) -> np.ndarray:
-        return np.linalg.solve(self.a, self.b_log_length)
-
-    def assert_matches(self, state: dict[str, Any], rtol: float = 1e-8) -> None:
-        """Checks `Policy.inspect` output against the oracle, relative to each array's scale
-        (plus 1e-300, so values that underflow to subnormals compare at the precision left)."""
-        for key, expected in [
-            ("a", self.a),
-            ("a_inv", self.a_inv),
-            ("theta_quality", self.theta_quality),
-            ("theta_log_length", self.theta_log_length),
-            ("b_quality", self.b_quality),
-            ("b_log_length", self.b_log_length),
-        ]:
-            scale = float(np.abs(expected).max()) if expected.size else 0.0
-            np.testing.assert_allclose(
-                state[key], expected, rtol=rtol, atol=rtol * scale + 1e-300, err_msg=key
-            )
-        assert state["observations"] == self.observations
-        assert state["weight_sum"] == pytest.approx(self.weight_sum, rel=1e-12)
+def read_routerbench_split(name: str) -> list[dict[str, str]]:
+    """Rows of one RouterBench CSV file, skipping the test if the data is not beside the repo."""
+    path = ROUTERBENCH / name
+    if not path.is_file():
+        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH} (expected beside the repo)")
+    csv.field_size_limit(1 << 24)
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="session")
-def arm_oracle() -> type[ArmOracle]:
-    return ArmOracle
-
-
-@pytest.fixture(scope="session")
-def profile() -> dict[str, Any]:
-    return dict(PROFILE)
-
-
-def snapshot(policy: mixllm.Policy) -> tuple[bytes, dict[str, int]]:
-    """Everything a rejected call must leave alone: the saved state and the in-flight counts."""
-    return policy.to_bytes(), {m: policy.in_flight(m) for m in policy.models}
-
-
-@pytest.fixture(scope="session")
-def state_of() -> Any:
-    return snapshot
+def routerbench_sample() -> tuple[list[str], list[str]]:
+    """12 test-split prompts (joined text) from each benchmark, with their ``eval_name``."""
+    texts: list[str] = []
+    labels: list[str] = []
+    for name in ("arc_challenge_test.csv", "mbpp_test.csv", "winograde_test.csv"):
+        for row in read_routerbench_split(name)[:12]:
+            texts.append("\n".join(ast.literal_eval(row["prompt"])))
+            labels.append(row["eval_name"])
+    return texts, labels

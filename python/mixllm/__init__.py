@@ -15,22 +15,31 @@ from mixllm._core import (
 )
 from mixllm.embedding import Embedder
 from mixllm.errors import EmbeddingError, ModelFileError, ModelIntegrityError, ProjectionError
+from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
+from mixllm.tagging import DomainLabels, Tagger, Tags
 
 __all__ = [
     "Decision",
     "DimensionError",
+    "DomainLabels",
     "DuplicateModelError",
     "Embedder",
     "EmbeddingError",
     "EmptyPoolError",
     "InputTypeError",
     "InvalidInputError",
+    "LinearProjection",
     "MixllmError",
     "ModelFileError",
     "ModelIntegrityError",
+    "PcaProjection",
     "Policy",
     "ProjectionError",
     "StateFileError",
+    "TagProjection",
+    "Tagger",
+    "Tags",
     "UnknownModelError",
     "__version__",
+    "load_projection",
 ]
