@@ -1,12 +1,122 @@
-"""Shared fixtures: a small sample of the local RouterBench subset, when it is present."""
+"""Shared pieces of the tests: a numpy oracle of one `mixllm.Policy` arm, a standard model
+profile, and a small sample of the local RouterBench subset (when it is beside the repo).
+
+They are handed out as session fixtures because the test modules are imported by path
+(`--import-mode=importlib`) and cannot import each other.
+"""
 
 from __future__ import annotations
 
 import ast
 import csv
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+
+import mixllm
+
+PROFILE: dict[str, Any] = {
+    "price_in": 1.0,
+    "price_out": 3.0,
+    "ttft_s": 0.4,
+    "tokens_per_s": 60.0,
+    "concurrency": 4,
+}
+
+
+class ArmOracle:
+    """One arm's exact ridge statistics, accumulated in numpy from the same observations.
+
+    A = ridge·I + Σ w·x·xᵀ, b_q = Σ w·(q - prior_q)·x, b_len = Σ w·(log1p(t) - log1p(prior_t))·x;
+    an observation without output tokens uses the current length prediction as its target.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        ridge: float,
+        prior_quality: float = 0.5,
+        prior_output_tokens: float = 256.0,
+    ) -> None:
+        self.ridge = ridge
+        self.prior_quality = prior_quality
+        self.prior_log_length = float(np.log1p(prior_output_tokens))
+        self.a = ridge * np.eye(dim)
+        self.b_quality = np.zeros(dim)
+        self.b_log_length = np.zeros(dim)
+        self.observations = 0
+        self.weight_sum = 0.0
+
+    def update(
+        self,
+        x: np.ndarray,
+        quality: float,
+        output_tokens: float | None = None,
+        weight: float = 1.0,
+    ) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        if output_tokens is None:
+            residual_log_length = float(self.theta_log_length @ x)
+        else:
+            residual_log_length = float(np.log1p(output_tokens)) - self.prior_log_length
+        self.a += weight * np.outer(x, x)
+        self.b_quality += weight * (quality - self.prior_quality) * x
+        self.b_log_length += weight * residual_log_length * x
+        self.observations += 1
+        self.weight_sum += weight
+
+    @property
+    def a_inv(self) -> np.ndarray:
+        return np.linalg.inv(self.a)
+
+    @property
+    def theta_quality(self) -> np.ndarray:
+        return np.linalg.solve(self.a, self.b_quality)
+
+    @property
+    def theta_log_length(self) -> np.ndarray:
+        return np.linalg.solve(self.a, self.b_log_length)
+
+    def assert_matches(self, state: dict[str, Any], rtol: float = 1e-8) -> None:
+        """Checks `Policy.inspect` output against the oracle, relative to each array's scale
+        (plus 1e-300, so values that underflow to subnormals compare at the precision left)."""
+        for key, expected in [
+            ("a", self.a),
+            ("a_inv", self.a_inv),
+            ("theta_quality", self.theta_quality),
+            ("theta_log_length", self.theta_log_length),
+            ("b_quality", self.b_quality),
+            ("b_log_length", self.b_log_length),
+        ]:
+            scale = float(np.abs(expected).max()) if expected.size else 0.0
+            np.testing.assert_allclose(
+                state[key], expected, rtol=rtol, atol=rtol * scale + 1e-300, err_msg=key
+            )
+        assert state["observations"] == self.observations
+        assert state["weight_sum"] == pytest.approx(self.weight_sum, rel=1e-12)
+
+
+@pytest.fixture(scope="session")
+def arm_oracle() -> type[ArmOracle]:
+    return ArmOracle
+
+
+@pytest.fixture(scope="session")
+def profile() -> dict[str, Any]:
+    return dict(PROFILE)
+
+
+def snapshot(policy: mixllm.Policy) -> tuple[bytes, dict[str, int]]:
+    """Everything a rejected call must leave alone: the saved state and the in-flight counts."""
+    return policy.to_bytes(), {m: policy.in_flight(m) for m in policy.models}
+
+
+@pytest.fixture(scope="session")
+def state_of() -> Any:
+    return snapshot
+
 
 ROUTERBENCH = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
