@@ -148,8 +148,10 @@ class Policy:
         *,
         prompt_tokens: float | _Vector,
         willingness_to_pay: float | _Vector,
+        threads: int | None = None,
     ) -> npt.NDArray[np.int64]:
-        """Picks a model for each row of `X`; returns indices into `models`."""
+        """Picks a model for each row of `X`; returns indices into `models`. Batches of
+        thousands of rows are split over `threads` threads (default: the CPUs available)."""
     def update(
         self,
         name: str,

@@ -96,7 +96,7 @@ fn decide_batch(c: &mut Criterion) {
     group.bench_function(BenchmarkId::from_parameter(dim), |b| {
         b.iter(|| {
             policy
-                .decide_batch(&xs, PerRow::Same(300.0), PerRow::Same(1e4), &mut out)
+                .decide_batch(&xs, PerRow::Same(300.0), PerRow::Same(1e4), &mut out, 1)
                 .unwrap();
         })
     });

@@ -126,6 +126,12 @@ impl ArmLedger {
             &mut theta_log_length,
         );
         theta_log_length.truncate(dim);
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if !(finite(&a_inv) && finite(&theta_quality) && finite(&theta_log_length)) {
+            return Err(Error::InvalidValue(
+                "the observations are too large: the arm's statistics would overflow".to_string(),
+            ));
+        }
         Ok(ArmStats {
             a_inv,
             theta_quality,

@@ -73,6 +73,24 @@ impl Pool {
     }
 }
 
+/// Below this many rows per thread, starting a thread costs more than it saves.
+const MIN_ROWS_PER_THREAD: usize = 1024;
+
+/// One arm as a batch of decisions reads it: the slot (for priors and live state) and the
+/// snapshots of its statistics and profile taken at the start of the batch.
+type ArmSnapshot = (Arc<ArmSlot>, Arc<ArmStats>, Arc<ModelProfile>);
+
+/// Rejects values so large that their squares would overflow A or b.
+fn ensure_not_huge(what: &str, values: &[f64]) -> Result<()> {
+    match values.iter().position(|v| v.abs() > MAX_MAGNITUDE) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidValue(format!(
+            "{what} value {} at position {i} is too large (|value| must be <= {MAX_MAGNITUDE:e})",
+            values[i]
+        ))),
+    }
+}
+
 /// The outcome of one decision: the chosen model and, per model, why.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -229,13 +247,7 @@ impl Policy {
     fn check_context(&self, what: &str, x: &[f64]) -> Result<()> {
         ensure_len(what, x, self.config.dim)?;
         ensure_all_finite(what, x)?;
-        if let Some(i) = x.iter().position(|v| v.abs() > MAX_MAGNITUDE) {
-            return Err(Error::InvalidValue(format!(
-                "{what}[{i}] = {} is too large (|value| must be <= {MAX_MAGNITUDE:e})",
-                x[i]
-            )));
-        }
-        Ok(())
+        ensure_not_huge(what, x)
     }
 
     fn check_decision_args(prompt_tokens: &[f64], willingness_to_pay: &[f64]) -> Result<()> {
@@ -302,13 +314,15 @@ impl Policy {
     }
 
     /// Picks a model for each row of `xs` (row-major, `dim` columns) into `out`; returns the pool
-    /// the indices refer to. All arms are read from one snapshot taken at the start.
+    /// the indices refer to. All arms are read from one snapshot taken at the start. Large
+    /// batches are split over up to `threads` threads.
     pub fn decide_batch(
         &self,
         xs: &[f64],
         prompt_tokens: PerRow<'_>,
         willingness_to_pay: PerRow<'_>,
         out: &mut [usize],
+        threads: usize,
     ) -> Result<Arc<[Arc<str>]>> {
         let dim = self.config.dim;
         if xs.len() != out.len() * dim {
@@ -341,11 +355,50 @@ impl Policy {
         if pool.slots.is_empty() {
             return Err(Error::EmptyPool);
         }
-        let arms: Vec<(Arc<ArmStats>, Arc<ModelProfile>)> = pool
+        let arms: Vec<ArmSnapshot> = pool
             .slots
             .iter()
-            .map(|s| (s.stats.load_full(), s.profile.load_full()))
+            .map(|s| (s.clone(), s.stats.load_full(), s.profile.load_full()))
             .collect();
+        let rows = out.len();
+        let threads = threads.clamp(1, rows.div_ceil(MIN_ROWS_PER_THREAD).max(1));
+        if threads == 1 {
+            self.decide_rows(&arms, xs, prompt_tokens, willingness_to_pay, 0, out);
+        } else {
+            let rows_per_thread = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (part, chunk) in out.chunks_mut(rows_per_thread).enumerate() {
+                    let first_row = part * rows_per_thread;
+                    let part_xs = &xs[first_row * dim..(first_row + chunk.len()) * dim];
+                    let arms = &arms;
+                    scope.spawn(move || {
+                        self.decide_rows(
+                            arms,
+                            part_xs,
+                            prompt_tokens,
+                            willingness_to_pay,
+                            first_row,
+                            chunk,
+                        )
+                    });
+                }
+            });
+        }
+        Ok(pool.names.clone())
+    }
+
+    /// The loop of [`Self::decide_batch`] over validated rows; `first_row` is the index of the
+    /// first of them in the whole batch (for per-row arguments).
+    fn decide_rows(
+        &self,
+        arms: &[ArmSnapshot],
+        xs: &[f64],
+        prompt_tokens: PerRow<'_>,
+        willingness_to_pay: PerRow<'_>,
+        first_row: usize,
+        out: &mut [usize],
+    ) {
+        let dim = self.config.dim;
         let layout = SymLayout::new(dim);
         let mut x = vec![0.0; layout.stride()];
         let mut assessments = Vec::with_capacity(arms.len());
@@ -353,8 +406,9 @@ impl Policy {
             x[..dim].copy_from_slice(row_x);
             let weights = quadratic_weights(layout, &x);
             assessments.clear();
+            let row = first_row + row;
             let (p, w) = (prompt_tokens.at(row), willingness_to_pay.at(row));
-            for (slot, (stats, profile)) in pool.slots.iter().zip(&arms) {
+            for (slot, stats, profile) in arms {
                 let view = ArmView {
                     stats,
                     profile,
@@ -363,22 +417,18 @@ impl Policy {
                 };
                 assessments.push(assess(&self.config, &view, &x, &weights, p, w));
             }
-            *chosen = choose(&assessments).ok_or(Error::EmptyPool)?;
+            // The pool is not empty (checked by the caller), so there is always a choice.
+            *chosen = choose(&assessments).unwrap_or(0);
         }
-        Ok(pool.names.clone())
     }
 
     fn check_observation(&self, obs: &Observation<'_>) -> Result<()> {
         self.check_context("x", obs.x)?;
         ensure_finite("quality", obs.quality)?;
-        if obs.quality.abs() > MAX_MAGNITUDE {
-            return Err(Error::InvalidValue(format!(
-                "quality {} is too large",
-                obs.quality
-            )));
-        }
+        ensure_not_huge("quality", &[obs.quality])?;
         if let Some(tokens) = obs.output_tokens {
             ensure_finite("output_tokens", tokens)?;
+            ensure_not_huge("output_tokens", &[tokens])?;
             if tokens < 0.0 {
                 return Err(Error::InvalidValue(format!(
                     "output_tokens must be >= 0, got {tokens}"
@@ -434,9 +484,11 @@ impl Policy {
             self.check_context(&format!("X row {row}"), x)?;
         }
         ensure_all_finite("quality", quality)?;
+        ensure_not_huge("quality", quality)?;
         if let Some(tokens) = output_tokens {
             ensure_len("output_tokens", tokens, n)?;
             ensure_all_finite("output_tokens", tokens)?;
+            ensure_not_huge("output_tokens", tokens)?;
             if let Some(t) = tokens.iter().find(|t| **t < 0.0) {
                 return Err(Error::InvalidValue(format!(
                     "output_tokens must be >= 0, got {t}"
@@ -446,6 +498,7 @@ impl Policy {
         if let Some(ws) = weights {
             ensure_len("weights", ws, n)?;
             ensure_all_finite("weights", ws)?;
+            ensure_not_huge("weights", ws)?;
             if let Some(w) = ws.iter().find(|w| **w < 0.0) {
                 return Err(Error::InvalidValue(format!(
                     "weights must be >= 0, got {w}"

@@ -70,9 +70,11 @@ pub fn vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
 pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Vec<f64>, usize)> {
     let (values, shape) = if let Ok(array) = ob.cast::<PyArray2<f64>>() {
         let view = array.try_readonly()?;
+        // `as_slice` also succeeds on column-major arrays, in memory order: only take it for
+        // row-major ones, and read the rest element by element in logical order.
         let values = match view.as_slice() {
-            Ok(slice) => slice.to_vec(),
-            Err(_) => view.as_array().iter().copied().collect(),
+            Ok(slice) if view.is_c_contiguous() => slice.to_vec(),
+            _ => view.as_array().iter().copied().collect(),
         };
         (values, view.shape().to_vec())
     } else if let Ok(array) = ob.cast::<PyArray2<f32>>() {
@@ -118,6 +120,37 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
     Ok((values, shape[0]))
 }
 
+/// A real number (a Python int or float, a numpy scalar), naming the argument when it is not.
+pub fn real(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    if ob.is_instance_of::<pyo3::types::PyString>() || ob.is_instance_of::<pyo3::types::PyBytes>() {
+        return Err(input_type(format!(
+            "{what} must be a number, got {}",
+            type_name(ob)
+        )));
+    }
+    ob.extract::<f64>()
+        .map_err(|_| input_type(format!("{what} must be a number, got {}", type_name(ob))))
+}
+
+/// An optional real number (`None` allowed).
+pub fn optional_real(ob: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<f64>> {
+    match ob {
+        Some(v) if !v.is_none() => real(v, what).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// An integer (a Python int or numpy integer; not a float, even a whole one).
+pub fn integer(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
+    if ob.is_instance_of::<pyo3::types::PyFloat>() {
+        return Err(input_type(format!(
+            "{what} must be an integer, got a float ({ob})"
+        )));
+    }
+    ob.extract::<i64>()
+        .map_err(|_| input_type(format!("{what} must be an integer, got {}", type_name(ob))))
+}
+
 /// One value for every row, or a 1-D array with one value per row.
 pub enum ScalarOrVector {
     Scalar(f64),
@@ -125,8 +158,11 @@ pub enum ScalarOrVector {
 }
 
 pub fn scalar_or_vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<ScalarOrVector> {
-    if let Ok(v) = ob.extract::<f64>() {
-        return Ok(ScalarOrVector::Scalar(v));
+    if ob.is_instance_of::<PyUntypedArray>() && ob.cast::<PyUntypedArray>()?.ndim() > 0 {
+        return vector(ob, what).map(ScalarOrVector::Vector);
     }
-    vector(ob, what).map(ScalarOrVector::Vector)
+    if ob.is_instance_of::<pyo3::types::PyList>() || ob.is_instance_of::<pyo3::types::PyTuple>() {
+        return vector(ob, what).map(ScalarOrVector::Vector);
+    }
+    real(ob, what).map(ScalarOrVector::Scalar)
 }

@@ -9,7 +9,9 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
-use crate::arrays::{matrix, scalar_or_vector, vector, ScalarOrVector};
+use crate::arrays::{
+    integer, matrix, optional_real, real, scalar_or_vector, vector, ScalarOrVector,
+};
 use crate::decision::PyDecision;
 use crate::errors::{invalid_input, to_py};
 
@@ -20,7 +22,8 @@ pub struct PyPolicy {
     inner: Policy,
 }
 
-fn concurrency_from(value: i64) -> PyResult<u32> {
+fn concurrency_from(value: &Bound<'_, PyAny>) -> PyResult<u32> {
+    let value = integer(value, "concurrency")?;
     u32::try_from(value)
         .ok()
         .filter(|&c| c >= 1)
@@ -37,16 +40,32 @@ fn per_row(value: &ScalarOrVector) -> PerRow<'_> {
 #[pymethods]
 impl PyPolicy {
     #[new]
-    #[pyo3(signature = (dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1))]
+    #[pyo3(
+        signature = (dim, *, alpha=None, beta=None, ridge=None, tau_s=None, refactor_every=None, service_time_smoothing=None),
+        text_signature = "(dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1)"
+    )]
     fn new(
-        dim: i64,
-        alpha: f64,
-        beta: f64,
-        ridge: f64,
-        tau_s: f64,
-        refactor_every: i64,
-        service_time_smoothing: f64,
+        dim: &Bound<'_, PyAny>,
+        alpha: Option<&Bound<'_, PyAny>>,
+        beta: Option<&Bound<'_, PyAny>>,
+        ridge: Option<&Bound<'_, PyAny>>,
+        tau_s: Option<&Bound<'_, PyAny>>,
+        refactor_every: Option<&Bound<'_, PyAny>>,
+        service_time_smoothing: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let defaults = PolicyConfig::new(0);
+        let dim = integer(dim, "dim")?;
+        let refactor_every = match refactor_every {
+            Some(r) if !r.is_none() => integer(r, "refactor_every")?,
+            _ => defaults.refactor_every as i64,
+        };
+        let alpha = optional_real(alpha, "alpha")?.unwrap_or(defaults.alpha);
+        let beta = optional_real(beta, "beta")?.unwrap_or(defaults.beta);
+        let ridge = optional_real(ridge, "ridge")?.unwrap_or(defaults.ridge);
+        let tau_s = optional_real(tau_s, "tau_s")?.unwrap_or(defaults.tau_s);
+        let service_time_smoothing =
+            optional_real(service_time_smoothing, "service_time_smoothing")?
+                .unwrap_or(defaults.service_time_smoothing);
         let dim = usize::try_from(dim)
             .map_err(|_| invalid_input(format!("dim must be a positive integer, got {dim}")))?;
         let refactor_every = u64::try_from(refactor_every).map_err(|_| {
@@ -117,32 +136,38 @@ impl PyPolicy {
     }
 
     /// Adds a model with a fresh arm. Prices are USD per million tokens.
-    #[pyo3(signature = (name, *, price_in, price_out, fee=0.0, ttft_s, tokens_per_s, concurrency, prior_quality=0.5, prior_output_tokens=256.0))]
+    #[pyo3(
+        signature = (name, *, price_in, price_out, fee=None, ttft_s, tokens_per_s, concurrency, prior_quality=None, prior_output_tokens=None),
+        text_signature = "($self, name, *, price_in, price_out, fee=0.0, ttft_s, tokens_per_s, concurrency, prior_quality=0.5, prior_output_tokens=256.0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn add_model(
         &self,
         py: Python<'_>,
         name: &str,
-        price_in: f64,
-        price_out: f64,
-        fee: f64,
-        ttft_s: f64,
-        tokens_per_s: f64,
-        concurrency: i64,
-        prior_quality: f64,
-        prior_output_tokens: f64,
+        price_in: &Bound<'_, PyAny>,
+        price_out: &Bound<'_, PyAny>,
+        fee: Option<&Bound<'_, PyAny>>,
+        ttft_s: &Bound<'_, PyAny>,
+        tokens_per_s: &Bound<'_, PyAny>,
+        concurrency: &Bound<'_, PyAny>,
+        prior_quality: Option<&Bound<'_, PyAny>>,
+        prior_output_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let default_priors = Priors::default();
         let profile = ModelProfile {
-            price_in,
-            price_out,
-            fee,
-            ttft_s,
-            tokens_per_s,
+            price_in: real(price_in, "price_in")?,
+            price_out: real(price_out, "price_out")?,
+            fee: optional_real(fee, "fee")?.unwrap_or(0.0),
+            ttft_s: real(ttft_s, "ttft_s")?,
+            tokens_per_s: real(tokens_per_s, "tokens_per_s")?,
             concurrency: concurrency_from(concurrency)?,
         };
         let priors = Priors {
-            quality: prior_quality,
-            output_tokens: prior_output_tokens,
+            quality: optional_real(prior_quality, "prior_quality")?
+                .unwrap_or(default_priors.quality),
+            output_tokens: optional_real(prior_output_tokens, "prior_output_tokens")?
+                .unwrap_or(default_priors.output_tokens),
         };
         py.detach(|| self.inner.add_model(name, profile, priors))
             .map_err(to_py)
@@ -160,14 +185,22 @@ impl PyPolicy {
         &self,
         py: Python<'_>,
         name: &str,
-        price_in: Option<f64>,
-        price_out: Option<f64>,
-        fee: Option<f64>,
-        ttft_s: Option<f64>,
-        tokens_per_s: Option<f64>,
-        concurrency: Option<i64>,
+        price_in: Option<&Bound<'_, PyAny>>,
+        price_out: Option<&Bound<'_, PyAny>>,
+        fee: Option<&Bound<'_, PyAny>>,
+        ttft_s: Option<&Bound<'_, PyAny>>,
+        tokens_per_s: Option<&Bound<'_, PyAny>>,
+        concurrency: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let concurrency = concurrency.map(concurrency_from).transpose()?;
+        let price_in = optional_real(price_in, "price_in")?;
+        let price_out = optional_real(price_out, "price_out")?;
+        let fee = optional_real(fee, "fee")?;
+        let ttft_s = optional_real(ttft_s, "ttft_s")?;
+        let tokens_per_s = optional_real(tokens_per_s, "tokens_per_s")?;
+        let concurrency = match concurrency {
+            Some(c) if !c.is_none() => Some(concurrency_from(c)?),
+            _ => None,
+        };
         py.detach(|| {
             self.inner.update_profile(name, |p| {
                 p.price_in = price_in.unwrap_or(p.price_in);
@@ -200,10 +233,12 @@ impl PyPolicy {
         &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
-        prompt_tokens: f64,
-        willingness_to_pay: f64,
+        prompt_tokens: &Bound<'_, PyAny>,
+        willingness_to_pay: &Bound<'_, PyAny>,
     ) -> PyResult<PyDecision> {
         let x = vector(x, "x")?;
+        let prompt_tokens = real(prompt_tokens, "prompt_tokens")?;
+        let willingness_to_pay = real(willingness_to_pay, "willingness_to_pay")?;
         let inner = py
             .detach(|| self.inner.decide(&x, prompt_tokens, willingness_to_pay))
             .map_err(to_py)?;
@@ -211,8 +246,9 @@ impl PyPolicy {
     }
 
     /// Picks a model for each row of `X`; returns the chosen indices into `models` (int64).
-    /// `prompt_tokens` and `willingness_to_pay` are scalars or one value per row.
-    #[pyo3(signature = (X, *, prompt_tokens, willingness_to_pay))]
+    /// `prompt_tokens` and `willingness_to_pay` are scalars or one value per row. Batches of
+    /// thousands of rows are split over `threads` threads (default: the CPUs available).
+    #[pyo3(signature = (X, *, prompt_tokens, willingness_to_pay, threads=None))]
     #[allow(non_snake_case)]
     fn decide_batch<'py>(
         &self,
@@ -220,7 +256,15 @@ impl PyPolicy {
         X: &Bound<'py, PyAny>,
         prompt_tokens: &Bound<'py, PyAny>,
         willingness_to_pay: &Bound<'py, PyAny>,
+        threads: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let threads = match threads {
+            Some(t) if !t.is_none() => usize::try_from(integer(t, "threads")?)
+                .ok()
+                .filter(|&t| t >= 1)
+                .ok_or_else(|| invalid_input("threads must be >= 1".to_string()))?,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
         let prompt_tokens = scalar_or_vector(prompt_tokens, "prompt_tokens")?;
         let willingness_to_pay = scalar_or_vector(willingness_to_pay, "willingness_to_pay")?;
@@ -233,6 +277,7 @@ impl PyPolicy {
                         per_row(&prompt_tokens),
                         per_row(&willingness_to_pay),
                         &mut out,
+                        threads,
                     )
                     .map(|_| out)
             })
@@ -245,17 +290,23 @@ impl PyPolicy {
 
     /// Learns one observed outcome of model `name` on context `x` (Sherman–Morrison update).
     /// Without `output_tokens` the length head keeps its prediction.
-    #[pyo3(signature = (name, x, *, quality, output_tokens=None, weight=1.0))]
+    #[pyo3(
+        signature = (name, x, *, quality, output_tokens=None, weight=None),
+        text_signature = "($self, name, x, *, quality, output_tokens=None, weight=1.0)"
+    )]
     fn update(
         &self,
         py: Python<'_>,
         name: &str,
         x: &Bound<'_, PyAny>,
-        quality: f64,
-        output_tokens: Option<f64>,
-        weight: f64,
+        quality: &Bound<'_, PyAny>,
+        output_tokens: Option<&Bound<'_, PyAny>>,
+        weight: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let x = vector(x, "x")?;
+        let quality = real(quality, "quality")?;
+        let output_tokens = optional_real(output_tokens, "output_tokens")?;
+        let weight = optional_real(weight, "weight")?.unwrap_or(1.0);
         py.detach(|| {
             let obs = Observation {
                 x: &x,
@@ -310,7 +361,8 @@ impl PyPolicy {
     }
 
     /// A request to model `name` finished after `latency_s` seconds.
-    fn end(&self, name: &str, latency_s: f64) -> PyResult<()> {
+    fn end(&self, name: &str, latency_s: &Bound<'_, PyAny>) -> PyResult<()> {
+        let latency_s = real(latency_s, "latency_s")?;
         self.inner.end(name, latency_s).map_err(to_py)
     }
 
