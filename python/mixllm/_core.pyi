@@ -141,7 +141,8 @@ class Policy:
     def profile(self, name: str) -> dict[str, float]:
         """A model's profile as a dict."""
     def decide(self, x: _Vector, *, prompt_tokens: float, willingness_to_pay: float) -> Decision:
-        """Picks a model for context `x`; `willingness_to_pay` is in quality points per USD."""
+        """Picks a model for context `x`; `willingness_to_pay` is in USD per quality point
+        (the price worth paying for one more point of expected quality; inf ignores cost)."""
     def decide_batch(
         self,
         X: _Matrix,
@@ -176,6 +177,8 @@ class Policy:
         """A request was sent to model `name`."""
     def end(self, name: str, latency_s: float) -> None:
         """A request to model `name` finished after `latency_s` seconds."""
+    def cancel(self, name: str) -> None:
+        """A request to model `name` left its queue without a usable service time."""
     def in_flight(self, name: str) -> int:
         """Requests in flight for model `name`."""
     def inspect(self, name: str) -> dict[str, Any]:

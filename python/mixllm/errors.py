@@ -1,20 +1,25 @@
-"""Exceptions raised by mixllm's query-understanding layer (embedding, tagging, projection).
-
-Each one subclasses the builtin exception that fits, so callers who catch ``ValueError`` keep
-working, and a project-wide base class can be slotted in above them without breaking anyone.
+"""Exceptions raised by mixllm's Python layer (embedding, tagging, projection, configuration,
+the Router). They join the tree the decision core defines (`mixllm.MixllmError` and its
+subclasses, created in the Rust extension), and each also subclasses the builtin that fits, so
+callers who catch ``ValueError`` or ``KeyError`` keep working.
 """
 
 from __future__ import annotations
 
+from mixllm._core import MixllmError
+
 __all__ = [
+    "ConfigError",
+    "DecisionNotFoundError",
     "EmbeddingError",
     "ModelFileError",
     "ModelIntegrityError",
+    "NotFittedError",
     "ProjectionError",
 ]
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(MixllmError, ValueError):
     """The embedder could not turn the given texts into vectors."""
 
 
@@ -26,5 +31,21 @@ class ModelIntegrityError(ModelFileError):
     """A model or tokenizer file does not match its pinned sha256 (corrupted or replaced)."""
 
 
-class ProjectionError(ValueError):
+class ProjectionError(MixllmError, ValueError):
     """A projection could not be fitted, applied, saved or loaded (bad shapes, bad file)."""
+
+
+class ConfigError(MixllmError, ValueError):
+    """A Router configuration is invalid; the message names the field."""
+
+
+class DecisionNotFoundError(MixllmError, KeyError):
+    """Feedback names a decision id the Router does not hold: never issued, expired, or already
+    answered (the message says which)."""
+
+    # KeyError's str() quotes its message; these messages are sentences.
+    __str__ = BaseException.__str__
+
+
+class NotFittedError(MixllmError, RuntimeError):
+    """The Router has no learned projection yet: fit it, or load a saved state."""

@@ -26,7 +26,7 @@ pub enum Error {
     #[error("the pool has no models: add one with add_model before deciding")]
     EmptyPool,
     /// `end` was called for a model with no request in flight.
-    #[error("end({0:?}) called with no request in flight for that model (missing begin?)")]
+    #[error("no request in flight for model {0:?} (end or cancel without begin?)")]
     NothingInFlight(String),
     /// A state file that is not ours, damaged, truncated, or of another dimension.
     #[error("cannot load {path}: {reason}")]

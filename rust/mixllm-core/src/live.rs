@@ -72,6 +72,15 @@ impl LiveStats {
         Ok(())
     }
 
+    /// A request was abandoned (or its service time is unknown): it leaves the queue without
+    /// counting towards the service-time average.
+    pub fn cancel(&self, model: &str) -> Result<()> {
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| Error::NothingInFlight(model.to_string()))
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -139,9 +148,12 @@ mod tests {
             live.end("m", 1.0, 0.1),
             Err(Error::NothingInFlight(_))
         ));
+        assert!(matches!(live.cancel("m"), Err(Error::NothingInFlight(_))));
         assert_eq!(live.mean_service_s(), None);
         live.begin();
         assert!(live.end("m", f64::NAN, 0.1).is_err());
         assert_eq!(live.in_flight(), 1);
+        live.cancel("m").unwrap();
+        assert_eq!((live.in_flight(), live.mean_service_s()), (0, None));
     }
 }

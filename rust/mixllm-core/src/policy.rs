@@ -262,7 +262,7 @@ impl Policy {
         for &w in willingness_to_pay {
             if w.is_nan() || w <= 0.0 {
                 return Err(Error::InvalidValue(format!(
-                    "willingness_to_pay must be > 0 (quality points per USD; inf ignores cost), \
+                    "willingness_to_pay must be > 0 (USD per quality point; inf ignores cost), \
                      got {w}"
                 )));
             }
@@ -532,6 +532,12 @@ impl Policy {
         let slot = self.pool.load().get(name)?.clone();
         slot.live
             .end(name, latency_s, self.config.service_time_smoothing)
+    }
+
+    /// A request to model `name` left its queue without a usable service time.
+    pub fn cancel(&self, name: &str) -> Result<()> {
+        let slot = self.pool.load().get(name)?.clone();
+        slot.live.cancel(name)
     }
 
     /// A consistent copy of everything known about model `name`.

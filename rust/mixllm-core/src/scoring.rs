@@ -4,9 +4,10 @@
 //! s = q̂ − ĉ/λ + α·sqrt(xᵀA⁻¹x) − β·(exp(L/τ) − 1)
 //! ```
 //!
-//! λ (willingness to pay) is in quality points per USD: paying one more dollar is worth it when
-//! it buys λ more points of expected quality (quality is on the scale the caller feeds back,
-//! typically 0..1). `λ = ∞` ignores cost. A model whose predicted latency L exceeds τ is excluded;
+//! λ (willingness to pay) is in USD per quality point: the price worth paying for one more point
+//! of expected quality (quality is on the scale the caller feeds back, typically 0..1, so one
+//! point is "always right" against "always wrong"). A model costing Δc more is worth it when it
+//! buys more than Δc/λ expected quality. `λ = ∞` ignores cost; a small λ makes cost dominate. A model whose predicted latency L exceeds τ is excluded;
 //! when every model is, the fastest is chosen.
 
 use crate::arm::ArmStats;

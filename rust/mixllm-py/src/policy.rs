@@ -227,7 +227,8 @@ impl PyPolicy {
         Ok(out)
     }
 
-    /// Picks a model for context `x`. `willingness_to_pay` is in quality points per USD.
+    /// Picks a model for context `x`. `willingness_to_pay` is in USD per quality point
+    /// (the price worth paying for one more point of expected quality; inf ignores cost).
     #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay))]
     fn decide(
         &self,
@@ -364,6 +365,12 @@ impl PyPolicy {
     fn end(&self, name: &str, latency_s: &Bound<'_, PyAny>) -> PyResult<()> {
         let latency_s = real(latency_s, "latency_s")?;
         self.inner.end(name, latency_s).map_err(to_py)
+    }
+
+    /// A request to model `name` left its queue without a usable service time (abandoned, or
+    /// its latency is unknown): it no longer counts as in flight.
+    fn cancel(&self, name: &str) -> PyResult<()> {
+        self.inner.cancel(name).map_err(to_py)
     }
 
     /// Requests in flight for model `name`.
