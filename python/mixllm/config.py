@@ -1,0 +1,301 @@
+"""The Router's configuration: the model pool, the decision rule's knobs, the embedder and the
+tagger, from a TOML file or from code.
+
+A TOML file looks like this (every table but ``[[models]]`` is optional)::
+
+    [router]
+    willingness_to_pay = 0.1      # λ: USD per quality point (see below)
+    alpha = 0.01                  # exploration weight
+    beta = 0.1                    # latency-penalty weight
+    tau_s = 30.0                  # latency tolerance, seconds
+    dim = 64                      # projection dimension d (the context has d + 1 entries)
+
+    [embedder]
+    quantized = true
+
+    [[models]]
+    name = "gpt-4-1106-preview"
+    price_in = 10.0               # USD per million prompt tokens
+    price_out = 30.0              # USD per million output tokens
+    ttft_s = 0.6
+    tokens_per_s = 40.0
+    concurrency = 32
+
+``willingness_to_pay`` (λ) is in USD per quality point: what one more point of expected quality
+is worth paying for. With quality on a 0-1 scale (1 = a right answer), λ = 0.1 means a model that
+costs $0.001 more per query must be expected to be right 1% more often (0.001 / 0.1 = 0.01) to
+be preferred; λ = inf ignores cost, a small λ makes cost dominate. Every field is checked on
+load; an error names the field and what was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from mixllm.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "EmbedderConfig",
+    "ModelConfig",
+    "RouterConfig",
+    "TaggerConfig",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model of the pool: prices (USD per million tokens) and serving speed."""
+
+    name: str
+    price_in: float
+    price_out: float
+    ttft_s: float
+    tokens_per_s: float
+    concurrency: int
+    fee: float = 0.0
+    prior_quality: float = 0.5
+    prior_output_tokens: float = 256.0
+
+    def validate(self, where: str) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"{where}.name must be a non-empty string, got {self.name!r}")
+        for key in ("price_in", "price_out", "fee", "ttft_s", "prior_output_tokens"):
+            _number(where, key, getattr(self, key), minimum=0.0)
+        _number(where, "tokens_per_s", self.tokens_per_s, minimum=0.0, strict=True)
+        _number(where, "prior_quality", self.prior_quality)
+        _integer(where, "concurrency", self.concurrency, minimum=1)
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """Arguments of `Policy.add_model` after the name."""
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Which sentence encoder to run; see `mixllm.Embedder` for each field."""
+
+    model_dir: str | None = None
+    hf_repo: str | None = None
+    quantized: bool = False
+    intra_op_threads: int = 1
+    cache_size: int = 4096
+
+    def validate(self, where: str = "embedder") -> None:
+        for key in ("model_dir", "hf_repo"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}.{key} must be a non-empty string, got {value!r}")
+        if self.model_dir is not None and self.hf_repo is not None:
+            raise ConfigError(f"{where}: give model_dir or hf_repo, not both")
+        _boolean(where, "quantized", self.quantized)
+        _integer(where, "intra_op_threads", self.intra_op_threads, minimum=1)
+        _integer(where, "cache_size", self.cache_size, minimum=0)
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    """How queries get their domain for the tag-enhanced projection.
+
+    ``mode = "auto"`` uses the labels a data set carries (RouterBench's benchmark names) and falls
+    back to the zero-shot tagger; ``"labels"`` requires them; ``"zero-shot"`` ignores them.
+    ``pull`` and ``push`` weight the projection's loss (`mixllm.TagProjection`).
+    """
+
+    mode: Literal["auto", "labels", "zero-shot"] = "auto"
+    pull: float = 0.5
+    push: float = 4.0
+    temperature: float = 0.05
+
+    def validate(self, where: str = "tagger") -> None:
+        if self.mode not in ("auto", "labels", "zero-shot"):
+            raise ConfigError(
+                f'{where}.mode must be "auto", "labels" or "zero-shot", got {self.mode!r}'
+            )
+        _number(where, "pull", self.pull, minimum=0.0)
+        if self.pull >= 1.0:
+            raise ConfigError(f"{where}.pull must be < 1, got {self.pull}")
+        _number(where, "push", self.push, minimum=0.0)
+        _number(where, "temperature", self.temperature, minimum=0.0, strict=True)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything a Router is built from."""
+
+    models: tuple[ModelConfig, ...]
+    willingness_to_pay: float = 0.1
+    alpha: float = 0.01
+    beta: float = 0.1
+    tau_s: float = 30.0
+    dim: int = 64
+    ridge: float = 1.0
+    refactor_every: int = 1000
+    binary_feedback_weight: float = 0.5
+    feedback_ttl_s: float = 3600.0
+    max_pending: int = 100_000
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    tagger: TaggerConfig = field(default_factory=TaggerConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        where = "router"
+        _number(
+            where,
+            "willingness_to_pay",
+            self.willingness_to_pay,
+            minimum=0.0,
+            strict=True,
+            allow_inf=True,
+        )
+        _number(where, "alpha", self.alpha, minimum=0.0)
+        _number(where, "beta", self.beta, minimum=0.0)
+        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True)
+        _integer(where, "dim", self.dim, minimum=1)
+        if self.dim > 384:
+            raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
+        _number(where, "ridge", self.ridge, minimum=0.0, strict=True)
+        _integer(where, "refactor_every", self.refactor_every, minimum=1)
+        _number(
+            where, "binary_feedback_weight", self.binary_feedback_weight, minimum=0.0, strict=True
+        )
+        _number(where, "feedback_ttl_s", self.feedback_ttl_s, minimum=0.0, strict=True)
+        _integer(where, "max_pending", self.max_pending, minimum=1)
+        if not isinstance(self.models, tuple):
+            raise ConfigError("models must be a tuple of ModelConfig")
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            if not isinstance(model, ModelConfig):
+                raise ConfigError(f"models[{i}] must be a ModelConfig, got {type(model).__name__}")
+            model.validate(f"models[{i}]")
+            if model.name in seen:
+                raise ConfigError(f"models[{i}].name {model.name!r} appears twice")
+            seen.add(model.name)
+        self.embedder.validate()
+        self.tagger.validate()
+
+    def with_models(self, models: tuple[ModelConfig, ...]) -> RouterConfig:
+        return replace(self, models=models)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON- and TOML-compatible dict that `from_dict` reads back."""
+        data = asdict(self)
+        router = {k: data.pop(k) for k in list(data) if k not in ("models", "embedder", "tagger")}
+        embedder = {k: v for k, v in data["embedder"].items() if v is not None}
+        return {
+            "router": router,
+            "embedder": embedder,
+            "tagger": data["tagger"],
+            "models": list(data["models"]),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
+        """Builds a config from the layout of the TOML file, naming any unknown or bad field."""
+        _known_keys("the configuration", data, {"router", "embedder", "tagger", "models"})
+        router = _table(data, "router")
+        _known_keys(
+            "router", router, {f.name for f in fields(cls)} - {"models", "embedder", "tagger"}
+        )
+        embedder = _table(data, "embedder")
+        _known_keys("embedder", embedder, {f.name for f in fields(EmbedderConfig)})
+        tagger = _table(data, "tagger")
+        _known_keys("tagger", tagger, {f.name for f in fields(TaggerConfig)})
+        raw_models = data.get("models", [])
+        if not isinstance(raw_models, list) or not raw_models:
+            raise ConfigError("models must be a non-empty list of [[models]] tables")
+        models = []
+        model_keys = {f.name for f in fields(ModelConfig)}
+        required = {
+            f.name
+            for f in fields(ModelConfig)
+            if f.default is MISSING and f.default_factory is MISSING
+        }
+        for i, raw in enumerate(raw_models):
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"models[{i}] must be a table, got {type(raw).__name__}")
+            _known_keys(f"models[{i}]", raw, model_keys)
+            missing = sorted(required - raw.keys())
+            if missing:
+                raise ConfigError(f"models[{i}] is missing {', '.join(missing)}")
+            models.append(ModelConfig(**raw))
+        return cls(
+            models=tuple(models),
+            embedder=EmbedderConfig(**embedder),
+            tagger=TaggerConfig(**tagger),
+            **router,
+        )
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """Reads a TOML configuration file."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration {source}: {err.strerror}") from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source} is not valid TOML: {err}") from err
+    try:
+        return RouterConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def _known_keys(where: str, table: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+def _number(
+    where: str,
+    key: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    allow_inf: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ConfigError(f"{where}.{key} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        relation = ">" if strict else ">="
+        raise ConfigError(f"{where}.{key} must be {relation} {minimum:g}, got {value}")
+
+
+def _integer(where: str, key: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where}.{key} must be >= {minimum}, got {value}")
+
+
+def _boolean(where: str, key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")

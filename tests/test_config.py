@@ -1,0 +1,123 @@
+"""Router configuration: TOML in, validated dataclasses out, every error naming its field."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from mixllm import MixllmError
+from mixllm.config import ModelConfig, RouterConfig, load_config
+from mixllm.errors import ConfigError
+
+GOOD = """
+[router]
+willingness_to_pay = 0.05
+alpha = 0.02
+tau_s = 20.0
+dim = 32
+
+[embedder]
+quantized = true
+cache_size = 10
+
+[tagger]
+mode = "zero-shot"
+push = 2.0
+
+[[models]]
+name = "big"
+price_in = 10.0
+price_out = 30.0
+ttft_s = 0.6
+tokens_per_s = 40.0
+concurrency = 8
+
+[[models]]
+name = "self-hosted"
+price_in = 0
+price_out = 0
+fee = 0.0
+ttft_s = 0.1
+tokens_per_s = 90
+concurrency = 2
+prior_quality = 0.3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "router.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_full_file_is_read_into_every_field(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.willingness_to_pay == 0.05
+    assert (config.alpha, config.beta, config.tau_s, config.dim) == (0.02, 0.1, 20.0, 32)
+    assert config.embedder.quantized and config.embedder.cache_size == 10
+    assert (config.tagger.mode, config.tagger.push, config.tagger.pull) == ("zero-shot", 2.0, 0.5)
+    assert [m.name for m in config.models] == ["big", "self-hosted"]
+    assert config.models[1] == ModelConfig(
+        "self-hosted", 0, 0, 0.1, 90, 2, fee=0.0, prior_quality=0.3
+    )
+
+
+def test_to_dict_round_trips(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert RouterConfig.from_dict(config.to_dict()) == config
+
+
+def test_infinite_willingness_to_pay_is_allowed() -> None:
+    model = ModelConfig("m", 1, 1, 0.1, 10, 1)
+    assert math.isinf(RouterConfig(models=(model,), willingness_to_pay=math.inf).willingness_to_pay)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("price_in = 10.0", "price_in = -1.0", r"models\[0\]\.price_in must be >= 0"),
+        ("tokens_per_s = 40.0", "tokens_per_s = 0", r"models\[0\]\.tokens_per_s must be > 0"),
+        ("concurrency = 8", "concurrency = 0", r"models\[0\]\.concurrency must be >= 1"),
+        ("concurrency = 8", "concurrency = 2.5", r"models\[0\]\.concurrency must be an integer"),
+        ('name = "big"', 'name = ""', r"models\[0\]\.name must be a non-empty string"),
+        ('name = "self-hosted"', 'name = "big"', r"models\[1\]\.name 'big' appears twice"),
+        ("ttft_s = 0.6", 'ttft_s = "fast"', r"models\[0\]\.ttft_s must be a number"),
+        ("ttft_s = 0.6", "ttft_s = nan", r"models\[0\]\.ttft_s must be finite"),
+        ("ttft_s = 0.6", "", r"models\[0\] is missing ttft_s"),
+        ("ttft_s = 0.6", "ttft_s = 0.6\ncolour = 1", r"models\[0\] has unknown field\(s\) colour"),
+        ("willingness_to_pay = 0.05", "willingness_to_pay = 0", "willingness_to_pay must be > 0"),
+        ("dim = 32", "dim = 500", "router.dim must be <= 384"),
+        ("alpha = 0.02", "alpha = -1", "router.alpha must be >= 0"),
+        ("tau_s = 20.0", "tau_s = 0", "router.tau_s must be > 0"),
+        ("tau_s = 20.0", "tau = 20.0", r"router has unknown field\(s\) tau"),
+        ("quantized = true", 'quantized = "yes"', "embedder.quantized must be true or false"),
+        ('mode = "zero-shot"', 'mode = "magic"', "tagger.mode must be"),
+        ("push = 2.0", "pull = 1.0", "tagger.pull must be < 1"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(write(tmp_path, GOOD.replace(old, new, 1)))
+    assert str(tmp_path / "router.toml") in str(caught.value)
+    assert isinstance(caught.value, MixllmError)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_pool_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="models must be a non-empty list"):
+        load_config(write(tmp_path, "[router]\nalpha = 0.1\n"))
+
+
+def test_syntax_errors_and_missing_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[router\n"))
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_code_built_configs_are_validated_too() -> None:
+    with pytest.raises(ConfigError, match=r"models\[0\]\.price_out must be >= 0"):
+        RouterConfig(models=(ModelConfig("m", 1.0, -2.0, 0.1, 10.0, 1),))
