@@ -21,8 +21,9 @@ How a batch runs:
   Cached rows are copied into each result, so callers can never modify the cache.
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
-:func:`mixllm.model_files.int8_model_path`): about 3x faster on one short query, cosine
-~0.99 against the float vectors (docs/query-understanding.md has the measurements).
+:func:`mixllm.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
+2x on batches, cosine 0.99 against the float vectors (docs/query-understanding.md has the
+measurements).
 """
 
 from __future__ import annotations

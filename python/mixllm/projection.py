@@ -50,14 +50,14 @@ FORMAT_VERSION = 1
 F64 = NDArray[np.float64]
 
 
-def _as_matrix(vectors: ArrayLike, dim: int | None = None) -> F64:
+def _as_matrix(vectors: ArrayLike, dim: int | None = None, check_finite: bool = True) -> F64:
     matrix = np.asarray(vectors, dtype=np.float64)
     if matrix.ndim == 1:
         matrix = matrix[None, :]
     if matrix.ndim != 2 or (dim is not None and matrix.shape[1] != dim):
         want = f"(n, {dim})" if dim is not None else "(n, D)"
         raise ProjectionError(f"vectors must have shape {want}, got {np.shape(vectors)}")
-    if not np.isfinite(matrix).all():
+    if check_finite and not np.isfinite(matrix).all():
         raise ProjectionError("vectors contain NaN or infinity")
     return matrix
 
@@ -91,6 +91,9 @@ class LinearProjection:
         mu.flags.writeable = False
         self.matrix: F64 = p
         self.mean: F64 = mu
+        # P(e - μ) = e Pᵀ - μ Pᵀ: the offset is precomputed so a query pays one d-sized subtract.
+        self._matrix_t = np.ascontiguousarray(p.T)
+        self._offset = mu @ self._matrix_t
         self.params: dict[str, float] = dict(params or {})
 
     @property
@@ -104,15 +107,20 @@ class LinearProjection:
 
     def project(self, vectors: ArrayLike) -> F64:
         """(n, d) P(e - μ) for vectors (n, D) or one vector (D,)."""
-        projected: F64 = (_as_matrix(vectors, self.input_dim) - self.mean) @ self.matrix.T
+        projected: F64 = _as_matrix(vectors, self.input_dim, check_finite=False) @ self._matrix_t
+        projected -= self._offset
+        # A NaN or infinity in the input always reaches the output, so checking the (n, d)
+        # result is enough and costs a sixth of checking the (n, D) input.
+        if not np.isfinite(projected).all():
+            raise ProjectionError("vectors contain NaN or infinity (or overflow when projected)")
         return projected
 
     def context(self, vectors: ArrayLike) -> F64:
         """(n, d + 1) float64 routing contexts [normalise(P(e - μ)), 1], one row per vector."""
         z = self.project(vectors)
-        norms = np.linalg.norm(z, axis=1, keepdims=True)
+        norms = np.sqrt(np.einsum("ij,ij->i", z, z))
         out = np.empty((z.shape[0], self.d + 1), dtype=np.float64)
-        np.divide(z, np.maximum(norms, 1e-12), out=out[:, : self.d])
+        np.divide(z, np.maximum(norms, 1e-12)[:, None], out=out[:, : self.d])
         out[:, self.d] = 1.0
         return out
 
@@ -181,7 +189,9 @@ class TagProjection(LinearProjection):
         """Learn P from vectors (n, D) and integer domain labels (n,).
 
         Defaults: pull = 0.5, push = 4.0, so between-domain variance counts 10x more than
-        within-domain variance (the value docs/query-understanding.md measured on RouterBench).
+        within-domain variance: domain directions lead P while the within-domain variance
+        that quality prediction needs is kept. On the RouterBench subset every weight tried
+        (10x to 100x) gave the same frontier as PCA (docs/query-understanding.md).
         """
         e = _as_matrix(vectors)
         y = np.asarray(labels)

@@ -80,6 +80,7 @@ class Tagger:
         self.names = tuple(names)
         self.temperature = float(temperature)
         self.prototypes = self._prototypes()
+        self._prototypes_t = np.ascontiguousarray(self.prototypes.T, dtype=np.float64)
 
     def _prototypes(self) -> NDArray[np.float32]:
         rows = []
@@ -99,18 +100,23 @@ class Tagger:
             raise ValueError(
                 f"vectors must have shape (n, {self.prototypes.shape[1]}), got {matrix.shape}"
             )
-        sims: NDArray[np.float64] = matrix @ self.prototypes.T.astype(np.float64)
+        sims: NDArray[np.float64] = matrix @ self._prototypes_t
         return sims
 
     def tag_vectors(self, vectors: NDArray[np.floating], top_k: int = 1) -> Tags:
         """Tags for already embedded queries."""
         if not 1 <= top_k <= len(self.names):
             raise ValueError(f"top_k must be in 1..{len(self.names)}, got {top_k}")
-        logits = self.similarities(vectors) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
+        probs = self.similarities(vectors)
+        probs -= probs.max(axis=1, keepdims=True)
+        probs *= 1.0 / self.temperature
+        np.exp(probs, out=probs)
         probs /= probs.sum(axis=1, keepdims=True)
-        ids = np.argsort(-probs, axis=1, kind="stable")[:, :top_k].astype(np.int64)
+        if top_k == 1:
+            ids = probs.argmax(axis=1).reshape(-1, 1)
+        else:
+            ids = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        ids = ids.astype(np.int64, copy=False)
         confidences = np.take_along_axis(probs, ids, axis=1)
         return Tags(ids, confidences, probs, self.names)
 
