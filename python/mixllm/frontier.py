@@ -3,7 +3,7 @@
 Given routing contexts for a train and a test set, and every model's quality and dollar cost on
 every query (the RouterBench layout), fit one ridge quality head and one ridge cost head per
 model on the train contexts, then on the test set route each query to
-argmax_l  q̂_l(x) - ĉ_l(x) / λ  for a sweep of λ (willingness to pay, quality points per USD).
+argmax_l  q̂_l(x) - ĉ_l(x) / λ  for a sweep of λ (willingness to pay, USD per quality point).
 Each λ gives one (cost, quality) point, both as % of sending every test query to a reference
 model (GPT-4 in the MixLLM paper). This isolates the representation: the heads, the sweep and
 the data are the same for every representation compared.
