@@ -13,12 +13,23 @@ from mixllm._core import (
     UnknownModelError,
     __version__,
 )
+from mixllm.data import (
+    DatasetUnavailableError,
+    RoutingDataset,
+    count_tokens,
+    load_jsonl,
+    load_routerbench,
+    load_routerbench_csv,
+    save_jsonl,
+    split_train_test,
+)
 from mixllm.embedding import Embedder
 from mixllm.errors import EmbeddingError, ModelFileError, ModelIntegrityError, ProjectionError
 from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
 from mixllm.tagging import DomainLabels, Tagger, Tags
 
 __all__ = [
+    "DatasetUnavailableError",
     "Decision",
     "DimensionError",
     "DomainLabels",
@@ -35,11 +46,18 @@ __all__ = [
     "PcaProjection",
     "Policy",
     "ProjectionError",
+    "RoutingDataset",
     "StateFileError",
     "TagProjection",
     "Tagger",
     "Tags",
     "UnknownModelError",
     "__version__",
+    "count_tokens",
+    "load_jsonl",
     "load_projection",
+    "load_routerbench",
+    "load_routerbench_csv",
+    "save_jsonl",
+    "split_train_test",
 ]
