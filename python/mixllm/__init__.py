@@ -13,6 +13,7 @@ from mixllm._core import (
     UnknownModelError,
     __version__,
 )
+from mixllm.catalog import ROUTERBENCH_MODELS, ModelSpec
 from mixllm.data import (
     DatasetUnavailableError,
     RoutingDataset,
@@ -29,6 +30,7 @@ from mixllm.projection import LinearProjection, PcaProjection, TagProjection, lo
 from mixllm.tagging import DomainLabels, Tagger, Tags
 
 __all__ = [
+    "ROUTERBENCH_MODELS",
     "DatasetUnavailableError",
     "Decision",
     "DimensionError",
@@ -43,6 +45,7 @@ __all__ = [
     "MixllmError",
     "ModelFileError",
     "ModelIntegrityError",
+    "ModelSpec",
     "PcaProjection",
     "Policy",
     "ProjectionError",
