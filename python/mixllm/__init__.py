@@ -14,6 +14,7 @@ from mixllm._core import (
     __version__,
 )
 from mixllm.catalog import ROUTERBENCH_MODELS, ModelSpec
+from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig, TaggerConfig, load_config
 from mixllm.data import (
     DatasetUnavailableError,
     RoutingDataset,
@@ -25,38 +26,58 @@ from mixllm.data import (
     split_train_test,
 )
 from mixllm.embedding import Embedder
-from mixllm.errors import EmbeddingError, ModelFileError, ModelIntegrityError, ProjectionError
+from mixllm.errors import (
+    ConfigError,
+    DecisionNotFoundError,
+    EmbeddingError,
+    ModelFileError,
+    ModelIntegrityError,
+    NotFittedError,
+    ProjectionError,
+)
 from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
+from mixllm.router import FitReport, RouteDecision, Router
 from mixllm.tagging import DomainLabels, Tagger, Tags
 
 __all__ = [
     "ROUTERBENCH_MODELS",
+    "ConfigError",
     "DatasetUnavailableError",
     "Decision",
+    "DecisionNotFoundError",
     "DimensionError",
     "DomainLabels",
     "DuplicateModelError",
     "Embedder",
+    "EmbedderConfig",
     "EmbeddingError",
     "EmptyPoolError",
+    "FitReport",
     "InputTypeError",
     "InvalidInputError",
     "LinearProjection",
     "MixllmError",
+    "ModelConfig",
     "ModelFileError",
     "ModelIntegrityError",
     "ModelSpec",
+    "NotFittedError",
     "PcaProjection",
     "Policy",
     "ProjectionError",
+    "RouteDecision",
+    "Router",
+    "RouterConfig",
     "RoutingDataset",
     "StateFileError",
     "TagProjection",
     "Tagger",
+    "TaggerConfig",
     "Tags",
     "UnknownModelError",
     "__version__",
     "count_tokens",
+    "load_config",
     "load_jsonl",
     "load_projection",
     "load_routerbench",

@@ -65,7 +65,7 @@ class Decision:
         """LinUCB confidence width sqrt(xᵀA⁻¹x) per model."""
     @property
     def penalty(self) -> npt.NDArray[np.float64]:
-        """Latency penalty exp(L/τ) − 1 per model."""
+        """Latency penalty exp(L/τ) - 1 per model."""
     @property
     def score(self) -> npt.NDArray[np.float64]:
         """Score per model; the chosen model has the best among those not excluded."""

@@ -1,0 +1,191 @@
+"""The ``mixllm`` command: train a router, route a query, list the pool.
+
+    mixllm train --data PATH --out DIR [--config FILE]
+    mixllm route "text" [--state DIR] [--json] [--willingness-to-pay USD]
+    mixllm models [--state DIR] [--json]
+
+Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
+11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from mixllm._core import MixllmError
+from mixllm.config import ModelConfig, RouterConfig, load_config
+
+__all__ = ["main"]
+
+
+def _routerbench_config() -> RouterConfig:
+    """RouterBench's 11 models with their catalog prices and speeds, default settings."""
+    from mixllm.catalog import ROUTERBENCH_MODELS
+
+    known = {f.name for f in fields(ModelConfig)}
+    models = tuple(
+        ModelConfig(**{k: v for k, v in asdict(spec).items() if k in known})
+        for spec in ROUTERBENCH_MODELS
+    )
+    return RouterConfig(models=models)
+
+
+def _load_data(path: Path, allow_pickle: bool) -> Any:
+    from mixllm import data
+
+    if path.is_dir():
+        return data.load_routerbench_csv(path)
+    if path.suffix == ".jsonl":
+        return data.load_jsonl(path)
+    if path.suffix == ".pkl":
+        return data.load_routerbench(path, allow_pickle=allow_pickle)
+    raise MixllmError(
+        f"{path}: expected a folder of RouterBench CSV files, a .jsonl file or a .pkl file"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mixllm.router import Router
+
+    config = load_config(args.config) if args.config else _routerbench_config()
+    dataset = _load_data(Path(args.data), args.allow_pickle)
+    if dataset.split is not None and not args.all_rows:
+        dataset = dataset.train()
+    started = time.perf_counter()
+    router = Router(config)
+    report = router.fit(dataset)
+    folder = router.save(args.out)
+    print(f"trained on {report.rows} queries in {time.perf_counter() - started:.1f} s")
+    print(f"domains: {report.domains} from {report.tag_source}")
+    if report.tokens_counted:
+        print("token counts: the data has none; counted with the embedder's tokenizer")
+    for name, rows in report.rows_per_model.items():
+        print(f"  {name}: {rows} outcomes")
+    for name in report.models_without_data:
+        print(f"  {name}: no outcomes in the data, keeps its prior")
+    print(f"saved to {folder}")
+    return 0
+
+
+def _router(state: str | None) -> Any:
+    from mixllm.router import Router
+
+    return Router.load(state) if state else Router.default()
+
+
+def _format_usd(value: float) -> str:
+    return f"${value:.2e}" if value < 0.01 else f"${value:.4f}"
+
+
+def _route(args: argparse.Namespace) -> int:
+    router = _router(args.state)
+    decision = router.route(args.text, willingness_to_pay=args.willingness_to_pay)
+    explained = decision.explain()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": decision.model,
+                    "decision_id": decision.id,
+                    "willingness_to_pay": decision.willingness_to_pay,
+                    "prompt_tokens": decision.prompt_tokens,
+                    "models": explained,
+                },
+                indent=2,
+                default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v,
+            )
+        )
+        return 0
+    print(f"model: {decision.model}")
+    print(
+        f"willingness to pay: {decision.willingness_to_pay:g} USD per quality point; "
+        f"prompt: {decision.prompt_tokens:.0f} tokens"
+    )
+    header = f"{'model':<36} {'score':>8} {'quality':>8} {'cost':>10} {'latency':>8} {'explore':>8}"
+    print(header)
+    ranked = sorted(explained.items(), key=lambda kv: -float(kv[1]["score"]))
+    for name, row in ranked:
+        marker = "*" if name == decision.model else " "
+        note = "  (too slow)" if row["excluded"] else ""
+        print(
+            f"{marker}{name:<35} {row['score']:>8.4f} {row['quality']:>8.3f} "
+            f"{_format_usd(float(row['cost_usd'])):>10} {row['latency_s']:>7.2f}s "
+            f"{row['uncertainty']:>8.4f}{note}"
+        )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    rows = _router(args.state).describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'model':<36} {'$/M in':>8} {'$/M out':>8} {'ttft':>6} {'tok/s':>6} {'conc':>5} "
+        f"{'seen':>6} {'quality':>8} {'out tok':>8}"
+    )
+    for row in rows:
+        print(
+            f"{row['name']:<36} {row['price_in']:>8.3f} {row['price_out']:>8.3f} "
+            f"{row['ttft_s']:>5.2f}s {row['tokens_per_s']:>6.0f} {row['concurrency']:>5} "
+            f"{row['observations']:>6} {row['typical_quality']:>8.3f} "
+            f"{row['typical_output_tokens']:>8.0f}"
+        )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixllm",
+        description="Route each query to the LLM that best trades quality, cost and waiting time.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="learn a router from data and save it")
+    train.add_argument("--data", required=True, help="RouterBench CSV folder, .jsonl or .pkl")
+    train.add_argument("--out", required=True, help="folder to save the router state in")
+    train.add_argument("--config", help="TOML configuration (default: RouterBench's 11 models)")
+    train.add_argument(
+        "--all-rows", action="store_true", help="train on every row, not just the train split"
+    )
+    train.add_argument(
+        "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
+    )
+    train.set_defaults(run=_train)
+
+    route = commands.add_parser("route", help="pick the model for one query")
+    route.add_argument("text", help="the query")
+    route.add_argument("--state", help="saved router folder (default: the shipped router)")
+    route.add_argument("--json", action="store_true", help="print JSON")
+    route.add_argument(
+        "--willingness-to-pay", type=float, help="USD per quality point (default: configured)"
+    )
+    route.set_defaults(run=_route)
+
+    models = commands.add_parser("models", help="list the pool and what was learned of it")
+    models.add_argument("--state", help="saved router folder (default: the shipped router)")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (MixllmError, OSError) as err:
+        print(f"mixllm {args.command}: {err}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,650 @@
+"""The Router: text in, model out, learning from feedback as it goes.
+
+It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
+(`TagProjection`) and the decision core (`Policy`), and keeps the bookkeeping a service needs:
+
+- every `route` issues a decision id and counts the request as in flight for the chosen model,
+  so predicted waiting times are live;
+- `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
+  satisfied/unsatisfied signal with the lower weight κ of method.md section 4) and takes the
+  request out of flight, recording its latency;
+- decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
+  them are kept; older ones are dropped (their requests leave the queue) and feedback for them
+  raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
+  is a documented no-op: it returns ``False`` and changes nothing;
+- `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
+  restarted service routes exactly as before.
+
+Thread-safe: many threads may route and send feedback through one Router.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm._core import (
+    Decision,
+    InvalidInputError,
+    Policy,
+    StateFileError,
+    UnknownModelError,
+    __version__,
+)
+from mixllm.config import ModelConfig, RouterConfig
+from mixllm.data import RoutingDataset, count_tokens
+from mixllm.embedding import Embedder
+from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
+from mixllm.projection import LinearProjection, TagProjection, load_projection
+from mixllm.tagging import DomainLabels, Tagger
+
+__all__ = ["FitReport", "RouteDecision", "Router"]
+
+STATE_FORMAT = 1
+_CURRENT = "CURRENT"
+_FILES = ("config.json", "projection.npz", "policy.bin")
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """The model chosen for one query, with the reasons (`detail` holds every model's
+    predicted quality, cost, latency, uncertainty, penalty and score)."""
+
+    id: str
+    model: str
+    prompt_tokens: float
+    willingness_to_pay: float
+    detail: Decision
+
+    @property
+    def models(self) -> list[str]:
+        return self.detail.models
+
+    def explain(self) -> dict[str, dict[str, float | bool]]:
+        """Per model: predicted quality, cost (USD), latency (s), uncertainty, penalty, score."""
+        return self.detail.explain()
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What `Router.fit` learned from."""
+
+    rows: int
+    tag_source: str
+    domains: int
+    rows_per_model: dict[str, int]
+    models_without_data: tuple[str, ...]
+    tokens_counted: bool
+
+
+@dataclass
+class _Pending:
+    model: str
+    context: NDArray[np.float64]
+    issued: float
+
+
+class _ContextCache:
+    """Thread-safe LRU of text -> (routing context, prompt tokens)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, tuple[NDArray[np.float64], float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> tuple[NDArray[np.float64], float] | None:
+        with self._lock:
+            item = self._items.get(text)
+            if item is not None:
+                self._items.move_to_end(text)
+            return item
+
+    def put(self, text: str, item: tuple[NDArray[np.float64], float]) -> None:
+        if self._capacity == 0:
+            return
+        with self._lock:
+            self._items[text] = item
+            self._items.move_to_end(text)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class Router:
+    """Routes queries to the models of a pool and learns from feedback.
+
+    Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a
+    `RoutingDataset`, or `Router.load` a saved state (`Router.default()` is the state shipped with
+    the package, trained on RouterBench for its 11 models).
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        embedder: Embedder | None = None,
+        projection: LinearProjection | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        config.validate()
+        if projection is not None and projection.d != config.dim:
+            raise ConfigError(
+                f"router.dim is {config.dim} but the projection has d = {projection.d}"
+            )
+        if policy is None:
+            policy = self._new_policy(config)
+        elif policy.dim != config.dim + 1 or policy.models != [m.name for m in config.models]:
+            raise ConfigError("the policy's dimension or models do not match the configuration")
+        self._config = config
+        self._embedder = embedder
+        self._projection = projection
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # Ids that can no longer take feedback, and why; bounded like the pending ones.
+        self._closed: OrderedDict[str, str] = OrderedDict()
+        self._contexts = _ContextCache(config.embedder.cache_size)
+        self._id_prefix = secrets.token_hex(4)
+        self._counter = itertools.count()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_policy(config: RouterConfig) -> Policy:
+        policy = Policy(
+            config.dim + 1,
+            alpha=config.alpha,
+            beta=config.beta,
+            ridge=config.ridge,
+            tau_s=config.tau_s,
+            refactor_every=config.refactor_every,
+        )
+        for model in config.models:
+            policy.add_model(model.name, **model.policy_kwargs())
+        return policy
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._config
+
+    @property
+    def policy(self) -> Policy:
+        """The decision core (thread-safe; shared, not copied)."""
+        return self._policy
+
+    @property
+    def projection(self) -> LinearProjection | None:
+        return self._projection
+
+    @property
+    def embedder(self) -> Embedder:
+        """The sentence encoder, created from the configuration on first use."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    settings = self._config.embedder
+                    self._embedder = Embedder(
+                        settings.model_dir,
+                        hf_repo=settings.hf_repo,
+                        quantized=settings.quantized,
+                        intra_op_threads=settings.intra_op_threads,
+                        cache_size=settings.cache_size,
+                    )
+        return self._embedder
+
+    @property
+    def models(self) -> list[str]:
+        return self._policy.models
+
+    # -- learning offline -----------------------------------------------------------------------
+
+    def fit(self, dataset: RoutingDataset) -> FitReport:
+        """Learns the projection and every model's heads from a data set holding each model's
+        outcome on each query (RouterBench's layout). Models of the pool missing from the data
+        keep their prior arm; models in the data but not in the pool are ignored."""
+        if len(dataset) < 2:
+            raise InvalidInputError(f"fit needs at least 2 queries, got {len(dataset)}")
+        vectors = self.embedder.embed(dataset.prompts).astype(np.float64)
+        tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
+        projection = TagProjection.fit(
+            vectors,
+            tag_ids,
+            d=self._config.dim,
+            pull=self._config.tagger.pull,
+            push=self._config.tagger.push,
+        )
+        contexts = projection.context(vectors)
+        policy = self._new_policy(self._config)
+        rows_per_model: dict[str, int] = {}
+        without: list[str] = []
+        for model in self._config.models:
+            if model.name not in dataset.models:
+                without.append(model.name)
+                continue
+            column = dataset.models.index(model.name)
+            seen = ~np.isnan(dataset.quality[:, column])
+            if not seen.any():
+                without.append(model.name)
+                continue
+            tokens = None
+            if dataset.output_tokens is not None:
+                tokens_column = dataset.output_tokens[:, column]
+                if not np.isnan(tokens_column[seen]).any():
+                    tokens = tokens_column[seen]
+            policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
+            rows_per_model[model.name] = int(seen.sum())
+        with self._lock:
+            # Requests still in flight keep counting in the new arms' queues.
+            for pending in self._pending.values():
+                policy.begin(pending.model)
+            self._projection = projection
+            self._policy = policy
+        self._contexts.clear()
+        return FitReport(
+            rows=len(dataset),
+            tag_source=tag_source,
+            domains=domains,
+            rows_per_model=rows_per_model,
+            models_without_data=tuple(without),
+            tokens_counted=dataset.tokens_counted,
+        )
+
+    def _domain_ids(
+        self, dataset: RoutingDataset, vectors: NDArray[np.float64]
+    ) -> tuple[NDArray[np.int64], str, int]:
+        mode = self._config.tagger.mode
+        if mode == "labels" and dataset.labels is None:
+            raise ConfigError('tagger.mode is "labels" but the data set carries no labels')
+        if mode != "zero-shot" and dataset.labels is not None:
+            mapping, ids = DomainLabels.from_labels(dataset.labels)
+            return ids, "dataset labels", len(mapping.names)
+        tagger = Tagger(self.embedder, temperature=self._config.tagger.temperature)
+        tags = tagger.tag_vectors(vectors)
+        return tags.top, "zero-shot tagger", len(np.unique(tags.top))
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
+        cached = self._contexts.get(text)
+        if cached is not None:
+            return cached
+        projection = self._require_projection()
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        vector = self.embedder.embed([text])
+        item = (projection.context(vector)[0], float(count_tokens([text])[0]))
+        self._contexts.put(text, item)
+        return item
+
+    def _require_projection(self) -> LinearProjection:
+        if self._projection is None:
+            raise NotFittedError(
+                "this Router has no learned projection: call fit(dataset) or Router.load(dir)"
+            )
+        return self._projection
+
+    def _willingness(self, willingness_to_pay: float | None) -> float:
+        if willingness_to_pay is None:
+            return self._config.willingness_to_pay
+        if not (isinstance(willingness_to_pay, (int, float)) and willingness_to_pay > 0):
+            raise InvalidInputError(
+                f"willingness_to_pay must be > 0 (USD per quality point), got {willingness_to_pay}"
+            )
+        return float(willingness_to_pay)
+
+    def route(
+        self,
+        text: str,
+        *,
+        willingness_to_pay: float | None = None,
+        prompt_tokens: float | None = None,
+    ) -> RouteDecision:
+        """Picks the model for one query and counts the request as in flight for it.
+
+        ``prompt_tokens`` defaults to a count with the embedder's tokenizer (a proxy for the
+        model's own tokenizer); ``willingness_to_pay`` to the configured λ.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        context, counted = self._context(text)
+        return self._decide(
+            context,
+            counted if prompt_tokens is None else prompt_tokens,
+            self._willingness(willingness_to_pay),
+        )
+
+    def route_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        willingness_to_pay: float | None = None,
+    ) -> list[RouteDecision]:
+        """`route` for many queries, embedding them in one batch."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of str, not a single string")
+        items = list(texts)
+        for i, text in enumerate(items):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        wtp = self._willingness(willingness_to_pay)
+        projection = self._require_projection()
+        missing = [t for t in dict.fromkeys(items) if self._contexts.get(t) is None]
+        if missing:
+            contexts = projection.context(self.embedder.embed(missing))
+            tokens = count_tokens(missing)
+            for text, context, count in zip(missing, contexts, tokens, strict=True):
+                self._contexts.put(text, (context, float(count)))
+        decisions = []
+        for text in items:
+            context, count = self._context(text)
+            decisions.append(self._decide(context, count, wtp))
+        return decisions
+
+    def _decide(
+        self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float
+    ) -> RouteDecision:
+        policy = self._policy
+        detail = policy.decide(
+            context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay
+        )
+        decision_id = f"{self._id_prefix}-{next(self._counter)}"
+        now = time.monotonic()
+        with self._lock:
+            policy.begin(detail.model)
+            self._pending[decision_id] = _Pending(detail.model, context, now)
+            self._expire(now)
+        return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
+
+    def _expire(self, now: float) -> None:
+        """Drops decisions past their time to live or beyond the cap (caller holds the lock)."""
+        ttl, cap = self._config.feedback_ttl_s, self._config.max_pending
+        while self._pending:
+            decision_id, oldest = next(iter(self._pending.items()))
+            expired = now - oldest.issued > ttl
+            if not expired and len(self._pending) <= cap:
+                break
+            del self._pending[decision_id]
+            self._leave_queue(oldest.model, None)
+            reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
+            self._close(decision_id, reason)
+
+    def _leave_queue(self, model: str, latency_s: float | None) -> None:
+        """Takes one request of ``model`` out of flight (caller holds the lock). The count can
+        only be off if the policy was swapped under a pending decision by a load elsewhere, and
+        bookkeeping must never fail a call that has already learned, so that case is ignored."""
+        with contextlib.suppress(InvalidInputError, UnknownModelError):
+            if latency_s is None:
+                self._policy.cancel(model)
+            else:
+                self._policy.end(model, latency_s)
+
+    def _close(self, decision_id: str, reason: str) -> None:
+        self._closed[decision_id] = reason
+        while len(self._closed) > self._config.max_pending:
+            self._closed.popitem(last=False)
+
+    # -- learning online ------------------------------------------------------------------------
+
+    def feedback(
+        self,
+        decision_id: str,
+        *,
+        quality: float | None = None,
+        satisfied: bool | None = None,
+        output_tokens: float | None = None,
+        latency_s: float | None = None,
+    ) -> bool:
+        """Teaches the model chosen by decision ``decision_id`` how it did, and takes the request
+        out of flight (recording ``latency_s`` when given).
+
+        Give ``quality`` (refined feedback, on the scale of the training data) or ``satisfied``
+        (binary feedback, learned as quality 1 or 0 with weight ``binary_feedback_weight``).
+        Returns ``True`` when learned, ``False`` when the decision's model has been removed
+        since (a no-op). Raises `DecisionNotFoundError` for an id never issued, expired or
+        already answered, and `InvalidInputError` for bad values; neither changes any state.
+        """
+        target, weight = self._feedback_target(quality, satisfied)
+        _check_optional("output_tokens", output_tokens)
+        _check_optional("latency_s", latency_s)
+        with self._lock:
+            pending = self._pending.pop(decision_id, None)
+            if pending is None:
+                reason = self._closed.get(decision_id)
+                if reason is None:
+                    raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
+                raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
+            policy = self._policy
+            if pending.model not in policy:
+                self._close(decision_id, "answered (its model had been removed)")
+                return False
+            try:
+                policy.update(
+                    pending.model,
+                    pending.context,
+                    quality=target,
+                    output_tokens=output_tokens,
+                    weight=weight,
+                )
+            except Exception:
+                self._pending[decision_id] = pending
+                self._pending.move_to_end(decision_id, last=False)
+                raise
+            self._leave_queue(pending.model, latency_s)
+            self._close(decision_id, "already answered")
+        return True
+
+    def _feedback_target(
+        self, quality: float | None, satisfied: bool | None
+    ) -> tuple[float, float]:
+        if (quality is None) == (satisfied is None):
+            raise InvalidInputError("give exactly one of quality (refined) or satisfied (binary)")
+        if satisfied is not None:
+            if not isinstance(satisfied, (bool, np.bool_)):
+                raise InvalidInputError(f"satisfied must be True or False, got {satisfied!r}")
+            return (1.0 if satisfied else 0.0), self._config.binary_feedback_weight
+        _check_optional("quality", quality, minimum=None)
+        return float(quality), 1.0  # type: ignore[arg-type]
+
+    def pending(self) -> int:
+        """Decisions awaiting feedback."""
+        with self._lock:
+            return len(self._pending)
+
+    # -- the pool -------------------------------------------------------------------------------
+
+    def add_model(self, model: ModelConfig) -> None:
+        """Adds a model with a fresh arm; the uncertainty term makes the router try it."""
+        model.validate("model")
+        with self._lock:
+            self._policy.add_model(model.name, **model.policy_kwargs())
+            self._config = self._config.with_models((*self._config.models, model))
+
+    def remove_model(self, name: str) -> None:
+        """Removes a model; feedback still pending for it becomes a no-op."""
+        with self._lock:
+            self._policy.remove_model(name)
+            self._config = self._config.with_models(
+                tuple(m for m in self._config.models if m.name != name)
+            )
+
+    def describe_models(self) -> list[dict[str, Any]]:
+        """The pool with prices and speeds, and what the router has learned of each model:
+        observations, and the quality and output length it predicts for a typical query (the
+        heads' intercepts, the context's constant entry)."""
+        rows = []
+        for model in self._config.models:
+            if model.name not in self._policy:
+                continue
+            state = self._policy.inspect(model.name)
+            quality = state["prior_quality"] + state["theta_quality"][-1]
+            log_length = math.log1p(state["prior_output_tokens"]) + state["theta_log_length"][-1]
+            rows.append(
+                {
+                    **{k: v for k, v in model.policy_kwargs().items() if not k.startswith("prior")},
+                    "name": model.name,
+                    "observations": state["observations"],
+                    "typical_quality": float(quality),
+                    "typical_output_tokens": float(math.expm1(min(max(log_length, 0.0), 13.8))),
+                    "in_flight": state["in_flight"],
+                    "mean_service_s": state["mean_service_s"],
+                }
+            )
+        return rows
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Saves configuration, projection and every arm under ``directory``.
+
+        Each save writes a complete new state folder, then switches the ``CURRENT`` pointer to it
+        with an atomic rename, then deletes older folders: a crash at any point leaves the
+        previous save loadable. Returns the folder written.
+        """
+        projection = self._require_projection()
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((_state_number(p.name) for p in root.iterdir()), default=0)
+        name = f"state-{number:06d}"
+        staging = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            config_json = json.dumps(self._config.to_dict(), indent=2, allow_nan=True)
+            (staging / "config.json").write_text(config_json, encoding="utf-8")
+            projection.save(staging / "projection.npz")
+            self._policy.save(staging / "policy.bin")
+            manifest = {
+                "format": STATE_FORMAT,
+                "mixllm": __version__,
+                "files": {f: _sha256(staging / f) for f in _FILES},
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
+            for path in staging.iterdir():
+                _fsync(path)
+            final = root / name
+            staging.rename(final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        pointer = root / f".{_CURRENT}.tmp-{os.getpid()}"
+        pointer.write_text(name + "\n", encoding="utf-8")
+        _fsync(pointer)
+        pointer.replace(root / _CURRENT)
+        _fsync(root)
+        for old in root.iterdir():
+            if old.name != name and _state_number(old.name) > 0:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, embedder: Embedder | None = None) -> Router:
+        """Loads a state written by `save` (checking every file against its manifest)."""
+        root = Path(directory)
+        try:
+            name = (root / _CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError as err:
+            raise StateFileError(f"{root} holds no saved router (no {_CURRENT} file)") from err
+        if _state_number(name) == 0:
+            raise StateFileError(f"{root / _CURRENT} names {name!r}, not a state folder")
+        folder = root / name
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise StateFileError(f"{folder}: unreadable manifest: {err}") from err
+        if manifest.get("format") != STATE_FORMAT:
+            raise StateFileError(
+                f"{folder}: state format {manifest.get('format')!r}, this mixllm reads "
+                f"{STATE_FORMAT}"
+            )
+        for file in _FILES:
+            expected = manifest.get("files", {}).get(file)
+            if not (folder / file).is_file():
+                raise StateFileError(f"{folder}: {file} is missing")
+            if _sha256(folder / file) != expected:
+                raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
+        try:
+            config = RouterConfig.from_dict(
+                json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            )
+        except (ValueError, TypeError) as err:
+            raise StateFileError(f"{folder}: invalid configuration: {err}") from err
+        projection = load_projection(folder / "projection.npz")
+        policy = Policy.load(folder / "policy.bin", dim=config.dim + 1)
+        return cls(config, embedder=embedder, projection=projection, policy=policy)
+
+    @classmethod
+    def default(cls, *, embedder: Embedder | None = None) -> Router:
+        """The router shipped with the package: RouterBench's 11 models, trained on the
+        RouterBench subset (ARC-Challenge, MBPP, Winogrande) with `mixllm train`."""
+        return cls.load(Path(__file__).with_name("default_state"), embedder=embedder)
+
+    def with_config(self, **changes: Any) -> Router:
+        """A Router sharing this one's learned state, with some decision settings changed
+        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``)."""
+        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
+        config = replace(self._config, **changes)
+        return Router(
+            config, embedder=self._embedder, projection=self._projection, policy=self._policy
+        )
+
+
+def _check_optional(name: str, value: float | None, *, minimum: float | None = 0.0) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum:g}, got {value}")
+
+
+def _state_number(name: str) -> int:
+    """The number of a ``state-NNNNNN`` folder name, 0 for anything else."""
+    prefix, _, digits = name.partition("-")
+    return int(digits) if prefix == "state" and digits.isdigit() else 0
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file or folder to disk (best effort for folders, which some systems refuse)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,314 @@
+"""The Router end to end on real RouterBench rows: fit, route, feedback, pool changes, persistence
+across processes, and many threads at once."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mixllm
+from mixllm.config import ModelConfig, RouterConfig
+from mixllm.data import RoutingDataset, load_routerbench_csv
+from mixllm.errors import DecisionNotFoundError, NotFittedError
+from mixllm.router import Router
+
+ROUTERBENCH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
+
+
+def per_label(dataset: RoutingDataset, count: int) -> RoutingDataset:
+    """The first ``count`` rows of each benchmark."""
+    assert dataset.labels is not None
+    taken: dict[str, int] = {}
+    rows = []
+    for i, label in enumerate(dataset.labels):
+        if taken.get(label, 0) < count:
+            taken[label] = taken.get(label, 0) + 1
+            rows.append(i)
+    return dataset.select(rows)
+
+
+@pytest.fixture(scope="module")
+def routerbench() -> RoutingDataset:
+    if not ROUTERBENCH.is_dir():
+        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
+    return load_routerbench_csv(ROUTERBENCH)
+
+
+@pytest.fixture(scope="module")
+def config() -> RouterConfig:
+    from mixllm.catalog import ROUTERBENCH_MODELS
+
+    models = tuple(
+        ModelConfig(
+            s.name,
+            price_in=s.price_in,
+            price_out=s.price_out,
+            fee=s.fee,
+            ttft_s=s.ttft_s,
+            tokens_per_s=s.tokens_per_s,
+            concurrency=s.concurrency,
+        )
+        for s in ROUTERBENCH_MODELS
+    )
+    return RouterConfig(models=models, willingness_to_pay=0.05)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> mixllm.Embedder:
+    return mixllm.Embedder(quantized=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(
+    routerbench: RoutingDataset, config: RouterConfig, embedder: mixllm.Embedder
+) -> tuple[Router, RoutingDataset]:
+    router = Router(config, embedder=embedder)
+    report = router.fit(per_label(routerbench.train(), 40))
+    assert report.rows == 120 and report.tag_source == "dataset labels" and report.domains == 3
+    assert set(report.rows_per_model) == set(routerbench.models)
+    return router, per_label(routerbench.test(), 15)
+
+
+def fresh(fitted: tuple[Router, RoutingDataset], **changes: object) -> Router:
+    """A Router with its own copy of the fitted state (so tests do not share feedback)."""
+    router, _ = fitted
+    assert router.projection is not None
+    config = replace(router.config, **changes)  # type: ignore[arg-type]
+    policy = mixllm.Policy.from_bytes(router.policy.to_bytes())
+    return Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
+
+
+def test_routing_before_fitting_says_what_to_do(config: RouterConfig) -> None:
+    with pytest.raises(NotFittedError, match="fit"):
+        Router(config).route("hello")
+
+
+def test_a_decision_explains_every_model(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    decision = router.route(fitted[1].prompts[0])
+    assert decision.model in router.models
+    explained = decision.explain()
+    assert list(explained) == router.models
+    best = max((row["score"], name) for name, row in explained.items() if not row["excluded"])
+    assert best[1] == decision.model
+    assert decision.prompt_tokens > 0
+    assert decision.willingness_to_pay == 0.05
+
+
+def test_willingness_to_pay_moves_choices_towards_quality(
+    fitted: tuple[Router, RoutingDataset],
+) -> None:
+    router = fresh(fitted)
+    texts = fitted[1].prompts
+    cheap = [
+        d.detail.cost[d.detail.index] for d in router.route_batch(texts, willingness_to_pay=1e-4)
+    ]
+    rich = [
+        d.detail.cost[d.detail.index] for d in router.route_batch(texts, willingness_to_pay=1e3)
+    ]
+    assert np.mean(rich) > 3 * np.mean(cheap)
+
+
+def test_reload_in_a_new_process_routes_identically(
+    fitted: tuple[Router, RoutingDataset], tmp_path: Path
+) -> None:
+    # Both processes embed the same batches with fresh caches: the int8 encoder quantises
+    # activations per batch, so its vectors depend (slightly) on what shares the batch.
+    fitted_router = fresh(fitted)
+    router = Router(
+        fitted_router.config,
+        embedder=mixllm.Embedder(quantized=True, cache_size=0),
+        projection=fitted_router.projection,
+        policy=fitted_router.policy,
+    )
+    texts = fitted[1].prompts
+    before = router.route_batch(texts)
+    router.save(tmp_path / "state")
+    script = """
+import json, sys
+import mixllm
+from mixllm.router import Router
+router = Router.load(sys.argv[1], embedder=mixllm.Embedder(quantized=True, cache_size=0))
+texts = json.load(sys.stdin)
+print(json.dumps([[d.model, d.detail.score.tolist()] for d in router.route_batch(texts)]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "state")],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    after = json.loads(result.stdout)
+    assert [d.model for d in before] == [model for model, _ in after]
+    # The same embedding, projection and arms give the same scores to the last bit.
+    assert [d.detail.score.tolist() for d in before] == [scores for _, scores in after]
+
+
+def test_saving_twice_keeps_one_complete_state(
+    fitted: tuple[Router, RoutingDataset], tmp_path: Path
+) -> None:
+    router = fresh(fitted)
+    first = router.save(tmp_path)
+    second = router.save(tmp_path)
+    assert not first.exists() and second.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", second.name]
+    assert Router.load(tmp_path, embedder=router.embedder).models == router.models
+
+
+def test_a_damaged_save_is_refused(fitted: tuple[Router, RoutingDataset], tmp_path: Path) -> None:
+    router = fresh(fitted)
+    folder = router.save(tmp_path)
+    data = bytearray((folder / "policy.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "policy.bin").write_bytes(bytes(data))
+    with pytest.raises(mixllm.StateFileError, match="checksum"):
+        Router.load(tmp_path)
+    with pytest.raises(mixllm.StateFileError, match="no saved router"):
+        Router.load(tmp_path / "elsewhere")
+
+
+def test_feedback_teaches_the_chosen_model_only(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    decision = router.route(fitted[1].prompts[1])
+    chosen = decision.model
+    assert router.policy.in_flight(chosen) == 1
+    before = {m: router.policy.inspect(m)["observations"] for m in router.models}
+    assert router.feedback(decision.id, quality=0.0, output_tokens=120, latency_s=3.5) is True
+    after = {m: router.policy.inspect(m)["observations"] for m in router.models}
+    assert after[chosen] == before[chosen] + 1
+    assert all(after[m] == before[m] for m in router.models if m != chosen)
+    state = router.policy.inspect(chosen)
+    assert state["in_flight"] == 0 and state["mean_service_s"] == 3.5
+
+
+def test_binary_feedback_weighs_kappa(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted, binary_feedback_weight=0.25)
+    decision = router.route(fitted[1].prompts[2])
+    before = router.policy.inspect(decision.model)["weight_sum"]
+    router.feedback(decision.id, satisfied=True)
+    assert router.policy.inspect(decision.model)["weight_sum"] == pytest.approx(before + 0.25)
+
+
+def test_bad_feedback_changes_nothing(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    decision = router.route(fitted[1].prompts[3])
+    state = router.policy.to_bytes()
+    for kwargs, error in [
+        ({"quality": math.nan}, mixllm.InvalidInputError),
+        ({"quality": 1e300}, mixllm.InvalidInputError),
+        ({"quality": 1.0, "satisfied": True}, mixllm.InvalidInputError),
+        ({}, mixllm.InvalidInputError),
+        ({"satisfied": "yes"}, mixllm.InvalidInputError),
+        ({"quality": 1.0, "latency_s": -1.0}, mixllm.InvalidInputError),
+        ({"quality": 1.0, "output_tokens": math.inf}, mixllm.InvalidInputError),
+    ]:
+        with pytest.raises(error):
+            router.feedback(decision.id, **kwargs)  # type: ignore[arg-type]
+        assert router.policy.to_bytes() == state
+        assert router.pending() == 1
+    with pytest.raises(DecisionNotFoundError, match="no decision with id"):
+        router.feedback("never-issued", quality=1.0)
+    assert router.policy.to_bytes() == state
+    # The decision is still open after all those rejections.
+    assert router.feedback(decision.id, quality=1.0)
+    with pytest.raises(DecisionNotFoundError, match="already answered") as caught:
+        router.feedback(decision.id, quality=1.0)
+    assert isinstance(caught.value, KeyError)
+
+
+def test_decisions_expire_and_leave_the_queue(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted, feedback_ttl_s=0.05)
+    old = router.route(fitted[1].prompts[4])
+    time.sleep(0.1)
+    router.route(fitted[1].prompts[5])
+    with pytest.raises(DecisionNotFoundError, match="expired"):
+        router.feedback(old.id, quality=1.0)
+    assert router.pending() == 1
+    assert sum(router.policy.in_flight(m) for m in router.models) == 1
+
+
+def test_too_many_open_decisions_drop_the_oldest(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted, max_pending=3)
+    decisions = [router.route(text) for text in fitted[1].prompts[:5]]
+    assert router.pending() == 3
+    assert sum(router.policy.in_flight(m) for m in router.models) == 3
+    with pytest.raises(DecisionNotFoundError, match="too many"):
+        router.feedback(decisions[0].id, quality=1.0)
+    assert router.feedback(decisions[-1].id, quality=1.0)
+
+
+def test_feedback_for_a_removed_model_is_a_no_op(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    decision = router.route(fitted[1].prompts[6])
+    router.remove_model(decision.model)
+    others = {m: router.policy.inspect(m)["observations"] for m in router.models}
+    assert router.feedback(decision.id, quality=1.0) is False
+    assert {m: router.policy.inspect(m)["observations"] for m in router.models} == others
+    assert decision.model not in [m.name for m in router.config.models]
+    with pytest.raises(DecisionNotFoundError, match="removed"):
+        router.feedback(decision.id, quality=1.0)
+
+
+def test_an_added_model_takes_part_and_learns(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    router.add_model(
+        ModelConfig(
+            "newcomer", 0.0, 0.0, ttft_s=0.1, tokens_per_s=200.0, concurrency=64, prior_quality=0.95
+        )
+    )
+    assert router.models[-1] == "newcomer"
+    # Free, fast and believed excellent: the router tries it.
+    decision = router.route(fitted[1].prompts[7])
+    assert decision.model == "newcomer"
+    router.feedback(decision.id, quality=0.0)
+    assert router.policy.inspect("newcomer")["observations"] == 1
+    rows = {row["name"]: row for row in router.describe_models()}
+    assert rows["newcomer"]["observations"] == 1 and rows["newcomer"]["price_in"] == 0.0
+
+
+def test_many_threads_route_and_send_feedback(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted)
+    texts = fitted[1].prompts
+    router.route_batch(texts)  # warm the context cache
+    for decision_id in list(router._pending):  # close the warm-up decisions
+        router.feedback(decision_id, quality=0.5)
+    start = {m: router.policy.inspect(m)["observations"] for m in router.models}
+    errors: list[BaseException] = []
+    per_thread = 150
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(per_thread):
+                decision = router.route(texts[int(rng.integers(len(texts)))])
+                if rng.random() < 0.5:
+                    router.feedback(decision.id, quality=float(rng.random()), latency_s=1.0)
+                else:
+                    router.feedback(decision.id, satisfied=bool(rng.random() < 0.5))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "deadlock: a worker is still running"
+    assert not errors, errors
+    assert router.pending() == 0
+    assert all(router.policy.in_flight(m) == 0 for m in router.models)
+    learned = sum(router.policy.inspect(m)["observations"] - start[m] for m in router.models)
+    assert learned == 6 * per_thread
