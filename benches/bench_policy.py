@@ -50,7 +50,8 @@ def test_update_64(benchmark, queries_64, summary) -> None:
 
 
 @pytest.mark.benchmark(group="decide_batch")
-def test_decide_batch_64(benchmark, policy_64, summary) -> None:
+@pytest.mark.parametrize("threads", [None, 1], ids=["all-cpus", "1-thread"])
+def test_decide_batch_64(benchmark, policy_64, summary, threads: int | None) -> None:
     xs = workload.unit_rows(np.random.default_rng(3), BATCH_ROWS, 64)
     benchmark.pedantic(
         policy_64.decide_batch,
@@ -58,6 +59,7 @@ def test_decide_batch_64(benchmark, policy_64, summary) -> None:
         kwargs={
             "prompt_tokens": workload.PROMPT_TOKENS,
             "willingness_to_pay": workload.WILLINGNESS_TO_PAY,
+            "threads": threads,
         },
         rounds=30,
         iterations=1,
@@ -65,4 +67,5 @@ def test_decide_batch_64(benchmark, policy_64, summary) -> None:
     )
     rate = BATCH_ROWS / benchmark.stats.stats.median
     benchmark.extra_info["decisions_per_s"] = round(rate)
-    summary.append(f"decide_batch d=64, {BATCH_ROWS} rows: {rate:,.0f} decisions/s")
+    label = "all CPUs" if threads is None else f"{threads} thread"
+    summary.append(f"decide_batch d=64, {BATCH_ROWS} rows, {label}: {rate:,.0f} decisions/s")
