@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 WHEEL_DIR := build-out/wheels
 
-.PHONY: install demo test lint cargo-test bench bench-rust ci clean
+.PHONY: install demo default-state test lint cargo-test bench bench-rust ci clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,18 @@ install: $(VPY)
 	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench]"
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/mixllm-*.whl
 
-# The main job: install, then route a few queries.
+# The main job: install, then route queries with the router shipped in the package.
 demo: install
-	$(VPY) -m mixllm.demo
+	$(VENV)/bin/mixllm models
+	$(VENV)/bin/mixllm route "Write a Python function that returns the n-th Fibonacci number."
+	$(VENV)/bin/mixllm route "Which is heavier, a kilogram of feathers or a kilogram of iron?"
+
+# Retrains the router shipped in the package (RouterBench's 11 models, train split); run
+# `make install` afterwards to put it in the wheel.
+DATA ?= ../shared/data/routerbench_subset_routerdc
+default-state: install
+	rm -rf python/mixllm/default_state
+	$(VENV)/bin/mixllm train --data $(DATA) --out python/mixllm/default_state --threads 2
 
 test:
 	$(VPY) -m pytest -q tests
@@ -33,8 +42,10 @@ lint:
 	$(VPY) -m ruff format --check python tests benches
 	$(VPY) -m mypy
 
+# Twice: with the kernels this CPU selects, and with the portable ones plain x86-64 gets.
 cargo-test:
 	cargo test --workspace --exclude mixllm-py
+	MIXLLM_PORTABLE_KERNELS=1 cargo test --workspace --exclude mixllm-py
 
 bench:
 	$(VPY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,max,ops -q

@@ -60,7 +60,19 @@ def _train(args: argparse.Namespace) -> int:
     if dataset.split is not None and not args.all_rows:
         dataset = dataset.train()
     started = time.perf_counter()
-    router = Router(config)
+    embedder = None
+    if args.threads is not None:
+        from mixllm.embedding import Embedder
+
+        settings = config.embedder
+        embedder = Embedder(
+            settings.model_dir,
+            hf_repo=settings.hf_repo,
+            quantized=settings.quantized,
+            intra_op_threads=args.threads,
+            cache_size=0,
+        )
+    router = Router(config, embedder=embedder)
     report = router.fit(dataset)
     folder = router.save(args.out)
     print(f"trained on {report.rows} queries in {time.perf_counter() - started:.1f} s")
@@ -136,8 +148,8 @@ def _models(args: argparse.Namespace) -> int:
         print(
             f"{row['name']:<36} {row['price_in']:>8.3f} {row['price_out']:>8.3f} "
             f"{row['ttft_s']:>5.2f}s {row['tokens_per_s']:>6.0f} {row['concurrency']:>5} "
-            f"{row['observations']:>6} {row['typical_quality']:>8.3f} "
-            f"{row['typical_output_tokens']:>8.0f}"
+            f"{row['observations']:>6} {row['mean_quality']:>8.3f} "
+            f"{row['mean_output_tokens']:>8.0f}"
         )
     return 0
 
@@ -158,6 +170,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
+    )
+    train.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime threads for embedding the training data (default: as configured)",
     )
     train.set_defaults(run=_train)
 

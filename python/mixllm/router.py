@@ -486,23 +486,28 @@ class Router:
             )
 
     def describe_models(self) -> list[dict[str, Any]]:
-        """The pool with prices and speeds, and what the router has learned of each model:
-        observations, and the quality and output length it predicts for a typical query (the
-        heads' intercepts, the context's constant entry)."""
+        """The pool with prices and speeds, and what the router has learned of each model: how
+        many outcomes it has seen, their mean quality and (geometric) mean output length, and
+        the live queue."""
         rows = []
         for model in self._config.models:
             if model.name not in self._policy:
                 continue
             state = self._policy.inspect(model.name)
-            quality = state["prior_quality"] + state["theta_quality"][-1]
-            log_length = math.log1p(state["prior_output_tokens"]) + state["theta_log_length"][-1]
+            # The context's last entry is the constant 1, so the last entry of b is the
+            # weighted sum of the residuals over the prior: their mean is b[-1] / Σw.
+            seen = state["weight_sum"]
+            mean_residual_q = state["b_quality"][-1] / seen if seen > 0 else 0.0
+            mean_residual_len = state["b_log_length"][-1] / seen if seen > 0 else 0.0
+            log_length = math.log1p(state["prior_output_tokens"]) + mean_residual_len
+            profile = model.policy_kwargs()
             rows.append(
                 {
-                    **{k: v for k, v in model.policy_kwargs().items() if not k.startswith("prior")},
                     "name": model.name,
+                    **{k: v for k, v in profile.items() if not k.startswith("prior")},
                     "observations": state["observations"],
-                    "typical_quality": float(quality),
-                    "typical_output_tokens": float(math.expm1(min(max(log_length, 0.0), 13.8))),
+                    "mean_quality": float(state["prior_quality"] + mean_residual_q),
+                    "mean_output_tokens": float(math.expm1(log_length)),
                     "in_flight": state["in_flight"],
                     "mean_service_s": state["mean_service_s"],
                 }

@@ -198,14 +198,20 @@ pub fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
 /// for two entries of the full matrix) and zero left of it. Built once per query, it turns every
 /// model's confidence width into one streaming dot product with no per-row work.
 pub fn quadratic_weights(layout: SymLayout, x: &[f64]) -> Vec<f64> {
-    assert_eq!(x.len(), layout.stride(), "x must be padded");
     let mut out = vec![0.0; layout.len()];
+    quadratic_weights_into(layout, x, &mut out);
+    out
+}
+
+/// [`quadratic_weights`] into a buffer of the layout's length (every entry is overwritten).
+pub fn quadratic_weights_into(layout: SymLayout, x: &[f64], out: &mut [f64]) {
+    assert_eq!(x.len(), layout.stride(), "x must be padded");
+    assert_eq!(out.len(), layout.len(), "output storage");
     let (dim, stride) = (layout.dim(), layout.stride());
     dispatch!(
-        quadratic_weights(dim, stride, x, &mut out),
-        portable: portable::quadratic_weights(layout, x, &mut out)
-    );
-    out
+        quadratic_weights(dim, stride, x, out),
+        portable: portable::quadratic_weights(layout, x, out)
+    )
 }
 
 /// `out = M x` (both padded); returns `xᵀ M x` as well, which comes for free.
@@ -267,6 +273,7 @@ mod portable {
     pub fn quadratic_weights(layout: SymLayout, x: &[f64], out: &mut [f64]) {
         for (i, first, row) in layout.rows_mut(out) {
             let xi = x[i];
+            row[..i - first].fill(0.0);
             row[i - first] = xi * xi;
             for (w, xk) in row[i - first + 1..].iter_mut().zip(&x[i + 1..]) {
                 *w = 2.0 * xi * xk;

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
 use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
-use crate::kernels::{quadratic_weights, SymLayout};
+use crate::kernels::{quadratic_weights, quadratic_weights_into, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 use crate::scoring::{assess, choose, ArmView, Assessment};
@@ -401,10 +401,11 @@ impl Policy {
         let dim = self.config.dim;
         let layout = SymLayout::new(dim);
         let mut x = vec![0.0; layout.stride()];
+        let mut weights = vec![0.0; layout.len()];
         let mut assessments = Vec::with_capacity(arms.len());
         for (row, (row_x, chosen)) in xs.chunks_exact(dim).zip(out.iter_mut()).enumerate() {
             x[..dim].copy_from_slice(row_x);
-            let weights = quadratic_weights(layout, &x);
+            quadratic_weights_into(layout, &x, &mut weights);
             assessments.clear();
             let row = first_row + row;
             let (p, w) = (prompt_tokens.at(row), willingness_to_pay.at(row));

@@ -2,6 +2,7 @@
 //! Python objects, releases the GIL for the work, and maps core errors on the way back.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use mixllm_core::kernels::SymLayout;
 use mixllm_core::{persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
@@ -28,6 +29,13 @@ fn concurrency_from(value: &Bound<'_, PyAny>) -> PyResult<u32> {
         .ok()
         .filter(|&c| c >= 1)
         .ok_or_else(|| invalid_input(format!("concurrency must be an integer >= 1, got {value}")))
+}
+
+/// CPUs this process may use, read once: on Linux the lookup reads cgroup files, which costs
+/// more than deciding a small batch.
+fn available_cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn per_row(value: &ScalarOrVector) -> PerRow<'_> {
@@ -264,7 +272,7 @@ impl PyPolicy {
                 .ok()
                 .filter(|&t| t >= 1)
                 .ok_or_else(|| invalid_input("threads must be >= 1".to_string()))?,
-            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            _ => available_cpus(),
         };
         let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
         let prompt_tokens = scalar_or_vector(prompt_tokens, "prompt_tokens")?;

@@ -1,0 +1,106 @@
+"""The `mixllm` command as a user runs it: the shipped router right after install, and training
+on real RouterBench rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROUTERBENCH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
+POOL = 11
+
+
+def mixllm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mixllm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_route_with_the_shipped_router_explains_its_choice() -> None:
+    result = mixllm("route", "Write a Python function that reverses a linked list.", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert len(out["models"]) == POOL
+    assert out["model"] in out["models"]
+    chosen = out["models"][out["model"]]
+    best = max(row["score"] for row in out["models"].values() if not row["excluded"])
+    assert chosen["score"] == best
+    assert out["willingness_to_pay"] == 0.05 and out["prompt_tokens"] > 0
+
+    text = mixllm("route", "Is the sky blue?", "--willingness-to-pay", "1000")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("model: ")
+    assert "willingness to pay: 1000 USD per quality point" in text.stdout
+
+
+def test_models_lists_the_pool_and_what_was_learned() -> None:
+    result = mixllm("models", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == POOL
+    gpt4 = next(r for r in rows if r["name"] == "gpt-4-1106-preview")
+    assert gpt4["price_in"] == 10.0 and gpt4["observations"] > 2000
+    # GPT-4's accuracy on the RouterBench subset is about 0.88 (the shipped router saw it).
+    assert 0.8 < gpt4["mean_quality"] < 0.95
+    table = mixllm("models")
+    assert table.returncode == 0 and "gpt-4-1106-preview" in table.stdout
+
+
+def test_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
+    result = mixllm("route", "hello", "--state", str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("mixllm route: ") and "no saved router" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def small_routerbench(tmp_path: Path, rows_per_file: int) -> Path:
+    """A folder with the first rows of each RouterBench CSV file (copied at test time)."""
+    if not ROUTERBENCH.is_dir():
+        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
+    folder = tmp_path / "routerbench"
+    folder.mkdir()
+    csv.field_size_limit(1 << 24)
+    for source in sorted(ROUTERBENCH.glob("*.csv")):
+        with source.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            rows = [row for _, row in zip(range(rows_per_file), reader, strict=False)]
+        with (folder / source.name).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return folder
+
+
+def test_train_then_route_with_the_trained_state(tmp_path: Path) -> None:
+    data = small_routerbench(tmp_path, rows_per_file=12)
+    state = tmp_path / "state"
+    trained = mixllm("train", "--data", str(data), "--out", str(state))
+    assert trained.returncode == 0, trained.stderr
+    assert "domains: 3 from dataset labels" in trained.stdout
+    assert "counted with the embedder's tokenizer" in trained.stdout
+    assert (state / "CURRENT").is_file()
+    models = json.loads(mixllm("models", "--state", str(state), "--json").stdout)
+    # Only the train files' rows were learned from (12 each, fewer where NaN rows dropped).
+    assert all(0 < row["observations"] <= 36 for row in models)
+    routed = mixllm(
+        "route",
+        "Complete: the trophy did not fit in the suitcase because it was",
+        "--state",
+        str(state),
+        "--json",
+    )
+    assert routed.returncode == 0, routed.stderr
+    assert json.loads(routed.stdout)["model"] in {row["name"] for row in models}
+    shutil.rmtree(state)
