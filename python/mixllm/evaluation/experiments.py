@@ -1,0 +1,714 @@
+"""The MixLLM paper's experiments (method.md section 5) on a RouterBench-shaped dataset.
+
+:func:`run_evaluation` embeds every prompt once (cached on disk, :mod:`.vectors`), builds every
+router from the train split, and runs the experiments named in ``settings.experiments``:
+
+* ``frontier``: every router over a sweep of willingness to pay on the test stream, without and
+  with the time constraint τ; AIQ and the points nearest the paper's headline.
+* ``continual``: offline:online = 80:20, 50:50, 30:70 of the train split; the Router is fitted
+  on the offline part, then serves the online part and the test split as one stream with no
+  feedback, refined feedback or binary feedback (the paper's simulated user); scored on test.
+* ``new-models``: the Router starts without two models and gets them halfway through the test
+  stream; their share of traffic before and after.
+* ``out-of-domain``: per benchmark, train without it and test on it, without and with online
+  learning, against the router trained on every benchmark.
+
+The streams are simulated (:mod:`.simulator`); the online experiments drive the real
+`mixllm.Router` (``route`` at arrival, ``feedback`` with quality and latency at completion).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm._core import Policy
+from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
+from mixllm.config import ModelConfig, RouterConfig
+from mixllm.data import RoutingDataset
+from mixllm.embedding import Embedder
+from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
+from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
+from mixllm.evaluation.simulator import simulate as run_stream
+from mixllm.evaluation.vectors import embed_cached
+from mixllm.projection import LinearProjection, PcaProjection
+from mixllm.router import Router
+
+__all__ = ["EXPERIMENTS", "REFERENCE_MODEL", "EvalSettings", "run_evaluation"]
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+REFERENCE_MODEL = "gpt-4-1106-preview"
+EXPERIMENTS = ("frontier", "continual", "new-models", "out-of-domain")
+NO_CONSTRAINT_TAU_S = 1e9  # the policy's τ when there is no time constraint: no penalty
+HEADLINE = (97.25, 24.18)  # the paper's headline under the time constraint (quality %, cost %)
+QUALITY_TARGET = 97.25
+ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to run. ``tau_s`` is the time constraint of the constrained runs."""
+
+    tau_s: float = 30.0
+    queries_per_interval: int = 100
+    interval_s: float = 10.0
+    experiments: tuple[str, ...] = EXPERIMENTS
+    lambdas: tuple[float, ...] = (*tuple(float(v) for v in np.logspace(-5, 1, 31)), math.inf)
+    experiment_lambdas: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 0, 9))
+    refine_rounds: int = 3
+    seed: int = 0
+    quantized: bool = True
+    threads: int = 2
+    progress: bool = True
+
+    def stream(self, tau_s: float | None) -> StreamConfig:
+        return StreamConfig(self.queries_per_interval, self.interval_s, tau_s)
+
+
+class _Progress:
+    """A plain progress line on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        self.started = time.perf_counter()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        filled = int(width * done / max(total, 1))
+        elapsed = time.perf_counter() - self.started
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<44.44} "
+            f"{elapsed:6.0f} s"
+        )
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+class _Vectors:
+    """Stands in for the Embedder inside a Router: returns the run's precomputed vectors."""
+
+    def __init__(self, texts: Sequence[str], vectors: F64, fallback: Embedder) -> None:
+        self._rows = {text: i for i, text in enumerate(texts)}
+        self._vectors = vectors.astype(np.float32)
+        self._fallback = fallback  # for other texts, e.g. the zero-shot tagger's prototypes
+        self.dim = vectors.shape[1]
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        items = list(texts)
+        if all(t in self._rows for t in items):
+            return self._vectors[[self._rows[t] for t in items]]
+        return self._fallback.embed(items)
+
+
+def servers_for(models: Sequence[str]) -> list[ServerProfile]:
+    """Catalog latency profiles (docs/model-catalog.md); unknown models get middling ones."""
+    known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
+    out = []
+    for name in models:
+        spec = known.get(name)
+        if spec is None:
+            out.append(ServerProfile(name, 0.5, 50.0, DEFAULT_CONCURRENCY))
+        else:
+            out.append(ServerProfile(name, spec.ttft_s, spec.tokens_per_s, spec.concurrency))
+    return out
+
+
+def router_config(models: Sequence[str], *, tau_s: float, beta: float = 0.1) -> RouterConfig:
+    """RouterBench's models with their catalog prices and speeds."""
+    known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
+    keep = {f.name for f in fields(ModelConfig)}
+    configs = []
+    for name in models:
+        spec = known.get(name)
+        if spec is None:
+            configs.append(ModelConfig(name, 1.0, 1.0, 0.5, 50.0, DEFAULT_CONCURRENCY))
+        else:
+            configs.append(ModelConfig(**{k: v for k, v in asdict(spec).items() if k in keep}))
+    return RouterConfig(models=tuple(configs), tau_s=tau_s, beta=beta)
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+
+
+def _point(result: SimulationResult, lam: float, ref_q: float, ref_c: float) -> Point:
+    return Point(
+        lam,
+        100.0 * float(result.quality.sum()) / ref_q,
+        100.0 * float(result.cost.sum()) / ref_c,
+        result.violations,
+    )
+
+
+def sweep(
+    router: bl.SweepRouter,
+    stream: Stream,
+    lambdas: Sequence[float],
+    reference: tuple[float, float],
+    *,
+    refine_rounds: int = 0,
+    gap_pct: float = 1.0,
+) -> list[Point]:
+    """The router's points over ``lambdas`` (one point for a fixed router). With
+    ``refine_rounds``, λ is bisected (geometrically) between neighbours whose quality or cost
+    differ by more than ``gap_pct`` points, to trace the frontier where it moves."""
+    ref_q, ref_c = reference
+    if not router.sweeps:
+        return [_point(router.run(stream, math.inf), math.nan, ref_q, ref_c)]
+    points = {lam: _point(router.run(stream, lam), lam, ref_q, ref_c) for lam in lambdas}
+    for _ in range(refine_rounds):
+        finite = sorted(lam for lam in points if math.isfinite(lam))
+        new = [
+            math.sqrt(a * b)
+            for a, b in itertools.pairwise(finite)
+            if abs(points[a].quality_pct - points[b].quality_pct) > gap_pct
+            or abs(points[a].cost_pct - points[b].cost_pct) > gap_pct
+        ]
+        if not new:
+            break
+        for lam in new[:24]:
+            points[lam] = _point(router.run(stream, lam), lam, ref_q, ref_c)
+    return [points[lam] for lam in sorted(points)]
+
+
+def _summary(points: Sequence[Point], c_range: tuple[float, float]) -> dict[str, Any]:
+    pairs = [(p.cost_pct, p.quality_pct) for p in points]
+    return {
+        "aiq": aiq(pairs, *c_range),
+        "cost_for_97.25": cost_to_reach(points, QUALITY_TARGET),
+        "quality_at_30": quality_at_cost(points, 30.0),
+        "max_quality": max(p.quality_pct for p in points),
+        "violations_min": min(p.violations for p in points),
+        "points": [p.to_dict() for p in points],
+    }
+
+
+# -- building routers ------------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    dataset: RoutingDataset
+    vectors: F64
+    output_tokens: F64
+    train: NDArray[np.bool_]
+    test: NDArray[np.bool_]
+    servers: list[ServerProfile]
+    embedder: Embedder = field(repr=False)
+
+    @property
+    def models(self) -> list[str]:
+        return self.dataset.models
+
+
+def _fit_policy(
+    contexts: F64, dataset: RoutingDataset, rows: NDArray[np.bool_], config: RouterConfig
+) -> Policy:
+    """Every model's arm fitted on ``rows`` (as Router.fit does)."""
+    policy = Policy(
+        contexts.shape[1], alpha=config.alpha, beta=config.beta, ridge=config.ridge,
+        tau_s=config.tau_s, refactor_every=config.refactor_every,
+    )  # fmt: skip
+    for model in config.models:
+        policy.add_model(model.name, **model.policy_kwargs())
+        k = dataset.models.index(model.name)
+        tokens = dataset.output_tokens[rows, k] if dataset.output_tokens is not None else None
+        policy.fit(model.name, contexts[rows], dataset.quality[rows, k], tokens)
+    return policy
+
+
+def _fit_router(data: _Data, rows: NDArray[np.bool_], config: RouterConfig) -> Router:
+    """The real Router, fitted on ``rows`` with the run's precomputed vectors."""
+    embedder = cast(Embedder, _Vectors(data.dataset.prompts, data.vectors, data.embedder))
+    router = Router(config, embedder=embedder)
+    router.fit(data.dataset.select(np.flatnonzero(rows)))
+    return router
+
+
+def _stream(data: _Data, rows: NDArray[np.bool_] | I64, config: StreamConfig) -> Stream:
+    ds = data.dataset
+    return Stream.build(
+        ds.quality[rows], ds.cost_usd[rows], data.output_tokens[rows], data.servers, config
+    )
+
+
+def _frontier_routers(data: _Data, tau_s: float | None, settings: EvalSettings) -> list[Any]:
+    ds, train, test = data.dataset, data.train, data.test
+    models = data.models
+    policy_tau = tau_s if tau_s is not None else NO_CONSTRAINT_TAU_S
+    stream_config = settings.stream(tau_s)
+    q_train, c_train = ds.quality[train], ds.cost_usd[train]
+    v_train, v_test = data.vectors[train], data.vectors[test]
+    prompt_tokens = ds.prompt_tokens[test]
+    out_test = data.output_tokens[test]
+    columns = list(range(len(models)))
+    c_hat = bl.ridge_predict(v_train, c_train, v_test, alpha=1.0)
+    routers: list[Any] = []
+
+    def policy_router(name: str, policy: Policy, contexts: F64) -> bl.PolicyRouter:
+        return bl.PolicyRouter(
+            name, policy, contexts, prompt_tokens, out_test, columns, data.servers,
+            stream_config, feedback="refined",
+        )  # fmt: skip
+
+    config = router_config(models, tau_s=policy_tau)
+    mix = _fit_router(data, train, config)
+    projection = cast(LinearProjection, mix.projection)
+    routers.append(policy_router("mixllm", mix.policy, projection.context(v_test)))
+    no_beta = router_config(models, tau_s=policy_tau, beta=0.0)
+    ctx_all = projection.context(data.vectors)
+    routers.append(
+        policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
+    )
+    pca = PcaProjection.fit(v_train, d=config.dim)
+    ctx_pca = pca.context(data.vectors)
+    routers.append(
+        policy_router(
+            "mixllm no tags (PCA)", _fit_policy(ctx_pca, ds, train, config), ctx_pca[test]
+        )
+    )
+    raw = np.column_stack([data.vectors, np.ones(len(ds))])
+    linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0)
+    routers.append(
+        policy_router("LinUCB raw 384-d", _fit_policy(raw, ds, train, linucb), raw[test])
+    )
+    q_test, cost_test = ds.quality[test], ds.cost_usd[test]
+    routers.append(bl.ScoreRouter("oracle", q_test, cost_test, data.servers))
+    k = _choose_k(v_train, q_train, c_train)
+    routers.append(
+        bl.ScoreRouter(f"KNN (k={k})", bl.knn_quality(v_train, q_train, v_test, k), c_hat,
+                       data.servers)
+    )  # fmt: skip
+    try:
+        mlp = bl.mlp_quality(v_train, q_train, v_test, seed=settings.seed)
+        routers.append(bl.ScoreRouter("MLP", mlp, c_hat, data.servers))
+    except ImportError:
+        print(
+            "MLP router skipped: needs scikit-learn (pip install 'mixllm[eval]')", file=sys.stderr
+        )
+    rng = np.random.default_rng(settings.seed)
+    n_test = int(test.sum())
+    routers.append(
+        bl.FixedRouter("random", rng.integers(0, len(models), n_test).astype(np.int64),
+                       data.servers)
+    )  # fmt: skip
+    for k_model, name in enumerate(models):
+        routers.append(bl.FixedRouter(name, np.full(n_test, k_model, dtype=np.int64), data.servers))
+    return routers
+
+
+def _choose_k(vectors: F64, quality: F64, cost: F64) -> int:
+    """KNN's k chosen on the train split alone (leave-one-out area over a λ sweep)."""
+    best_k, best = 5, -math.inf
+    for k in (5, 10, 20, 40, 80):
+        q_hat = bl.knn_quality(vectors, quality, vectors, k, exclude_self=True)
+        c_hat = bl.knn_quality(vectors, cost, vectors, k, exclude_self=True)
+        rows = np.arange(len(vectors))
+        total = 0.0
+        for lam in np.logspace(-4, 0, 9):
+            choice = np.argmax(q_hat - c_hat / lam, axis=1)
+            total += quality[rows, choice].sum()
+        if total > best:
+            best_k, best = k, total
+    return best_k
+
+
+def _reference(data: _Data, rows: NDArray[np.bool_] | I64) -> tuple[float, float]:
+    g = data.models.index(REFERENCE_MODEL)
+    return float(data.dataset.quality[rows, g].sum()), float(data.dataset.cost_usd[rows, g].sum())
+
+
+def _single_model_range(data: _Data, rows: NDArray[np.bool_]) -> tuple[float, float]:
+    ref_c = _reference(data, rows)[1]
+    costs = 100.0 * data.dataset.cost_usd[rows].sum(axis=0) / ref_c
+    return float(costs.min()), float(costs.max())
+
+
+def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress) -> dict[str, Any]:
+    """Every router's frontier on the test stream, without and with the time constraint."""
+    out: dict[str, Any] = {}
+    reference = _reference(data, data.test)
+    c_range = _single_model_range(data, data.test)
+    g = data.models.index(REFERENCE_MODEL)
+    for key, tau in (("no_time_constraint", None), ("time_constraint", settings.tau_s)):
+        routers = _frontier_routers(data, tau, settings)
+        stream = _stream(data, data.test, settings.stream(tau))
+        queued = bl.FixedRouter(
+            "gpt-4 queued", np.full(len(stream), g, dtype=np.int64), data.servers
+        ).run(stream, math.inf)
+        section: dict[str, Any] = {
+            "tau_s": tau,
+            "reference": {
+                "model": REFERENCE_MODEL,
+                "quality": reference[0],
+                "cost_usd": reference[1],
+                "queued_quality": float(queued.quality.sum()),
+                "queued_violations": queued.violations,
+                "queued_quality_pct_of_offline": 100.0 * float(queued.quality.sum()) / reference[0],
+            },
+            "aiq_cost_range_pct": list(c_range),
+            "routers": {},
+        }
+        for i, router in enumerate(routers):
+            progress(f"frontier {key}: {router.name}", i, len(routers))
+            points = sweep(
+                router, stream, settings.lambdas, reference, refine_rounds=settings.refine_rounds
+            )
+            section["routers"][router.name] = _summary(points, c_range)
+        progress(f"frontier {key}", len(routers), len(routers))
+        if tau is not None:
+            pts = [Point(**_from_dict(p)) for p in section["routers"]["mixllm"]["points"]]
+            nearest = min(
+                pts, key=lambda p: math.hypot(p.quality_pct - HEADLINE[0], p.cost_pct - HEADLINE[1])
+            )
+            section["nearest_to_paper_headline"] = nearest.to_dict()
+        out[key] = section
+    return out
+
+
+def _from_dict(point: dict[str, Any]) -> dict[str, Any]:
+    data = dict(point)
+    if data["willingness_to_pay"] == "inf":
+        data["willingness_to_pay"] = math.inf
+    return data
+
+
+# -- online experiments with the real Router ---------------------------------------------------
+
+
+class _RouterListener:
+    """Drives a Router: ``route`` at arrival, ``feedback`` at completion (refined or binary;
+    without feedback the same fitted state is driven through :class:`bl.PolicyRouter`, since a
+    Router request leaves its queue only through feedback)."""
+
+    def __init__(
+        self,
+        router: Router,
+        data: _Data,
+        rows: I64,
+        stream: Stream,
+        columns: dict[str, int],
+        willingness_to_pay: float,
+        feedback: bl.FeedbackMode,
+        on_query: Callable[[int, Router], None] | None = None,
+    ) -> None:
+        self.router = router
+        self.data = data
+        self.rows = rows
+        self.stream = stream
+        self.columns = columns
+        self.wtp = willingness_to_pay
+        self.feedback = feedback
+        self.on_query = on_query
+        self.ids: dict[int, str] = {}
+        self.config = StreamConfig(tau_s=stream.tau_s)
+
+    def choose(self, query: int, now: float) -> int:
+        if self.on_query is not None:
+            self.on_query(query, self.router)
+        row = int(self.rows[query])
+        decision = self.router.route(
+            self.data.dataset.prompts[row],
+            willingness_to_pay=self.wtp,
+            prompt_tokens=float(self.data.dataset.prompt_tokens[row]),
+        )
+        self.ids[query] = decision.id
+        return self.columns[decision.model]
+
+    def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+        decision_id = self.ids.pop(query)
+        tokens = float(self.data.output_tokens[int(self.rows[query]), model])
+        quality = float(self.stream.quality[query, model])
+        if self.feedback == "refined":
+            self.router.feedback(
+                decision_id, quality=quality, output_tokens=tokens, latency_s=service_s
+            )
+            return
+        satisfied = (
+            quality > self.config.satisfied_quality and waiting_s < self.config.satisfied_wait_s
+        )
+        self.router.feedback(
+            decision_id, satisfied=satisfied, output_tokens=tokens, latency_s=service_s
+        )
+
+
+def _copy(router: Router) -> Router:
+    return Router(
+        router.config,
+        embedder=router.embedder,
+        projection=router.projection,
+        policy=Policy.from_bytes(router.policy.to_bytes()),
+    )
+
+
+def _online_run(
+    data: _Data,
+    router: Router,
+    rows: I64,
+    config: StreamConfig,
+    willingness_to_pay: float,
+    feedback: bl.FeedbackMode,
+    on_query: Callable[[int, Router], None] | None = None,
+) -> SimulationResult:
+    """One pass of the rows through a copy of ``router``."""
+    stream = _stream(data, rows, config)
+    if feedback == "none":
+        projection = cast(LinearProjection, router.projection)
+        frozen = bl.PolicyRouter(
+            "frozen", router.policy, projection.context(data.vectors[rows]),
+            data.dataset.prompt_tokens[rows], data.output_tokens[rows],
+            [data.models.index(m) for m in router.models], data.servers, config,
+            feedback="none",
+        )  # fmt: skip
+        return frozen.run(stream, willingness_to_pay)
+    columns = {name: k for k, name in enumerate(data.models)}
+    listener = _RouterListener(
+        _copy(router), data, rows, stream, columns, willingness_to_pay, feedback, on_query
+    )
+    return run_stream(stream, listener, data.servers)
+
+
+def _scored_point(
+    result: SimulationResult, part: slice, lam: float, reference: tuple[float, float]
+) -> Point:
+    return Point(
+        lam,
+        100.0 * float(result.quality[part].sum()) / reference[0],
+        100.0 * float(result.cost[part].sum()) / reference[1],
+        int(result.violated[part].sum()),
+    )
+
+
+def continual_experiment(
+    data: _Data, settings: EvalSettings, progress: _Progress
+) -> dict[str, Any]:
+    """Offline:online splits of train; no / refined / binary feedback; scored on test."""
+    rng = np.random.default_rng(settings.seed)
+    train_rows = rng.permutation(np.flatnonzero(data.train))
+    test_rows = np.flatnonzero(data.test)
+    reference = _reference(data, test_rows)
+    c_range = _single_model_range(data, data.test)
+    config = router_config(data.models, tau_s=settings.tau_s)
+    stream_config = settings.stream(settings.tau_s)
+    out: dict[str, Any] = {}
+    splits = ((80, 20), (50, 50), (30, 70))
+    jobs = len(splits) * 3
+    for s_i, (offline_pct, online_pct) in enumerate(splits):
+        n_offline = round(len(train_rows) * offline_pct / 100)
+        offline = np.zeros(len(data.dataset), dtype=np.bool_)
+        offline[train_rows[:n_offline]] = True
+        router = _fit_router(data, offline, config)
+        rows = np.concatenate([train_rows[n_offline:], test_rows]).astype(np.int64)
+        scored = slice(len(rows) - len(test_rows), len(rows))
+        section: dict[str, Any] = {
+            "offline_rows": n_offline,
+            "online_rows": len(rows) - len(test_rows),
+        }
+        modes: tuple[bl.FeedbackMode, ...] = ("none", "refined", "binary")
+        for m_i, mode in enumerate(modes):
+            progress(f"continual {offline_pct}:{online_pct} {mode}", 3 * s_i + m_i, jobs)
+            points = [
+                _scored_point(
+                    _online_run(data, router, rows, stream_config, lam, mode), scored, lam,
+                    reference,
+                )
+                for lam in settings.experiment_lambdas
+            ]  # fmt: skip
+            summary = _summary(points, c_range)
+            summary["mean_quality"] = float(np.mean([p.quality_pct for p in points]))
+            summary["mean_cost"] = float(np.mean([p.cost_pct for p in points]))
+            section[mode] = summary
+        out[f"{offline_pct}:{online_pct}"] = section
+    progress("continual", jobs, jobs)
+    return out
+
+
+def new_models_experiment(
+    data: _Data, settings: EvalSettings, progress: _Progress, warm_examples: int = 25
+) -> dict[str, Any]:
+    """Start without two models, add them halfway through the test stream."""
+    added = [m for m in ADDED_MODELS if m in data.models]
+    if len(added) < 2:
+        added = data.models[-2:]
+    base_models = [m for m in data.models if m not in added]
+    test_rows = np.flatnonzero(data.test).astype(np.int64)
+    n = len(test_rows)
+    half = n // 2
+    stream_config = settings.stream(settings.tau_s)
+    full = _fit_router(data, data.train, router_config(data.models, tau_s=settings.tau_s))
+    base = _fit_router(data, data.train, router_config(base_models, tau_s=settings.tau_s))
+    new_configs = router_config(added, tau_s=settings.tau_s).models
+    rng = np.random.default_rng(settings.seed)
+    warm_rows = rng.choice(np.flatnonzero(data.train), warm_examples, replace=False)
+    added_columns = [data.models.index(m) for m in added]
+
+    def adder(warm: bool) -> Callable[[int, Router], None]:
+        def on_query(query: int, router: Router) -> None:
+            if query != half:
+                return
+            for model in new_configs:
+                router.add_model(model)
+                if warm:
+                    k = data.models.index(model.name)
+                    projection = cast(LinearProjection, router.projection)
+                    router.policy.fit(
+                        model.name,
+                        projection.context(data.vectors[warm_rows]),
+                        data.dataset.quality[warm_rows, k],
+                        data.output_tokens[warm_rows, k],
+                    )
+
+        return on_query
+
+    variants: list[tuple[str, Router, Callable[[int, Router], None] | None]] = [
+        ("all models from the start", full, None),
+        ("never added", base, None),
+        ("added halfway, cold start", base, adder(False)),
+        (f"added halfway, warm start ({warm_examples} examples)", base, adder(True)),
+    ]
+    out: dict[str, Any] = {"added": added, "added_at_query": half, "variants": {}}
+    lambdas = (1e-3, 1e-2, 1e-1)
+    first, second = slice(0, half), slice(half, n)
+    last_quarter = slice(n - n // 4, n)
+    reference_second = _reference(data, test_rows[second])
+    for v_i, (name, router, hook) in enumerate(variants):
+        progress(f"new models: {name}", v_i, len(variants))
+        per_lambda = []
+        for lam in lambdas:
+            result = _online_run(data, router, test_rows, stream_config, lam, "refined", hook)
+            is_new = np.isin(result.choice, added_columns)
+            point = _scored_point(result, slice(half, n), lam, reference_second)
+            per_lambda.append(
+                {
+                    "willingness_to_pay": lam,
+                    "share_first_half": float(is_new[first].mean()),
+                    "share_second_half": float(is_new[second].mean()),
+                    "share_last_quarter": float(is_new[last_quarter].mean()),
+                    "second_half_quality_pct": point.quality_pct,
+                    "second_half_cost_pct": point.cost_pct,
+                    "second_half_violations": point.violations,
+                }
+            )
+        out["variants"][name] = per_lambda
+    progress("new models", len(variants), len(variants))
+    return out
+
+
+def out_of_domain_experiment(
+    data: _Data, settings: EvalSettings, progress: _Progress
+) -> dict[str, Any]:
+    """Per benchmark: trained without it vs with it, tested on it."""
+    labels = np.array(data.dataset.labels or [""] * len(data.dataset))
+    benches = sorted(set(labels[data.test]))
+    stream_config = settings.stream(settings.tau_s)
+    config = router_config(data.models, tau_s=settings.tau_s)
+    in_domain = _fit_router(data, data.train, config)
+    out: dict[str, Any] = {}
+    for b_i, bench in enumerate(benches):
+        progress(f"out of domain: {bench}", b_i, len(benches))
+        if len(benches) < 2:
+            break
+        test_rows = np.flatnonzero(data.test & (labels == bench)).astype(np.int64)
+        train_mask = data.train & (labels != bench)
+        ood = _fit_router(data, train_mask, config)
+        reference = _reference(data, test_rows)
+        mask = np.zeros(len(labels), dtype=np.bool_)
+        mask[test_rows] = True
+        c_range = _single_model_range(data, mask)
+        section: dict[str, Any] = {}
+        variants: list[tuple[str, Router, bl.FeedbackMode]] = [
+            ("in-domain", in_domain, "none"),
+            ("out-of-domain", ood, "none"),
+            ("out-of-domain + online", ood, "refined"),
+        ]
+        for name, router, mode in variants:
+            points = [
+                _scored_point(
+                    _online_run(data, router, test_rows, stream_config, lam, mode),
+                    slice(0, len(test_rows)), lam, reference,
+                )
+                for lam in settings.experiment_lambdas
+            ]  # fmt: skip
+            summary = _summary(points, c_range)
+            summary["mean_quality"] = float(np.mean([p.quality_pct for p in points]))
+            section[name] = summary
+        base = section["in-domain"]["mean_quality"]
+        section["drop_pct"] = 100.0 * (base - section["out-of-domain"]["mean_quality"]) / base
+        section["drop_with_online_pct"] = (
+            100.0 * (base - section["out-of-domain + online"]["mean_quality"]) / base
+        )
+        out[bench] = section
+    progress("out of domain", len(benches), len(benches))
+    return out
+
+
+def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str, Any]:
+    """Runs the experiments; returns everything `report.write_report` needs."""
+    from mixllm.data import split_train_test
+
+    started = time.perf_counter()
+    unknown = [e for e in settings.experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
+    if REFERENCE_MODEL not in dataset.models:
+        raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
+    if dataset.split is None:
+        dataset = split_train_test(dataset, 0.2, seed=settings.seed)
+    progress = _Progress(settings.progress)
+    embedder = Embedder(
+        quantized=settings.quantized, intra_op_threads=settings.threads, cache_size=0
+    )
+    vectors = embed_cached(
+        dataset.prompts, embedder, progress=lambda d, t: progress("embedding prompts", d, t)
+    )
+    split = np.array(dataset.split)
+    tokens = (
+        dataset.output_tokens
+        if dataset.output_tokens is not None
+        else np.full(dataset.quality.shape, np.nan)
+    )
+    data = _Data(
+        dataset=dataset,
+        vectors=vectors,
+        output_tokens=tokens,
+        train=split == "train",
+        test=split == "test",
+        servers=servers_for(dataset.models),
+        embedder=embedder,
+    )
+    results: dict[str, Any] = {
+        "settings": {
+            **{k: v for k, v in asdict(settings).items() if k not in ("lambdas",)},
+            "lambdas": [v if math.isfinite(v) else "inf" for v in settings.lambdas],
+        },
+        "data": {
+            "queries": len(dataset),
+            "train": int(data.train.sum()),
+            "test": int(data.test.sum()),
+            "models": dataset.models,
+            "labels": sorted(set(dataset.labels)) if dataset.labels else [],
+        },
+        "reference_model": REFERENCE_MODEL,
+    }
+    runners = {
+        "frontier": frontier_experiment,
+        "continual": continual_experiment,
+        "new-models": new_models_experiment,
+        "out-of-domain": out_of_domain_experiment,
+    }
+    for name in settings.experiments:
+        results[name] = runners[name](data, settings, progress)
+    results["runtime_s"] = time.perf_counter() - started
+    return results

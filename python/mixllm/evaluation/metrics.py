@@ -1,0 +1,122 @@
+"""Metrics of a routed test set: quality and cost as % of a reference model, the frontier over
+a sweep of willingness to pay, and AIQ.
+
+**% of GPT-4.** Total quality (sum of per-query scores) and total cost (USD) of the routed
+queries, divided by the totals of sending every one of the same queries to the reference model
+(``gpt-4-1106-preview``), times 100. The headline reference is GPT-4 *offline*: its scores and
+costs as recorded in the data, without a queue. The same model served under the simulated queue
+is reported beside it (``reference_queued``): with the default stream it cannot keep up, so most
+of its answers exceed τ and that reference is degenerate as a denominator.
+
+**AIQ** (average improvement in quality, RouterBench: Hu et al. 2024, section 3.2): the area
+under a router's *non-decreasing convex hull* in the cost-quality plane, divided by the width of
+the cost range. The hull R̃ is built from the router's points (one per λ) as RouterBench does:
+drop every point that a cheaper point matches or beats in quality (what is left rises with
+cost), then take the upper convex hull of the rest (any point between two routed points is
+reachable by mixing their two λ at random). Then
+
+    AIQ = 1 / (c_max - c_min) · ∫_{c_min}^{c_max} R̃(c) dc
+
+with, [ours, where RouterBench leaves it implicit] R̃(c) = 0 below the router's cheapest point
+(it cannot run that cheaply) and R̃(c) = its best quality beyond its dearest point (spending more
+buys nothing). The range [c_min, c_max] is the same for every router of a run: from the
+cheapest to the dearest single model, in % of GPT-4's cost. Quality is in % of GPT-4's, so an
+AIQ is a quality % averaged over budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Point",
+    "aiq",
+    "cost_to_reach",
+    "hull",
+    "percent_of_reference",
+    "quality_at_cost",
+]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One λ of a sweep (or the single point of a fixed router)."""
+
+    willingness_to_pay: float
+    quality_pct: float
+    cost_pct: float
+    violations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not np.isfinite(self.willingness_to_pay):
+            data["willingness_to_pay"] = "inf"
+        return data
+
+
+def percent_of_reference(
+    quality: float, cost: float, reference_quality: float, reference_cost: float
+) -> tuple[float, float]:
+    """(quality %, cost %) of totals against the reference's totals."""
+    return 100.0 * quality / reference_quality, 100.0 * cost / reference_cost
+
+
+def hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-decreasing upper convex hull of (cost, quality) points, sorted by cost."""
+    ordered = sorted(points, key=lambda p: (p[0], -p[1]))
+    rising: list[tuple[float, float]] = []
+    for cost, quality in ordered:
+        if not rising or quality > rising[-1][1]:
+            if rising and cost == rising[-1][0]:
+                rising[-1] = (cost, quality)
+            else:
+                rising.append((cost, quality))
+    upper: list[tuple[float, float]] = []
+    for p in rising:
+        while len(upper) >= 2:
+            (x1, y1), (x2, y2) = upper[-2], upper[-1]
+            # Drop the middle point when it lies on or below the chord from x1 to p.
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                upper.pop()
+            else:
+                break
+        upper.append(p)
+    return upper
+
+
+def aiq(points: Sequence[tuple[float, float]], c_min: float, c_max: float) -> float:
+    """Area under the non-decreasing convex hull over [c_min, c_max], divided by its width."""
+    if not c_max > c_min:
+        raise ValueError(f"c_max ({c_max}) must exceed c_min ({c_min})")
+    vertices = hull(points)
+    if not vertices:
+        return 0.0
+    xs = [v[0] for v in vertices]
+    ys = [v[1] for v in vertices]
+    # R̃ is 0 before the first vertex, linear between vertices, flat after the last one.
+    start = max(c_min, xs[0])
+    if start >= c_max:
+        return 0.0
+    knots = [start, *[x for x in xs if start < x < c_max], c_max]
+    values = [float(np.interp(c, xs, ys)) for c in knots]  # np.interp is flat past the ends
+    area = sum(
+        0.5 * (b - a) * (fa + fb)
+        for a, b, fa, fb in zip(knots[:-1], knots[1:], values[:-1], values[1:], strict=True)
+    )
+    return area / (c_max - c_min)
+
+
+def quality_at_cost(points: Sequence[Point], cost_pct: float) -> float:
+    """Best quality % among routed points costing at most ``cost_pct`` (NaN when none)."""
+    eligible = [p.quality_pct for p in points if p.cost_pct <= cost_pct]
+    return max(eligible) if eligible else float("nan")
+
+
+def cost_to_reach(points: Sequence[Point], quality_pct: float) -> float:
+    """Least cost % among routed points reaching ``quality_pct`` (NaN when none)."""
+    eligible = [p.cost_pct for p in points if p.quality_pct >= quality_pct]
+    return min(eligible) if eligible else float("nan")

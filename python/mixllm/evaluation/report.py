@@ -1,0 +1,301 @@
+"""Writing an evaluation's results: a printed table, ``results.json``, PNG frontier plots
+(matplotlib, Agg backend; optional ``eval`` extra) and a self-contained HTML report that embeds
+the plots as base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "machine", "write_report"]
+
+_FRONTIER_TITLES = {
+    "no_time_constraint": "Without the time constraint",
+    "time_constraint": "With the time constraint",
+}
+
+
+def machine() -> str:
+    """The CPU model and core count, for the report."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _frontier_rows(section: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, summary in section["routers"].items():
+        rows.append(
+            [
+                name,
+                _fmt(summary["aiq"]),
+                _fmt(summary["cost_for_97.25"]),
+                _fmt(summary["quality_at_30"]),
+                _fmt(summary["max_quality"]),
+                str(summary["violations_min"]),
+            ]
+        )
+    return rows
+
+
+_FRONTIER_HEADER = [
+    "router",
+    "AIQ",
+    "cost % for 97.25% Q",
+    "Q % at ≤30% cost",
+    "max Q %",
+    "fewest τ violations",
+]
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _experiment_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables: list[tuple[str, list[str], list[list[str]]]] = []
+    if "continual" in results:
+        rows = []
+        for split, section in results["continual"].items():
+            row = [split]
+            for mode in ("none", "refined", "binary"):
+                row += [_fmt(section[mode]["mean_quality"]), _fmt(section[mode]["aiq"])]
+            rows.append(row)
+        header = ["offline:online"]
+        for mode in ("no online", "refined", "binary"):
+            header += [f"{mode}: mean Q %", f"{mode}: AIQ"]
+        tables.append(("Continual training (test split, mean over λ)", header, rows))
+    if "new-models" in results:
+        nm = results["new-models"]
+        rows = []
+        for variant, per_lambda in nm["variants"].items():
+            for item in per_lambda:
+                rows.append(
+                    [
+                        variant,
+                        _fmt(item["willingness_to_pay"], 3),
+                        _fmt(100 * item["share_first_half"], 1),
+                        _fmt(100 * item["share_second_half"], 1),
+                        _fmt(100 * item["share_last_quarter"], 1),
+                        _fmt(item["second_half_quality_pct"]),
+                        _fmt(item["second_half_cost_pct"]),
+                    ]
+                )
+        header = [
+            "variant",
+            "λ",
+            "share 1st half %",
+            "share 2nd half %",
+            "share last quarter %",
+            "2nd half Q %",
+            "2nd half cost %",
+        ]
+        tables.append((f"Adding {', '.join(nm['added'])} halfway", header, rows))
+    if "out-of-domain" in results:
+        rows = []
+        for bench, section in results["out-of-domain"].items():
+            rows.append(
+                [
+                    bench,
+                    _fmt(section["in-domain"]["mean_quality"]),
+                    _fmt(section["out-of-domain"]["mean_quality"]),
+                    _fmt(section["out-of-domain + online"]["mean_quality"]),
+                    _fmt(section["drop_pct"]),
+                    _fmt(section["drop_with_online_pct"]),
+                ]
+            )
+        header = [
+            "held-out benchmark",
+            "in-domain mean Q %",
+            "OOD mean Q %",
+            "OOD + online mean Q %",
+            "drop %",
+            "drop with online %",
+        ]
+        tables.append(("Out of domain (mean over λ)", header, rows))
+    return tables
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Every table of the results as plain text."""
+    parts = []
+    for key, title in _FRONTIER_TITLES.items():
+        section = results.get("frontier", {}).get(key)
+        if section is None:
+            continue
+        tau = f" (τ = {section['tau_s']:g} s)" if section["tau_s"] is not None else ""
+        parts.append(f"{title}{tau}: quality and cost in % of {results['reference_model']}")
+        parts.append(_text_table(_FRONTIER_HEADER, _frontier_rows(section)))
+        nearest = section.get("nearest_to_paper_headline")
+        if nearest:
+            parts.append(
+                f"mixllm point nearest the paper's 97.25% at 24.18%: "
+                f"{nearest['quality_pct']:.2f}% at {nearest['cost_pct']:.2f}% "
+                f"(λ = {nearest['willingness_to_pay']})"
+            )
+        parts.append("")
+    for title, header, rows in _experiment_tables(results):
+        parts.append(title)
+        parts.append(_text_table(header, rows))
+        parts.append("")
+    if "runtime_s" in results:
+        parts.append(f"run time {results['runtime_s']:.0f} s on {results.get('machine', '?')}")
+    return "\n".join(parts)
+
+
+def _plot(section: dict[str, Any], title: str, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    singles_x, singles_y, names = [], [], []
+    for name, summary in section["routers"].items():
+        points = summary["points"]
+        xs = [p["cost_pct"] for p in points]
+        ys = [p["quality_pct"] for p in points]
+        if len(points) == 1 and name not in ("random",):
+            singles_x.append(xs[0])
+            singles_y.append(ys[0])
+            names.append(name.split("/")[-1])
+            continue
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        style = "-" if name.startswith("mixllm") else "--"
+        width = 2.2 if name == "mixllm" else 1.2
+        axes.plot(
+            [xs[i] for i in order], [ys[i] for i in order], style, marker=".", lw=width,
+            label=f"{name} (AIQ {summary['aiq']:.1f})",
+        )  # fmt: skip
+    axes.scatter(singles_x, singles_y, marker="x", color="grey", label="single models")
+    for x, y, name in zip(singles_x, singles_y, names, strict=True):
+        axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axes.axhline(97.25, color="grey", lw=0.6, ls=":")
+    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xlabel("cost, % of GPT-4")
+    axes.set_ylabel("quality, % of GPT-4")
+    axes.set_title(title)
+    axes.legend(fontsize=7, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>mixllm eval</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}</style></head><body>",
+        "<h1>mixllm evaluation</h1>",
+        f"<p>Data: {results['data']['queries']} queries ({results['data']['train']} train, "
+        f"{results['data']['test']} test), {len(results['data']['models'])} models. "
+        f"Quality and cost in % of {html.escape(results['reference_model'])} offline. "
+        f"Machine: {html.escape(str(results.get('machine', '?')))}; "
+        f"run time {results.get('runtime_s', 0):.0f} s.</p>",
+    ]
+
+    def table(header: list[str], rows: list[list[str]]) -> None:
+        out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        for row in rows:
+            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        out.append("</table>")
+
+    for key, title in _FRONTIER_TITLES.items():
+        section = results.get("frontier", {}).get(key)
+        if section is None:
+            continue
+        out.append(f"<h2>{html.escape(title)}</h2>")
+        ref = section["reference"]
+        out.append(
+            f"<p>GPT-4 under the same queue: {ref['queued_quality_pct_of_offline']:.2f}% of its "
+            f"offline quality, {ref['queued_violations']} τ violations.</p>"
+        )
+        table(_FRONTIER_HEADER, _frontier_rows(section))
+        if key in images:
+            data = base64.b64encode(images[key].read_bytes()).decode("ascii")
+            out.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    for title, header, rows in _experiment_tables(results):
+        out.append(f"<h2>{html.escape(title)}</h2>")
+        table(header, rows)
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(results: dict[str, Any], directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Writes results.json, the PNG plots and report.html under ``directory``."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    results.setdefault("machine", machine())
+    written: dict[str, Path] = {}
+    images: dict[str, Path] = {}
+    for key, title in _FRONTIER_TITLES.items():
+        section = results.get("frontier", {}).get(key)
+        if section is None:
+            continue
+        path = folder / f"frontier_{key}.png"
+        if _plot(section, title, path):
+            images[key] = path
+            written[path.name] = path
+    json_path = folder / "results.json"
+    json_path.write_text(
+        json.dumps(_clean(results), indent=1, default=_json_default, allow_nan=False),
+        encoding="utf-8",
+    )
+    written["results.json"] = json_path
+    html_path = folder / "report.html"
+    html_path.write_text(_html(results, images), encoding="utf-8")
+    written["report.html"] = html_path
+    return written
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: NaN becomes null, infinities "inf"/"-inf" (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) or hasattr(value, "dtype"):
+        number = float(value) if not isinstance(value, bool) else value
+        if isinstance(number, float) and math.isnan(number):
+            return None
+        if isinstance(number, float) and math.isinf(number):
+            return "inf" if number > 0 else "-inf"
+        return value.item() if hasattr(value, "item") else value
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
