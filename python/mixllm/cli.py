@@ -3,6 +3,7 @@
     mixllm train --data PATH --out DIR [--config FILE]
     mixllm route "text" [--state DIR] [--json] [--willingness-to-pay USD]
     mixllm models [--state DIR] [--json]
+    mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
 11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
@@ -154,6 +155,29 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from mixllm import data
+    from mixllm.evaluation import EvalSettings, format_table, run_evaluation, write_report
+
+    if args.data:
+        dataset = _load_data(Path(args.data), args.allow_pickle)
+    else:
+        dataset = data.load_routerbench()
+    experiments = tuple(args.experiment) if args.experiment else EvalSettings.experiments
+    settings = EvalSettings(
+        tau_s=args.time_constraint,
+        queries_per_interval=args.queries_per_interval,
+        interval_s=args.interval,
+        experiments=experiments,
+        progress=not args.quiet,
+    )
+    results = run_evaluation(dataset, settings)
+    written = write_report(results, args.out)
+    print(format_table(results))
+    print(f"wrote {', '.join(sorted(written))} to {args.out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mixllm",
@@ -191,6 +215,32 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--state", help="saved router folder (default: the shipped router)")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(run=_models)
+
+    evaluate = commands.add_parser(
+        "eval", help="reproduce the MixLLM experiments on RouterBench: table, JSON, plots, HTML"
+    )
+    evaluate.add_argument(
+        "--data", help="RouterBench CSV folder, .jsonl or .pkl (default: RouterBench from the hub)"
+    )
+    evaluate.add_argument("--out", required=True, help="folder for results.json, plots, HTML")
+    evaluate.add_argument(
+        "--time-constraint", type=float, default=30.0, help="τ in seconds (default 30)"
+    )
+    evaluate.add_argument(
+        "--experiment",
+        action="append",
+        choices=["frontier", "continual", "new-models", "out-of-domain"],
+        help="run only this experiment (repeatable; default: all)",
+    )
+    evaluate.add_argument(
+        "--queries-per-interval", type=int, default=100, help="arrivals per interval (100)"
+    )
+    evaluate.add_argument("--interval", type=float, default=10.0, help="interval in s (10)")
+    evaluate.add_argument(
+        "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=_eval)
     return parser
 
 
