@@ -1,0 +1,143 @@
+//! Property tests of the core through its public API: whatever the dimension, weights, pool
+//! changes and refactorisation period, online learning equals the exact batch solution, rejected
+//! calls change nothing, and a save/load round trip is exact.
+
+use mixllm_core::{persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
+use proptest::prelude::*;
+
+fn profile(i: usize) -> ModelProfile {
+    ModelProfile {
+        price_in: i as f64,
+        price_out: 2.0 * i as f64,
+        fee: 0.0,
+        ttft_s: 0.2,
+        tokens_per_s: 30.0 + i as f64,
+        concurrency: 2,
+    }
+}
+
+/// One observation: context, quality, output tokens, weight.
+type Row = (Vec<f64>, f64, f64, f64);
+
+/// Rows of observations for a given dimension.
+fn rows(dim: usize) -> impl Strategy<Value = Vec<Row>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(-2.0f64..2.0, dim),
+            0.0f64..1.0,
+            0.0f64..2000.0,
+            prop_oneof![Just(1.0), 0.01f64..100.0],
+        ),
+        1..60,
+    )
+}
+
+/// A dimension, a refactorisation period and observations of that dimension.
+fn case() -> impl Strategy<Value = (usize, u64, Vec<Row>)> {
+    (1usize..24, 1u64..40).prop_flat_map(|(dim, every)| (Just(dim), Just(every), rows(dim)))
+}
+
+fn close(a: &[f64], b: &[f64], tolerance: f64) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tolerance * (1.0 + x.abs().max(y.abs())))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn online_updates_equal_the_batch_fit((dim, every, data) in case()) {
+        let mut config = PolicyConfig::new(dim);
+        config.refactor_every = every;
+        let online = Policy::new(config).unwrap();
+        let batch = Policy::new(config).unwrap();
+        for policy in [&online, &batch] {
+            policy.add_model("m", profile(1), Priors::default()).unwrap();
+        }
+        for (x, quality, tokens, weight) in &data {
+            let obs = Observation { x, quality: *quality, output_tokens: Some(*tokens), weight: *weight };
+            online.update("m", &obs).unwrap();
+        }
+        let xs: Vec<f64> = data.iter().flat_map(|r| r.0.clone()).collect();
+        let quality: Vec<f64> = data.iter().map(|r| r.1).collect();
+        let tokens: Vec<f64> = data.iter().map(|r| r.2).collect();
+        let weights: Vec<f64> = data.iter().map(|r| r.3).collect();
+        batch.fit("m", &xs, &quality, Some(&tokens), Some(&weights)).unwrap();
+        let (a, b) = (online.report("m").unwrap(), batch.report("m").unwrap());
+        prop_assert!(close(&a.stats.a_inv, &b.stats.a_inv, 1e-7));
+        prop_assert!(close(&a.stats.theta_quality, &b.stats.theta_quality, 1e-6));
+        prop_assert!(close(&a.stats.theta_log_length, &b.stats.theta_log_length, 1e-6));
+        prop_assert!(close(&a.ledger.a, &b.ledger.a, 1e-9));
+        prop_assert_eq!(a.stats.observations, data.len() as u64);
+    }
+
+    #[test]
+    fn decisions_follow_the_pool_and_batches_agree(
+        (dim, _every, data) in case(),
+        removals in prop::collection::vec(0usize..6, 0..4),
+    ) {
+        let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+        for m in 0..6 {
+            policy.add_model(&format!("m{m}"), profile(m), Priors::default()).unwrap();
+        }
+        for (i, (x, quality, tokens, weight)) in data.iter().enumerate() {
+            let obs = Observation { x, quality: *quality, output_tokens: Some(*tokens), weight: *weight };
+            policy.update(&format!("m{}", i % 6), &obs).unwrap();
+        }
+        let mut expected: Vec<String> = (0..6).map(|m| format!("m{m}")).collect();
+        for r in removals {
+            let name = format!("m{r}");
+            let removed = policy.remove_model(&name);
+            prop_assert_eq!(removed.is_ok(), expected.contains(&name));
+            expected.retain(|n| n != &name);
+        }
+        let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
+        prop_assert_eq!(&models, &expected);
+        if expected.is_empty() {
+            prop_assert!(policy.decide(&data[0].0, 10.0, 0.1).is_err());
+            return Ok(());
+        }
+        let xs: Vec<f64> = data.iter().flat_map(|r| r.0.clone()).collect();
+        let mut chosen = vec![0usize; data.len()];
+        policy.decide_batch(&xs, PerRow::Same(10.0), PerRow::Same(0.1), &mut chosen, 2).unwrap();
+        for ((x, ..), batch_choice) in data.iter().zip(&chosen) {
+            let decision = policy.decide(x, 10.0, 0.1).unwrap();
+            prop_assert_eq!(decision.index, *batch_choice);
+            prop_assert_eq!(decision.model(), models[decision.index].as_str());
+        }
+    }
+
+    #[test]
+    fn rejected_updates_change_nothing_and_saves_round_trip((dim, _every, data) in case()) {
+        let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+        policy.add_model("m", profile(2), Priors::default()).unwrap();
+        for (x, quality, tokens, weight) in &data {
+            let obs = Observation { x, quality: *quality, output_tokens: Some(*tokens), weight: *weight };
+            policy.update("m", &obs).unwrap();
+        }
+        let before = persist::to_bytes(&policy);
+        let x = &data[0].0;
+        let mut nan_x = x.clone();
+        nan_x[0] = f64::NAN;
+        let bad = [
+            Observation { x: &nan_x, quality: 0.5, output_tokens: None, weight: 1.0 },
+            Observation { x, quality: f64::INFINITY, output_tokens: None, weight: 1.0 },
+            Observation { x, quality: 0.5, output_tokens: Some(-1.0), weight: 1.0 },
+            Observation { x, quality: 0.5, output_tokens: None, weight: 0.0 },
+            Observation { x, quality: 1e200, output_tokens: None, weight: 1.0 },
+        ];
+        for obs in &bad {
+            prop_assert!(policy.update("m", obs).is_err());
+        }
+        let short = Observation { x: &x[..dim - 1], quality: 0.5, output_tokens: None, weight: 1.0 };
+        let rejected = policy.update("m", &short).is_err();
+        prop_assert!(rejected);
+        prop_assert_eq!(&persist::to_bytes(&policy), &before);
+        let restored = persist::from_bytes(&before, Some(dim)).unwrap();
+        prop_assert_eq!(persist::to_bytes(&restored), before);
+        let (a, b) = (policy.decide(x, 5.0, 0.2).unwrap(), restored.decide(x, 5.0, 0.2).unwrap());
+        prop_assert_eq!(a.assessments, b.assessments);
+    }
+}
