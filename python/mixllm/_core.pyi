@@ -1,10 +1,24 @@
 """Type stubs of the Rust extension: the decision core."""
 
 from os import PathLike
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "Decision",
+    "DimensionError",
+    "DuplicateModelError",
+    "EmptyPoolError",
+    "InputTypeError",
+    "InvalidInputError",
+    "MixllmError",
+    "Policy",
+    "StateFileError",
+    "UnknownModelError",
+    "__version__",
+]
 
 __version__: str
 
@@ -35,6 +49,7 @@ class StateFileError(MixllmError, ValueError):
 _Vector = npt.ArrayLike
 _Matrix = npt.ArrayLike
 
+@final
 class Decision:
     """The outcome of `Policy.decide`. Per-model arrays follow `models`."""
 
@@ -75,6 +90,7 @@ class Decision:
     def explain(self) -> dict[str, dict[str, float | bool]]:
         """Per model: a dict of its predictions and score, keyed by model name."""
 
+@final
 class Policy:
     """The router's decision core: a live pool of models, each with ridge quality and
     log-length heads and LinUCB statistics, and a latency-aware decision rule."""
@@ -109,7 +125,7 @@ class Policy:
     def models(self) -> list[str]:
         """Names of the models, in decision order."""
     def __len__(self) -> int: ...
-    def __contains__(self, name: str) -> bool: ...
+    def __contains__(self, name: str, /) -> bool: ...
     def add_model(
         self,
         name: str,
