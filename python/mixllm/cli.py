@@ -12,6 +12,8 @@ Without ``--state``, ``route`` and ``models`` use the router shipped with the pa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import math
 import sys
@@ -162,7 +164,17 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data:
         dataset = _load_data(Path(args.data), args.allow_pickle)
     else:
-        dataset = data.load_routerbench()
+        # The hub client logs every retry; the one error line below says all that matters.
+        # Its logger is configured when its logging module is first imported (lazily), so
+        # that module is imported here before quietening it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module("huggingface_hub.utils.logging").set_verbosity_error()
+        try:
+            dataset = data.load_routerbench()
+        except data.DatasetUnavailableError as err:
+            raise data.DatasetUnavailableError(
+                f"{err}; from the command line: mixllm eval --data PATH"
+            ) from err
     experiments = tuple(args.experiment) if args.experiment else EvalSettings.experiments
     settings = EvalSettings(
         tau_s=args.time_constraint,

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "FixedChoices",
     "Listener",
     "ServerProfile",
     "SimulationResult",
@@ -96,8 +97,8 @@ class Stream:
     ) -> Stream:
         """A stream over ``len(quality)`` queries; missing output counts get the model's mean."""
         tokens = np.array(output_tokens, dtype=np.float64)
-        means = np.nanmean(np.where(np.isnan(tokens), np.nan, tokens), axis=0)
-        means = np.where(np.isnan(means), 0.0, means)
+        seen = ~np.isnan(tokens)
+        means = np.where(seen, tokens, 0.0).sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
         tokens = np.where(np.isnan(tokens), means[None, :], tokens)
         ttft = np.array([s.ttft_s for s in servers])
         speed = np.array([s.tokens_per_s for s in servers])
@@ -189,7 +190,9 @@ def _score(stream: Stream, choice: I64, waiting: F64) -> SimulationResult:
     return SimulationResult(choice, waiting, quality, stream.cost[rows, choice], violated)
 
 
-class _Fixed:
+class FixedChoices:
+    """A listener that sends query i to model choice[i] and learns nothing."""
+
     def __init__(self, choice: I64) -> None:
         self._choice = choice
 
@@ -207,4 +210,4 @@ def simulate_fixed(
     if stream.tau_s is None:
         # Without a time constraint the queues change nothing that is scored.
         return _score(stream, np.asarray(choice, dtype=np.int64), np.zeros(len(stream)))
-    return simulate(stream, _Fixed(np.asarray(choice, dtype=np.int64)), servers)
+    return simulate(stream, FixedChoices(np.asarray(choice, dtype=np.int64)), servers)

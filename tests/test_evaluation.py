@@ -1,0 +1,182 @@
+"""The evaluation package: simulator, metrics and baselines on small hand-made data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mixllm._core import Policy
+from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, hull, quality_at_cost
+from mixllm.evaluation.simulator import (
+    FixedChoices,
+    ServerProfile,
+    Stream,
+    StreamConfig,
+    arrival_times,
+    simulate,
+    simulate_fixed,
+)
+
+
+def _stream(service: list[list[float]], arrivals: list[float], tau: float | None) -> Stream:
+    n, k = len(service), len(service[0])
+    return Stream(
+        arrivals=np.array(arrivals, dtype=np.float64),
+        quality=np.ones((n, k)),
+        cost=np.full((n, k), 0.5),
+        service_s=np.array(service, dtype=np.float64),
+        tau_s=tau,
+    )
+
+
+# -- simulator --------------------------------------------------------------------------------
+
+
+def test_second_simultaneous_query_waits_exactly_the_first_service_time() -> None:
+    servers = [ServerProfile("a", 0.1, 10.0, concurrency=1)]
+    stream = _stream([[3.0], [2.0]], [0.0, 0.0], tau=None)
+    result = simulate(stream, FixedChoices(np.array([0, 0])), servers)
+    assert result.waiting_s[0] == pytest.approx(3.0)
+    assert result.waiting_s[1] - 2.0 == pytest.approx(3.0)  # queue wait = first's service
+
+
+def test_concurrency_two_serves_both_at_once() -> None:
+    servers = [ServerProfile("a", 0.1, 10.0, concurrency=2)]
+    stream = _stream([[3.0], [2.0]], [0.0, 0.0], tau=None)
+    result = simulate(stream, FixedChoices(np.array([0, 0])), servers)
+    np.testing.assert_allclose(result.waiting_s, [3.0, 2.0])
+
+
+def test_waiting_beyond_tau_scores_zero_but_still_costs() -> None:
+    servers = [ServerProfile("a", 0.1, 10.0, concurrency=1)]
+    stream = _stream([[3.0], [2.0]], [0.0, 0.0], tau=4.0)
+    result = simulate_fixed(stream, np.array([0, 0]), servers)
+    np.testing.assert_array_equal(result.violated, [False, True])
+    np.testing.assert_allclose(result.quality, [1.0, 0.0])
+    np.testing.assert_allclose(result.cost, [0.5, 0.5])
+    assert result.violations == 1
+
+
+def test_finished_requests_are_reported_before_the_next_decision() -> None:
+    servers = [ServerProfile("a", 0.1, 10.0, concurrency=1)]
+    stream = _stream([[1.0], [1.0], [1.0]], [0.0, 0.5, 2.0], tau=None)
+    log: list[tuple[str, int]] = []
+
+    class Recorder:
+        def choose(self, query: int, now: float) -> int:
+            log.append(("choose", query))
+            return 0
+
+        def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+            log.append(("finished", query))
+
+    simulate(stream, Recorder(), servers)
+    # Query 0 ends at 1.0, query 1 (queued) at 2.0: both are reported before query 2 at 2.0.
+    assert log == [
+        ("choose", 0),
+        ("choose", 1),
+        ("finished", 0),
+        ("finished", 1),
+        ("choose", 2),
+        ("finished", 2),
+    ]
+
+
+def test_arrivals_default_to_100_per_10_s() -> None:
+    times = arrival_times(250, StreamConfig())
+    assert times[100] == pytest.approx(10.0)
+    assert times[1] == pytest.approx(0.1)
+
+
+def test_service_time_is_ttft_plus_generation() -> None:
+    servers = [ServerProfile("a", 0.5, 20.0, 1), ServerProfile("b", 0.2, 100.0, 1)]
+    stream = Stream.build(
+        np.ones((1, 2)), np.ones((1, 2)), np.array([[40.0, np.nan]]), servers, StreamConfig()
+    )
+    assert stream.service_s[0, 0] == pytest.approx(0.5 + 2.0)
+    assert stream.service_s[0, 1] == pytest.approx(0.2)  # no token count at all: ttft only
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_hull_drops_dominated_and_non_convex_points() -> None:
+    points = [(10.0, 50.0), (20.0, 55.0), (30.0, 80.0), (40.0, 70.0), (60.0, 90.0)]
+    # (20, 55) lies under the chord from (10, 50) to (30, 80); (40, 70) is dominated.
+    assert hull(points) == [(10.0, 50.0), (30.0, 80.0), (60.0, 90.0)]
+
+
+def test_aiq_of_one_point_is_flat_after_it_and_zero_before() -> None:
+    assert aiq([(50.0, 80.0)], 0.0, 100.0) == pytest.approx(40.0)
+    assert aiq([(0.0, 80.0)], 0.0, 100.0) == pytest.approx(80.0)
+
+
+def test_aiq_of_a_line_and_of_a_falling_pair() -> None:
+    assert aiq([(0.0, 50.0), (100.0, 100.0)], 0.0, 100.0) == pytest.approx(75.0)
+    # Quality falling with cost: only the cheaper point counts, flat after it.
+    assert aiq([(50.0, 90.0), (100.0, 80.0)], 0.0, 100.0) == pytest.approx(45.0)
+    # Area between the knots is a trapezoid, then flat.
+    assert aiq([(0.0, 0.0), (50.0, 100.0)], 0.0, 100.0) == pytest.approx((25.0 + 50.0) / 1.0)
+
+
+def test_quality_and_cost_lookups() -> None:
+    points = [Point(1.0, 90.0, 10.0), Point(2.0, 98.0, 30.0), Point(3.0, 99.0, 50.0)]
+    assert quality_at_cost(points, 30.0) == 98.0
+    assert cost_to_reach(points, 97.25) == 30.0
+    assert math.isnan(cost_to_reach(points, 100.0))
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+def test_oracle_is_optimal_among_routers_on_synthetic_data() -> None:
+    rng = np.random.default_rng(1)
+    n, k = 60, 4
+    quality = rng.integers(0, 2, (n, k)).astype(np.float64)
+    cost = rng.uniform(0.001, 0.01, (n, k))
+    servers = [ServerProfile(f"m{i}", 0.1, 50.0, 8) for i in range(k)]
+    stream = Stream.build(quality, cost, np.full((n, k), 10.0), servers, StreamConfig())
+    oracle = bl.ScoreRouter("oracle", quality, cost, servers)
+    noisy = bl.ScoreRouter("noisy", quality + rng.normal(0, 0.5, (n, k)), cost, servers)
+    fixed = [bl.FixedRouter(f"m{i}", np.full(n, i), servers) for i in range(k)]
+    random = bl.FixedRouter("random", rng.integers(0, k, n), servers)
+    for lam in (1e-3, 1e-2, 1e-1, math.inf):
+
+        def utility(router: bl.SweepRouter, lam: float = lam) -> float:
+            result = router.run(stream, lam)
+            penalty = 0.0 if math.isinf(lam) else result.cost.sum() / lam
+            return float(result.quality.sum() - penalty)
+
+        best = utility(oracle)
+        for other in (noisy, random, *fixed):
+            assert best >= utility(other) - 1e-9
+
+
+def test_knn_quality_averages_the_nearest_neighbours() -> None:
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    quality = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    predicted = bl.knn_quality(train, quality, np.array([[1.0, 0.05]]), k=2)
+    np.testing.assert_allclose(predicted, [[0.5, 0.0]])
+
+
+def test_policy_router_learns_online_and_counts_requests_out_of_flight() -> None:
+    n, k = 200, 2
+    servers = [ServerProfile("cheap", 0.1, 100.0, 4), ServerProfile("good", 0.1, 100.0, 4)]
+    quality = np.column_stack([np.zeros(n), np.ones(n)])
+    cost = np.column_stack([np.full(n, 1e-4), np.full(n, 2e-4)])
+    stream = Stream.build(quality, cost, np.full((n, k), 5.0), servers, StreamConfig(tau_s=30.0))
+    policy = Policy(3, tau_s=30.0)
+    for server in servers:
+        policy.add_model(server.name, price_in=1.0, price_out=1.0, ttft_s=0.1,
+                         tokens_per_s=100.0, concurrency=4, prior_quality=0.5)  # fmt: skip
+    contexts = np.column_stack([np.ones((n, 2)) / np.sqrt(2), np.ones(n)])
+    router = bl.PolicyRouter(
+        "p", policy, contexts, np.full(n, 10.0), np.full((n, k), 5.0), [0, 1], servers,
+        StreamConfig(tau_s=30.0),
+    )  # fmt: skip
+    result = router.run(stream, 1.0)
+    assert (result.choice[-50:] == 1).all()  # learned that "good" is right
+    assert policy.in_flight("good") == 0  # the original is untouched: runs use a copy

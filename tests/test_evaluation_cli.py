@@ -1,0 +1,79 @@
+"""``mixllm eval`` end to end on a small slice of the real RouterBench subset, and its message
+when the hub cannot be reached."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixllm.cli import main
+
+SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+ROWS_PER_FILE = 30
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture()
+def routerbench_slice(tmp_path: Path) -> Path:
+    """The first rows of each CSV of the subset, copied at test time into a temp folder."""
+    if not SUBSET.is_dir():
+        pytest.skip(f"{SUBSET} is not here")
+    folder = tmp_path / "slice"
+    folder.mkdir()
+    csv.field_size_limit(sys.maxsize)
+    for source in sorted(SUBSET.glob("*.csv")):
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [next(reader) for _ in range(ROWS_PER_FILE + 1)]
+        with (folder / source.name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+    return folder
+
+
+def test_eval_writes_json_plots_and_html(
+    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code = main(["eval", "--data", str(routerbench_slice), "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "mixllm" in printed and "AIQ" in printed
+    results = json.loads((out / "results.json").read_text())
+    for key in ("no_time_constraint", "time_constraint"):
+        routers = results["frontier"][key]["routers"]
+        assert {"mixllm", "oracle", "random", "MLP", "LinUCB raw 384-d"} <= set(routers)
+        points = routers["mixllm"]["points"]
+        assert len(points) > 10
+        assert {"willingness_to_pay", "quality_pct", "cost_pct", "violations"} <= set(points[0])
+        assert routers["oracle"]["aiq"] >= max(r["aiq"] for r in routers.values()) - 1e-9
+    assert set(results["continual"]) == {"80:20", "50:50", "30:70"}
+    assert results["new-models"]["variants"]
+    assert set(results["out-of-domain"]) == {"arc-challenge", "mbpp", "winogrande"}
+    for name in ("frontier_no_time_constraint.png", "frontier_time_constraint.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+
+
+def test_eval_without_data_says_the_hub_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise ConnectionError("Failed to establish a new connection: network is unreachable")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    code = main(["eval", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "cannot reach the Hugging Face hub" in lines[0]
+    assert "mixllm eval --data PATH" in lines[0]
