@@ -22,10 +22,10 @@ use parking_lot::Mutex;
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
 use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
-use crate::kernels::{quadratic_weights, quadratic_weights_into, SymLayout};
+use crate::kernels::{dot, dot4, quadratic_weights, quadratic_weights_into, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
-use crate::scoring::{assess, choose, ArmView, Assessment};
+use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
 
 /// Inputs larger than this in magnitude are rejected: their squares would overflow A.
 const MAX_MAGNITUDE: f64 = 1e100;
@@ -388,7 +388,9 @@ impl Policy {
     }
 
     /// The loop of [`Self::decide_batch`] over validated rows; `first_row` is the index of the
-    /// first of them in the whole batch (for per-row arguments).
+    /// first of them in the whole batch (for per-row arguments). Rows go in blocks of four, so
+    /// each model's A⁻¹ is streamed once per four queries ([`dot4`]); the variances can differ
+    /// from single decisions' in the last bits (a different summation order), nothing more.
     fn decide_rows(
         &self,
         arms: &[ArmSnapshot],
@@ -398,17 +400,21 @@ impl Policy {
         first_row: usize,
         out: &mut [usize],
     ) {
+        const BLOCK: usize = 4;
         let dim = self.config.dim;
         let layout = SymLayout::new(dim);
-        let mut x = vec![0.0; layout.stride()];
-        let mut weights = vec![0.0; layout.len()];
-        let mut assessments = Vec::with_capacity(arms.len());
-        for (row, (row_x, chosen)) in xs.chunks_exact(dim).zip(out.iter_mut()).enumerate() {
-            x[..dim].copy_from_slice(row_x);
-            quadratic_weights_into(layout, &x, &mut weights);
-            assessments.clear();
-            let row = first_row + row;
-            let (p, w) = (prompt_tokens.at(row), willingness_to_pay.at(row));
+        let mut x = vec![vec![0.0; layout.stride()]; BLOCK];
+        let mut weights = vec![vec![0.0; layout.len()]; BLOCK];
+        let mut assessments: Vec<Vec<Assessment>> =
+            (0..BLOCK).map(|_| Vec::with_capacity(arms.len())).collect();
+        for (block, chosen) in out.chunks_mut(BLOCK).enumerate() {
+            let start = block * BLOCK;
+            let count = chosen.len();
+            for r in 0..count {
+                x[r][..dim].copy_from_slice(&xs[(start + r) * dim..(start + r + 1) * dim]);
+                quadratic_weights_into(layout, &x[r], &mut weights[r]);
+                assessments[r].clear();
+            }
             for (slot, stats, profile) in arms {
                 let view = ArmView {
                     stats,
@@ -416,10 +422,36 @@ impl Policy {
                     priors: &slot.priors,
                     live: &slot.live,
                 };
-                assessments.push(assess(&self.config, &view, &x, &weights, p, w));
+                let variances = if count == BLOCK {
+                    dot4(
+                        &stats.a_inv,
+                        [&weights[0], &weights[1], &weights[2], &weights[3]],
+                    )
+                } else {
+                    std::array::from_fn(|r| {
+                        if r < count {
+                            dot(&stats.a_inv, &weights[r])
+                        } else {
+                            0.0
+                        }
+                    })
+                };
+                for r in 0..count {
+                    let row = first_row + start + r;
+                    assessments[r].push(assess_with_variance(
+                        &self.config,
+                        &view,
+                        &x[r],
+                        variances[r],
+                        prompt_tokens.at(row),
+                        willingness_to_pay.at(row),
+                    ));
+                }
             }
-            // The pool is not empty (checked by the caller), so there is always a choice.
-            *chosen = choose(&assessments).unwrap_or(0);
+            for (r, choice) in chosen.iter_mut().enumerate() {
+                // The pool is not empty (checked by the caller), so there is always a choice.
+                *choice = choose(&assessments[r]).unwrap_or(0);
+            }
         }
     }
 

@@ -56,10 +56,24 @@ pub fn assess(
     prompt_tokens: f64,
     willingness_to_pay: f64,
 ) -> Assessment {
+    let variance = dot(&arm.stats.a_inv, quadratic_weights);
+    assess_with_variance(config, arm, x, variance, prompt_tokens, willingness_to_pay)
+}
+
+/// [`assess`] given xᵀA⁻¹x, for callers that compute it for several queries at once.
+#[inline]
+pub fn assess_with_variance(
+    config: &PolicyConfig,
+    arm: &ArmView<'_>,
+    x: &[f64],
+    variance: f64,
+    prompt_tokens: f64,
+    willingness_to_pay: f64,
+) -> Assessment {
     let quality = arm.stats.predict_quality(arm.priors, x);
     let output_tokens = arm.stats.predict_output_tokens(arm.priors, x);
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
-    let uncertainty = dot(&arm.stats.a_inv, quadratic_weights).max(0.0).sqrt();
+    let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
     let latency_s = arm.live.predicted_wait_s(arm.profile, service_s) + service_s;
     let penalty = (latency_s / config.tau_s).exp_m1();

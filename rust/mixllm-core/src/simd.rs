@@ -91,6 +91,42 @@ macro_rules! x86_kernels {
                 total
             }
 
+            /// # Safety
+            /// CPU support; every slice of `w` has `a`'s length.
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot4(a: &[f64], w: [&[f64]; 4]) -> [f64; 4] {
+                let n = a.len();
+                let pa = a.as_ptr();
+                let pw = w.map(|wi| wi.as_ptr());
+                // Two chunks per step, so eight independent accumulators hide FMA latency.
+                let mut even = [$zero(); 4];
+                let mut odd = [$zero(); 4];
+                let mut k = 0;
+                while k + 2 * LANES <= n {
+                    let (a0, a1) = ($load(pa.add(k)), $load(pa.add(k + LANES)));
+                    for j in 0..4 {
+                        even[j] = $fmadd(a0, $load(pw[j].add(k)), even[j]);
+                        odd[j] = $fmadd(a1, $load(pw[j].add(k + LANES)), odd[j]);
+                    }
+                    k += 2 * LANES;
+                }
+                while k + LANES <= n {
+                    let a0 = $load(pa.add(k));
+                    for j in 0..4 {
+                        even[j] = $fmadd(a0, $load(pw[j].add(k)), even[j]);
+                    }
+                    k += LANES;
+                }
+                let mut out = [0.0; 4];
+                for j in 0..4 {
+                    out[j] = $sum($add(even[j], odd[j]));
+                    for i in k..n {
+                        out[j] += *pa.add(i) * *pw[j].add(i);
+                    }
+                }
+                out
+            }
+
             /// `out = M x`; returns `xᵀ M x`.
             /// # Safety
             /// CPU support; `m` in the blocked layout of (`dim`, `stride`), `x` and `out` of
