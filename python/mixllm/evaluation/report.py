@@ -198,7 +198,7 @@ def _plot(section: dict[str, Any], title: str, path: Path) -> bool:
     for x, y, name in zip(singles_x, singles_y, names, strict=True):
         axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axes.axhline(97.25, color="grey", lw=0.6, ls=":")
-    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xscale("log")
     axes.set_xlabel("cost, % of GPT-4")
     axes.set_ylabel("quality, % of GPT-4")
     axes.set_title(title)
