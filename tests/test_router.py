@@ -120,26 +120,28 @@ def test_willingness_to_pay_moves_choices_towards_quality(
     assert np.mean(rich) > 3 * np.mean(cheap)
 
 
-def test_reload_in_a_new_process_routes_identically(
-    fitted: tuple[Router, RoutingDataset], tmp_path: Path
+def test_reload_in_a_new_process_routes_the_test_split_identically(
+    fitted: tuple[Router, RoutingDataset], routerbench: RoutingDataset, tmp_path: Path
 ) -> None:
     # Both processes embed the same batches with fresh caches: the int8 encoder quantises
     # activations per batch, so its vectors depend (slightly) on what shares the batch.
     fitted_router = fresh(fitted)
     router = Router(
         fitted_router.config,
-        embedder=mixllm.Embedder(quantized=True, cache_size=0),
+        embedder=mixllm.Embedder(quantized=True, cache_size=0, intra_op_threads=2),
         projection=fitted_router.projection,
         policy=fitted_router.policy,
     )
-    texts = fitted[1].prompts
+    texts = routerbench.test().prompts
+    assert len(texts) == 945
     before = router.route_batch(texts)
     router.save(tmp_path / "state")
     script = """
 import json, sys
 import mixllm
 from mixllm.router import Router
-router = Router.load(sys.argv[1], embedder=mixllm.Embedder(quantized=True, cache_size=0))
+embedder = mixllm.Embedder(quantized=True, cache_size=0, intra_op_threads=2)
+router = Router.load(sys.argv[1], embedder=embedder)
 texts = json.load(sys.stdin)
 print(json.dumps([[d.model, d.detail.score.tolist()] for d in router.route_batch(texts)]))
 """
