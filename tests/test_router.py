@@ -314,3 +314,33 @@ def test_many_threads_route_and_send_feedback(fitted: tuple[Router, RoutingDatas
     assert all(router.policy.in_flight(m) == 0 for m in router.models)
     learned = sum(router.policy.inspect(m)["observations"] - start[m] for m in router.models)
     assert learned == 6 * per_thread
+
+
+def test_complete_then_feedback_later(fitted: tuple[Router, RoutingDataset]) -> None:
+    router = fresh(fitted, feedback_ttl_s=0.5)
+    decision = router.route(fitted[1].prompts[8])
+    model = decision.model
+    router.complete(decision.id, latency_s=4.0)
+    state = router.policy.inspect(model)
+    assert state["in_flight"] == 0 and state["mean_service_s"] == 4.0
+    with pytest.raises(mixllm.InvalidInputError, match="already completed"):
+        router.complete(decision.id)
+    before = router.policy.to_bytes()
+    with pytest.raises(mixllm.InvalidInputError, match="not both"):
+        router.feedback(decision.id, quality=1.0, latency_s=4.0)
+    assert router.policy.to_bytes() == before
+    observations = state["observations"]
+    assert router.feedback(decision.id, quality=1.0, output_tokens=12)
+    assert router.policy.inspect(model)["observations"] == observations + 1
+    assert router.policy.in_flight(model) == 0
+    with pytest.raises(DecisionNotFoundError, match="no decision"):
+        router.complete("never-issued")
+
+    # A completed decision that expires unanswered does not leave its queue a second time.
+    other = router.route(fitted[1].prompts[9])
+    router.complete(other.id)
+    time.sleep(0.6)
+    router.route(fitted[1].prompts[10])
+    assert sum(router.policy.in_flight(m) for m in router.models) == 1
+    with pytest.raises(DecisionNotFoundError, match="expired"):
+        router.feedback(other.id, quality=0.0)

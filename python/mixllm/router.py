@@ -7,7 +7,8 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   so predicted waiting times are live;
 - `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
   satisfied/unsatisfied signal with the lower weight κ of method.md section 4) and takes the
-  request out of flight, recording its latency;
+  request out of flight, recording its latency; a service that learns the quality later calls
+  `complete(decision_id, latency_s=...)` when the answer arrives and `feedback` afterwards;
 - decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
@@ -97,6 +98,8 @@ class _Pending:
     model: str
     context: NDArray[np.float64]
     issued: float
+    # False once `complete` has taken the request out of its model's queue.
+    in_flight: bool = True
 
 
 class _ContextCache:
@@ -254,7 +257,8 @@ class Router:
         with self._lock:
             # Requests still in flight keep counting in the new arms' queues.
             for pending in self._pending.values():
-                policy.begin(pending.model)
+                if pending.in_flight:
+                    policy.begin(pending.model)
             self._projection = projection
             self._policy = policy
         self._contexts.clear()
@@ -382,7 +386,8 @@ class Router:
             if not expired and len(self._pending) <= cap:
                 break
             del self._pending[decision_id]
-            self._leave_queue(oldest.model, None)
+            if oldest.in_flight:
+                self._leave_queue(oldest.model, None)
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._close(decision_id, reason)
 
@@ -403,6 +408,29 @@ class Router:
 
     # -- learning online ------------------------------------------------------------------------
 
+    def _open(self, decision_id: str) -> _Pending:
+        """The pending decision, or the reason it cannot take feedback (caller holds the lock)."""
+        pending = self._pending.get(decision_id)
+        if pending is not None:
+            return pending
+        reason = self._closed.get(decision_id)
+        if reason is None:
+            raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
+        raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
+
+    def complete(self, decision_id: str, *, latency_s: float | None = None) -> None:
+        """The request of decision ``decision_id`` has finished: it leaves its model's queue
+        (recording ``latency_s`` in the model's service time when given). The decision stays
+        open for `feedback` until it expires, for services that learn the quality later."""
+        _check_optional("latency_s", latency_s)
+        with self._lock:
+            pending = self._open(decision_id)
+            if not pending.in_flight:
+                raise InvalidInputError(f"decision {decision_id!r} was already completed")
+            pending.in_flight = False
+            if pending.model in self._policy:
+                self._leave_queue(pending.model, latency_s)
+
     def feedback(
         self,
         decision_id: str,
@@ -413,7 +441,7 @@ class Router:
         latency_s: float | None = None,
     ) -> bool:
         """Teaches the model chosen by decision ``decision_id`` how it did, and takes the request
-        out of flight (recording ``latency_s`` when given).
+        out of flight (recording ``latency_s`` when given) unless `complete` already did.
 
         Give ``quality`` (refined feedback, on the scale of the training data) or ``satisfied``
         (binary feedback, learned as quality 1 or 0 with weight ``binary_feedback_weight``).
@@ -425,29 +453,27 @@ class Router:
         _check_optional("output_tokens", output_tokens)
         _check_optional("latency_s", latency_s)
         with self._lock:
-            pending = self._pending.pop(decision_id, None)
-            if pending is None:
-                reason = self._closed.get(decision_id)
-                if reason is None:
-                    raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
-                raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
+            pending = self._open(decision_id)
+            if latency_s is not None and not pending.in_flight:
+                raise InvalidInputError(
+                    f"decision {decision_id!r} was completed already, with its latency: "
+                    "give latency_s to complete() or to feedback(), not both"
+                )
             policy = self._policy
             if pending.model not in policy:
+                del self._pending[decision_id]
                 self._close(decision_id, "answered (its model had been removed)")
                 return False
-            try:
-                policy.update(
-                    pending.model,
-                    pending.context,
-                    quality=target,
-                    output_tokens=output_tokens,
-                    weight=weight,
-                )
-            except Exception:
-                self._pending[decision_id] = pending
-                self._pending.move_to_end(decision_id, last=False)
-                raise
-            self._leave_queue(pending.model, latency_s)
+            policy.update(
+                pending.model,
+                pending.context,
+                quality=target,
+                output_tokens=output_tokens,
+                weight=weight,
+            )
+            del self._pending[decision_id]
+            if pending.in_flight:
+                self._leave_queue(pending.model, latency_s)
             self._close(decision_id, "already answered")
         return True
 
