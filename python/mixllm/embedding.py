@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import model_files
+from mixllm._lru import LruCache
 from mixllm.errors import EmbeddingError, ModelFileError
 
 if TYPE_CHECKING:
@@ -47,40 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["Embedder"]
 
 _CHARS_PER_TOKEN_BOUND = 64
-
-
-class _LruCache:
-    """A thread-safe LRU map from text to a read-only float32 vector."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> NDArray[np.float32] | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: NDArray[np.float32]) -> None:
-        if self.capacity <= 0:
-            return
-        value.flags.writeable = False
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._data)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 _session_lock = threading.Lock()
@@ -204,7 +170,7 @@ class Embedder:
                 "expected input_ids and attention_mask"
             )
         self._output = _token_output(self._session)
-        self._cache = _LruCache(cache_size)
+        self._cache: LruCache[str, NDArray[np.float32]] = LruCache(cache_size)
         self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
 
     @staticmethod
@@ -255,7 +221,9 @@ class Embedder:
             vectors = self._embed_uncached(unique)
             for text, vector in zip(unique, vectors, strict=True):
                 out[missing[text]] = vector
-                self._cache.put(text, vector.copy())
+                cached = vector.copy()
+                cached.flags.writeable = False
+                self._cache.put(text, cached)
         return out
 
     def embed_one(self, text: str) -> NDArray[np.float32]:

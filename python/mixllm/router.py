@@ -47,10 +47,12 @@ from mixllm._core import (
     UnknownModelError,
     __version__,
 )
+from mixllm._lru import LruCache
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset, count_tokens
 from mixllm.embedding import Embedder
 from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
+from mixllm.model_files import file_sha256
 from mixllm.projection import LinearProjection, TagProjection, load_projection
 from mixllm.tagging import DomainLabels, Tagger
 
@@ -102,35 +104,6 @@ class _Pending:
     in_flight: bool = True
 
 
-class _ContextCache:
-    """Thread-safe LRU of text -> (routing context, prompt tokens)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[str, tuple[NDArray[np.float64], float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, text: str) -> tuple[NDArray[np.float64], float] | None:
-        with self._lock:
-            item = self._items.get(text)
-            if item is not None:
-                self._items.move_to_end(text)
-            return item
-
-    def put(self, text: str, item: tuple[NDArray[np.float64], float]) -> None:
-        if self._capacity == 0:
-            return
-        with self._lock:
-            self._items[text] = item
-            self._items.move_to_end(text)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
 class Router:
     """Routes queries to the models of a pool and learns from feedback.
 
@@ -164,7 +137,9 @@ class Router:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         # Ids that can no longer take feedback, and why; bounded like the pending ones.
         self._closed: OrderedDict[str, str] = OrderedDict()
-        self._contexts = _ContextCache(config.embedder.cache_size)
+        self._contexts: LruCache[str, tuple[NDArray[np.float64], float]] = LruCache(
+            config.embedder.cache_size
+        )
         self._id_prefix = secrets.token_hex(4)
         self._counter = itertools.count()
 
@@ -294,7 +269,9 @@ class Router:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         vector = self.embedder.embed([text])
-        item = (projection.context(vector)[0], float(count_tokens([text])[0]))
+        context = projection.context(vector)[0]
+        context.flags.writeable = False  # shared by every decision for this text
+        item = (context, float(count_tokens([text])[0]))
         self._contexts.put(text, item)
         return item
 
@@ -354,6 +331,7 @@ class Router:
         if missing:
             contexts = projection.context(self.embedder.embed(missing))
             tokens = count_tokens(missing)
+            contexts.flags.writeable = False  # shared by every decision for these texts
             for text, context, count in zip(missing, contexts, tokens, strict=True):
                 self._contexts.put(text, (context, float(count)))
         decisions = []
@@ -564,7 +542,7 @@ class Router:
             manifest = {
                 "format": STATE_FORMAT,
                 "mixllm": __version__,
-                "files": {f: _sha256(staging / f) for f in _FILES},
+                "files": {f: file_sha256(staging / f) for f in _FILES},
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
             for path in staging.iterdir():
@@ -608,7 +586,7 @@ class Router:
             expected = manifest.get("files", {}).get(file)
             if not (folder / file).is_file():
                 raise StateFileError(f"{folder}: {file} is missing")
-            if _sha256(folder / file) != expected:
+            if file_sha256(folder / file) != expected:
                 raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
         try:
             config = RouterConfig.from_dict(
@@ -654,16 +632,6 @@ def _state_number(name: str) -> int:
     """The number of a ``state-NNNNNN`` folder name, 0 for anything else."""
     prefix, _, digits = name.partition("-")
     return int(digits) if prefix == "state" and digits.isdigit() else 0
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
