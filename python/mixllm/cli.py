@@ -124,7 +124,7 @@ def _route(args: argparse.Namespace) -> int:
         f"willingness to pay: {decision.willingness_to_pay:g} USD per quality point; "
         f"prompt: {decision.prompt_tokens:.0f} tokens"
     )
-    header = f"{'model':<36} {'score':>8} {'quality':>8} {'cost':>10} {'latency':>8} {'explore':>8}"
+    header = f"{'model':<36} {'score':>8} {'quality':>8} {'cost':>10} {'latency':>8} {'uncert':>8}"
     print(header)
     ranked = sorted(explained.items(), key=lambda kv: -float(kv[1]["score"]))
     for name, row in ranked:
