@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -88,13 +89,23 @@ def routing_frontier(
     return points
 
 
-def quality_at_cost(points: Sequence[FrontierPoint], cost_pct: float) -> float:
+class CostQuality(Protocol):
+    """Anything with a quality and a cost in % of the reference (a point of a frontier)."""
+
+    @property
+    def quality_pct(self) -> float: ...
+
+    @property
+    def cost_pct(self) -> float: ...
+
+
+def quality_at_cost(points: Sequence[CostQuality], cost_pct: float) -> float:
     """Best quality % among points costing at most ``cost_pct`` (NaN when none does)."""
     eligible = [p.quality_pct for p in points if p.cost_pct <= cost_pct]
     return max(eligible) if eligible else float("nan")
 
 
-def cost_to_reach(points: Sequence[FrontierPoint], quality_pct: float) -> float:
+def cost_to_reach(points: Sequence[CostQuality], quality_pct: float) -> float:
     """Least cost % among points reaching ``quality_pct`` (NaN when none does)."""
     eligible = [p.cost_pct for p in points if p.quality_pct >= quality_pct]
     return min(eligible) if eligible else float("nan")

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mixllm.frontier import cost_to_reach, quality_at_cost
+
 __all__ = [
     "Point",
     "aiq",
@@ -108,15 +110,3 @@ def aiq(points: Sequence[tuple[float, float]], c_min: float, c_max: float) -> fl
         for a, b, fa, fb in zip(knots[:-1], knots[1:], values[:-1], values[1:], strict=True)
     )
     return area / (c_max - c_min)
-
-
-def quality_at_cost(points: Sequence[Point], cost_pct: float) -> float:
-    """Best quality % among routed points costing at most ``cost_pct`` (NaN when none)."""
-    eligible = [p.quality_pct for p in points if p.cost_pct <= cost_pct]
-    return max(eligible) if eligible else float("nan")
-
-
-def cost_to_reach(points: Sequence[Point], quality_pct: float) -> float:
-    """Least cost % among routed points reaching ``quality_pct`` (NaN when none)."""
-    eligible = [p.cost_pct for p in points if p.quality_pct >= quality_pct]
-    return min(eligible) if eligible else float("nan")
