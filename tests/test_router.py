@@ -344,3 +344,22 @@ def test_complete_then_feedback_later(fitted: tuple[Router, RoutingDataset]) -> 
     assert sum(router.policy.in_flight(m) for m in router.models) == 1
     with pytest.raises(DecisionNotFoundError, match="expired"):
         router.feedback(other.id, quality=0.0)
+
+
+def test_an_added_model_can_be_warm_started_from_examples(
+    fitted: tuple[Router, RoutingDataset], routerbench: RoutingDataset
+) -> None:
+    router = fresh(fitted)
+    router.remove_model("zero-one-ai/Yi-34B-Chat")
+    examples = per_label(routerbench.train(), 5)
+    spec = next(m for m in fitted[0].config.models if m.name == "zero-one-ai/Yi-34B-Chat")
+    router.add_model(spec, examples=examples)
+    state = router.policy.inspect(spec.name)
+    assert state["observations"] == 15
+    column = examples.models.index(spec.name)
+    mean_quality = float(np.mean(examples.quality[:, column]))
+    described = {row["name"]: row for row in router.describe_models()}[spec.name]
+    assert described["mean_quality"] == pytest.approx(mean_quality)
+    with pytest.raises(mixllm.InvalidInputError, match="no outcomes of model 'other'"):
+        router.add_model(replace(spec, name="other"), examples=examples)
+    assert "other" not in router.models

@@ -474,12 +474,40 @@ class Router:
 
     # -- the pool -------------------------------------------------------------------------------
 
-    def add_model(self, model: ModelConfig) -> None:
-        """Adds a model with a fresh arm; the uncertainty term makes the router try it."""
+    def add_model(self, model: ModelConfig, *, examples: RoutingDataset | None = None) -> None:
+        """Adds a model with a fresh arm at its priors (``prior_quality`` decides how eagerly
+        it is tried: the exploration bonus alone is small at the paper's alpha = 0.01), or, with
+        ``examples`` (a data set holding outcomes of a model of this name), an arm warm-started
+        by an exact fit on them."""
         model.validate("model")
+        warm: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None] | None
+        warm = None
+        if examples is not None:
+            warm = self._warm_start(model.name, examples)
         with self._lock:
             self._policy.add_model(model.name, **model.policy_kwargs())
+            if warm is not None:
+                self._policy.fit(model.name, *warm)
             self._config = self._config.with_models((*self._config.models, model))
+
+    def _warm_start(
+        self, name: str, examples: RoutingDataset
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None]:
+        """Contexts, qualities and output tokens of ``name``'s observed outcomes."""
+        if name not in examples.models:
+            raise InvalidInputError(f"the examples hold no outcomes of model {name!r}")
+        column = examples.models.index(name)
+        seen = np.flatnonzero(~np.isnan(examples.quality[:, column]))
+        if seen.size == 0:
+            raise InvalidInputError(f"the examples hold no observed quality for {name!r}")
+        projection = self._require_projection()
+        vectors = self.embedder.embed([examples.prompts[i] for i in seen])
+        tokens = None
+        if examples.output_tokens is not None:
+            observed = examples.output_tokens[seen, column]
+            if not np.isnan(observed).any():
+                tokens = observed
+        return projection.context(vectors), examples.quality[seen, column], tokens
 
     def remove_model(self, name: str) -> None:
         """Removes a model; feedback still pending for it becomes a no-op."""
