@@ -1,0 +1,447 @@
+"""Which quality predictor (and which routing context) routes best on the RouterBench subset.
+
+    python benches/quality_predictors.py [--data DIR] [--folds 5] [--quick]
+                                         [--truncation head|tail|both] [--only A|B] [--test A|B]
+
+Prints one Markdown table per way of embedding the prompts: the Embedder's default keeps each
+prompt's first 256 tokens ("head"); "tail" keeps the last 256 (tokenizer truncation from the
+left; vectors cached apart from the default ones). On this subset every ARC-Challenge and
+Winogrande prompt starts with the same few-shot examples, longer than 256 tokens, so with "head"
+each of those benchmarks collapses to two distinct vectors and no predictor can tell its
+questions apart; the "val AUC in benchmark" column (mean over benchmark x model of the AUC of
+q̂ for the 0/1 quality, per fold) measures how much per-query signal a predictor has.
+
+Every predictor is chosen on the train split alone: stratified K-fold cross-validation inside
+train (the projection, the heads and the tagger-free parts all refitted per fold), scored on
+the out-of-fold predictions of all 2,205 train queries. The finalists are then fitted on the
+whole train split and scored once on the 945 test queries.
+
+Routing is the static rule of the evaluation's score routers (argmax q̂ - ĉ/λ over a λ sweep,
+no queue, no exploration bonus, no online learning), scored with the evaluation's own code
+(`experiments.sweep`, `ScoreRouter`, `metrics.aiq`): quality and cost in % of GPT-4 on the
+same queries, AIQ over the single-model cost range. The linear heads are the Policy's
+(ridge on the context, residual over the prior quality, shared A = ridge·I + XᵀX; a numpy
+replica checked against `Policy.decide` at start-up); the cost estimate is the Policy's too
+(prompt tokens x input price + predicted output tokens x output price, the length head a ridge
+on log(1 + tokens) over the same context). Nonlinear heads reuse the default context's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm._core import Policy
+from mixllm.data import RoutingDataset, load_routerbench_csv
+from mixllm.embedding import Embedder
+from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.experiments import REFERENCE_MODEL, router_config, servers_for, sweep
+from mixllm.evaluation.metrics import aiq, cost_to_reach, quality_at_cost
+from mixllm.evaluation.simulator import Stream, StreamConfig
+from mixllm.evaluation.vectors import cache_dir, embed_cached
+from mixllm.projection import TagProjection
+from mixllm.tagging import DomainLabels, Tagger
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
+LAMBDAS = (*tuple(float(v) for v in np.logspace(-5, 1, 31)), math.inf)
+TARGET = 97.25
+FINALISTS = (
+    "ridge, tag 64-d (default)",
+    "ridge 10, tag 64-d",
+    "ridge 10, tag 64-d ⊗ tagger domain",
+    "logistic C=1, tag 64-d + tagger",
+    "random forest, raw 384-d",
+)
+
+
+@dataclass
+class Data:
+    dataset: RoutingDataset
+    vectors: F64
+    domain: I64  # benchmark label id per row
+    tag_probs: F64  # zero-shot tagger probabilities (n, 20)
+    train: I64
+    test: I64
+    price_in: F64
+    price_out: F64
+    fee: F64
+
+    @property
+    def quality(self) -> F64:
+        return self.dataset.quality
+
+    @property
+    def log_length(self) -> F64:
+        assert self.dataset.output_tokens is not None
+        return np.log1p(self.dataset.output_tokens)
+
+
+def tail_embedder() -> Embedder:
+    """The same encoder keeping the *last* 256 tokens of a text instead of the first."""
+    embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0)
+    embedder._tokenizer.enable_truncation(max_length=embedder.max_tokens, direction="left")
+    return embedder
+
+
+def load(directory: Path, truncation: str = "head") -> Data:
+    dataset = load_routerbench_csv(directory)
+    if truncation == "head":
+        embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0)
+        vectors = embed_cached(dataset.prompts, embedder)
+    else:
+        embedder = tail_embedder()
+        vectors = embed_cached(dataset.prompts, embedder, directory=cache_dir() / "tail")
+    _, domain = DomainLabels.from_labels(dataset.labels or [""] * len(dataset))
+    tag_probs = Tagger(embedder).tag_vectors(vectors).probabilities
+    split = np.array(dataset.split)
+    models = router_config(dataset.models, tau_s=1e9).models
+    return Data(
+        dataset,
+        vectors,
+        np.asarray(domain, dtype=np.int64),
+        np.asarray(tag_probs, dtype=np.float64),
+        np.flatnonzero(split == "train"),
+        np.flatnonzero(split == "test"),
+        np.array([m.price_in for m in models]) / 1e6,
+        np.array([m.price_out for m in models]) / 1e6,
+        np.array([m.fee for m in models]),
+    )
+
+
+# -- heads -------------------------------------------------------------------------------------
+
+
+def ridge_heads(x_fit: F64, y: F64, x_out: F64, ridge: float, prior: F64 | float) -> F64:
+    """The Policy's head for every column of ``y``: prior + x·θ with
+    θ = (ridge·I + XᵀX)⁻¹Xᵀ(y - prior)."""
+    a = x_fit.T @ x_fit + ridge * np.eye(x_fit.shape[1])
+    theta = np.linalg.solve(a, x_fit.T @ (y - prior))
+    out: F64 = x_out @ theta + prior
+    return out
+
+
+def cost_hat(data: Data, log_length_hat: F64, rows: I64) -> F64:
+    tokens = np.expm1(np.clip(log_length_hat, 0.0, 13.8))
+    prompt = data.dataset.prompt_tokens[rows][:, None]
+    out: F64 = prompt * data.price_in + tokens * data.price_out + data.fee
+    return out
+
+
+PRIOR_LOG_LENGTH = math.log1p(256.0)  # ModelConfig.prior_output_tokens
+
+
+# -- contexts: fitted on the fit rows, evaluated on any rows ---------------------------------
+
+ContextFn = Callable[[Data, I64], Callable[[I64], F64]]
+
+
+def tag_context(d: int) -> ContextFn:
+    def build(data: Data, fit: I64) -> Callable[[I64], F64]:
+        projection = TagProjection.fit(data.vectors[fit], data.domain[fit], d=d)
+        return lambda rows: projection.context(data.vectors[rows])
+
+    return build
+
+
+def raw_context(data: Data, fit: I64) -> Callable[[I64], F64]:
+    return lambda rows: np.column_stack([data.vectors[rows], np.ones(len(rows))])
+
+
+def domain_only(data: Data, fit: I64) -> Callable[[I64], F64]:
+    """No text at all: each model's mean quality per benchmark (the per-benchmark policy)."""
+    return lambda rows: np.eye(int(data.domain.max()) + 1)[data.domain[rows]]
+
+
+def with_domain(base: ContextFn, source: str, interact: bool = False) -> ContextFn:
+    """Appends the domain (one-hot of the label, or the tagger's probabilities); with
+    ``interact`` the context is x ⊗ domain (a separate linear head per domain)."""
+
+    def build(data: Data, fit: I64) -> Callable[[I64], F64]:
+        inner = base(data, fit)
+
+        def context(rows: I64) -> F64:
+            x = inner(rows)
+            if source == "label":
+                dom = np.eye(int(data.domain.max()) + 1)[data.domain[rows]]
+            else:
+                dom = data.tag_probs[rows]
+            if interact:
+                return np.einsum("ni,nk->nik", x, dom).reshape(len(rows), -1)
+            return np.column_stack([x, dom])
+
+        return context
+
+    return build
+
+
+# -- predictors: (fit rows, output rows) -> (q̂, ĉ) -------------------------------------------
+
+Predictor = Callable[[Data, I64, I64], tuple[F64, F64]]
+
+
+def linear(context: ContextFn, ridge: float = 1.0, prior: str = "0.5") -> Predictor:
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        ctx = context(data, fit)
+        x_fit, x_out = ctx(fit), ctx(out)
+        q_prior: F64 | float = 0.5 if prior == "0.5" else data.quality[fit].mean(axis=0)
+        q = ridge_heads(x_fit, data.quality[fit], x_out, ridge, q_prior)
+        ll = ridge_heads(x_fit, data.log_length[fit], x_out, ridge, PRIOR_LOG_LENGTH)
+        return q, cost_hat(data, ll, out)
+
+    return predict
+
+
+def default_cost(data: Data, fit: I64, out: I64) -> F64:
+    ctx = tag_context(64)(data, fit)
+    ll = ridge_heads(ctx(fit), data.log_length[fit], ctx(out), 1.0, PRIOR_LOG_LENGTH)
+    return cost_hat(data, ll, out)
+
+
+def features(data: Data, fit: I64, kind: str) -> Callable[[I64], F64]:
+    if kind == "raw":
+        return lambda rows: data.vectors[rows]
+    if kind == "raw+dom":
+        return lambda rows: np.column_stack([data.vectors[rows], data.tag_probs[rows]])
+    ctx = tag_context(64)(data, fit)
+    return lambda rows: np.column_stack([ctx(rows), data.tag_probs[rows]])
+
+
+def sklearn_per_model(make: Callable[[], object], kind: str, proba: bool) -> Predictor:
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        feats = features(data, fit, kind)
+        x_fit, x_out = feats(fit), feats(out)
+        q = np.empty((len(out), data.quality.shape[1]))
+        for k in range(q.shape[1]):
+            y = data.quality[fit, k]
+            if proba and len(np.unique(y)) < 2:
+                q[:, k] = y[0]
+                continue
+            model = make()
+            model.fit(x_fit, y)  # type: ignore[attr-defined]
+            q[:, k] = (
+                model.predict_proba(x_out)[:, 1]  # type: ignore[attr-defined]
+                if proba
+                else model.predict(x_out)  # type: ignore[attr-defined]
+            )
+        return q, default_cost(data, fit, out)
+
+    return predict
+
+
+def knn(k: int) -> Predictor:
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        q = bl.knn_quality(data.vectors[fit], data.quality[fit], data.vectors[out], k)
+        return q, default_cost(data, fit, out)
+
+    return predict
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+
+def frontier(data: Data, rows: I64, q_hat: F64, c_hat: F64) -> dict[str, float]:
+    ds = data.dataset
+    stream = Stream.build(
+        ds.quality[rows], ds.cost_usd[rows], np.zeros_like(ds.quality[rows]),
+        servers_for(ds.models), StreamConfig(tau_s=None),
+    )  # fmt: skip
+    g = ds.models.index(REFERENCE_MODEL)
+    reference = (float(ds.quality[rows, g].sum()), float(ds.cost_usd[rows, g].sum()))
+    router = bl.ScoreRouter("candidate", q_hat, c_hat, servers_for(ds.models))
+    points = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
+    costs = 100.0 * ds.cost_usd[rows].sum(axis=0) / reference[1]
+    return {
+        "aiq": aiq([(p.cost_pct, p.quality_pct) for p in points], costs.min(), costs.max()),
+        "cost_at_target": cost_to_reach(points, TARGET),
+        "quality_at_30": quality_at_cost(points, 30.0),
+    }
+
+
+def cross_validated(
+    data: Data, predictor: Predictor, folds: int, seed: int = 0
+) -> dict[str, float]:
+    """Out-of-fold predictions for every train row (folds stratified by benchmark)."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(data.train), dtype=np.int64)
+    for label in np.unique(data.domain[data.train]):
+        members = np.flatnonzero(data.domain[data.train] == label)
+        fold_of[rng.permutation(members)] = np.arange(len(members)) % folds
+    n_models = data.quality.shape[1]
+    q_hat = np.empty((len(data.train), n_models))
+    c_hat = np.empty((len(data.train), n_models))
+    auc = []
+    for f in range(folds):
+        fit, out = data.train[fold_of != f], data.train[fold_of == f]
+        q, c = predictor(data, fit, out)
+        q_hat[fold_of == f], c_hat[fold_of == f] = q, c
+        # Per fold: pooled out-of-fold scores would mix folds' offsets (a constant predictor
+        # scores below 0.5 pooled, since a fold's held-out mean moves against its fit mean).
+        auc.append(within_benchmark_auc(data, out, q))
+    scores = frontier(data, data.train, q_hat, c_hat)
+    scores["auc"] = float(np.mean(auc))
+    return scores
+
+
+def within_benchmark_auc(data: Data, rows: I64, q_hat: F64) -> float:
+    """Mean over (benchmark, model) of the AUC of q̂ for that model's 0/1 quality on that
+    benchmark's queries: 0.5 = no per-query signal beyond the benchmark's mean."""
+    from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
+
+    values = []
+    for label in np.unique(data.domain[rows]):
+        inside = data.domain[rows] == label
+        for k in range(q_hat.shape[1]):
+            y = data.quality[rows[inside], k]
+            if 0 < y.sum() < len(y):
+                values.append(roc_auc_score(y, q_hat[inside, k]))
+    return float(np.mean(values))
+
+
+def on_test(data: Data, predictor: Predictor) -> dict[str, float]:
+    q, c = predictor(data, data.train, data.test)
+    scores = frontier(data, data.test, q, c)
+    scores["auc"] = within_benchmark_auc(data, data.test, q)
+    return scores
+
+
+def check_replica(data: Data) -> None:
+    """The numpy heads give the Policy's predictions (same context, same prior, same ridge)."""
+    ctx = tag_context(64)(data, data.train)
+    x_fit, x_out = ctx(data.train), ctx(data.test[:5])
+    policy = Policy(x_fit.shape[1], alpha=0.0, beta=0.0, ridge=1.0, tau_s=1e9)
+    config = router_config(data.dataset.models, tau_s=1e9)
+    for k, model in enumerate(config.models):
+        policy.add_model(model.name, **model.policy_kwargs())
+        tokens = None if data.dataset.output_tokens is None else data.dataset.output_tokens
+        assert tokens is not None
+        policy.fit(model.name, x_fit, data.quality[data.train, k], tokens[data.train, k])
+    q = ridge_heads(x_fit, data.quality[data.train], x_out, 1.0, 0.5)
+    ll = ridge_heads(x_fit, data.log_length[data.train], x_out, 1.0, PRIOR_LOG_LENGTH)
+    c = cost_hat(data, ll, data.test[:5])
+    for i, row in enumerate(data.test[:5]):
+        decision = policy.decide(
+            x_out[i], prompt_tokens=float(data.dataset.prompt_tokens[row]), willingness_to_pay=1.0
+        )
+        assert np.allclose(decision.quality, q[i], atol=1e-8), (decision.quality, q[i])
+        assert np.allclose(decision.cost, c[i], rtol=1e-6, atol=1e-12), (decision.cost, c[i])
+
+
+def predictors(quick: bool) -> dict[str, Predictor]:
+    from sklearn.ensemble import (  # type: ignore[import-untyped]
+        HistGradientBoostingClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+
+    out: dict[str, Predictor] = {
+        "ridge, tag 64-d (default)": linear(tag_context(64)),
+    }
+    for d in (96, 128, 192):
+        out[f"ridge, tag {d}-d"] = linear(tag_context(d))
+    out["ridge, raw 384-d"] = linear(raw_context)
+    for r in (0.1, 0.3, 3.0, 10.0, 30.0):
+        out[f"ridge {r:g}, tag 64-d"] = linear(tag_context(64), ridge=r)
+    for d in (128, 384):
+        out[f"ridge 10, tag {d}-d"] = linear(tag_context(d), ridge=10.0)
+    out["ridge, tag 64-d, prior = train mean"] = linear(tag_context(64), prior="mean")
+    for source in ("label", "tagger"):
+        out[f"ridge, tag 64-d + {source} domain"] = linear(with_domain(tag_context(64), source))
+        out[f"ridge, tag 64-d ⊗ {source} domain"] = linear(
+            with_domain(tag_context(64), source, interact=True)
+        )
+    out["ridge, raw 384-d + tagger domain"] = linear(with_domain(raw_context, "tagger"))
+    for r in (3.0, 10.0, 30.0):
+        out[f"ridge {r:g}, tag 64-d ⊗ tagger domain"] = linear(
+            with_domain(tag_context(64), "tagger", interact=True), ridge=r
+        )
+    out["per-benchmark mean only (label one-hot)"] = linear(domain_only, ridge=1e-6)
+    for k in (10, 40):
+        out[f"kNN k={k}, raw"] = knn(k)
+    for c in (0.1, 1.0):
+        out[f"logistic C={c:g}, tag 64-d + tagger"] = sklearn_per_model(
+            lambda c=c: LogisticRegression(C=c, max_iter=1000), "tag+dom", proba=True
+        )
+    out["random forest, tag 64-d + tagger"] = sklearn_per_model(
+        lambda: RandomForestRegressor(
+            n_estimators=100 if quick else 300, min_samples_leaf=5, max_features="sqrt",
+            n_jobs=2, random_state=0,
+        ),
+        "tag+dom", proba=False,
+    )  # fmt: skip
+    out["random forest, raw 384-d"] = sklearn_per_model(
+        lambda: RandomForestRegressor(
+            n_estimators=100 if quick else 300, min_samples_leaf=5, max_features="sqrt",
+            n_jobs=2, random_state=0,
+        ),
+        "raw", proba=False,
+    )  # fmt: skip
+    out["gradient boosting, tag 64-d + tagger"] = sklearn_per_model(
+        lambda: HistGradientBoostingClassifier(
+            max_iter=100, learning_rate=0.05, max_leaf_nodes=15, l2_regularization=1.0,
+            random_state=0,
+        ),
+        "tag+dom", proba=True,
+    )  # fmt: skip
+    return out
+
+
+def _cells(scores: dict[str, float]) -> list[str]:
+    keys = ("aiq", "cost_at_target", "quality_at_30")
+    return [*(f"{scores[k]:.2f}" for k in keys), f"{scores['auc']:.3f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer trees")
+    parser.add_argument(
+        "--truncation", choices=("head", "tail", "both"), default="both",
+        help="embed each prompt's first 256 tokens (the Embedder's default), its last, or both",
+    )  # fmt: skip
+    parser.add_argument("--only", default="", help="substrings of predictor names, '|'-separated")
+    parser.add_argument(
+        "--test", default="|".join(FINALISTS), help="predictors scored on test, '|'-separated"
+    )
+    args = parser.parse_args()
+    chosen = predictors(args.quick)
+    if args.only:
+        keys = args.only.split("|")
+        chosen = {n: p for n, p in chosen.items() if any(k in n for k in keys)}
+    finalists = set(args.test.split("|")) if args.test else set()
+    truncations = ("head", "tail") if args.truncation == "both" else (args.truncation,)
+    for truncation in truncations:
+        which = "first" if truncation == "head" else "last"
+        print(f"\n### Prompts embedded from their {which} 256 tokens ({truncation})\n")
+        table(load(args.data, truncation), chosen, finalists, args.folds)
+
+
+def table(data: Data, chosen: dict[str, Predictor], finalists: set[str], folds: int) -> None:
+    check_replica(data)
+    print(
+        "| predictor | val AIQ | val cost % @97.25 | val Q % @30 | val AUC in benchmark "
+        "| test AIQ | test cost % @97.25 | test Q % @30 | test AUC | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, predictor in chosen.items():
+        started = time.perf_counter()
+        val = cross_validated(data, predictor, folds)
+        cells = _cells(val)
+        cells += _cells(on_test(data, predictor)) if name in finalists else [""] * 4
+        print(f"| {name} | {' | '.join(cells)} | {time.perf_counter() - started:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
