@@ -397,6 +397,51 @@ def predictors(quick: bool) -> dict[str, Predictor]:
     return out
 
 
+def online(data: Data) -> None:
+    """The harness's own Policy routers on test (online learning from refined feedback, no time
+    constraint), as `mixllm eval` runs its `mixllm` and `LinUCB raw 384-d` rows."""
+    from dataclasses import replace
+
+    from mixllm.evaluation import experiments as ex
+
+    ds = data.dataset
+    assert ds.output_tokens is not None
+    train = np.zeros(len(ds), dtype=np.bool_)
+    train[data.train] = True
+    test = data.test
+    servers = servers_for(ds.models)
+    config = StreamConfig(tau_s=None)
+    stream = Stream.build(
+        ds.quality[test], ds.cost_usd[test], ds.output_tokens[test], servers, config
+    )
+    g = ds.models.index(REFERENCE_MODEL)
+    reference = (float(ds.quality[test, g].sum()), float(ds.cost_usd[test, g].sum()))
+    costs = 100.0 * ds.cost_usd[test].sum(axis=0) / reference[1]
+    tag = TagProjection.fit(data.vectors[data.train], data.domain[data.train], d=64)
+    ctx = tag.context(data.vectors)
+    raw = np.column_stack([data.vectors, np.ones(len(ds))])
+    print("\n| Policy router, online | test AIQ | test cost % @97.25 | test Q % @30 |")
+    print("|---|---|---|---|")
+    variants = (
+        ("mixllm (tag 64-d, ridge 1)", ctx, 1.0, 0.1),
+        ("mixllm (tag 64-d, ridge 10)", ctx, 10.0, 0.1),
+        ("LinUCB raw 384-d", raw, 1.0, 0.0),
+    )
+    for name, contexts, ridge, beta in variants:
+        router_cfg = replace(router_config(ds.models, tau_s=1e9, beta=beta), ridge=ridge)
+        policy = ex._fit_policy(contexts, ds, train, router_cfg)
+        router = bl.PolicyRouter(
+            name, policy, contexts[test], ds.prompt_tokens[test], ds.output_tokens[test],
+            list(range(len(ds.models))), servers, config, feedback="refined",
+        )  # fmt: skip
+        points = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
+        pairs = [(p.cost_pct, p.quality_pct) for p in points]
+        print(
+            f"| {name} | {aiq(pairs, costs.min(), costs.max()):.2f} "
+            f"| {cost_to_reach(points, TARGET):.2f} | {quality_at_cost(points, 30.0):.2f} |"
+        )
+
+
 def _cells(scores: dict[str, float]) -> list[str]:
     keys = ("aiq", "cost_at_target", "quality_at_30")
     return [*(f"{scores[k]:.2f}" for k in keys), f"{scores['auc']:.3f}"]
@@ -415,6 +460,9 @@ def main() -> None:
     parser.add_argument(
         "--test", default="|".join(FINALISTS), help="predictors scored on test, '|'-separated"
     )
+    parser.add_argument(
+        "--online", action="store_true", help="also the harness's Policy routers on test"
+    )
     args = parser.parse_args()
     chosen = predictors(args.quick)
     if args.only:
@@ -425,7 +473,10 @@ def main() -> None:
     for truncation in truncations:
         which = "first" if truncation == "head" else "last"
         print(f"\n### Prompts embedded from their {which} 256 tokens ({truncation})\n")
-        table(load(args.data, truncation), chosen, finalists, args.folds)
+        data = load(args.data, truncation)
+        table(data, chosen, finalists, args.folds)
+        if args.online:
+            online(data)
 
 
 def table(data: Data, chosen: dict[str, Predictor], finalists: set[str], folds: int) -> None:
