@@ -2,6 +2,7 @@
 
     python benches/quality_predictors.py [--data DIR] [--folds 5] [--quick]
                                          [--truncation head|tail|both] [--only A|B] [--test A|B]
+                                         [--online]
 
 Prints one Markdown table per way of embedding the prompts: the Embedder's default keeps each
 prompt's first 256 tokens ("head"); "tail" keeps the last 256 (tokenizer truncation from the
