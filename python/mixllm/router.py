@@ -343,15 +343,18 @@ class Router:
     def _decide(
         self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float
     ) -> RouteDecision:
-        policy = self._policy
-        detail = policy.decide(
+        detail = self._policy.decide(
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay
         )
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
         now = time.monotonic()
         with self._lock:
-            policy.begin(detail.model)
-            self._pending[decision_id] = _Pending(detail.model, context, now)
+            # Count the request in the policy in place now: `fit` may have swapped it, or
+            # `remove_model` removed the model, since the decision (then nothing is queued).
+            queued = detail.model in self._policy
+            if queued:
+                self._policy.begin(detail.model)
+            self._pending[decision_id] = _Pending(detail.model, context, now, in_flight=queued)
             self._expire(now)
         return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
 
