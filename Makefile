@@ -42,10 +42,15 @@ lint:
 	$(VPY) -m ruff format --check python tests benches
 	$(VPY) -m mypy
 
-# Twice: with the kernels this CPU selects, and with the portable ones plain x86-64 gets.
+# With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is
+# installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline.
 cargo-test:
 	cargo test --workspace --exclude mixllm-py
 	MIXLLM_PORTABLE_KERNELS=1 cargo test --workspace --exclude mixllm-py
+	if command -v qemu-x86_64 >/dev/null; then \
+	    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
+	    cargo test -p mixllm-core; \
+	fi
 
 bench:
 	$(VPY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,max,ops -q
