@@ -363,3 +363,70 @@ def test_an_added_model_can_be_warm_started_from_examples(
     with pytest.raises(mixllm.InvalidInputError, match="no outcomes of model 'other'"):
         router.add_model(replace(spec, name="other"), examples=examples)
     assert "other" not in router.models
+
+
+def test_routing_and_feedback_survive_pool_changes_in_other_threads(
+    fitted: tuple[Router, RoutingDataset],
+) -> None:
+    router = fresh(fitted)
+    texts = fitted[1].prompts
+    router.route_batch(texts)  # warm the context cache
+    for decision_id in list(router._pending):
+        router.feedback(decision_id, quality=0.5)
+    spec = next(m for m in router.config.models if m.name == "gpt-3.5-turbo-1106")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    outcomes: list[bool] = []
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                router.remove_model(spec.name)
+                router.add_model(spec)
+        except BaseException as err:
+            errors.append(err)
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(200):
+                decision = router.route(texts[int(rng.integers(len(texts)))])
+                outcomes.append(router.feedback(decision.id, quality=1.0, latency_s=0.5))
+        except BaseException as err:
+            errors.append(err)
+
+    churner = threading.Thread(target=churn)
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    churner.start()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=120)
+    stop.set()
+    churner.join(timeout=30)
+    assert not any(t.is_alive() for t in [churner, *workers]), "deadlock"
+    assert not errors, errors
+    assert len(outcomes) == 800 and router.pending() == 0
+    # Feedback for a decision whose model was removed meanwhile is the documented no-op.
+    assert all(router.policy.in_flight(m) == 0 for m in router.models)
+    assert spec.name in router.models
+
+
+def test_a_re_added_model_ignores_decisions_made_with_its_old_arm(
+    fitted: tuple[Router, RoutingDataset],
+) -> None:
+    router = fresh(fitted)
+    old = router.route(fitted[1].prompts[11])
+    spec = next(m for m in router.config.models if m.name == old.model)
+    router.remove_model(spec.name)
+    router.add_model(spec)
+    new = router.route(fitted[1].prompts[11])
+    fresh_state = router.policy.inspect(spec.name)
+    assert router.feedback(old.id, quality=1.0, latency_s=9.0) is False
+    after = router.policy.inspect(spec.name)
+    assert after["observations"] == fresh_state["observations"]
+    assert after["in_flight"] == fresh_state["in_flight"]
+    assert after["mean_service_s"] == fresh_state["mean_service_s"]
+    if new.model == spec.name:
+        assert router.feedback(new.id, quality=1.0)
+        assert router.policy.inspect(spec.name)["observations"] == after["observations"] + 1

@@ -195,6 +195,9 @@ class Policy:
         """A request to model `name` finished after `latency_s` seconds."""
     def cancel(self, name: str) -> None:
         """A request to model `name` left its queue without a usable service time."""
+    def generation(self, name: str) -> int:
+        """The generation of model `name`'s arm: it changes when the model is removed and
+        added again (or the policy is loaded), never otherwise."""
     def in_flight(self, name: str) -> int:
         """Requests in flight for model `name`."""
     def inspect(self, name: str) -> dict[str, Any]:

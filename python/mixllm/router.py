@@ -98,6 +98,9 @@ class FitReport:
 @dataclass
 class _Pending:
     model: str
+    # The arm the decision was made with (`Policy.generation`): a model removed and added again
+    # has a fresh arm, which must neither learn from nor dequeue this decision.
+    generation: int
     context: NDArray[np.float64]
     issued: float
     # False once `complete` has taken the request out of its model's queue.
@@ -232,6 +235,10 @@ class Router:
         with self._lock:
             # Requests still in flight keep counting in the new arms' queues.
             for pending in self._pending.values():
+                if pending.model not in policy or not self._current(pending):
+                    continue
+                # The new arms take over the decisions made with the old ones.
+                pending.generation = policy.generation(pending.model)
                 if pending.in_flight:
                     policy.begin(pending.model)
             self._projection = projection
@@ -352,9 +359,13 @@ class Router:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
             queued = detail.model in self._policy
+            generation = -1
             if queued:
                 self._policy.begin(detail.model)
-            self._pending[decision_id] = _Pending(detail.model, context, now, in_flight=queued)
+                generation = self._policy.generation(detail.model)
+            self._pending[decision_id] = _Pending(
+                detail.model, generation, context, now, in_flight=queued
+            )
             self._expire(now)
         return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
 
@@ -367,10 +378,17 @@ class Router:
             if not expired and len(self._pending) <= cap:
                 break
             del self._pending[decision_id]
-            if oldest.in_flight:
+            if oldest.in_flight and self._current(oldest):
                 self._leave_queue(oldest.model, None)
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._close(decision_id, reason)
+
+    def _current(self, pending: _Pending) -> bool:
+        """Whether the decision's arm is still in the pool (caller holds the lock)."""
+        try:
+            return self._policy.generation(pending.model) == pending.generation
+        except UnknownModelError:
+            return False
 
     def _leave_queue(self, model: str, latency_s: float | None) -> None:
         """Takes one request of ``model`` out of flight (caller holds the lock). The count can
@@ -409,7 +427,7 @@ class Router:
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
-            if pending.model in self._policy:
+            if self._current(pending):
                 self._leave_queue(pending.model, latency_s)
 
     def feedback(
@@ -427,8 +445,9 @@ class Router:
         Give ``quality`` (refined feedback, on the scale of the training data) or ``satisfied``
         (binary feedback, learned as quality 1 or 0 with weight ``binary_feedback_weight``).
         Returns ``True`` when learned, ``False`` when the decision's model has been removed
-        since (a no-op). Raises `DecisionNotFoundError` for an id never issued, expired or
-        already answered, and `InvalidInputError` for bad values; neither changes any state.
+        since, even if a model of that name was added again (a no-op). Raises
+        `DecisionNotFoundError` for an id never issued, expired or already answered, and
+        `InvalidInputError` for bad values; neither changes any state.
         """
         target, weight = self._feedback_target(quality, satisfied)
         _check_optional("output_tokens", output_tokens)
@@ -441,7 +460,7 @@ class Router:
                     "give latency_s to complete() or to feedback(), not both"
                 )
             policy = self._policy
-            if pending.model not in policy:
+            if not self._current(pending):
                 del self._pending[decision_id]
                 self._close(decision_id, "answered (its model had been removed)")
                 return False

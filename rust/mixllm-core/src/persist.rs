@@ -29,7 +29,7 @@ use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::SymLayout;
 use crate::live::LiveStats;
-use crate::policy::{report_of, ArmSlot, Policy};
+use crate::policy::{next_generation, report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
 
 const MAGIC: &[u8; 8] = b"MIXLLMP\0";
@@ -206,6 +206,7 @@ fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<
     let completed = d.u64()?;
     Ok(ArmSlot {
         name: Arc::from(name),
+        generation: next_generation(),
         priors,
         profile: ArcSwap::from_pointee(profile),
         stats: ArcSwap::from_pointee(stats),

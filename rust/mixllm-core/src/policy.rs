@@ -40,6 +40,9 @@ const MAX_MAGNITUDE: f64 = 1e100;
 #[derive(Debug)]
 pub(crate) struct ArmSlot {
     pub(crate) name: Arc<str>,
+    /// Unique among every arm this process creates: tells a re-added model's fresh arm from
+    /// the arm a pending decision was made with.
+    pub(crate) generation: u64,
     pub(crate) priors: Priors,
     pub(crate) profile: ArcSwap<ModelProfile>,
     pub(crate) stats: ArcSwap<ArmStats>,
@@ -77,6 +80,13 @@ impl Pool {
             .map(|&i| &self.slots[i])
             .ok_or_else(|| Error::UnknownModel(name.to_string()))
     }
+}
+
+/// A new arm generation, unique in this process.
+pub(crate) fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Below this many rows per thread, starting a thread costs more than it saves.
@@ -202,6 +212,7 @@ impl Policy {
         let dim = self.config.dim;
         let slot = Arc::new(ArmSlot {
             name: Arc::from(name),
+            generation: next_generation(),
             priors,
             profile: ArcSwap::from_pointee(profile),
             stats: ArcSwap::from_pointee(ArmStats::prior(dim, self.config.ridge)),
@@ -558,6 +569,12 @@ impl Policy {
         *current = ledger;
         slot.stats.store(Arc::new(stats));
         Ok(())
+    }
+
+    /// The generation of model `name`'s arm: it changes when the model is removed and added
+    /// again (or the policy is loaded), never otherwise.
+    pub fn generation(&self, name: &str) -> Result<u64> {
+        Ok(self.pool.load().get(name)?.generation)
     }
 
     /// A request was sent to model `name`.

@@ -95,6 +95,16 @@ proptest! {
         }
         let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
         prop_assert_eq!(&models, &expected);
+        if let Some(name) = models.first() {
+            let before = policy.generation(name).unwrap();
+            prop_assert_eq!(policy.generation(name).unwrap(), before);
+            policy.remove_model(name).unwrap();
+            policy.add_model(name, profile(0), Priors::default()).unwrap();
+            prop_assert!(policy.generation(name).unwrap() != before);
+            policy.remove_model(name).unwrap();
+            policy.add_model(name, profile(0), Priors::default()).unwrap();
+        }
+        let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
         if expected.is_empty() {
             prop_assert!(policy.decide(&data[0].0, 10.0, 0.1).is_err());
             return Ok(());

@@ -381,6 +381,12 @@ impl PyPolicy {
         self.inner.cancel(name).map_err(to_py)
     }
 
+    /// The generation of model `name`'s arm: it changes when the model is removed and added
+    /// again (or the policy is loaded), never otherwise.
+    fn generation(&self, name: &str) -> PyResult<u64> {
+        self.inner.generation(name).map_err(to_py)
+    }
+
     /// Requests in flight for model `name`.
     fn in_flight(&self, name: &str) -> PyResult<u64> {
         Ok(self.inner.report(name).map_err(to_py)?.in_flight)
