@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,4 +102,3 @@ def test_train_then_route_with_the_trained_state(tmp_path: Path) -> None:
     )
     assert routed.returncode == 0, routed.stderr
     assert json.loads(routed.stdout)["model"] in {row["name"] for row in models}
-    shutil.rmtree(state)

@@ -49,18 +49,7 @@ def routerbench() -> RoutingDataset:
 def config() -> RouterConfig:
     from mixllm.catalog import ROUTERBENCH_MODELS
 
-    models = tuple(
-        ModelConfig(
-            s.name,
-            price_in=s.price_in,
-            price_out=s.price_out,
-            fee=s.fee,
-            ttft_s=s.ttft_s,
-            tokens_per_s=s.tokens_per_s,
-            concurrency=s.concurrency,
-        )
-        for s in ROUTERBENCH_MODELS
-    )
+    models = tuple(spec.model_config() for spec in ROUTERBENCH_MODELS)
     return RouterConfig(models=models, willingness_to_pay=0.05)
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
+from mixllm.config import ModelConfig
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
@@ -85,6 +86,10 @@ class ModelSpec:
             "tokens_per_s": self.tokens_per_s,
             "concurrency": self.concurrency,
         }
+
+    def model_config(self) -> ModelConfig:
+        """This model as a member of a Router's pool."""
+        return ModelConfig(self.name, **self.profile())
 
     def cost_usd(self, prompt_tokens: float, output_tokens: float) -> float:
         """List-price cost of one call."""

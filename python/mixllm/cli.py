@@ -19,12 +19,11 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from mixllm._core import MixllmError
-from mixllm.config import ModelConfig, RouterConfig, load_config
+from mixllm.config import RouterConfig, load_config
 
 __all__ = ["main"]
 
@@ -33,12 +32,7 @@ def _routerbench_config() -> RouterConfig:
     """RouterBench's 11 models with their catalog prices and speeds, default settings."""
     from mixllm.catalog import ROUTERBENCH_MODELS
 
-    known = {f.name for f in fields(ModelConfig)}
-    models = tuple(
-        ModelConfig(**{k: v for k, v in asdict(spec).items() if k in known})
-        for spec in ROUTERBENCH_MODELS
-    )
-    return RouterConfig(models=models)
+    return RouterConfig(models=tuple(spec.model_config() for spec in ROUTERBENCH_MODELS))
 
 
 def _load_data(path: Path, allow_pickle: bool) -> Any:

@@ -269,12 +269,11 @@ class Router:
     # -- routing --------------------------------------------------------------------------------
 
     def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
+        """Routing context and prompt tokens of a text (checked to be a str by the callers)."""
         cached = self._contexts.get(text)
         if cached is not None:
             return cached
         projection = self._require_projection()
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
         vector = self.embedder.embed([text])
         context = projection.context(vector)[0]
         context.flags.writeable = False  # shared by every decision for this text

@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -129,14 +129,13 @@ def servers_for(models: Sequence[str]) -> list[ServerProfile]:
 def router_config(models: Sequence[str], *, tau_s: float, beta: float = 0.1) -> RouterConfig:
     """RouterBench's models with their catalog prices and speeds."""
     known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
-    keep = {f.name for f in fields(ModelConfig)}
     configs = []
     for name in models:
         spec = known.get(name)
         if spec is None:
             configs.append(ModelConfig(name, 1.0, 1.0, 0.5, 50.0, DEFAULT_CONCURRENCY))
         else:
-            configs.append(ModelConfig(**{k: v for k, v in asdict(spec).items() if k in keep}))
+            configs.append(spec.model_config())
     return RouterConfig(models=tuple(configs), tau_s=tau_s, beta=beta)
 
 

@@ -15,7 +15,7 @@
 //!
 //! Measured costs (criterion, `cargo bench -p mixllm-core`, AMD EPYC, 2 cores, K = 11): a
 //! decision at d = 64 takes 2.8 µs alone and 3.0 µs while another thread applies updates to the
-//! same arms as fast as it can (≈ 600,000 per second): readers pay only for fetching the new
+//! same arms as fast as it can: readers pay only for fetching the new
 //! snapshots' memory, never for a lock. An update takes 1.6 µs at d = 64 and 39 µs at d = 384,
 //! most of it writing the new A⁻¹ (the copy-on-write that lets readers go on unhindered).
 
@@ -594,6 +594,11 @@ impl Policy {
     pub fn cancel(&self, name: &str) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();
         slot.live.cancel(name)
+    }
+
+    /// Requests to model `name` in flight now.
+    pub fn in_flight(&self, name: &str) -> Result<u64> {
+        Ok(self.pool.load().get(name)?.live.in_flight())
     }
 
     /// A consistent copy of everything known about model `name`.

@@ -389,7 +389,7 @@ impl PyPolicy {
 
     /// Requests in flight for model `name`.
     fn in_flight(&self, name: &str) -> PyResult<u64> {
-        Ok(self.inner.report(name).map_err(to_py)?.in_flight)
+        self.inner.in_flight(name).map_err(to_py)
     }
 
     /// A consistent copy of everything learned about model `name`, as numpy arrays: `a` (A),
