@@ -27,16 +27,20 @@ fn type_name(ob: &Bound<'_, PyAny>) -> String {
 
 /// A 1-D float vector: a float64 or float32 numpy array, or a sequence of numbers.
 pub fn vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    // Arrays are copied while the GIL is held, so `to_vec` and `to_owned_array` need no borrow
+    // registered with rust-numpy's borrow tracking (which would cost more than the copy and
+    // lengthen the time every decision holds the GIL).
     if let Ok(array) = ob.cast::<PyArray1<f64>>() {
-        let view = array.try_readonly()?;
-        return Ok(match view.as_slice() {
-            Ok(slice) => slice.to_vec(),
-            Err(_) => view.as_array().iter().copied().collect(),
-        });
+        return Ok(array
+            .to_vec()
+            .unwrap_or_else(|_| array.to_owned_array().iter().copied().collect()));
     }
     if let Ok(array) = ob.cast::<PyArray1<f32>>() {
-        let view = array.try_readonly()?;
-        return Ok(view.as_array().iter().map(|&v| f64::from(v)).collect());
+        return Ok(array
+            .to_owned_array()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect());
     }
     if let Ok(array) = ob.cast::<PyUntypedArray>() {
         return Err(if array.ndim() != 1 {
@@ -68,20 +72,23 @@ pub fn vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
 /// A 2-D float matrix, row-major: a float64 or float32 numpy array or a sequence of rows.
 /// Returns the values and the number of rows.
 pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Vec<f64>, usize)> {
+    // Copied under the GIL without registering a borrow, as in `vector`.
     let (values, shape) = if let Ok(array) = ob.cast::<PyArray2<f64>>() {
-        let view = array.try_readonly()?;
-        // `as_slice` also succeeds on column-major arrays, in memory order: only take it for
+        // `to_vec` also succeeds on column-major arrays, in memory order: only take it for
         // row-major ones, and read the rest element by element in logical order.
-        let values = match view.as_slice() {
-            Ok(slice) if view.is_c_contiguous() => slice.to_vec(),
-            _ => view.as_array().iter().copied().collect(),
+        let values = match array.to_vec() {
+            Ok(values) if array.is_c_contiguous() => values,
+            _ => array.to_owned_array().iter().copied().collect(),
         };
-        (values, view.shape().to_vec())
+        (values, array.shape().to_vec())
     } else if let Ok(array) = ob.cast::<PyArray2<f32>>() {
-        let view = array.try_readonly()?;
         (
-            view.as_array().iter().map(|&v| f64::from(v)).collect(),
-            view.shape().to_vec(),
+            array
+                .to_owned_array()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+            array.shape().to_vec(),
         )
     } else if let Ok(array) = ob.cast::<PyUntypedArray>() {
         return Err(if array.ndim() != 2 {
