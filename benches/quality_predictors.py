@@ -42,12 +42,12 @@ from numpy.typing import NDArray
 
 from mixllm._core import Policy
 from mixllm.data import RoutingDataset, load_routerbench_csv
-from mixllm.embedding import Embedder
+from mixllm.embedding import Embedder, Truncation
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import REFERENCE_MODEL, router_config, servers_for, sweep
 from mixllm.evaluation.metrics import aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import Stream, StreamConfig
-from mixllm.evaluation.vectors import cache_dir, embed_cached
+from mixllm.evaluation.vectors import embed_cached
 from mixllm.projection import TagProjection
 from mixllm.tagging import DomainLabels, Tagger
 
@@ -89,21 +89,10 @@ class Data:
         return np.log1p(self.dataset.output_tokens)
 
 
-def tail_embedder() -> Embedder:
-    """The same encoder keeping the *last* 256 tokens of a text instead of the first."""
-    embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0)
-    embedder._tokenizer.enable_truncation(max_length=embedder.max_tokens, direction="left")
-    return embedder
-
-
-def load(directory: Path, truncation: str = "head") -> Data:
+def load(directory: Path, truncation: Truncation = "head") -> Data:
     dataset = load_routerbench_csv(directory)
-    if truncation == "head":
-        embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0)
-        vectors = embed_cached(dataset.prompts, embedder)
-    else:
-        embedder = tail_embedder()
-        vectors = embed_cached(dataset.prompts, embedder, directory=cache_dir() / "tail")
+    embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0, truncation=truncation)
+    vectors = embed_cached(dataset.prompts, embedder)
     _, domain = DomainLabels.from_labels(dataset.labels or [""] * len(dataset))
     tag_probs = Tagger(embedder).tag_vectors(vectors).probabilities
     split = np.array(dataset.split)

@@ -21,6 +21,8 @@ dim = 32
 [embedder]
 quantized = true
 cache_size = 10
+max_tokens = 128
+truncation = "tail"
 
 [tagger]
 mode = "zero-shot"
@@ -57,6 +59,7 @@ def test_a_full_file_is_read_into_every_field(tmp_path: Path) -> None:
     assert config.willingness_to_pay == 0.05
     assert (config.alpha, config.beta, config.tau_s, config.dim) == (0.02, 0.1, 20.0, 32)
     assert config.embedder.quantized and config.embedder.cache_size == 10
+    assert (config.embedder.max_tokens, config.embedder.truncation) == (128, "tail")
     assert (config.tagger.mode, config.tagger.push, config.tagger.pull) == ("zero-shot", 2.0, 0.5)
     assert [m.name for m in config.models] == ["big", "self-hosted"]
     assert config.models[1] == ModelConfig(
@@ -93,6 +96,9 @@ def test_infinite_willingness_to_pay_is_allowed() -> None:
         ("tau_s = 20.0", "tau_s = 0", "router.tau_s must be > 0"),
         ("tau_s = 20.0", "tau = 20.0", r"router has unknown field\(s\) tau"),
         ("quantized = true", 'quantized = "yes"', "embedder.quantized must be true or false"),
+        ('truncation = "tail"', 'truncation = "end"', "embedder.truncation must be"),
+        ("max_tokens = 128", "max_tokens = 1024", "embedder.max_tokens must be <= 512"),
+        ("max_tokens = 128", "max_tokens = 0", "embedder.max_tokens must be >= 3"),
         ('mode = "zero-shot"', 'mode = "magic"', "tagger.mode must be"),
         ("push = 2.0", "pull = 1.0", "tagger.pull must be < 1"),
     ],
@@ -121,3 +127,11 @@ def test_syntax_errors_and_missing_files_are_reported(tmp_path: Path) -> None:
 def test_code_built_configs_are_validated_too() -> None:
     with pytest.raises(ConfigError, match=r"models\[0\]\.price_out must be >= 0"):
         RouterConfig(models=(ModelConfig("m", 1.0, -2.0, 0.1, 10.0, 1),))
+
+
+def test_the_embedder_is_built_as_configured(tmp_path: Path) -> None:
+    settings = load_config(write(tmp_path, GOOD)).embedder
+    embedder = settings.build(quantized=False)
+    assert (embedder.max_tokens, embedder.truncation, embedder.quantized) == (128, "tail", False)
+    with pytest.raises(ConfigError, match=r"embedder\.truncation must be"):
+        settings.build(truncation="both")

@@ -207,6 +207,46 @@ def test_absurdly_long_text_is_truncated_not_rejected(embedder: Embedder) -> Non
     np.testing.assert_allclose(long_vector, prefix, atol=2e-5)
 
 
+def single_token_words(embedder: Embedder, count: int) -> list[str]:
+    """``count`` words (cycling through a vocabulary) that each tokenise to one token, so a
+    text's last k tokens are exactly its last k words."""
+    vocabulary = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house"]
+    for word in vocabulary:
+        assert len(embedder._tokenizer.encode(word, add_special_tokens=False).ids) == 1
+    return [vocabulary[(i * 7) % len(vocabulary)] for i in range(count)]
+
+
+def test_tail_truncation_keeps_the_last_tokens(embedder: Embedder) -> None:
+    tail = Embedder(cache_size=0, max_tokens=32, truncation="tail")
+    head = Embedder(cache_size=0, max_tokens=32)
+    words = single_token_words(embedder, 100)
+    text = " ".join(words)
+    # [CLS] and [SEP] take two of the 32 places.
+    np.testing.assert_allclose(
+        tail.embed([text]), embedder.embed([" ".join(words[-30:])]), atol=2e-5
+    )
+    np.testing.assert_allclose(
+        head.embed([text]), embedder.embed([" ".join(words[:30])]), atol=2e-5
+    )
+
+
+def test_a_shared_long_template_hides_the_question_unless_the_tail_is_kept() -> None:
+    template = "Answer the question like these examples. " + "Q: why? A: because. " * 80
+    prompts = [template + "Q: What colour is the sky? A:", template + "Q: How far is Mars? A:"]
+    head = Embedder(cache_size=0).embed(prompts)
+    tail = Embedder(cache_size=0, truncation="tail").embed(prompts)
+    np.testing.assert_array_equal(head[0], head[1])
+    assert float(tail[0] @ tail[1]) < 0.99
+
+
+def test_absurdly_long_text_keeps_its_end_with_tail_truncation() -> None:
+    tail = Embedder(cache_size=0, truncation="tail")
+    words = ("the quick brown fox jumps over the lazy dog " * 200_000).split()  # ~9 MB
+    long_vector = tail.embed([" ".join([*words, "finally", "a", "question"])])
+    suffix = tail.embed([" ".join([*words[-300:], "finally", "a", "question"])])
+    np.testing.assert_allclose(long_vector, suffix, atol=2e-5)
+
+
 def test_corrupted_shipped_model_fails_its_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,5 +340,7 @@ def test_bad_constructor_arguments() -> None:
         Embedder(intra_op_threads=0)
     with pytest.raises(ValueError, match="max_tokens"):
         Embedder(max_tokens=1000)
+    with pytest.raises(ValueError, match="truncation must be"):
+        Embedder(truncation="middle")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not both"):
         Embedder("somewhere", hf_repo="org/name")

@@ -61,6 +61,31 @@ def test_eval_writes_json_plots_and_html(
     assert page.count("data:image/png;base64,") == 2
 
 
+def test_eval_embeds_with_the_requested_truncation(
+    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--data", str(routerbench_slice), "--experiment", "frontier", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "head")]) == 0
+    assert main([*args, "--out", str(tmp_path / "tail"), "--truncation", "tail"]) == 0
+    head = json.loads((tmp_path / "head" / "results.json").read_text())
+    tail = json.loads((tmp_path / "tail" / "results.json").read_text())
+    assert (head["settings"]["truncation"], tail["settings"]["truncation"]) == ("head", "tail")
+    # Two vector caches: the runs did not share vectors embedded the other way.
+    assert len(list((tmp_path / "cache" / "eval-vectors").glob("*.npy"))) == 2
+
+    # The few-shot ARC and Winogrande prompts differ only after their first 256 tokens, so the
+    # routers see different vectors and route differently.
+    def mixllm_points(results: dict) -> list:
+        return results["frontier"]["no_time_constraint"]["routers"]["mixllm"]["points"]
+
+    assert mixllm_points(head) != mixllm_points(tail)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--max-tokens", "1000"])
+    assert "--max-tokens: must be in 3..512" in capsys.readouterr().err
+
+
 def test_eval_without_data_says_the_hub_is_unreachable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -59,16 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     embedder = None
     if args.threads is not None:
-        from mixllm.embedding import Embedder
-
-        settings = config.embedder
-        embedder = Embedder(
-            settings.model_dir,
-            hf_repo=settings.hf_repo,
-            quantized=settings.quantized,
-            intra_op_threads=args.threads,
-            cache_size=0,
-        )
+        embedder = config.embedder.build(intra_op_threads=args.threads, cache_size=0)
     router = Router(config, embedder=embedder)
     report = router.fit(dataset)
     folder = router.save(args.out)
@@ -175,6 +166,8 @@ def _eval(args: argparse.Namespace) -> int:
         queries_per_interval=args.queries_per_interval,
         interval_s=args.interval,
         experiments=experiments,
+        max_tokens=args.max_tokens,
+        truncation=args.truncation,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -182,6 +175,17 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {', '.join(sorted(written))} to {args.out}")
     return 0
+
+
+def _token_window(text: str) -> int:
+    """argparse type of --max-tokens: an int the encoder accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 3 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"must be in 3..512 (BERT's limit), got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,6 +246,18 @@ def _parser() -> argparse.ArgumentParser:
         "--queries-per-interval", type=int, default=100, help="arrivals per interval (100)"
     )
     evaluate.add_argument("--interval", type=float, default=10.0, help="interval in s (10)")
+    evaluate.add_argument(
+        "--truncation",
+        choices=["head", "tail"],
+        default="head",
+        help="keep a long prompt's first (head, default) or last (tail) tokens",
+    )
+    evaluate.add_argument(
+        "--max-tokens",
+        type=_token_window,
+        default=256,
+        help="tokens embedded per prompt, 3-512 (256)",
+    )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
     )

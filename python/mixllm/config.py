@@ -12,6 +12,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
 
     [embedder]
     quantized = true
+    truncation = "tail"           # keep a long prompt's last 256 tokens, not its first
 
     [[models]]
     name = "gpt-4-1106-preview"
@@ -35,9 +36,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mixllm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mixllm.embedding import Embedder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +94,8 @@ class EmbedderConfig:
     quantized: bool = False
     intra_op_threads: int = 1
     cache_size: int = 4096
+    max_tokens: int = 256
+    truncation: Literal["head", "tail"] = "head"
 
     def validate(self, where: str = "embedder") -> None:
         for key in ("model_dir", "hf_repo"):
@@ -101,6 +107,32 @@ class EmbedderConfig:
         _boolean(where, "quantized", self.quantized)
         _integer(where, "intra_op_threads", self.intra_op_threads, minimum=1)
         _integer(where, "cache_size", self.cache_size, minimum=0)
+        _integer(where, "max_tokens", self.max_tokens, minimum=3)
+        if self.max_tokens > 512:
+            raise ConfigError(
+                f"{where}.max_tokens must be <= 512 (BERT's limit), got {self.max_tokens}"
+            )
+        if self.truncation not in ("head", "tail"):
+            raise ConfigError(
+                f'{where}.truncation must be "head" or "tail", got {self.truncation!r}'
+            )
+
+    def build(self, **overrides: Any) -> Embedder:
+        """The `mixllm.Embedder` this configuration describes; ``overrides`` replace fields
+        (``intra_op_threads=4``, ``cache_size=0``)."""
+        from mixllm.embedding import Embedder
+
+        settings = replace(self, **overrides)
+        settings.validate()
+        return Embedder(
+            settings.model_dir,
+            hf_repo=settings.hf_repo,
+            quantized=settings.quantized,
+            intra_op_threads=settings.intra_op_threads,
+            cache_size=settings.cache_size,
+            max_tokens=settings.max_tokens,
+            truncation=settings.truncation,
+        )
 
 
 @dataclass(frozen=True)

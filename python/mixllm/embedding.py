@@ -7,10 +7,14 @@ sentence-transformers uses for this model.
 How a batch runs:
 
 * Texts are tokenised without padding and truncated at ``max_tokens`` (256 by default; BERT
-  itself accepts 512). The shipped tokenizer file pads every input to 128 tokens, which makes a
-  short query ~5x slower for the same vector; that setting is switched off here. A text longer
-  than ``64 * max_tokens`` characters is cut before tokenising (it cannot produce more tokens
-  than that in practice, and tokenising megabytes would be wasted work).
+  itself accepts 512). ``truncation="head"`` keeps a long text's first tokens, ``"tail"`` its
+  last ones: the choice for prompts that open with a long shared template (few-shot examples,
+  a system prompt) and put the question last, which head truncation would cut off so that
+  every such prompt gets the same vector. The shipped tokenizer file pads every input to 128
+  tokens, which makes a short query ~5x slower for the same vector; that setting is switched
+  off here. A text longer than ``64 * max_tokens`` characters is cut (at the end truncation
+  keeps) before tokenising: it cannot produce more tokens than that in practice, and tokenising
+  megabytes would be wasted work.
 * Texts are sorted by token count and cut into micro-batches of ``batch_size``, each padded
   only to its own longest member, so a long prompt does not make a hundred short ones pay for
   its padding. Results come back in input order.
@@ -32,7 +36,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,7 +48,9 @@ from mixllm.errors import EmbeddingError, ModelFileError
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "Truncation"]
+
+Truncation = Literal["head", "tail"]
 
 _CHARS_PER_TOKEN_BOUND = 64
 
@@ -108,6 +114,8 @@ class Embedder:
         intra_op_threads: ONNX Runtime threads per call (default 1).
         cache_size: how many text -> vector entries to keep (0 disables the cache).
         max_tokens: tokens kept per text, [CLS] and [SEP] included (longer texts are cut).
+        truncation: which end of a longer text to keep: ``"head"`` (its first tokens) or
+            ``"tail"`` (its last tokens).
         batch_size: texts per ONNX Runtime call after sorting by length.
     """
 
@@ -125,6 +133,7 @@ class Embedder:
         intra_op_threads: int = 1,
         cache_size: int = 4096,
         max_tokens: int = 256,
+        truncation: Truncation = "head",
         batch_size: int = 32,
     ) -> None:
         if model_dir is not None and hf_repo is not None:
@@ -135,6 +144,8 @@ class Embedder:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         if not 3 <= max_tokens <= 512:
             raise ValueError(f"max_tokens must be in 3..512 (BERT's limit), got {max_tokens}")
+        if truncation not in ("head", "tail"):
+            raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if model_dir is not None:
@@ -159,9 +170,10 @@ class Embedder:
             run_path, run_sha = files.model, files.model_sha256
         self.model_path = run_path
         self.max_tokens = max_tokens
+        self.truncation: Truncation = truncation
         self.batch_size = batch_size
         self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
-        self._tokenizer = self._load_tokenizer(files.tokenizer, max_tokens)
+        self._tokenizer = self._load_tokenizer(files.tokenizer, max_tokens, truncation)
         self._session = _shared_session(run_path, run_sha, intra_op_threads)
         self._input_names = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= self._input_names:
@@ -174,7 +186,7 @@ class Embedder:
         self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
 
     @staticmethod
-    def _load_tokenizer(path: Path, max_tokens: int) -> Any:
+    def _load_tokenizer(path: Path, max_tokens: int, truncation: Truncation) -> Any:
         import tokenizers
 
         try:
@@ -182,7 +194,9 @@ class Embedder:
         except Exception as err:  # tokenizers raises a bare Exception for bad files
             raise ModelFileError(f"cannot read tokenizer {path}: {err}") from err
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=max_tokens)
+        tokenizer.enable_truncation(
+            max_length=max_tokens, direction="left" if truncation == "tail" else "right"
+        )
         return tokenizer
 
     @property
@@ -232,7 +246,11 @@ class Embedder:
         return vector
 
     def _embed_uncached(self, texts: list[str]) -> NDArray[np.float32]:
-        clipped = [t if len(t) <= self._max_chars else t[: self._max_chars] for t in texts]
+        limit = self._max_chars
+        if self.truncation == "tail":
+            clipped = [t if len(t) <= limit else t[-limit:] for t in texts]
+        else:
+            clipped = [t if len(t) <= limit else t[:limit] for t in texts]
         encodings = self._tokenizer.encode_batch(clipped, add_special_tokens=True)
         ids = [list(e.ids) for e in encodings]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))

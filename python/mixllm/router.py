@@ -181,14 +181,7 @@ class Router:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
-                    settings = self._config.embedder
-                    self._embedder = Embedder(
-                        settings.model_dir,
-                        hf_repo=settings.hf_repo,
-                        quantized=settings.quantized,
-                        intra_op_threads=settings.intra_op_threads,
-                        cache_size=settings.cache_size,
-                    )
+                    self._embedder = self._config.embedder.build()
         return self._embedder
 
     @property

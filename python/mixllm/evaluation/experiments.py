@@ -34,7 +34,7 @@ from mixllm._core import Policy
 from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
-from mixllm.embedding import Embedder
+from mixllm.embedding import Embedder, Truncation
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
@@ -69,6 +69,10 @@ class EvalSettings:
     seed: int = 0
     quantized: bool = True
     threads: int = 2
+    # How prompts are cut to the encoder's window (see `mixllm.Embedder`); every router in the
+    # run gets the same vectors.
+    max_tokens: int = 256
+    truncation: Truncation = "head"
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
@@ -667,7 +671,11 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         dataset = split_train_test(dataset, 0.2, seed=settings.seed)
     progress = _Progress(settings.progress)
     embedder = Embedder(
-        quantized=settings.quantized, intra_op_threads=settings.threads, cache_size=0
+        quantized=settings.quantized,
+        intra_op_threads=settings.threads,
+        cache_size=0,
+        max_tokens=settings.max_tokens,
+        truncation=settings.truncation,
     )
     vectors = embed_cached(
         dataset.prompts, embedder, progress=lambda d, t: progress("embedding prompts", d, t)

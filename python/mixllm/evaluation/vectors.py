@@ -3,8 +3,8 @@
 Embedding is the expensive part of an evaluation (RouterBench's ARC prompts are long: about
 15-20 prompts per second per core with the shipped model). Every router in a run shares one
 matrix of vectors, and the matrix is cached as ``.npy`` under ``$MIXLLM_CACHE/eval-vectors``
-(else ``$XDG_CACHE_HOME/mixllm``, else ``~/.cache/mixllm``), keyed by the sha256 of the texts
-and of the encoder file, so a second run on the same data skips embedding entirely.
+(else ``$XDG_CACHE_HOME/mixllm``, else ``~/.cache/mixllm``), keyed by the sha256 of the texts,
+the encoder file and how it truncates, so a second run on the same data skips embedding.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def cache_dir() -> Path:
 def _key(texts: Sequence[str], embedder: Embedder) -> str:
     digest = hashlib.sha256()
     digest.update(str(embedder.model_path.name).encode())
-    digest.update(str(embedder.max_tokens).encode())
+    digest.update(f"{embedder.max_tokens}:{embedder.truncation}".encode())
     for text in texts:
         data = text.encode("utf-8")
         digest.update(len(data).to_bytes(8, "little"))
