@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
 use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
-use crate::kernels::{dot, dot4, quadratic_weights, quadratic_weights_into, SymLayout};
+use crate::kernels::{dot, dot4, quadratic_weights_into, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
@@ -298,7 +298,6 @@ impl Policy {
         Self::check_decision_args(&[prompt_tokens], &[willingness_to_pay])?;
         let layout = SymLayout::new(self.config.dim);
         let x = &layout.pad(x);
-        let weights = quadratic_weights(layout, x);
         let pool = self.pool.load();
         let assessments: Vec<Assessment> = pool
             .slots
@@ -314,9 +313,9 @@ impl Policy {
                 };
                 assess(
                     &self.config,
+                    layout,
                     &view,
                     x,
-                    &weights,
                     prompt_tokens,
                     willingness_to_pay,
                 )

@@ -12,7 +12,7 @@
 
 use crate::arm::ArmStats;
 use crate::config::PolicyConfig;
-use crate::kernels::dot;
+use crate::kernels::{quadratic_form, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 
@@ -45,18 +45,18 @@ pub struct ArmView<'a> {
     pub live: &'a LiveStats,
 }
 
-/// Scores one model for context `x` (validated by the caller, zero-padded to the layout's
-/// stride); `quadratic_weights` are [`crate::kernels::quadratic_weights`] of `x`.
+/// Scores one model for context `x` (validated by the caller, zero-padded to `layout`'s
+/// stride).
 #[inline]
 pub fn assess(
     config: &PolicyConfig,
+    layout: SymLayout,
     arm: &ArmView<'_>,
     x: &[f64],
-    quadratic_weights: &[f64],
     prompt_tokens: f64,
     willingness_to_pay: f64,
 ) -> Assessment {
-    let variance = dot(&arm.stats.a_inv, quadratic_weights);
+    let variance = quadratic_form(layout, &arm.stats.a_inv, x);
     assess_with_variance(config, arm, x, variance, prompt_tokens, willingness_to_pay)
 }
 

@@ -168,6 +168,61 @@ macro_rules! x86_kernels {
                 dot(x, out)
             }
 
+            /// `xᵀ M x`, reading `M` once and nothing else of its size. Row i's lane-wise
+            /// products with `x` (its stored part: the zeros left of the diagonal add nothing)
+            /// are summed into that row's register, which then goes into the total scaled by
+            /// 2·x_i; that counts the diagonal twice, so it is taken back once at the end.
+            /// Four rows of a block (all of one length) run together: four independent sums.
+            /// # Safety
+            /// CPU support; `m` in the blocked layout of (`dim`, `stride`), `x` of length
+            /// `stride`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn quadratic_form(dim: usize, stride: usize, m: &[f64], x: &[f64]) -> f64 {
+                let (pm, px) = (m.as_ptr(), x.as_ptr());
+                let mut total = [$zero(); 4];
+                let mut diagonal = 0.0;
+                let mut start = 0;
+                let mut i = 0;
+                while i < dim {
+                    let first = CHUNK * (i / CHUNK);
+                    let len = stride - first;
+                    let rows = (dim.min(first + CHUNK) - i).min(4);
+                    if rows == 4 {
+                        let row = [0, 1, 2, 3].map(|j| pm.add(start + j * len));
+                        let mut acc = [$zero(); 4];
+                        let mut k = 0;
+                        while k < len {
+                            let xv = $load(px.add(first + k));
+                            for j in 0..4 {
+                                acc[j] = $fmadd($load(row[j].add(k)), xv, acc[j]);
+                            }
+                            k += LANES;
+                        }
+                        for j in 0..4 {
+                            let xi = *px.add(i + j);
+                            total[j] = $fmadd($splat(2.0 * xi), acc[j], total[j]);
+                            diagonal += *row[j].add(i + j - first) * xi * xi;
+                        }
+                    } else {
+                        for j in 0..rows {
+                            let row = pm.add(start + j * len);
+                            let mut acc = $zero();
+                            let mut k = 0;
+                            while k < len {
+                                acc = $fmadd($load(row.add(k)), $load(px.add(first + k)), acc);
+                                k += LANES;
+                            }
+                            let xi = *px.add(i + j);
+                            total[j] = $fmadd($splat(2.0 * xi), acc, total[j]);
+                            diagonal += *row.add(i + j - first) * xi * xi;
+                        }
+                    }
+                    start += rows * len;
+                    i += rows;
+                }
+                $sum($add($add(total[0], total[1]), $add(total[2], total[3]))) - diagonal
+            }
+
             /// `out = M − c·u·uᵀ`, keeping the zeros left of the diagonal. `out` may be `m`.
             /// # Safety
             /// CPU support; `m` and `out` valid for the layout's length, `u` of length `stride`.
