@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the decision core, K = 11 models as in RouterBench.
 //!
 //! `cargo bench -p mixllm-core`. Groups: a single decision and a single update at d = 64 and
-//! d = 384, a batch of decisions, and decisions while another thread applies updates to the same
+//! d = 384, the bare read of the state a decision streams (its floor), a batch of decisions, and decisions while another thread applies updates to the same
 //! arms (the cost readers pay for the arc-swap design; compare with `decide/64`).
 
 use std::hint::black_box;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mixllm_core::kernels::dot;
 use mixllm_core::{ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -58,6 +59,30 @@ fn decide(c: &mut Criterion) {
         let x = unit_vector(&mut rng, dim);
         group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
             b.iter(|| policy.decide(black_box(&x), 300.0, 1e4).unwrap().index)
+        });
+    }
+    group.finish();
+}
+
+/// The floor under `decide`: streaming every model's A⁻¹ once (a dot product of each with
+/// itself: one pass over memory, the second operand read from the same cache lines), with no
+/// scoring. A decision cannot read less; compare with `decide/<d>`.
+fn read_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("read_state");
+    for dim in [64, 384] {
+        let mut rng = StdRng::seed_from_u64(7);
+        let policy = trained_policy(dim, &mut rng);
+        let arms: Vec<_> = policy
+            .models()
+            .iter()
+            .map(|name| policy.report(name).unwrap().stats)
+            .collect();
+        group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
+            b.iter(|| {
+                arms.iter()
+                    .map(|stats| dot(black_box(&stats.a_inv), &stats.a_inv))
+                    .sum::<f64>()
+            })
         });
     }
     group.finish();
@@ -136,5 +161,12 @@ fn decide_under_updates(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide, update, decide_batch, decide_under_updates);
+criterion_group!(
+    benches,
+    decide,
+    read_state,
+    update,
+    decide_batch,
+    decide_under_updates
+);
 criterion_main!(benches);

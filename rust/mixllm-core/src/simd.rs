@@ -70,20 +70,28 @@ macro_rules! x86_kernels {
             pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
                 let n = a.len();
                 let (pa, pb) = (a.as_ptr(), b.as_ptr());
-                let mut acc = [$zero(); 4];
+                // Eight independent sums: enough FMAs in flight to cover their latency on
+                // cores that issue two per cycle.
+                let mut acc = [$zero(); 8];
                 let mut k = 0;
-                while k + 4 * LANES <= n {
+                while k + 8 * LANES <= n {
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let at = k + j * LANES;
                         *acc = $fmadd($load(pa.add(at)), $load(pb.add(at)), *acc);
                     }
-                    k += 4 * LANES;
+                    k += 8 * LANES;
                 }
+                let mut j = 0;
                 while k + LANES <= n {
-                    acc[0] = $fmadd($load(pa.add(k)), $load(pb.add(k)), acc[0]);
+                    acc[j] = $fmadd($load(pa.add(k)), $load(pb.add(k)), acc[j]);
+                    j += 1;
                     k += LANES;
                 }
-                let mut total = $sum($add($add(acc[0], acc[1]), $add(acc[2], acc[3])));
+                let quads = [
+                    $add($add(acc[0], acc[1]), $add(acc[2], acc[3])),
+                    $add($add(acc[4], acc[5]), $add(acc[6], acc[7])),
+                ];
+                let mut total = $sum($add(quads[0], quads[1]));
                 while k < n {
                     total += *pa.add(k) * *pb.add(k);
                     k += 1;
@@ -172,38 +180,39 @@ macro_rules! x86_kernels {
             /// products with `x` (its stored part: the zeros left of the diagonal add nothing)
             /// are summed into that row's register, which then goes into the total scaled by
             /// 2·x_i; that counts the diagonal twice, so it is taken back once at the end.
-            /// Four rows of a block (all of one length) run together: four independent sums.
+            /// The eight rows of a block (all of one length) run together: eight independent
+            /// sums, enough to keep the FMA units busy.
             /// # Safety
             /// CPU support; `m` in the blocked layout of (`dim`, `stride`), `x` of length
             /// `stride`.
             #[target_feature(enable = $features)]
             pub unsafe fn quadratic_form(dim: usize, stride: usize, m: &[f64], x: &[f64]) -> f64 {
                 let (pm, px) = (m.as_ptr(), x.as_ptr());
-                let mut total = [$zero(); 4];
+                let mut total = [$zero(); 2];
                 let mut diagonal = 0.0;
                 let mut start = 0;
-                let mut i = 0;
-                while i < dim {
-                    let first = CHUNK * (i / CHUNK);
+                let mut first = 0;
+                while first < dim {
                     let len = stride - first;
-                    let rows = (dim.min(first + CHUNK) - i).min(4);
-                    if rows == 4 {
-                        let row = [0, 1, 2, 3].map(|j| pm.add(start + j * len));
-                        let mut acc = [$zero(); 4];
+                    let rows = (dim - first).min(CHUNK);
+                    if rows == CHUNK {
+                        let row = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| pm.add(start + j * len));
+                        let mut acc = [$zero(); CHUNK];
                         let mut k = 0;
                         while k < len {
                             let xv = $load(px.add(first + k));
-                            for j in 0..4 {
+                            for j in 0..CHUNK {
                                 acc[j] = $fmadd($load(row[j].add(k)), xv, acc[j]);
                             }
                             k += LANES;
                         }
-                        for j in 0..4 {
-                            let xi = *px.add(i + j);
-                            total[j] = $fmadd($splat(2.0 * xi), acc[j], total[j]);
-                            diagonal += *row[j].add(i + j - first) * xi * xi;
+                        for j in 0..CHUNK {
+                            let xi = *px.add(first + j);
+                            total[j % 2] = $fmadd($splat(2.0 * xi), acc[j], total[j % 2]);
+                            diagonal += *row[j].add(j) * xi * xi;
                         }
                     } else {
+                        // The last block of a dimension that is not a multiple of 8.
                         for j in 0..rows {
                             let row = pm.add(start + j * len);
                             let mut acc = $zero();
@@ -212,15 +221,15 @@ macro_rules! x86_kernels {
                                 acc = $fmadd($load(row.add(k)), $load(px.add(first + k)), acc);
                                 k += LANES;
                             }
-                            let xi = *px.add(i + j);
-                            total[j] = $fmadd($splat(2.0 * xi), acc, total[j]);
-                            diagonal += *row.add(i + j - first) * xi * xi;
+                            let xi = *px.add(first + j);
+                            total[0] = $fmadd($splat(2.0 * xi), acc, total[0]);
+                            diagonal += *row.add(j) * xi * xi;
                         }
                     }
                     start += rows * len;
-                    i += rows;
+                    first += CHUNK;
                 }
-                $sum($add($add(total[0], total[1]), $add(total[2], total[3]))) - diagonal
+                $sum($add(total[0], total[1])) - diagonal
             }
 
             /// `out = M − c·u·uᵀ`, keeping the zeros left of the diagonal. `out` may be `m`.
