@@ -53,7 +53,7 @@ fn detect() -> Isa {
 macro_rules! x86_kernels {
     (
         $module:ident, $features:literal, $lanes:literal,
-        zero: $zero:ident, splat: $splat:ident, load: $load:ident, store: $store:ident,
+        vector: $vector:ty, zero: $zero:ident, splat: $splat:ident, load: $load:ident, store: $store:ident,
         fmadd: $fmadd:ident, fnmadd: $fnmadd:ident, add: $add:ident, mul: $mul:ident,
         sum: $sum:path
     ) => {
@@ -176,60 +176,63 @@ macro_rules! x86_kernels {
                 dot(x, out)
             }
 
-            /// `xᵀ M x`, reading `M` once and nothing else of its size. Row i's lane-wise
-            /// products with `x` (its stored part: the zeros left of the diagonal add nothing)
-            /// are summed into that row's register, which then goes into the total scaled by
-            /// 2·x_i; that counts the diagonal twice, so it is taken back once at the end.
-            /// The eight rows of a block (all of one length) run together: eight independent
-            /// sums, enough to keep the FMA units busy.
+            /// `xᵀ M x`, reading `M` once, front to back, and nothing else of its size. Row
+            /// i's lane-wise products with `x` (its stored part: the zeros left of the diagonal
+            /// add nothing) are summed in registers and go into the total scaled by 2·x_i; that
+            /// counts the diagonal twice, so it is taken back once at the end. Rows are read in
+            /// storage order, one sequential stream the hardware prefetcher follows (which
+            /// matters most when another core has just written `M`: a snapshot a concurrent
+            /// update published); each row has two sums and consecutive rows feed four
+            /// totals in turn, so the sums of neighbouring rows overlap.
             /// # Safety
             /// CPU support; `m` in the blocked layout of (`dim`, `stride`), `x` of length
             /// `stride`.
             #[target_feature(enable = $features)]
             pub unsafe fn quadratic_form(dim: usize, stride: usize, m: &[f64], x: &[f64]) -> f64 {
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn row_sum(row: *const f64, x: *const f64, len: usize) -> $vector {
+                    let (mut even, mut odd) = ($zero(), $zero());
+                    let mut k = 0;
+                    while k + 2 * LANES <= len {
+                        even = $fmadd($load(row.add(k)), $load(x.add(k)), even);
+                        odd = $fmadd($load(row.add(k + LANES)), $load(x.add(k + LANES)), odd);
+                        k += 2 * LANES;
+                    }
+                    if k < len {
+                        even = $fmadd($load(row.add(k)), $load(x.add(k)), even);
+                    }
+                    $add(even, odd)
+                }
                 let (pm, px) = (m.as_ptr(), x.as_ptr());
-                let mut total = [$zero(); 2];
+                let mut total = [$zero(); 4];
                 let mut diagonal = 0.0;
                 let mut start = 0;
-                let mut first = 0;
-                while first < dim {
+                let mut i = 0;
+                while i < dim {
+                    let first = CHUNK * (i / CHUNK);
                     let len = stride - first;
-                    let rows = (dim - first).min(CHUNK);
-                    if rows == CHUNK {
-                        let row = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| pm.add(start + j * len));
-                        let mut acc = [$zero(); CHUNK];
-                        let mut k = 0;
-                        while k < len {
-                            let xv = $load(px.add(first + k));
-                            for j in 0..CHUNK {
-                                acc[j] = $fmadd($load(row[j].add(k)), xv, acc[j]);
-                            }
-                            k += LANES;
-                        }
-                        for j in 0..CHUNK {
-                            let xi = *px.add(first + j);
-                            total[j % 2] = $fmadd($splat(2.0 * xi), acc[j], total[j % 2]);
-                            diagonal += *row[j].add(j) * xi * xi;
-                        }
-                    } else {
-                        // The last block of a dimension that is not a multiple of 8.
-                        for j in 0..rows {
+                    if i + 4 <= dim.min(first + CHUNK) {
+                        for j in 0..4 {
                             let row = pm.add(start + j * len);
-                            let mut acc = $zero();
-                            let mut k = 0;
-                            while k < len {
-                                acc = $fmadd($load(row.add(k)), $load(px.add(first + k)), acc);
-                                k += LANES;
-                            }
-                            let xi = *px.add(first + j);
-                            total[0] = $fmadd($splat(2.0 * xi), acc, total[0]);
-                            diagonal += *row.add(j) * xi * xi;
+                            let xi = *px.add(i + j);
+                            let sum = row_sum(row, px.add(first), len);
+                            total[j] = $fmadd($splat(2.0 * xi), sum, total[j]);
+                            diagonal += *row.add(i + j - first) * xi * xi;
                         }
+                        start += 4 * len;
+                        i += 4;
+                    } else {
+                        let row = pm.add(start);
+                        let xi = *px.add(i);
+                        let sum = row_sum(row, px.add(first), len);
+                        total[0] = $fmadd($splat(2.0 * xi), sum, total[0]);
+                        diagonal += *row.add(i - first) * xi * xi;
+                        start += len;
+                        i += 1;
                     }
-                    start += rows * len;
-                    first += CHUNK;
                 }
-                $sum($add(total[0], total[1])) - diagonal
+                $sum($add($add(total[0], total[1]), $add(total[2], total[3]))) - diagonal
             }
 
             /// `out = M − c·u·uᵀ`, keeping the zeros left of the diagonal. `out` may be `m`.
@@ -310,7 +313,7 @@ unsafe fn sum512(v: std::arch::x86_64::__m512d) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 x86_kernels!(
-    avx512, "avx512f", 8,
+    avx512, "avx512f", 8, vector: __m512d,
     zero: _mm512_setzero_pd, splat: _mm512_set1_pd, load: _mm512_loadu_pd,
     store: _mm512_storeu_pd, fmadd: _mm512_fmadd_pd, fnmadd: _mm512_fnmadd_pd,
     add: _mm512_add_pd, mul: _mm512_mul_pd, sum: super::sum512
@@ -318,7 +321,7 @@ x86_kernels!(
 
 #[cfg(target_arch = "x86_64")]
 x86_kernels!(
-    avx2, "avx2,fma", 4,
+    avx2, "avx2,fma", 4, vector: __m256d,
     zero: _mm256_setzero_pd, splat: _mm256_set1_pd, load: _mm256_loadu_pd,
     store: _mm256_storeu_pd, fmadd: _mm256_fmadd_pd, fnmadd: _mm256_fnmadd_pd,
     add: _mm256_add_pd, mul: _mm256_mul_pd, sum: super::sum256
