@@ -389,6 +389,21 @@ def test_explain_agrees_with_the_arrays() -> None:
         assert row["excluded"] == bool(decision.excluded[i])
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["quality", "cost", "latency", "output_tokens", "uncertainty", "penalty", "score", "excluded"],
+)
+def test_a_decisions_arrays_are_read_only(field: str) -> None:
+    rng = np.random.default_rng(13)
+    policy = build_pool(rng, 4)
+    decision = policy.decide(rng.normal(size=4), prompt_tokens=100.0, willingness_to_pay=5.0)
+    values = getattr(decision, field)
+    before = values.copy()
+    with pytest.raises(ValueError, match="read-only"):
+        values[0] = values[1]
+    np.testing.assert_array_equal(getattr(decision, field), before)
+
+
 def test_infinite_willingness_to_pay_ignores_cost() -> None:
     rng = np.random.default_rng(13)
     policy = build_pool(rng, 6)

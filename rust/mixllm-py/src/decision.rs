@@ -17,11 +17,17 @@ impl PyDecision {
         py: Python<'py>,
         field: impl Fn(&Assessment) -> f64,
     ) -> Bound<'py, PyArray1<f64>> {
-        let values: Vec<f64> = self.inner.assessments.iter().map(field).collect();
-        let array = PyArray1::from_vec(py, values);
-        array.readwrite().make_nonwriteable();
-        array
+        read_only(PyArray1::from_vec(
+            py,
+            self.inner.assessments.iter().map(field).collect(),
+        ))
     }
+}
+
+/// The array, marked read-only: a decision's arrays describe what happened and do not change.
+fn read_only<T: numpy::Element>(array: Bound<'_, PyArray1<T>>) -> Bound<'_, PyArray1<T>> {
+    array.readwrite().make_nonwriteable();
+    array
 }
 
 #[pymethods]
@@ -89,8 +95,10 @@ impl PyDecision {
     /// Whether each model was excluded for a predicted latency above τ.
     #[getter]
     fn excluded<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
-        let values: Vec<bool> = self.inner.assessments.iter().map(|a| a.excluded).collect();
-        PyArray1::from_vec(py, values)
+        read_only(PyArray1::from_vec(
+            py,
+            self.inner.assessments.iter().map(|a| a.excluded).collect(),
+        ))
     }
 
     /// Per model: a dict of its predictions and score, keyed by model name.
