@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
 use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
-use crate::kernels::{dot, dot4, quadratic_weights_into, SymLayout};
+use crate::kernels::{dot4, quadratic_form, quadratic_weights_into, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
 use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
@@ -407,6 +407,8 @@ impl Policy {
     /// first of them in the whole batch (for per-row arguments). Rows go in blocks of four, so
     /// each model's A⁻¹ is streamed once per four queries ([`dot4`]); the variances can differ
     /// from single decisions' in the last bits (a different summation order), nothing more.
+    /// The rows of a last, partial block are scored as single decisions are
+    /// ([`quadratic_form`]): building the weights costs more than it saves below four rows.
     fn decide_rows(
         &self,
         arms: &[ArmSnapshot],
@@ -420,7 +422,11 @@ impl Policy {
         let dim = self.config.dim;
         let layout = SymLayout::new(dim);
         let mut x = vec![vec![0.0; layout.stride()]; BLOCK];
-        let mut weights = vec![vec![0.0; layout.len()]; BLOCK];
+        let mut weights = if out.len() >= BLOCK {
+            vec![vec![0.0; layout.len()]; BLOCK]
+        } else {
+            Vec::new()
+        };
         let mut assessments: Vec<Vec<Assessment>> =
             (0..BLOCK).map(|_| Vec::with_capacity(arms.len())).collect();
         for (block, chosen) in out.chunks_mut(BLOCK).enumerate() {
@@ -428,7 +434,9 @@ impl Policy {
             let count = chosen.len();
             for r in 0..count {
                 x[r][..dim].copy_from_slice(&xs[(start + r) * dim..(start + r + 1) * dim]);
-                quadratic_weights_into(layout, &x[r], &mut weights[r]);
+                if count == BLOCK {
+                    quadratic_weights_into(layout, &x[r], &mut weights[r]);
+                }
                 assessments[r].clear();
             }
             for (slot, stats, profile) in arms {
@@ -446,7 +454,7 @@ impl Policy {
                 } else {
                     std::array::from_fn(|r| {
                         if r < count {
-                            dot(&stats.a_inv, &weights[r])
+                            quadratic_form(layout, &stats.a_inv, &x[r])
                         } else {
                             0.0
                         }
