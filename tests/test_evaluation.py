@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from mixllm._core import Policy
+from mixllm.catalog import ROUTERBENCH_MODELS
+from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.experiments import EvalSettings, router_config
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, hull, quality_at_cost
 from mixllm.evaluation.simulator import (
     FixedChoices,
@@ -180,3 +183,37 @@ def test_policy_router_learns_online_and_counts_requests_out_of_flight() -> None
     result = router.run(stream, 1.0)
     assert (result.choice[-50:] == 1).all()  # learned that "good" is right
     assert policy.in_flight("good") == 0  # the original is untouched: runs use a copy
+
+
+def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() -> None:
+    catalog = {spec.name: spec for spec in ROUTERBENCH_MODELS}
+    gpt4, gpt35 = "gpt-4-1106-preview", "gpt-3.5-turbo-1106"
+    own = ModelConfig(gpt4, 1.0, 2.0, 0.3, 99.0, 3)
+    base = RouterConfig(
+        models=(own,), alpha=0.5, beta=0.7, ridge=10.0, dim=16, tau_s=5.0,
+        embedder=EmbedderConfig(truncation="tail"),
+    )  # fmt: skip
+    config = router_config([gpt4, gpt35, "not-in-the-catalog"], tau_s=30.0, base=base)
+    assert (config.alpha, config.beta, config.ridge, config.dim) == (0.5, 0.7, 10.0, 16)
+    assert config.tau_s == 30.0  # the run's τ, not the file's
+    assert config.embedder.truncation == "tail"
+    assert config.models[0] == own
+    assert config.models[1] == catalog[gpt35].model_config()
+    assert config.models[2].name == "not-in-the-catalog"
+    assert router_config([gpt4], tau_s=30.0, beta=0.0, base=base).beta == 0.0
+    default = router_config([gpt4], tau_s=30.0)
+    assert (default.alpha, default.ridge, default.dim) == (0.01, 1.0, 64)
+    assert default.models[0] == catalog[gpt4].model_config()
+
+
+def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> None:
+    assert EvalSettings().embedder() == EmbedderConfig(
+        quantized=True, intra_op_threads=2, cache_size=0
+    )
+    model = ModelConfig("m", 1.0, 1.0, 0.1, 10.0, 1)
+    configured = RouterConfig(models=(model,), embedder=EmbedderConfig(truncation="tail"))
+    settings = EvalSettings(router=configured)
+    assert settings.embedder().truncation == "tail"
+    assert not settings.embedder().quantized  # as configured: the float encoder
+    override = EvalSettings(router=configured, truncation="head", max_tokens=128)
+    assert (override.embedder().truncation, override.embedder().max_tokens) == ("head", 128)

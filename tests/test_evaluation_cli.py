@@ -70,7 +70,11 @@ def test_eval_embeds_with_the_requested_truncation(
     assert main([*args, "--out", str(tmp_path / "tail"), "--truncation", "tail"]) == 0
     head = json.loads((tmp_path / "head" / "results.json").read_text())
     tail = json.loads((tmp_path / "tail" / "results.json").read_text())
-    assert (head["settings"]["truncation"], tail["settings"]["truncation"]) == ("head", "tail")
+    truncations = (
+        head["settings"]["embedder"]["truncation"],
+        tail["settings"]["embedder"]["truncation"],
+    )
+    assert truncations == ("head", "tail")
     # Two vector caches: the runs did not share vectors embedded the other way.
     assert len(list((tmp_path / "cache" / "eval-vectors").glob("*.npy"))) == 2
 
@@ -84,6 +88,53 @@ def test_eval_embeds_with_the_requested_truncation(
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--max-tokens", "1000"])
     assert "--max-tokens: must be in 3..512" in capsys.readouterr().err
+
+
+CONFIG = """
+[router]
+ridge = 10.0
+dim = 16
+
+[embedder]
+quantized = true
+truncation = "tail"
+max_tokens = 128
+
+[[models]]
+name = "gpt-3.5-turbo-1106"
+price_in = 0.5
+price_out = 1.5
+ttft_s = 0.4
+tokens_per_s = 80.0
+concurrency = 16
+"""
+
+
+def test_eval_evaluates_a_configuration_file(
+    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "router.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    args = ["eval", "--data", str(routerbench_slice), "--experiment", "frontier", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--config", str(config)]) == 0
+    settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    assert settings["router"]["router"]["ridge"] == 10.0
+    assert settings["router"]["router"]["dim"] == 16
+    assert settings["router"]["models"][0]["price_in"] == 0.5
+    assert (settings["embedder"]["truncation"], settings["embedder"]["max_tokens"]) == ("tail", 128)
+
+    # A flag overrides the file.
+    flagged = [*args, "--out", str(tmp_path / "flag"), "--config", str(config)]
+    assert main([*flagged, "--truncation", "head"]) == 0
+    settings = json.loads((tmp_path / "flag" / "results.json").read_text())["settings"]
+    assert settings["embedder"]["truncation"] == "head"
+
+    # A model the data has no outcomes for is an error naming it, not silently dropped.
+    config.write_text(CONFIG.replace("gpt-3.5-turbo-1106", "my-own-llm"), encoding="utf-8")
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--config", str(config)]) == 1
+    assert "my-own-llm" in capsys.readouterr().err
 
 
 def test_eval_without_data_says_the_hub_is_unreachable(

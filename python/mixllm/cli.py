@@ -168,6 +168,7 @@ def _eval(args: argparse.Namespace) -> int:
         experiments=experiments,
         max_tokens=args.max_tokens,
         truncation=args.truncation,
+        router=load_config(args.config) if args.config else None,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -247,16 +248,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--interval", type=float, default=10.0, help="interval in s (10)")
     evaluate.add_argument(
+        "--config",
+        help="TOML configuration to evaluate as mixllm: its knobs, embedder, tagger and prices "
+        "(default: the defaults, with RouterBench's catalog)",
+    )
+    evaluate.add_argument(
         "--truncation",
         choices=["head", "tail"],
-        default="head",
-        help="keep a long prompt's first (head, default) or last (tail) tokens",
+        help="keep a long prompt's first (head) or last (tail) tokens "
+        "(default: as configured, else head)",
     )
     evaluate.add_argument(
         "--max-tokens",
         type=_token_window,
-        default=256,
-        help="tokens embedded per prompt, 3-512 (256)",
+        help="tokens embedded per prompt, 3-512 (default: as configured, else 256)",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

@@ -24,7 +24,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -32,9 +32,10 @@ from numpy.typing import NDArray
 
 from mixllm._core import Policy
 from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
-from mixllm.config import ModelConfig, RouterConfig
+from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
+from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
@@ -67,16 +68,33 @@ class EvalSettings:
     experiment_lambdas: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 0, 9))
     refine_rounds: int = 3
     seed: int = 0
+    # The encoder, when ``router`` does not say: the int8 copy, for a faster run.
     quantized: bool = True
     threads: int = 2
-    # How prompts are cut to the encoder's window (see `mixllm.Embedder`); every router in the
-    # run gets the same vectors.
-    max_tokens: int = 256
-    truncation: Truncation = "head"
+    # How prompts are cut to the encoder's window (see `mixllm.Embedder`), overriding
+    # ``router``'s embedder settings when set; every router in the run gets the same vectors.
+    max_tokens: int | None = None
+    truncation: Truncation | None = None
+    # The configuration evaluated as "mixllm" (its knobs, embedder and tagger, and the prices
+    # and speeds of the models it lists; the data's other models come from the catalog).
+    # None: the defaults with RouterBench's catalog. τ is always the run's own.
+    router: RouterConfig | None = None
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
         return StreamConfig(self.queries_per_interval, self.interval_s, tau_s)
+
+    def embedder(self) -> EmbedderConfig:
+        """The encoder every router of the run shares."""
+        base = self.router.embedder if self.router is not None else EmbedderConfig()
+        if self.router is None:
+            base = replace(base, quantized=self.quantized)
+        overrides: dict[str, Any] = {"intra_op_threads": self.threads, "cache_size": 0}
+        if self.max_tokens is not None:
+            overrides["max_tokens"] = self.max_tokens
+        if self.truncation is not None:
+            overrides["truncation"] = self.truncation
+        return replace(base, **overrides)
 
 
 class _Progress:
@@ -130,17 +148,34 @@ def servers_for(models: Sequence[str]) -> list[ServerProfile]:
     return out
 
 
-def router_config(models: Sequence[str], *, tau_s: float, beta: float = 0.1) -> RouterConfig:
-    """RouterBench's models with their catalog prices and speeds."""
+def router_config(
+    models: Sequence[str],
+    *,
+    tau_s: float,
+    beta: float | None = None,
+    base: RouterConfig | None = None,
+) -> RouterConfig:
+    """A pool of ``models`` with τ = ``tau_s``: the knobs of ``base`` (default: the defaults),
+    ``beta`` when given, and each model's prices and speeds from ``base`` where it lists the
+    model, else from RouterBench's catalog."""
+    configured = {m.name: m for m in base.models} if base is not None else {}
     known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
     configs = []
     for name in models:
         spec = known.get(name)
-        if spec is None:
+        if name in configured:
+            configs.append(configured[name])
+        elif spec is None:
             configs.append(ModelConfig(name, 1.0, 1.0, 0.5, 50.0, DEFAULT_CONCURRENCY))
         else:
             configs.append(spec.model_config())
-    return RouterConfig(models=tuple(configs), tau_s=tau_s, beta=beta)
+    start = base if base is not None else RouterConfig(models=tuple(configs))
+    return replace(
+        start,
+        models=tuple(configs),
+        tau_s=tau_s,
+        beta=start.beta if beta is None else beta,
+    )
 
 
 # -- sweeps ----------------------------------------------------------------------------------
@@ -266,11 +301,11 @@ def _frontier_routers(data: _Data, tau_s: float | None, settings: EvalSettings) 
             stream_config, feedback="refined",
         )  # fmt: skip
 
-    config = router_config(models, tau_s=policy_tau)
+    config = router_config(models, tau_s=policy_tau, base=settings.router)
     mix = _fit_router(data, train, config)
     projection = cast(LinearProjection, mix.projection)
     routers.append(policy_router("mixllm", mix.policy, projection.context(v_test)))
-    no_beta = router_config(models, tau_s=policy_tau, beta=0.0)
+    no_beta = router_config(models, tau_s=policy_tau, beta=0.0, base=settings.router)
     ctx_all = projection.context(data.vectors)
     routers.append(
         policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
@@ -503,7 +538,7 @@ def continual_experiment(
     test_rows = np.flatnonzero(data.test)
     reference = _reference(data, test_rows)
     c_range = _single_model_range(data, data.test)
-    config = router_config(data.models, tau_s=settings.tau_s)
+    config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
     stream_config = settings.stream(settings.tau_s)
     out: dict[str, Any] = {}
     splits = ((80, 20), (50, 50), (30, 70))
@@ -550,9 +585,13 @@ def new_models_experiment(
     n = len(test_rows)
     half = n // 2
     stream_config = settings.stream(settings.tau_s)
-    full = _fit_router(data, data.train, router_config(data.models, tau_s=settings.tau_s))
-    base = _fit_router(data, data.train, router_config(base_models, tau_s=settings.tau_s))
-    new_configs = router_config(added, tau_s=settings.tau_s).models
+
+    def pool(models: Sequence[str]) -> RouterConfig:
+        return router_config(models, tau_s=settings.tau_s, base=settings.router)
+
+    full = _fit_router(data, data.train, pool(data.models))
+    base = _fit_router(data, data.train, pool(base_models))
+    new_configs = pool(added).models
     rng = np.random.default_rng(settings.seed)
     warm_rows = rng.choice(np.flatnonzero(data.train), warm_examples, replace=False)
     added_columns = [data.models.index(m) for m in added]
@@ -616,7 +655,7 @@ def out_of_domain_experiment(
     labels = np.array(data.dataset.labels or [""] * len(data.dataset))
     benches = sorted(set(labels[data.test]))
     stream_config = settings.stream(settings.tau_s)
-    config = router_config(data.models, tau_s=settings.tau_s)
+    config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
     in_domain = _fit_router(data, data.train, config)
     out: dict[str, Any] = {}
     for b_i, bench in enumerate(benches):
@@ -667,16 +706,17 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
     if REFERENCE_MODEL not in dataset.models:
         raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
+    if settings.router is not None:
+        missing = [m.name for m in settings.router.models if m.name not in dataset.models]
+        if missing:
+            raise ConfigError(
+                f"the configuration lists model(s) the data has no outcomes for: "
+                f"{', '.join(missing)}; the data has {', '.join(dataset.models)}"
+            )
     if dataset.split is None:
         dataset = split_train_test(dataset, 0.2, seed=settings.seed)
     progress = _Progress(settings.progress)
-    embedder = Embedder(
-        quantized=settings.quantized,
-        intra_op_threads=settings.threads,
-        cache_size=0,
-        max_tokens=settings.max_tokens,
-        truncation=settings.truncation,
-    )
+    embedder = settings.embedder().build()
     vectors = embed_cached(
         dataset.prompts, embedder, progress=lambda d, t: progress("embedding prompts", d, t)
     )
@@ -697,8 +737,10 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     )
     results: dict[str, Any] = {
         "settings": {
-            **{k: v for k, v in asdict(settings).items() if k not in ("lambdas",)},
+            **{k: v for k, v in asdict(settings).items() if k not in ("lambdas", "router")},
             "lambdas": [v if math.isfinite(v) else "inf" for v in settings.lambdas],
+            "router": settings.router.to_dict() if settings.router is not None else None,
+            "embedder": asdict(settings.embedder()),
         },
         "data": {
             "queries": len(dataset),
