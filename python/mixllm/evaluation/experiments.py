@@ -86,9 +86,10 @@ class EvalSettings:
 
     def embedder(self) -> EmbedderConfig:
         """The encoder every router of the run shares."""
-        base = self.router.embedder if self.router is not None else EmbedderConfig()
-        if self.router is None:
-            base = replace(base, quantized=self.quantized)
+        if self.router is not None:
+            base = self.router.embedder
+        else:
+            base = EmbedderConfig(quantized=self.quantized)
         overrides: dict[str, Any] = {"intra_op_threads": self.threads, "cache_size": 0}
         if self.max_tokens is not None:
             overrides["max_tokens"] = self.max_tokens
