@@ -1,8 +1,8 @@
 """Which quality predictor (and which routing context) routes best on the RouterBench subset.
 
     python benches/quality_predictors.py [--data DIR] [--folds 5] [--quick]
-                                         [--truncation head|tail|both] [--only A|B] [--test A|B]
-                                         [--online]
+                                         [--truncation head|tail|both] [--max-tokens N]
+                                         [--only A|B] [--test A|B] [--online]
 
 Prints one Markdown table per way of embedding the prompts: the Embedder's default keeps each
 prompt's first 256 tokens ("head"); "tail" keeps the last 256 (tokenizer truncation from the
@@ -89,9 +89,15 @@ class Data:
         return np.log1p(self.dataset.output_tokens)
 
 
-def load(directory: Path, truncation: Truncation = "head") -> Data:
+def load(directory: Path, truncation: Truncation = "head", max_tokens: int = 256) -> Data:
     dataset = load_routerbench_csv(directory)
-    embedder = Embedder(quantized=True, intra_op_threads=2, cache_size=0, truncation=truncation)
+    embedder = Embedder(
+        quantized=True,
+        intra_op_threads=2,
+        cache_size=0,
+        truncation=truncation,
+        max_tokens=max_tokens,
+    )
     vectors = embed_cached(dataset.prompts, embedder)
     _, domain = DomainLabels.from_labels(dataset.labels or [""] * len(dataset))
     tag_probs = Tagger(embedder).tag_vectors(vectors).probabilities
@@ -446,6 +452,9 @@ def main() -> None:
         "--truncation", choices=("head", "tail", "both"), default="both",
         help="embed each prompt's first 256 tokens (the Embedder's default), its last, or both",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-tokens", type=int, default=256, help="tokens embedded per prompt (256; up to 512)"
+    )
     parser.add_argument("--only", default="", help="substrings of predictor names, '|'-separated")
     parser.add_argument(
         "--test", default="|".join(FINALISTS), help="predictors scored on test, '|'-separated"
@@ -462,8 +471,10 @@ def main() -> None:
     truncations = ("head", "tail") if args.truncation == "both" else (args.truncation,)
     for truncation in truncations:
         which = "first" if truncation == "head" else "last"
-        print(f"\n### Prompts embedded from their {which} 256 tokens ({truncation})\n")
-        data = load(args.data, truncation)
+        print(
+            f"\n### Prompts embedded from their {which} {args.max_tokens} tokens ({truncation})\n"
+        )
+        data = load(args.data, truncation, args.max_tokens)
         table(data, chosen, finalists, args.folds)
         if args.online:
             online(data)

@@ -117,6 +117,16 @@ def test_a_pool_is_required(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[router]\nalpha = 0.1\n"))
 
 
+def test_a_settings_only_file_takes_the_default_pool_when_given_one(tmp_path: Path) -> None:
+    pool = (ModelConfig("m", 1, 1, 0.1, 10, 1),)
+    config = load_config(write(tmp_path, "[router]\nalpha = 0.1\n"), default_models=pool)
+    assert (config.models, config.alpha) == (pool, 0.1)
+    # The file's own pool wins, and an empty one is still an error.
+    assert load_config(write(tmp_path, GOOD), default_models=pool).models[0].name == "big"
+    with pytest.raises(ConfigError, match="models must be a non-empty list"):
+        load_config(write(tmp_path, "models = []\n"), default_models=pool)
+
+
 def test_syntax_errors_and_missing_files_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[router\n"))

@@ -130,6 +130,13 @@ def test_eval_evaluates_a_configuration_file(
     settings = json.loads((tmp_path / "flag" / "results.json").read_text())["settings"]
     assert settings["embedder"]["truncation"] == "head"
 
+    # A file of settings alone evaluates the data's models at the catalog's prices.
+    config.write_text("[router]\nridge = 3.0\n", encoding="utf-8")
+    assert main([*args, "--out", str(tmp_path / "knobs"), "--config", str(config)]) == 0
+    settings = json.loads((tmp_path / "knobs" / "results.json").read_text())["settings"]
+    assert settings["router"]["router"]["ridge"] == 3.0
+    assert len(settings["router"]["models"]) == 11
+
     # A model the data has no outcomes for is an error naming it, not silently dropped.
     config.write_text(CONFIG.replace("gpt-3.5-turbo-1106", "my-own-llm"), encoding="utf-8")
     capsys.readouterr()

@@ -142,6 +142,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(path: str | None, models: Sequence[str], tau_s: float) -> RouterConfig | None:
+    """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
+    pool is then the data's models at the catalog's prices and speeds."""
+    if path is None:
+        return None
+    from mixllm.evaluation.experiments import router_config
+
+    return load_config(path, default_models=router_config(models, tau_s=tau_s).models)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from mixllm import data
     from mixllm.evaluation import EvalSettings, format_table, run_evaluation, write_report
@@ -168,7 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
         experiments=experiments,
         max_tokens=args.max_tokens,
         truncation=args.truncation,
-        router=load_config(args.config) if args.config else None,
+        router=_eval_config(args.config, dataset.models, args.time_constraint),
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)

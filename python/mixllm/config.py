@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -236,8 +236,11 @@ class RouterConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
-        """Builds a config from the layout of the TOML file, naming any unknown or bad field."""
+    def from_dict(
+        cls, data: Mapping[str, Any], *, default_models: Sequence[ModelConfig] = ()
+    ) -> RouterConfig:
+        """Builds a config from the layout of the TOML file, naming any unknown or bad field.
+        ``default_models`` is the pool when the file has no ``[[models]]`` (none: required)."""
         _known_keys("the configuration", data, {"router", "embedder", "tagger", "models"})
         router = _table(data, "router")
         _known_keys(
@@ -247,6 +250,13 @@ class RouterConfig:
         _known_keys("embedder", embedder, {f.name for f in fields(EmbedderConfig)})
         tagger = _table(data, "tagger")
         _known_keys("tagger", tagger, {f.name for f in fields(TaggerConfig)})
+        if "models" not in data and default_models:
+            return cls(
+                models=tuple(default_models),
+                embedder=EmbedderConfig(**embedder),
+                tagger=TaggerConfig(**tagger),
+                **router,
+            )
         raw_models = data.get("models", [])
         if not isinstance(raw_models, list) or not raw_models:
             raise ConfigError("models must be a non-empty list of [[models]] tables")
@@ -273,8 +283,9 @@ class RouterConfig:
         )
 
 
-def load_config(path: str | Path) -> RouterConfig:
-    """Reads a TOML configuration file."""
+def load_config(path: str | Path, *, default_models: Sequence[ModelConfig] = ()) -> RouterConfig:
+    """Reads a TOML configuration file; ``default_models`` is the pool when the file lists
+    none (without them a file must list its models)."""
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
@@ -285,7 +296,7 @@ def load_config(path: str | Path) -> RouterConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source} is not valid TOML: {err}") from err
     try:
-        return RouterConfig.from_dict(data)
+        return RouterConfig.from_dict(data, default_models=default_models)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
 
