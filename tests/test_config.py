@@ -117,6 +117,17 @@ def test_a_pool_is_required(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[router]\nalpha = 0.1\n"))
 
 
+def test_defaults_fill_only_the_fields_a_file_leaves_unset(tmp_path: Path) -> None:
+    defaults = {"embedder": {"quantized": True, "cache_size": 7}}
+    config = load_config(write(tmp_path, GOOD.replace("quantized = true", "")), defaults=defaults)
+    assert config.embedder.quantized is True
+    assert config.embedder.cache_size == 10  # the file's own value wins
+    pool = (ModelConfig("m", 1, 1, 0.1, 10, 1),)
+    bare = load_config(write(tmp_path, "[router]\nalpha = 0.1\n"), default_models=pool,
+                       defaults=defaults)  # fmt: skip
+    assert (bare.embedder.quantized, bare.embedder.cache_size) == (True, 7)
+
+
 def test_a_settings_only_file_takes_the_default_pool_when_given_one(tmp_path: Path) -> None:
     pool = (ModelConfig("m", 1, 1, 0.1, 10, 1),)
     config = load_config(write(tmp_path, "[router]\nalpha = 0.1\n"), default_models=pool)

@@ -22,6 +22,7 @@ from mixllm.evaluation.simulator import (
     simulate,
     simulate_fixed,
 )
+from mixllm.evaluation.vectors import embed_cached
 
 
 def _stream(service: list[list[float]], arrivals: list[float], tau: float | None) -> Stream:
@@ -217,3 +218,35 @@ def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> Non
     assert not settings.embedder().quantized  # as configured: the float encoder
     override = EvalSettings(router=configured, truncation="head", max_tokens=128)
     assert (override.embedder().truncation, override.embedder().max_tokens) == ("head", 128)
+
+
+class CountingEncoder:
+    """Stands in for an Embedder: what the vector cache reads of one, and how often it ran."""
+
+    def __init__(self, model_sha256: str = "a" * 64, truncation: str = "head") -> None:
+        self.model_sha256 = model_sha256
+        self.tokenizer_sha256 = "t" * 64
+        self.max_tokens = 256
+        self.truncation = truncation
+        self.dim = 3
+        self.calls = 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([[len(t), 1.0, 2.0] for t in texts], dtype=np.float32)
+
+
+def test_vector_cache_is_keyed_by_the_encoder_and_its_window(tmp_path) -> None:
+    texts = ["a question", "another, longer question"]
+
+    def embedded(encoder: CountingEncoder) -> int:
+        vectors = embed_cached(texts, encoder, directory=tmp_path)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in texts])
+        return encoder.calls
+
+    assert embedded(CountingEncoder()) == 1
+    assert embedded(CountingEncoder()) == 0  # read back from the cache
+    # Another model file of the same name and dimension, or another window: embedded anew.
+    assert embedded(CountingEncoder(model_sha256="b" * 64)) == 1
+    assert embedded(CountingEncoder(truncation="tail")) == 1
+    assert len(list(tmp_path.glob("*.npy"))) == 3

@@ -130,12 +130,24 @@ def test_eval_evaluates_a_configuration_file(
     settings = json.loads((tmp_path / "flag" / "results.json").read_text())["settings"]
     assert settings["embedder"]["truncation"] == "head"
 
-    # A file of settings alone evaluates the data's models at the catalog's prices.
-    config.write_text("[router]\nridge = 3.0\n", encoding="utf-8")
+    # A file of settings alone evaluates the data's models at the catalog's prices, with the
+    # run's usual int8 encoder. Its knobs reach the mixllm routers and nothing else: against a
+    # run without the file (same vectors), mixllm routes differently and the baselines do not.
+    config.write_text("[router]\nridge = 30.0\n", encoding="utf-8")
     assert main([*args, "--out", str(tmp_path / "knobs"), "--config", str(config)]) == 0
-    settings = json.loads((tmp_path / "knobs" / "results.json").read_text())["settings"]
-    assert settings["router"]["router"]["ridge"] == 3.0
-    assert len(settings["router"]["models"]) == 11
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    knobs = json.loads((tmp_path / "knobs" / "results.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert knobs["settings"]["router"]["router"]["ridge"] == 30.0
+    assert len(knobs["settings"]["router"]["models"]) == 11
+    assert knobs["settings"]["embedder"] == plain["settings"]["embedder"]
+    assert knobs["settings"]["embedder"]["quantized"] is True
+
+    def points(results: dict, router: str) -> list:
+        return results["frontier"]["no_time_constraint"]["routers"][router]["points"]
+
+    assert points(knobs, "mixllm") != points(plain, "mixllm")
+    assert points(knobs, "LinUCB raw 384-d") == points(plain, "LinUCB raw 384-d")
 
     # A model the data has no outcomes for is an error naming it, not silently dropped.
     config.write_text(CONFIG.replace("gpt-3.5-turbo-1106", "my-own-llm"), encoding="utf-8")

@@ -398,10 +398,9 @@ def test_a_decisions_arrays_are_read_only(field: str) -> None:
     policy = build_pool(rng, 4)
     decision = policy.decide(rng.normal(size=4), prompt_tokens=100.0, willingness_to_pay=5.0)
     values = getattr(decision, field)
-    before = values.copy()
+    assert not values.flags.writeable
     with pytest.raises(ValueError, match="read-only"):
         values[0] = values[1]
-    np.testing.assert_array_equal(getattr(decision, field), before)
 
 
 def test_infinite_willingness_to_pay_ignores_cost() -> None:

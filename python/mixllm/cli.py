@@ -144,18 +144,26 @@ def _models(args: argparse.Namespace) -> int:
 
 def _eval_config(path: str | None, models: Sequence[str], tau_s: float) -> RouterConfig | None:
     """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
-    pool is then the data's models at the catalog's prices and speeds."""
+    pool is then the data's models at the catalog's prices and speeds. The encoder is the int8
+    copy, as in a run without a file, unless the file sets ``[embedder] quantized``."""
     if path is None:
         return None
     from mixllm.evaluation.experiments import router_config
 
-    return load_config(path, default_models=router_config(models, tau_s=tau_s).models)
+    return load_config(
+        path,
+        default_models=router_config(models, tau_s=tau_s).models,
+        defaults={"embedder": {"quantized": True}},
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
     from mixllm import data
     from mixllm.evaluation import EvalSettings, format_table, run_evaluation, write_report
 
+    if args.config:
+        # A bad file is reported before any data is read or downloaded.
+        load_config(args.config, default_models=_routerbench_config().models)
     if args.data:
         dataset = _load_data(Path(args.data), args.allow_pickle)
     else:

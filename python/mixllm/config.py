@@ -283,9 +283,16 @@ class RouterConfig:
         )
 
 
-def load_config(path: str | Path, *, default_models: Sequence[ModelConfig] = ()) -> RouterConfig:
-    """Reads a TOML configuration file; ``default_models`` is the pool when the file lists
-    none (without them a file must list its models)."""
+def load_config(
+    path: str | Path,
+    *,
+    default_models: Sequence[ModelConfig] = (),
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> RouterConfig:
+    """Reads a TOML configuration file. ``default_models`` is the pool when the file lists
+    none (without them a file must list its models); ``defaults`` gives fields the file does
+    not set a value other than the usual default, by table (``{"embedder": {"quantized":
+    True}}``)."""
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
@@ -296,6 +303,11 @@ def load_config(path: str | Path, *, default_models: Sequence[ModelConfig] = ())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source} is not valid TOML: {err}") from err
     try:
+        for table, values in (defaults or {}).items():
+            section = data.setdefault(table, {})
+            if isinstance(section, dict):  # anything else is reported by from_dict
+                for key, value in values.items():
+                    section.setdefault(key, value)
         return RouterConfig.from_dict(data, default_models=default_models)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err

@@ -169,6 +169,9 @@ class Embedder:
         else:
             run_path, run_sha = files.model, files.model_sha256
         self.model_path = run_path
+        # What the vectors depend on besides the settings: the file run, and the tokenizer.
+        self.model_sha256 = run_sha
+        self.tokenizer_sha256 = model_files.file_sha256(files.tokenizer)
         self.max_tokens = max_tokens
         self.truncation: Truncation = truncation
         self.batch_size = batch_size

@@ -738,7 +738,12 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     )
     results: dict[str, Any] = {
         "settings": {
-            **{k: v for k, v in asdict(settings).items() if k not in ("lambdas", "router")},
+            # The encoder settings as used (`embedder`), not the run's defaults they override.
+            **{
+                k: v
+                for k, v in asdict(settings).items()
+                if k not in ("lambdas", "router", "quantized", "max_tokens", "truncation")
+            },
             "lambdas": [v if math.isfinite(v) else "inf" for v in settings.lambdas],
             "router": settings.router.to_dict() if settings.router is not None else None,
             "embedder": asdict(settings.embedder()),

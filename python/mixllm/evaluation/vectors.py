@@ -3,8 +3,9 @@
 Embedding is the expensive part of an evaluation (RouterBench's ARC prompts are long: about
 15-20 prompts per second per core with the shipped model). Every router in a run shares one
 matrix of vectors, and the matrix is cached as ``.npy`` under ``$MIXLLM_CACHE/eval-vectors``
-(else ``$XDG_CACHE_HOME/mixllm``, else ``~/.cache/mixllm``), keyed by the sha256 of the texts,
-the encoder file and how it truncates, so a second run on the same data skips embedding.
+(else ``$XDG_CACHE_HOME/mixllm``, else ``~/.cache/mixllm``), keyed by a sha256 over the texts,
+the sha256 of the model file run and of its tokenizer file, and the token window and its
+truncation, so a second run with the same data and encoder skips embedding.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ def cache_dir() -> Path:
 
 def _key(texts: Sequence[str], embedder: Embedder) -> str:
     digest = hashlib.sha256()
-    digest.update(str(embedder.model_path.name).encode())
-    digest.update(f"{embedder.max_tokens}:{embedder.truncation}".encode())
-    for text in texts:
-        data = text.encode("utf-8")
+    encoder = [
+        embedder.model_sha256,
+        embedder.tokenizer_sha256,
+        str(embedder.max_tokens),
+        embedder.truncation,
+    ]
+    for data in (*(field.encode() for field in encoder), *(t.encode("utf-8") for t in texts)):
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()[:32]

@@ -64,9 +64,33 @@ fn decide(c: &mut Criterion) {
     group.finish();
 }
 
-/// The floor under `decide`: streaming every model's A⁻¹ once (a dot product of each with
-/// itself: one pass over memory, the second operand read from the same cache lines), with no
-/// scoring. A decision cannot read less; compare with `decide/<d>`.
+/// Sum of every entry with eight independent AVX-512 additions per step: the fastest way to read
+/// a buffer once that this benchmark knows (AVX-512 CPUs only; `read_state/sum` is skipped
+/// elsewhere).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(values: &[f64]) -> f64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_pd(); 8];
+    let chunks = values.chunks_exact(64);
+    let tail: f64 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_add_pd(*acc, _mm512_loadu_pd(chunk.as_ptr().add(8 * j)));
+        }
+    }
+    let mut total = acc[0];
+    for other in &acc[1..] {
+        total = _mm512_add_pd(total, *other);
+    }
+    _mm512_reduce_add_pd(total) + tail
+}
+
+/// The floor under `decide`: streaming every model's A⁻¹ once with no scoring. `read_state/<d>`
+/// takes a dot product of each with itself (the kernel a decision's inner loop is made of: one
+/// pass over memory, the second operand read from the same cache lines); `read_state/sum/<d>`
+/// only adds the entries up, the least work a read can do. A decision cannot read less; compare
+/// with `decide/<d>`.
 fn read_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("read_state");
     for dim in [64, 384] {
@@ -84,6 +108,17 @@ fn read_state(c: &mut Criterion) {
                     .sum::<f64>()
             })
         });
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            group.bench_with_input(BenchmarkId::new("sum", dim), &dim, |b, _| {
+                b.iter(|| {
+                    arms.iter()
+                        // SAFETY: AVX-512F was detected just above.
+                        .map(|stats| unsafe { sum_avx512(black_box(&stats.a_inv)) })
+                        .sum::<f64>()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -611,12 +611,24 @@ mod tests {
                         let mut want = vec![0.0; layout.len()];
                         portable::quadratic_weights(layout, &x, &mut want);
                         assert!(all_close(&weights, &want), "{what} weights d={d}");
-                        assert!(close(k::dot(&m, &weights), portable::dot(&m, &weights)));
-                        let four = k::dot4(&m, [&weights, &m, &weights, &m]);
-                        assert!(close(four[1], portable::dot(&m, &m)), "{what} dot4 d={d}");
+                        // Every length up to the matrix's, so each remainder path runs.
+                        for n in 0..m.len().min(80) {
+                            let (a, b) = (&m[..n], &weights[..n]);
+                            assert!(close(k::dot(a, b), portable::dot(a, b)), "{what} dot n={n}");
+                        }
+                        let scaled: Vec<f64> = m.iter().map(|v| 0.5 - v).collect();
+                        let operands = [&weights, &m, &scaled, &weights];
+                        let four = k::dot4(&m, operands.map(|o| &o[..]));
+                        for (j, other) in operands.iter().enumerate() {
+                            assert!(
+                                close(four[j], portable::dot(&m, other)),
+                                "{what} dot4[{j}] d={d}"
+                            );
+                        }
                         let (mut got, mut want) = (vec![0.0; stride], vec![0.0; stride]);
                         let q = k::symv(dim, stride, &m, &x, &mut got);
-                        assert!(close(q, portable::symv(layout, &m, &x, &mut want)));
+                        let q_want = portable::symv(layout, &m, &x, &mut want);
+                        assert!(close(q, q_want), "{what} symv xᵀMx d={d}");
                         assert!(all_close(&got, &want), "{what} symv d={d}");
                         let (mut got, mut want) = (vec![0.0; m.len()], vec![0.0; m.len()]);
                         k::rank1(dim, stride, m.as_ptr(), &x, 0.3, got.as_mut_ptr());

@@ -76,10 +76,12 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
     let (values, shape) = if let Ok(array) = ob.cast::<PyArray2<f64>>() {
         // `to_vec` also succeeds on column-major arrays, in memory order: only take it for
         // row-major ones, and read the rest element by element in logical order.
-        let values = match array.to_vec() {
-            Ok(values) if array.is_c_contiguous() => values,
-            _ => array.to_owned_array().iter().copied().collect(),
+        let row_major = if array.is_c_contiguous() {
+            array.to_vec().ok()
+        } else {
+            None
         };
+        let values = row_major.unwrap_or_else(|| array.to_owned_array().iter().copied().collect());
         (values, array.shape().to_vec())
     } else if let Ok(array) = ob.cast::<PyArray2<f32>>() {
         (
