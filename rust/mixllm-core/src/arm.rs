@@ -77,7 +77,14 @@ impl ArmStats {
     /// Predicted output tokens of this model on context `x` (padded or not).
     #[inline]
     pub fn predict_output_tokens(&self, priors: &Priors, x: &[f64]) -> f64 {
-        let log_length = priors.log_length() + dot(&self.theta_log_length, x);
+        self.predict_output_tokens_from(priors.log_length(), x)
+    }
+
+    /// [`Self::predict_output_tokens`] given the prior's log-length offset, for callers that
+    /// keep it rather than recompute a logarithm per call.
+    #[inline]
+    pub fn predict_output_tokens_from(&self, prior_log_length: f64, x: &[f64]) -> f64 {
+        let log_length = prior_log_length + dot(&self.theta_log_length, x);
         // exp − 1 rather than exp_m1: half the time in glibc, and the two differ by about one
         // rounding of exp (≈ 1e-16 of the length), far below a token.
         log_length.clamp(0.0, MAX_LOG_LENGTH).exp() - 1.0

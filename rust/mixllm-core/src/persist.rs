@@ -208,6 +208,7 @@ fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<
         name: Arc::from(name),
         generation: next_generation(),
         priors,
+        prior_log_length: priors.log_length(),
         profile: ArcSwap::from_pointee(profile),
         stats: ArcSwap::from_pointee(stats),
         ledger: Mutex::new(ledger),

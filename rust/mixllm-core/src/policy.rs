@@ -44,6 +44,8 @@ pub(crate) struct ArmSlot {
     /// the arm a pending decision was made with.
     pub(crate) generation: u64,
     pub(crate) priors: Priors,
+    /// `priors.log_length()`, computed once: every decision needs it for every model.
+    pub(crate) prior_log_length: f64,
     pub(crate) profile: ArcSwap<ModelProfile>,
     pub(crate) stats: ArcSwap<ArmStats>,
     /// The writer lock of this arm, guarding the exact statistics behind `stats`.
@@ -214,6 +216,7 @@ impl Policy {
             name: Arc::from(name),
             generation: next_generation(),
             priors,
+            prior_log_length: priors.log_length(),
             profile: ArcSwap::from_pointee(profile),
             stats: ArcSwap::from_pointee(ArmStats::prior(dim, self.config.ridge)),
             ledger: Mutex::new(ArmLedger::prior(dim, self.config.ridge)),
@@ -309,6 +312,7 @@ impl Policy {
                     stats: &stats,
                     profile: &profile,
                     priors: &slot.priors,
+                    prior_log_length: slot.prior_log_length,
                     live: &slot.live,
                 };
                 assess(
@@ -444,6 +448,7 @@ impl Policy {
                     stats,
                     profile,
                     priors: &slot.priors,
+                    prior_log_length: slot.prior_log_length,
                     live: &slot.live,
                 };
                 let variances = if count == BLOCK {

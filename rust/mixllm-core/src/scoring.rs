@@ -42,6 +42,8 @@ pub struct ArmView<'a> {
     pub stats: &'a ArmStats,
     pub profile: &'a ModelProfile,
     pub priors: &'a Priors,
+    /// `priors.log_length()`.
+    pub prior_log_length: f64,
     pub live: &'a LiveStats,
 }
 
@@ -71,7 +73,9 @@ pub fn assess_with_variance(
     willingness_to_pay: f64,
 ) -> Assessment {
     let quality = arm.stats.predict_quality(arm.priors, x);
-    let output_tokens = arm.stats.predict_output_tokens(arm.priors, x);
+    let output_tokens = arm
+        .stats
+        .predict_output_tokens_from(arm.prior_log_length, x);
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
     let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
