@@ -26,19 +26,26 @@ import workload
 def test_two_threads(benchmark, request, summary, dim: int) -> None:
     policy = workload.trained_policy(dim)
     queries = request.getfixturevalue(f"queries_{dim}")
-    one, two = benchmark.pedantic(
+    scaling = benchmark.pedantic(
         workload.thread_scaling, args=(policy, queries), rounds=1, iterations=1
     )
+    one, two = scaling.first, scaling.second
     ratio = two.decisions_per_s / one.decisions_per_s
     estimate = two.own_core_estimate_per_s / one.own_core_estimate_per_s
     benchmark.extra_info.update(
-        one_thread=asdict(one), two_threads=asdict(two), ratio=ratio, own_core_ratio=estimate
+        one_thread=asdict(one),
+        two_threads=asdict(two),
+        ratio=ratio,
+        window_ratios=scaling.window_ratios,
+        own_core_ratio=estimate,
     )
+    windows = ", ".join(f"{r:.2f}" for r in scaling.window_ratios)
     summary.append(
         f"threads d={dim}: 1 thread {one.decisions_per_s:,.0f}/s, 2 threads "
         f"{two.decisions_per_s:,.0f}/s (cores got: {one.cores_used:.2f} → {two.cores_used:.2f})"
-        f" → {ratio:.2f}x; per thread {100 * two.blocked_share:.1f}% waiting for the GIL, "
-        f"{100 * two.runqueue_share:.1f}% for a core; with a core each ≈ {estimate:.2f}x"
+        f" → {ratio:.2f}x (windows: {windows}); per thread {100 * two.blocked_share:.1f}% "
+        f"waiting for the GIL, {100 * two.runqueue_share:.1f}% for a core; with a core each "
+        f"≈ {estimate:.2f}x"
     )
 
 
@@ -47,9 +54,10 @@ def test_two_threads(benchmark, request, summary, dim: int) -> None:
 def test_updater_alongside(benchmark, request, summary, dim: int) -> None:
     policy = workload.trained_policy(dim)
     queries = request.getfixturevalue(f"queries_{dim}")
-    alone, shared = benchmark.pedantic(
+    slowdown_run = benchmark.pedantic(
         workload.updater_slowdown, args=(policy, queries), rounds=1, iterations=1
     )
+    alone, shared = slowdown_run.first, slowdown_run.second
     slowdown = 1.0 - shared.decisions_per_s / alone.decisions_per_s
     benchmark.extra_info.update(
         alone_per_s=alone.decisions_per_s,

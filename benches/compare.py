@@ -155,13 +155,16 @@ def main() -> int:
         )
 
     for dim in (64, 384):
-        one, two = workload.thread_scaling(workload.trained_policy(dim), queries[dim])
+        scaling = workload.thread_scaling(workload.trained_policy(dim), queries[dim])
+        one, two = scaling.first, scaling.second
         ratio = two.decisions_per_s / one.decisions_per_s
+        windows = ", ".join(f"{r:.2f}" for r in scaling.window_ratios)
         rows.append(
             Row(
                 f"2 threads / 1 thread decisions/s, d={dim}",
                 f"{ratio:.2f}x ({one.decisions_per_s:,.0f} → {two.decisions_per_s:,.0f}/s; "
-                f"cores the process got: {one.cores_used:.2f} → {two.cores_used:.2f})",
+                f"cores the process got: {one.cores_used:.2f} → {two.cores_used:.2f}; "
+                f"windows: {windows})",
                 "≥ 1.6x",
                 ratio >= 1.6,
             )
@@ -182,7 +185,8 @@ def main() -> int:
             )
         )
     for dim in (64, 384):
-        alone, shared = workload.updater_slowdown(workload.trained_policy(dim), queries[dim])
+        slowdown_run = workload.updater_slowdown(workload.trained_policy(dim), queries[dim])
+        alone, shared = slowdown_run.first, slowdown_run.second
         slowdown = 1.0 - shared.decisions_per_s / alone.decisions_per_s
         rows.append(
             Row(

@@ -275,15 +275,27 @@ THREAD_REPEATS = 3
 UPDATER_RATE = 1000.0
 
 
-def _alternate(
-    first: Callable[[], Throughput], second: Callable[[], Throughput]
-) -> tuple[Throughput, Throughput]:
-    """Field-wise medians of `first()` and `second()` over alternating windows."""
+@dataclass(frozen=True)
+class Comparison:
+    """Two configurations measured over alternating windows."""
+
+    # Field-wise medians over each configuration's windows.
+    first: Throughput
+    second: Throughput
+    # second / first decisions per second, window pair by window pair: the spread the medians
+    # hide (two deciding threads can fall into step with the GIL in one window and not the next).
+    window_ratios: tuple[float, ...]
+
+
+def _alternate(first: Callable[[], Throughput], second: Callable[[], Throughput]) -> Comparison:
     runs: tuple[list[Throughput], list[Throughput]] = ([], [])
     for _ in range(THREAD_REPEATS):
         runs[0].append(first())
         runs[1].append(second())
-    return _median(runs[0]), _median(runs[1])
+    ratios = tuple(
+        b.decisions_per_s / a.decisions_per_s for a, b in zip(runs[0], runs[1], strict=True)
+    )
+    return Comparison(_median(runs[0]), _median(runs[1]), ratios)
 
 
 def _median(runs: list[Throughput]) -> Throughput:
@@ -295,7 +307,7 @@ def _median(runs: list[Throughput]) -> Throughput:
     )
 
 
-def thread_scaling(policy: Policy, xs: Sequence) -> tuple[Throughput, Throughput]:
+def thread_scaling(policy: Policy, xs: Sequence) -> Comparison:
     """(one deciding thread, two deciding threads)."""
     return _alternate(
         lambda: decisions_per_second(policy, xs, 1, THREAD_WINDOW_S),
@@ -303,7 +315,7 @@ def thread_scaling(policy: Policy, xs: Sequence) -> tuple[Throughput, Throughput
     )
 
 
-def updater_slowdown(policy: Policy, xs: Sequence) -> tuple[Throughput, Throughput]:
+def updater_slowdown(policy: Policy, xs: Sequence) -> Comparison:
     """(one deciding thread, one deciding thread beside a 1,000 updates/s updater)."""
     return _alternate(
         lambda: decisions_per_second(policy, xs, 1, THREAD_WINDOW_S),
