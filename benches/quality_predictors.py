@@ -244,6 +244,17 @@ def knn(k: int) -> Predictor:
     return predict
 
 
+def blend(first: Predictor, second: Predictor, weight: float = 0.5) -> Predictor:
+    """``weight`` of ``first``'s quality plus the rest of ``second``'s; ``first``'s cost."""
+
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        q_first, c_hat = first(data, fit, out)
+        q_second, _ = second(data, fit, out)
+        return weight * q_first + (1.0 - weight) * q_second, c_hat
+
+    return predict
+
+
 # -- scoring -----------------------------------------------------------------------------------
 
 
@@ -363,8 +374,11 @@ def predictors(quick: bool) -> dict[str, Predictor]:
             with_domain(tag_context(64), "tagger", interact=True), ridge=r
         )
     out["per-benchmark mean only (label one-hot)"] = linear(domain_only, ridge=1e-6)
-    for k in (10, 40):
+    for k in (10, 40, 80, 160):
         out[f"kNN k={k}, raw"] = knn(k)
+    ridge10 = linear(tag_context(64), ridge=10.0)
+    for k in (40, 80):
+        out[f"blend: ½ ridge 10 tag 64-d + ½ kNN k={k}"] = blend(ridge10, knn(k))
     for c in (0.1, 1.0):
         out[f"logistic C={c:g}, tag 64-d + tagger"] = sklearn_per_model(
             lambda c=c: LogisticRegression(C=c, max_iter=1000), "tag+dom", proba=True
