@@ -87,8 +87,8 @@ unsafe fn sum_avx512(values: &[f64]) -> f64 {
 }
 
 /// The floor under `decide`: streaming every model's A⁻¹ once with no scoring. `read_state/<d>`
-/// takes a dot product of each with itself (the kernel a decision's inner loop is made of: one
-/// pass over memory, the second operand read from the same cache lines); `read_state/sum/<d>`
+/// takes a dot product of each with itself (the batch path's kernel: one pass over memory, the
+/// second operand read from the same cache lines); `read_state/sum/<d>`
 /// only adds the entries up, the least work a read can do. A decision cannot read less; compare
 /// with `decide/<d>`.
 fn read_state(c: &mut Criterion) {

@@ -325,6 +325,8 @@ mod tests {
         let priors = Priors::default();
         let mut stats = ArmStats::prior(dim, 0.5);
         let mut ledger = ArmLedger::prior(dim, 0.5);
+        // The same updates with rank-1 steps only (never refactored), to compare against.
+        let (mut rank1, mut rank1_ledger) = (stats.clone(), ledger.clone());
         for (i, x) in contexts(7, dim).chunks_exact(dim).enumerate() {
             let obs = Observation {
                 x,
@@ -333,8 +335,25 @@ mod tests {
                 weight: 1.5,
             };
             stats = learn(&stats, &mut ledger, &priors, &obs, 7).unwrap();
+            rank1 = learn(&rank1, &mut rank1_ledger, &priors, &obs, u64::MAX).unwrap();
         }
         assert_eq!(ledger.updates_since_refactor, 0);
+        assert_eq!(rank1_ledger.updates_since_refactor, 7);
         assert_eq!(stats, ledger.solve(7, 10.5).unwrap());
+        // The exact refactorisation and the Sherman–Morrison steps agree to rounding.
+        let pairs = [
+            (&stats.a_inv, &rank1.a_inv),
+            (&stats.theta_quality, &rank1.theta_quality),
+            (&stats.theta_log_length, &rank1.theta_log_length),
+        ];
+        for (exact, stepped) in pairs {
+            for (a, b) in exact.iter().zip(stepped) {
+                assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
+            }
+        }
+        assert_eq!(
+            (stats.observations, stats.weight_sum),
+            (rank1.observations, rank1.weight_sum)
+        );
     }
 }

@@ -206,14 +206,8 @@ pub fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
 /// (`x` padded): the products x_i·x_k, doubled right of the diagonal (each stored entry stands
 /// for two entries of the full matrix) and zero left of it. Built once per query, it turns every
 /// model's confidence width into one streaming dot product with no per-row work, which lets a
-/// batch score four queries in one pass over each model's A⁻¹ ([`dot4`]).
-pub fn quadratic_weights(layout: SymLayout, x: &[f64]) -> Vec<f64> {
-    let mut out = vec![0.0; layout.len()];
-    quadratic_weights_into(layout, x, &mut out);
-    out
-}
-
-/// [`quadratic_weights`] into a buffer of the layout's length (every entry is overwritten).
+/// batch score four queries in one pass over each model's A⁻¹ ([`dot4`]). Written into `out`,
+/// a buffer of the layout's length (every entry is overwritten).
 pub fn quadratic_weights_into(layout: SymLayout, x: &[f64], out: &mut [f64]) {
     assert_eq!(x.len(), layout.stride(), "x must be padded");
     assert_eq!(out.len(), layout.len(), "output storage");
@@ -225,8 +219,9 @@ pub fn quadratic_weights_into(layout: SymLayout, x: &[f64], out: &mut [f64]) {
 }
 
 /// `xᵀ M x` (`x` padded), reading `M` once: one model's confidence width in a single decision.
-/// Faster there than a dot product with [`quadratic_weights`], which streams a second array of
-/// `M`'s size; the weights pay off when one pass over `M` serves several queries ([`dot4`]).
+/// Faster there than a dot product with [`quadratic_weights_into`]'s weights, which streams a
+/// second array of `M`'s size; the weights pay off when one pass over `M` serves several queries
+/// ([`dot4`]).
 pub fn quadratic_form(layout: SymLayout, m: &[f64], x: &[f64]) -> f64 {
     assert_eq!(m.len(), layout.len(), "matrix storage");
     assert_eq!(x.len(), layout.stride(), "x must be padded");
@@ -397,6 +392,12 @@ pub fn spd_inverse(layout: SymLayout, a: &[f64]) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quadratic_weights(layout: SymLayout, x: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; layout.len()];
+        quadratic_weights_into(layout, x, &mut out);
+        out
+    }
 
     fn naive_matvec(full: &[f64], x: &[f64]) -> Vec<f64> {
         let d = x.len();

@@ -21,15 +21,12 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use parking_lot::Mutex;
-
 use crate::arm::{ArmLedger, ArmStats};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::SymLayout;
 use crate::live::LiveStats;
-use crate::policy::{next_generation, report_of, ArmSlot, Policy};
+use crate::policy::{report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
 
 const MAGIC: &[u8; 8] = b"MIXLLMP\0";
@@ -204,16 +201,14 @@ fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<
         ));
     };
     let completed = d.u64()?;
-    Ok(ArmSlot {
-        name: Arc::from(name),
-        generation: next_generation(),
+    Ok(ArmSlot::new(
+        name,
         priors,
-        prior_log_length: priors.log_length(),
-        profile: ArcSwap::from_pointee(profile),
-        stats: ArcSwap::from_pointee(stats),
-        ledger: Mutex::new(ledger),
-        live: LiveStats::restored(mean_service_s, completed),
-    })
+        profile,
+        stats,
+        ledger,
+        LiveStats::restored(mean_service_s, completed),
+    ))
 }
 
 /// Writes the policy to `path` atomically (temporary file, fsync, rename, fsync of the folder).

@@ -36,6 +36,18 @@ use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
 /// Inputs larger than this in magnitude are rejected: their squares would overflow A.
 const MAX_MAGNITUDE: f64 = 1e100;
 
+/// Every row of a row-major batch (whole rows by construction) is finite and not huge. The
+/// row is named only when it fails, so a valid batch builds no message per row.
+fn check_rows(xs: &[f64], dim: usize) -> Result<()> {
+    for (row, x) in xs.chunks_exact(dim).enumerate() {
+        let valid = |what: &str| ensure_all_finite(what, x).and_then(|()| ensure_not_huge(what, x));
+        if valid("X").is_err() {
+            valid(&format!("X row {row}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// One model in the pool.
 #[derive(Debug)]
 pub(crate) struct ArmSlot {
@@ -51,6 +63,40 @@ pub(crate) struct ArmSlot {
     /// The writer lock of this arm, guarding the exact statistics behind `stats`.
     pub(crate) ledger: Mutex<ArmLedger>,
     pub(crate) live: LiveStats,
+}
+
+impl ArmSlot {
+    /// A new arm (a fresh generation) with the given state.
+    pub(crate) fn new(
+        name: &str,
+        priors: Priors,
+        profile: ModelProfile,
+        stats: ArmStats,
+        ledger: ArmLedger,
+        live: LiveStats,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            generation: next_generation(),
+            priors,
+            prior_log_length: priors.log_length(),
+            profile: ArcSwap::from_pointee(profile),
+            stats: ArcSwap::from_pointee(stats),
+            ledger: Mutex::new(ledger),
+            live,
+        }
+    }
+
+    /// What a decision reads of this arm, given snapshots of its statistics and profile.
+    fn view<'a>(&'a self, stats: &'a ArmStats, profile: &'a ModelProfile) -> ArmView<'a> {
+        ArmView {
+            stats,
+            profile,
+            priors: &self.priors,
+            prior_log_length: self.prior_log_length,
+            live: &self.live,
+        }
+    }
 }
 
 /// An immutable list of the models, in the order decisions report them.
@@ -85,7 +131,7 @@ impl Pool {
 }
 
 /// A new arm generation, unique in this process.
-pub(crate) fn next_generation() -> u64 {
+fn next_generation() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -212,16 +258,14 @@ impl Policy {
         profile.validate()?;
         priors.validate()?;
         let dim = self.config.dim;
-        let slot = Arc::new(ArmSlot {
-            name: Arc::from(name),
-            generation: next_generation(),
+        let slot = Arc::new(ArmSlot::new(
+            name,
             priors,
-            prior_log_length: priors.log_length(),
-            profile: ArcSwap::from_pointee(profile),
-            stats: ArcSwap::from_pointee(ArmStats::prior(dim, self.config.ridge)),
-            ledger: Mutex::new(ArmLedger::prior(dim, self.config.ridge)),
-            live: LiveStats::default(),
-        });
+            profile,
+            ArmStats::prior(dim, self.config.ridge),
+            ArmLedger::prior(dim, self.config.ridge),
+            LiveStats::default(),
+        ));
         let _guard = self.pool_lock.lock();
         let current = self.pool.load();
         if current.index.contains_key(name) {
@@ -308,13 +352,7 @@ impl Policy {
             .map(|slot| {
                 let stats = slot.stats.load();
                 let profile = slot.profile.load();
-                let view = ArmView {
-                    stats: &stats,
-                    profile: &profile,
-                    priors: &slot.priors,
-                    prior_log_length: slot.prior_log_length,
-                    live: &slot.live,
-                };
+                let view = slot.view(&stats, &profile);
                 assess(
                     &self.config,
                     layout,
@@ -366,9 +404,7 @@ impl Policy {
                 }
             }
         }
-        for (row, x) in xs.chunks_exact(dim).enumerate() {
-            self.check_context(&format!("X row {row}"), x)?;
-        }
+        check_rows(xs, dim)?;
         Self::check_decision_args(prompt_tokens.values(), willingness_to_pay.values())?;
 
         let pool = self.pool.load_full();
@@ -444,13 +480,7 @@ impl Policy {
                 assessments[r].clear();
             }
             for (slot, stats, profile) in arms {
-                let view = ArmView {
-                    stats,
-                    profile,
-                    priors: &slot.priors,
-                    prior_log_length: slot.prior_log_length,
-                    live: &slot.live,
-                };
+                let view = slot.view(stats, profile);
                 let variances = if count == BLOCK {
                     dot4(
                         &stats.a_inv,
@@ -498,7 +528,8 @@ impl Policy {
             }
         }
         ensure_finite("weight", obs.weight)?;
-        if !(obs.weight > 0.0 && obs.weight <= MAX_MAGNITUDE) {
+        ensure_not_huge("weight", &[obs.weight])?;
+        if obs.weight <= 0.0 {
             return Err(Error::InvalidValue(format!(
                 "weight must be > 0, got {}",
                 obs.weight
@@ -542,9 +573,7 @@ impl Policy {
                 got: format!("{} values", xs.len()),
             });
         }
-        for (row, x) in xs.chunks_exact(dim).enumerate() {
-            self.check_context(&format!("X row {row}"), x)?;
-        }
+        check_rows(xs, dim)?;
         ensure_all_finite("quality", quality)?;
         ensure_not_huge("quality", quality)?;
         if let Some(tokens) = output_tokens {

@@ -76,7 +76,8 @@ proptest! {
     #[test]
     fn decisions_follow_the_pool_and_batches_agree(
         (dim, _every, data) in case(),
-        removals in prop::collection::vec(0usize..6, 0..4),
+        // Up to 11 draws of 6 models: some cases remove every model.
+        removals in prop::collection::vec(0usize..6, 0..12),
     ) {
         let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
         for m in 0..6 {
@@ -96,13 +97,17 @@ proptest! {
         let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
         prop_assert_eq!(&models, &expected);
         if let Some(name) = models.first() {
-            let before = policy.generation(name).unwrap();
-            prop_assert_eq!(policy.generation(name).unwrap(), before);
+            // Removing and adding a model again gives its arm a new generation each time, and
+            // it goes to the end of the pool.
+            let first = policy.generation(name).unwrap();
             policy.remove_model(name).unwrap();
             policy.add_model(name, profile(0), Priors::default()).unwrap();
-            prop_assert!(policy.generation(name).unwrap() != before);
+            let second = policy.generation(name).unwrap();
+            prop_assert!(second != first);
             policy.remove_model(name).unwrap();
             policy.add_model(name, profile(0), Priors::default()).unwrap();
+            prop_assert!(policy.generation(name).unwrap() != second);
+            prop_assert_eq!(policy.models().last().map(|m| m.to_string()), Some(name.clone()));
         }
         let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
         if expected.is_empty() {
@@ -150,4 +155,54 @@ proptest! {
         let (a, b) = (policy.decide(x, 5.0, 0.2).unwrap(), restored.decide(x, 5.0, 0.2).unwrap());
         prop_assert_eq!(a.assessments, b.assessments);
     }
+}
+
+/// Batches large enough to be split over threads (the split starts at 1,024 rows per thread),
+/// with per-row arguments: each thread must read its own rows' values.
+#[test]
+fn batches_split_over_threads_match_one_thread_and_single_decisions() {
+    let dim = 6;
+    let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+    for m in 0..5 {
+        policy
+            .add_model(&format!("m{m}"), profile(m), Priors::default())
+            .unwrap();
+    }
+    let rows = 2_100;
+    let value = |i: usize, j: usize| ((i * 7 + j * 13) % 17) as f64 / 17.0 - 0.4;
+    let xs: Vec<f64> = (0..rows)
+        .flat_map(|i| (0..dim).map(move |j| value(i, j)))
+        .collect();
+    for (i, x) in xs.chunks_exact(dim).enumerate().take(300) {
+        let obs = Observation {
+            x,
+            quality: (i % 5) as f64 / 4.0,
+            output_tokens: Some((i % 7) as f64 * 90.0),
+            weight: 1.0,
+        };
+        policy.update(&format!("m{}", i % 5), &obs).unwrap();
+    }
+    let prompt_tokens: Vec<f64> = (0..rows).map(|i| (i % 11) as f64 * 400.0).collect();
+    let willingness: Vec<f64> = (0..rows).map(|i| 10f64.powi((i % 5) as i32 - 3)).collect();
+    let batch = |threads: usize| {
+        let mut out = vec![usize::MAX; rows];
+        policy
+            .decide_batch(
+                &xs,
+                PerRow::Each(&prompt_tokens),
+                PerRow::Each(&willingness),
+                &mut out,
+                threads,
+            )
+            .unwrap();
+        out
+    };
+    let (one, two) = (batch(1), batch(2));
+    assert_eq!(one, two);
+    for (i, x) in xs.chunks_exact(dim).enumerate() {
+        let single = policy.decide(x, prompt_tokens[i], willingness[i]).unwrap();
+        assert_eq!(single.index, two[i], "row {i}");
+    }
+    let distinct: std::collections::HashSet<_> = two.iter().collect();
+    assert!(distinct.len() > 1, "the batch chose between models");
 }

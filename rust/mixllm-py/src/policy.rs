@@ -224,15 +224,7 @@ impl PyPolicy {
 
     /// A model's profile as a dict.
     fn profile<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let p = self.inner.profile(name).map_err(to_py)?;
-        let out = PyDict::new(py);
-        out.set_item("price_in", p.price_in)?;
-        out.set_item("price_out", p.price_out)?;
-        out.set_item("fee", p.fee)?;
-        out.set_item("ttft_s", p.ttft_s)?;
-        out.set_item("tokens_per_s", p.tokens_per_s)?;
-        out.set_item("concurrency", p.concurrency)?;
-        Ok(out)
+        profile_dict(py, &self.inner.profile(name).map_err(to_py)?)
     }
 
     /// Picks a model for context `x`. `willingness_to_pay` is in USD per quality point
@@ -432,7 +424,9 @@ impl PyPolicy {
         out.set_item("in_flight", report.in_flight)?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
-        out.set_item("profile", self.profile(py, name)?)?;
+        // From the same report as the rest: one consistent snapshot, even if the model is
+        // removed meanwhile.
+        out.set_item("profile", profile_dict(py, &report.profile)?)?;
         Ok(out)
     }
 
@@ -493,4 +487,15 @@ impl PyPolicy {
             self.models()
         )
     }
+}
+
+fn profile_dict<'py>(py: Python<'py>, p: &ModelProfile) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("price_in", p.price_in)?;
+    out.set_item("price_out", p.price_out)?;
+    out.set_item("fee", p.fee)?;
+    out.set_item("ttft_s", p.ttft_s)?;
+    out.set_item("tokens_per_s", p.tokens_per_s)?;
+    out.set_item("concurrency", p.concurrency)?;
+    Ok(out)
 }
