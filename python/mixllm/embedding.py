@@ -165,13 +165,13 @@ class Embedder:
         if quantized:
             cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
             run_path = model_files.int8_model_path(files, cache)
-            run_sha = model_files.file_sha256(run_path)
+            run_sha = model_files.memo_sha256(run_path)
         else:
             run_path, run_sha = files.model, files.model_sha256
         self.model_path = run_path
         # What the vectors depend on besides the settings: the file run, and the tokenizer.
         self.model_sha256 = run_sha
-        self.tokenizer_sha256 = model_files.file_sha256(files.tokenizer)
+        self.tokenizer_sha256 = files.tokenizer_sha256
         self.max_tokens = max_tokens
         self.truncation: Truncation = truncation
         self.batch_size = batch_size

@@ -47,6 +47,7 @@ __all__ = [
     "file_sha256",
     "hub_model",
     "int8_model_path",
+    "memo_sha256",
     "shipped_model",
 ]
 
@@ -64,11 +65,12 @@ _INT8_RECIPE = "dyn-int8-perchannel-matmul-v1"
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A verified ONNX encoder and its tokenizer, with the model file's sha256."""
+    """A verified ONNX encoder and its tokenizer, with both files' sha256."""
 
     model: Path
     tokenizer: Path
     model_sha256: str
+    tokenizer_sha256: str
 
 
 def file_sha256(path: Path) -> str:
@@ -84,7 +86,7 @@ _hash_lock = threading.Lock()
 _hash_memo: dict[tuple[str, int, int], str] = {}
 
 
-def _memo_sha256(path: Path) -> str:
+def memo_sha256(path: Path) -> str:
     """sha256 memoised per (path, size, mtime) so a process hashes each file once."""
     try:
         stat = path.stat()
@@ -101,7 +103,7 @@ def _memo_sha256(path: Path) -> str:
 
 
 def _verify(path: Path, expected: str, what: str) -> str:
-    actual = _memo_sha256(path)
+    actual = memo_sha256(path)
     if actual != expected.lower():
         raise ModelIntegrityError(
             f"{what} {path} fails its integrity check: sha256 {actual}, expected {expected}. "
@@ -139,8 +141,8 @@ def shipped_model() -> ModelFiles:
     model = _installed_file(*_SHIPPED_MODEL)
     tokenizer = _installed_file(*_SHIPPED_TOKENIZER)
     sha = _verify(model, SHIPPED_MODEL_SHA256, "model file")
-    _verify(tokenizer, SHIPPED_TOKENIZER_SHA256, "tokenizer file")
-    return ModelFiles(model, tokenizer, sha)
+    tokenizer_sha = _verify(tokenizer, SHIPPED_TOKENIZER_SHA256, "tokenizer file")
+    return ModelFiles(model, tokenizer, sha, tokenizer_sha)
 
 
 def directory_model(
@@ -152,11 +154,7 @@ def directory_model(
     for path in (model, tokenizer):
         if not path.is_file():
             raise ModelFileError(f"{path} does not exist (a model directory holds both files)")
-    if model_sha256 is not None:
-        sha = _verify(model, model_sha256, "model file")
-    else:
-        sha = _memo_sha256(model)
-    return ModelFiles(model, tokenizer, sha)
+    return _checked(model, tokenizer, model_sha256)
 
 
 def hub_model(
@@ -187,11 +185,16 @@ def hub_model(
         )
     except Exception as err:  # the hub client raises many kinds; all mean "not available"
         raise ModelFileError(f"cannot fetch {model_file} from {repo_id!r}: {err}") from err
+    return _checked(model, tokenizer, model_sha256)
+
+
+def _checked(model: Path, tokenizer: Path, model_sha256: str | None) -> ModelFiles:
+    """The files with their sha256, the model's checked against ``model_sha256`` if given."""
     if model_sha256 is not None:
         sha = _verify(model, model_sha256, "model file")
     else:
-        sha = _memo_sha256(model)
-    return ModelFiles(model, tokenizer, sha)
+        sha = memo_sha256(model)
+    return ModelFiles(model, tokenizer, sha, memo_sha256(tokenizer))
 
 
 def cache_dir() -> Path:
@@ -220,11 +223,11 @@ def int8_model_path(source: ModelFiles, directory: Path | None = None) -> Path:
     stamp = target.with_suffix(".onnx.sha256")
     with _int8_lock:
         fresh = target.is_file() and stamp.is_file()
-        if fresh and stamp.read_text().strip() == file_sha256(target):
+        if fresh and stamp.read_text().strip() == memo_sha256(target):
             return target
         root.mkdir(parents=True, exist_ok=True)
         _build_int8(source.model, target)
-        _atomic_write_text(stamp, file_sha256(target) + "\n")
+        _atomic_write_text(stamp, memo_sha256(target) + "\n")
     return target
 
 
