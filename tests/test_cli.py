@@ -37,6 +37,12 @@ def test_route_with_the_shipped_router_explains_its_choice() -> None:
     assert chosen["score"] == best
     assert out["willingness_to_pay"] == 0.05 and out["prompt_tokens"] > 0
 
+    # λ = inf is written as null: the output stays strict JSON.
+    unbounded = mixllm("route", "Is the sky blue?", "--json", "--willingness-to-pay", "inf")
+    assert unbounded.returncode == 0, unbounded.stderr
+    strict = json.loads(unbounded.stdout, parse_constant=lambda c: pytest.fail(f"got {c}"))
+    assert strict["willingness_to_pay"] is None
+
     text = mixllm("route", "Is the sky blue?", "--willingness-to-pay", "1000")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("model: ")

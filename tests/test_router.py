@@ -78,6 +78,28 @@ def fresh(fitted: tuple[Router, RoutingDataset], **changes: object) -> Router:
     return Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
 
 
+def test_route_batch_embeds_each_text_once_even_without_a_cache(
+    fitted: tuple[Router, RoutingDataset],
+) -> None:
+    router, data = fitted
+    calls: list[int] = []
+
+    class Counting:
+        def embed(self, texts: list[str]) -> object:
+            calls.append(len(texts))
+            return router.embedder.embed(texts)
+
+    no_cache = replace(router.config, embedder=replace(router.config.embedder, cache_size=0))
+    uncached = Router(
+        no_cache, embedder=Counting(), projection=router.projection,  # type: ignore[arg-type]
+        policy=mixllm.Policy.from_bytes(router.policy.to_bytes()),
+    )  # fmt: skip
+    texts = [data.prompts[0], data.prompts[1], data.prompts[0], data.prompts[2]]
+    decisions = uncached.route_batch(texts)
+    assert calls == [3]
+    assert [d.model for d in decisions] == [d.model for d in fresh(fitted).route_batch(texts)]
+
+
 def test_routing_before_fitting_says_what_to_do(config: RouterConfig) -> None:
     with pytest.raises(NotFittedError, match="fit"):
         Router(config).route("hello")
@@ -408,14 +430,16 @@ def test_a_re_added_model_ignores_decisions_made_with_its_old_arm(
     old = router.route(fitted[1].prompts[11])
     spec = next(m for m in router.config.models if m.name == old.model)
     router.remove_model(spec.name)
-    router.add_model(spec)
+    # Re-added with a prior that makes the router pick it again, so the new arm's feedback is
+    # exercised too.
+    router.add_model(replace(spec, prior_quality=2.0))
     new = router.route(fitted[1].prompts[11])
+    assert new.model == spec.name
     fresh_state = router.policy.inspect(spec.name)
     assert router.feedback(old.id, quality=1.0, latency_s=9.0) is False
     after = router.policy.inspect(spec.name)
     assert after["observations"] == fresh_state["observations"]
     assert after["in_flight"] == fresh_state["in_flight"]
     assert after["mean_service_s"] == fresh_state["mean_service_s"]
-    if new.model == spec.name:
-        assert router.feedback(new.id, quality=1.0)
-        assert router.policy.inspect(spec.name)["observations"] == after["observations"] + 1
+    assert router.feedback(new.id, quality=1.0)
+    assert router.policy.inspect(spec.name)["observations"] == after["observations"] + 1

@@ -85,6 +85,16 @@ def _format_usd(value: float) -> str:
     return f"${value:.2e}" if value < 0.01 else f"${value:.4f}"
 
 
+def _finite_or_null(value: Any) -> Any:
+    """Strict JSON: infinities and NaN (λ = inf, for one) become null; json.dumps would
+    write them as the non-standard Infinity and NaN."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _route(args: argparse.Namespace) -> int:
     router = _router(args.state)
     decision = router.route(args.text, willingness_to_pay=args.willingness_to_pay)
@@ -92,15 +102,17 @@ def _route(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {
-                    "model": decision.model,
-                    "decision_id": decision.id,
-                    "willingness_to_pay": decision.willingness_to_pay,
-                    "prompt_tokens": decision.prompt_tokens,
-                    "models": explained,
-                },
+                _finite_or_null(
+                    {
+                        "model": decision.model,
+                        "decision_id": decision.id,
+                        "willingness_to_pay": decision.willingness_to_pay,
+                        "prompt_tokens": decision.prompt_tokens,
+                        "models": explained,
+                    }
+                ),
                 indent=2,
-                default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v,
+                allow_nan=False,
             )
         )
         return 0
@@ -142,7 +154,7 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(path: str | None, models: Sequence[str], tau_s: float) -> RouterConfig | None:
+def _eval_config(path: str | None, models: Sequence[str]) -> RouterConfig | None:
     """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
     pool is then the data's models at the catalog's prices and speeds. The encoder is the int8
     copy, as in a run without a file, unless the file sets ``[embedder] quantized``."""
@@ -152,7 +164,7 @@ def _eval_config(path: str | None, models: Sequence[str], tau_s: float) -> Route
 
     return load_config(
         path,
-        default_models=router_config(models, tau_s=tau_s).models,
+        default_models=router_config(models).models,
         defaults={"embedder": {"quantized": True}},
     )
 
@@ -161,9 +173,8 @@ def _eval(args: argparse.Namespace) -> int:
     from mixllm import data
     from mixllm.evaluation import EvalSettings, format_table, run_evaluation, write_report
 
-    if args.config:
-        # A bad file is reported before any data is read or downloaded.
-        load_config(args.config, default_models=_routerbench_config().models)
+    # A bad file is reported before any data is read or downloaded.
+    _eval_config(args.config, [m.name for m in _routerbench_config().models])
     if args.data:
         dataset = _load_data(Path(args.data), args.allow_pickle)
     else:
@@ -186,7 +197,7 @@ def _eval(args: argparse.Namespace) -> int:
         experiments=experiments,
         max_tokens=args.max_tokens,
         truncation=args.truncation,
-        router=_eval_config(args.config, dataset.models, args.time_constraint),
+        router=_eval_config(args.config, dataset.models),
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)

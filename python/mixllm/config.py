@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mixllm.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mixllm._core import Policy
     from mixllm.embedding import Embedder
 
 if sys.version_info >= (3, 11):
@@ -223,6 +224,23 @@ class RouterConfig:
     def with_models(self, models: tuple[ModelConfig, ...]) -> RouterConfig:
         return replace(self, models=models)
 
+    def new_policy(self, context_dim: int | None = None) -> Policy:
+        """An empty `mixllm.Policy` with these knobs and every model of the pool added, for
+        contexts of ``context_dim`` entries (default: the projection's d plus the constant)."""
+        from mixllm._core import Policy
+
+        policy = Policy(
+            self.dim + 1 if context_dim is None else context_dim,
+            alpha=self.alpha,
+            beta=self.beta,
+            ridge=self.ridge,
+            tau_s=self.tau_s,
+            refactor_every=self.refactor_every,
+        )
+        for model in self.models:
+            policy.add_model(model.name, **model.policy_kwargs())
+        return policy
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and TOML-compatible dict that `from_dict` reads back."""
         data = asdict(self)
@@ -251,36 +269,35 @@ class RouterConfig:
         tagger = _table(data, "tagger")
         _known_keys("tagger", tagger, {f.name for f in fields(TaggerConfig)})
         if "models" not in data and default_models:
-            return cls(
-                models=tuple(default_models),
-                embedder=EmbedderConfig(**embedder),
-                tagger=TaggerConfig(**tagger),
-                **router,
-            )
-        raw_models = data.get("models", [])
-        if not isinstance(raw_models, list) or not raw_models:
-            raise ConfigError("models must be a non-empty list of [[models]] tables")
-        models = []
-        model_keys = {f.name for f in fields(ModelConfig)}
-        required = {
-            f.name
-            for f in fields(ModelConfig)
-            if f.default is MISSING and f.default_factory is MISSING
-        }
-        for i, raw in enumerate(raw_models):
-            if not isinstance(raw, Mapping):
-                raise ConfigError(f"models[{i}] must be a table, got {type(raw).__name__}")
-            _known_keys(f"models[{i}]", raw, model_keys)
-            missing = sorted(required - raw.keys())
-            if missing:
-                raise ConfigError(f"models[{i}] is missing {', '.join(missing)}")
-            models.append(ModelConfig(**raw))
+            models = list(default_models)
+        else:
+            models = _models(data.get("models", []))
         return cls(
             models=tuple(models),
             embedder=EmbedderConfig(**embedder),
             tagger=TaggerConfig(**tagger),
             **router,
         )
+
+
+def _models(raw_models: object) -> list[ModelConfig]:
+    """The ``[[models]]`` tables, each checked for unknown and missing fields."""
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError("models must be a non-empty list of [[models]] tables")
+    models = []
+    model_keys = {f.name for f in fields(ModelConfig)}
+    required = {
+        f.name for f in fields(ModelConfig) if f.default is MISSING and f.default_factory is MISSING
+    }
+    for i, raw in enumerate(raw_models):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"models[{i}] must be a table, got {type(raw).__name__}")
+        _known_keys(f"models[{i}]", raw, model_keys)
+        missing = sorted(required - raw.keys())
+        if missing:
+            raise ConfigError(f"models[{i}] is missing {', '.join(missing)}")
+        models.append(ModelConfig(**raw))
+    return models
 
 
 def load_config(

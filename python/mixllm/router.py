@@ -129,7 +129,7 @@ class Router:
                 f"router.dim is {config.dim} but the projection has d = {projection.d}"
             )
         if policy is None:
-            policy = self._new_policy(config)
+            policy = config.new_policy()
         elif policy.dim != config.dim + 1 or policy.models != [m.name for m in config.models]:
             raise ConfigError("the policy's dimension or models do not match the configuration")
         self._config = config
@@ -147,20 +147,6 @@ class Router:
         self._counter = itertools.count()
 
     # -- construction ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _new_policy(config: RouterConfig) -> Policy:
-        policy = Policy(
-            config.dim + 1,
-            alpha=config.alpha,
-            beta=config.beta,
-            ridge=config.ridge,
-            tau_s=config.tau_s,
-            refactor_every=config.refactor_every,
-        )
-        for model in config.models:
-            policy.add_model(model.name, **model.policy_kwargs())
-        return policy
 
     @property
     def config(self) -> RouterConfig:
@@ -206,7 +192,7 @@ class Router:
             push=self._config.tagger.push,
         )
         contexts = projection.context(vectors)
-        policy = self._new_policy(self._config)
+        policy = self._config.new_policy()
         rows_per_model: dict[str, int] = {}
         without: list[str] = []
         for model in self._config.models:
@@ -326,18 +312,24 @@ class Router:
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
         wtp = self._willingness(willingness_to_pay)
         projection = self._require_projection()
-        missing = [t for t in dict.fromkeys(items) if self._contexts.get(t) is None]
+        # Every distinct text's context, looked up or computed here once: a cache smaller than
+        # the batch (or none) must not send texts back to the embedder one at a time.
+        known: dict[str, tuple[NDArray[np.float64], float]] = {}
+        missing = []
+        for text in dict.fromkeys(items):
+            cached = self._contexts.get(text)
+            if cached is None:
+                missing.append(text)
+            else:
+                known[text] = cached
         if missing:
             contexts = projection.context(self.embedder.embed(missing))
             tokens = count_tokens(missing)
             contexts.flags.writeable = False  # shared by every decision for these texts
             for text, context, count in zip(missing, contexts, tokens, strict=True):
-                self._contexts.put(text, (context, float(count)))
-        decisions = []
-        for text in items:
-            context, count = self._context(text)
-            decisions.append(self._decide(context, count, wtp))
-        return decisions
+                known[text] = (context, float(count))
+                self._contexts.put(text, known[text])
+        return [self._decide(*known[text], wtp) for text in items]
 
     def _decide(
         self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float

@@ -152,11 +152,11 @@ def servers_for(models: Sequence[str]) -> list[ServerProfile]:
 def router_config(
     models: Sequence[str],
     *,
-    tau_s: float,
+    tau_s: float | None = None,
     beta: float | None = None,
     base: RouterConfig | None = None,
 ) -> RouterConfig:
-    """A pool of ``models`` with τ = ``tau_s``: the knobs of ``base`` (default: the defaults),
+    """A pool of ``models``: the knobs of ``base`` (default: the defaults), ``tau_s`` and
     ``beta`` when given, and each model's prices and speeds from ``base`` where it lists the
     model, else from RouterBench's catalog."""
     configured = {m.name: m for m in base.models} if base is not None else {}
@@ -174,7 +174,7 @@ def router_config(
     return replace(
         start,
         models=tuple(configs),
-        tau_s=tau_s,
+        tau_s=start.tau_s if tau_s is None else tau_s,
         beta=start.beta if beta is None else beta,
     )
 
@@ -256,12 +256,8 @@ def _fit_policy(
     contexts: F64, dataset: RoutingDataset, rows: NDArray[np.bool_], config: RouterConfig
 ) -> Policy:
     """Every model's arm fitted on ``rows`` (as Router.fit does)."""
-    policy = Policy(
-        contexts.shape[1], alpha=config.alpha, beta=config.beta, ridge=config.ridge,
-        tau_s=config.tau_s, refactor_every=config.refactor_every,
-    )  # fmt: skip
+    policy = config.new_policy(contexts.shape[1])
     for model in config.models:
-        policy.add_model(model.name, **model.policy_kwargs())
         k = dataset.models.index(model.name)
         tokens = dataset.output_tokens[rows, k] if dataset.output_tokens is not None else None
         policy.fit(model.name, contexts[rows], dataset.quality[rows, k], tokens)
