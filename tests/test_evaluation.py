@@ -183,7 +183,9 @@ def test_policy_router_learns_online_and_counts_requests_out_of_flight() -> None
     )  # fmt: skip
     result = router.run(stream, 1.0)
     assert (result.choice[-50:] == 1).all()  # learned that "good" is right
-    assert policy.in_flight("good") == 0  # the original is untouched: runs use a copy
+    # The original is untouched: runs learn on a copy.
+    assert policy.in_flight("good") == 0
+    assert policy.inspect("good")["observations"] == 0
 
 
 def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() -> None:

@@ -342,9 +342,17 @@ def test_bad_fits(
     assert_rejected(policy, lambda p: p.fit("b", X2, *args, **kwargs), error, match)
 
 
-def test_fit_rejects_values_that_would_overflow_the_arm(policy: mixllm.Policy) -> None:
+def test_fit_rejects_values_beyond_the_magnitude_limit(policy: mixllm.Policy) -> None:
     X1 = np.array([[1e10, 0.0, 0.0, 0.0]])
-    assert_rejected(policy, lambda p: p.fit("b", X1, [1e300]), InvalidInputError, "quality")
+    assert_rejected(
+        policy, lambda p: p.fit("b", X1, [1e300]), InvalidInputError, "quality.*too large"
+    )
+
+
+def test_a_ridge_whose_inverse_overflows_is_rejected() -> None:
+    with pytest.raises(InvalidInputError, match="ridge must be at least"):
+        mixllm.Policy(4, ridge=1e-310)
+    assert mixllm.Policy(4, ridge=1e-300).dim == 4
 
 
 def test_end_without_begin_and_bad_latencies(policy: mixllm.Policy) -> None:

@@ -61,6 +61,15 @@ impl PolicyConfig {
                 )));
             }
         }
+        // A fresh arm's A⁻¹ is I / ridge: a ridge so small that 1 / ridge overflows would start
+        // every arm at infinity.
+        if !(1.0 / self.ridge).is_finite() {
+            return Err(Error::InvalidValue(format!(
+                "ridge must be at least {:e} (1 / ridge must be finite), got {:e}",
+                1.0 / f64::MAX,
+                self.ridge
+            )));
+        }
         if self.refactor_every == 0 {
             return Err(Error::InvalidValue(
                 "refactor_every must be >= 1, got 0".to_string(),
