@@ -183,12 +183,7 @@ def router_config(
 
 
 def _point(result: SimulationResult, lam: float, ref_q: float, ref_c: float) -> Point:
-    return Point(
-        lam,
-        100.0 * float(result.quality.sum()) / ref_q,
-        100.0 * float(result.cost.sum()) / ref_c,
-        result.violations,
-    )
+    return _scored_point(result, slice(None), lam, (ref_q, ref_c))
 
 
 def sweep(
@@ -279,17 +274,16 @@ def _stream(data: _Data, rows: NDArray[np.bool_] | I64, config: StreamConfig) ->
     )
 
 
-def _frontier_routers(data: _Data, tau_s: float | None, settings: EvalSettings) -> list[Any]:
+def _policy_routers(data: _Data, tau_s: float | None, settings: EvalSettings) -> list[Any]:
+    """The routers built on a Policy, whose τ (the decision's and the stream's) is the run's."""
     ds, train, test = data.dataset, data.train, data.test
     models = data.models
     policy_tau = tau_s if tau_s is not None else NO_CONSTRAINT_TAU_S
     stream_config = settings.stream(tau_s)
-    q_train, c_train = ds.quality[train], ds.cost_usd[train]
-    v_train, v_test = data.vectors[train], data.vectors[test]
+    v_test = data.vectors[test]
     prompt_tokens = ds.prompt_tokens[test]
     out_test = data.output_tokens[test]
     columns = list(range(len(models)))
-    c_hat = bl.ridge_predict(v_train, c_train, v_test, alpha=1.0)
     routers: list[Any] = []
 
     def policy_router(name: str, policy: Policy, contexts: F64) -> bl.PolicyRouter:
@@ -307,7 +301,7 @@ def _frontier_routers(data: _Data, tau_s: float | None, settings: EvalSettings) 
     routers.append(
         policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
     )
-    pca = PcaProjection.fit(v_train, d=config.dim)
+    pca = PcaProjection.fit(data.vectors[train], d=config.dim)
     ctx_pca = pca.context(data.vectors)
     routers.append(
         policy_router(
@@ -319,6 +313,18 @@ def _frontier_routers(data: _Data, tau_s: float | None, settings: EvalSettings) 
     routers.append(
         policy_router("LinUCB raw 384-d", _fit_policy(raw, ds, train, linucb), raw[test])
     )
+    return routers
+
+
+def _fixed_routers(data: _Data, settings: EvalSettings) -> list[Any]:
+    """The routers whose choices do not depend on τ (built once for both frontiers): the
+    oracle, KNN, MLP, random and each single model."""
+    ds, train, test = data.dataset, data.train, data.test
+    models = data.models
+    q_train, c_train = ds.quality[train], ds.cost_usd[train]
+    v_train, v_test = data.vectors[train], data.vectors[test]
+    c_hat = bl.ridge_predict(v_train, c_train, v_test, alpha=1.0)
+    routers: list[Any] = []
     q_test, cost_test = ds.quality[test], ds.cost_usd[test]
     routers.append(bl.ScoreRouter("oracle", q_test, cost_test, data.servers))
     k = _choose_k(v_train, q_train, c_train)
@@ -377,8 +383,9 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
     reference = _reference(data, data.test)
     c_range = _single_model_range(data, data.test)
     g = data.models.index(REFERENCE_MODEL)
+    fixed = _fixed_routers(data, settings)
     for key, tau in (("no_time_constraint", None), ("time_constraint", settings.tau_s)):
-        routers = _frontier_routers(data, tau, settings)
+        routers = _policy_routers(data, tau, settings) + fixed
         stream = _stream(data, data.test, settings.stream(tau))
         queued = bl.FixedRouter(
             "gpt-4 queued", np.full(len(stream), g, dtype=np.int64), data.servers

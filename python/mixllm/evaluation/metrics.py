@@ -39,7 +39,6 @@ __all__ = [
     "aiq",
     "cost_to_reach",
     "hull",
-    "percent_of_reference",
     "quality_at_cost",
 ]
 
@@ -58,13 +57,6 @@ class Point:
         if not np.isfinite(self.willingness_to_pay):
             data["willingness_to_pay"] = "inf"
         return data
-
-
-def percent_of_reference(
-    quality: float, cost: float, reference_quality: float, reference_cost: float
-) -> tuple[float, float]:
-    """(quality %, cost %) of totals against the reference's totals."""
-    return 100.0 * quality / reference_quality, 100.0 * cost / reference_cost
 
 
 def hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -113,18 +113,6 @@ class Stream:
     def __len__(self) -> int:
         return len(self.arrivals)
 
-    def select(self, rows: NDArray[np.bool_] | I64) -> Stream:
-        """The stream of some rows, with arrivals renumbered from 0 at the same rate."""
-        index = np.arange(len(self))[rows]
-        step = self.arrivals[1] - self.arrivals[0] if len(self) > 1 else 0.1
-        return Stream(
-            arrivals=np.arange(len(index), dtype=np.float64) * step,
-            quality=self.quality[index],
-            cost=self.cost[index],
-            service_s=self.service_s[index],
-            tau_s=self.tau_s,
-        )
-
 
 class Listener(Protocol):
     """A router driven by the simulation."""
