@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -242,10 +241,29 @@ def test_bad_feedback_changes_nothing(fitted: tuple[Router, RoutingDataset]) -> 
     assert isinstance(caught.value, KeyError)
 
 
-def test_decisions_expire_and_leave_the_queue(fitted: tuple[Router, RoutingDataset]) -> None:
+class ManualClock:
+    """Stands in for the `time` module inside mixllm.router: time moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    manual = ManualClock()
+    monkeypatch.setattr("mixllm.router.time", manual)
+    return manual
+
+
+def test_decisions_expire_and_leave_the_queue(
+    fitted: tuple[Router, RoutingDataset], clock: ManualClock
+) -> None:
     router = fresh(fitted, feedback_ttl_s=0.05)
     old = router.route(fitted[1].prompts[4])
-    time.sleep(0.1)
+    clock.now += 0.1
     router.route(fitted[1].prompts[5])
     with pytest.raises(DecisionNotFoundError, match="expired"):
         router.feedback(old.id, quality=1.0)
@@ -327,7 +345,9 @@ def test_many_threads_route_and_send_feedback(fitted: tuple[Router, RoutingDatas
     assert learned == 6 * per_thread
 
 
-def test_complete_then_feedback_later(fitted: tuple[Router, RoutingDataset]) -> None:
+def test_complete_then_feedback_later(
+    fitted: tuple[Router, RoutingDataset], clock: ManualClock
+) -> None:
     router = fresh(fitted, feedback_ttl_s=0.5)
     decision = router.route(fitted[1].prompts[8])
     model = decision.model
@@ -350,7 +370,7 @@ def test_complete_then_feedback_later(fitted: tuple[Router, RoutingDataset]) -> 
     # A completed decision that expires unanswered does not leave its queue a second time.
     other = router.route(fitted[1].prompts[9])
     router.complete(other.id)
-    time.sleep(0.6)
+    clock.now += 0.6
     router.route(fitted[1].prompts[10])
     assert sum(router.policy.in_flight(m) for m in router.models) == 1
     with pytest.raises(DecisionNotFoundError, match="expired"):
