@@ -62,7 +62,14 @@ def load_routerbench(directory: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def cached_embeddings(embedder: Embedder, texts: list[str], tag: str) -> NDArray[np.float32]:
-    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    """The texts' vectors embedded in one call (the int8 encoder's vectors depend slightly on
+    what shares a batch, so this is not `evaluation.vectors.embed_cached`, which embeds in
+    chunks), cached under a key of everything they depend on."""
+    encoder = (
+        f"{embedder.model_sha256}:{embedder.tokenizer_sha256}:"
+        f"{embedder.max_tokens}:{embedder.truncation}"
+    )
+    digest = hashlib.sha256("\x00".join([encoder, *texts]).encode()).hexdigest()[:16]
     path = cache_dir() / f"routerbench-{tag}-{embedder.source.model_sha256[:12]}-{digest}.npy"
     if path.is_file():
         return np.load(path)
