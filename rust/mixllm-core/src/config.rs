@@ -1,6 +1,6 @@
 //! The policy's hyper-parameters.
 
-use crate::error::{ensure_finite, Error, Result};
+use crate::error::{ensure_finite, ensure_non_negative, Error, Result};
 
 /// Largest context dimension accepted: a d×d f64 matrix per model must stay reasonable.
 pub const MAX_DIM: usize = 4096;
@@ -46,12 +46,7 @@ impl PolicyConfig {
             )));
         }
         for (field, value) in [("alpha", self.alpha), ("beta", self.beta)] {
-            ensure_finite(field, value)?;
-            if value < 0.0 {
-                return Err(Error::InvalidValue(format!(
-                    "{field} must be >= 0, got {value}"
-                )));
-            }
+            ensure_non_negative(field, value)?;
         }
         for (field, value) in [("ridge", self.ridge), ("tau_s", self.tau_s)] {
             ensure_finite(field, value)?;

@@ -54,6 +54,17 @@ pub fn ensure_finite(what: &str, value: f64) -> Result<()> {
     }
 }
 
+/// Rejects NaN, infinities and negative values.
+pub fn ensure_non_negative(what: &str, value: f64) -> Result<()> {
+    ensure_finite(what, value)?;
+    if value < 0.0 {
+        return Err(Error::InvalidValue(format!(
+            "{what} must be >= 0, got {value}"
+        )));
+    }
+    Ok(())
+}
+
 /// Rejects a vector holding NaN or infinities, naming the first bad position.
 pub fn ensure_all_finite(what: &str, values: &[f64]) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {

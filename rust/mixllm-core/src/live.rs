@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{ensure_finite, Error, Result};
+use crate::error::{ensure_non_negative, Error, Result};
 use crate::profile::ModelProfile;
 
 /// Bits of f64 NaN: "no service time observed yet".
@@ -47,12 +47,7 @@ impl LiveStats {
 
     /// A request finished after `latency_s` seconds (validated: finite and ≥ 0).
     pub fn end(&self, model: &str, latency_s: f64, smoothing: f64) -> Result<()> {
-        ensure_finite("latency_s", latency_s)?;
-        if latency_s < 0.0 {
-            return Err(Error::InvalidValue(format!(
-                "latency_s must be >= 0, got {latency_s}"
-            )));
-        }
+        ensure_non_negative("latency_s", latency_s)?;
         self.in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map_err(|_| Error::NothingInFlight(model.to_string()))?;

@@ -27,7 +27,9 @@ use parking_lot::Mutex;
 
 use crate::arm::{self, ArmLedger, ArmStats, Observation};
 use crate::config::PolicyConfig;
-use crate::error::{ensure_all_finite, ensure_finite, ensure_len, Error, Result};
+use crate::error::{
+    ensure_all_finite, ensure_finite, ensure_len, ensure_non_negative, Error, Result,
+};
 use crate::kernels::{dot4, quadratic_form, quadratic_weights_into, SymLayout};
 use crate::live::LiveStats;
 use crate::profile::{ModelProfile, Priors};
@@ -316,12 +318,7 @@ impl Policy {
 
     fn check_decision_args(prompt_tokens: &[f64], willingness_to_pay: &[f64]) -> Result<()> {
         for &p in prompt_tokens {
-            ensure_finite("prompt_tokens", p)?;
-            if p < 0.0 {
-                return Err(Error::InvalidValue(format!(
-                    "prompt_tokens must be >= 0, got {p}"
-                )));
-            }
+            ensure_non_negative("prompt_tokens", p)?;
         }
         for &w in willingness_to_pay {
             if w.is_nan() || w <= 0.0 {
@@ -519,13 +516,8 @@ impl Policy {
         ensure_finite("quality", obs.quality)?;
         ensure_not_huge("quality", &[obs.quality])?;
         if let Some(tokens) = obs.output_tokens {
-            ensure_finite("output_tokens", tokens)?;
+            ensure_non_negative("output_tokens", tokens)?;
             ensure_not_huge("output_tokens", &[tokens])?;
-            if tokens < 0.0 {
-                return Err(Error::InvalidValue(format!(
-                    "output_tokens must be >= 0, got {tokens}"
-                )));
-            }
         }
         ensure_finite("weight", obs.weight)?;
         ensure_not_huge("weight", &[obs.weight])?;

@@ -1,6 +1,6 @@
 //! What the operator tells us about a model: its prices and its speed.
 
-use crate::error::{ensure_finite, Error, Result};
+use crate::error::{ensure_finite, ensure_non_negative, Error, Result};
 
 /// A model's prices and serving characteristics. Prices are in USD per million tokens; a price of
 /// zero is valid (self-hosted models).
@@ -29,12 +29,7 @@ impl ModelProfile {
             ("fee", self.fee),
             ("ttft_s", self.ttft_s),
         ] {
-            ensure_finite(field, value)?;
-            if value < 0.0 {
-                return Err(Error::InvalidValue(format!(
-                    "{field} must be >= 0, got {value}"
-                )));
-            }
+            ensure_non_negative(field, value)?;
         }
         ensure_finite("tokens_per_s", self.tokens_per_s)?;
         if self.tokens_per_s <= 0.0 {
@@ -70,14 +65,7 @@ pub struct Priors {
 impl Priors {
     pub fn validate(&self) -> Result<()> {
         ensure_finite("prior_quality", self.quality)?;
-        ensure_finite("prior_output_tokens", self.output_tokens)?;
-        if self.output_tokens < 0.0 {
-            return Err(Error::InvalidValue(format!(
-                "prior_output_tokens must be >= 0, got {}",
-                self.output_tokens
-            )));
-        }
-        Ok(())
+        ensure_non_negative("prior_output_tokens", self.output_tokens)
     }
 
     /// The length head works on log(1 + tokens); this is its offset.

@@ -131,22 +131,19 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
 
 /// A real number (a Python int or float, a numpy scalar), naming the argument when it is not.
 pub fn real(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
-    if ob.is_instance_of::<pyo3::types::PyString>() || ob.is_instance_of::<pyo3::types::PyBytes>() {
-        return Err(input_type(format!(
-            "{what} must be a number, got {}",
-            type_name(ob)
-        )));
-    }
+    // `str` and `bytes` fail here too: extracting an f64 takes `__float__`, which they lack.
     ob.extract::<f64>()
         .map_err(|_| input_type(format!("{what} must be a number, got {}", type_name(ob))))
 }
 
+/// An optional argument, unless it was left out or passed as `None`.
+pub fn given<'a, 'py>(ob: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    ob.filter(|v| !v.is_none())
+}
+
 /// An optional real number (`None` allowed).
 pub fn optional_real(ob: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<f64>> {
-    match ob {
-        Some(v) if !v.is_none() => real(v, what).map(Some),
-        _ => Ok(None),
-    }
+    given(ob).map(|v| real(v, what)).transpose()
 }
 
 /// An integer (a Python int or numpy integer; not a float, even a whole one).

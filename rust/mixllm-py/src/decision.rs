@@ -12,11 +12,11 @@ pub struct PyDecision {
 }
 
 impl PyDecision {
-    fn column<'py>(
+    fn column<'py, T: numpy::Element>(
         &self,
         py: Python<'py>,
-        field: impl Fn(&Assessment) -> f64,
-    ) -> Bound<'py, PyArray1<f64>> {
+        field: impl Fn(&Assessment) -> T,
+    ) -> Bound<'py, PyArray1<T>> {
         read_only(PyArray1::from_vec(
             py,
             self.inner.assessments.iter().map(field).collect(),
@@ -95,10 +95,7 @@ impl PyDecision {
     /// Whether each model was excluded for a predicted latency above τ.
     #[getter]
     fn excluded<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
-        read_only(PyArray1::from_vec(
-            py,
-            self.inner.assessments.iter().map(|a| a.excluded).collect(),
-        ))
+        self.column(py, |a| a.excluded)
     }
 
     /// Per model: a dict of its predictions and score, keyed by model name.

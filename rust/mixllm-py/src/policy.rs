@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
 use crate::arrays::{
-    integer, matrix, optional_real, real, scalar_or_vector, vector, ScalarOrVector,
+    given, integer, matrix, optional_real, real, scalar_or_vector, vector, ScalarOrVector,
 };
 use crate::decision::PyDecision;
 use crate::errors::{invalid_input, to_py};
@@ -63,10 +63,10 @@ impl PyPolicy {
     ) -> PyResult<Self> {
         let defaults = PolicyConfig::new(0);
         let dim = integer(dim, "dim")?;
-        let refactor_every = match refactor_every {
-            Some(r) if !r.is_none() => integer(r, "refactor_every")?,
-            _ => defaults.refactor_every as i64,
-        };
+        let refactor_every = given(refactor_every)
+            .map(|r| integer(r, "refactor_every"))
+            .transpose()?
+            .unwrap_or(defaults.refactor_every as i64);
         let alpha = optional_real(alpha, "alpha")?.unwrap_or(defaults.alpha);
         let beta = optional_real(beta, "beta")?.unwrap_or(defaults.beta);
         let ridge = optional_real(ridge, "ridge")?.unwrap_or(defaults.ridge);
@@ -205,10 +205,7 @@ impl PyPolicy {
         let fee = optional_real(fee, "fee")?;
         let ttft_s = optional_real(ttft_s, "ttft_s")?;
         let tokens_per_s = optional_real(tokens_per_s, "tokens_per_s")?;
-        let concurrency = match concurrency {
-            Some(c) if !c.is_none() => Some(concurrency_from(c)?),
-            _ => None,
-        };
+        let concurrency = given(concurrency).map(concurrency_from).transpose()?;
         py.detach(|| {
             self.inner.update_profile(name, |p| {
                 p.price_in = price_in.unwrap_or(p.price_in);
@@ -259,12 +256,12 @@ impl PyPolicy {
         willingness_to_pay: &Bound<'py, PyAny>,
         threads: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let threads = match threads {
-            Some(t) if !t.is_none() => usize::try_from(integer(t, "threads")?)
+        let threads = match given(threads) {
+            Some(t) => usize::try_from(integer(t, "threads")?)
                 .ok()
                 .filter(|&t| t >= 1)
                 .ok_or_else(|| invalid_input("threads must be >= 1".to_string()))?,
-            _ => available_cpus(),
+            None => available_cpus(),
         };
         let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
         let prompt_tokens = scalar_or_vector(prompt_tokens, "prompt_tokens")?;
