@@ -24,6 +24,7 @@ from typing import Any
 
 from mixllm._core import MixllmError
 from mixllm.config import RouterConfig, load_config
+from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
 
 __all__ = ["main"]
 
@@ -213,8 +214,10 @@ def _token_window(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 3 <= value <= 512:
-        raise argparse.ArgumentTypeError(f"must be in 3..512 (BERT's limit), got {value}")
+    if not MIN_TOKENS <= value <= MAX_TOKENS:
+        raise argparse.ArgumentTypeError(
+            f"must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {value}"
+        )
     return value
 
 

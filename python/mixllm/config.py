@@ -38,6 +38,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -108,10 +109,10 @@ class EmbedderConfig:
         _boolean(where, "quantized", self.quantized)
         _integer(where, "intra_op_threads", self.intra_op_threads, minimum=1)
         _integer(where, "cache_size", self.cache_size, minimum=0)
-        _integer(where, "max_tokens", self.max_tokens, minimum=3)
-        if self.max_tokens > 512:
+        _integer(where, "max_tokens", self.max_tokens, minimum=MIN_TOKENS)
+        if self.max_tokens > MAX_TOKENS:
             raise ConfigError(
-                f"{where}.max_tokens must be <= 512 (BERT's limit), got {self.max_tokens}"
+                f"{where}.max_tokens must be <= {MAX_TOKENS} (BERT's limit), got {self.max_tokens}"
             )
         if self.truncation not in ("head", "tail"):
             raise ConfigError(

@@ -48,7 +48,10 @@ from mixllm.errors import EmbeddingError, ModelFileError
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
 
-__all__ = ["Embedder", "Truncation"]
+__all__ = ["MAX_TOKENS", "MIN_TOKENS", "Embedder", "Truncation"]
+
+# The token window an Embedder accepts: [CLS] and [SEP] plus one token, up to BERT's 512.
+MIN_TOKENS, MAX_TOKENS = 3, 512
 
 Truncation = Literal["head", "tail"]
 
@@ -142,8 +145,10 @@ class Embedder:
             raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        if not 3 <= max_tokens <= 512:
-            raise ValueError(f"max_tokens must be in 3..512 (BERT's limit), got {max_tokens}")
+        if not MIN_TOKENS <= max_tokens <= MAX_TOKENS:
+            raise ValueError(
+                f"max_tokens must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {max_tokens}"
+            )
         if truncation not in ("head", "tail"):
             raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
         if batch_size < 1:

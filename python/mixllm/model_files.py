@@ -28,7 +28,6 @@ faster variant from it: dynamic int8 (int8 activations, ``MatMulInteger``).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 import tempfile
@@ -114,10 +113,12 @@ def _verify(path: Path, expected: str, what: str) -> str:
 
 def _installed_file(distribution: str, package: str, relative: str) -> Path:
     """Path of a data file inside an installed distribution, without importing its code."""
+    from importlib import metadata  # only here: about a tenth of `import mixllm` otherwise
+
     wanted = f"{package}/{relative}"
     try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
         dist = None
     if dist is not None:
         for entry in dist.files or ():
