@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import mixllm
+from mixllm.data import RoutingDataset, load_routerbench_csv
 
 PROFILE: dict[str, Any] = {
     "price_in": 1.0,
@@ -131,6 +133,40 @@ def read_routerbench_split(name: str) -> list[dict[str, str]]:
     csv.field_size_limit(1 << 24)
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def routerbench_dir() -> Path:
+    """The local RouterBench subset's folder; the test is skipped where it is not beside the
+    repo (`.ci/run` fails before the tests if it is missing there)."""
+    if not ROUTERBENCH.is_dir():
+        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH} (expected beside the repo)")
+    return ROUTERBENCH
+
+
+@pytest.fixture(scope="session")
+def routerbench(routerbench_dir: Path) -> RoutingDataset:
+    """The whole subset, loaded once for every test module that needs it."""
+    return load_routerbench_csv(routerbench_dir)
+
+
+@pytest.fixture(scope="session")
+def routerbench_slice(routerbench_dir: Path) -> Callable[[Path, int], Path]:
+    """Writes the first ``rows`` rows of each CSV of the subset into ``folder`` (created),
+    for commands that take a data folder; returns the folder."""
+
+    def write(folder: Path, rows: int) -> Path:
+        folder.mkdir(parents=True)
+        csv.field_size_limit(1 << 24)
+        for source in sorted(routerbench_dir.glob("*.csv")):
+            with source.open(newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                kept = [row for _, row in zip(range(rows + 1), reader, strict=False)]
+            with (folder / source.name).open("w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows(kept)
+        return folder
+
+    return write
 
 
 @pytest.fixture(scope="session")

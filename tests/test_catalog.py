@@ -11,11 +11,7 @@ import pytest
 import mixllm
 from mixllm import catalog
 from mixllm.catalog import ROUTERBENCH_MODELS, ModelSpec
-from mixllm.data import RoutingDataset, load_routerbench_csv
-
-ROUTERBENCH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
-)
+from mixllm.data import RoutingDataset
 
 # Implied price / list price must fall in this band. On the subset, counted with MiniLM's
 # tokenizer, input prices come out at 1.05x for every model and output prices at 0.90-0.95x
@@ -23,13 +19,6 @@ ROUTERBENCH = (
 # they were billed for). 15% leaves room for that tokenizer gap and nothing more: a list price
 # a fifth off, or the input and output prices swapped, fails.
 PRICE_BAND = (0.85, 1.15)
-
-
-@pytest.fixture(scope="session")
-def routerbench() -> RoutingDataset:
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH} (expected beside the repo)")
-    return load_routerbench_csv(ROUTERBENCH)
 
 
 def test_catalog_names_match_the_data_columns(routerbench: RoutingDataset) -> None:

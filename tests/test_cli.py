@@ -3,17 +3,14 @@ on real RouterBench rows."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-ROUTERBENCH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
-)
 POOL = 11
 
 
@@ -69,27 +66,10 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def small_routerbench(tmp_path: Path, rows_per_file: int) -> Path:
-    """A folder with the first rows of each RouterBench CSV file (copied at test time)."""
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
-    folder = tmp_path / "routerbench"
-    folder.mkdir()
-    csv.field_size_limit(1 << 24)
-    for source in sorted(ROUTERBENCH.glob("*.csv")):
-        with source.open(newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            rows = [row for _, row in zip(range(rows_per_file), reader, strict=False)]
-        with (folder / source.name).open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-    return folder
-
-
-def test_train_then_route_with_the_trained_state(tmp_path: Path) -> None:
-    data = small_routerbench(tmp_path, rows_per_file=12)
+def test_train_then_route_with_the_trained_state(
+    tmp_path: Path, routerbench_slice: Callable[[Path, int], Path]
+) -> None:
+    data = routerbench_slice(tmp_path / "routerbench", 12)
     state = tmp_path / "state"
     trained = mixllm("train", "--data", str(data), "--out", str(state))
     assert trained.returncode == 0, trained.stderr

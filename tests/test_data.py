@@ -21,17 +21,7 @@ import mixllm
 from mixllm import data
 from mixllm.data import DatasetUnavailableError, RoutingDataset
 
-ROUTERBENCH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
-)
 GPT4 = "gpt-4-1106-preview"
-
-
-@pytest.fixture(scope="session")
-def routerbench() -> RoutingDataset:
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH} (expected beside the repo)")
-    return data.load_routerbench_csv(ROUTERBENCH)
 
 
 def small(**changes: Any) -> RoutingDataset:
@@ -442,16 +432,16 @@ def test_jsonl_costs_from_prices(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def routerbench_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def routerbench_pickle(tmp_path_factory: pytest.TempPathFactory, routerbench_dir: Path) -> Path:
     """A pickled DataFrame in the published form, built from a few rows of the CSV files: the
     CSV's row index becomes the frame index, prompts and responses are real lists, and two
     arc rows share a sample_id (RouterBench's quirk) with one of them missing a score."""
     pd = pytest.importorskip("pandas")
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
     import ast
 
-    parts = [pd.read_csv(ROUTERBENCH / f"{b}_test.csv").head(4) for b in ("arc_challenge", "mbpp")]
+    parts = [
+        pd.read_csv(routerbench_dir / f"{b}_test.csv").head(4) for b in ("arc_challenge", "mbpp")
+    ]
     frame = pd.concat(parts).set_index("Unnamed: 0")
     for column in [c for c in frame.columns if c == "prompt" or c.endswith("|model_response")]:
         frame[column] = frame[column].map(ast.literal_eval)
@@ -561,11 +551,9 @@ def test_routerbench_sources_that_do_not_exist(tmp_path: Path) -> None:
         data.load_routerbench(tmp_path)
 
 
-def test_csv_directory_through_load_routerbench(tmp_path: Path) -> None:
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
+def test_csv_directory_through_load_routerbench(tmp_path: Path, routerbench_dir: Path) -> None:
     csv.field_size_limit(1 << 24)
-    with (ROUTERBENCH / "mbpp_test.csv").open(newline="") as handle:
+    with (routerbench_dir / "mbpp_test.csv").open(newline="") as handle:
         records = list(csv.reader(handle))[:3]
     with (tmp_path / "mbpp_train.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows(records)

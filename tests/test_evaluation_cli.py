@@ -3,44 +3,31 @@ when the hub cannot be reached."""
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mixllm.cli import main
 
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
 ROWS_PER_FILE = 30
 
 pytest.importorskip("matplotlib")
 
 
 @pytest.fixture()
-def routerbench_slice(tmp_path: Path) -> Path:
+def data_slice(tmp_path: Path, routerbench_slice: Callable[[Path, int], Path]) -> Path:
     """The first rows of each CSV of the subset, copied at test time into a temp folder."""
-    if not SUBSET.is_dir():
-        pytest.skip(f"{SUBSET} is not here")
-    folder = tmp_path / "slice"
-    folder.mkdir()
-    csv.field_size_limit(sys.maxsize)
-    for source in sorted(SUBSET.glob("*.csv")):
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            rows = [next(reader) for _ in range(ROWS_PER_FILE + 1)]
-        with (folder / source.name).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
-    return folder
+    return routerbench_slice(tmp_path / "slice", ROWS_PER_FILE)
 
 
 def test_eval_writes_json_plots_and_html(
-    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    code = main(["eval", "--data", str(routerbench_slice), "--out", str(out), "--quiet"])
+    code = main(["eval", "--data", str(data_slice), "--out", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "mixllm" in printed and "AIQ" in printed
@@ -62,10 +49,10 @@ def test_eval_writes_json_plots_and_html(
 
 
 def test_eval_embeds_with_the_requested_truncation(
-    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
-    args = ["eval", "--data", str(routerbench_slice), "--experiment", "frontier", "--quiet"]
+    args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "head")]) == 0
     assert main([*args, "--out", str(tmp_path / "tail"), "--truncation", "tail"]) == 0
     head = json.loads((tmp_path / "head" / "results.json").read_text())
@@ -111,12 +98,12 @@ concurrency = 16
 
 
 def test_eval_evaluates_a_configuration_file(
-    routerbench_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
     config = tmp_path / "router.toml"
     config.write_text(CONFIG, encoding="utf-8")
-    args = ["eval", "--data", str(routerbench_slice), "--experiment", "frontier", "--quiet"]
+    args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "out"), "--config", str(config)]) == 0
     settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
     assert settings["router"]["router"]["ridge"] == 10.0

@@ -16,13 +16,9 @@ import pytest
 
 import mixllm
 from mixllm.config import ModelConfig, RouterConfig
-from mixllm.data import RoutingDataset, load_routerbench_csv
+from mixllm.data import RoutingDataset
 from mixllm.errors import DecisionNotFoundError, NotFittedError
 from mixllm.router import Router
-
-ROUTERBENCH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
-)
 
 
 def per_label(dataset: RoutingDataset, count: int) -> RoutingDataset:
@@ -35,13 +31,6 @@ def per_label(dataset: RoutingDataset, count: int) -> RoutingDataset:
             taken[label] = taken.get(label, 0) + 1
             rows.append(i)
     return dataset.select(rows)
-
-
-@pytest.fixture(scope="module")
-def routerbench() -> RoutingDataset:
-    if not ROUTERBENCH.is_dir():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
-    return load_routerbench_csv(ROUTERBENCH)
 
 
 @pytest.fixture(scope="module")
