@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+import workload
 from mixllm.embedding import Embedder
 from mixllm.projection import TagProjection
 from mixllm.tagging import Tagger
-from mixllm.taxonomy import DOMAINS
 
-SHORT_QUERIES = [seed for domain in DOMAINS for seed in domain.seeds]  # 100 queries, 8-20 words
+SHORT_QUERIES = workload.SHORT_QUERIES
 BATCH = 64
 _MEDIANS: dict[str, float] = {}
 

@@ -15,7 +15,7 @@ import pytest
 
 import workload
 from mabwiser_peer import fitted_linucb, predict_once
-from numpy_reference import disagreements
+from numpy_reference import disagreements_on_random_queries
 
 PEER_ROUNDS = {64: 3_000, 384: 500}
 MABWISER_ROUNDS = {64: 300, 384: 100}
@@ -49,15 +49,7 @@ def test_numpy_reference(benchmark, request, summary, dim: int) -> None:
     policy = request.getfixturevalue(f"policy_{dim}")
     reference = request.getfixturevalue(f"reference_{dim}")
     queries = request.getfixturevalue(f"queries_{dim}")
-    rng = np.random.default_rng(19)
-    xs = workload.unit_rows(rng, 300, dim)
-    differ, _ = disagreements(
-        policy,
-        reference,
-        xs,
-        rng.uniform(10.0, 4000.0, len(xs)),
-        10.0 ** rng.uniform(-3.0, 5.0, len(xs)),
-    )
+    differ, _ = disagreements_on_random_queries(policy, reference, 300, seed=19)
     assert differ == 0, "the numpy reference must decide like Policy.decide"
 
     def call(x: np.ndarray) -> int:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+import workload
 from mixllm.embedding import Embedder
 from mixllm.router import Router
-from mixllm.taxonomy import DOMAINS
 
-SHORT_QUERIES = [seed for domain in DOMAINS for seed in domain.seeds]
+SHORT_QUERIES = workload.SHORT_QUERIES
 _MEDIANS: dict[str, float] = {}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 import workload
 from mabwiser_peer import fitted_linucb, predict_once
-from numpy_reference import NumpyPolicy, disagreements, single_threaded_blas
+from numpy_reference import NumpyPolicy, disagreements_on_random_queries, single_threaded_blas
 
 CHECK_QUERIES = 300
 DECIDE_CALLS = {64: 20_000, 384: 2_000}
@@ -43,18 +43,6 @@ def fmt_us(us: float) -> str:
     return f"{us:,.2f} µs" if us < 100 else f"{us:,.0f} µs"
 
 
-def check_reference(policy, reference: NumpyPolicy, seed: int) -> tuple[int, int]:
-    rng = np.random.default_rng(seed)
-    xs = workload.unit_rows(rng, CHECK_QUERIES, policy.dim)
-    return disagreements(
-        policy,
-        reference,
-        xs,
-        rng.uniform(10.0, 4000.0, CHECK_QUERIES),
-        10.0 ** rng.uniform(-3.0, 5.0, CHECK_QUERIES),
-    )
-
-
 def median_us(call, queries, calls: int) -> float:
     return float(np.median(workload.sample_ns(call, queries, calls))) / 1e3
 
@@ -68,7 +56,9 @@ def main() -> int:
     references = {dim: NumpyPolicy(p) for dim, p in policies.items()}
 
     for dim in (64, 384):
-        differ, ties = check_reference(policies[dim], references[dim], seed=dim)
+        differ, ties = disagreements_on_random_queries(
+            policies[dim], references[dim], CHECK_QUERIES, seed=dim
+        )
         print(
             f"numpy reference vs Policy.decide, d={dim}: {CHECK_QUERIES - differ}/"
             f"{CHECK_QUERIES} same model ({ties} of the differences are near-ties)"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+import workload
 from mixllm import Policy
 
 MAX_LOG_LENGTH = 13.8
@@ -127,3 +128,19 @@ def disagreements(
             score = reference.assess(x, float(tokens), float(wtp))["score"]
             ties += abs(score[ours] - score[theirs]) < tie_tolerance
     return differ, ties
+
+
+def disagreements_on_random_queries(
+    policy: Policy, reference: NumpyPolicy, count: int, seed: int
+) -> tuple[int, int]:
+    """`disagreements` over ``count`` random unit contexts, prompts of 10-4,000 tokens and
+    willingness to pay from 1e-3 to 1e5 (log-uniform), drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    xs = workload.unit_rows(rng, count, policy.dim)
+    return disagreements(
+        policy,
+        reference,
+        xs,
+        rng.uniform(10.0, 4000.0, count),
+        10.0 ** rng.uniform(-3.0, 5.0, count),
+    )

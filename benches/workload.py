@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import Policy
+from mixllm.taxonomy import DOMAINS
 
 MODELS = 11
 FIT_ROWS = 200
@@ -32,6 +33,11 @@ PROMPT_TOKENS = 300.0
 # by up to ~0.15, as much as quality does. (The timing does not depend on it; the reference
 # checks sweep it over eight decades.)
 WILLINGNESS_TO_PAY = 0.01
+
+
+# The 100 seed queries of the domain taxonomy (8-20 words): the short queries of the encoder and
+# router benchmarks.
+SHORT_QUERIES = [seed for domain in DOMAINS for seed in domain.seeds]
 
 
 def model_name(m: int) -> str:
