@@ -130,7 +130,7 @@ def test_bad_files_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ProjectionError, match=r"\(d, D\)"):
         load_projection(tmp_path / "shape.npz")
     np.savez(tmp_path / "pickled.npz", **{**data, "kind": np.array([{"a": 1}], dtype=object)})
-    with pytest.raises(ProjectionError, match="not a mixllm projection file.*pickle"):
+    with pytest.raises(ProjectionError, match=r"not a mixllm projection file.*pickle"):
         load_projection(tmp_path / "pickled.npz")
 
 
