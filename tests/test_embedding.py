@@ -280,6 +280,70 @@ def test_model_directory_and_missing_files(tmp_path: Path, embedder: Embedder) -
     np.testing.assert_allclose(from_dir.embed(TEXTS), embedder.embed(TEXTS), atol=1e-6)
 
 
+def _token_table_model(path: Path, table: np.ndarray) -> None:
+    """An ONNX encoder with MPNet's interface (input_ids and attention_mask, no token_type_ids)
+    whose per-token output is row ``input_ids`` of ``table``, zeroed where the mask is 0."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
+            helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
+            helper.make_node("Mul", ["rows", "mask_3d"], ["last_hidden_state"]),
+        ],
+        "token_table",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", table.shape[1]]
+            )
+        ],
+        initializer=[
+            numpy_helper.from_array(table.astype(np.float32), "table"),
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_another_encoder_width_without_token_type_ids(tmp_path: Path, embedder: Embedder) -> None:
+    """A local encoder of another width whose graph takes no token_type_ids (MPNet's
+    interface, as all-mpnet-base-v2's ONNX export has): the Embedder feeds it only the inputs
+    it takes and mean-pools its 7-wide rows over each text's tokens, head or tail."""
+    import tokenizers
+
+    tokenizer_path = embedder.source.tokenizer
+    vocab = tokenizers.Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+    table = np.random.default_rng(3).normal(size=(vocab, 7))
+    _token_table_model(tmp_path / "model.onnx", table)
+    shutil.copyfile(tokenizer_path, tmp_path / "tokenizer.json")
+    long_text = " ".join(f"word{i}" for i in range(200))
+    texts = [*TEXTS, long_text]
+    for truncation in ("head", "tail"):
+        other = Embedder(tmp_path, cache_size=0, max_tokens=16, truncation=truncation)
+        assert other.dim == 7
+        reference = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+        reference.no_padding()
+        reference.enable_truncation(16, direction="left" if truncation == "tail" else "right")
+        expected = np.array(
+            [table[reference.encode(text).ids].mean(axis=0) for text in texts], dtype=np.float64
+        )
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(other.embed(texts), expected, atol=1e-5)
+    head = Embedder(tmp_path, cache_size=0, max_tokens=16).embed([long_text])
+    tail = Embedder(tmp_path, cache_size=0, max_tokens=16, truncation="tail").embed([long_text])
+    assert float(cosines(head, tail)[0]) < 0.99
+
+
 def test_hugging_face_hub_path(monkeypatch: pytest.MonkeyPatch, embedder: Embedder) -> None:
     calls: list[tuple[str, str, str | None]] = []
     local = {"onnx/model.onnx": embedder.source.model, "tokenizer.json": embedder.source.tokenizer}
