@@ -1,8 +1,9 @@
 """Which quality predictor (and which routing context) routes best on the RouterBench subset.
 
     python benches/quality_predictors.py [--data DIR] [--folds 5] [--quick]
-                                         [--truncation head|tail|both] [--max-tokens N]
-                                         [--only A|B] [--test A|B] [--online]
+                                         [--truncation head|tail|both|question] [--max-tokens N]
+                                         [--vectors FILE.npy] [--only A|B] [--test A|B]
+                                         [--online] [--needed-signal]
 
 Prints one Markdown table per way of embedding the prompts: the Embedder's default keeps each
 prompt's first 256 tokens ("head"); "tail" keeps the last 256 (tokenizer truncation from the
@@ -31,18 +32,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import Policy
 from mixllm.data import RoutingDataset, load_routerbench_csv
-from mixllm.embedding import Embedder, Truncation
+from mixllm.embedding import Embedder
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import REFERENCE_MODEL, router_config, servers_for, sweep
 from mixllm.evaluation.metrics import aiq, cost_to_reach, quality_at_cost
@@ -89,23 +92,58 @@ class Data:
         return np.log1p(self.dataset.output_tokens)
 
 
-def load(directory: Path, truncation: Truncation = "head", max_tokens: int = 256) -> Data:
+Window = Literal["head", "tail", "question"]
+
+
+def without_shared_template(dataset: RoutingDataset) -> list[str]:
+    """Each prompt without the few-shot template its benchmark's train prompts all start with
+    (their common prefix, cut back to its last blank line so no example is cut in half). Only
+    train prompts decide the template; a prompt that does not start with it is kept whole."""
+    assert dataset.labels is not None and dataset.split is not None
+    prompts = list(dataset.prompts)
+    for label in sorted(set(dataset.labels)):
+        members = [i for i, lab in enumerate(dataset.labels) if lab == label]
+        train_prompts = [prompts[i] for i in members if dataset.split[i] == "train"]
+        # Character by character is what is wanted here: the prompts are text, not paths.
+        shared = os.path.commonprefix(train_prompts)  # noqa: RUF071
+        template = shared[: shared.rfind("\n\n") + 2] if "\n\n" in shared else ""
+        for i in members:
+            if template and prompts[i].startswith(template):
+                prompts[i] = prompts[i][len(template) :]
+    return prompts
+
+
+def load(
+    directory: Path, window: Window = "head", max_tokens: int = 256, vectors: Path | None = None
+) -> Data:
+    """The dataset, its vectors (the int8 encoder's through the given window, or ``vectors``:
+    an (n, dim) .npy in the dataset's row order, from any encoder), and the tagger's view."""
     dataset = load_routerbench_csv(directory)
     embedder = Embedder(
         quantized=True,
         intra_op_threads=2,
         cache_size=0,
-        truncation=truncation,
+        truncation="head" if window == "question" else window,
         max_tokens=max_tokens,
     )
-    vectors = embed_cached(dataset.prompts, embedder)
+    if vectors is not None:
+        given = np.load(vectors, allow_pickle=False)
+        if given.ndim != 2 or len(given) != len(dataset):
+            raise SystemExit(f"{vectors}: shape {given.shape}, expected ({len(dataset)}, dim)")
+        vectors_ = np.asarray(given, dtype=np.float64)
+    else:
+        texts = without_shared_template(dataset) if window == "question" else dataset.prompts
+        vectors_ = embed_cached(texts, embedder)
     _, domain = DomainLabels.from_labels(dataset.labels or [""] * len(dataset))
-    tag_probs = Tagger(embedder).tag_vectors(vectors).probabilities
+    # The tagger's domain prototypes are MiniLM vectors: on another encoder's vectors its
+    # probabilities come from the int8 encoder's head window instead.
+    tagged = vectors_ if vectors is None else embed_cached(dataset.prompts, embedder)
+    tag_probs = Tagger(embedder).tag_vectors(tagged).probabilities
     split = np.array(dataset.split)
     models = router_config(dataset.models, tau_s=1e9).models
     return Data(
         dataset,
-        vectors,
+        vectors_,
         np.asarray(domain, dtype=np.int64),
         np.asarray(tag_probs, dtype=np.float64),
         np.flatnonzero(split == "train"),
@@ -452,6 +490,43 @@ def online(data: Data) -> None:
         )
 
 
+NOISE_LEVELS = (math.inf, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0)
+
+
+def needed_signal(data: Data, seeds: int = 5) -> None:
+    """How much per-query signal the 30% target needs, on test: a calibrated predictor that
+    knows each benchmark's mean quality per model (from train) and sees each query's true 0/1
+    quality through Gaussian noise of scale sigma, independently per model. Its q̂ is the
+    posterior P(quality = 1 | benchmark, noisy view); sigma = inf is the per-benchmark mean
+    alone. The within-benchmark AUC it reaches is the yardstick for the AUC real predictors
+    reach."""
+    mean_q, c_hat = linear(domain_only, ridge=1e-6)(data, data.train, data.test)
+    prior = np.clip(mean_q, 1e-3, 1.0 - 1e-3)
+    truth = data.quality[data.test]
+    print(
+        "\n| noise sigma | test AUC in benchmark | test AIQ | test cost % @97.25 | test Q % @30 "
+        f"| seeds at ≤ 30% cost (of {seeds}) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for sigma in NOISE_LEVELS:
+        runs = []
+        for seed in range(seeds):
+            view = truth + np.random.default_rng(seed).normal(size=truth.shape) * sigma
+            # log P(view | 0) - log P(view | 1) for N(quality, σ²) noise
+            log_ratio = (1.0 - 2.0 * view) / (2.0 * sigma**2) if math.isfinite(sigma) else 0.0
+            q_hat = 1.0 / (1.0 + (1.0 - prior) / prior * np.exp(log_ratio))
+            scores = frontier(data, data.test, q_hat, c_hat)
+            scores["auc"] = within_benchmark_auc(data, data.test, q_hat)
+            runs.append(scores)
+        mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+        reached = sum(r["cost_at_target"] <= 30.0 for r in runs)
+        print(
+            f"| {sigma:g} | {mean['auc']:.3f} | {mean['aiq']:.2f} | {mean['cost_at_target']:.2f} "
+            f"| {mean['quality_at_30']:.2f} | {reached} |",
+            flush=True,
+        )
+
+
 def _cells(scores: dict[str, float]) -> list[str]:
     keys = ("aiq", "cost_at_target", "quality_at_30")
     return [*(f"{scores[k]:.2f}" for k in keys), f"{scores['auc']:.3f}"]
@@ -463,8 +538,17 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer trees")
     parser.add_argument(
-        "--truncation", choices=("head", "tail", "both"), default="both",
-        help="embed each prompt's first 256 tokens (the Embedder's default), its last, or both",
+        "--truncation", choices=("head", "tail", "both", "question"), default="both",
+        help="embed each prompt's first 256 tokens (the Embedder's default), its last, both, "
+        "or the first tokens after its benchmark's shared few-shot template",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vectors", type=Path,
+        help="an (n, dim) .npy of another encoder's vectors, in the dataset's row order",
+    )  # fmt: skip
+    parser.add_argument(
+        "--needed-signal", action="store_true",
+        help="only the per-query signal the 30%% target needs (a noisy-oracle sweep on test)",
     )  # fmt: skip
     parser.add_argument(
         "--max-tokens", type=int, default=256, help="tokens embedded per prompt (256; up to 512)"
@@ -482,13 +566,21 @@ def main() -> None:
         keys = args.only.split("|")
         chosen = {n: p for n, p in chosen.items() if any(k in n for k in keys)}
     finalists = set(args.test.split("|")) if args.test else set()
-    truncations = ("head", "tail") if args.truncation == "both" else (args.truncation,)
-    for truncation in truncations:
-        which = "first" if truncation == "head" else "last"
-        print(
-            f"\n### Prompts embedded from their {which} {args.max_tokens} tokens ({truncation})\n"
-        )
-        data = load(args.data, truncation, args.max_tokens)
+    if args.needed_signal:
+        needed_signal(load(args.data))
+        return
+    windows: tuple[Window, ...] = (
+        ("head", "tail") if args.truncation == "both" else (args.truncation,)
+    )
+    for window in windows:
+        which = {
+            "head": f"first {args.max_tokens} tokens",
+            "tail": f"last {args.max_tokens} tokens",
+            "question": f"first {args.max_tokens} tokens after the shared few-shot template",
+        }[window]
+        source = f"{args.vectors}" if args.vectors else f"prompts embedded from their {which}"
+        print(f"\n### {source} ({window})\n")
+        data = load(args.data, window, args.max_tokens, args.vectors)
         table(data, chosen, finalists, args.folds)
         if args.online:
             online(data)
