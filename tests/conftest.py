@@ -1,5 +1,6 @@
 """Shared pieces of the tests: a numpy oracle of one `mixllm.Policy` arm, a standard model
-profile, and a small sample of the local RouterBench subset (when it is beside the repo).
+profile, a small sample of the local RouterBench subset (when it is beside the repo), and a
+stand-in sentence encoder of any width.
 
 They are handed out as session fixtures because the test modules are imported by path
 (`--import-mode=importlib`) and cannot import each other.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,53 @@ def routerbench_sample() -> tuple[list[str], list[str]]:
             texts.append("\n".join(ast.literal_eval(row["prompt"])))
             labels.append(row["eval_name"])
     return texts, labels
+
+
+def _token_table_onnx(path: Path, table: np.ndarray) -> None:
+    """An ONNX encoder with MPNet's interface (input_ids and attention_mask, no token_type_ids)
+    whose per-token output is row ``input_ids`` of ``table``. Like a transformer's, its output
+    at padded positions is not zero (the mask is taken but not applied): only the Embedder's
+    masked mean keeps padding out of the vectors."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
+        "token_table",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", table.shape[1]]
+            )
+        ],
+        initializer=[numpy_helper.from_array(table.astype(np.float32), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def token_table_encoder() -> Callable[[Path, int], np.ndarray]:
+    """Writes a stand-in encoder of the given width into ``folder`` (``model.onnx`` and the
+    shipped ``tokenizer.json``, for ``Embedder(folder)``); returns its (vocab, width) table."""
+
+    def write(folder: Path, width: int) -> np.ndarray:
+        import tokenizers
+
+        from mixllm import model_files
+
+        tokenizer = model_files.shipped_model().tokenizer
+        vocab = tokenizers.Tokenizer.from_file(str(tokenizer)).get_vocab_size()
+        table = np.random.default_rng(width).normal(size=(vocab, width))
+        folder.mkdir(parents=True, exist_ok=True)
+        _token_table_onnx(folder / "model.onnx", table)
+        shutil.copyfile(tokenizer, folder / "tokenizer.json")
+        return table
+
+    return write

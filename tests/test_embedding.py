@@ -8,6 +8,7 @@ import shutil
 import sys
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -280,48 +281,16 @@ def test_model_directory_and_missing_files(tmp_path: Path, embedder: Embedder) -
     np.testing.assert_allclose(from_dir.embed(TEXTS), embedder.embed(TEXTS), atol=1e-6)
 
 
-def _token_table_model(path: Path, table: np.ndarray) -> None:
-    """An ONNX encoder with MPNet's interface (input_ids and attention_mask, no token_type_ids)
-    whose per-token output is row ``input_ids`` of ``table``. Like a transformer's, its output
-    at padded positions is not zero (the mask is taken but not applied): only the Embedder's
-    masked mean keeps padding out of the vectors."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"]),
-        ],
-        "token_table",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-            helper.make_tensor_value_info(
-                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
-            ),
-        ],
-        [
-            helper.make_tensor_value_info(
-                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", table.shape[1]]
-            )
-        ],
-        initializer=[numpy_helper.from_array(table.astype(np.float32), "table")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def test_another_encoder_width_without_token_type_ids(tmp_path: Path, embedder: Embedder) -> None:
+def test_another_encoder_width_without_token_type_ids(
+    tmp_path: Path, token_table_encoder: Callable[[Path, int], np.ndarray]
+) -> None:
     """A local encoder of another width whose graph takes no token_type_ids (MPNet's
     interface, as all-mpnet-base-v2's ONNX export has): the Embedder feeds it only the inputs
     it takes and mean-pools its 7-wide rows over each text's tokens, head or tail."""
     import tokenizers
 
-    tokenizer_path = embedder.source.tokenizer
-    vocab = tokenizers.Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
-    table = np.random.default_rng(3).normal(size=(vocab, 7))
-    _token_table_model(tmp_path / "model.onnx", table)
-    shutil.copyfile(tokenizer_path, tmp_path / "tokenizer.json")
+    table = token_table_encoder(tmp_path, 7)
+    tokenizer_path = tmp_path / "tokenizer.json"
     long_text = " ".join(f"word{i}" for i in range(200))
     texts = [*TEXTS, long_text]
     for truncation in ("head", "tail"):

@@ -97,6 +97,30 @@ concurrency = 16
 """
 
 
+def test_eval_with_another_encoder_names_its_width(
+    data_slice: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token_table_encoder: Callable[[Path, int], object],
+) -> None:
+    """A configuration's own encoder (here an 80-wide stand-in, unquantised) embeds the data
+    for every router, and the raw-embedding LinUCB is named after that width."""
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    token_table_encoder(tmp_path / "encoder", 80)
+    config = tmp_path / "router.toml"
+    config.write_text(
+        f'[embedder]\nmodel_dir = "{(tmp_path / "encoder").as_posix()}"\nquantized = false\n',
+        encoding="utf-8",
+    )
+    args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--config", str(config)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["embedder"]["quantized"] is False
+    for key in ("no_time_constraint", "time_constraint"):
+        routers = results["frontier"][key]["routers"]
+        assert "LinUCB raw 80-d" in routers and "LinUCB raw 384-d" not in routers
+
+
 def test_eval_evaluates_a_configuration_file(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

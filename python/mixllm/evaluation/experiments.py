@@ -311,7 +311,9 @@ def _policy_routers(data: _Data, tau_s: float | None, settings: EvalSettings) ->
     raw = np.column_stack([data.vectors, np.ones(len(ds))])
     linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0)
     routers.append(
-        policy_router("LinUCB raw 384-d", _fit_policy(raw, ds, train, linucb), raw[test])
+        policy_router(
+            f"LinUCB raw {data.vectors.shape[1]}-d", _fit_policy(raw, ds, train, linucb), raw[test]
+        )
     )
     return routers
 
