@@ -365,6 +365,24 @@ def test_end_without_begin_and_bad_latencies(policy: mixllm.Policy) -> None:
     assert policy.in_flight("a") == 0
 
 
+def test_bad_predicted_service_times_change_nothing(policy: mixllm.Policy) -> None:
+    """`begin`, `end` and `cancel` check the predicted service time before counting anything."""
+    for bad in (NAN, INF, -0.5):
+        for call in (
+            lambda p, s=bad: p.begin("a", s),
+            lambda p, s=bad: p.end("a", 1.0, s),
+            lambda p, s=bad: p.cancel("a", s),
+        ):
+            assert_rejected(policy, call, InvalidInputError, "predicted_service_s")
+    assert_rejected(policy, lambda p: p.begin("a", "soon"), InputTypeError, "must be a number")
+    policy.begin("a", 12.0)
+    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx((0.0 + 12.0) / 2)
+    policy.cancel("a", 12.0)
+    policy.end("a", 1.0)
+    state = policy.inspect("a")
+    assert (state["in_flight"], state["mean_predicted_in_flight_s"]) == (0, None)
+
+
 def test_an_empty_pool_cannot_decide(policy: mixllm.Policy) -> None:
     empty = mixllm.Policy(DIM)
     assert_rejected(empty, lambda p: p.decide(X, **DECIDE), EmptyPoolError, "no models")

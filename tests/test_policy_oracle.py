@@ -218,6 +218,7 @@ def reference_decide(
             "score",
             "excluded",
             "output_tokens",
+            "service",
         )
     }
     for name in policy.models:
@@ -230,8 +231,9 @@ def reference_decide(
         uncertainty = np.sqrt(max(0.0, x @ s["a_inv"] @ x))
         service = p["ttft_s"] + tokens / p["tokens_per_s"]
         ahead = max(0, s["in_flight"] + 1 - p["concurrency"])
-        mean_service = service if s["mean_service_s"] is None else s["mean_service_s"]
-        latency = ahead * mean_service / p["concurrency"] + service
+        observed = service if s["mean_service_s"] is None else s["mean_service_s"]
+        in_flight = s["mean_predicted_in_flight_s"] or 0.0
+        latency = ahead * max(observed, in_flight) / p["concurrency"] + service
         with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
             penalty = np.expm1(latency / policy.tau_s)
         score = (
@@ -241,6 +243,7 @@ def reference_decide(
             ("quality", quality),
             ("cost", cost),
             ("latency", latency),
+            ("service", service),
             ("uncertainty", uncertainty),
             ("penalty", penalty),
             ("score", score),
@@ -315,11 +318,18 @@ def build_pool(rng: np.random.Generator, dim: int) -> mixllm.Policy:
     return policy
 
 
-def set_in_flight(policy: mixllm.Policy, name: str, target: int) -> None:
+def set_in_flight(
+    policy: mixllm.Policy, name: str, target: int, begun: dict[str, list[float]]
+) -> None:
+    """Requests in flight of model ``name`` up or down to ``target``; each begun with a
+    predicted service time (recorded in ``begun``) sometimes above, sometimes below the
+    observed ones, so either estimate can set the wait."""
+    mine = begun.setdefault(name, [])
     while policy.in_flight(name) < target:
-        policy.begin(name)
+        mine.append(float(np.random.default_rng(len(mine) + target).uniform(0.0, 5.0)))
+        policy.begin(name, mine[-1])
     while policy.in_flight(name) > target:
-        policy.end(name, 3.0)
+        policy.end(name, 3.0, mine.pop())
 
 
 WILLINGNESS = [1e-6, 1e-3, 0.5, 1.0, 30.0, 1e3, 1e6, float("inf")]
@@ -335,12 +345,22 @@ def test_decide_matches_the_reference_implementation() -> None:
     policy.begin("fee")
     policy.end("fee", 0.7)
     seen = {"excluded": 0, "admissible": 0, "all_excluded": 0, "clamped": 0}
+    seen |= {"wait set by the observed mean": 0, "wait set by the requests in flight": 0}
+    begun: dict[str, list[float]] = {}
     for round_ in range(12):
         queues = rng.integers(0, 12, size=len(policy.models))
         if round_ == 5:
             queues[:] = 40  # everyone is too slow: the fastest is taken
         for name, queue in zip(policy.models, queues, strict=True):
-            set_in_flight(policy, name, int(queue))
+            set_in_flight(policy, name, int(queue), begun)
+            state = policy.inspect(name)
+            if state["in_flight"] >= state["profile"]["concurrency"]:
+                flight = state["mean_predicted_in_flight_s"]
+                observed = state["mean_service_s"]
+                if observed is not None and observed >= flight:
+                    seen["wait set by the observed mean"] += 1
+                elif observed is not None:
+                    seen["wait set by the requests in flight"] += 1
         for _ in range(25):
             x = rng.normal(size=dim) * rng.choice([0.3, 1.0, 3.0])
             prompt_tokens = float(rng.uniform(0, 8000))
@@ -357,6 +377,7 @@ def test_decide_matches_the_reference_implementation() -> None:
                 "penalty",
                 "score",
                 "output_tokens",
+                "service",
             ):
                 np.testing.assert_allclose(
                     getattr(decision, key), expected[key], rtol=1e-9, atol=1e-9, err_msg=key
@@ -386,12 +407,23 @@ def test_explain_agrees_with_the_arrays() -> None:
         assert row["score"] == decision.score[i]
         assert row["cost_usd"] == decision.cost[i]
         assert row["latency_s"] == decision.latency[i]
+        assert row["service_s"] == decision.service[i]
         assert row["excluded"] == bool(decision.excluded[i])
 
 
 @pytest.mark.parametrize(
     "field",
-    ["quality", "cost", "latency", "output_tokens", "uncertainty", "penalty", "score", "excluded"],
+    [
+        "quality",
+        "cost",
+        "latency",
+        "service",
+        "output_tokens",
+        "uncertainty",
+        "penalty",
+        "score",
+        "excluded",
+    ],
 )
 def test_a_decisions_arrays_are_read_only(field: str) -> None:
     rng = np.random.default_rng(13)
@@ -434,7 +466,7 @@ def test_decide_batch_matches_decide_row_by_row(per_row: bool, n: int) -> None:
     dim = 7
     policy = build_pool(rng, dim)
     for name, queue in zip(policy.models, [3, 9, 0, 5, 1], strict=True):
-        set_in_flight(policy, name, queue)
+        set_in_flight(policy, name, queue, {})
     X = rng.normal(size=(n, dim)) * rng.choice([0.3, 1.0, 3.0], size=(n, 1))
     if per_row:
         prompt_tokens: Any = rng.uniform(0, 8000, size=n)

@@ -195,6 +195,38 @@ def test_feedback_teaches_the_chosen_model_only(fitted: tuple[Router, RoutingDat
     assert state["in_flight"] == 0 and state["mean_service_s"] == 3.5
 
 
+def test_a_request_in_flight_carries_its_predicted_service_time(
+    fitted: tuple[Router, RoutingDataset], clock: ManualClock
+) -> None:
+    """The router counts each request in its model's queue with the service time its decision
+    predicted, and takes that same time out again on feedback, complete and expiry, so the
+    predicted work in flight returns to nothing."""
+    router = fresh(fitted, feedback_ttl_s=0.5)
+    prompts = fitted[1].prompts
+    decisions = [router.route(prompts[i]) for i in (20, 21, 22)]
+    predicted: dict[str, list[float]] = {}
+    for d in decisions:
+        predicted.setdefault(d.model, []).append(float(d.detail.service[d.detail.index]))
+    for model, values in predicted.items():
+        state = router.policy.inspect(model)
+        assert state["in_flight"] == len(values)
+        assert state["mean_predicted_in_flight_s"] == pytest.approx(np.mean(values), rel=1e-12)
+        assert min(values) > 0.0
+    router.feedback(decisions[0].id, quality=1.0, latency_s=2.0)
+    router.complete(decisions[1].id, latency_s=2.0)
+    clock.now += 0.6
+    last = router.route(prompts[23])  # expires decisions[2]; this one stays in flight
+    in_flight = {m: router.policy.inspect(m) for m in router.models}
+    assert sum(s["in_flight"] for s in in_flight.values()) == 1
+    # Only the last request's predicted time is left: the others took theirs out exactly.
+    assert in_flight[last.model]["mean_predicted_in_flight_s"] == pytest.approx(
+        float(last.detail.service[last.detail.index]), rel=1e-9
+    )
+    assert all(
+        s["mean_predicted_in_flight_s"] is None for m, s in in_flight.items() if m != last.model
+    )
+
+
 def test_binary_feedback_weighs_kappa(fitted: tuple[Router, RoutingDataset]) -> None:
     router = fresh(fitted, binary_feedback_weight=0.25)
     decision = router.route(fitted[1].prompts[2])

@@ -73,6 +73,10 @@ class Decision:
     def latency(self) -> npt.NDArray[np.float64]:
         """Predicted latency per model, in seconds (queue wait + first token + generation)."""
     @property
+    def service(self) -> npt.NDArray[np.float64]:
+        """Predicted service time per model, in seconds (first token + generation: the latency
+        without the queue wait). What `Policy.begin` takes for the chosen model."""
+    @property
     def output_tokens(self) -> npt.NDArray[np.float64]:
         """Predicted output tokens per model."""
     @property
@@ -189,11 +193,12 @@ class Policy:
         weights: _Vector | None = None,
     ) -> None:
         """Replaces model `name`'s arm with an exact ridge fit on a batch."""
-    def begin(self, name: str) -> None:
-        """A request was sent to model `name`."""
-    def end(self, name: str, latency_s: float) -> None:
-        """A request to model `name` finished after `latency_s` seconds."""
-    def cancel(self, name: str) -> None:
+    def begin(self, name: str, predicted_service_s: float | None = None) -> None:
+        """A request was sent to model `name`; `predicted_service_s` is its decision's
+        `service` for that model (0 when unknown). Give `end` or `cancel` the same value."""
+    def end(self, name: str, latency_s: float, predicted_service_s: float | None = None) -> None:
+        """A request to model `name` finished after `latency_s` seconds of service."""
+    def cancel(self, name: str, predicted_service_s: float | None = None) -> None:
         """A request to model `name` left its queue without a usable service time."""
     def generation(self, name: str) -> int:
         """The generation of model `name`'s arm: it changes when the model is removed and

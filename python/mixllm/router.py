@@ -103,6 +103,9 @@ class _Pending:
     generation: int
     context: NDArray[np.float64]
     issued: float
+    # The service time the decision predicted for its model: what `Policy.begin` was given,
+    # and what `end`/`cancel` must give back.
+    predicted_service_s: float = 0.0
     # False once `complete` has taken the request out of its model's queue.
     in_flight: bool = True
 
@@ -219,7 +222,7 @@ class Router:
                 # The new arms take over the decisions made with the old ones.
                 pending.generation = policy.generation(pending.model)
                 if pending.in_flight:
-                    policy.begin(pending.model)
+                    policy.begin(pending.model, pending.predicted_service_s)
             self._projection = projection
             self._policy = policy
         self._contexts.clear()
@@ -344,11 +347,12 @@ class Router:
             # `remove_model` removed the model, since the decision (then nothing is queued).
             queued = detail.model in self._policy
             generation = -1
+            service_s = float(detail.service[detail.index])
             if queued:
-                self._policy.begin(detail.model)
+                self._policy.begin(detail.model, service_s)
                 generation = self._policy.generation(detail.model)
             self._pending[decision_id] = _Pending(
-                detail.model, generation, context, now, in_flight=queued
+                detail.model, generation, context, now, service_s, in_flight=queued
             )
             self._expire(now)
         return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
@@ -363,7 +367,7 @@ class Router:
                 break
             del self._pending[decision_id]
             if oldest.in_flight and self._current(oldest):
-                self._leave_queue(oldest.model, None)
+                self._leave_queue(oldest, None)
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._close(decision_id, reason)
 
@@ -374,15 +378,16 @@ class Router:
         except UnknownModelError:
             return False
 
-    def _leave_queue(self, model: str, latency_s: float | None) -> None:
-        """Takes one request of ``model`` out of flight (caller holds the lock). The count can
-        only be off if the policy was swapped under a pending decision by a load elsewhere, and
-        bookkeeping must never fail a call that has already learned, so that case is ignored."""
+    def _leave_queue(self, pending: _Pending, latency_s: float | None) -> None:
+        """Takes the decision's request out of its model's flight (caller holds the lock). The
+        count can only be off if the policy was swapped under a pending decision by a load
+        elsewhere, and bookkeeping must never fail a call that has already learned, so that
+        case is ignored."""
         with contextlib.suppress(InvalidInputError, UnknownModelError):
             if latency_s is None:
-                self._policy.cancel(model)
+                self._policy.cancel(pending.model, pending.predicted_service_s)
             else:
-                self._policy.end(model, latency_s)
+                self._policy.end(pending.model, latency_s, pending.predicted_service_s)
 
     def _close(self, decision_id: str, reason: str) -> None:
         self._closed[decision_id] = reason
@@ -412,7 +417,7 @@ class Router:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
             if self._current(pending):
-                self._leave_queue(pending.model, latency_s)
+                self._leave_queue(pending, latency_s)
 
     def feedback(
         self,
@@ -457,7 +462,7 @@ class Router:
             )
             del self._pending[decision_id]
             if pending.in_flight:
-                self._leave_queue(pending.model, latency_s)
+                self._leave_queue(pending, latency_s)
             self._close(decision_id, "already answered")
         return True
 

@@ -114,6 +114,8 @@ class _PolicyListener:
         self.config = config
         self.binary_weight = binary_weight
         self.by_column = {c: i for i, c in enumerate(columns)}
+        # Per query in flight: the service time its decision predicted, given back on `end`.
+        self.predicted_service_s: dict[int, float] = {}
 
     def choose(self, query: int, now: float) -> int:
         decision = self.policy.decide(
@@ -121,14 +123,16 @@ class _PolicyListener:
             prompt_tokens=float(self.prompt_tokens[query]),
             willingness_to_pay=self.wtp,
         )
-        self.policy.begin(decision.model)
+        predicted = float(decision.service[decision.index])
+        self.policy.begin(decision.model, predicted)
+        self.predicted_service_s[query] = predicted
         return self.columns[decision.index]
 
     def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
         name = self.names[self.by_column[model]]
         # The service time (first token + generation), not the queue wait: the policy
-        # predicts the wait itself from requests in flight and mean service times.
-        self.policy.end(name, service_s)
+        # predicts the wait itself from requests in flight and service times.
+        self.policy.end(name, service_s, self.predicted_service_s.pop(query))
         if self.feedback == "none":
             return
         quality = float(self.stream.quality[query, model])

@@ -183,6 +183,8 @@ pub struct ArmReport {
     pub stats: Arc<ArmStats>,
     pub ledger: ArmLedger,
     pub in_flight: u64,
+    /// The mean service time predicted for the requests in flight (`begin`'s argument).
+    pub mean_predicted_in_flight_s: Option<f64>,
     pub mean_service_s: Option<f64>,
     pub completed: u64,
 }
@@ -610,23 +612,30 @@ impl Policy {
         Ok(self.pool.load().get(name)?.generation)
     }
 
-    /// A request was sent to model `name`.
-    pub fn begin(&self, name: &str) -> Result<()> {
-        self.pool.load().get(name)?.live.begin();
-        Ok(())
+    /// A request was sent to model `name`, predicted to take `predicted_service_s` seconds once
+    /// served (its assessment's `service_s`; 0 when unknown). Requests in flight predicted long
+    /// lengthen the wait predicted for the next one (`LiveStats::predicted_wait_s`).
+    pub fn begin(&self, name: &str, predicted_service_s: f64) -> Result<()> {
+        self.pool.load().get(name)?.live.begin(predicted_service_s)
     }
 
-    /// A request to model `name` finished after `latency_s` seconds.
-    pub fn end(&self, name: &str, latency_s: f64) -> Result<()> {
+    /// A request to model `name` finished after `latency_s` seconds; `predicted_service_s` is
+    /// what its `begin` was given.
+    pub fn end(&self, name: &str, latency_s: f64, predicted_service_s: f64) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();
-        slot.live
-            .end(name, latency_s, self.config.service_time_smoothing)
+        slot.live.end(
+            name,
+            latency_s,
+            predicted_service_s,
+            self.config.service_time_smoothing,
+        )
     }
 
-    /// A request to model `name` left its queue without a usable service time.
-    pub fn cancel(&self, name: &str) -> Result<()> {
+    /// A request to model `name` left its queue without a usable service time;
+    /// `predicted_service_s` is what its `begin` was given.
+    pub fn cancel(&self, name: &str, predicted_service_s: f64) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();
-        slot.live.cancel(name)
+        slot.live.cancel(name, predicted_service_s)
     }
 
     /// Requests to model `name` in flight now.
@@ -651,6 +660,7 @@ pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
         stats: slot.stats.load_full(),
         ledger: ledger.clone(),
         in_flight: slot.live.in_flight(),
+        mean_predicted_in_flight_s: slot.live.mean_predicted_in_flight_s(),
         mean_service_s: slot.live.mean_service_s(),
         completed: slot.live.completed(),
     }

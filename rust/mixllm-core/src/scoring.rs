@@ -27,6 +27,9 @@ pub struct Assessment {
     pub cost_usd: f64,
     /// Predicted latency L in seconds: queue wait + time to first token + ô / tokens per second.
     pub latency_s: f64,
+    /// The service part of L: time to first token + ô / tokens per second. What `begin` is
+    /// given when the request is sent.
+    pub service_s: f64,
     /// LinUCB confidence width sqrt(xᵀA⁻¹x).
     pub uncertainty: f64,
     /// Latency penalty exp(L/τ) − 1.
@@ -90,6 +93,7 @@ pub fn assess_with_variance(
         output_tokens,
         cost_usd,
         latency_s,
+        service_s,
         uncertainty,
         penalty,
         score,
@@ -131,6 +135,7 @@ mod tests {
             output_tokens: 0.0,
             cost_usd: 0.0,
             latency_s,
+            service_s: latency_s,
             uncertainty: 0.0,
             penalty: 0.0,
             score,

@@ -68,6 +68,13 @@ impl PyDecision {
         self.column(py, |a| a.latency_s)
     }
 
+    /// Predicted service time per model, in seconds (first token + generation: the latency
+    /// without the queue wait). What `Policy.begin` takes for the chosen model.
+    #[getter]
+    fn service<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.column(py, |a| a.service_s)
+    }
+
     /// Predicted output tokens per model.
     #[getter]
     fn output_tokens<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
@@ -106,6 +113,7 @@ impl PyDecision {
             row.set_item("quality", a.quality)?;
             row.set_item("cost_usd", a.cost_usd)?;
             row.set_item("latency_s", a.latency_s)?;
+            row.set_item("service_s", a.service_s)?;
             row.set_item("output_tokens", a.output_tokens)?;
             row.set_item("uncertainty", a.uncertainty)?;
             row.set_item("penalty", a.penalty)?;

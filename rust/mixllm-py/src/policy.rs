@@ -353,21 +353,36 @@ impl PyPolicy {
         .map_err(to_py)
     }
 
-    /// A request was sent to model `name` (counts towards its queue).
-    fn begin(&self, name: &str) -> PyResult<()> {
-        self.inner.begin(name).map_err(to_py)
+    /// A request was sent to model `name` (counts towards its queue). `predicted_service_s` is
+    /// its decision's `service` for that model (0 when unknown): requests in flight predicted
+    /// long lengthen the wait predicted for the next ones. Give `end` or `cancel` the same value.
+    #[pyo3(signature = (name, predicted_service_s = None))]
+    fn begin(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        self.inner.begin(name, predicted).map_err(to_py)
     }
 
-    /// A request to model `name` finished after `latency_s` seconds.
-    fn end(&self, name: &str, latency_s: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// A request to model `name` finished after `latency_s` seconds of service;
+    /// `predicted_service_s` is what its `begin` was given.
+    #[pyo3(signature = (name, latency_s, predicted_service_s = None))]
+    fn end(
+        &self,
+        name: &str,
+        latency_s: &Bound<'_, PyAny>,
+        predicted_service_s: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let latency_s = real(latency_s, "latency_s")?;
-        self.inner.end(name, latency_s).map_err(to_py)
+        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        self.inner.end(name, latency_s, predicted).map_err(to_py)
     }
 
     /// A request to model `name` left its queue without a usable service time (abandoned, or
-    /// its latency is unknown): it no longer counts as in flight.
-    fn cancel(&self, name: &str) -> PyResult<()> {
-        self.inner.cancel(name).map_err(to_py)
+    /// its latency is unknown): it no longer counts as in flight. `predicted_service_s` is what
+    /// its `begin` was given.
+    #[pyo3(signature = (name, predicted_service_s = None))]
+    fn cancel(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        self.inner.cancel(name, predicted).map_err(to_py)
     }
 
     /// The generation of model `name`'s arm: it changes when the model is removed and added
@@ -419,6 +434,10 @@ impl PyPolicy {
         out.set_item("prior_quality", report.priors.quality)?;
         out.set_item("prior_output_tokens", report.priors.output_tokens)?;
         out.set_item("in_flight", report.in_flight)?;
+        out.set_item(
+            "mean_predicted_in_flight_s",
+            report.mean_predicted_in_flight_s,
+        )?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
         // From the same report as the rest: one consistent snapshot, even if the model is
