@@ -198,6 +198,24 @@ def test_split_train_test_is_stratified_and_deterministic(routerbench: RoutingDa
         assert rows.count("test") == round(0.2 * len(rows))
 
 
+def test_validation_split_reads_only_train_rows(routerbench: RoutingDataset) -> None:
+    """The validation split is the train rows alone, a stratified quarter of them as "test":
+    no real test row is in it, and it is the same for the same seed."""
+    valid = data.validation_split(routerbench, seed=7)
+    assert valid.split == data.validation_split(routerbench, seed=7).split
+    assert valid.split != data.validation_split(routerbench, seed=8).split
+    assert routerbench.split is not None and valid.split is not None and valid.labels is not None
+    train_ids = [i for i, s in zip(routerbench.ids, routerbench.split, strict=True) if s == "train"]
+    assert valid.ids == train_ids
+    for label in set(valid.labels):
+        rows = [s for s, lab in zip(valid.split, valid.labels, strict=True) if lab == label]
+        assert rows.count("test") == round(0.25 * len(rows)) > 0
+    # Without a split, the dataset is first split as `mixllm eval` would (20% test, same seed).
+    unsplit = dataclasses.replace(routerbench, split=None)
+    expected = data.split_train_test(unsplit, 0.2, seed=7).train().ids
+    assert data.validation_split(unsplit, seed=7).ids == expected
+
+
 def test_split_without_labels_and_bad_fractions() -> None:
     ds = data.split_train_test(small(labels=None, split=None), test_fraction=0.34)
     assert ds.split is not None and ds.split.count("test") == 1

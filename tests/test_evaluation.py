@@ -164,6 +164,15 @@ def test_knn_quality_averages_the_nearest_neighbours() -> None:
     quality = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
     predicted = bl.knn_quality(train, quality, np.array([[1.0, 0.05]]), k=2)
     np.testing.assert_allclose(predicted, [[0.5, 0.0]])
+    # A k beyond the training queries takes them all (a small validation split has few).
+    everything = bl.knn_quality(train, quality, np.array([[1.0, 0.05]]), k=80)
+    np.testing.assert_allclose(everything, [quality.mean(axis=0)])
+    # Leave-one-out: every other query, never the query itself.
+    loo = bl.knn_quality(train, quality, train, k=80, exclude_self=True)
+    expected = [np.delete(quality, i, axis=0).mean(axis=0) for i in range(3)]
+    np.testing.assert_allclose(loo, expected)
+    with pytest.raises(ValueError, match="at least one"):
+        bl.knn_quality(train[:1], quality[:1], train[:1], k=5, exclude_self=True)
 
 
 def test_policy_router_learns_online_and_counts_requests_out_of_flight() -> None:

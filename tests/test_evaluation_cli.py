@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mixllm.cli import main
+from mixllm.data import load_routerbench_csv, validation_split
 
 ROWS_PER_FILE = 30
 
@@ -119,6 +120,25 @@ def test_eval_with_another_encoder_names_its_width(
     for key in ("no_time_constraint", "time_constraint"):
         routers = results["frontier"][key]["routers"]
         assert "LinUCB raw 80-d" in routers and "LinUCB raw 384-d" not in routers
+
+
+def test_eval_validate_runs_on_a_split_of_train(
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """--validate evaluates on the train rows alone, a quarter of each benchmark's as test."""
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "val"), "--validate"]) == 0
+    assert "Validation run" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    val = json.loads((tmp_path / "val" / "results.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert val["settings"]["validation"] is True and plain["settings"]["validation"] is False
+    expected = validation_split(load_routerbench_csv(data_slice), seed=0)
+    assert val["data"]["queries"] == plain["data"]["train"] == len(expected)
+    assert expected.split is not None
+    assert val["data"]["test"] == expected.split.count("test") > 0
+    assert "Validation run" in (tmp_path / "val" / "report.html").read_text()
 
 
 def test_eval_evaluates_a_configuration_file(

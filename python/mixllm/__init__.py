@@ -24,6 +24,7 @@ from mixllm.data import (
     load_routerbench_csv,
     save_jsonl,
     split_train_test,
+    validation_split,
 )
 from mixllm.embedding import Embedder
 from mixllm.errors import (
@@ -84,4 +85,5 @@ __all__ = [
     "load_routerbench_csv",
     "save_jsonl",
     "split_train_test",
+    "validation_split",
 ]

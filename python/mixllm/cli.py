@@ -199,6 +199,7 @@ def _eval(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         truncation=args.truncation,
         router=_eval_config(args.config, dataset.models),
+        validation=args.validate,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -294,6 +295,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-tokens",
         type=_token_window,
         help="tokens embedded per prompt, 3-512 (default: as configured, else 256)",
+    )
+    evaluate.add_argument(
+        "--validate",
+        action="store_true",
+        help="evaluate on the train split alone, a stratified quarter of it as test, to choose "
+        "settings without reading the test split",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

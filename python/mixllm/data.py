@@ -53,6 +53,7 @@ __all__ = [
     "load_routerbench_csv",
     "save_jsonl",
     "split_train_test",
+    "validation_split",
 ]
 
 ROUTERBENCH_REPO = "withmartian/routerbench"
@@ -617,6 +618,18 @@ def split_train_test(
         for row in rng.permutation(rows)[:test_count]:
             split[int(row)] = "test"
     return replace(dataset, split=split)
+
+
+def validation_split(
+    dataset: RoutingDataset, test_fraction: float = 0.25, seed: int = 0
+) -> RoutingDataset:
+    """The train rows alone, split again: a random ``test_fraction`` of them (stratified by
+    label, as `split_train_test`) play the test split. For choosing settings by evaluating on
+    this split, without ever reading the real test rows. A dataset without a split is first
+    split as `mixllm eval` does (20% test, the same ``seed``)."""
+    if dataset.split is None:
+        dataset = split_train_test(dataset, 0.2, seed=seed)
+    return split_train_test(dataset.train(), test_fraction, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,13 +200,21 @@ def knn_quality(
     train: F64, quality: F64, test: F64, k: int = 40, *, exclude_self: bool = False
 ) -> F64:
     """RouterBench's KNN router: each model's mean quality over the ``k`` training queries
-    nearest by cosine (the vectors are L2-normalised sentence embeddings)."""
+    nearest by cosine (the vectors are L2-normalised sentence embeddings). With fewer
+    training queries than ``k`` (besides the query itself, with ``exclude_self``), all of
+    them."""
+    available = len(train) - int(exclude_self)
+    if available < 1:
+        raise ValueError("KNN needs at least one training query besides the query itself")
+    k = min(k, available)
     a = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
     b = test / np.maximum(np.linalg.norm(test, axis=1, keepdims=True), 1e-12)
     similarity = b @ a.T
     if exclude_self:
         np.fill_diagonal(similarity, -np.inf)
-    nearest = np.argpartition(-similarity, k, axis=1)[:, :k]
+    # kth = k keeps the partition (and so the ties among identical vectors) of every k below
+    # the row count; k equal to it takes every row.
+    nearest = np.argpartition(-similarity, min(k, len(train) - 1), axis=1)[:, :k]
     predicted: F64 = quality[nearest].mean(axis=1)
     return predicted
 

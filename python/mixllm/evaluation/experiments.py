@@ -79,6 +79,9 @@ class EvalSettings:
     # and speeds of the models it lists; the data's other models come from the catalog).
     # None: the defaults with RouterBench's catalog. τ is always the run's own.
     router: RouterConfig | None = None
+    # Evaluate on a validation split instead: the train rows alone, a stratified quarter of
+    # them as "test" (`mixllm.validation_split`, with ``seed``). The real test rows are not read.
+    validation: bool = False
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
@@ -353,9 +356,11 @@ def _fixed_routers(data: _Data, settings: EvalSettings) -> list[Any]:
 
 
 def _choose_k(vectors: F64, quality: F64, cost: F64) -> int:
-    """KNN's k chosen on the train split alone (leave-one-out area over a λ sweep)."""
-    best_k, best = 5, -math.inf
-    for k in (5, 10, 20, 40, 80):
+    """KNN's k chosen on the train split alone (leave-one-out area over a λ sweep), among the
+    candidates a small train split can hold (leave-one-out leaves ``len - 1`` neighbours)."""
+    candidates = [k for k in (5, 10, 20, 40, 80) if k < len(vectors)] or [len(vectors) - 1]
+    best_k, best = candidates[0], -math.inf
+    for k in candidates:
         q_hat = bl.knn_quality(vectors, quality, vectors, k, exclude_self=True)
         c_hat = bl.knn_quality(vectors, cost, vectors, k, exclude_self=True)
         rows = np.arange(len(vectors))
@@ -704,7 +709,7 @@ def out_of_domain_experiment(
 
 def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str, Any]:
     """Runs the experiments; returns everything `report.write_report` needs."""
-    from mixllm.data import split_train_test
+    from mixllm.data import split_train_test, validation_split
 
     started = time.perf_counter()
     unknown = [e for e in settings.experiments if e not in EXPERIMENTS]
@@ -719,7 +724,9 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
                 f"the configuration lists model(s) the data has no outcomes for: "
                 f"{', '.join(missing)}; the data has {', '.join(dataset.models)}"
             )
-    if dataset.split is None:
+    if settings.validation:
+        dataset = validation_split(dataset, seed=settings.seed)
+    elif dataset.split is None:
         dataset = split_train_test(dataset, 0.2, seed=settings.seed)
     progress = _Progress(settings.progress)
     embedder = settings.embedder().build()

@@ -141,9 +141,21 @@ def _experiment_tables(results: dict[str, Any]) -> list[tuple[str, list[str], li
     return tables
 
 
+VALIDATION_NOTE = (
+    "Validation run: the train split alone, a quarter of it playing the test split "
+    "(the test split was not read)."
+)
+
+
+def _is_validation(results: dict[str, Any]) -> bool:
+    return bool(results.get("settings", {}).get("validation"))
+
+
 def format_table(results: dict[str, Any]) -> str:
     """Every table of the results as plain text."""
     parts = []
+    if _is_validation(results):
+        parts.append(VALIDATION_NOTE + "\n")
     for key, title in _FRONTIER_TITLES.items():
         section = results.get("frontier", {}).get(key)
         if section is None:
@@ -224,6 +236,8 @@ def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
         f"Machine: {html.escape(str(results.get('machine', '?')))}; "
         f"run time {results.get('runtime_s', 0):.0f} s.</p>",
     ]
+    if _is_validation(results):
+        out.append(f"<p><strong>{html.escape(VALIDATION_NOTE)}</strong></p>")
 
     def table(header: list[str], rows: list[list[str]]) -> None:
         out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
