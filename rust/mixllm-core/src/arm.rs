@@ -74,8 +74,9 @@ impl ArmStats {
         priors.quality + dot(&self.theta_quality, x)
     }
 
-    /// Predicted output tokens of this model on context `x` (padded or not).
-    #[inline]
+    /// Predicted output tokens of this model on context `x` (padded or not). Decisions use
+    /// [`Self::predict_output_tokens_from`] with the arm's kept log-length.
+    #[cfg(test)]
     pub fn predict_output_tokens(&self, priors: &Priors, x: &[f64]) -> f64 {
         self.predict_output_tokens_from(priors.log_length(), x)
     }

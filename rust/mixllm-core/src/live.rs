@@ -90,10 +90,18 @@ impl LiveStats {
 
     fn leave(&self, model: &str, predicted_service_s: f64) -> Result<()> {
         ensure_non_negative("predicted_service_s", predicted_service_s)?;
-        self.in_flight
+        let before = self
+            .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map_err(|_| Error::NothingInFlight(model.to_string()))?;
-        self.add_work(-predicted_service_s);
+        if before == 1 {
+            // Idle: whatever work is left is a caller's mismatch (an `end` without the
+            // prediction its `begin` had) or rounding, and must not outlive the queue. A `begin`
+            // racing this store loses its share only until it ends.
+            self.work_bits.store(0.0f64.to_bits(), Ordering::Relaxed);
+        } else {
+            self.add_work(-predicted_service_s);
+        }
         Ok(())
     }
 
@@ -110,7 +118,11 @@ impl LiveStats {
 
     /// The mean predicted service time of the requests in flight, if any are.
     pub fn mean_predicted_in_flight_s(&self) -> Option<f64> {
-        let n = self.in_flight();
+        self.mean_predicted_of(self.in_flight())
+    }
+
+    /// The mean predicted service of `n` requests in flight (`n` read by the caller).
+    fn mean_predicted_of(&self, n: u64) -> Option<f64> {
         (n > 0).then(|| f64::from_bits(self.work_bits.load(Ordering::Relaxed)) / n as f64)
     }
 
@@ -139,12 +151,13 @@ impl LiveStats {
     /// mean alone can put a 30 s wait at a few seconds.
     pub fn predicted_wait_s(&self, profile: &ModelProfile, fallback_service_s: f64) -> f64 {
         let concurrency = u64::from(profile.concurrency);
-        let ahead = (self.in_flight() + 1).saturating_sub(concurrency);
+        let n = self.in_flight();
+        let ahead = (n + 1).saturating_sub(concurrency);
         if ahead == 0 {
             return 0.0;
         }
         let observed = self.mean_service_s().unwrap_or(fallback_service_s);
-        let in_flight = self.mean_predicted_in_flight_s().unwrap_or(0.0);
+        let in_flight = self.mean_predicted_of(n).unwrap_or(0.0);
         ahead as f64 * observed.max(in_flight) / concurrency as f64
     }
 }
@@ -230,6 +243,19 @@ mod tests {
         assert_eq!(live.mean_predicted_in_flight_s(), Some(2.0));
         live.cancel("m", 2.0).unwrap();
         assert_eq!((live.in_flight(), live.mean_service_s()), (0, None));
+    }
+
+    #[test]
+    fn work_left_by_a_mismatched_end_is_cleared_when_the_model_goes_idle() {
+        let live = LiveStats::default();
+        live.begin(30.0).unwrap();
+        live.begin(30.0).unwrap();
+        live.end("m", 1.0, 0.0, 0.1).unwrap(); // the caller forgot the prediction
+        assert_eq!(live.mean_predicted_in_flight_s(), Some(60.0));
+        live.cancel("m", 0.0).unwrap();
+        assert_eq!(f64::from_bits(live.work_bits.load(Ordering::Relaxed)), 0.0);
+        live.begin(2.0).unwrap();
+        assert_eq!(live.mean_predicted_in_flight_s(), Some(2.0));
     }
 
     #[test]

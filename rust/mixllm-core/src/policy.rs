@@ -574,20 +574,16 @@ impl Policy {
             ensure_len("output_tokens", tokens, n)?;
             ensure_all_finite("output_tokens", tokens)?;
             ensure_not_huge("output_tokens", tokens)?;
-            if let Some(t) = tokens.iter().find(|t| **t < 0.0) {
-                return Err(Error::InvalidValue(format!(
-                    "output_tokens must be >= 0, got {t}"
-                )));
+            for &t in tokens {
+                ensure_non_negative("output_tokens", t)?;
             }
         }
         if let Some(ws) = weights {
             ensure_len("weights", ws, n)?;
             ensure_all_finite("weights", ws)?;
             ensure_not_huge("weights", ws)?;
-            if let Some(w) = ws.iter().find(|w| **w < 0.0) {
-                return Err(Error::InvalidValue(format!(
-                    "weights must be >= 0, got {w}"
-                )));
+            for &w in ws {
+                ensure_non_negative("weights", w)?;
             }
         }
         let slot = self.pool.load().get(name)?.clone();

@@ -358,7 +358,7 @@ impl PyPolicy {
     /// long lengthen the wait predicted for the next ones. Give `end` or `cancel` the same value.
     #[pyo3(signature = (name, predicted_service_s = None))]
     fn begin(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        let predicted = predicted_service(predicted_service_s)?;
         self.inner.begin(name, predicted).map_err(to_py)
     }
 
@@ -372,7 +372,7 @@ impl PyPolicy {
         predicted_service_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let latency_s = real(latency_s, "latency_s")?;
-        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        let predicted = predicted_service(predicted_service_s)?;
         self.inner.end(name, latency_s, predicted).map_err(to_py)
     }
 
@@ -381,7 +381,7 @@ impl PyPolicy {
     /// its `begin` was given.
     #[pyo3(signature = (name, predicted_service_s = None))]
     fn cancel(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let predicted = optional_real(predicted_service_s, "predicted_service_s")?.unwrap_or(0.0);
+        let predicted = predicted_service(predicted_service_s)?;
         self.inner.cancel(name, predicted).map_err(to_py)
     }
 
@@ -503,6 +503,11 @@ impl PyPolicy {
             self.models()
         )
     }
+}
+
+/// `begin`/`end`/`cancel`'s `predicted_service_s`: 0 when not given.
+fn predicted_service(ob: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    Ok(optional_real(ob, "predicted_service_s")?.unwrap_or(0.0))
 }
 
 fn profile_dict<'py>(py: Python<'py>, p: &ModelProfile) -> PyResult<Bound<'py, PyDict>> {
