@@ -409,6 +409,7 @@ def test_explain_agrees_with_the_arrays() -> None:
         assert row["latency_s"] == decision.latency[i]
         assert row["service_s"] == decision.service[i]
         assert row["excluded"] == bool(decision.excluded[i])
+    assert decision.chosen_service_s == decision.service[decision.index]
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,9 @@ class Decision:
         """Predicted service time per model, in seconds (first token + generation: the latency
         without the queue wait). What `Policy.begin` takes for the chosen model."""
     @property
+    def chosen_service_s(self) -> float:
+        """The chosen model's predicted service time, in seconds: what `Policy.begin` takes."""
+    @property
     def output_tokens(self) -> npt.NDArray[np.float64]:
         """Predicted output tokens per model."""
     @property

@@ -105,7 +105,7 @@ class _Pending:
     issued: float
     # The service time the decision predicted for its model: what `Policy.begin` was given,
     # and what `end`/`cancel` must give back.
-    predicted_service_s: float = 0.0
+    predicted_service_s: float
     # False once `complete` has taken the request out of its model's queue.
     in_flight: bool = True
 
@@ -341,13 +341,13 @@ class Router:
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay
         )
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
+        service_s = detail.chosen_service_s
         now = time.monotonic()
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
             queued = detail.model in self._policy
             generation = -1
-            service_s = float(detail.service[detail.index])
             if queued:
                 self._policy.begin(detail.model, service_s)
                 generation = self._policy.generation(detail.model)

@@ -123,7 +123,7 @@ class _PolicyListener:
             prompt_tokens=float(self.prompt_tokens[query]),
             willingness_to_pay=self.wtp,
         )
-        predicted = float(decision.service[decision.index])
+        predicted = decision.chosen_service_s
         self.policy.begin(decision.model, predicted)
         self.predicted_service_s[query] = predicted
         return self.columns[decision.index]

@@ -358,7 +358,7 @@ def _fixed_routers(data: _Data, settings: EvalSettings) -> list[Any]:
 def _choose_k(vectors: F64, quality: F64, cost: F64) -> int:
     """KNN's k chosen on the train split alone (leave-one-out area over a λ sweep), among the
     candidates a small train split can hold (leave-one-out leaves ``len - 1`` neighbours)."""
-    candidates = [k for k in (5, 10, 20, 40, 80) if k < len(vectors)] or [len(vectors) - 1]
+    candidates = sorted({min(k, len(vectors) - 1) for k in (5, 10, 20, 40, 80)})
     best_k, best = candidates[0], -math.inf
     for k in candidates:
         q_hat = bl.knn_quality(vectors, quality, vectors, k, exclude_self=True)

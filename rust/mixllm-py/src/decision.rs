@@ -75,6 +75,13 @@ impl PyDecision {
         self.column(py, |a| a.service_s)
     }
 
+    /// The chosen model's predicted service time, in seconds: what `Policy.begin` takes (a
+    /// float, without building the per-model array).
+    #[getter]
+    fn chosen_service_s(&self) -> f64 {
+        self.inner.assessments[self.inner.index].service_s
+    }
+
     /// Predicted output tokens per model.
     #[getter]
     fn output_tokens<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
