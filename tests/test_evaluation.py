@@ -171,6 +171,9 @@ def test_knn_quality_averages_the_nearest_neighbours() -> None:
     loo = bl.knn_quality(train, quality, train, k=80, exclude_self=True)
     expected = [np.delete(quality, i, axis=0).mean(axis=0) for i in range(3)]
     np.testing.assert_allclose(loo, expected)
+    # ... and with k = 1, the nearest other query (rows 0 and 1 are each other's).
+    nearest = bl.knn_quality(train, quality, train, k=1, exclude_self=True)
+    np.testing.assert_allclose(nearest, quality[[1, 0, 1]])
     with pytest.raises(ValueError, match="at least one"):
         bl.knn_quality(train[:1], quality[:1], train[:1], k=5, exclude_self=True)
 

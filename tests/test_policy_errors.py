@@ -50,9 +50,14 @@ def policy() -> mixllm.Policy:
     return p
 
 
-def state(p: mixllm.Policy) -> tuple[bytes, dict[str, int], list[float]]:
+def state(
+    p: mixllm.Policy,
+) -> tuple[bytes, dict[str, tuple[int, float | None]], list[float]]:
+    """Everything a rejected call must leave alone: the saved state, and per model the requests
+    in flight with their mean predicted service (not saved), and the scores."""
     scores = p.decide(X, **DECIDE).score.tolist() if len(p) else []
-    return p.to_bytes(), {m: p.in_flight(m) for m in p.models}, scores
+    live = {m: (p.in_flight(m), p.inspect(m)["mean_predicted_in_flight_s"]) for m in p.models}
+    return p.to_bytes(), live, scores
 
 
 def assert_rejected(
@@ -367,6 +372,7 @@ def test_end_without_begin_and_bad_latencies(policy: mixllm.Policy) -> None:
 
 def test_bad_predicted_service_times_change_nothing(policy: mixllm.Policy) -> None:
     """`begin`, `end` and `cancel` check the predicted service time before counting anything."""
+    policy.begin("a", 2.0)  # predicted work a bad call could corrupt
     for bad in (NAN, INF, -0.5):
         for call in (
             lambda p, s=bad: p.begin("a", s),
@@ -376,8 +382,10 @@ def test_bad_predicted_service_times_change_nothing(policy: mixllm.Policy) -> No
             assert_rejected(policy, call, InvalidInputError, "predicted_service_s")
     assert_rejected(policy, lambda p: p.begin("a", "soon"), InputTypeError, "must be a number")
     policy.begin("a", 12.0)
-    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx((0.0 + 12.0) / 2)
+    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx((2.0 + 12.0) / 3)
     policy.cancel("a", 12.0)
+    policy.end("a", 1.0, 2.0)
+    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx(0.0)
     policy.end("a", 1.0)
     state = policy.inspect("a")
     assert (state["in_flight"], state["mean_predicted_in_flight_s"]) == (0, None)

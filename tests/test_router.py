@@ -199,28 +199,32 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
     fitted: tuple[Router, RoutingDataset], clock: ManualClock
 ) -> None:
     """The router counts each request in its model's queue with the service time its decision
-    predicted, and takes that same time out again on feedback, complete and expiry, so the
-    predicted work in flight returns to nothing."""
+    predicted, and takes that same time out again on feedback, complete and expiry: after each,
+    the model's mean predicted service is that of the requests still in flight."""
     router = fresh(fitted, feedback_ttl_s=0.5)
-    prompts = fitted[1].prompts
-    decisions = [router.route(prompts[i]) for i in (20, 21, 22)]
-    predicted: dict[str, list[float]] = {}
-    for d in decisions:
-        predicted.setdefault(d.model, []).append(float(d.detail.service[d.detail.index]))
-    for model, values in predicted.items():
-        state = router.policy.inspect(model)
-        assert state["in_flight"] == len(values)
-        assert state["mean_predicted_in_flight_s"] == pytest.approx(np.mean(values), rel=1e-12)
-        assert min(values) > 0.0
+    prompt = fitted[1].prompts[20]
+    # One prompt three times: one model, no queue yet, so the same choice each time.
+    decisions = [router.route(prompt) for _ in range(3)]
+    model = decisions[0].model
+    assert all(d.model == model for d in decisions)
+    predicted = [d.detail.chosen_service_s for d in decisions]
+    assert min(predicted) > 0.0
+
+    def mean_in_flight() -> float | None:
+        value = router.policy.inspect(model)["mean_predicted_in_flight_s"]
+        return None if value is None else float(value)
+
+    assert mean_in_flight() == pytest.approx(np.mean(predicted), rel=1e-12)
     router.feedback(decisions[0].id, quality=1.0, latency_s=2.0)
+    assert mean_in_flight() == pytest.approx(np.mean(predicted[1:]), rel=1e-12)
     router.complete(decisions[1].id, latency_s=2.0)
+    assert mean_in_flight() == pytest.approx(predicted[2], rel=1e-12)
     clock.now += 0.6
-    last = router.route(prompts[23])  # expires decisions[2]; this one stays in flight
+    last = router.route(fitted[1].prompts[23])  # expires decisions[2]; this one stays in flight
     in_flight = {m: router.policy.inspect(m) for m in router.models}
     assert sum(s["in_flight"] for s in in_flight.values()) == 1
-    # Only the last request's predicted time is left: the others took theirs out exactly.
     assert in_flight[last.model]["mean_predicted_in_flight_s"] == pytest.approx(
-        float(last.detail.service[last.detail.index]), rel=1e-9
+        last.detail.chosen_service_s, rel=1e-12
     )
     assert all(
         s["mean_predicted_in_flight_s"] is None for m, s in in_flight.items() if m != last.model
