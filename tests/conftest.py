@@ -33,8 +33,9 @@ PROFILE: dict[str, Any] = {
 class ArmOracle:
     """One arm's exact ridge statistics, accumulated in numpy from the same observations.
 
-    A = ridge·I + Σ w·x·xᵀ, b_q = Σ w·(q - prior_q)·x, b_len = Σ w·(log1p(t) - log1p(prior_t))·x;
-    an observation without output tokens uses the current length prediction as its target.
+    Quality head: A = ridge·I + Σ w·x·xᵀ, b_q = Σ w·(q - prior_q)·x over every observation.
+    Length head: A_len = length_ridge·I + Σ w·x·xᵀ, b_len = Σ w·(log1p(t) - log1p(prior_t))·x
+    over the observations with output tokens only (default length_ridge: ridge).
     """
 
     def __init__(
@@ -43,12 +44,14 @@ class ArmOracle:
         ridge: float,
         prior_quality: float = 0.5,
         prior_output_tokens: float = 256.0,
+        length_ridge: float | None = None,
     ) -> None:
         self.ridge = ridge
         self.prior_quality = prior_quality
         self.prior_log_length = float(np.log1p(prior_output_tokens))
         self.a = ridge * np.eye(dim)
         self.b_quality = np.zeros(dim)
+        self.length_a = (ridge if length_ridge is None else length_ridge) * np.eye(dim)
         self.b_log_length = np.zeros(dim)
         self.observations = 0
         self.weight_sum = 0.0
@@ -61,13 +64,12 @@ class ArmOracle:
         weight: float = 1.0,
     ) -> None:
         x = np.asarray(x, dtype=np.float64)
-        if output_tokens is None:
-            residual_log_length = float(self.theta_log_length @ x)
-        else:
-            residual_log_length = float(np.log1p(output_tokens)) - self.prior_log_length
         self.a += weight * np.outer(x, x)
         self.b_quality += weight * (quality - self.prior_quality) * x
-        self.b_log_length += weight * residual_log_length * x
+        if output_tokens is not None:
+            residual_log_length = float(np.log1p(output_tokens)) - self.prior_log_length
+            self.length_a += weight * np.outer(x, x)
+            self.b_log_length += weight * residual_log_length * x
         self.observations += 1
         self.weight_sum += weight
 
@@ -80,8 +82,12 @@ class ArmOracle:
         return np.linalg.solve(self.a, self.b_quality)
 
     @property
+    def length_a_inv(self) -> np.ndarray:
+        return np.linalg.inv(self.length_a)
+
+    @property
     def theta_log_length(self) -> np.ndarray:
-        return np.linalg.solve(self.a, self.b_log_length)
+        return np.linalg.solve(self.length_a, self.b_log_length)
 
     def assert_matches(self, state: dict[str, Any], rtol: float = 1e-8) -> None:
         """Checks `Policy.inspect` output against the oracle, relative to each array's scale
@@ -92,6 +98,8 @@ class ArmOracle:
             ("theta_quality", self.theta_quality),
             ("theta_log_length", self.theta_log_length),
             ("b_quality", self.b_quality),
+            ("length_a", self.length_a),
+            ("length_a_inv", self.length_a_inv),
             ("b_log_length", self.b_log_length),
         ]:
             scale = float(np.abs(expected).max()) if expected.size else 0.0

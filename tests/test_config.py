@@ -17,6 +17,8 @@ willingness_to_pay = 0.05
 alpha = 0.02
 tau_s = 20.0
 dim = 32
+ridge = 30.0
+length_ridge = 0.5
 
 [embedder]
 quantized = true
@@ -58,6 +60,9 @@ def test_a_full_file_is_read_into_every_field(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD))
     assert config.willingness_to_pay == 0.05
     assert (config.alpha, config.beta, config.tau_s, config.dim) == (0.02, 0.1, 20.0, 32)
+    assert (config.ridge, config.length_ridge) == (30.0, 0.5)
+    policy = config.new_policy()
+    assert (policy.ridge, policy.length_ridge) == (30.0, 0.5)
     assert config.embedder.quantized and config.embedder.cache_size == 10
     assert (config.embedder.max_tokens, config.embedder.truncation) == (128, "tail")
     assert (config.tagger.mode, config.tagger.push, config.tagger.pull) == ("zero-shot", 2.0, 0.5)
@@ -93,6 +98,7 @@ def test_infinite_willingness_to_pay_is_allowed() -> None:
         ("willingness_to_pay = 0.05", "willingness_to_pay = 0", "willingness_to_pay must be > 0"),
         ("dim = 32", "dim = 500", "router.dim must be <= 384"),
         ("alpha = 0.02", "alpha = -1", "router.alpha must be >= 0"),
+        ("length_ridge = 0.5", "length_ridge = 0", "router.length_ridge must be > 0"),
         ("tau_s = 20.0", "tau_s = 0", "router.tau_s must be > 0"),
         ("tau_s = 20.0", "tau = 20.0", r"router has unknown field\(s\) tau"),
         ("quantized = true", 'quantized = "yes"', "embedder.quantized must be true or false"),

@@ -104,6 +104,9 @@ def test_the_exception_tree() -> None:
         ({"dim": 4, "ridge": 0.0}, "ridge"),
         ({"dim": 4, "ridge": -1.0}, "ridge"),
         ({"dim": 4, "ridge": NAN}, "ridge"),
+        ({"dim": 4, "length_ridge": 0.0}, "length_ridge"),
+        ({"dim": 4, "length_ridge": -2.0}, "length_ridge"),
+        ({"dim": 4, "length_ridge": INF}, "length_ridge"),
         ({"dim": 4, "tau_s": 0.0}, "tau_s"),
         ({"dim": 4, "tau_s": -5.0}, "tau_s"),
         ({"dim": 4, "tau_s": INF}, "tau_s"),
@@ -129,8 +132,10 @@ def test_a_valid_configuration_is_kept() -> None:
         tau_s=0.5,
         refactor_every=1,
         service_time_smoothing=1.0,
+        length_ridge=40.0,
     )
     assert (p.dim, p.alpha, p.beta, p.ridge, p.tau_s) == (3, 0.0, 0.0, 1e-6, 0.5)
+    assert p.length_ridge == 40.0 and mixllm.Policy(3).length_ridge == 1.0
     assert (p.refactor_every, p.service_time_smoothing) == (1, 1.0)
     assert len(p) == 0
     assert p.models == []
@@ -355,9 +360,11 @@ def test_fit_rejects_values_beyond_the_magnitude_limit(policy: mixllm.Policy) ->
 
 
 def test_a_ridge_whose_inverse_overflows_is_rejected() -> None:
-    with pytest.raises(InvalidInputError, match="ridge must be at least"):
+    with pytest.raises(InvalidInputError, match=r"^ridge must be at least"):
         mixllm.Policy(4, ridge=1e-310)
-    assert mixllm.Policy(4, ridge=1e-300).dim == 4
+    with pytest.raises(InvalidInputError, match=r"^length_ridge must be at least"):
+        mixllm.Policy(4, length_ridge=1e-310)
+    assert mixllm.Policy(4, ridge=1e-300, length_ridge=1e-300).dim == 4
 
 
 def test_end_without_begin_and_bad_latencies(policy: mixllm.Policy) -> None:

@@ -32,8 +32,10 @@ def test_online_updates_match_the_numpy_ridge_solution(
     dim: int, refactor_every: int, arm_oracle: Any, profile: dict[str, Any]
 ) -> None:
     rng = np.random.default_rng(dim * 1000 + refactor_every)
-    ridge = 0.7
-    policy = mixllm.Policy(dim, ridge=ridge, refactor_every=refactor_every)
+    ridge, length_ridge = 0.7, 4.0
+    policy = mixllm.Policy(
+        dim, ridge=ridge, length_ridge=length_ridge, refactor_every=refactor_every
+    )
     priors = {
         "a": (0.5, 256.0),
         "b": (0.2, 40.0),
@@ -44,7 +46,7 @@ def test_online_updates_match_the_numpy_ridge_solution(
         policy.add_model(
             name, **profile, prior_quality=prior_quality, prior_output_tokens=prior_tokens
         )
-        oracles[name] = arm_oracle(dim, ridge, prior_quality, prior_tokens)
+        oracles[name] = arm_oracle(dim, ridge, prior_quality, prior_tokens, length_ridge)
 
     names = list(priors)
     updates = 3000 if dim == 8 else 1500
@@ -63,7 +65,7 @@ def test_online_updates_match_the_numpy_ridge_solution(
 
 
 @pytest.mark.parametrize("refactor_every", [1, 1000])
-def test_an_update_without_output_tokens_keeps_the_length_predictions(
+def test_an_update_without_output_tokens_leaves_the_length_head_alone(
     refactor_every: int, profile: dict[str, Any]
 ) -> None:
     rng = np.random.default_rng(refactor_every)
@@ -82,12 +84,11 @@ def test_an_update_without_output_tokens_keeps_the_length_predictions(
     policy.update("m", x, quality=0.9, weight=5.0)
 
     after = policy.inspect("m")
-    np.testing.assert_allclose(
-        after["theta_log_length"], before["theta_log_length"], rtol=1e-12, atol=1e-14
-    )
+    for key in ("theta_log_length", "b_log_length", "length_a", "length_a_inv"):
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     for probe, decision in zip(probes, tokens_before, strict=True):
         again = policy.decide(probe, prompt_tokens=10, willingness_to_pay=1.0)
-        np.testing.assert_allclose(again.output_tokens, decision.output_tokens, rtol=1e-12)
+        np.testing.assert_array_equal(again.output_tokens, decision.output_tokens)
     # The observation still counted for everything else.
     # Fused multiply-adds round once where numpy rounds twice: allow a few ulps of the largest.
     np.testing.assert_allclose(
@@ -111,8 +112,8 @@ def test_fit_is_the_weighted_ridge_solution_and_replaces_the_arm(
     dim: int, arm_oracle: Any, profile: dict[str, Any]
 ) -> None:
     rng = np.random.default_rng(dim)
-    ridge = 2.5
-    policy = mixllm.Policy(dim, ridge=ridge, refactor_every=10)
+    ridge, length_ridge = 2.5, 0.3
+    policy = mixllm.Policy(dim, ridge=ridge, length_ridge=length_ridge, refactor_every=10)
     policy.add_model("m", **profile, prior_quality=0.4, prior_output_tokens=128.0)
     policy.add_model("other", **profile)
     for _ in range(25):
@@ -129,12 +130,16 @@ def test_fit_is_the_weighted_ridge_solution_and_replaces_the_arm(
 
     state = policy.inspect("m")
     a, b_q, theta_q = weighted_ridge(X, quality - 0.4, weights, ridge)
-    _, b_len, theta_len = weighted_ridge(X, np.log1p(tokens) - np.log1p(128.0), weights, ridge)
+    a_len, b_len, theta_len = weighted_ridge(
+        X, np.log1p(tokens) - np.log1p(128.0), weights, length_ridge
+    )
     for key, expected in [
         ("a", a),
         ("a_inv", np.linalg.inv(a)),
         ("b_quality", b_q),
         ("theta_quality", theta_q),
+        ("length_a", a_len),
+        ("length_a_inv", np.linalg.inv(a_len)),
         ("b_log_length", b_len),
         ("theta_log_length", theta_len),
     ]:
@@ -146,10 +151,11 @@ def test_fit_is_the_weighted_ridge_solution_and_replaces_the_arm(
 
     # The other arm is untouched; later updates continue from the fitted statistics.
     other_after = policy.inspect("other")
-    for key in ("a", "a_inv", "theta_quality", "theta_log_length"):
+    for key in ("a", "a_inv", "theta_quality", "length_a", "length_a_inv", "theta_log_length"):
         np.testing.assert_array_equal(other_after[key], other_before[key])
-    oracle = arm_oracle(dim, ridge, 0.4, 128.0)
-    oracle.a, oracle.b_quality, oracle.b_log_length = a.copy(), b_q.copy(), b_len.copy()
+    oracle = arm_oracle(dim, ridge, 0.4, 128.0, length_ridge)
+    oracle.a, oracle.b_quality = a.copy(), b_q.copy()
+    oracle.length_a, oracle.b_log_length = a_len.copy(), b_len.copy()
     oracle.observations, oracle.weight_sum = n, float(weights.sum())
     for _ in range(30):
         obs = random_observation(rng, dim)
@@ -177,6 +183,7 @@ def test_fit_without_tokens_or_weights_resets_the_length_head(profile: dict[str,
     np.testing.assert_allclose(state["theta_quality"], theta_q, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(state["theta_log_length"], np.zeros(dim))
     np.testing.assert_array_equal(state["b_log_length"], np.zeros(dim))
+    np.testing.assert_array_equal(state["length_a"], policy.length_ridge * np.eye(dim))
     assert state["weight_sum"] == 30.0
 
 

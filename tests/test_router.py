@@ -416,6 +416,17 @@ def test_an_added_model_can_be_warm_started_from_examples(
     mean_quality = float(np.mean(examples.quality[:, column]))
     described = {row["name"]: row for row in router.describe_models()}[spec.name]
     assert described["mean_quality"] == pytest.approx(mean_quality)
+    assert examples.output_tokens is not None
+    tokens = examples.output_tokens[:, column]
+    geometric_mean = float(np.expm1(np.mean(np.log1p(tokens))))
+    assert described["mean_output_tokens"] == pytest.approx(geometric_mean)
+    # Quality-only feedback teaches the length head nothing, so the mean length stays.
+    before = {row["name"]: row for row in router.describe_models()}
+    decision = router.route(examples.prompts[0])
+    router.feedback(decision.id, quality=1.0)
+    after = {row["name"]: row for row in router.describe_models()}[decision.model]
+    assert after["observations"] == before[decision.model]["observations"] + 1
+    assert after["mean_output_tokens"] == before[decision.model]["mean_output_tokens"]
     with pytest.raises(mixllm.InvalidInputError, match="no outcomes of model 'other'"):
         router.add_model(replace(spec, name="other"), examples=examples)
     assert "other" not in router.models

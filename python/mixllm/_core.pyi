@@ -112,6 +112,7 @@ class Policy:
         tau_s: float = 30.0,
         refactor_every: int = 1000,
         service_time_smoothing: float = 0.1,
+        length_ridge: float = 1.0,
     ) -> Policy: ...
     @property
     def dim(self) -> int:
@@ -121,7 +122,11 @@ class Policy:
     @property
     def beta(self) -> float: ...
     @property
-    def ridge(self) -> float: ...
+    def ridge(self) -> float:
+        """Ridge strength of the quality head."""
+    @property
+    def length_ridge(self) -> float:
+        """Ridge strength of the output-length head, which has its own matrix."""
     @property
     def tau_s(self) -> float: ...
     @property

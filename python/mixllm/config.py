@@ -176,6 +176,10 @@ class RouterConfig:
     tau_s: float = 30.0
     dim: int = 64
     ridge: float = 1.0
+    # The output-length head has its own ridge: lengths are far more predictable than quality,
+    # and the shrinkage quality needs would pull long answers' predicted cost and service time
+    # towards the short answers' (docs/evaluation.md, "The length head").
+    length_ridge: float = 1.0
     refactor_every: int = 1000
     binary_feedback_weight: float = 0.5
     feedback_ttl_s: float = 3600.0
@@ -203,6 +207,7 @@ class RouterConfig:
         if self.dim > 384:
             raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
         _number(where, "ridge", self.ridge, minimum=0.0, strict=True)
+        _number(where, "length_ridge", self.length_ridge, minimum=0.0, strict=True)
         _integer(where, "refactor_every", self.refactor_every, minimum=1)
         _number(
             where, "binary_feedback_weight", self.binary_feedback_weight, minimum=0.0, strict=True
@@ -235,6 +240,7 @@ class RouterConfig:
             alpha=self.alpha,
             beta=self.beta,
             ridge=self.ridge,
+            length_ridge=self.length_ridge,
             tau_s=self.tau_s,
             refactor_every=self.refactor_every,
         )

@@ -538,10 +538,13 @@ class Router:
                 continue
             state = self._policy.inspect(model.name)
             # The context's last entry is the constant 1, so the last entry of b is the
-            # weighted sum of the residuals over the prior: their mean is b[-1] / Σw.
+            # weighted sum of the residuals over the prior: their mean is b[-1] / Σw. The length
+            # head learns only from observed lengths; its Σw is A_len's last diagonal entry less
+            # its ridge.
             seen = state["weight_sum"]
             mean_residual_q = state["b_quality"][-1] / seen if seen > 0 else 0.0
-            mean_residual_len = state["b_log_length"][-1] / seen if seen > 0 else 0.0
+            seen_len = state["length_a"][-1, -1] - self._policy.length_ridge
+            mean_residual_len = state["b_log_length"][-1] / seen_len if seen_len > 0 else 0.0
             log_length = math.log1p(state["prior_output_tokens"]) + mean_residual_len
             profile = model.policy_kwargs()
             rows.append(

@@ -1,15 +1,24 @@
-//! One model's learned statistics ("arm"): the shared ridge matrix A, its inverse, and the two
-//! linear heads that share it, quality and log(1 + output tokens).
+//! One model's learned statistics ("arm"): two ridge regressions on the same context, the
+//! quality head (with the LinUCB statistics A and A⁻¹) and the log(1 + output tokens) head.
+//!
+//! The two heads have separate ridge systems. Quality is a weak, noisy signal that needs strong
+//! shrinkage; output length is a strong one (a code answer is hundreds of tokens, a
+//! multiple-choice answer one), and shrinking it as hard as quality pulls every long answer
+//! towards the short ones, so the cost and the service time of exactly the slowest requests are
+//! underpredicted. Each head therefore has its own ridge, and the length head learns only from
+//! observations whose length was seen.
 //!
 //! Readers see an immutable [`ArmStats`] snapshot. A writer owns an [`ArmLedger`] (the exact
-//! sufficient statistics A, b_q, b_len) and turns one observation into a new snapshot with a
-//! Sherman–Morrison rank-1 update in O(d²), refreshing both heads in O(d) with the recursive
-//! least-squares form `θ += u·(r − xᵀθ)·w/(1 + w·xᵀu)`, u = A⁻¹x. Every `refactor_every`
-//! updates it re-inverts A exactly from the ledger, so rounding errors cannot accumulate.
+//! sufficient statistics of both heads, and the length head's A⁻¹, which only writers read) and
+//! turns one observation into a new snapshot with Sherman–Morrison rank-1 updates in O(d²),
+//! refreshing each head in O(d) with the recursive least-squares form
+//! `θ += u·(r − xᵀθ)·w/(1 + w·xᵀu)`, u = A⁻¹x. Every `refactor_every` updates it re-inverts both
+//! matrices exactly from the ledger, so rounding errors cannot accumulate.
 //!
 //! Both heads learn residuals against the arm's [`Priors`]: an arm with no data predicts the
 //! priors, and ridge shrinks towards them rather than towards zero.
 
+use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{axpy, dot, rank1_in_place, rank1_into, spd_inverse, symv, SymLayout};
 use crate::profile::Priors;
@@ -21,7 +30,7 @@ pub const MAX_LOG_LENGTH: f64 = 13.8;
 /// An immutable snapshot of what an arm has learned: what a decision reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmStats {
-    /// A⁻¹, in the blocked packed layout of [`SymLayout`].
+    /// A⁻¹ of the quality head, in the blocked packed layout of [`SymLayout`].
     pub a_inv: Vec<f64>,
     /// Quality head (residual over the prior).
     pub theta_quality: Vec<f64>,
@@ -34,15 +43,20 @@ pub struct ArmStats {
 }
 
 /// The exact sufficient statistics behind an arm, owned by whoever holds the arm's writer lock.
+/// Matrices are in the blocked packed layout of [`SymLayout`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmLedger {
-    /// A = ridge·I + Σ w·x·xᵀ, in the blocked packed layout of [`SymLayout`].
+    /// A = ridge·I + Σ w·x·xᵀ over every observation.
     pub a: Vec<f64>,
     /// Σ w·(quality − prior)·x.
     pub b_quality: Vec<f64>,
-    /// Σ w·(log(1 + tokens) − prior)·x.
+    /// A_len = length_ridge·I + Σ w·x·xᵀ over the observations whose length was seen.
+    pub length_a: Vec<f64>,
+    /// A_len⁻¹, kept here because only the writer's next update reads it.
+    pub length_a_inv: Vec<f64>,
+    /// Σ w·(log(1 + tokens) − prior)·x over the same observations.
     pub b_log_length: Vec<f64>,
-    /// Rank-1 updates since A⁻¹ was last computed exactly.
+    /// Rank-1 updates since both inverses were last computed exactly.
     pub updates_since_refactor: u64,
 }
 
@@ -51,7 +65,7 @@ pub struct ArmLedger {
 pub struct Observation<'a> {
     pub x: &'a [f64],
     pub quality: f64,
-    /// `None` when the length was not observed: the length head then keeps its prediction.
+    /// `None` when the length was not observed: the length head then learns nothing.
     pub output_tokens: Option<f64>,
     pub weight: f64,
 }
@@ -93,55 +107,41 @@ impl ArmStats {
 }
 
 impl ArmLedger {
-    pub fn prior(dim: usize, ridge: f64) -> Self {
+    pub fn prior(dim: usize, ridge: f64, length_ridge: f64) -> Self {
+        let layout = SymLayout::new(dim);
         Self {
-            a: SymLayout::new(dim).scaled_identity(ridge),
+            a: layout.scaled_identity(ridge),
             b_quality: vec![0.0; dim],
+            length_a: layout.scaled_identity(length_ridge),
+            length_a_inv: layout.scaled_identity(1.0 / length_ridge),
             b_log_length: vec![0.0; dim],
             updates_since_refactor: 0,
         }
     }
 
-    /// Adds one weighted observation: A += w·x·xᵀ, b += w·r·x (`x` padded).
-    fn accumulate(&mut self, x: &[f64], w: f64, residual_quality: f64, residual_log_length: f64) {
+    /// Adds one weighted observation to the quality head: A += w·x·xᵀ, b += w·r·x (`x` padded).
+    fn accumulate_quality(&mut self, x: &[f64], w: f64, residual: f64) {
         let layout = SymLayout::new(self.b_quality.len());
         rank1_in_place(layout, &mut self.a, x, -w);
-        axpy(w * residual_quality, x, &mut self.b_quality);
-        axpy(w * residual_log_length, x, &mut self.b_log_length);
+        axpy(w * residual, x, &mut self.b_quality);
     }
 
-    /// The exact snapshot these statistics imply: A⁻¹ by Cholesky, θ = A⁻¹·b.
-    pub fn solve(&self, observations: u64, weight_sum: f64) -> Result<ArmStats> {
+    /// Adds one weighted observed length to the length head.
+    fn accumulate_length(&mut self, x: &[f64], w: f64, residual: f64) {
+        let layout = SymLayout::new(self.b_log_length.len());
+        rank1_in_place(layout, &mut self.length_a, x, -w);
+        axpy(w * residual, x, &mut self.b_log_length);
+    }
+
+    /// The exact snapshot these statistics imply: both inverses by Cholesky, θ = A⁻¹·b. Also
+    /// refreshes `length_a_inv` to the exact inverse; on error nothing is changed.
+    pub fn solve(&mut self, observations: u64, weight_sum: f64) -> Result<ArmStats> {
         let dim = self.b_quality.len();
         let layout = SymLayout::new(dim);
-        let a_inv = spd_inverse(layout, &self.a).ok_or_else(|| {
-            Error::InvalidValue(
-                "the arm's matrix A is not positive definite (are the contexts finite?)"
-                    .to_string(),
-            )
-        })?;
-        let mut theta_quality = vec![0.0; layout.stride()];
-        symv(
-            layout,
-            &a_inv,
-            &layout.pad(&self.b_quality),
-            &mut theta_quality,
-        );
-        theta_quality.truncate(dim);
-        let mut theta_log_length = vec![0.0; layout.stride()];
-        symv(
-            layout,
-            &a_inv,
-            &layout.pad(&self.b_log_length),
-            &mut theta_log_length,
-        );
-        theta_log_length.truncate(dim);
-        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        if !(finite(&a_inv) && finite(&theta_quality) && finite(&theta_log_length)) {
-            return Err(Error::InvalidValue(
-                "the observations are too large: the arm's statistics would overflow".to_string(),
-            ));
-        }
+        let (a_inv, theta_quality) = solve_ridge(layout, "A", &self.a, &self.b_quality)?;
+        let (length_a_inv, theta_log_length) =
+            solve_ridge(layout, "A_len", &self.length_a, &self.b_log_length)?;
+        self.length_a_inv = length_a_inv;
         Ok(ArmStats {
             a_inv,
             theta_quality,
@@ -150,6 +150,62 @@ impl ArmLedger {
             weight_sum,
         })
     }
+}
+
+/// M⁻¹ (packed) and θ = M⁻¹·b (unpadded) for one head's matrix `name`, or an error naming why
+/// not.
+fn solve_ridge(
+    layout: SymLayout,
+    name: &str,
+    m: &[f64],
+    b: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let m_inv = spd_inverse(layout, m).ok_or_else(|| {
+        Error::InvalidValue(format!(
+            "the arm's matrix {name} is not positive definite (are the contexts finite?)"
+        ))
+    })?;
+    let mut theta = vec![0.0; layout.stride()];
+    symv(layout, &m_inv, &layout.pad(b), &mut theta);
+    theta.truncate(layout.dim());
+    if !(m_inv.iter().chain(&theta).all(|v| v.is_finite())) {
+        return Err(Error::InvalidValue(
+            "the observations are too large: the arm's statistics would overflow".to_string(),
+        ));
+    }
+    Ok((m_inv, theta))
+}
+
+/// One head's recursive least-squares step: `u = M⁻¹x`, the gain `w / (1 + w·xᵀu)` (`None` when
+/// rounding has made it meaningless, which calls for an exact refactorisation) and the new θ.
+struct HeadStep {
+    u: Vec<f64>,
+    gain: f64,
+    theta: Vec<f64>,
+}
+
+fn head_step(
+    layout: SymLayout,
+    m_inv: &[f64],
+    theta: &[f64],
+    x: &[f64],
+    w: f64,
+    residual: f64,
+) -> Option<HeadStep> {
+    let mut u = vec![0.0; layout.stride()];
+    let x_m_inv_x = symv(layout, m_inv, x, &mut u);
+    let denominator = 1.0 + w * x_m_inv_x;
+    if !(denominator.is_finite() && denominator > 0.0) {
+        return None;
+    }
+    let gain = w / denominator;
+    let mut next = theta.to_vec();
+    axpy(gain * (residual - dot(theta, x)), &u, &mut next);
+    Some(HeadStep {
+        u,
+        gain,
+        theta: next,
+    })
 }
 
 /// Applies one observation (already validated) to the ledger and returns the next snapshot.
@@ -166,36 +222,49 @@ pub fn learn(
     let x = &layout.pad(obs.x)[..];
     let w = obs.weight;
     let residual_quality = obs.quality - priors.quality;
-    // An unobserved length is imputed with the current prediction, so the head does not drift.
-    let residual_log_length = match obs.output_tokens {
-        Some(tokens) => tokens.ln_1p() - priors.log_length(),
-        None => dot(&current.theta_log_length, x),
-    };
+    let residual_log_length = obs
+        .output_tokens
+        .map(|tokens| tokens.ln_1p() - priors.log_length());
     let observations = current.observations + 1;
     let weight_sum = current.weight_sum + w;
 
-    let mut u = vec![0.0; layout.stride()];
-    let x_ainv_x = symv(layout, &current.a_inv, x, &mut u);
-    let denominator = 1.0 + w * x_ainv_x;
-    let drifted = !(denominator.is_finite() && denominator > 0.0);
+    let quality = head_step(
+        layout,
+        &current.a_inv,
+        &current.theta_quality,
+        x,
+        w,
+        residual_quality,
+    );
+    let length = residual_log_length.map(|r| {
+        head_step(
+            layout,
+            &ledger.length_a_inv,
+            &current.theta_log_length,
+            x,
+            w,
+            r,
+        )
+    });
+    let drifted = quality.is_none() || matches!(length, Some(None));
     if drifted || ledger.updates_since_refactor + 1 >= refactor_every {
         let mut next = ledger.clone();
-        next.accumulate(x, w, residual_quality, residual_log_length);
+        next.accumulate_quality(x, w, residual_quality);
+        if let Some(r) = residual_log_length {
+            next.accumulate_length(x, w, r);
+        }
         next.updates_since_refactor = 0;
         let stats = next.solve(observations, weight_sum)?;
         *ledger = next;
         return Ok(stats);
     }
-
-    // Sherman–Morrison: A⁻¹ ← A⁻¹ − w·u·uᵀ/(1 + w·xᵀu); RLS refresh of both heads with u.
-    let gain = w / denominator;
-    let mut theta_quality = current.theta_quality.clone();
-    let error_quality = residual_quality - dot(&current.theta_quality, x);
-    axpy(gain * error_quality, &u, &mut theta_quality);
-    let mut theta_log_length = current.theta_log_length.clone();
-    let error_log_length = residual_log_length - dot(&current.theta_log_length, x);
-    axpy(gain * error_log_length, &u, &mut theta_log_length);
-    if !(theta_quality
+    let quality = quality.expect("checked above");
+    let length = length.map(|step| step.expect("checked above"));
+    let theta_log_length = length
+        .as_ref()
+        .map_or_else(|| current.theta_log_length.clone(), |s| s.theta.clone());
+    if !(quality
+        .theta
         .iter()
         .chain(&theta_log_length)
         .all(|v| v.is_finite()))
@@ -204,40 +273,47 @@ pub fn learn(
             "the update would make the arm's heads non-finite; observation rejected".to_string(),
         ));
     }
-    let mut a_inv = vec![0.0; current.a_inv.len()];
-    rank1_into(layout, &current.a_inv, &u, gain, &mut a_inv);
 
-    ledger.accumulate(x, w, residual_quality, residual_log_length);
+    // Sherman–Morrison: A⁻¹ ← A⁻¹ − gain·u·uᵀ, for each head that learned.
+    let mut a_inv = vec![0.0; current.a_inv.len()];
+    rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
+    ledger.accumulate_quality(x, w, residual_quality);
+    if let (Some(step), Some(r)) = (&length, residual_log_length) {
+        rank1_in_place(layout, &mut ledger.length_a_inv, &step.u, step.gain);
+        ledger.accumulate_length(x, w, r);
+    }
     ledger.updates_since_refactor += 1;
     Ok(ArmStats {
         a_inv,
-        theta_quality,
+        theta_quality: quality.theta,
         theta_log_length,
         observations,
         weight_sum,
     })
 }
 
-/// Exact ridge fit of an arm from scratch on a batch (rows of `xs` are contexts).
+/// Exact ridge fit of an arm from scratch on a batch (rows of `xs` are contexts), with the
+/// dimension and the two ridges of `config`.
 pub fn fit(
-    dim: usize,
-    ridge: f64,
+    config: &PolicyConfig,
     priors: &Priors,
     xs: &[f64],
     quality: &[f64],
     output_tokens: Option<&[f64]>,
     weights: Option<&[f64]>,
 ) -> Result<(ArmLedger, ArmStats)> {
-    let mut ledger = ArmLedger::prior(dim, ridge);
+    let dim = config.dim;
+    let mut ledger = ArmLedger::prior(dim, config.ridge, config.length_ridge);
     let mut weight_sum = 0.0;
     let layout = SymLayout::new(dim);
     for (row, x) in xs.chunks_exact(dim).enumerate() {
         let x = &layout.pad(x);
         let w = weights.map_or(1.0, |ws| ws[row]);
-        // Without observed lengths the length head stays at its prior (zero residual).
-        let residual_log_length =
-            output_tokens.map_or(0.0, |tokens| tokens[row].ln_1p() - priors.log_length());
-        ledger.accumulate(x, w, quality[row] - priors.quality, residual_log_length);
+        ledger.accumulate_quality(x, w, quality[row] - priors.quality);
+        // Without observed lengths the length head stays at its prior.
+        if let Some(tokens) = output_tokens {
+            ledger.accumulate_length(x, w, tokens[row].ln_1p() - priors.log_length());
+        }
         weight_sum += w;
     }
     let stats = ledger.solve(quality.len() as u64, weight_sum)?;
@@ -259,10 +335,15 @@ mod tests {
         let xs = contexts(50, dim);
         let quality: Vec<f64> = (0..50).map(|i| (i % 3) as f64 / 2.0).collect();
         let tokens: Vec<f64> = (0..50).map(|i| 10.0 + i as f64).collect();
-        let (_, batch) = fit(dim, 1.0, &priors, &xs, &quality, Some(&tokens), None).unwrap();
+        let config = PolicyConfig {
+            ridge: 1.0,
+            length_ridge: 0.25,
+            ..PolicyConfig::new(dim)
+        };
+        let (_, batch) = fit(&config, &priors, &xs, &quality, Some(&tokens), None).unwrap();
 
         let mut stats = ArmStats::prior(dim, 1.0);
-        let mut ledger = ArmLedger::prior(dim, 1.0);
+        let mut ledger = ArmLedger::prior(dim, 1.0, 0.25);
         for (i, x) in xs.chunks_exact(dim).enumerate() {
             let obs = Observation {
                 x,
@@ -284,12 +365,90 @@ mod tests {
         assert_eq!(stats.observations, 50);
     }
 
+    /// The length head's ridge system against a direct solve of its normal equations.
+    fn exact_length_head(
+        dim: usize,
+        length_ridge: f64,
+        priors: &Priors,
+        rows: &[(&[f64], f64, f64)],
+    ) -> Vec<f64> {
+        let mut m = vec![0.0; dim * dim];
+        let mut b = vec![0.0; dim];
+        for i in 0..dim {
+            m[i * dim + i] = length_ridge;
+        }
+        for &(x, tokens, w) in rows {
+            for i in 0..dim {
+                b[i] += w * (tokens.ln_1p() - priors.log_length()) * x[i];
+                for j in 0..dim {
+                    m[i * dim + j] += w * x[i] * x[j];
+                }
+            }
+        }
+        // Gaussian elimination: m is symmetric positive definite, no pivoting needed.
+        for k in 0..dim {
+            for r in k + 1..dim {
+                let f = m[r * dim + k] / m[k * dim + k];
+                for c in k..dim {
+                    m[r * dim + c] -= f * m[k * dim + c];
+                }
+                b[r] -= f * b[k];
+            }
+        }
+        let mut theta = vec![0.0; dim];
+        for k in (0..dim).rev() {
+            let tail: f64 = (k + 1..dim).map(|c| m[k * dim + c] * theta[c]).sum();
+            theta[k] = (b[k] - tail) / m[k * dim + k];
+        }
+        theta
+    }
+
     #[test]
-    fn unobserved_length_keeps_the_prediction() {
+    fn the_length_head_has_its_own_ridge_and_learns_only_seen_lengths() {
+        let dim = 5;
+        let priors = Priors::default();
+        let xs = contexts(40, dim);
+        let (ridge, length_ridge) = (30.0, 0.5);
+        let mut stats = ArmStats::prior(dim, ridge);
+        let mut ledger = ArmLedger::prior(dim, ridge, length_ridge);
+        let mut seen: Vec<(&[f64], f64, f64)> = Vec::new();
+        for (i, x) in xs.chunks_exact(dim).enumerate() {
+            let tokens = (i % 3 != 0).then_some(5.0 + 20.0 * i as f64);
+            let w = 0.5 + (i % 4) as f64;
+            let obs = Observation {
+                x,
+                quality: (i % 2) as f64,
+                output_tokens: tokens,
+                weight: w,
+            };
+            // A short period, so both the rank-1 steps and the exact refactorisation are used.
+            stats = learn(&stats, &mut ledger, &priors, &obs, 9).unwrap();
+            if let Some(t) = tokens {
+                seen.push((x, t, w));
+            }
+        }
+        let exact = exact_length_head(dim, length_ridge, &priors, &seen);
+        for (a, b) in stats.theta_log_length.iter().zip(&exact) {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+        // The same lengths under the quality head's ridge give a different, more shrunk head.
+        let shrunk = exact_length_head(dim, ridge, &priors, &seen);
+        let distance: f64 = shrunk.iter().zip(&exact).map(|(a, b)| (a - b).abs()).sum();
+        assert!(distance > 1e-3);
+        // The ledger's inverse is that of its matrix.
+        let mut check = ledger.clone();
+        check.solve(stats.observations, stats.weight_sum).unwrap();
+        for (a, b) in check.length_a_inv.iter().zip(&ledger.length_a_inv) {
+            assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn unobserved_length_changes_nothing_of_the_length_head() {
         let dim = 4;
         let priors = Priors::default();
         let x = [0.5, -0.5, 0.25, 1.0];
-        let mut ledger = ArmLedger::prior(dim, 1.0);
+        let mut ledger = ArmLedger::prior(dim, 1.0, 1.0);
         let stats = learn(
             &ArmStats::prior(dim, 1.0),
             &mut ledger,
@@ -304,6 +463,7 @@ mod tests {
         )
         .unwrap();
         let before = stats.predict_output_tokens(&priors, &x);
+        let length_before = (ledger.length_a.clone(), ledger.length_a_inv.clone());
         let after = learn(
             &stats,
             &mut ledger,
@@ -317,7 +477,10 @@ mod tests {
             1000,
         )
         .unwrap();
-        assert!((after.predict_output_tokens(&priors, &x) - before).abs() < 1e-9);
+        assert_eq!(after.predict_output_tokens(&priors, &x), before);
+        assert_eq!(after.theta_log_length, stats.theta_log_length);
+        assert_eq!((ledger.length_a, ledger.length_a_inv), length_before);
+        assert_ne!(after.theta_quality, stats.theta_quality);
     }
 
     #[test]
@@ -325,14 +488,14 @@ mod tests {
         let dim = 5;
         let priors = Priors::default();
         let mut stats = ArmStats::prior(dim, 0.5);
-        let mut ledger = ArmLedger::prior(dim, 0.5);
+        let mut ledger = ArmLedger::prior(dim, 0.5, 2.0);
         // The same updates with rank-1 steps only (never refactored), to compare against.
         let (mut rank1, mut rank1_ledger) = (stats.clone(), ledger.clone());
         for (i, x) in contexts(7, dim).chunks_exact(dim).enumerate() {
             let obs = Observation {
                 x,
                 quality: i as f64,
-                output_tokens: None,
+                output_tokens: (i % 2 == 0).then_some(3.0 * i as f64),
                 weight: 1.5,
             };
             stats = learn(&stats, &mut ledger, &priors, &obs, 7).unwrap();
@@ -340,12 +503,13 @@ mod tests {
         }
         assert_eq!(ledger.updates_since_refactor, 0);
         assert_eq!(rank1_ledger.updates_since_refactor, 7);
-        assert_eq!(stats, ledger.solve(7, 10.5).unwrap());
+        assert_eq!(stats, ledger.clone().solve(7, 10.5).unwrap());
         // The exact refactorisation and the Sherman–Morrison steps agree to rounding.
         let pairs = [
             (&stats.a_inv, &rank1.a_inv),
             (&stats.theta_quality, &rank1.theta_quality),
             (&stats.theta_log_length, &rank1.theta_log_length),
+            (&ledger.length_a_inv, &rank1_ledger.length_a_inv),
         ];
         for (exact, stepped) in pairs {
             for (a, b) in exact.iter().zip(stepped) {

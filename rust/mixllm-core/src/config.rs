@@ -14,8 +14,11 @@ pub struct PolicyConfig {
     pub alpha: f64,
     /// Weight of the latency penalty `exp(L/τ) − 1`.
     pub beta: f64,
-    /// Ridge strength: every arm starts at A = ridge·I.
+    /// Ridge strength of the quality head: every arm starts at A = ridge·I.
     pub ridge: f64,
+    /// Ridge strength of the output-length head, which has its own matrix (see [`crate::arm`]):
+    /// lengths are far more predictable than quality and need far less shrinkage.
+    pub length_ridge: f64,
     /// Latency tolerance τ in seconds; models predicted slower than this are excluded.
     pub tau_s: f64,
     /// After this many rank-1 updates an arm re-inverts A exactly, bounding numerical drift.
@@ -31,6 +34,7 @@ impl PolicyConfig {
             alpha: 0.01,
             beta: 0.1,
             ridge: 1.0,
+            length_ridge: 1.0,
             tau_s: 30.0,
             refactor_every: 1000,
             service_time_smoothing: 0.1,
@@ -48,7 +52,11 @@ impl PolicyConfig {
         for (field, value) in [("alpha", self.alpha), ("beta", self.beta)] {
             ensure_non_negative(field, value)?;
         }
-        for (field, value) in [("ridge", self.ridge), ("tau_s", self.tau_s)] {
+        for (field, value) in [
+            ("ridge", self.ridge),
+            ("length_ridge", self.length_ridge),
+            ("tau_s", self.tau_s),
+        ] {
             ensure_finite(field, value)?;
             if value <= 0.0 {
                 return Err(Error::InvalidValue(format!(
@@ -58,12 +66,13 @@ impl PolicyConfig {
         }
         // A fresh arm's A⁻¹ is I / ridge: a ridge so small that 1 / ridge overflows would start
         // every arm at infinity.
-        if !(1.0 / self.ridge).is_finite() {
-            return Err(Error::InvalidValue(format!(
-                "ridge must be at least {:e} (1 / ridge must be finite), got {:e}",
-                1.0 / f64::MAX,
-                self.ridge
-            )));
+        for (field, value) in [("ridge", self.ridge), ("length_ridge", self.length_ridge)] {
+            if !(1.0 / value).is_finite() {
+                return Err(Error::InvalidValue(format!(
+                    "{field} must be at least {:e} (1 / {field} must be finite), got {value:e}",
+                    1.0 / f64::MAX,
+                )));
+            }
         }
         if self.refactor_every == 0 {
             return Err(Error::InvalidValue(

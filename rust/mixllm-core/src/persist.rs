@@ -1,6 +1,6 @@
 //! Saving and loading a whole policy.
 //!
-//! Format (little-endian), version 1:
+//! Format (little-endian), version 2:
 //!
 //! ```text
 //! magic   8 bytes  "MIXLLMP\0"
@@ -10,6 +10,10 @@
 //!                  symmetric matrices as their upper triangle, row by row, d(d+1)/2 values
 //! crc32   u32      of everything before it
 //! ```
+//!
+//! Version 1 files, written before the length head had its own ridge system, are still read:
+//! their length head shared the quality head's matrix, so it continues from a copy of it, with
+//! `length_ridge` equal to `ridge`.
 //!
 //! No pickle, no code runs on load: every field is read with bounds checks and validated as if it
 //! came from a caller. A save writes a temporary file beside the target, syncs it, and renames it
@@ -30,7 +34,9 @@ use crate::policy::{report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
 
 const MAGIC: &[u8; 8] = b"MIXLLMP\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The oldest format version this build reads.
+const OLDEST_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const MAX_NAME_LEN: usize = 4096;
 
@@ -45,6 +51,7 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
     }
     out.u64(c.refactor_every);
     out.f64(c.service_time_smoothing);
+    out.f64(c.length_ridge);
     let slots = policy.slots();
     out.u64(slots.len() as u64);
     for slot in &slots {
@@ -66,6 +73,8 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
         out.f64s(&layout.to_packed(&r.ledger.a));
         out.f64s(&r.ledger.b_quality);
         out.f64s(&r.ledger.b_log_length);
+        out.f64s(&layout.to_packed(&r.ledger.length_a));
+        out.f64s(&layout.to_packed(&r.ledger.length_a_inv));
         out.u64(r.ledger.updates_since_refactor);
         out.f64(r.mean_service_s.unwrap_or(f64::NAN));
         out.u64(r.completed);
@@ -93,9 +102,10 @@ pub fn from_bytes(
         return Err("truncated header".to_string());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(format!(
-            "format version {version} is not supported (this build reads version {VERSION})"
+            "format version {version} is not supported (this build reads versions \
+             {OLDEST_VERSION} to {VERSION})"
         ));
     }
     let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -125,6 +135,7 @@ pub fn from_bytes(
     config.tau_s = d.f64()?;
     config.refactor_every = d.u64()?;
     config.service_time_smoothing = d.f64()?;
+    config.length_ridge = if version >= 2 { d.f64()? } else { config.ridge };
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -138,7 +149,8 @@ pub fn from_bytes(
     let n_models = d.u64()?;
     let mut slots: Vec<Arc<ArmSlot>> = Vec::new();
     for model in 0..n_models {
-        let slot = read_slot(&mut d, &config).map_err(|e| format!("model #{model}: {e}"))?;
+        let slot =
+            read_slot(&mut d, &config, version).map_err(|e| format!("model #{model}: {e}"))?;
         if slots.iter().any(|s| s.name == slot.name) {
             return Err(format!("model {:?} appears twice", slot.name));
         }
@@ -153,7 +165,11 @@ pub fn from_bytes(
     Ok(Policy::from_parts(config, slots))
 }
 
-fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<ArmSlot, String> {
+fn read_slot(
+    d: &mut Decoder<'_>,
+    config: &PolicyConfig,
+    version: u32,
+) -> std::result::Result<ArmSlot, String> {
     let dim = config.dim;
     let layout = SymLayout::new(dim);
     let packed_len = dim * (dim + 1) / 2;
@@ -184,10 +200,23 @@ fn read_slot(d: &mut Decoder<'_>, config: &PolicyConfig) -> std::result::Result<
         theta_quality: d.finite_f64s("quality head", dim)?,
         theta_log_length: d.finite_f64s("length head", dim)?,
     };
+    let a = layout.from_packed(&d.finite_f64s("A", packed_len)?);
+    let b_quality = d.finite_f64s("quality targets", dim)?;
+    let b_log_length = d.finite_f64s("length targets", dim)?;
+    let (length_a, length_a_inv) = if version >= 2 {
+        (
+            layout.from_packed(&d.finite_f64s("length A", packed_len)?),
+            layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?),
+        )
+    } else {
+        (a.clone(), stats.a_inv.clone())
+    };
     let ledger = ArmLedger {
-        a: layout.from_packed(&d.finite_f64s("A", packed_len)?),
-        b_quality: d.finite_f64s("quality targets", dim)?,
-        b_log_length: d.finite_f64s("length targets", dim)?,
+        a,
+        b_quality,
+        length_a,
+        length_a_inv,
+        b_log_length,
         updates_since_refactor: d.u64()?,
     };
     let mean_service = d.f64()?;
@@ -350,5 +379,110 @@ impl<'a> Decoder<'a> {
             ));
         }
         self.take(len as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arm::Observation;
+
+    /// A file as version 1 wrote it: no `length_ridge`, no length matrices.
+    fn to_bytes_v1(policy: &Policy) -> Vec<u8> {
+        let mut out = Encoder::default();
+        let c = policy.config();
+        out.u64(c.dim as u64);
+        for v in [c.alpha, c.beta, c.ridge, c.tau_s] {
+            out.f64(v);
+        }
+        out.u64(c.refactor_every);
+        out.f64(c.service_time_smoothing);
+        let slots = policy.slots();
+        out.u64(slots.len() as u64);
+        let layout = SymLayout::new(c.dim);
+        for slot in &slots {
+            let r = report_of(slot);
+            out.bytes(r.name.as_bytes());
+            let p = &r.profile;
+            for v in [p.price_in, p.price_out, p.fee, p.ttft_s, p.tokens_per_s] {
+                out.f64(v);
+            }
+            out.u64(u64::from(p.concurrency));
+            out.f64(r.priors.quality);
+            out.f64(r.priors.output_tokens);
+            out.u64(r.stats.observations);
+            out.f64(r.stats.weight_sum);
+            out.f64s(&layout.to_packed(&r.stats.a_inv));
+            out.f64s(&r.stats.theta_quality);
+            out.f64s(&r.stats.theta_log_length);
+            out.f64s(&layout.to_packed(&r.ledger.a));
+            out.f64s(&r.ledger.b_quality);
+            out.f64s(&r.ledger.b_log_length);
+            out.u64(r.ledger.updates_since_refactor);
+            out.f64(r.mean_service_s.unwrap_or(f64::NAN));
+            out.u64(r.completed);
+        }
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&(out.buf.len() as u64).to_le_bytes());
+        file.extend_from_slice(&out.buf);
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        file
+    }
+
+    fn observe(policy: &Policy, rows: std::ops::Range<usize>) {
+        let dim = policy.config().dim;
+        for i in rows {
+            let x: Vec<f64> = (0..dim)
+                .map(|k| ((i * dim + k) as f64 * 0.37).sin())
+                .collect();
+            let obs = Observation {
+                x: &x,
+                quality: (i % 3) as f64 / 2.0,
+                output_tokens: Some(1.0 + 40.0 * (i % 5) as f64),
+                weight: 1.0,
+            };
+            policy.update("m", &obs).unwrap();
+        }
+    }
+
+    #[test]
+    fn version_1_files_load_and_continue_as_they_would_have() {
+        // With every length seen and one ridge, the two heads' matrices coincide, which is
+        // exactly the shared matrix version 1 kept.
+        let config = PolicyConfig {
+            ridge: 0.7,
+            length_ridge: 0.7,
+            refactor_every: 5,
+            ..PolicyConfig::new(6)
+        };
+        let policy = Policy::new(config).unwrap();
+        let profile = ModelProfile {
+            price_in: 1.0,
+            price_out: 2.0,
+            fee: 0.0,
+            ttft_s: 0.3,
+            tokens_per_s: 40.0,
+            concurrency: 2,
+        };
+        policy.add_model("m", profile, Priors::default()).unwrap();
+        observe(&policy, 0..13);
+        let old = from_bytes(&to_bytes_v1(&policy), Some(6)).unwrap();
+        assert_eq!(old.config(), policy.config());
+        assert_eq!(to_bytes(&old), to_bytes(&policy));
+        observe(&policy, 13..30);
+        observe(&old, 13..30);
+        assert_eq!(to_bytes(&old), to_bytes(&policy));
+    }
+
+    #[test]
+    fn unknown_versions_are_rejected_by_number() {
+        let mut bytes = to_bytes(&Policy::new(PolicyConfig::new(2)).unwrap());
+        for version in [0u32, VERSION + 1] {
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let error = from_bytes(&bytes, None).unwrap_err();
+            assert!(error.contains(&format!("version {version}")), "{error}");
+        }
     }
 }

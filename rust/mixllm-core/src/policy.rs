@@ -267,7 +267,7 @@ impl Policy {
             priors,
             profile,
             ArmStats::prior(dim, self.config.ridge),
-            ArmLedger::prior(dim, self.config.ridge),
+            ArmLedger::prior(dim, self.config.ridge, self.config.length_ridge),
             LiveStats::default(),
         ));
         let _guard = self.pool_lock.lock();
@@ -588,8 +588,7 @@ impl Policy {
         }
         let slot = self.pool.load().get(name)?.clone();
         let (ledger, stats) = arm::fit(
-            dim,
-            self.config.ridge,
+            &self.config,
             &slot.priors,
             xs,
             quality,

@@ -48,9 +48,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn online_updates_equal_the_batch_fit((dim, every, data) in case()) {
+    fn online_updates_equal_the_batch_fit(
+        (dim, every, data) in case(),
+        length_ridge in prop_oneof![Just(1.0), 0.05f64..50.0],
+    ) {
         let mut config = PolicyConfig::new(dim);
         config.refactor_every = every;
+        config.length_ridge = length_ridge;
         let online = Policy::new(config).unwrap();
         let batch = Policy::new(config).unwrap();
         for policy in [&online, &batch] {
@@ -70,6 +74,8 @@ proptest! {
         prop_assert!(close(&a.stats.theta_quality, &b.stats.theta_quality, 1e-6));
         prop_assert!(close(&a.stats.theta_log_length, &b.stats.theta_log_length, 1e-6));
         prop_assert!(close(&a.ledger.a, &b.ledger.a, 1e-9));
+        prop_assert!(close(&a.ledger.length_a, &b.ledger.length_a, 1e-9));
+        prop_assert!(close(&a.ledger.length_a_inv, &b.ledger.length_a_inv, 1e-7));
         prop_assert_eq!(a.stats.observations, data.len() as u64);
     }
 
@@ -126,10 +132,13 @@ proptest! {
 
     #[test]
     fn rejected_updates_change_nothing_and_saves_round_trip((dim, _every, data) in case()) {
-        let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+        let config = PolicyConfig { length_ridge: 3.0, ..PolicyConfig::new(dim) };
+        let policy = Policy::new(config).unwrap();
         policy.add_model("m", profile(2), Priors::default()).unwrap();
-        for (x, quality, tokens, weight) in &data {
-            let obs = Observation { x, quality: *quality, output_tokens: Some(*tokens), weight: *weight };
+        for (i, (x, quality, tokens, weight)) in data.iter().enumerate() {
+            // Some lengths unseen, so the two heads' matrices differ.
+            let tokens = (i % 3 != 1).then_some(*tokens);
+            let obs = Observation { x, quality: *quality, output_tokens: tokens, weight: *weight };
             policy.update("m", &obs).unwrap();
         }
         let before = persist::to_bytes(&policy);

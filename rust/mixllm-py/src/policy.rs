@@ -49,9 +49,11 @@ fn per_row(value: &ScalarOrVector) -> PerRow<'_> {
 impl PyPolicy {
     #[new]
     #[pyo3(
-        signature = (dim, *, alpha=None, beta=None, ridge=None, tau_s=None, refactor_every=None, service_time_smoothing=None),
-        text_signature = "(dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1)"
+        signature = (dim, *, alpha=None, beta=None, ridge=None, tau_s=None, refactor_every=None, service_time_smoothing=None, length_ridge=None),
+        text_signature = "(dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1, length_ridge=1.0)"
     )]
+    // One argument per keyword of the Python constructor.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         dim: &Bound<'_, PyAny>,
         alpha: Option<&Bound<'_, PyAny>>,
@@ -60,6 +62,7 @@ impl PyPolicy {
         tau_s: Option<&Bound<'_, PyAny>>,
         refactor_every: Option<&Bound<'_, PyAny>>,
         service_time_smoothing: Option<&Bound<'_, PyAny>>,
+        length_ridge: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let defaults = PolicyConfig::new(0);
         let dim = integer(dim, "dim")?;
@@ -70,6 +73,8 @@ impl PyPolicy {
         let alpha = optional_real(alpha, "alpha")?.unwrap_or(defaults.alpha);
         let beta = optional_real(beta, "beta")?.unwrap_or(defaults.beta);
         let ridge = optional_real(ridge, "ridge")?.unwrap_or(defaults.ridge);
+        let length_ridge =
+            optional_real(length_ridge, "length_ridge")?.unwrap_or(defaults.length_ridge);
         let tau_s = optional_real(tau_s, "tau_s")?.unwrap_or(defaults.tau_s);
         let service_time_smoothing =
             optional_real(service_time_smoothing, "service_time_smoothing")?
@@ -84,6 +89,7 @@ impl PyPolicy {
             alpha,
             beta,
             ridge,
+            length_ridge,
             tau_s,
             refactor_every,
             service_time_smoothing,
@@ -109,9 +115,16 @@ impl PyPolicy {
         self.inner.config().beta
     }
 
+    /// Ridge strength of the quality head.
     #[getter]
     fn ridge(&self) -> f64 {
         self.inner.config().ridge
+    }
+
+    /// Ridge strength of the output-length head, which has its own matrix.
+    #[getter]
+    fn length_ridge(&self) -> f64 {
+        self.inner.config().length_ridge
     }
 
     #[getter]
@@ -397,8 +410,9 @@ impl PyPolicy {
     }
 
     /// A consistent copy of everything learned about model `name`, as numpy arrays: `a` (A),
-    /// `a_inv` (A⁻¹), `theta_quality`, `theta_log_length`, `b_quality`, `b_log_length`, and
-    /// counters, priors, live statistics and the profile.
+    /// `a_inv` (A⁻¹), `theta_quality`, `b_quality` (the quality head), `length_a`,
+    /// `length_a_inv`, `theta_log_length`, `b_log_length` (the length head), and counters,
+    /// priors, live statistics and the profile.
     fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
         let dim = self.inner.config().dim;
@@ -425,6 +439,8 @@ impl PyPolicy {
             "b_log_length",
             PyArray1::from_slice(py, &report.ledger.b_log_length),
         )?;
+        out.set_item("length_a", square(&report.ledger.length_a)?)?;
+        out.set_item("length_a_inv", square(&report.ledger.length_a_inv)?)?;
         out.set_item("observations", report.stats.observations)?;
         out.set_item("weight_sum", report.stats.weight_sum)?;
         out.set_item(
@@ -494,11 +510,12 @@ impl PyPolicy {
     fn __repr__(&self) -> String {
         let c = self.inner.config();
         format!(
-            "Policy(dim={}, alpha={}, beta={}, ridge={}, tau_s={}, models={:?})",
+            "Policy(dim={}, alpha={}, beta={}, ridge={}, length_ridge={}, tau_s={}, models={:?})",
             c.dim,
             c.alpha,
             c.beta,
             c.ridge,
+            c.length_ridge,
             c.tau_s,
             self.models()
         )
