@@ -176,14 +176,15 @@ fn solve_ridge(
     Ok((m_inv, theta))
 }
 
-/// One head's recursive least-squares step: `u = M⁻¹x`, the gain `w / (1 + w·xᵀu)` (`None` when
-/// rounding has made it meaningless, which calls for an exact refactorisation) and the new θ.
+/// One head's recursive least-squares step: `u = M⁻¹x`, the gain `w / (1 + w·xᵀu)` and the new θ.
 struct HeadStep {
     u: Vec<f64>,
     gain: f64,
     theta: Vec<f64>,
 }
 
+/// The step of the head with inverse `m_inv` and weights `theta`, or `None` when rounding has
+/// made `1 + w·xᵀu` meaningless (not finite and positive), which calls for an exact refactorisation.
 fn head_step(
     layout: SymLayout,
     m_inv: &[f64],
@@ -246,8 +247,15 @@ pub fn learn(
             r,
         )
     });
-    let drifted = quality.is_none() || matches!(length, Some(None));
-    if drifted || ledger.updates_since_refactor + 1 >= refactor_every {
+    // Both rank-1 steps, unless rounding made one meaningless or an exact refactorisation is due.
+    let steps = match (quality, length) {
+        (Some(q), None) => Some((q, None)),
+        (Some(q), Some(Some(l))) => Some((q, Some(l))),
+        _ => None,
+    };
+    let Some((quality, length)) =
+        steps.filter(|_| ledger.updates_since_refactor + 1 < refactor_every)
+    else {
         let mut next = ledger.clone();
         next.accumulate_quality(x, w, residual_quality);
         if let Some(r) = residual_log_length {
@@ -257,12 +265,11 @@ pub fn learn(
         let stats = next.solve(observations, weight_sum)?;
         *ledger = next;
         return Ok(stats);
-    }
-    let quality = quality.expect("checked above");
-    let length = length.map(|step| step.expect("checked above"));
-    let theta_log_length = length
-        .as_ref()
-        .map_or_else(|| current.theta_log_length.clone(), |s| s.theta.clone());
+    };
+    let (length_update, theta_log_length) = match length {
+        Some(HeadStep { u, gain, theta }) => (Some((u, gain)), theta),
+        None => (None, current.theta_log_length.clone()),
+    };
     if !(quality
         .theta
         .iter()
@@ -274,12 +281,12 @@ pub fn learn(
         ));
     }
 
-    // Sherman–Morrison: A⁻¹ ← A⁻¹ − gain·u·uᵀ, for each head that learned.
+    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for each head that learned.
     let mut a_inv = vec![0.0; current.a_inv.len()];
     rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
     ledger.accumulate_quality(x, w, residual_quality);
-    if let (Some(step), Some(r)) = (&length, residual_log_length) {
-        rank1_in_place(layout, &mut ledger.length_a_inv, &step.u, step.gain);
+    if let (Some((u, gain)), Some(r)) = (length_update, residual_log_length) {
+        rank1_in_place(layout, &mut ledger.length_a_inv, &u, gain);
         ledger.accumulate_length(x, w, r);
     }
     ledger.updates_since_refactor += 1;
