@@ -18,6 +18,7 @@ import mixllm
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.errors import DecisionNotFoundError, NotFittedError
+from mixllm.model_files import file_sha256
 from mixllm.router import Router
 
 
@@ -167,6 +168,31 @@ def test_saving_twice_keeps_one_complete_state(
     assert not first.exists() and second.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", second.name]
     assert Router.load(tmp_path, embedder=router.embedder).models == router.models
+
+
+def test_a_save_without_length_ridge_keeps_its_policys(
+    fitted: tuple[Router, RoutingDataset], tmp_path: Path
+) -> None:
+    """A state saved before `length_ridge` existed has no such field in config.json: the
+    loaded config takes the value its policy file carries, not the default."""
+    router, _ = fitted
+    assert router.projection is not None
+    config = replace(router.config, ridge=30.0, length_ridge=30.0)
+    policy = config.new_policy()
+    old = Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
+    folder = old.save(tmp_path)
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    del raw["router"]["length_ridge"]
+    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["config.json"] = file_sha256(folder / "config.json")
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    loaded = Router.load(tmp_path, embedder=router.embedder)
+    assert (loaded.config.ridge, loaded.config.length_ridge) == (30.0, 30.0)
+    assert loaded.policy.length_ridge == 30.0
+    # A save that names it keeps its own.
+    old.save(tmp_path)
+    assert Router.load(tmp_path, embedder=router.embedder).config.length_ridge == 30.0
 
 
 def test_a_damaged_save_is_refused(fitted: tuple[Router, RoutingDataset], tmp_path: Path) -> None:

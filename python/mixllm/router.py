@@ -631,13 +631,16 @@ class Router:
             if file_sha256(folder / file) != expected:
                 raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
         try:
-            config = RouterConfig.from_dict(
-                json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            )
+            raw_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            config = RouterConfig.from_dict(raw_config)
         except (ValueError, TypeError) as err:
             raise StateFileError(f"{folder}: invalid configuration: {err}") from err
         projection = load_projection(folder / "projection.npz")
         policy = Policy.load(folder / "policy.bin", dim=config.dim + 1)
+        if "length_ridge" not in raw_config.get("router", {}):
+            # Saved before the length head had its own ridge: it continues with the one its
+            # policy file carries (the quality ridge then), and a refit keeps using it.
+            config = replace(config, length_ridge=policy.length_ridge)
         return cls(config, embedder=embedder, projection=projection, policy=policy)
 
     @classmethod
