@@ -22,10 +22,11 @@ Routing is the static rule of the evaluation's score routers (argmax q̂ - ĉ/λ
 no queue, no exploration bonus, no online learning), scored with the evaluation's own code
 (`experiments.sweep`, `ScoreRouter`, `metrics.aiq`): quality and cost in % of GPT-4 on the
 same queries, AIQ over the single-model cost range. The linear heads are the Policy's
-(ridge on the context, residual over the prior quality, shared A = ridge·I + XᵀX; a numpy
-replica checked against `Policy.decide` at start-up); the cost estimate is the Policy's too
-(prompt tokens x input price + predicted output tokens x output price, the length head a ridge
-on log(1 + tokens) over the same context). Nonlinear heads reuse the default context's cost.
+(ridge on the context, residual over the prior quality, A = ridge·I + XᵀX; a numpy replica
+checked against `Policy.decide` at start-up); the cost estimate is the Policy's too (prompt
+tokens x input price + predicted output tokens x output price, the length head a ridge on
+log(1 + tokens) over the same context with its own ridge, `length_ridge`, 1 unless a row says
+otherwise). Nonlinear heads reuse the default context's cost.
 """
 
 from __future__ import annotations
@@ -225,13 +226,15 @@ def with_domain(base: ContextFn, source: str, interact: bool = False) -> Context
 Predictor = Callable[[Data, I64, I64], tuple[F64, F64]]
 
 
-def linear(context: ContextFn, ridge: float = 1.0, prior: str = "0.5") -> Predictor:
+def linear(
+    context: ContextFn, ridge: float = 1.0, prior: str = "0.5", length_ridge: float = 1.0
+) -> Predictor:
     def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
         ctx = context(data, fit)
         x_fit, x_out = ctx(fit), ctx(out)
         q_prior: F64 | float = 0.5 if prior == "0.5" else data.quality[fit].mean(axis=0)
         q = ridge_heads(x_fit, data.quality[fit], x_out, ridge, q_prior)
-        ll = ridge_heads(x_fit, data.log_length[fit], x_out, ridge, PRIOR_LOG_LENGTH)
+        ll = ridge_heads(x_fit, data.log_length[fit], x_out, length_ridge, PRIOR_LOG_LENGTH)
         return q, cost_hat(data, ll, out)
 
     return predict
@@ -362,18 +365,22 @@ def on_test(data: Data, predictor: Predictor) -> dict[str, float]:
 
 
 def check_replica(data: Data) -> None:
-    """The numpy heads give the Policy's predictions (same context, same prior, same ridge)."""
+    """The numpy heads give the Policy's predictions (same context, same prior, same ridges;
+    the two ridges differ so that a head using the other's would be caught)."""
     ctx = tag_context(64)(data, data.train)
     x_fit, x_out = ctx(data.train), ctx(data.test[:5])
-    policy = Policy(x_fit.shape[1], alpha=0.0, beta=0.0, ridge=1.0, tau_s=1e9)
+    ridge, length_ridge = 10.0, 1.0
+    policy = Policy(
+        x_fit.shape[1], alpha=0.0, beta=0.0, ridge=ridge, length_ridge=length_ridge, tau_s=1e9
+    )
     config = router_config(data.dataset.models, tau_s=1e9)
     for k, model in enumerate(config.models):
         policy.add_model(model.name, **model.policy_kwargs())
         tokens = None if data.dataset.output_tokens is None else data.dataset.output_tokens
         assert tokens is not None
         policy.fit(model.name, x_fit, data.quality[data.train, k], tokens[data.train, k])
-    q = ridge_heads(x_fit, data.quality[data.train], x_out, 1.0, 0.5)
-    ll = ridge_heads(x_fit, data.log_length[data.train], x_out, 1.0, PRIOR_LOG_LENGTH)
+    q = ridge_heads(x_fit, data.quality[data.train], x_out, ridge, 0.5)
+    ll = ridge_heads(x_fit, data.log_length[data.train], x_out, length_ridge, PRIOR_LOG_LENGTH)
     c = cost_hat(data, ll, data.test[:5])
     for i, row in enumerate(data.test[:5]):
         decision = policy.decide(
@@ -396,8 +403,13 @@ def predictors(quick: bool) -> dict[str, Predictor]:
     for d in (96, 128, 192):
         out[f"ridge, tag {d}-d"] = linear(tag_context(d))
     out["ridge, raw 384-d"] = linear(raw_context)
-    for r in (0.1, 0.3, 3.0, 10.0, 30.0):
+    for r in (0.1, 0.3, 3.0, 10.0, 30.0, 100.0):
         out[f"ridge {r:g}, tag 64-d"] = linear(tag_context(64), ridge=r)
+    for r in (10.0, 30.0):
+        # The length head shrunk as hard as quality (one shared ridge, as before length_ridge).
+        out[f"ridge {r:g}, tag 64-d, length ridge {r:g}"] = linear(
+            tag_context(64), ridge=r, length_ridge=r
+        )
     for d in (128, 384):
         out[f"ridge 10, tag {d}-d"] = linear(tag_context(d), ridge=10.0)
     out["ridge, tag 64-d, prior = train mean"] = linear(tag_context(64), prior="mean")
@@ -411,7 +423,9 @@ def predictors(quick: bool) -> dict[str, Predictor]:
         out[f"ridge {r:g}, tag 64-d ⊗ tagger domain"] = linear(
             with_domain(tag_context(64), "tagger", interact=True), ridge=r
         )
-    out["per-benchmark mean only (label one-hot)"] = linear(domain_only, ridge=1e-6)
+    out["per-benchmark mean only (label one-hot)"] = linear(
+        domain_only, ridge=1e-6, length_ridge=1e-6
+    )
     for k in (10, 40, 80, 160):
         out[f"kNN k={k}, raw"] = knn(k)
     ridge10 = linear(tag_context(64), ridge=10.0)
@@ -500,7 +514,9 @@ def needed_signal(data: Data, seeds: int = 5) -> None:
     posterior P(quality = 1 | benchmark, noisy view); sigma = inf is the per-benchmark mean
     alone. The within-benchmark AUC it reaches is the yardstick for the AUC real predictors
     reach."""
-    mean_q, c_hat = linear(domain_only, ridge=1e-6)(data, data.train, data.test)
+    mean_q, c_hat = linear(domain_only, ridge=1e-6, length_ridge=1e-6)(
+        data, data.train, data.test
+    )
     prior = np.clip(mean_q, 1e-3, 1.0 - 1e-3)
     truth = data.quality[data.test]
     print(
