@@ -35,7 +35,7 @@ class ArmOracle:
 
     Quality head: A = ridge·I + Σ w·x·xᵀ, b_q = Σ w·(q - prior_q)·x over every observation.
     Length head: A_len = length_ridge·I + Σ w·x·xᵀ, b_len = Σ w·(log1p(t) - log1p(prior_t))·x
-    over the observations with output tokens only (default length_ridge: ridge).
+    over the observations with output tokens only.
     """
 
     def __init__(
@@ -44,14 +44,15 @@ class ArmOracle:
         ridge: float,
         prior_quality: float = 0.5,
         prior_output_tokens: float = 256.0,
-        length_ridge: float | None = None,
+        *,
+        length_ridge: float,
     ) -> None:
         self.ridge = ridge
         self.prior_quality = prior_quality
         self.prior_log_length = float(np.log1p(prior_output_tokens))
         self.a = ridge * np.eye(dim)
         self.b_quality = np.zeros(dim)
-        self.length_a = (ridge if length_ridge is None else length_ridge) * np.eye(dim)
+        self.length_a = length_ridge * np.eye(dim)
         self.b_log_length = np.zeros(dim)
         self.observations = 0
         self.weight_sum = 0.0

@@ -46,7 +46,9 @@ def test_online_updates_match_the_numpy_ridge_solution(
         policy.add_model(
             name, **profile, prior_quality=prior_quality, prior_output_tokens=prior_tokens
         )
-        oracles[name] = arm_oracle(dim, ridge, prior_quality, prior_tokens, length_ridge)
+        oracles[name] = arm_oracle(
+            dim, ridge, prior_quality, prior_tokens, length_ridge=length_ridge
+        )
 
     names = list(priors)
     updates = 3000 if dim == 8 else 1500
@@ -153,7 +155,7 @@ def test_fit_is_the_weighted_ridge_solution_and_replaces_the_arm(
     other_after = policy.inspect("other")
     for key in ("a", "a_inv", "theta_quality", "length_a", "length_a_inv", "theta_log_length"):
         np.testing.assert_array_equal(other_after[key], other_before[key])
-    oracle = arm_oracle(dim, ridge, 0.4, 128.0, length_ridge)
+    oracle = arm_oracle(dim, ridge, 0.4, 128.0, length_ridge=length_ridge)
     oracle.a, oracle.b_quality = a.copy(), b_q.copy()
     oracle.length_a, oracle.b_log_length = a_len.copy(), b_len.copy()
     oracle.observations, oracle.weight_sum = n, float(weights.sum())

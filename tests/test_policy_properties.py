@@ -50,6 +50,9 @@ def observation_stream(
     seed=seeds,
     values=observations,
     ridge=st.sampled_from([0.1, 1.0, 10.0]),
+    # None: the quality head's ridge, so the two heads share their matrices until a length is
+    # missing.
+    length_ridge=st.sampled_from([None, 0.5, 30.0]),
     refactor_every=st.sampled_from([1, 2, 5, 1000]),
     priors=st.tuples(qualities, st.floats(min_value=0.0, max_value=1e4)),
 )
@@ -59,12 +62,16 @@ def test_any_sequence_of_updates_matches_the_oracle(
     seed: int,
     values: list[tuple[float, float | None, float]],
     ridge: float,
+    length_ridge: float | None,
     refactor_every: int,
     priors: tuple[float, float],
 ) -> None:
-    policy = mixllm.Policy(dim, ridge=ridge, refactor_every=refactor_every)
+    length_ridge = ridge if length_ridge is None else length_ridge
+    policy = mixllm.Policy(
+        dim, ridge=ridge, length_ridge=length_ridge, refactor_every=refactor_every
+    )
     policy.add_model("m", **PROFILE, prior_quality=priors[0], prior_output_tokens=priors[1])
-    oracle = arm_oracle(dim, ridge, *priors)
+    oracle = arm_oracle(dim, ridge, *priors, length_ridge=length_ridge)
     for obs in observation_stream(dim, seed, values):
         policy.update("m", **obs)
         oracle.update(**obs)

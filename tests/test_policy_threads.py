@@ -16,7 +16,13 @@ import pytest
 import mixllm
 
 DIM = 12
-CONFIG: dict[str, Any] = {"alpha": 0.1, "ridge": 0.9, "tau_s": 20.0, "refactor_every": 37}
+CONFIG: dict[str, Any] = {
+    "alpha": 0.1,
+    "ridge": 0.9,
+    "length_ridge": 3.0,
+    "tau_s": 20.0,
+    "refactor_every": 37,
+}
 PROFILE: dict[str, Any] = {
     "price_in": 1.0,
     "price_out": 2.0,
@@ -212,7 +218,7 @@ def test_threads_updating_the_same_model_lose_no_update(arm_oracle: Any) -> None
         [*(updater(b) for b in batches), decider, finish], stop, seconds=DEADLOCK_TIMEOUT_S
     )
 
-    oracle = arm_oracle(DIM, CONFIG["ridge"], 0.5, 100.0)
+    oracle = arm_oracle(DIM, CONFIG["ridge"], 0.5, 100.0, length_ridge=CONFIG["length_ridge"])
     for batch in batches:
         for obs in batch:
             oracle.update(**obs)

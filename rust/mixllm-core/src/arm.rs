@@ -6,13 +6,16 @@
 //! multiple-choice answer one), and shrinking it as hard as quality pulls every long answer
 //! towards the short ones, so the cost and the service time of exactly the slowest requests are
 //! underpredicted. Each head therefore has its own ridge, and the length head learns only from
-//! observations whose length was seen.
+//! observations whose length was seen. While the two systems coincide (equal ridges, and every
+//! length seen so far) the length head reads the quality head's matrices instead of keeping
+//! copies, so an update costs what one head costs; the first observation without a length, or a
+//! fit with another ridge, gives it its own.
 //!
 //! Readers see an immutable [`ArmStats`] snapshot. A writer owns an [`ArmLedger`] (the exact
-//! sufficient statistics of both heads, and the length head's A⁻¹, which only writers read) and
-//! turns one observation into a new snapshot with Sherman–Morrison rank-1 updates in O(d²),
+//! sufficient statistics of both heads, and the length head's own A⁻¹, which only writers read)
+//! and turns one observation into a new snapshot with Sherman–Morrison rank-1 updates in O(d²),
 //! refreshing each head in O(d) with the recursive least-squares form
-//! `θ += u·(r − xᵀθ)·w/(1 + w·xᵀu)`, u = A⁻¹x. Every `refactor_every` updates it re-inverts both
+//! `θ += u·(r − xᵀθ)·w/(1 + w·xᵀu)`, u = A⁻¹x. Every `refactor_every` updates it re-inverts the
 //! matrices exactly from the ledger, so rounding errors cannot accumulate.
 //!
 //! Both heads learn residuals against the arm's [`Priors`]: an arm with no data predicts the
@@ -50,14 +53,21 @@ pub struct ArmLedger {
     pub a: Vec<f64>,
     /// Σ w·(quality − prior)·x.
     pub b_quality: Vec<f64>,
-    /// A_len = length_ridge·I + Σ w·x·xᵀ over the observations whose length was seen.
-    pub length_a: Vec<f64>,
-    /// A_len⁻¹, kept here because only the writer's next update reads it.
-    pub length_a_inv: Vec<f64>,
-    /// Σ w·(log(1 + tokens) − prior)·x over the same observations.
+    /// Σ w·(log(1 + tokens) − prior)·x over the observations whose length was seen.
     pub b_log_length: Vec<f64>,
-    /// Rank-1 updates since both inverses were last computed exactly.
+    /// The length head's own matrices, or `None` while they equal A and A⁻¹.
+    pub length: Option<LengthSystem>,
+    /// Rank-1 updates since the inverses were last computed exactly.
     pub updates_since_refactor: u64,
+}
+
+/// The length head's ridge system once it differs from the quality head's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LengthSystem {
+    /// A_len = length_ridge·I + Σ w·x·xᵀ over the observations whose length was seen.
+    pub a: Vec<f64>,
+    /// A_len⁻¹, kept here because only the writer's next update reads it.
+    pub a_inv: Vec<f64>,
 }
 
 /// One observation of a model's outcome on a query.
@@ -107,41 +117,75 @@ impl ArmStats {
 }
 
 impl ArmLedger {
+    /// No observations: A = ridge·I, and A_len = length_ridge·I (shared with A when equal).
     pub fn prior(dim: usize, ridge: f64, length_ridge: f64) -> Self {
         let layout = SymLayout::new(dim);
         Self {
             a: layout.scaled_identity(ridge),
             b_quality: vec![0.0; dim],
-            length_a: layout.scaled_identity(length_ridge),
-            length_a_inv: layout.scaled_identity(1.0 / length_ridge),
             b_log_length: vec![0.0; dim],
+            length: (length_ridge != ridge).then(|| LengthSystem {
+                a: layout.scaled_identity(length_ridge),
+                a_inv: layout.scaled_identity(1.0 / length_ridge),
+            }),
             updates_since_refactor: 0,
         }
     }
 
-    /// Adds one weighted observation to the quality head: A += w·x·xᵀ, b += w·r·x (`x` padded).
-    fn accumulate_quality(&mut self, x: &[f64], w: f64, residual: f64) {
+    /// The length head's matrix A_len.
+    pub fn length_a(&self) -> &[f64] {
+        self.length.as_ref().map_or(&self.a, |own| &own.a)
+    }
+
+    /// Gives the length head its own copy of the quality head's matrices (`a_inv` is A⁻¹ as
+    /// the current snapshot holds it), unless it has one already.
+    fn separate_length(&mut self, a_inv: &[f64]) {
+        if self.length.is_none() {
+            self.length = Some(LengthSystem {
+                a: self.a.clone(),
+                a_inv: a_inv.to_vec(),
+            });
+        }
+    }
+
+    /// Adds one weighted observation (`x` padded): A += w·x·xᵀ, b_q += w·r_q·x, and with a seen
+    /// length b_len += w·r_len·x and, when the length head has its own, A_len += w·x·xᵀ.
+    fn accumulate(
+        &mut self,
+        x: &[f64],
+        w: f64,
+        residual_quality: f64,
+        residual_length: Option<f64>,
+    ) {
         let layout = SymLayout::new(self.b_quality.len());
         rank1_in_place(layout, &mut self.a, x, -w);
-        axpy(w * residual, x, &mut self.b_quality);
+        axpy(w * residual_quality, x, &mut self.b_quality);
+        if let Some(r) = residual_length {
+            axpy(w * r, x, &mut self.b_log_length);
+            if let Some(own) = &mut self.length {
+                rank1_in_place(layout, &mut own.a, x, -w);
+            }
+        }
     }
 
-    /// Adds one weighted observed length to the length head.
-    fn accumulate_length(&mut self, x: &[f64], w: f64, residual: f64) {
-        let layout = SymLayout::new(self.b_log_length.len());
-        rank1_in_place(layout, &mut self.length_a, x, -w);
-        axpy(w * residual, x, &mut self.b_log_length);
-    }
-
-    /// The exact snapshot these statistics imply: both inverses by Cholesky, θ = A⁻¹·b. Also
-    /// refreshes `length_a_inv` to the exact inverse; on error nothing is changed.
+    /// The exact snapshot these statistics imply: the inverses by Cholesky, θ = A⁻¹·b. Also
+    /// refreshes the length head's own A⁻¹, if it has one; on error nothing is changed.
     pub fn solve(&mut self, observations: u64, weight_sum: f64) -> Result<ArmStats> {
         let dim = self.b_quality.len();
         let layout = SymLayout::new(dim);
         let (a_inv, theta_quality) = solve_ridge(layout, "A", &self.a, &self.b_quality)?;
-        let (length_a_inv, theta_log_length) =
-            solve_ridge(layout, "A_len", &self.length_a, &self.b_log_length)?;
-        self.length_a_inv = length_a_inv;
+        let theta_log_length = match &self.length {
+            None => solve_with(layout, &a_inv, &self.b_log_length)?,
+            Some(own) => {
+                let (length_a_inv, theta) =
+                    solve_ridge(layout, "A_len", &own.a, &self.b_log_length)?;
+                self.length = Some(LengthSystem {
+                    a: own.a.clone(),
+                    a_inv: length_a_inv,
+                });
+                theta
+            }
+        };
         Ok(ArmStats {
             a_inv,
             theta_quality,
@@ -165,15 +209,29 @@ fn solve_ridge(
             "the arm's matrix {name} is not positive definite (are the contexts finite?)"
         ))
     })?;
-    let mut theta = vec![0.0; layout.stride()];
-    symv(layout, &m_inv, &layout.pad(b), &mut theta);
-    theta.truncate(layout.dim());
-    if !(m_inv.iter().chain(&theta).all(|v| v.is_finite())) {
-        return Err(Error::InvalidValue(
-            "the observations are too large: the arm's statistics would overflow".to_string(),
-        ));
+    if !m_inv.iter().all(|v| v.is_finite()) {
+        return Err(overflow());
     }
+    let theta = solve_with(layout, &m_inv, b)?;
     Ok((m_inv, theta))
+}
+
+/// θ = M⁻¹·b (unpadded) given M⁻¹.
+fn solve_with(layout: SymLayout, m_inv: &[f64], b: &[f64]) -> Result<Vec<f64>> {
+    let mut theta = vec![0.0; layout.stride()];
+    symv(layout, m_inv, &layout.pad(b), &mut theta);
+    theta.truncate(layout.dim());
+    if theta.iter().all(|v| v.is_finite()) {
+        Ok(theta)
+    } else {
+        Err(overflow())
+    }
+}
+
+fn overflow() -> Error {
+    Error::InvalidValue(
+        "the observations are too large: the arm's statistics would overflow".to_string(),
+    )
 }
 
 /// One head's recursive least-squares step: `u = M⁻¹x`, the gain `w / (1 + w·xᵀu)` and the new θ.
@@ -200,13 +258,18 @@ fn head_step(
         return None;
     }
     let gain = w / denominator;
-    let mut next = theta.to_vec();
-    axpy(gain * (residual - dot(theta, x)), &u, &mut next);
     Some(HeadStep {
+        theta: rls_weights(theta, x, &u, gain, residual),
         u,
         gain,
-        theta: next,
     })
+}
+
+/// θ + u·gain·(residual − xᵀθ): a head's weights after a step with `u` and `gain`.
+fn rls_weights(theta: &[f64], x: &[f64], u: &[f64], gain: f64, residual: f64) -> Vec<f64> {
+    let mut next = theta.to_vec();
+    axpy(gain * (residual - dot(theta, x)), u, &mut next);
+    next
 }
 
 /// Applies one observation (already validated) to the ledger and returns the next snapshot.
@@ -237,15 +300,15 @@ pub fn learn(
         w,
         residual_quality,
     );
-    let length = residual_log_length.map(|r| {
-        head_step(
-            layout,
-            &ledger.length_a_inv,
-            &current.theta_log_length,
-            x,
-            w,
-            r,
-        )
+    // The length head's step: its own, or the quality head's u and gain while they share A.
+    let length = residual_log_length.map(|r| match (&ledger.length, &quality) {
+        (Some(own), _) => head_step(layout, &own.a_inv, &current.theta_log_length, x, w, r),
+        (None, Some(q)) => Some(HeadStep {
+            theta: rls_weights(&current.theta_log_length, x, &q.u, q.gain, r),
+            u: Vec::new(),
+            gain: q.gain,
+        }),
+        (None, None) => None,
     });
     // Both rank-1 steps, unless rounding made one meaningless or an exact refactorisation is due.
     let steps = match (quality, length) {
@@ -257,10 +320,10 @@ pub fn learn(
         steps.filter(|_| ledger.updates_since_refactor + 1 < refactor_every)
     else {
         let mut next = ledger.clone();
-        next.accumulate_quality(x, w, residual_quality);
-        if let Some(r) = residual_log_length {
-            next.accumulate_length(x, w, r);
+        if residual_log_length.is_none() {
+            next.separate_length(&current.a_inv);
         }
+        next.accumulate(x, w, residual_quality, residual_log_length);
         next.updates_since_refactor = 0;
         let stats = next.solve(observations, weight_sum)?;
         *ledger = next;
@@ -281,13 +344,18 @@ pub fn learn(
         ));
     }
 
-    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for each head that learned.
+    // Nothing fails from here on. The first observation without a length parts the two heads'
+    // systems for good: the length head keeps A and A⁻¹ as they were before it.
+    if residual_log_length.is_none() {
+        ledger.separate_length(&current.a_inv);
+    }
+    ledger.accumulate(x, w, residual_quality, residual_log_length);
+    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
+    // and learned, the length head.
     let mut a_inv = vec![0.0; current.a_inv.len()];
     rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
-    ledger.accumulate_quality(x, w, residual_quality);
-    if let (Some((u, gain)), Some(r)) = (length_update, residual_log_length) {
-        rank1_in_place(layout, &mut ledger.length_a_inv, &u, gain);
-        ledger.accumulate_length(x, w, r);
+    if let (Some((u, gain)), Some(own)) = (length_update, &mut ledger.length) {
+        rank1_in_place(layout, &mut own.a_inv, &u, gain);
     }
     ledger.updates_since_refactor += 1;
     Ok(ArmStats {
@@ -311,16 +379,17 @@ pub fn fit(
 ) -> Result<(ArmLedger, ArmStats)> {
     let dim = config.dim;
     let mut ledger = ArmLedger::prior(dim, config.ridge, config.length_ridge);
+    if output_tokens.is_none() {
+        // No length seen: the length head stays at its prior, A_len = length_ridge·I.
+        ledger.separate_length(&SymLayout::new(dim).scaled_identity(1.0 / config.ridge));
+    }
     let mut weight_sum = 0.0;
     let layout = SymLayout::new(dim);
     for (row, x) in xs.chunks_exact(dim).enumerate() {
         let x = &layout.pad(x);
         let w = weights.map_or(1.0, |ws| ws[row]);
-        ledger.accumulate_quality(x, w, quality[row] - priors.quality);
-        // Without observed lengths the length head stays at its prior.
-        if let Some(tokens) = output_tokens {
-            ledger.accumulate_length(x, w, tokens[row].ln_1p() - priors.log_length());
-        }
+        let residual_length = output_tokens.map(|t| t[row].ln_1p() - priors.log_length());
+        ledger.accumulate(x, w, quality[row] - priors.quality, residual_length);
         weight_sum += w;
     }
     let stats = ledger.solve(quality.len() as u64, weight_sum)?;
@@ -372,17 +441,26 @@ mod tests {
         assert_eq!(stats.observations, 50);
     }
 
-    /// The length head's ridge system against a direct solve of its normal equations.
+    /// A length head by a direct solve of its normal equations: `rows` (context, tokens, weight)
+    /// in the matrix and the targets, `unseen` (context, weight) in the matrix only.
     fn exact_length_head(
         dim: usize,
         length_ridge: f64,
         priors: &Priors,
         rows: &[(&[f64], f64, f64)],
+        unseen: &[(&[f64], f64)],
     ) -> Vec<f64> {
         let mut m = vec![0.0; dim * dim];
         let mut b = vec![0.0; dim];
         for i in 0..dim {
             m[i * dim + i] = length_ridge;
+        }
+        for &(x, w) in unseen {
+            for i in 0..dim {
+                for j in 0..dim {
+                    m[i * dim + j] += w * x[i] * x[j];
+                }
+            }
         }
         for &(x, tokens, w) in rows {
             for i in 0..dim {
@@ -410,17 +488,19 @@ mod tests {
         theta
     }
 
-    #[test]
-    fn the_length_head_has_its_own_ridge_and_learns_only_seen_lengths() {
+    /// Online learning with some lengths unseen, against the exact solution of each head.
+    fn check_heads_against_exact_solutions(ridge: f64, length_ridge: f64) {
         let dim = 5;
         let priors = Priors::default();
         let xs = contexts(40, dim);
-        let (ridge, length_ridge) = (30.0, 0.5);
         let mut stats = ArmStats::prior(dim, ridge);
         let mut ledger = ArmLedger::prior(dim, ridge, length_ridge);
+        assert_eq!(ledger.length.is_some(), ridge != length_ridge);
         let mut seen: Vec<(&[f64], f64, f64)> = Vec::new();
+        let mut unseen: Vec<(&[f64], f64)> = Vec::new();
         for (i, x) in xs.chunks_exact(dim).enumerate() {
-            let tokens = (i % 3 != 0).then_some(5.0 + 20.0 * i as f64);
+            // Every length seen for the first 10 observations, then a third of them unseen.
+            let tokens = (i < 10 || i % 3 != 0).then_some(5.0 + 20.0 * i as f64);
             let w = 0.5 + (i % 4) as f64;
             let obs = Observation {
                 x,
@@ -430,24 +510,39 @@ mod tests {
             };
             // A short period, so both the rank-1 steps and the exact refactorisation are used.
             stats = learn(&stats, &mut ledger, &priors, &obs, 9).unwrap();
-            if let Some(t) = tokens {
-                seen.push((x, t, w));
+            match tokens {
+                Some(t) => seen.push((x, t, w)),
+                None => unseen.push((x, w)),
             }
+            // Equal ridges share the matrices until the first unseen length.
+            assert_eq!(ledger.length.is_none(), ridge == length_ridge && i < 12);
         }
-        let exact = exact_length_head(dim, length_ridge, &priors, &seen);
+        let exact = exact_length_head(dim, length_ridge, &priors, &seen, &[]);
         for (a, b) in stats.theta_log_length.iter().zip(&exact) {
             assert!((a - b).abs() < 1e-9, "{a} vs {b}");
         }
-        // The same lengths under the quality head's ridge give a different, more shrunk head.
-        let shrunk = exact_length_head(dim, ridge, &priors, &seen);
-        let distance: f64 = shrunk.iter().zip(&exact).map(|(a, b)| (a - b).abs()).sum();
-        assert!(distance > 1e-3);
-        // The ledger's inverse is that of its matrix.
+        // The same targets over the quality head's matrix (every observation, its ridge) differ:
+        // the test can tell the two systems apart.
+        let shared = exact_length_head(dim, ridge, &priors, &seen, &unseen);
+        let distance: f64 = shared.iter().zip(&exact).map(|(a, b)| (a - b).abs()).sum();
+        assert!(distance > 1e-3, "{distance}");
+        // The ledger's own inverse is that of its matrix.
         let mut check = ledger.clone();
         check.solve(stats.observations, stats.weight_sum).unwrap();
-        for (a, b) in check.length_a_inv.iter().zip(&ledger.length_a_inv) {
+        let (own, exact_own) = (ledger.length.unwrap(), check.length.unwrap());
+        for (a, b) in exact_own.a_inv.iter().zip(&own.a_inv) {
             assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn the_length_head_has_its_own_ridge_and_learns_only_seen_lengths() {
+        check_heads_against_exact_solutions(30.0, 0.5);
+    }
+
+    #[test]
+    fn equal_ridges_share_the_matrices_until_a_length_is_unseen() {
+        check_heads_against_exact_solutions(2.0, 2.0);
     }
 
     #[test]
@@ -470,7 +565,8 @@ mod tests {
         )
         .unwrap();
         let before = stats.predict_output_tokens(&priors, &x);
-        let length_before = (ledger.length_a.clone(), ledger.length_a_inv.clone());
+        assert!(ledger.length.is_none());
+        let a_before = ledger.a.clone();
         let after = learn(
             &stats,
             &mut ledger,
@@ -486,7 +582,10 @@ mod tests {
         .unwrap();
         assert_eq!(after.predict_output_tokens(&priors, &x), before);
         assert_eq!(after.theta_log_length, stats.theta_log_length);
-        assert_eq!((ledger.length_a, ledger.length_a_inv), length_before);
+        // The length head now has its own matrices: the quality head's as they were before.
+        let own = ledger.length.as_ref().unwrap();
+        assert_eq!((&own.a, &own.a_inv), (&a_before, &stats.a_inv));
+        assert_ne!(ledger.a, a_before);
         assert_ne!(after.theta_quality, stats.theta_quality);
     }
 
@@ -516,7 +615,10 @@ mod tests {
             (&stats.a_inv, &rank1.a_inv),
             (&stats.theta_quality, &rank1.theta_quality),
             (&stats.theta_log_length, &rank1.theta_log_length),
-            (&ledger.length_a_inv, &rank1_ledger.length_a_inv),
+            (
+                &ledger.length.as_ref().unwrap().a_inv,
+                &rank1_ledger.length.as_ref().unwrap().a_inv,
+            ),
         ];
         for (exact, stepped) in pairs {
             for (a, b) in exact.iter().zip(stepped) {

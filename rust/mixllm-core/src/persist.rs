@@ -11,9 +11,10 @@
 //! crc32   u32      of everything before it
 //! ```
 //!
-//! Version 1 files, written before the length head had its own ridge system, are still read:
-//! their length head shared the quality head's matrix, so it continues from a copy of it, with
-//! `length_ridge` equal to `ridge`.
+//! Version 2 added `length_ridge` and, per model, the length head's own matrices when it has
+//! them. Version 1 files, written before the length head had its own ridge system, are still
+//! read: their length head shares the quality head's matrices, with `length_ridge` equal to
+//! `ridge`, exactly as it did.
 //!
 //! No pickle, no code runs on load: every field is read with bounds checks and validated as if it
 //! came from a caller. A save writes a temporary file beside the target, syncs it, and renames it
@@ -25,7 +26,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::arm::{ArmLedger, ArmStats};
+use crate::arm::{ArmLedger, ArmStats, LengthSystem};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::SymLayout;
@@ -73,8 +74,15 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
         out.f64s(&layout.to_packed(&r.ledger.a));
         out.f64s(&r.ledger.b_quality);
         out.f64s(&r.ledger.b_log_length);
-        out.f64s(&layout.to_packed(&r.ledger.length_a));
-        out.f64s(&layout.to_packed(&r.ledger.length_a_inv));
+        // The length head's own matrices, when it has them (flag 1), else nothing (flag 0).
+        match &r.ledger.length {
+            None => out.u64(0),
+            Some(own) => {
+                out.u64(1);
+                out.f64s(&layout.to_packed(&own.a));
+                out.f64s(&layout.to_packed(&own.a_inv));
+            }
+        }
         out.u64(r.ledger.updates_since_refactor);
         out.f64(r.mean_service_s.unwrap_or(f64::NAN));
         out.u64(r.completed);
@@ -203,20 +211,20 @@ fn read_slot(
     let a = layout.from_packed(&d.finite_f64s("A", packed_len)?);
     let b_quality = d.finite_f64s("quality targets", dim)?;
     let b_log_length = d.finite_f64s("length targets", dim)?;
-    let (length_a, length_a_inv) = if version >= 2 {
-        (
-            layout.from_packed(&d.finite_f64s("length A", packed_len)?),
-            layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?),
-        )
-    } else {
-        (a.clone(), stats.a_inv.clone())
+    // Version 1's length head always shared the quality head's matrices.
+    let length = match if version >= 2 { d.u64()? } else { 0 } {
+        0 => None,
+        1 => Some(LengthSystem {
+            a: layout.from_packed(&d.finite_f64s("length A", packed_len)?),
+            a_inv: layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?),
+        }),
+        flag => return Err(format!("{name:?}: invalid length-system flag {flag}")),
     };
     let ledger = ArmLedger {
         a,
         b_quality,
-        length_a,
-        length_a_inv,
         b_log_length,
+        length,
         updates_since_refactor: d.u64()?,
     };
     let mean_service = d.f64()?;

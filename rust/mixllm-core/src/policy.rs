@@ -189,6 +189,16 @@ pub struct ArmReport {
     pub completed: u64,
 }
 
+impl ArmReport {
+    /// The length head's A⁻¹: its own, or the quality head's while the two share A.
+    pub fn length_a_inv(&self) -> &[f64] {
+        self.ledger
+            .length
+            .as_ref()
+            .map_or(&self.stats.a_inv, |own| &own.a_inv)
+    }
+}
+
 /// Per-row or shared value of a batch argument.
 #[derive(Debug, Clone, Copy)]
 pub enum PerRow<'a> {

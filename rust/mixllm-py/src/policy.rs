@@ -439,8 +439,8 @@ impl PyPolicy {
             "b_log_length",
             PyArray1::from_slice(py, &report.ledger.b_log_length),
         )?;
-        out.set_item("length_a", square(&report.ledger.length_a)?)?;
-        out.set_item("length_a_inv", square(&report.ledger.length_a_inv)?)?;
+        out.set_item("length_a", square(report.ledger.length_a())?)?;
+        out.set_item("length_a_inv", square(report.length_a_inv())?)?;
         out.set_item("observations", report.stats.observations)?;
         out.set_item("weight_sum", report.stats.weight_sum)?;
         out.set_item(
