@@ -100,6 +100,15 @@ def main() -> int:
     )
     rows.append(Row("update p50, d=64", fmt_us(update.p50_us), "≤ 3 µs", update.p50_us <= 3.0))
     rows.append(Row("update p99, d=64", fmt_us(update.p99_us)))
+    # A length_ridge other than ridge: the length head keeps its own matrices (two systems).
+    own_length = workload.Percentiles.of(
+        workload.sample_ns(
+            workload.update_once(workload.trained_policy(64, length_ridge=30.0)),
+            queries[64],
+            20_000,
+        )
+    )
+    rows.append(Row("update p50, d=64, own length_ridge", fmt_us(own_length.p50_us)))
 
     batch = workload.unit_rows(np.random.default_rng(3), BATCH_ROWS, 64)
     for threads, label in ((None, "threads: all CPUs, the default"), (1, "1 thread")):

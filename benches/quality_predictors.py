@@ -514,9 +514,7 @@ def needed_signal(data: Data, seeds: int = 5) -> None:
     posterior P(quality = 1 | benchmark, noisy view); sigma = inf is the per-benchmark mean
     alone. The within-benchmark AUC it reaches is the yardstick for the AUC real predictors
     reach."""
-    mean_q, c_hat = linear(domain_only, ridge=1e-6, length_ridge=1e-6)(
-        data, data.train, data.test
-    )
+    mean_q, c_hat = linear(domain_only, ridge=1e-6, length_ridge=1e-6)(data, data.train, data.test)
     prior = np.clip(mean_q, 1e-3, 1.0 - 1e-3)
     truth = data.quality[data.test]
     print(
