@@ -189,6 +189,37 @@ def test_fit_without_tokens_or_weights_resets_the_length_head(profile: dict[str,
     assert state["weight_sum"] == 30.0
 
 
+@pytest.mark.parametrize("length_ridge", [1.0, 0.2], ids=["equal-ridges", "own-ridge"])
+def test_fit_learns_lengths_from_the_rows_that_have_them(
+    length_ridge: float, profile: dict[str, Any]
+) -> None:
+    """NaN output tokens mark rows whose length was not seen: the quality head learns from
+    every row, the length head from the others only, and later updates continue from there."""
+    rng = np.random.default_rng(5)
+    dim, n, ridge = 6, 40, 1.0
+    X = rng.normal(size=(n, dim))
+    quality = rng.uniform(size=n)
+    tokens = rng.integers(1, 900, size=n).astype(np.float64)
+    unseen = rng.uniform(size=n) < 0.3
+    tokens[unseen] = np.nan
+    policy = mixllm.Policy(dim, ridge=ridge, length_ridge=length_ridge)
+    policy.add_model("m", **profile, prior_output_tokens=100.0)
+    policy.fit("m", X, quality, tokens)
+
+    state = policy.inspect("m")
+    a, _, theta_q = weighted_ridge(X, quality - 0.5, np.ones(n), ridge)
+    seen = ~unseen
+    a_len, _, theta_len = weighted_ridge(
+        X[seen], np.log1p(tokens[seen]) - np.log1p(100.0), np.ones(seen.sum()), length_ridge
+    )
+    np.testing.assert_allclose(state["a"], a, rtol=1e-12)
+    np.testing.assert_allclose(state["theta_quality"], theta_q, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(state["length_a"], a_len, rtol=1e-12)
+    np.testing.assert_allclose(state["length_a_inv"], np.linalg.inv(a_len), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(state["theta_log_length"], theta_len, rtol=1e-9, atol=1e-12)
+    assert state["observations"] == n
+
+
 def test_fit_with_a_zero_weight_row_ignores_that_row(profile: dict[str, Any]) -> None:
     rng = np.random.default_rng(4)
     dim = 5

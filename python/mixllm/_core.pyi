@@ -200,7 +200,8 @@ class Policy:
         *,
         weights: _Vector | None = None,
     ) -> None:
-        """Replaces model `name`'s arm with an exact ridge fit on a batch."""
+        """Replaces model `name`'s arm with an exact ridge fit on a batch. A NaN in
+        `output_tokens` marks a row whose length was not seen: the length head skips it."""
     def begin(self, name: str, predicted_service_s: float | None = None) -> None:
         """A request was sent to model `name`; `predicted_service_s` is its decision's
         `service` for that model (0 when unknown). Give `end` or `cancel` the same value."""

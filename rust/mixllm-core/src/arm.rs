@@ -70,6 +70,16 @@ pub struct LengthSystem {
     pub a_inv: Vec<f64>,
 }
 
+impl LengthSystem {
+    /// No length seen: A_len = length_ridge·I.
+    fn prior(layout: SymLayout, length_ridge: f64) -> Self {
+        Self {
+            a: layout.scaled_identity(length_ridge),
+            a_inv: layout.scaled_identity(1.0 / length_ridge),
+        }
+    }
+}
+
 /// One observation of a model's outcome on a query.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
@@ -124,10 +134,7 @@ impl ArmLedger {
             a: layout.scaled_identity(ridge),
             b_quality: vec![0.0; dim],
             b_log_length: vec![0.0; dim],
-            length: (length_ridge != ridge).then(|| LengthSystem {
-                a: layout.scaled_identity(length_ridge),
-                a_inv: layout.scaled_identity(1.0 / length_ridge),
-            }),
+            length: (length_ridge != ridge).then(|| LengthSystem::prior(layout, length_ridge)),
             updates_since_refactor: 0,
         }
     }
@@ -174,15 +181,12 @@ impl ArmLedger {
         let dim = self.b_quality.len();
         let layout = SymLayout::new(dim);
         let (a_inv, theta_quality) = solve_ridge(layout, "A", &self.a, &self.b_quality)?;
-        let theta_log_length = match &self.length {
-            None => solve_with(layout, &a_inv, &self.b_log_length)?,
+        let theta_log_length = match &mut self.length {
+            None => solve_with(layout, "A", &a_inv, &self.b_log_length)?,
             Some(own) => {
                 let (length_a_inv, theta) =
                     solve_ridge(layout, "A_len", &own.a, &self.b_log_length)?;
-                self.length = Some(LengthSystem {
-                    a: own.a.clone(),
-                    a_inv: length_a_inv,
-                });
+                own.a_inv = length_a_inv;
                 theta
             }
         };
@@ -210,28 +214,28 @@ fn solve_ridge(
         ))
     })?;
     if !m_inv.iter().all(|v| v.is_finite()) {
-        return Err(overflow());
+        return Err(overflow(name));
     }
-    let theta = solve_with(layout, &m_inv, b)?;
+    let theta = solve_with(layout, name, &m_inv, b)?;
     Ok((m_inv, theta))
 }
 
-/// θ = M⁻¹·b (unpadded) given M⁻¹.
-fn solve_with(layout: SymLayout, m_inv: &[f64], b: &[f64]) -> Result<Vec<f64>> {
+/// θ = M⁻¹·b (unpadded) given the inverse of the head's matrix `name`.
+fn solve_with(layout: SymLayout, name: &str, m_inv: &[f64], b: &[f64]) -> Result<Vec<f64>> {
     let mut theta = vec![0.0; layout.stride()];
     symv(layout, m_inv, &layout.pad(b), &mut theta);
     theta.truncate(layout.dim());
     if theta.iter().all(|v| v.is_finite()) {
         Ok(theta)
     } else {
-        Err(overflow())
+        Err(overflow(name))
     }
 }
 
-fn overflow() -> Error {
-    Error::InvalidValue(
-        "the observations are too large: the arm's statistics would overflow".to_string(),
-    )
+fn overflow(name: &str) -> Error {
+    Error::InvalidValue(format!(
+        "the observations are too large: the arm's statistics (matrix {name}) would overflow"
+    ))
 }
 
 /// One head's recursive least-squares step: `u = M⁻¹x`, the gain `w / (1 + w·xᵀu)` and the new θ.
@@ -239,6 +243,13 @@ struct HeadStep {
     u: Vec<f64>,
     gain: f64,
     theta: Vec<f64>,
+}
+
+/// The length head's step: its new θ and, when it has its own A⁻¹, that matrix's rank-1 update
+/// (u, gain).
+struct LengthStep {
+    theta: Vec<f64>,
+    own_update: Option<(Vec<f64>, f64)>,
 }
 
 /// The step of the head with inverse `m_inv` and weights `theta`, or `None` when rounding has
@@ -300,16 +311,21 @@ pub fn learn(
         w,
         residual_quality,
     );
-    // The length head's step: its own, or the quality head's u and gain while they share A.
-    let length = residual_log_length.map(|r| match (&ledger.length, &quality) {
-        (Some(own), _) => head_step(layout, &own.a_inv, &current.theta_log_length, x, w, r),
-        (None, Some(q)) => Some(HeadStep {
-            theta: rls_weights(&current.theta_log_length, x, &q.u, q.gain, r),
-            u: Vec::new(),
-            gain: q.gain,
-        }),
-        (None, None) => None,
-    });
+    // The length head's step: with its own A⁻¹ (whose rank-1 update it then carries), or with
+    // the quality head's u and gain while the two share A.
+    let length =
+        residual_log_length.map(|r| match (&ledger.length, &quality) {
+            (Some(own), _) => head_step(layout, &own.a_inv, &current.theta_log_length, x, w, r)
+                .map(|step| LengthStep {
+                    theta: step.theta,
+                    own_update: Some((step.u, step.gain)),
+                }),
+            (None, Some(q)) => Some(LengthStep {
+                theta: rls_weights(&current.theta_log_length, x, &q.u, q.gain, r),
+                own_update: None,
+            }),
+            (None, None) => None,
+        });
     // Both rank-1 steps, unless rounding made one meaningless or an exact refactorisation is due.
     let steps = match (quality, length) {
         (Some(q), None) => Some((q, None)),
@@ -330,7 +346,7 @@ pub fn learn(
         return Ok(stats);
     };
     let (length_update, theta_log_length) = match length {
-        Some(HeadStep { u, gain, theta }) => (Some((u, gain)), theta),
+        Some(step) => (step.own_update, step.theta),
         None => (None, current.theta_log_length.clone()),
     };
     if !(quality
@@ -368,7 +384,8 @@ pub fn learn(
 }
 
 /// Exact ridge fit of an arm from scratch on a batch (rows of `xs` are contexts), with the
-/// dimension and the two ridges of `config`.
+/// dimension and the two ridges of `config`. A NaN in `output_tokens` marks a row whose length
+/// was not seen (validated by the caller: every other value finite and non-negative).
 pub fn fit(
     config: &PolicyConfig,
     priors: &Priors,
@@ -378,17 +395,21 @@ pub fn fit(
     weights: Option<&[f64]>,
 ) -> Result<(ArmLedger, ArmStats)> {
     let dim = config.dim;
+    let layout = SymLayout::new(dim);
     let mut ledger = ArmLedger::prior(dim, config.ridge, config.length_ridge);
-    if output_tokens.is_none() {
-        // No length seen: the length head stays at its prior, A_len = length_ridge·I.
-        ledger.separate_length(&SymLayout::new(dim).scaled_identity(1.0 / config.ridge));
+    // A row's length is seen unless NaN; without `output_tokens` none is.
+    let seen_length = |row: usize| output_tokens.map(|t| t[row]).filter(|t| !t.is_nan());
+    if (0..quality.len()).any(|row| seen_length(row).is_none()) {
+        // Some length unseen: the length head learns from fewer rows than A holds.
+        ledger
+            .length
+            .get_or_insert_with(|| LengthSystem::prior(layout, config.length_ridge));
     }
     let mut weight_sum = 0.0;
-    let layout = SymLayout::new(dim);
     for (row, x) in xs.chunks_exact(dim).enumerate() {
         let x = &layout.pad(x);
         let w = weights.map_or(1.0, |ws| ws[row]);
-        let residual_length = output_tokens.map(|t| t[row].ln_1p() - priors.log_length());
+        let residual_length = seen_length(row).map(|t| t.ln_1p() - priors.log_length());
         ledger.accumulate(x, w, quality[row] - priors.quality, residual_length);
         weight_sum += w;
     }
@@ -587,6 +608,30 @@ mod tests {
         assert_eq!((&own.a, &own.a_inv), (&a_before, &stats.a_inv));
         assert_ne!(ledger.a, a_before);
         assert_ne!(after.theta_quality, stats.theta_quality);
+    }
+
+    #[test]
+    fn a_rejected_update_leaves_a_shared_ledger_shared() {
+        let dim = 3;
+        let priors = Priors::default();
+        let mut ledger = ArmLedger::prior(dim, 1.0, 1.0);
+        // Weights so large that the quality head's rank-1 step overflows.
+        let stats = ArmStats {
+            theta_quality: vec![1e308; dim],
+            ..ArmStats::prior(dim, 1.0)
+        };
+        let before = ledger.clone();
+        for output_tokens in [None, Some(10.0)] {
+            let obs = Observation {
+                x: &[1.0, 1.0, 1.0],
+                quality: 0.5,
+                output_tokens,
+                weight: 1.0,
+            };
+            assert!(learn(&stats, &mut ledger, &priors, &obs, 1000).is_err());
+            assert_eq!(ledger, before);
+            assert!(ledger.length.is_none());
+        }
     }
 
     #[test]

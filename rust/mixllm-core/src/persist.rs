@@ -14,7 +14,9 @@
 //! Version 2 added `length_ridge` and, per model, the length head's own matrices when it has
 //! them. Version 1 files, written before the length head had its own ridge system, are still
 //! read: their length head shares the quality head's matrices, with `length_ridge` equal to
-//! `ridge`, exactly as it did.
+//! `ridge`. (An arm that then learned from feedback without a length holds the targets imputed
+//! for it, its current prediction; from now on such feedback gives the length head its own
+//! matrices instead.)
 //!
 //! No pickle, no code runs on load: every field is read with bounds checks and validated as if it
 //! came from a caller. A save writes a temporary file beside the target, syncs it, and renames it
@@ -220,6 +222,13 @@ fn read_slot(
         }),
         flag => return Err(format!("{name:?}: invalid length-system flag {flag}")),
     };
+    if length.is_none() && config.length_ridge != config.ridge {
+        return Err(format!(
+            "{name:?}: the length head shares the quality head's matrix A, but length_ridge \
+             {} differs from ridge {}",
+            config.length_ridge, config.ridge
+        ));
+    }
     let ledger = ArmLedger {
         a,
         b_quality,
@@ -482,6 +491,73 @@ mod tests {
         observe(&policy, 13..30);
         observe(&old, 13..30);
         assert_eq!(to_bytes(&old), to_bytes(&policy));
+    }
+
+    /// A one-model policy whose length head has its own matrices (`separate`) or not, as bytes,
+    /// with the offset of the model's length-system flag.
+    fn one_model(separate: bool) -> (Vec<u8>, usize) {
+        let config = PolicyConfig {
+            length_ridge: if separate { 3.0 } else { 1.0 },
+            ..PolicyConfig::new(2)
+        };
+        let policy = Policy::new(config).unwrap();
+        let profile = ModelProfile {
+            price_in: 1.0,
+            price_out: 1.0,
+            fee: 0.0,
+            ttft_s: 0.1,
+            tokens_per_s: 10.0,
+            concurrency: 1,
+        };
+        policy.add_model("m", profile, Priors::default()).unwrap();
+        let bytes = to_bytes(&policy);
+        // After the flag: (separate) two packed 2×2 matrices as u64 length + 3 values, then
+        // updates (u64), mean service (f64), completed (u64) and the crc (u32).
+        let tail = if separate { 2 * (8 + 3 * 8) } else { 0 } + 8 + 8 + 8 + 4;
+        (bytes.clone(), bytes.len() - tail - 8)
+    }
+
+    fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+        let body = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn length_system_flags_are_checked() {
+        for separate in [false, true] {
+            let (bytes, at) = one_model(separate);
+            let flag = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            assert_eq!(flag, u64::from(separate));
+            assert!(from_bytes(&bytes, None).is_ok());
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&2u64.to_le_bytes());
+            let error = from_bytes(&with_crc(bad), None).unwrap_err();
+            assert!(error.contains("invalid length-system flag 2"), "{error}");
+        }
+        // length_ridge 3 with the flag saying "shared": a state no caller can build.
+        let (bytes, at) = one_model(true);
+        let mut shared = bytes[..at].to_vec();
+        shared.extend_from_slice(&0u64.to_le_bytes());
+        shared.extend_from_slice(&bytes[at + 8 + 2 * (8 + 3 * 8)..]);
+        let payload = (shared.len() - HEADER_LEN - 4) as u64;
+        shared[12..20].copy_from_slice(&payload.to_le_bytes());
+        let error = from_bytes(&with_crc(shared), None).unwrap_err();
+        assert!(
+            error.contains("length_ridge 3 differs from ridge 1"),
+            "{error}"
+        );
+        // A non-finite value in the length head's own inverse.
+        let (bytes, at) = one_model(true);
+        let mut bad = bytes.clone();
+        let inverse_value = at + 8 + (8 + 3 * 8) + 8;
+        bad[inverse_value..inverse_value + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+        let error = from_bytes(&with_crc(bad), None).unwrap_err();
+        assert!(
+            error.contains("length A inverse holds non-finite"),
+            "{error}"
+        );
     }
 
     #[test]

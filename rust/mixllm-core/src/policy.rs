@@ -559,7 +559,8 @@ impl Policy {
         Ok(())
     }
 
-    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `xs`).
+    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `xs`). A NaN in
+    /// `output_tokens` marks a row whose length was not seen: the length head skips it.
     pub fn fit(
         &self,
         name: &str,
@@ -582,10 +583,15 @@ impl Policy {
         ensure_not_huge("quality", quality)?;
         if let Some(tokens) = output_tokens {
             ensure_len("output_tokens", tokens, n)?;
-            ensure_all_finite("output_tokens", tokens)?;
-            ensure_not_huge("output_tokens", tokens)?;
-            for &t in tokens {
-                ensure_non_negative("output_tokens", t)?;
+            // NaN marks a row whose length was not seen; every other value must be a count. The
+            // row is named only when it fails, so a valid batch builds no message per row.
+            let valid = |what: &str, t: f64| {
+                ensure_non_negative(what, t).and_then(|()| ensure_not_huge(what, &[t]))
+            };
+            for (row, &t) in tokens.iter().enumerate().filter(|(_, t)| !t.is_nan()) {
+                if valid("output_tokens", t).is_err() {
+                    valid(&format!("output_tokens row {row}"), t)?;
+                }
             }
         }
         if let Some(ws) = weights {

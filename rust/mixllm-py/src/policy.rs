@@ -330,7 +330,8 @@ impl PyPolicy {
         .map_err(to_py)
     }
 
-    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `X`).
+    /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `X`). A NaN in
+    /// `output_tokens` marks a row whose length was not seen: the length head skips that row.
     #[pyo3(signature = (name, X, quality, output_tokens=None, *, weights=None))]
     #[allow(non_snake_case)]
     fn fit(
