@@ -170,6 +170,29 @@ def test_saving_twice_keeps_one_complete_state(
     assert Router.load(tmp_path, embedder=router.embedder).models == router.models
 
 
+def test_fit_keeps_the_lengths_it_has_when_some_are_missing(
+    routerbench: RoutingDataset, config: RouterConfig, embedder: mixllm.Embedder
+) -> None:
+    data = per_label(routerbench.train(), 10)
+    assert data.output_tokens is not None
+    tokens = data.output_tokens.copy()
+    gpt4 = data.models.index("gpt-4-1106-preview")
+    tokens[::3, gpt4] = np.nan  # 10 of the 30 lengths not recorded
+    router = Router(config, embedder=embedder)
+    router.fit(replace(data, output_tokens=tokens))
+    state = router.policy.inspect("gpt-4-1106-preview")
+    # The context ends with a constant 1: A's last diagonal entry is ridge + Σw.
+    assert state["a"][-1, -1] == pytest.approx(config.ridge + 30)
+    assert state["length_a"][-1, -1] == pytest.approx(config.length_ridge + 20)
+    seen = ~np.isnan(tokens[:, gpt4])
+    described = {row["name"]: row for row in router.describe_models()}["gpt-4-1106-preview"]
+    geometric_mean = float(np.expm1(np.mean(np.log1p(tokens[seen, gpt4]))))
+    assert described["mean_output_tokens"] == pytest.approx(geometric_mean)
+    # A model with every length shares the quality head's matrices.
+    other = router.policy.inspect("claude-v2")
+    np.testing.assert_array_equal(other["length_a"], other["a"])
+
+
 def test_a_save_without_length_ridge_keeps_its_policys(
     fitted: tuple[Router, RoutingDataset], tmp_path: Path
 ) -> None:
@@ -177,9 +200,17 @@ def test_a_save_without_length_ridge_keeps_its_policys(
     loaded config takes the value its policy file carries, not the default."""
     router, _ = fitted
     assert router.projection is not None
-    config = replace(router.config, ridge=30.0, length_ridge=30.0)
+    config = replace(router.config, ridge=30.0, length_ridge=5.0)
     policy = config.new_policy()
     old = Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
+    # Three lengths of one model: its mean length reads the length head's own Σw.
+    x = np.append(np.zeros(config.dim), 1.0)
+    for tokens in (10.0, 100.0, 1000.0):
+        policy.update("gpt-4-1106-preview", x, quality=1.0, output_tokens=tokens)
+    described = {row["name"]: row for row in old.describe_models()}["gpt-4-1106-preview"]
+    assert described["mean_output_tokens"] == pytest.approx(
+        math.expm1(np.mean(np.log1p([10, 100, 1000])))
+    )
     folder = old.save(tmp_path)
     raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     del raw["router"]["length_ridge"]
@@ -188,11 +219,15 @@ def test_a_save_without_length_ridge_keeps_its_policys(
     manifest["files"]["config.json"] = file_sha256(folder / "config.json")
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     loaded = Router.load(tmp_path, embedder=router.embedder)
-    assert (loaded.config.ridge, loaded.config.length_ridge) == (30.0, 30.0)
-    assert loaded.policy.length_ridge == 30.0
-    # A save that names it keeps its own.
-    old.save(tmp_path)
-    assert Router.load(tmp_path, embedder=router.embedder).config.length_ridge == 30.0
+    assert (loaded.config.ridge, loaded.config.length_ridge) == (30.0, 5.0)
+    assert loaded.policy.length_ridge == 5.0
+    # A save whose config.json names a value its policy file contradicts is refused.
+    raw["router"]["length_ridge"] = 1.0
+    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    manifest["files"]["config.json"] = file_sha256(folder / "config.json")
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(mixllm.StateFileError, match="length_ridge"):
+        Router.load(tmp_path, embedder=router.embedder)
 
 
 def test_a_damaged_save_is_refused(fitted: tuple[Router, RoutingDataset], tmp_path: Path) -> None:
@@ -254,6 +289,11 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
     )
     assert all(
         s["mean_predicted_in_flight_s"] is None for m, s in in_flight.items() if m != last.model
+    )
+    described = {row["name"]: row for row in router.describe_models()}
+    assert described[last.model]["in_flight"] == 1
+    assert described[last.model]["mean_predicted_in_flight_s"] == pytest.approx(
+        last.detail.chosen_service_s, rel=1e-12
     )
 
 

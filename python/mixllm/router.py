@@ -61,6 +61,8 @@ __all__ = ["FitReport", "RouteDecision", "Router"]
 STATE_FORMAT = 1
 _CURRENT = "CURRENT"
 _FILES = ("config.json", "projection.npz", "policy.bin")
+# The decision knobs both config.json and policy.bin carry; a saved state has them agree.
+_POLICY_KNOBS = ("alpha", "beta", "ridge", "length_ridge", "tau_s", "refactor_every")
 
 
 @dataclass(frozen=True)
@@ -207,11 +209,11 @@ class Router:
             if not seen.any():
                 without.append(model.name)
                 continue
+            # NaN output tokens (a length not recorded) leave just those rows out of the
+            # length head.
             tokens = None
             if dataset.output_tokens is not None:
-                tokens_column = dataset.output_tokens[:, column]
-                if not np.isnan(tokens_column[seen]).any():
-                    tokens = tokens_column[seen]
+                tokens = dataset.output_tokens[seen, column]
             policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
             rows_per_model[model.name] = int(seen.sum())
         with self._lock:
@@ -515,9 +517,7 @@ class Router:
         vectors = self.embedder.embed([examples.prompts[i] for i in seen])
         tokens = None
         if examples.output_tokens is not None:
-            observed = examples.output_tokens[seen, column]
-            if not np.isnan(observed).any():
-                tokens = observed
+            tokens = examples.output_tokens[seen, column]  # NaN where no length was recorded
         return projection.context(vectors), examples.quality[seen, column], tokens
 
     def remove_model(self, name: str) -> None:
@@ -555,6 +555,7 @@ class Router:
                     "mean_quality": float(state["prior_quality"] + mean_residual_q),
                     "mean_output_tokens": float(math.expm1(log_length)),
                     "in_flight": state["in_flight"],
+                    "mean_predicted_in_flight_s": state["mean_predicted_in_flight_s"],
                     "mean_service_s": state["mean_service_s"],
                 }
             )
@@ -641,6 +642,12 @@ class Router:
             # Saved before the length head had its own ridge: it continues with the one its
             # policy file carries (the quality ridge then), and a refit keeps using it.
             config = replace(config, length_ridge=policy.length_ridge)
+        for knob in _POLICY_KNOBS:
+            if getattr(config, knob) != getattr(policy, knob):
+                raise StateFileError(
+                    f"{folder}: config.json says {knob} = {getattr(config, knob)!r} but "
+                    f"policy.bin was built with {getattr(policy, knob)!r}"
+                )
         return cls(config, embedder=embedder, projection=projection, policy=policy)
 
     @classmethod
