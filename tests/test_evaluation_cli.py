@@ -139,6 +139,14 @@ def test_eval_validate_runs_on_a_split_of_train(
     assert expected.split is not None
     assert val["data"]["test"] == expected.split.count("test") > 0
     assert "Validation run" in (tmp_path / "val" / "report.html").read_text()
+    # Another seed, another validation split of the same size.
+    assert main([*args, "--out", str(tmp_path / "val2"), "--validate", "--seed", "2"]) == 0
+    val2 = json.loads((tmp_path / "val2" / "results.json").read_text())
+    other = validation_split(load_routerbench_csv(data_slice), seed=2)
+    assert other.split is not None and other.split != expected.split
+    assert val2["settings"]["seed"] == 2
+    assert val2["data"]["test"] == other.split.count("test")
+    assert val2["frontier"] != val["frontier"]
 
 
 def test_eval_evaluates_a_configuration_file(

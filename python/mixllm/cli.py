@@ -200,6 +200,7 @@ def _eval(args: argparse.Namespace) -> int:
         truncation=args.truncation,
         router=_eval_config(args.config, dataset.models),
         validation=args.validate,
+        seed=args.seed,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -301,6 +302,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate on the train split alone, a stratified quarter of it as test, to choose "
         "settings without reading the test split",
+    )
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of what the run draws at random: the --validate split (and the split of "
+        "data that has none), the MLP's start, the random router, the continual experiment's "
+        "offline/online split and the warm-start examples (default 0)",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
