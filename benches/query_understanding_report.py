@@ -24,6 +24,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from mixllm.embedding import Embedder
+from mixllm.evaluation.vectors import encoder_fingerprint
 from mixllm.frontier import (
     cost_to_reach,
     fit_ridge,
@@ -65,10 +66,7 @@ def cached_embeddings(embedder: Embedder, texts: list[str], tag: str) -> NDArray
     """The texts' vectors embedded in one call (the int8 encoder's vectors depend slightly on
     what shares a batch, so this is not `evaluation.vectors.embed_cached`, which embeds in
     chunks), cached under a key of everything they depend on."""
-    encoder = (
-        f"{embedder.model_sha256}:{embedder.tokenizer_sha256}:"
-        f"{embedder.max_tokens}:{embedder.truncation}"
-    )
+    encoder = ":".join(encoder_fingerprint(embedder))
     digest = hashlib.sha256("\x00".join([encoder, *texts]).encode()).hexdigest()[:16]
     path = cache_dir() / f"routerbench-{tag}-{embedder.source.model_sha256[:12]}-{digest}.npy"
     if path.is_file():

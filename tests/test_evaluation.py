@@ -237,10 +237,16 @@ def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> Non
 class CountingEncoder:
     """Stands in for an Embedder: what the vector cache reads of one, and how often it ran."""
 
-    def __init__(self, model_sha256: str = "a" * 64, truncation: str = "head") -> None:
+    def __init__(
+        self,
+        model_sha256: str = "a" * 64,
+        truncation: str = "head",
+        tokenizer_sha256: str = "t" * 64,
+        max_tokens: int = 256,
+    ) -> None:
         self.model_sha256 = model_sha256
-        self.tokenizer_sha256 = "t" * 64
-        self.max_tokens = 256
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.max_tokens = max_tokens
         self.truncation = truncation
         self.dim = 3
         self.calls = 0
@@ -260,7 +266,12 @@ def test_vector_cache_is_keyed_by_the_encoder_and_its_window(tmp_path) -> None:
 
     assert embedded(CountingEncoder()) == 1
     assert embedded(CountingEncoder()) == 0  # read back from the cache
-    # Another model file of the same name and dimension, or another window: embedded anew.
+    # Another model or tokenizer file of the same name and dimension, or another window:
+    # embedded anew.
     assert embedded(CountingEncoder(model_sha256="b" * 64)) == 1
+    assert embedded(CountingEncoder(tokenizer_sha256="u" * 64)) == 1
+    assert embedded(CountingEncoder(max_tokens=128)) == 1
     assert embedded(CountingEncoder(truncation="tail")) == 1
-    assert len(list(tmp_path.glob("*.npy"))) == 3
+    # Other texts, or the same texts in another order: embedded anew.
+    assert embed_cached(texts[::-1], CountingEncoder(), directory=tmp_path).shape == (2, 3)  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("*.npy"))) == 6

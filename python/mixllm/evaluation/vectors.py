@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from mixllm.embedding import Embedder
 
-__all__ = ["cache_dir", "embed_cached"]
+__all__ = ["cache_dir", "embed_cached", "encoder_fingerprint"]
 
 F64 = NDArray[np.float64]
 
@@ -35,14 +35,20 @@ def cache_dir() -> Path:
     return base / "mixllm" / "eval-vectors"
 
 
-def _key(texts: Sequence[str], embedder: Embedder) -> str:
-    digest = hashlib.sha256()
-    encoder = [
+def encoder_fingerprint(embedder: Embedder) -> tuple[str, ...]:
+    """Everything an embedder's vectors depend on besides the texts: its model and tokenizer
+    files and its token window. Part of every cache key of embedded vectors."""
+    return (
         embedder.model_sha256,
         embedder.tokenizer_sha256,
         str(embedder.max_tokens),
         embedder.truncation,
-    ]
+    )
+
+
+def _key(texts: Sequence[str], embedder: Embedder) -> str:
+    digest = hashlib.sha256()
+    encoder = encoder_fingerprint(embedder)
     for data in (*(field.encode() for field in encoder), *(t.encode("utf-8") for t in texts)):
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
