@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import mixllm
 from mixllm.data import RoutingDataset, load_routerbench_csv
 
 PROFILE: dict[str, Any] = {
@@ -121,29 +120,9 @@ def profile() -> dict[str, Any]:
     return dict(PROFILE)
 
 
-def snapshot(policy: mixllm.Policy) -> tuple[bytes, dict[str, int]]:
-    """Everything a rejected call must leave alone: the saved state and the in-flight counts."""
-    return policy.to_bytes(), {m: policy.in_flight(m) for m in policy.models}
-
-
-@pytest.fixture(scope="session")
-def state_of() -> Any:
-    return snapshot
-
-
 ROUTERBENCH = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
 )
-
-
-def read_routerbench_split(name: str) -> list[dict[str, str]]:
-    """Rows of one RouterBench CSV file, skipping the test if the data is not beside the repo."""
-    path = ROUTERBENCH / name
-    if not path.is_file():
-        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH} (expected beside the repo)")
-    csv.field_size_limit(1 << 24)
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="session")
@@ -181,12 +160,15 @@ def routerbench_slice(routerbench_dir: Path) -> Callable[[Path, int], Path]:
 
 
 @pytest.fixture(scope="session")
-def routerbench_sample() -> tuple[list[str], list[str]]:
+def routerbench_sample(routerbench_dir: Path) -> tuple[list[str], list[str]]:
     """12 test-split prompts (joined text) from each benchmark, with their ``eval_name``."""
     texts: list[str] = []
     labels: list[str] = []
+    csv.field_size_limit(1 << 24)
     for name in ("arc_challenge_test.csv", "mbpp_test.csv", "winograde_test.csv"):
-        for row in read_routerbench_split(name)[:12]:
+        with (routerbench_dir / name).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows[:12]:
             texts.append("\n".join(ast.literal_eval(row["prompt"])))
             labels.append(row["eval_name"])
     return texts, labels
