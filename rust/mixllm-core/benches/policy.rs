@@ -24,7 +24,13 @@ fn unit_vector(rng: &mut StdRng, dim: usize) -> Vec<f64> {
 
 /// A pool of 11 models with some learned state, so A⁻¹ is dense.
 fn trained_policy(dim: usize, rng: &mut StdRng) -> Policy {
-    let policy = Policy::new(PolicyConfig::new(dim)).unwrap();
+    trained_policy_with(PolicyConfig::new(dim), rng)
+}
+
+/// [`trained_policy`] with the given configuration.
+fn trained_policy_with(config: PolicyConfig, rng: &mut StdRng) -> Policy {
+    let dim = config.dim;
+    let policy = Policy::new(config).unwrap();
     for m in 0..MODELS {
         let profile = ModelProfile {
             price_in: 0.1 * m as f64,
@@ -123,13 +129,24 @@ fn read_state(c: &mut Criterion) {
     group.finish();
 }
 
+/// One update, with the default ridges (the two heads share one system) and with a
+/// `length_ridge` of its own (two systems, two rank-1 steps).
 fn update(c: &mut Criterion) {
     let mut group = c.benchmark_group("update");
-    for dim in [64, 384] {
+    for (dim, own_length_ridge) in [(64, false), (64, true), (384, false), (384, true)] {
         let mut rng = StdRng::seed_from_u64(8);
-        let policy = trained_policy(dim, &mut rng);
+        let config = PolicyConfig {
+            length_ridge: if own_length_ridge { 30.0 } else { 1.0 },
+            ..PolicyConfig::new(dim)
+        };
+        let policy = trained_policy_with(config, &mut rng);
         let x = unit_vector(&mut rng, dim);
-        group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
+        let id = if own_length_ridge {
+            BenchmarkId::new("own_length_ridge", dim)
+        } else {
+            BenchmarkId::from_parameter(dim)
+        };
+        group.bench_with_input(id, &dim, |b, _| {
             b.iter(|| {
                 let obs = Observation {
                     x: black_box(&x),
