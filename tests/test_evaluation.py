@@ -12,7 +12,15 @@ from mixllm.catalog import ROUTERBENCH_MODELS
 from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import EvalSettings, router_config
-from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, hull, quality_at_cost
+from mixllm.evaluation.metrics import (
+    Point,
+    aiq,
+    cost_to_reach,
+    hull,
+    hull_quality,
+    quality_at_cost,
+    shortfall,
+)
 from mixllm.evaluation.simulator import (
     FixedChoices,
     ServerProfile,
@@ -124,6 +132,41 @@ def test_aiq_of_a_line_and_of_a_falling_pair() -> None:
     assert aiq([(50.0, 90.0), (100.0, 80.0)], 0.0, 100.0) == pytest.approx(45.0)
     # Area between the knots is a trapezoid, then flat.
     assert aiq([(0.0, 0.0), (50.0, 100.0)], 0.0, 100.0) == pytest.approx((25.0 + 50.0) / 1.0)
+
+
+def test_hull_quality_is_what_aiq_integrates() -> None:
+    points = [(1.0, 50.0), (2.0, 40.0), (3.0, 80.0)]
+    np.testing.assert_allclose(
+        hull_quality(points, [0.5, 1.0, 2.0, 3.0, 4.0]), [0.0, 50.0, 65.0, 80.0, 80.0]
+    )
+    grid = np.linspace(0.0, 10.0, 100_001)
+    mean = float(np.trapezoid(hull_quality(points, grid), grid)) / 10.0
+    assert mean == pytest.approx(aiq(points, 0.0, 10.0), abs=1e-3)
+    assert hull_quality([], [1.0]).tolist() == [0.0]
+
+
+def test_shortfall_finds_where_another_frontier_is_above() -> None:
+    mine = [(1.0, 50.0), (3.0, 80.0)]
+    # Hull (0.5, 40) - (2, 70) - (3, 75): equal to mine at 1, above it at 2, below from 3.
+    other = [(0.5, 40.0), (2.0, 70.0), (3.0, 75.0)]
+    assert shortfall(mine, other, 4.0, costs=4) == {
+        "from_pct": 1.0,
+        "costs": 4,
+        "behind": 1,
+        "behind_from_pct": 2.0,
+        "behind_to_pct": 2.0,
+        "max_gap": pytest.approx(5.0),
+    }
+    # Below my cheapest point nothing is compared; a frontier I match everywhere is no shortfall.
+    above_everywhere = shortfall(mine, [(0.1, 99.0), (1.0, 10.0)], 4.0)
+    assert above_everywhere["behind"] == 400 and above_everywhere["behind_from_pct"] == 1.0
+    assert shortfall(mine, mine, 4.0)["behind"] == 0
+    # A flat 60 is above mine (50 rising to 80 at cost 3) up to cost 5/3.
+    flat = shortfall(mine, [(0.1, 60.0)], 4.0)
+    assert (flat["behind_from_pct"], flat["max_gap"]) == (1.0, pytest.approx(10.0))
+    assert flat["behind_to_pct"] == pytest.approx(5.0 / 3.0, abs=3.0 / 399)
+    with pytest.raises(ValueError, match="no points"):
+        shortfall([], other, 4.0)
 
 
 def test_quality_and_cost_lookups() -> None:

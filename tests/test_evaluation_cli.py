@@ -11,6 +11,7 @@ import pytest
 
 from mixllm.cli import main
 from mixllm.data import load_routerbench_csv, validation_split
+from mixllm.evaluation.metrics import shortfall
 
 ROWS_PER_FILE = 30
 
@@ -40,6 +41,20 @@ def test_eval_writes_json_plots_and_html(
         assert len(points) > 10
         assert {"willingness_to_pay", "quality_pct", "cost_pct", "violations"} <= set(points[0])
         assert routers["oracle"]["aiq"] >= max(r["aiq"] for r in routers.values()) - 1e-9
+        # Where each other router's frontier is above mixllm's, against the metric itself.
+        shortfalls = results["frontier"][key]["mixllm_shortfall"]
+        assert set(shortfalls) == set(routers) - {"oracle"} - {
+            name for name in routers if name.startswith("mixllm")
+        }
+        mine = [(p["cost_pct"], p["quality_pct"]) for p in points]
+        c_max = results["frontier"][key]["aiq_cost_range_pct"][1]
+        for name, found in shortfalls.items():
+            theirs = [(p["cost_pct"], p["quality_pct"]) for p in routers[name]["points"]]
+            assert found == {
+                **shortfall(mine, theirs, c_max),
+                "cheapest_pct": min(c for c, _ in theirs),
+            }
+    assert "mixllm's frontier from its cheapest point" in printed
     assert set(results["continual"]) == {"80:20", "50:50", "30:70"}
     assert results["new-models"]["variants"]
     assert set(results["out-of-domain"]) == {"arc-challenge", "mbpp", "winogrande"}
@@ -47,6 +62,7 @@ def test_eval_writes_json_plots_and_html(
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2
+    assert page.count("mixllm&#x27;s frontier from its cheapest point") == 2
 
 
 def test_eval_embeds_with_the_requested_truncation(

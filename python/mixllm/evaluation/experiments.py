@@ -37,7 +37,7 @@ from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
-from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
+from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost, shortfall
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
@@ -417,6 +417,7 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
             )
             section["routers"][router.name] = _summary(points, c_range)
         progress(f"frontier {key}", len(routers), len(routers))
+        section["mixllm_shortfall"] = _shortfalls(section["routers"], c_range[1])
         if tau is not None:
             pts = [Point(**_from_dict(p)) for p in section["routers"]["mixllm"]["points"]]
             nearest = min(
@@ -425,6 +426,24 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
             section["nearest_to_paper_headline"] = nearest.to_dict()
         out[key] = section
     return out
+
+
+def _shortfalls(routers: dict[str, Any], c_max: float) -> dict[str, Any]:
+    """Where each router other than mixllm's variants and the oracle has a frontier above
+    mixllm's, from mixllm's cheapest point up (`metrics.shortfall`), and each router's own
+    cheapest point."""
+
+    def pairs(name: str) -> list[tuple[float, float]]:
+        return [(p["cost_pct"], p["quality_pct"]) for p in routers[name]["points"]]
+
+    return {
+        name: {
+            **shortfall(pairs("mixllm"), pairs(name), c_max),
+            "cheapest_pct": min(c for c, _ in pairs(name)),
+        }
+        for name in routers
+        if not name.startswith("mixllm") and name != "oracle"
+    }
 
 
 def _from_dict(point: dict[str, Any]) -> dict[str, Any]:

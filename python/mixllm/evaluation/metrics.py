@@ -22,6 +22,11 @@ with, [ours, where RouterBench leaves it implicit] R̃(c) = 0 below the router's
 buys nothing). The range [c_min, c_max] is the same for every router of a run: from the
 cheapest to the dearest single model, in % of GPT-4's cost. Quality is in % of GPT-4's, so an
 AIQ is a quality % averaged over budgets.
+
+**Dominance.** One frontier dominates another where its hull R̃ is at or above the other's.
+`shortfall` checks it on evenly spaced costs from the first router's cheapest point to the top
+of the range: below its cheapest point a router has no routing at all, which is a different
+fact (reported as that cost) from routing worse.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mixllm.frontier import cost_to_reach, quality_at_cost
 
@@ -39,7 +45,9 @@ __all__ = [
     "aiq",
     "cost_to_reach",
     "hull",
+    "hull_quality",
     "quality_at_cost",
+    "shortfall",
 ]
 
 
@@ -102,3 +110,43 @@ def aiq(points: Sequence[tuple[float, float]], c_min: float, c_max: float) -> fl
         for a, b, fa, fb in zip(knots[:-1], knots[1:], values[:-1], values[1:], strict=True)
     )
     return area / (c_max - c_min)
+
+
+def hull_quality(
+    points: Sequence[tuple[float, float]], costs: Sequence[float] | NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """R̃ at each cost, as `aiq` integrates it: 0 below the cheapest point, linear between hull
+    vertices, flat past the dearest."""
+    at = np.asarray(costs, dtype=np.float64)
+    vertices = hull(points)
+    if not vertices:
+        return np.zeros_like(at)
+    xs = [v[0] for v in vertices]
+    ys = [v[1] for v in vertices]
+    return np.where(at < xs[0], 0.0, np.interp(at, xs, ys))
+
+
+def shortfall(
+    mine: Sequence[tuple[float, float]],
+    other: Sequence[tuple[float, float]],
+    c_max: float,
+    costs: int = 400,
+) -> dict[str, Any]:
+    """Where ``other``'s frontier is above ``mine``, on ``costs`` evenly spaced costs from my
+    cheapest point to ``c_max``: how many, their range and the largest gap (quality points).
+    ``behind`` 0 means mine dominates over that range."""
+    if not mine:
+        raise ValueError("mine has no points")
+    start = min(c for c, _ in mine)
+    grid = np.linspace(start, max(start, c_max), costs)
+    gap = hull_quality(other, grid) - hull_quality(mine, grid)
+    # A hair of tolerance: equal hulls computed from the same points differ by rounding only.
+    behind = gap > 1e-9
+    return {
+        "from_pct": float(start),
+        "costs": costs,
+        "behind": int(behind.sum()),
+        "behind_from_pct": float(grid[behind].min()) if behind.any() else None,
+        "behind_to_pct": float(grid[behind].max()) if behind.any() else None,
+        "max_gap": float(gap[behind].max()) if behind.any() else 0.0,
+    }

@@ -163,13 +163,7 @@ def format_table(results: dict[str, Any]) -> str:
         tau = f" (τ = {section['tau_s']:g} s)" if section["tau_s"] is not None else ""
         parts.append(f"{title}{tau}: quality and cost in % of {results['reference_model']}")
         parts.append(_text_table(_FRONTIER_HEADER, _frontier_rows(section)))
-        nearest = section.get("nearest_to_paper_headline")
-        if nearest:
-            parts.append(
-                f"mixllm point nearest the paper's 97.25% at 24.18%: "
-                f"{nearest['quality_pct']:.2f}% at {nearest['cost_pct']:.2f}% "
-                f"(λ = {nearest['willingness_to_pay']})"
-            )
+        parts.extend(_frontier_notes(section))
         parts.append("")
     for title, header, rows in _experiment_tables(results):
         parts.append(title)
@@ -178,6 +172,41 @@ def format_table(results: dict[str, Any]) -> str:
     if "runtime_s" in results:
         parts.append(f"run time {results['runtime_s']:.0f} s on {results.get('machine', '?')}")
     return "\n".join(parts)
+
+
+def _frontier_notes(section: dict[str, Any]) -> list[str]:
+    """What the frontier table does not show: where other routers' frontiers are above
+    mixllm's, and its point nearest the paper's headline."""
+    notes = []
+    shortfalls = section.get("mixllm_shortfall")
+    if shortfalls:
+        start = next(iter(shortfalls.values()))["from_pct"]
+        behind = [
+            f"{name} at {s['behind']} of {s['costs']} costs ({s['behind_from_pct']:.1f}-"
+            f"{s['behind_to_pct']:.1f}%, by up to {s['max_gap']:.2f} points)"
+            for name, s in shortfalls.items()
+            if s["behind"]
+        ]
+        cheaper = [
+            f"{name} ({s['cheapest_pct']:.2f}%)"
+            for name, s in shortfalls.items()
+            if s["cheapest_pct"] < start
+        ]
+        notes.append(
+            f"mixllm's frontier from its cheapest point ({start:.2f}% of the cost) up: "
+            + (f"behind {'; '.join(behind)}" if behind else "at or above every other router's")
+            + "."
+        )
+        if cheaper:
+            notes.append(f"Routers with points cheaper than mixllm's: {', '.join(cheaper)}.")
+    nearest = section.get("nearest_to_paper_headline")
+    if nearest:
+        notes.append(
+            f"mixllm point nearest the paper's 97.25% at 24.18%: "
+            f"{nearest['quality_pct']:.2f}% at {nearest['cost_pct']:.2f}% "
+            f"(λ = {nearest['willingness_to_pay']})"
+        )
+    return notes
 
 
 def _plot(section: dict[str, Any], title: str, path: Path) -> bool:
@@ -256,6 +285,8 @@ def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
             f"offline quality, {ref['queued_violations']} τ violations.</p>"
         )
         table(_FRONTIER_HEADER, _frontier_rows(section))
+        for note in _frontier_notes(section):
+            out.append(f"<p>{html.escape(note)}</p>")
         if key in images:
             data = base64.b64encode(images[key].read_bytes()).decode("ascii")
             out.append(f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
