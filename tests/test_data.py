@@ -210,10 +210,12 @@ def test_validation_split_reads_only_train_rows(routerbench: RoutingDataset) -> 
     for label in set(valid.labels):
         rows = [s for s, lab in zip(valid.split, valid.labels, strict=True) if lab == label]
         assert rows.count("test") == round(0.25 * len(rows)) > 0
-    # Without a split, the dataset is first split as `mixllm eval` would (20% test, same seed).
+    # Without a split, the dataset is first split as `mixllm eval` would (20% test, always the
+    # same seed): no validation seed reads those test rows.
     unsplit = dataclasses.replace(routerbench, split=None)
-    expected = data.split_train_test(unsplit, 0.2, seed=7).train().ids
-    assert data.validation_split(unsplit, seed=7).ids == expected
+    expected = data.split_train_test(unsplit, 0.2, seed=data.TEST_SPLIT_SEED).train().ids
+    for seed in (0, 7):
+        assert data.validation_split(unsplit, seed=seed).ids == expected
 
 
 def test_split_without_labels_and_bad_fractions() -> None:

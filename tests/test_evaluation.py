@@ -146,28 +146,41 @@ def test_hull_quality_is_what_aiq_integrates() -> None:
     assert hull_quality([], [1.0]).tolist() == [0.0]
 
 
-def test_shortfall_finds_where_another_frontier_is_above() -> None:
+def test_shortfall_finds_the_exact_stretches_where_another_frontier_is_above() -> None:
     mine = [(1.0, 50.0), (3.0, 80.0)]
-    # Hull (0.5, 40) - (2, 70) - (3, 75): equal to mine at 1, above it at 2, below from 3.
-    other = [(0.5, 40.0), (2.0, 70.0), (3.0, 75.0)]
-    assert shortfall(mine, other, 4.0, costs=4) == {
-        "from_pct": 1.0,
-        "costs": 4,
-        "behind": 1,
-        "behind_from_pct": 2.0,
-        "behind_to_pct": 2.0,
-        "max_gap": pytest.approx(5.0),
-    }
-    # Below my cheapest point nothing is compared; a frontier I match everywhere is no shortfall.
-    above_everywhere = shortfall(mine, [(0.1, 99.0), (1.0, 10.0)], 4.0)
-    assert above_everywhere["behind"] == 400 and above_everywhere["behind_from_pct"] == 1.0
-    assert shortfall(mine, mine, 4.0)["behind"] == 0
-    # A flat 60 is above mine (50 rising to 80 at cost 3) up to cost 5/3.
-    flat = shortfall(mine, [(0.1, 60.0)], 4.0)
-    assert (flat["behind_from_pct"], flat["max_gap"]) == (1.0, pytest.approx(10.0))
-    assert flat["behind_to_pct"] == pytest.approx(5.0 / 3.0, abs=3.0 / 399)
+
+    def behind(other: list[tuple[float, float]], c_max: float = 4.0) -> list[tuple[float, ...]]:
+        found = shortfall(mine, other, c_max)
+        assert (found["from_pct"], found["to_pct"]) == (1.0, max(1.0, c_max))
+        return [
+            (pytest.approx(b["from_pct"]), pytest.approx(b["to_pct"]), pytest.approx(b["max_gap"]))
+            for b in found["behind"]
+        ]
+
+    # Hull (0.5, 40) - (2, 70) - (3, 75): equal to mine at 1, 5 above at 2, crossing at 2.5.
+    assert behind([(0.5, 40.0), (2.0, 70.0), (3.0, 75.0)]) == [(1.0, 2.5, 5.0)]
+    # Above everywhere (its dearer point is dominated by its cheaper one).
+    assert behind([(0.1, 99.0), (1.0, 10.0)]) == [(1.0, 4.0, 49.0)]
+    assert behind(mine) == []
+    # A flat 60 is above mine (50 rising to 80 at 3) up to 5/3.
+    assert behind([(0.1, 60.0)]) == [(1.0, 5.0 / 3.0, 10.0)]
+    # A router starting dearer than me is 0 before its cheapest point: no stretch there.
+    assert behind([(2.0, 79.0)]) == [(2.0, 2.0 + 14.0 / 15.0, 14.0)]
+    # Two separate stretches, each with its own largest gap; a touch without a gap is none.
+    # Hull (0.5, 55) - (2.5, 77) - (3.5, 82), (1.5, 58) under its chord: gaps 10.5 at 1, 4.5
+    # at 2.5, -0.5 at 3, 2 at 3.5 and flat 2 after, so zeros at 2.95 and 3.1.
+    two = [(0.5, 55.0), (1.5, 58.0), (2.5, 77.0), (3.5, 82.0)]
+    assert behind(two) == [(1.0, 2.95, 10.5), (3.1, 4.0, 2.0)]
+    assert behind([(1.0, 50.0), (2.0, 65.0)]) == []
+    # A range ending before my cheapest point is that point alone.
+    assert behind([(0.1, 60.0)], 0.5) == [(1.0, 1.0, 10.0)]
+    for bad in ([(math.nan, 50.0)], [(1.0, math.inf)]):
+        with pytest.raises(ValueError, match="non-finite"):
+            shortfall(mine, bad, 4.0)
     with pytest.raises(ValueError, match="no points"):
-        shortfall([], other, 4.0)
+        shortfall([], mine, 4.0)
+    with pytest.raises(ValueError, match="c_max"):
+        shortfall(mine, mine, math.inf)
 
 
 def test_quality_and_cost_lookups() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ import pytest
 import mixllm
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
-from mixllm.errors import DecisionNotFoundError, NotFittedError
+from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
 from mixllm.model_files import file_sha256
 from mixllm.router import Router
 
@@ -226,8 +227,18 @@ def test_a_save_without_length_ridge_keeps_its_policys(
     (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
     manifest["files"]["config.json"] = file_sha256(folder / "config.json")
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    with pytest.raises(mixllm.StateFileError, match="length_ridge"):
+    disagree = re.escape("length_ridge is 1.0 but the policy's is 5.0")
+    with pytest.raises(mixllm.StateFileError, match=disagree):
         Router.load(tmp_path, embedder=router.embedder)
+    # Nor can such a Router be built, so none can save a state that contradicts itself.
+    for knob, value in (("beta", 0.0), ("length_ridge", 1.0), ("refactor_every", 7)):
+        with pytest.raises(ConfigError, match=f"configuration's {knob}"):
+            Router(
+                replace(config, **{knob: value}),
+                embedder=router.embedder,
+                projection=router.projection,
+                policy=policy,
+            )
 
 
 def test_a_damaged_save_is_refused(fitted: tuple[Router, RoutingDataset], tmp_path: Path) -> None:

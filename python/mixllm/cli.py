@@ -307,9 +307,9 @@ def _parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=0,
-        help="seed of what the run draws at random: the --validate split (and the split of "
-        "data that has none), the MLP's start, the random router, the continual experiment's "
-        "offline/online split and the warm-start examples (default 0)",
+        help="seed of what the run draws at random: the --validate quarter, the MLP's start, "
+        "the random router, the continual experiment's offline/online split and the "
+        "warm-start examples (default 0); the test split of data without one is always the same",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from mixllm._core import InvalidInputError, MixllmError, UnknownModelError
 
 __all__ = [
+    "TEST_SPLIT_SEED",
     "DatasetUnavailableError",
     "PriceLike",
     "RoutingDataset",
@@ -620,15 +621,21 @@ def split_train_test(
     return replace(dataset, split=split)
 
 
+# The seed of the test split `mixllm eval` draws for data that has none. Fixed, whatever the run's
+# seed, so that validation runs over several seeds never read those test rows.
+TEST_SPLIT_SEED = 0
+
+
 def validation_split(
     dataset: RoutingDataset, test_fraction: float = 0.25, seed: int = 0
 ) -> RoutingDataset:
     """The train rows alone, split again: a random ``test_fraction`` of them (stratified by
-    label, as `split_train_test`) play the test split. For choosing settings by evaluating on
-    this split, without ever reading the real test rows. A dataset without a split is first
-    split as `mixllm eval` does (20% test, the same ``seed``)."""
+    label, as `split_train_test`, drawn with ``seed``) play the test split. For choosing
+    settings by evaluating on this split, without ever reading the real test rows. A dataset
+    without a split is first split as `mixllm eval` does (20% test, `TEST_SPLIT_SEED` whatever
+    ``seed``)."""
     if dataset.split is None:
-        dataset = split_train_test(dataset, 0.2, seed=seed)
+        dataset = split_train_test(dataset, 0.2, seed=TEST_SPLIT_SEED)
     return split_train_test(dataset.train(), test_fraction, seed=seed)
 
 

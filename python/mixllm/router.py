@@ -137,6 +137,10 @@ class Router:
             policy = config.new_policy()
         elif policy.dim != config.dim + 1 or policy.models != [m.name for m in config.models]:
             raise ConfigError("the policy's dimension or models do not match the configuration")
+        else:
+            mismatch = _knob_mismatch(config, policy)
+            if mismatch:
+                raise ConfigError(mismatch)
         self._config = config
         self._embedder = embedder
         self._projection = projection
@@ -642,12 +646,9 @@ class Router:
             # Saved before the length head had its own ridge: it continues with the one its
             # policy file carries (the quality ridge then), and a refit keeps using it.
             config = replace(config, length_ridge=policy.length_ridge)
-        for knob in _POLICY_KNOBS:
-            if getattr(config, knob) != getattr(policy, knob):
-                raise StateFileError(
-                    f"{folder}: config.json says {knob} = {getattr(config, knob)!r} but "
-                    f"policy.bin was built with {getattr(policy, knob)!r}"
-                )
+        mismatch = _knob_mismatch(config, policy)
+        if mismatch:
+            raise StateFileError(f"{folder}: config.json and policy.bin disagree: {mismatch}")
         return cls(config, embedder=embedder, projection=projection, policy=policy)
 
     @classmethod
@@ -667,6 +668,19 @@ class Router:
         return Router(
             config, embedder=self._embedder, projection=self._projection, policy=self._policy
         )
+
+
+def _knob_mismatch(config: RouterConfig, policy: Policy) -> str | None:
+    """The first decision knob on which a configuration and a policy disagree, described, or
+    None: a policy decides with its own knobs, so a Router whose configuration says otherwise
+    would save a state that does not describe itself."""
+    for knob in _POLICY_KNOBS:
+        if getattr(config, knob) != getattr(policy, knob):
+            return (
+                f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
+                f"{getattr(policy, knob)!r}"
+            )
+    return None
 
 
 def _check_optional(name: str, value: float | None, *, minimum: float | None = 0.0) -> None:

@@ -24,13 +24,14 @@ cheapest to the dearest single model, in % of GPT-4's cost. Quality is in % of G
 AIQ is a quality % averaged over budgets.
 
 **Dominance.** One frontier dominates another where its hull R̃ is at or above the other's.
-`shortfall` checks it on evenly spaced costs from the first router's cheapest point to the top
-of the range: below its cheapest point a router has no routing at all, which is a different
-fact (reported as that cost) from routing worse.
+`shortfall` finds, exactly, the stretches of cost where it is not, from the first router's
+cheapest point to the top of the range: below its cheapest point a router has no routing at
+all, which is a different fact (reported as that cost) from routing worse.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -126,27 +127,63 @@ def hull_quality(
     return np.where(at < xs[0], 0.0, np.interp(at, xs, ys))
 
 
+# Gaps this small are rounding: equal hulls computed from the same points differ by no more.
+_GAP_TOLERANCE = 1e-9
+
+
 def shortfall(
     mine: Sequence[tuple[float, float]],
     other: Sequence[tuple[float, float]],
     c_max: float,
-    costs: int = 400,
 ) -> dict[str, Any]:
-    """Where ``other``'s frontier is above ``mine``, on ``costs`` evenly spaced costs from my
-    cheapest point to ``c_max``: how many, their range and the largest gap (quality points).
-    ``behind`` 0 means mine dominates over that range."""
+    """Where ``other``'s frontier is above ``mine``, exactly, from my cheapest point to
+    ``c_max``: each stretch of cost with its largest gap (quality points). An empty
+    ``behind`` means mine dominates over that range.
+
+    Both hulls are piecewise linear, so their difference is linear between consecutive hull
+    vertices (of either): it is evaluated at every vertex, and each stretch ends where it
+    crosses zero. ``other``'s hull jumps from 0 at its cheapest point, which is handled as the
+    left end of a piece."""
+    for name, points in (("mine", mine), ("other", other)):
+        if not all(math.isfinite(c) and math.isfinite(q) for c, q in points):
+            raise ValueError(f"{name} has a non-finite point")
     if not mine:
         raise ValueError("mine has no points")
+    if not math.isfinite(c_max):
+        raise ValueError(f"c_max must be finite, got {c_max}")
     start = min(c for c, _ in mine)
-    grid = np.linspace(start, max(start, c_max), costs)
-    gap = hull_quality(other, grid) - hull_quality(mine, grid)
-    # A hair of tolerance: equal hulls computed from the same points differ by rounding only.
-    behind = gap > 1e-9
-    return {
-        "from_pct": float(start),
-        "costs": costs,
-        "behind": int(behind.sum()),
-        "behind_from_pct": float(grid[behind].min()) if behind.any() else None,
-        "behind_to_pct": float(grid[behind].max()) if behind.any() else None,
-        "max_gap": float(gap[behind].max()) if behind.any() else 0.0,
-    }
+    end = max(start, c_max)
+    mine_hull, other_hull = hull(mine), hull(other)
+    knots = sorted({start, end} | {c for c, _ in (*mine_hull, *other_hull) if start < c < end})
+    gap_at = hull_quality(other, knots) - hull_quality(mine, knots)
+    # The gap just left of each knot: other's hull is 0 left of its cheapest point.
+    gap_before = gap_at.copy()
+    if other_hull and start < other_hull[0][0] < end:
+        jump = knots.index(other_hull[0][0])
+        gap_before[jump] = -float(hull_quality(mine, [knots[jump]])[0])
+
+    stretches: list[dict[str, float]] = []
+
+    def extend(lo: float, hi: float, gap: float) -> None:
+        if stretches and stretches[-1]["to_pct"] >= lo:
+            stretches[-1]["to_pct"] = hi
+            stretches[-1]["max_gap"] = max(stretches[-1]["max_gap"], gap)
+        else:
+            stretches.append({"from_pct": lo, "to_pct": hi, "max_gap": gap})
+
+    if len(knots) == 1 and gap_at[0] > _GAP_TOLERANCE:
+        extend(start, start, float(gap_at[0]))
+    for i in range(len(knots) - 1):
+        lo, hi = knots[i], knots[i + 1]
+        a, b = float(gap_at[i]), float(gap_before[i + 1])
+        if a <= _GAP_TOLERANCE and b <= _GAP_TOLERANCE:
+            continue
+        # The linear gap's zero, when it changes sign inside the piece.
+        cross = lo + (hi - lo) * a / (a - b) if (a > 0) != (b > 0) else None
+        if a > _GAP_TOLERANCE and b > _GAP_TOLERANCE:
+            extend(lo, hi, max(a, b))
+        elif a > _GAP_TOLERANCE:
+            extend(lo, cross if cross is not None else lo, a)
+        else:
+            extend(cross if cross is not None else hi, hi, b)
+    return {"from_pct": float(start), "to_pct": float(end), "behind": stretches}

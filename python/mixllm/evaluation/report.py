@@ -182,8 +182,11 @@ def _frontier_notes(section: dict[str, Any]) -> list[str]:
     if shortfalls:
         start = next(iter(shortfalls.values()))["from_pct"]
         behind = [
-            f"{name} at {s['behind']} of {s['costs']} costs ({s['behind_from_pct']:.1f}-"
-            f"{s['behind_to_pct']:.1f}%, by up to {s['max_gap']:.2f} points)"
+            f"{name} over "
+            + ", ".join(
+                f"{b['from_pct']:.2f}-{b['to_pct']:.2f}% (by up to {b['max_gap']:.2f} points)"
+                for b in s["behind"]
+            )
             for name, s in shortfalls.items()
             if s["behind"]
         ]
@@ -194,7 +197,7 @@ def _frontier_notes(section: dict[str, Any]) -> list[str]:
         ]
         notes.append(
             f"mixllm's frontier from its cheapest point ({start:.2f}% of the cost) up: "
-            + (f"behind {'; '.join(behind)}" if behind else "at or above every other router's")
+            + (f"below {'; '.join(behind)}" if behind else "at or above every baseline's")
             + "."
         )
         if cheaper:
