@@ -46,6 +46,13 @@ const MAX_NAME_LEN: usize = 4096;
 /// Serialises the policy. Each model's snapshot and ledger are read under its writer lock, so
 /// they are consistent; decisions are not blocked.
 pub fn to_bytes(policy: &Policy) -> Vec<u8> {
+    encode(policy, VERSION)
+}
+
+/// The policy in format `version`. Only [`VERSION`] is written outside tests; version 1 (no
+/// `length_ridge`, no length matrices: only faithful while the two heads share theirs) is
+/// written by the tests that check older files still load.
+fn encode(policy: &Policy, version: u32) -> Vec<u8> {
     let mut out = Encoder::default();
     let c = policy.config();
     out.u64(c.dim as u64);
@@ -54,7 +61,9 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
     }
     out.u64(c.refactor_every);
     out.f64(c.service_time_smoothing);
-    out.f64(c.length_ridge);
+    if version >= 2 {
+        out.f64(c.length_ridge);
+    }
     let slots = policy.slots();
     out.u64(slots.len() as u64);
     for slot in &slots {
@@ -78,6 +87,7 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
         out.f64s(&r.ledger.b_log_length);
         // The length head's own matrices, when it has them (flag 1), else nothing (flag 0).
         match &r.ledger.length {
+            _ if version < 2 => {}
             None => out.u64(0),
             Some(own) => {
                 out.u64(1);
@@ -92,7 +102,7 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
     let payload = out.buf;
     let mut file = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
     file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&VERSION.to_le_bytes());
+    file.extend_from_slice(&version.to_le_bytes());
     file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     file.extend_from_slice(&payload);
     let crc = crc32fast::hash(&file);
@@ -404,50 +414,6 @@ mod tests {
     use super::*;
     use crate::arm::Observation;
 
-    /// A file as version 1 wrote it: no `length_ridge`, no length matrices.
-    fn to_bytes_v1(policy: &Policy) -> Vec<u8> {
-        let mut out = Encoder::default();
-        let c = policy.config();
-        out.u64(c.dim as u64);
-        for v in [c.alpha, c.beta, c.ridge, c.tau_s] {
-            out.f64(v);
-        }
-        out.u64(c.refactor_every);
-        out.f64(c.service_time_smoothing);
-        let slots = policy.slots();
-        out.u64(slots.len() as u64);
-        let layout = SymLayout::new(c.dim);
-        for slot in &slots {
-            let r = report_of(slot);
-            out.bytes(r.name.as_bytes());
-            let p = &r.profile;
-            for v in [p.price_in, p.price_out, p.fee, p.ttft_s, p.tokens_per_s] {
-                out.f64(v);
-            }
-            out.u64(u64::from(p.concurrency));
-            out.f64(r.priors.quality);
-            out.f64(r.priors.output_tokens);
-            out.u64(r.stats.observations);
-            out.f64(r.stats.weight_sum);
-            out.f64s(&layout.to_packed(&r.stats.a_inv));
-            out.f64s(&r.stats.theta_quality);
-            out.f64s(&r.stats.theta_log_length);
-            out.f64s(&layout.to_packed(&r.ledger.a));
-            out.f64s(&r.ledger.b_quality);
-            out.f64s(&r.ledger.b_log_length);
-            out.u64(r.ledger.updates_since_refactor);
-            out.f64(r.mean_service_s.unwrap_or(f64::NAN));
-            out.u64(r.completed);
-        }
-        let mut file = MAGIC.to_vec();
-        file.extend_from_slice(&1u32.to_le_bytes());
-        file.extend_from_slice(&(out.buf.len() as u64).to_le_bytes());
-        file.extend_from_slice(&out.buf);
-        let crc = crc32fast::hash(&file);
-        file.extend_from_slice(&crc.to_le_bytes());
-        file
-    }
-
     fn observe(policy: &Policy, rows: std::ops::Range<usize>) {
         let dim = policy.config().dim;
         for i in rows {
@@ -485,7 +451,7 @@ mod tests {
         };
         policy.add_model("m", profile, Priors::default()).unwrap();
         observe(&policy, 0..13);
-        let old = from_bytes(&to_bytes_v1(&policy), Some(6)).unwrap();
+        let old = from_bytes(&encode(&policy, 1), Some(6)).unwrap();
         assert_eq!(old.config(), policy.config());
         assert_eq!(to_bytes(&old), to_bytes(&policy));
         observe(&policy, 13..30);
