@@ -138,9 +138,7 @@ class Router:
         elif policy.dim != config.dim + 1 or policy.models != [m.name for m in config.models]:
             raise ConfigError("the policy's dimension or models do not match the configuration")
         else:
-            mismatch = _knob_mismatch(config, policy)
-            if mismatch:
-                raise ConfigError(mismatch)
+            _check_knobs(config, policy)
         self._config = config
         self._embedder = embedder
         self._projection = projection
@@ -646,10 +644,10 @@ class Router:
             # Saved before the length head had its own ridge: it continues with the one its
             # policy file carries (the quality ridge then), and a refit keeps using it.
             config = replace(config, length_ridge=policy.length_ridge)
-        mismatch = _knob_mismatch(config, policy)
-        if mismatch:
-            raise StateFileError(f"{folder}: config.json and policy.bin disagree: {mismatch}")
-        return cls(config, embedder=embedder, projection=projection, policy=policy)
+        try:
+            return cls(config, embedder=embedder, projection=projection, policy=policy)
+        except ConfigError as err:
+            raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
 
     @classmethod
     def default(cls, *, embedder: Embedder | None = None) -> Router:
@@ -670,17 +668,16 @@ class Router:
         )
 
 
-def _knob_mismatch(config: RouterConfig, policy: Policy) -> str | None:
-    """The first decision knob on which a configuration and a policy disagree, described, or
-    None: a policy decides with its own knobs, so a Router whose configuration says otherwise
-    would save a state that does not describe itself."""
+def _check_knobs(config: RouterConfig, policy: Policy) -> None:
+    """Refuses a configuration and a policy that disagree on a decision knob: a policy decides
+    with its own knobs, so a Router whose configuration said otherwise would save a state that
+    does not describe itself."""
     for knob in _POLICY_KNOBS:
         if getattr(config, knob) != getattr(policy, knob):
-            return (
+            raise ConfigError(
                 f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
                 f"{getattr(policy, knob)!r}"
             )
-    return None
 
 
 def _check_optional(name: str, value: float | None, *, minimum: float | None = 0.0) -> None:

@@ -201,7 +201,7 @@ def _frontier_notes(section: dict[str, Any]) -> list[str]:
             + "."
         )
         if cheaper:
-            notes.append(f"Routers with points cheaper than mixllm's: {', '.join(cheaper)}.")
+            notes.append(f"Baselines with points cheaper than mixllm's: {', '.join(cheaper)}.")
     nearest = section.get("nearest_to_paper_headline")
     if nearest:
         notes.append(
