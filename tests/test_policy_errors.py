@@ -54,9 +54,9 @@ def state(
     p: mixllm.Policy,
 ) -> tuple[bytes, dict[str, tuple[int, float | None]], list[float]]:
     """Everything a rejected call must leave alone: the saved state, and per model the requests
-    in flight with their mean predicted service (not saved), and the scores."""
+    in flight with the time their predicted work would be done (not saved), and the scores."""
     scores = p.decide(X, **DECIDE).score.tolist() if len(p) else []
-    live = {m: (p.in_flight(m), p.inspect(m)["mean_predicted_in_flight_s"]) for m in p.models}
+    live = {m: (p.in_flight(m), p.inspect(m)["clears_at_s"]) for m in p.models}
     return p.to_bytes(), live, scores
 
 
@@ -377,25 +377,45 @@ def test_end_without_begin_and_bad_latencies(policy: mixllm.Policy) -> None:
     assert policy.in_flight("a") == 0
 
 
-def test_bad_predicted_service_times_change_nothing(policy: mixllm.Policy) -> None:
-    """`begin`, `end` and `cancel` check the predicted service time before counting anything."""
-    policy.begin("a", 2.0)  # predicted work a bad call could corrupt
+def test_bad_predicted_service_times_and_times_change_nothing(policy: mixllm.Policy) -> None:
+    """`begin`, `end`, `cancel` and the readers check the predicted service time and `now_s`
+    before counting anything."""
+    t = 1e6  # later than anything the fixture's default clock gave
+    policy.begin("a", 2.0, now_s=t)  # predicted work a bad call could corrupt
     for bad in (NAN, INF, -0.5):
         for call in (
-            lambda p, s=bad: p.begin("a", s),
-            lambda p, s=bad: p.end("a", 1.0, s),
-            lambda p, s=bad: p.cancel("a", s),
+            lambda p, s=bad: p.begin("a", s, now_s=t),
+            lambda p, s=bad: p.end("a", 1.0, s, now_s=t),
+            lambda p, s=bad: p.cancel("a", s, now_s=t),
         ):
             assert_rejected(policy, call, InvalidInputError, "predicted_service_s")
+    for bad in (NAN, INF, -INF):
+        for call in (
+            lambda p, s=bad: p.begin("a", 1.0, now_s=s),
+            lambda p, s=bad: p.end("a", 1.0, 1.0, now_s=s),
+            lambda p, s=bad: p.cancel("a", 1.0, now_s=s),
+            lambda p, s=bad: p.decide(X, **DECIDE, now_s=s),
+            lambda p, s=bad: p.decide_batch(X[None, :], **DECIDE, now_s=s),
+            lambda p, s=bad: p.predicted_wait_s("a", now_s=s),
+        ):
+            assert_rejected(policy, call, InvalidInputError, "now_s must be finite")
     assert_rejected(policy, lambda p: p.begin("a", "soon"), InputTypeError, "must be a number")
-    policy.begin("a", 12.0)
-    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx((2.0 + 12.0) / 3)
-    policy.cancel("a", 12.0)
-    policy.end("a", 1.0, 2.0)
-    assert policy.inspect("a")["mean_predicted_in_flight_s"] == pytest.approx(0.0)
-    policy.end("a", 1.0)
+    assert_rejected(policy, lambda p: p.begin("a", 1.0, now_s="now"), InputTypeError, "now_s")
+    # Two slots, three requests: the third waits for its share of the work, 1 + 12 / 2 s.
+    policy.begin("a", 12.0, now_s=t)
+    assert policy.inspect("a")["clears_at_s"] == t + 7.0
+    assert policy.predicted_wait_s("a", now_s=t + 3.0) == 4.0
+    policy.cancel("a", 12.0, now_s=t + 1.0)
+    # Twice as fast as predicted: what is queued behind moves 0.5 s earlier.
+    policy.end("a", 1.0, 2.0, now_s=t + 1.0)
+    assert policy.inspect("a")["clears_at_s"] == t + 0.5
+    assert policy.predicted_wait_s("a", now_s=t + 0.1) == 0.0  # a slot is free
+    policy.end("a", 1.0, now_s=t + 2.0)
     state = policy.inspect("a")
-    assert (state["in_flight"], state["mean_predicted_in_flight_s"]) == (0, None)
+    assert (state["in_flight"], state["clears_at_s"]) == (0, None)
+    # Empty, the queue starts over from now.
+    policy.begin("a", 4.0, now_s=t + 10.0)
+    assert policy.inspect("a")["clears_at_s"] == t + 12.0
 
 
 def test_an_empty_pool_cannot_decide(policy: mixllm.Policy) -> None:

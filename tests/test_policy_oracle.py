@@ -244,9 +244,14 @@ def test_fit_with_a_zero_weight_row_ignores_that_row(profile: dict[str, Any]) ->
 
 
 def reference_decide(
-    policy: mixllm.Policy, x: np.ndarray, prompt_tokens: float, willingness_to_pay: float
+    policy: mixllm.Policy,
+    x: np.ndarray,
+    prompt_tokens: float,
+    willingness_to_pay: float,
+    now_s: float,
 ) -> dict[str, Any]:
-    """The decision rule of method.md section 3, from the policy's inspected state."""
+    """The decision rule of method.md section 3, from the policy's inspected state, at
+    ``now_s``."""
     columns: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -270,10 +275,11 @@ def reference_decide(
         cost = (prompt_tokens * p["price_in"] + tokens * p["price_out"]) / 1e6 + p["fee"]
         uncertainty = np.sqrt(max(0.0, x @ s["a_inv"] @ x))
         service = p["ttft_s"] + tokens / p["tokens_per_s"]
-        ahead = max(0, s["in_flight"] + 1 - p["concurrency"])
-        observed = service if s["mean_service_s"] is None else s["mean_service_s"]
-        in_flight = s["mean_predicted_in_flight_s"] or 0.0
-        latency = ahead * max(observed, in_flight) / p["concurrency"] + service
+        # Every slot busy: wait for the work ahead, due done at `clears_at_s`. Both parts are
+        # scaled by how much longer than predicted the model's requests have been taking.
+        full = s["in_flight"] >= p["concurrency"]
+        wait = max(0.0, s["clears_at_s"] - now_s) if full else 0.0
+        latency = (wait + service) * s["service_ratio"]
         with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
             penalty = np.expm1(latency / policy.tau_s)
         score = (
@@ -359,17 +365,17 @@ def build_pool(rng: np.random.Generator, dim: int) -> mixllm.Policy:
 
 
 def set_in_flight(
-    policy: mixllm.Policy, name: str, target: int, begun: dict[str, list[float]]
+    policy: mixllm.Policy, name: str, target: int, begun: dict[str, list[float]], now_s: float
 ) -> None:
-    """Requests in flight of model ``name`` up or down to ``target``; each begun with a
-    predicted service time (recorded in ``begun``) sometimes above, sometimes below the
-    observed ones, so either estimate can set the wait."""
+    """Requests in flight of model ``name`` up or down to ``target`` at ``now_s``; each begun
+    with a predicted service time (recorded in ``begun``) and ended after 3 s, sometimes more,
+    sometimes less than predicted, so the work left moves both ways."""
     mine = begun.setdefault(name, [])
     while policy.in_flight(name) < target:
         mine.append(float(np.random.default_rng(len(mine) + target).uniform(0.0, 5.0)))
-        policy.begin(name, mine[-1])
+        policy.begin(name, mine[-1], now_s=now_s)
     while policy.in_flight(name) > target:
-        policy.end(name, 3.0, mine.pop())
+        policy.end(name, 3.0, mine.pop(), now_s=now_s)
 
 
 WILLINGNESS = [1e-6, 1e-3, 0.5, 1.0, 30.0, 1e3, 1e6, float("inf")]
@@ -379,34 +385,36 @@ def test_decide_matches_the_reference_implementation() -> None:
     rng = np.random.default_rng(11)
     dim = 10
     policy = build_pool(rng, dim)
-    # Observed service times for some models, in-flight queues varied between rounds.
-    policy.begin("big")
-    policy.end("big", 9.0)
-    policy.begin("fee")
-    policy.end("fee", 0.7)
+    # Queues varied between rounds, 10 s apart on the test's own clock; decisions spread over
+    # each round, so the work ahead drains while they are made.
     seen = {"excluded": 0, "admissible": 0, "all_excluded": 0, "clamped": 0}
-    seen |= {"wait set by the observed mean": 0, "wait set by the requests in flight": 0}
+    seen |= {"waiting": 0, "all slots busy, work done": 0, "a slot free": 0, "ratio ≠ 1": 0}
     begun: dict[str, list[float]] = {}
     for round_ in range(12):
+        start = 10.0 * round_
         queues = rng.integers(0, 12, size=len(policy.models))
         if round_ == 5:
             queues[:] = 40  # everyone is too slow: the fastest is taken
         for name, queue in zip(policy.models, queues, strict=True):
-            set_in_flight(policy, name, int(queue), begun)
-            state = policy.inspect(name)
-            if state["in_flight"] >= state["profile"]["concurrency"]:
-                flight = state["mean_predicted_in_flight_s"]
-                observed = state["mean_service_s"]
-                if observed is not None and observed >= flight:
-                    seen["wait set by the observed mean"] += 1
-                elif observed is not None:
-                    seen["wait set by the requests in flight"] += 1
+            set_in_flight(policy, name, int(queue), begun, start)
         for _ in range(25):
+            now = start + float(rng.uniform(0.0, 10.0))
             x = rng.normal(size=dim) * rng.choice([0.3, 1.0, 3.0])
             prompt_tokens = float(rng.uniform(0, 8000))
             wtp = float(rng.choice(WILLINGNESS))
-            decision = policy.decide(x, prompt_tokens=prompt_tokens, willingness_to_pay=wtp)
-            expected = reference_decide(policy, x, prompt_tokens, wtp)
+            decision = policy.decide(
+                x, prompt_tokens=prompt_tokens, willingness_to_pay=wtp, now_s=now
+            )
+            expected = reference_decide(policy, x, prompt_tokens, wtp, now)
+            for name in policy.models:
+                state = policy.inspect(name)
+                seen["ratio ≠ 1"] += int(state["service_ratio"] != 1.0)
+                if state["in_flight"] < state["profile"]["concurrency"]:
+                    seen["a slot free"] += 1
+                elif state["clears_at_s"] > now:
+                    seen["waiting"] += 1
+                else:
+                    seen["all slots busy, work done"] += 1
 
             assert decision.models == policy.models
             for key in (
@@ -432,7 +440,8 @@ def test_decide_matches_the_reference_implementation() -> None:
             seen["clamped"] += int(
                 np.isclose(expected["output_tokens"], np.expm1(MAX_LOG_LENGTH)).any()
             )
-    # The scenario really exercised exclusion, the all-excluded fallback and the length clamp.
+    # The scenario really exercised exclusion, the all-excluded fallback, the length clamp and
+    # every case of the wait.
     assert all(count > 0 for count in seen.values()), seen
 
 
@@ -507,14 +516,15 @@ def test_decide_batch_matches_decide_row_by_row(per_row: bool, n: int) -> None:
     dim = 7
     policy = build_pool(rng, dim)
     for name, queue in zip(policy.models, [3, 9, 0, 5, 1], strict=True):
-        set_in_flight(policy, name, queue, {})
+        set_in_flight(policy, name, queue, {}, 0.0)
+    now = 2.0  # part of the work ahead is done
     X = rng.normal(size=(n, dim)) * rng.choice([0.3, 1.0, 3.0], size=(n, 1))
     if per_row:
         prompt_tokens: Any = rng.uniform(0, 8000, size=n)
         wtp: Any = rng.choice(WILLINGNESS, size=n)
     else:
         prompt_tokens, wtp = 2500.0, 0.5
-    chosen = policy.decide_batch(X, prompt_tokens=prompt_tokens, willingness_to_pay=wtp)
+    chosen = policy.decide_batch(X, prompt_tokens=prompt_tokens, willingness_to_pay=wtp, now_s=now)
     assert chosen.dtype == np.int64
     assert chosen.shape == (n,)
     expected = [
@@ -522,6 +532,7 @@ def test_decide_batch_matches_decide_row_by_row(per_row: bool, n: int) -> None:
             X[i],
             prompt_tokens=float(prompt_tokens[i]) if per_row else prompt_tokens,
             willingness_to_pay=float(wtp[i]) if per_row else wtp,
+            now_s=now,
         ).index
         for i in range(n)
     ]

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,13 +60,21 @@ def fitted(
     return router, per_label(routerbench.test(), 15)
 
 
-def fresh(fitted: tuple[Router, RoutingDataset], **changes: object) -> Router:
-    """A Router with its own copy of the fitted state (so tests do not share feedback)."""
+def fresh(
+    fitted: tuple[Router, RoutingDataset],
+    *,
+    clock: Callable[[], float] | None = None,
+    **changes: object,
+) -> Router:
+    """A Router with its own copy of the fitted state (so tests do not share feedback), on
+    ``clock`` when given."""
     router, _ = fitted
     assert router.projection is not None
     config = replace(router.config, **changes)  # type: ignore[arg-type]
     policy = mixllm.Policy.from_bytes(router.policy.to_bytes())
-    return Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
+    return Router(
+        config, embedder=router.embedder, projection=router.projection, policy=policy, clock=clock
+    )
 
 
 def test_route_batch_embeds_each_text_once_even_without_a_cache(
@@ -125,13 +134,15 @@ def test_reload_in_a_new_process_routes_the_test_split_identically(
     fitted: tuple[Router, RoutingDataset], routerbench: RoutingDataset, tmp_path: Path
 ) -> None:
     # Both processes embed the same batches with fresh caches: the int8 encoder quantises
-    # activations per batch, so its vectors depend (slightly) on what shares the batch.
+    # activations per batch, so its vectors depend (slightly) on what shares the batch. Their
+    # clocks stand still: the queues the batch builds up drain with time.
     fitted_router = fresh(fitted)
     router = Router(
         fitted_router.config,
         embedder=mixllm.Embedder(quantized=True, cache_size=0, intra_op_threads=2),
         projection=fitted_router.projection,
         policy=fitted_router.policy,
+        clock=lambda: 0.0,
     )
     texts = routerbench.test().prompts
     assert len(texts) == 945
@@ -142,7 +153,7 @@ import json, sys
 import mixllm
 from mixllm.router import Router
 embedder = mixllm.Embedder(quantized=True, cache_size=0, intra_op_threads=2)
-router = Router.load(sys.argv[1], embedder=embedder)
+router = Router.load(sys.argv[1], embedder=embedder, clock=lambda: 0.0)
 texts = json.load(sys.stdin)
 print(json.dumps([[d.model, d.detail.score.tolist()] for d in router.route_batch(texts)]))
 """
@@ -270,10 +281,10 @@ def test_feedback_teaches_the_chosen_model_only(fitted: tuple[Router, RoutingDat
 def test_a_request_in_flight_carries_its_predicted_service_time(
     fitted: tuple[Router, RoutingDataset], clock: ManualClock
 ) -> None:
-    """The router counts each request in its model's queue with the service time its decision
-    predicted, and takes that same time out again on feedback, complete and expiry: after each,
-    the model's mean predicted service is that of the requests still in flight."""
-    router = fresh(fitted, feedback_ttl_s=0.5)
+    """The router counts each request in its model's queue, on its clock, with the service time
+    its decision predicted, and takes it out again on feedback, complete and expiry: the
+    model's finishing time moves by each request's share of its slots."""
+    router = fresh(fitted, clock=clock, feedback_ttl_s=0.5)
     prompt = fitted[1].prompts[20]
     # One prompt three times: one model, no queue yet, so the same choice each time.
     decisions = [router.route(prompt) for _ in range(3)]
@@ -281,31 +292,33 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
     assert all(d.model == model for d in decisions)
     predicted = [d.detail.chosen_service_s for d in decisions]
     assert min(predicted) > 0.0
+    slots = router.policy.profile(model)["concurrency"]
+    t0 = clock.now
 
-    def mean_in_flight() -> float | None:
-        value = router.policy.inspect(model)["mean_predicted_in_flight_s"]
-        return None if value is None else float(value)
+    def clears_at(name: str = model) -> float | None:
+        return router.policy.inspect(name)["clears_at_s"]
 
-    assert mean_in_flight() == pytest.approx(np.mean(predicted), rel=1e-12)
+    assert clears_at() == pytest.approx(t0 + sum(predicted) / slots, rel=1e-12)
     router.feedback(decisions[0].id, quality=1.0, latency_s=2.0)
-    assert mean_in_flight() == pytest.approx(np.mean(predicted[1:]), rel=1e-12)
+    left = predicted[1] + predicted[2] + 2.0
+    assert clears_at() == pytest.approx(t0 + left / slots, rel=1e-12)
     router.complete(decisions[1].id, latency_s=2.0)
-    assert mean_in_flight() == pytest.approx(predicted[2], rel=1e-12)
+    assert clears_at() == pytest.approx(t0 + (predicted[2] + 4.0) / slots, rel=1e-12)
     clock.now += 0.6
-    last = router.route(fitted[1].prompts[23])  # expires decisions[2]; this one stays in flight
-    in_flight = {m: router.policy.inspect(m) for m in router.models}
-    assert sum(s["in_flight"] for s in in_flight.values()) == 1
-    assert in_flight[last.model]["mean_predicted_in_flight_s"] == pytest.approx(
-        last.detail.chosen_service_s, rel=1e-12
-    )
-    assert all(
-        s["mean_predicted_in_flight_s"] is None for m, s in in_flight.items() if m != last.model
-    )
+    last = router.route(fitted[1].prompts[23])  # counted, then decisions[2] expires
+    in_flight = {m: router.policy.inspect(m)["in_flight"] for m in router.models}
+    assert sum(in_flight.values()) == 1 and in_flight[last.model] == 1
+    share = last.detail.chosen_service_s / router.policy.profile(last.model)["concurrency"]
+    if last.model == model:
+        expected = max(t0 + (predicted[2] + 4.0) / slots, clock.now) + share
+        expected -= predicted[2] / slots
+    else:
+        assert clears_at() is None  # its queue emptied at the expiry
+        expected = clock.now + share
+    assert clears_at(last.model) == pytest.approx(expected, rel=1e-12)
     described = {row["name"]: row for row in router.describe_models()}
     assert described[last.model]["in_flight"] == 1
-    assert described[last.model]["mean_predicted_in_flight_s"] == pytest.approx(
-        last.detail.chosen_service_s, rel=1e-12
-    )
+    assert described[last.model]["predicted_wait_s"] == 0.0  # a slot is free
 
 
 def test_binary_feedback_weighs_kappa(fitted: tuple[Router, RoutingDataset]) -> None:
@@ -344,26 +357,24 @@ def test_bad_feedback_changes_nothing(fitted: tuple[Router, RoutingDataset]) -> 
 
 
 class ManualClock:
-    """Stands in for the `time` module inside mixllm.router: time moves only when told."""
+    """A Router's clock that moves only when told."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
 
-    def monotonic(self) -> float:
+    def __call__(self) -> float:
         return self.now
 
 
 @pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    manual = ManualClock()
-    monkeypatch.setattr("mixllm.router.time", manual)
-    return manual
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 def test_decisions_expire_and_leave_the_queue(
     fitted: tuple[Router, RoutingDataset], clock: ManualClock
 ) -> None:
-    router = fresh(fitted, feedback_ttl_s=0.05)
+    router = fresh(fitted, clock=clock, feedback_ttl_s=0.05)
     old = router.route(fitted[1].prompts[4])
     clock.now += 0.1
     router.route(fitted[1].prompts[5])
@@ -450,7 +461,7 @@ def test_many_threads_route_and_send_feedback(fitted: tuple[Router, RoutingDatas
 def test_complete_then_feedback_later(
     fitted: tuple[Router, RoutingDataset], clock: ManualClock
 ) -> None:
-    router = fresh(fitted, feedback_ttl_s=0.5)
+    router = fresh(fitted, clock=clock, feedback_ttl_s=0.5)
     decision = router.route(fitted[1].prompts[8])
     model = decision.model
     router.complete(decision.id, latency_s=4.0)

@@ -168,9 +168,17 @@ class Policy:
         """Changes some of a model's profile fields; the rest keep their values."""
     def profile(self, name: str) -> dict[str, float]:
         """A model's profile as a dict."""
-    def decide(self, x: _Vector, *, prompt_tokens: float, willingness_to_pay: float) -> Decision:
+    def decide(
+        self,
+        x: _Vector,
+        *,
+        prompt_tokens: float,
+        willingness_to_pay: float,
+        now_s: float | None = None,
+    ) -> Decision:
         """Picks a model for context `x`; `willingness_to_pay` is in USD per quality point
-        (the price worth paying for one more point of expected quality; inf ignores cost)."""
+        (the price worth paying for one more point of expected quality; inf ignores cost).
+        `now_s` is when, for the queues (default: `clock_s()`; see `begin`)."""
     def decide_batch(
         self,
         X: _Matrix,
@@ -178,9 +186,11 @@ class Policy:
         prompt_tokens: float | _Vector,
         willingness_to_pay: float | _Vector,
         threads: int | None = None,
+        now_s: float | None = None,
     ) -> npt.NDArray[np.int64]:
         """Picks a model for each row of `X`; returns indices into `models`. Batches of
-        thousands of rows are split over `threads` threads (default: the CPUs available)."""
+        thousands of rows are split over `threads` threads (default: the CPUs available).
+        Every row sees the queues as they are at `now_s` (as in `decide`)."""
     def update(
         self,
         name: str,
@@ -202,13 +212,34 @@ class Policy:
     ) -> None:
         """Replaces model `name`'s arm with an exact ridge fit on a batch. A NaN in
         `output_tokens` marks a row whose length was not seen: the length head skips it."""
-    def begin(self, name: str, predicted_service_s: float | None = None) -> None:
-        """A request was sent to model `name`; `predicted_service_s` is its decision's
-        `service` for that model (0 when unknown). Give `end` or `cancel` the same value."""
-    def end(self, name: str, latency_s: float, predicted_service_s: float | None = None) -> None:
-        """A request to model `name` finished after `latency_s` seconds of service."""
-    def cancel(self, name: str, predicted_service_s: float | None = None) -> None:
-        """A request to model `name` left its queue without a usable service time."""
+    def begin(
+        self, name: str, predicted_service_s: float | None = None, *, now_s: float | None = None
+    ) -> None:
+        """A request was sent to model `name` at `now_s`; `predicted_service_s` is its
+        decision's `service` for that model (0 when unknown). Give `end` or `cancel` the same
+        value. `now_s` defaults to `clock_s()`; a caller keeping its own time (a simulation)
+        passes it to every `decide`, `begin`, `end` and `cancel`."""
+    def end(
+        self,
+        name: str,
+        latency_s: float,
+        predicted_service_s: float | None = None,
+        *,
+        now_s: float | None = None,
+    ) -> None:
+        """A request to model `name` finished at `now_s` after `latency_s` seconds of
+        service."""
+    def cancel(
+        self, name: str, predicted_service_s: float | None = None, *, now_s: float | None = None
+    ) -> None:
+        """A request to model `name` left its queue at `now_s` without a usable service
+        time."""
+    def predicted_wait_s(self, name: str, *, now_s: float | None = None) -> float:
+        """The wait predicted at `now_s` for a request sent to model `name`, before its
+        service starts."""
+    @staticmethod
+    def clock_s() -> float:
+        """Seconds on the monotonic clock the queues run on when no `now_s` is given."""
     def generation(self, name: str) -> int:
         """The generation of model `name`'s arm: it changes when the model is removed and
         added again (or the policy is loaded), never otherwise."""

@@ -4,7 +4,7 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
 (`TagProjection`) and the decision core (`Policy`), and keeps the bookkeeping a service needs:
 
 - every `route` issues a decision id and counts the request as in flight for the chosen model,
-  so predicted waiting times are live;
+  so predicted waiting times are live (on a monotonic clock, or the one the Router is given);
 - `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
   satisfied/unsatisfied signal with the lower weight κ of method.md section 4) and takes the
   request out of flight, recording its latency; a service that learns the quality later calls
@@ -29,9 +29,8 @@ import os
 import secrets
 import shutil
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,10 @@ class Router:
         embedder: Embedder | None = None,
         projection: LinearProjection | None = None,
         policy: Policy | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
+        default `Policy.clock_s`, a monotonic clock. A simulation passes its own."""
         config.validate()
         if projection is not None and projection.d != config.dim:
             raise ConfigError(
@@ -143,6 +145,7 @@ class Router:
         self._embedder = embedder
         self._projection = projection
         self._policy = policy
+        self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         # Ids that can no longer take feedback, and why; bounded like the pending ones.
@@ -226,7 +229,9 @@ class Router:
                 # The new arms take over the decisions made with the old ones.
                 pending.generation = policy.generation(pending.model)
                 if pending.in_flight:
-                    policy.begin(pending.model, pending.predicted_service_s)
+                    # All of its predicted work counts again from now: the new arms do not
+                    # know how much of it is done.
+                    policy.begin(pending.model, pending.predicted_service_s, now_s=self._clock())
             self._projection = projection
             self._policy = policy
         self._contexts.clear()
@@ -341,19 +346,19 @@ class Router:
     def _decide(
         self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float
     ) -> RouteDecision:
+        now = self._clock()
         detail = self._policy.decide(
-            context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay
+            context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
         )
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
         service_s = detail.chosen_service_s
-        now = time.monotonic()
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
             queued = detail.model in self._policy
             generation = -1
             if queued:
-                self._policy.begin(detail.model, service_s)
+                self._policy.begin(detail.model, service_s, now_s=now)
                 generation = self._policy.generation(detail.model)
             self._pending[decision_id] = _Pending(
                 detail.model, generation, context, now, service_s, in_flight=queued
@@ -387,11 +392,12 @@ class Router:
         count can only be off if the policy was swapped under a pending decision by a load
         elsewhere, and bookkeeping must never fail a call that has already learned, so that
         case is ignored."""
+        now = self._clock()
         with contextlib.suppress(InvalidInputError, UnknownModelError):
             if latency_s is None:
-                self._policy.cancel(pending.model, pending.predicted_service_s)
+                self._policy.cancel(pending.model, pending.predicted_service_s, now_s=now)
             else:
-                self._policy.end(pending.model, latency_s, pending.predicted_service_s)
+                self._policy.end(pending.model, latency_s, pending.predicted_service_s, now_s=now)
 
     def _close(self, decision_id: str, reason: str) -> None:
         self._closed[decision_id] = reason
@@ -533,7 +539,8 @@ class Router:
     def describe_models(self) -> list[dict[str, Any]]:
         """The pool with prices and speeds, and what the router has learned of each model: how
         many outcomes it has seen, their mean quality and (geometric) mean output length, and
-        the live queue."""
+        the live queue (requests in flight, the wait predicted now, how much longer than
+        predicted its requests have been taking, and their mean service time)."""
         rows = []
         for model in self._config.models:
             if model.name not in self._policy:
@@ -557,7 +564,10 @@ class Router:
                     "mean_quality": float(state["prior_quality"] + mean_residual_q),
                     "mean_output_tokens": float(math.expm1(log_length)),
                     "in_flight": state["in_flight"],
-                    "mean_predicted_in_flight_s": state["mean_predicted_in_flight_s"],
+                    "predicted_wait_s": self._policy.predicted_wait_s(
+                        model.name, now_s=self._clock()
+                    ),
+                    "service_ratio": state["service_ratio"],
                     "mean_service_s": state["mean_service_s"],
                 }
             )
@@ -608,8 +618,15 @@ class Router:
         return final
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, embedder: Embedder | None = None) -> Router:
-        """Loads a state written by `save` (checking every file against its manifest)."""
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        embedder: Embedder | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Router:
+        """Loads a state written by `save` (checking every file against its manifest);
+        ``clock`` as in the constructor."""
         root = Path(directory)
         try:
             name = (root / _CURRENT).read_text(encoding="utf-8").strip()
@@ -645,7 +662,7 @@ class Router:
             # policy file carries (the quality ridge then), and a refit keeps using it.
             config = replace(config, length_ridge=policy.length_ridge)
         try:
-            return cls(config, embedder=embedder, projection=projection, policy=policy)
+            return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
 
@@ -664,7 +681,11 @@ class Router:
             raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
         config = replace(self._config, **changes)
         return Router(
-            config, embedder=self._embedder, projection=self._projection, policy=self._policy
+            config,
+            embedder=self._embedder,
+            projection=self._projection,
+            policy=self._policy,
+            clock=self._clock,
         )
 
 

@@ -460,9 +460,9 @@ def _from_dict(point: dict[str, Any]) -> dict[str, Any]:
 
 
 class _RouterListener:
-    """Drives a Router: ``route`` at arrival, ``feedback`` at completion (refined or binary;
-    without feedback the same fitted state is driven through :class:`bl.PolicyRouter`, since a
-    Router request leaves its queue only through feedback)."""
+    """Drives a copy of a Router on the simulation's clock: ``route`` at arrival, ``feedback``
+    at completion (refined or binary; without feedback the same fitted state is driven through
+    :class:`bl.PolicyRouter`, since a Router request leaves its queue only through feedback)."""
 
     def __init__(
         self,
@@ -475,7 +475,9 @@ class _RouterListener:
         feedback: bl.FeedbackMode,
         on_query: Callable[[int, Router], None] | None = None,
     ) -> None:
-        self.router = router
+        # Simulated seconds: the arrival being routed, or the completion being reported.
+        self.now = 0.0
+        self.router = _copy(router, clock=lambda: self.now)
         self.data = data
         self.rows = rows
         self.stream = stream
@@ -487,6 +489,7 @@ class _RouterListener:
         self.config = StreamConfig(tau_s=stream.tau_s)
 
     def choose(self, query: int, now: float) -> int:
+        self.now = now
         if self.on_query is not None:
             self.on_query(query, self.router)
         row = int(self.rows[query])
@@ -499,6 +502,7 @@ class _RouterListener:
         return self.columns[decision.model]
 
     def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+        self.now = float(self.stream.arrivals[query]) + waiting_s
         decision_id = self.ids.pop(query)
         tokens = float(self.data.output_tokens[int(self.rows[query]), model])
         quality = float(self.stream.quality[query, model])
@@ -515,12 +519,13 @@ class _RouterListener:
         )
 
 
-def _copy(router: Router) -> Router:
+def _copy(router: Router, clock: Callable[[], float]) -> Router:
     return Router(
         router.config,
         embedder=router.embedder,
         projection=router.projection,
         policy=Policy.from_bytes(router.policy.to_bytes()),
+        clock=clock,
     )
 
 
@@ -546,7 +551,7 @@ def _online_run(
         return frozen.run(stream, willingness_to_pay)
     columns = {name: k for k, name in enumerate(data.models)}
     listener = _RouterListener(
-        _copy(router), data, rows, stream, columns, willingness_to_pay, feedback, on_query
+        router, data, rows, stream, columns, willingness_to_pay, feedback, on_query
     )
     return run_stream(stream, listener, data.servers)
 

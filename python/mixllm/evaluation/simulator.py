@@ -12,7 +12,9 @@ first token + generation), the quantity the decision core predicts as L. With a 
 The router sees live state: before each decision every request finished by then is reported
 (:meth:`Listener.finished`, where a router calls ``Policy.end`` or ``Router.feedback`` with the
 latency and learns), and the decision itself counts the request in flight (``Policy.begin`` or
-``Router.route``). The latency profiles are the catalog's (``docs/model-catalog.md``).
+``Router.route``). Routers run on the simulated clock: a query's arrival time when it is
+routed, its arrival plus its waiting time when it finishes. The latency profiles are the
+catalog's (``docs/model-catalog.md``).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ fn decide(c: &mut Criterion) {
         let policy = trained_policy(dim, &mut rng);
         let x = unit_vector(&mut rng, dim);
         group.bench_with_input(BenchmarkId::from_parameter(dim), &dim, |b, _| {
-            b.iter(|| policy.decide(black_box(&x), 300.0, 1e4).unwrap().index)
+            b.iter(|| policy.decide(black_box(&x), 300.0, 1e4, 0.0).unwrap().index)
         });
     }
     group.finish();
@@ -173,7 +173,14 @@ fn decide_batch(c: &mut Criterion) {
     group.bench_function(BenchmarkId::from_parameter(dim), |b| {
         b.iter(|| {
             policy
-                .decide_batch(&xs, PerRow::Same(300.0), PerRow::Same(1e4), &mut out, 1)
+                .decide_batch(
+                    &xs,
+                    PerRow::Same(300.0),
+                    PerRow::Same(1e4),
+                    0.0,
+                    &mut out,
+                    1,
+                )
                 .unwrap();
         })
     });
@@ -206,7 +213,7 @@ fn decide_under_updates(c: &mut Criterion) {
         })
     };
     group.bench_function(BenchmarkId::from_parameter(dim), |b| {
-        b.iter(|| policy.decide(black_box(&x), 300.0, 1e4).unwrap().index)
+        b.iter(|| policy.decide(black_box(&x), 300.0, 1e4, 0.0).unwrap().index)
     });
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();

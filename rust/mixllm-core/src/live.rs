@@ -1,12 +1,14 @@
-//! Live serving state of one model: requests in flight, the service time predicted for them,
-//! and a moving average of observed service times. Plain atomics: each is a scalar, so a reader
-//! never sees half an update of one (the count and the predicted work are two atomics and may
-//! be one request apart for an instant, which a wait estimate tolerates), and
-//! `begin`/`end` never take a lock.
+//! Live serving state of one model: requests in flight, when the predicted work in its queue
+//! would be done, and a moving average of observed service times. Plain atomics: each is a
+//! scalar, so a reader never sees half an update of one (the count and the finishing time are
+//! two atomics and may be one request apart for an instant, which a wait estimate tolerates),
+//! and `begin`/`end` never take a lock.
+//!
+//! Times are seconds on the caller's clock (`now_s`; [`crate::clock::now_s`] by default).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{ensure_non_negative, Error, Result};
+use crate::error::{ensure_finite, ensure_non_negative, Error, Result};
 use crate::profile::ModelProfile;
 
 /// Bits of f64 NaN: "no service time observed yet".
@@ -15,9 +17,17 @@ const NO_OBSERVATION: u64 = 0x7ff8_0000_0000_0000;
 #[derive(Debug)]
 pub struct LiveStats {
     in_flight: AtomicU64,
-    /// Bits of f64: the sum of the predicted service times of the requests in flight.
-    work_bits: AtomicU64,
+    /// Bits of f64: when the model's slots would have done the predicted work of every request
+    /// in flight, draining it `concurrency` requests at a time (a virtual finishing time, as in
+    /// fair queueing). See [`LiveStats::predicted_wait_s`].
+    clears_at_bits: AtomicU64,
     mean_service_bits: AtomicU64,
+    /// Bits of f64: moving averages of the predicted and of the observed service time over the
+    /// finished requests that had a prediction (NaN: none yet). Their ratio scales the model's
+    /// estimates: a length head that is wrong in one direction, on queries unlike its training
+    /// data, would otherwise keep every wait it predicts for the model too short (or too long).
+    mean_predicted_bits: AtomicU64,
+    mean_observed_bits: AtomicU64,
     completed: AtomicU64,
 }
 
@@ -25,11 +35,38 @@ impl Default for LiveStats {
     fn default() -> Self {
         Self {
             in_flight: AtomicU64::new(0),
-            work_bits: AtomicU64::new(0.0f64.to_bits()),
+            clears_at_bits: AtomicU64::new(f64::NEG_INFINITY.to_bits()),
             mean_service_bits: AtomicU64::new(NO_OBSERVATION),
+            mean_predicted_bits: AtomicU64::new(NO_OBSERVATION),
+            mean_observed_bits: AtomicU64::new(NO_OBSERVATION),
             completed: AtomicU64::new(0),
         }
     }
+}
+
+/// The service ratio stays within a factor of this: predictions of microseconds for answers of
+/// seconds must not make every later estimate infinite.
+const MAX_RATIO: f64 = 1000.0;
+
+/// Folds `value` into the moving average stored as f64 bits in `cell` (NaN: none yet, the first
+/// value starts it).
+fn smooth(cell: &AtomicU64, value: f64, smoothing: f64) {
+    // The closure always returns Some, so this cannot fail.
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        let mean = f64::from_bits(bits);
+        let next = if mean.is_nan() {
+            value
+        } else {
+            mean + smoothing * (value - mean)
+        };
+        Some(next.to_bits())
+    });
+}
+
+/// Seconds of a slot's time that `service_s` of one request's work amounts to when
+/// `concurrency` slots share the queue.
+fn per_slot(service_s: f64, concurrency: u32) -> f64 {
+    service_s / f64::from(concurrency.max(1))
 }
 
 impl LiveStats {
@@ -45,89 +82,136 @@ impl LiveStats {
         stats
     }
 
-    /// A request was sent to the model, predicted to take `predicted_service_s` seconds once
-    /// served (first token + generation; 0 when unknown). Validated before anything changes.
-    pub fn begin(&self, predicted_service_s: f64) -> Result<()> {
-        ensure_non_negative("predicted_service_s", predicted_service_s)?;
+    /// The service a request is counted with: its prediction (validated), or when there is
+    /// none the observed mean (0 before any request has finished). `begin`, `end` and `cancel`
+    /// given `None` each read the mean then; it moves little between them.
+    fn counted(&self, predicted_service_s: Option<f64>) -> Result<f64> {
+        match predicted_service_s {
+            Some(seconds) => {
+                ensure_non_negative("predicted_service_s", seconds)?;
+                Ok(seconds)
+            }
+            None => Ok(self.mean_service_s().unwrap_or(0.0)),
+        }
+    }
+
+    /// How much longer than predicted this model's requests have been taking lately: the ratio
+    /// of the moving averages of their observed and predicted service times (1 until a request
+    /// with a prediction has finished, or while those predictions average 0), within
+    /// [1/`MAX_RATIO`, `MAX_RATIO`]. A ratio of averages, not an average of ratios: long
+    /// requests, which hold the slots, weigh as much as they last, where the many short ones
+    /// that finish first would dominate a per-request average. Each `end` learns it; the
+    /// predictions' own errors stay in the books, so it scales estimates, never the
+    /// bookkeeping.
+    pub fn service_ratio(&self) -> f64 {
+        let load = |cell: &AtomicU64| f64::from_bits(cell.load(Ordering::Relaxed));
+        let (predicted, observed) = (
+            load(&self.mean_predicted_bits),
+            load(&self.mean_observed_bits),
+        );
+        if predicted.is_nan() || observed.is_nan() || predicted <= 0.0 {
+            return 1.0;
+        }
+        (observed / predicted).clamp(1.0 / MAX_RATIO, MAX_RATIO)
+    }
+
+    /// A predicted service time corrected by how the model's recent predictions turned out.
+    pub fn corrected_service_s(&self, predicted_service_s: f64) -> f64 {
+        predicted_service_s * self.service_ratio()
+    }
+
+    /// A request was sent at `now_s` to a model with `concurrency` slots, predicted to take
+    /// `predicted_service_s` seconds once served (first token + generation). Validated before
+    /// anything changes.
+    pub fn begin(
+        &self,
+        predicted_service_s: Option<f64>,
+        concurrency: u32,
+        now_s: f64,
+    ) -> Result<()> {
+        let service_s = self.counted(predicted_service_s)?;
+        ensure_finite("now_s", now_s)?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.add_work(predicted_service_s);
+        let work = per_slot(service_s, concurrency);
+        // The closure always returns Some, so this cannot fail.
+        let _ = self
+            .clears_at_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits).max(now_s) + work).to_bits())
+            });
         Ok(())
     }
 
-    /// A request finished after `latency_s` seconds of service; `predicted_service_s` is what
-    /// its `begin` was given. Both are validated before anything changes.
+    /// A request finished at `now_s` after `latency_s` seconds of service; `predicted_service_s`
+    /// is what its `begin` was given. All are validated before anything changes.
     pub fn end(
         &self,
         model: &str,
         latency_s: f64,
-        predicted_service_s: f64,
+        predicted_service_s: Option<f64>,
         smoothing: f64,
+        concurrency: u32,
+        now_s: f64,
     ) -> Result<()> {
         ensure_non_negative("latency_s", latency_s)?;
-        self.leave(model, predicted_service_s)?;
-        // The closure always returns Some, so this cannot fail.
-        let _ = self
-            .mean_service_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let mean = f64::from_bits(bits);
-                let next = if mean.is_nan() {
-                    latency_s
-                } else {
-                    mean + smoothing * (latency_s - mean)
-                };
-                Some(next.to_bits())
-            });
+        let service_s = self.counted(predicted_service_s)?;
+        // Its error delays (or advances) the work queued behind it by its share of a slot.
+        self.leave(model, per_slot(latency_s - service_s, concurrency), now_s)?;
+        smooth(&self.mean_service_bits, latency_s, smoothing);
+        if let Some(predicted) = predicted_service_s {
+            smooth(&self.mean_predicted_bits, predicted, smoothing);
+            smooth(&self.mean_observed_bits, latency_s, smoothing);
+        }
         self.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// A request was abandoned (or its service time is unknown): it leaves the queue without
-    /// counting towards the service-time average. `predicted_service_s` is what its `begin`
-    /// was given.
-    pub fn cancel(&self, model: &str, predicted_service_s: f64) -> Result<()> {
-        self.leave(model, predicted_service_s)
+    /// A request was abandoned at `now_s` (or its service time is unknown): it leaves the queue
+    /// with the work its `begin` predicted (`predicted_service_s`), without counting towards the
+    /// service-time average.
+    pub fn cancel(
+        &self,
+        model: &str,
+        predicted_service_s: Option<f64>,
+        concurrency: u32,
+        now_s: f64,
+    ) -> Result<()> {
+        let service_s = self.counted(predicted_service_s)?;
+        self.leave(model, -per_slot(service_s, concurrency), now_s)
     }
 
-    fn leave(&self, model: &str, predicted_service_s: f64) -> Result<()> {
-        ensure_non_negative("predicted_service_s", predicted_service_s)?;
+    /// One request out of flight; the finishing time moves by `shift_s`.
+    fn leave(&self, model: &str, shift_s: f64, now_s: f64) -> Result<()> {
+        ensure_finite("now_s", now_s)?;
         let before = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map_err(|_| Error::NothingInFlight(model.to_string()))?;
         if before == 1 {
-            // Idle: whatever work is left is a caller's mismatch (an `end` without the
-            // prediction its `begin` had) or rounding, and must not outlive the queue. A `begin`
-            // racing this store loses its share only until it ends.
-            self.work_bits.store(0.0f64.to_bits(), Ordering::Relaxed);
+            // Idle: no work is left, whatever the predictions said (a caller's mismatch or
+            // rounding must not outlive the queue). A `begin` racing this store loses its
+            // share only until the queue next empties.
+            self.clears_at_bits
+                .store(now_s.to_bits(), Ordering::Relaxed);
         } else {
-            self.add_work(-predicted_service_s);
+            // The closure always returns Some, so this cannot fail.
+            let _ =
+                self.clears_at_bits
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                        Some((f64::from_bits(bits) + shift_s).to_bits())
+                    });
         }
         Ok(())
     }
 
-    /// Adds to the predicted work in flight, never below 0: a caller that ends a request with
-    /// another prediction than it began it with skews the estimate, never makes it negative.
-    fn add_work(&self, seconds: f64) {
-        // The closure always returns Some, so this cannot fail.
-        let _ = self
-            .work_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + seconds).max(0.0).to_bits())
-            });
-    }
-
-    /// The mean predicted service time of the requests in flight, if any are.
-    pub fn mean_predicted_in_flight_s(&self) -> Option<f64> {
-        self.mean_predicted_of(self.in_flight())
-    }
-
-    /// The mean predicted service of `n` requests in flight (`n` read by the caller).
-    fn mean_predicted_of(&self, n: u64) -> Option<f64> {
-        (n > 0).then(|| f64::from_bits(self.work_bits.load(Ordering::Relaxed)) / n as f64)
-    }
-
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the predicted work in flight would be done (seconds on the caller's clock); −∞
+    /// before the first request.
+    pub fn clears_at_s(&self) -> f64 {
+        f64::from_bits(self.clears_at_bits.load(Ordering::Relaxed))
     }
 
     /// Moving average of observed service times, if any request has finished.
@@ -140,25 +224,22 @@ impl LiveStats {
         self.completed.load(Ordering::Relaxed)
     }
 
-    /// Predicted seconds a new request waits in this model's queue before it is served.
+    /// Predicted seconds a request sent at `now_s` waits in this model's queue before it is
+    /// served.
     ///
-    /// With `c` slots and `n` requests in flight, a new request is served at once while `n < c`;
-    /// otherwise it waits behind `n − c + 1` requests that drain `c` at a time, each taking the
-    /// longer of two estimates of a request's service time: the observed mean (or, before any
-    /// request has finished, `fallback_service_s`), and the mean predicted for the requests in
-    /// flight. The second matters when service times differ widely: short requests finish
-    /// first and pull the observed mean down while long ones hold the slots, so the observed
-    /// mean alone can put a 30 s wait at a few seconds.
-    pub fn predicted_wait_s(&self, profile: &ModelProfile, fallback_service_s: f64) -> f64 {
-        let concurrency = u64::from(profile.concurrency);
-        let n = self.in_flight();
-        let ahead = (n + 1).saturating_sub(concurrency);
-        if ahead == 0 {
+    /// With `c` slots and `n` requests in flight, a new request is served at once while `n < c`.
+    /// Otherwise it waits until the slots have done the predicted work ahead of it, which they
+    /// drain `c` requests at a time: the time left to the finishing time `begin` and `end`
+    /// keep, scaled by [`Self::service_ratio`]. That is exact when the requests ahead were sent
+    /// together and predicted right (for `c` = 1, whenever they were predicted right), and an
+    /// approximation otherwise. Unlike a queue position times a mean service time, it knows how
+    /// long the requests ahead have already been served and weighs each by its own predicted
+    /// length: short answers finishing do not shorten the wait behind long ones.
+    pub fn predicted_wait_s(&self, profile: &ModelProfile, now_s: f64) -> f64 {
+        if self.in_flight() < u64::from(profile.concurrency) {
             return 0.0;
         }
-        let observed = self.mean_service_s().unwrap_or(fallback_service_s);
-        let in_flight = self.mean_predicted_of(n).unwrap_or(0.0);
-        ahead as f64 * observed.max(in_flight) / concurrency as f64
+        (self.clears_at_s() - now_s).max(0.0) * self.service_ratio()
     }
 }
 
@@ -178,92 +259,171 @@ mod tests {
     }
 
     #[test]
-    fn waits_only_when_slots_are_full() {
+    fn waits_only_when_slots_are_full_and_for_the_work_left() {
         let live = LiveStats::default();
         let p = profile(2);
-        live.begin(0.0).unwrap();
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 0.0);
-        live.begin(0.0).unwrap();
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 2.0);
-        live.begin(0.0).unwrap();
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 4.0);
-        live.end("m", 10.0, 0.0, 0.5).unwrap();
-        assert_eq!(live.mean_service_s(), Some(10.0));
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 5.0);
+        live.begin(Some(10.0), 2, 100.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 100.0), 0.0);
+        live.begin(Some(10.0), 2, 100.0).unwrap();
+        // Both slots busy until 110: the next request waits for what is left of that.
+        assert_eq!(live.predicted_wait_s(&p, 100.0), 10.0);
+        assert_eq!(live.predicted_wait_s(&p, 104.0), 6.0);
+        assert_eq!(live.predicted_wait_s(&p, 111.0), 0.0);
+        // A third request queues: its 10 s are shared by the two slots.
+        live.begin(Some(10.0), 2, 104.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 104.0), 11.0);
     }
 
     #[test]
-    fn long_requests_in_flight_lengthen_the_wait_the_observed_mean_would_give() {
+    fn staggered_requests_on_one_slot_are_exact() {
         let live = LiveStats::default();
-        let p = profile(2);
-        // Short requests have finished: the observed mean is 1 s.
-        live.begin(1.0).unwrap();
-        live.end("m", 1.0, 1.0, 1.0).unwrap();
-        // Two 30 s requests hold both slots and a third waits: the next one is 2 behind.
+        let p = profile(1);
+        live.begin(Some(4.0), 1, 0.0).unwrap(); // served 0..4
+        live.begin(Some(3.0), 1, 1.0).unwrap(); // queued, served 4..7
+        assert_eq!(live.predicted_wait_s(&p, 2.0), 5.0);
+        live.end("m", 4.0, Some(4.0), 0.5, 1, 4.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 5.0), 2.0);
+        // After an idle spell a request starts from now, not from the old finishing time.
+        live.end("m", 3.0, Some(3.0), 0.5, 1, 7.0).unwrap();
+        live.begin(Some(2.0), 1, 50.0).unwrap();
+        assert_eq!(live.clears_at_s(), 52.0);
+        assert_eq!(live.predicted_wait_s(&p, 51.0), 1.0);
+    }
+
+    #[test]
+    fn a_request_slower_or_faster_than_predicted_moves_the_work_behind_it() {
+        let live = LiveStats::default();
         for _ in 0..3 {
-            live.begin(30.0).unwrap();
+            live.begin(Some(10.0), 2, 0.0).unwrap();
         }
-        assert_eq!(live.mean_predicted_in_flight_s(), Some(30.0));
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 2.0 * 30.0 / 2.0);
-        // When the requests in flight are predicted shorter than observed, the observed wins.
-        live.cancel("m", 30.0).unwrap();
-        live.cancel("m", 30.0).unwrap();
-        live.cancel("m", 30.0).unwrap();
-        live.begin(0.2).unwrap();
-        live.begin(0.2).unwrap();
-        assert_eq!(live.predicted_wait_s(&p, 4.0), 1.0 / 2.0);
-        live.end("m", 0.3, 0.2, 0.0).unwrap();
-        live.end("m", 0.3, 0.2, 0.0).unwrap();
-        assert_eq!(
-            (live.in_flight(), live.mean_predicted_in_flight_s()),
-            (0, None)
-        );
-        assert_eq!(f64::from_bits(live.work_bits.load(Ordering::Relaxed)), 0.0);
+        assert_eq!(live.clears_at_s(), 15.0);
+        // One of the first two took 14 s: the queue behind it is 2 s (14 − 10 over 2 slots)
+        // later than predicted.
+        live.end("m", 14.0, Some(10.0), 0.5, 2, 14.0).unwrap();
+        assert_eq!(live.clears_at_s(), 17.0);
+        // Another took 4 s: 3 s earlier.
+        live.end("m", 4.0, Some(10.0), 0.5, 2, 14.0).unwrap();
+        assert_eq!(live.clears_at_s(), 14.0);
+        assert_eq!(live.mean_service_s(), Some(9.0));
+        assert_eq!(live.completed(), 2);
     }
 
     #[test]
-    fn end_without_begin_is_rejected_and_changes_nothing() {
+    fn cancel_takes_its_predicted_work_out_and_an_empty_queue_starts_over() {
+        let live = LiveStats::default();
+        let p = profile(1);
+        live.begin(Some(30.0), 1, 0.0).unwrap();
+        live.begin(Some(30.0), 1, 0.0).unwrap();
+        live.cancel("m", Some(30.0), 1, 1.0).unwrap();
+        assert_eq!(live.clears_at_s(), 30.0);
+        assert_eq!(live.mean_service_s(), None);
+        // The last one leaves with a wrong prediction: nothing of it outlives the queue.
+        live.end("m", 1.0, Some(0.0), 0.5, 1, 2.0).unwrap();
+        assert_eq!((live.in_flight(), live.clears_at_s()), (0, 2.0));
+        live.begin(Some(1.0), 1, 3.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 3.0), 1.0);
+    }
+
+    #[test]
+    fn a_wait_is_never_negative() {
+        let live = LiveStats::default();
+        let p = profile(1);
+        for _ in 0..3 {
+            live.begin(Some(1.0), 1, 0.0).unwrap();
+        }
+        // Much faster than predicted, then a cancel predicted long: the finishing time of the
+        // one left in flight moves before now.
+        live.end("m", 0.0, Some(1.0), 0.5, 1, 0.1).unwrap();
+        live.cancel("m", Some(5.0), 1, 0.1).unwrap();
+        assert_eq!(live.in_flight(), 1);
+        assert!(live.clears_at_s() < 0.2);
+        assert_eq!(live.predicted_wait_s(&p, 0.2), 0.0);
+        // The next request starts from now.
+        live.begin(Some(2.0), 1, 0.2).unwrap();
+        assert_eq!(live.clears_at_s(), 2.2);
+    }
+
+    #[test]
+    fn bad_input_is_rejected_and_changes_nothing() {
         let live = LiveStats::default();
         assert!(matches!(
-            live.end("m", 1.0, 0.0, 0.1),
+            live.end("m", 1.0, Some(0.0), 0.1, 1, 0.0),
             Err(Error::NothingInFlight(_))
         ));
         assert!(matches!(
-            live.cancel("m", 0.0),
+            live.cancel("m", Some(0.0), 1, 0.0),
             Err(Error::NothingInFlight(_))
         ));
         assert_eq!(live.mean_service_s(), None);
-        live.begin(2.0).unwrap();
-        assert!(live.end("m", f64::NAN, 2.0, 0.1).is_err());
-        assert!(live.end("m", 1.0, -1.0, 0.1).is_err());
-        assert!(live.cancel("m", f64::INFINITY).is_err());
-        assert!(live.begin(f64::NAN).is_err());
-        assert!(live.begin(-0.5).is_err());
-        assert_eq!(live.in_flight(), 1);
-        assert_eq!(live.mean_predicted_in_flight_s(), Some(2.0));
-        live.cancel("m", 2.0).unwrap();
-        assert_eq!((live.in_flight(), live.mean_service_s()), (0, None));
+        live.begin(Some(2.0), 1, 0.0).unwrap();
+        let clears_at = live.clears_at_s();
+        assert!(live.end("m", f64::NAN, Some(2.0), 0.1, 1, 1.0).is_err());
+        assert!(live.end("m", 1.0, Some(-1.0), 0.1, 1, 1.0).is_err());
+        assert!(live.end("m", 1.0, Some(2.0), 0.1, 1, f64::NAN).is_err());
+        assert!(live.cancel("m", Some(f64::INFINITY), 1, 1.0).is_err());
+        assert!(live.cancel("m", Some(2.0), 1, f64::INFINITY).is_err());
+        assert!(live.begin(Some(f64::NAN), 1, 1.0).is_err());
+        assert!(live.begin(Some(-0.5), 1, 1.0).is_err());
+        assert!(live.begin(Some(1.0), 1, f64::NEG_INFINITY).is_err());
+        assert_eq!(
+            (live.in_flight(), live.clears_at_s(), live.mean_service_s()),
+            (1, clears_at, None)
+        );
+        live.cancel("m", Some(2.0), 1, 1.0).unwrap();
+        assert_eq!(live.in_flight(), 0);
     }
 
     #[test]
-    fn work_left_by_a_mismatched_end_is_cleared_when_the_model_goes_idle() {
+    fn without_a_prediction_a_request_counts_the_observed_mean() {
         let live = LiveStats::default();
-        live.begin(30.0).unwrap();
-        live.begin(30.0).unwrap();
-        live.end("m", 1.0, 0.0, 0.1).unwrap(); // the caller forgot the prediction
-        assert_eq!(live.mean_predicted_in_flight_s(), Some(60.0));
-        live.cancel("m", 0.0).unwrap();
-        assert_eq!(f64::from_bits(live.work_bits.load(Ordering::Relaxed)), 0.0);
-        live.begin(2.0).unwrap();
-        assert_eq!(live.mean_predicted_in_flight_s(), Some(2.0));
+        let p = profile(1);
+        // Nothing observed yet: it counts as no work until it ends.
+        live.begin(None, 1, 0.0).unwrap();
+        live.begin(None, 1, 0.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 0.0), 0.0);
+        live.end("m", 4.0, None, 0.5, 1, 4.0).unwrap();
+        assert_eq!(live.clears_at_s(), 4.0);
+        assert_eq!(live.mean_service_s(), Some(4.0));
+        live.begin(None, 1, 4.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 4.0), 4.0);
+        live.cancel("m", None, 1, 5.0).unwrap();
+        assert_eq!(live.clears_at_s(), 4.0);
     }
 
     #[test]
-    fn a_mismatched_end_never_makes_the_work_negative() {
+    fn predictions_that_run_long_lengthen_the_wait_and_the_service_estimate() {
         let live = LiveStats::default();
-        live.begin(1.0).unwrap();
-        live.begin(1.0).unwrap();
-        live.end("m", 1.0, 5.0, 0.1).unwrap();
-        assert_eq!(live.mean_predicted_in_flight_s(), Some(0.0));
+        let p = profile(1);
+        assert_eq!(live.service_ratio(), 1.0);
+        // A request predicted at 1 s took 4 s: the next estimates are 4 times longer, the
+        // books (the finishing time) are not.
+        live.begin(Some(1.0), 1, 0.0).unwrap();
+        live.end("m", 4.0, Some(1.0), 0.5, 1, 4.0).unwrap();
+        assert_eq!(live.service_ratio(), 4.0);
+        assert_eq!(live.corrected_service_s(2.0), 8.0);
+        live.begin(Some(1.0), 1, 10.0).unwrap();
+        live.begin(Some(1.0), 1, 10.0).unwrap();
+        assert_eq!(live.clears_at_s(), 12.0);
+        assert_eq!(live.predicted_wait_s(&p, 10.0), 8.0);
+        // Half its prediction: the observed average moves halfway (smoothing 0.5) to 0.5.
+        live.end("m", 0.5, Some(1.0), 0.5, 1, 10.5).unwrap();
+        assert_eq!(live.service_ratio(), 2.25);
+        // A long request weighs as long as it lasts: right on its 10 s, it brings the ratio
+        // near 1 at once ((2.25 + 10) / 2 over (1 + 10) / 2).
+        live.end("m", 10.0, Some(10.0), 0.5, 1, 20.5).unwrap();
+        assert_eq!(live.service_ratio(), 6.125 / 5.5);
+        // Requests begun without a prediction teach nothing about predictions.
+        live.begin(None, 1, 21.0).unwrap();
+        live.end("m", 30.0, None, 0.5, 1, 51.0).unwrap();
+        assert_eq!(live.service_ratio(), 6.125 / 5.5);
+        // Absurd predictions move it a bounded way; predictions averaging 0 leave it at 1.
+        let absurd = LiveStats::default();
+        absurd.begin(Some(1e-300), 1, 0.0).unwrap();
+        absurd.end("m", 5.0, Some(1e-300), 0.5, 1, 5.0).unwrap();
+        assert_eq!(absurd.service_ratio(), MAX_RATIO);
+        let zero = LiveStats::default();
+        zero.begin(Some(0.0), 1, 0.0).unwrap();
+        zero.end("m", 3.0, Some(0.0), 0.5, 1, 3.0).unwrap();
+        assert_eq!(zero.service_ratio(), 1.0);
     }
 }

@@ -89,14 +89,21 @@ impl ArmSlot {
         }
     }
 
-    /// What a decision reads of this arm, given snapshots of its statistics and profile.
-    fn view<'a>(&'a self, stats: &'a ArmStats, profile: &'a ModelProfile) -> ArmView<'a> {
+    /// What a decision at `now_s` reads of this arm, given snapshots of its statistics and
+    /// profile.
+    fn view<'a>(
+        &'a self,
+        stats: &'a ArmStats,
+        profile: &'a ModelProfile,
+        now_s: f64,
+    ) -> ArmView<'a> {
         ArmView {
             stats,
             profile,
             priors: &self.priors,
             prior_log_length: self.prior_log_length,
             live: &self.live,
+            now_s,
         }
     }
 }
@@ -183,8 +190,12 @@ pub struct ArmReport {
     pub stats: Arc<ArmStats>,
     pub ledger: ArmLedger,
     pub in_flight: u64,
-    /// The mean service time predicted for the requests in flight (`begin`'s argument).
-    pub mean_predicted_in_flight_s: Option<f64>,
+    /// When the predicted work in flight would be done, on the clock `begin` and `end` were
+    /// given (−∞ before the first request).
+    pub clears_at_s: f64,
+    /// How much longer than predicted the model's requests have been taking
+    /// (`LiveStats::service_ratio`; not saved).
+    pub service_ratio: f64,
     pub mean_service_s: Option<f64>,
     pub completed: u64,
 }
@@ -343,15 +354,19 @@ impl Policy {
         Ok(())
     }
 
-    /// Picks a model for context `x`.
+    /// Picks a model for context `x`, with the queues as they are at `now_s` (seconds on the
+    /// clock `begin` and `end` are given; [`crate::clock::now_s`] unless the caller keeps its
+    /// own).
     pub fn decide(
         &self,
         x: &[f64],
         prompt_tokens: f64,
         willingness_to_pay: f64,
+        now_s: f64,
     ) -> Result<Decision> {
         self.check_context("x", x)?;
         Self::check_decision_args(&[prompt_tokens], &[willingness_to_pay])?;
+        ensure_finite("now_s", now_s)?;
         let layout = SymLayout::new(self.config.dim);
         let x = &layout.pad(x);
         let pool = self.pool.load();
@@ -361,7 +376,7 @@ impl Policy {
             .map(|slot| {
                 let stats = slot.stats.load();
                 let profile = slot.profile.load();
-                let view = slot.view(&stats, &profile);
+                let view = slot.view(&stats, &profile, now_s);
                 assess(
                     &self.config,
                     layout,
@@ -381,13 +396,15 @@ impl Policy {
     }
 
     /// Picks a model for each row of `xs` (row-major, `dim` columns) into `out`; returns the pool
-    /// the indices refer to. All arms are read from one snapshot taken at the start. Large
-    /// batches are split over up to `threads` threads.
+    /// the indices refer to. All arms are read from one snapshot taken at the start, the queues
+    /// as they are at `now_s` (as in [`Self::decide`]). Large batches are split over up to
+    /// `threads` threads.
     pub fn decide_batch(
         &self,
         xs: &[f64],
         prompt_tokens: PerRow<'_>,
         willingness_to_pay: PerRow<'_>,
+        now_s: f64,
         out: &mut [usize],
         threads: usize,
     ) -> Result<Arc<[Arc<str>]>> {
@@ -415,6 +432,7 @@ impl Policy {
         }
         check_rows(xs, dim)?;
         Self::check_decision_args(prompt_tokens.values(), willingness_to_pay.values())?;
+        ensure_finite("now_s", now_s)?;
 
         let pool = self.pool.load_full();
         if pool.slots.is_empty() {
@@ -425,20 +443,24 @@ impl Policy {
             .iter()
             .map(|s| (s.clone(), s.stats.load_full(), s.profile.load_full()))
             .collect();
+        let views: Vec<ArmView<'_>> = arms
+            .iter()
+            .map(|(slot, stats, profile)| slot.view(stats, profile, now_s))
+            .collect();
         let rows = out.len();
         let threads = threads.clamp(1, rows.div_ceil(MIN_ROWS_PER_THREAD).max(1));
         if threads == 1 {
-            self.decide_rows(&arms, xs, prompt_tokens, willingness_to_pay, 0, out);
+            self.decide_rows(&views, xs, prompt_tokens, willingness_to_pay, 0, out);
         } else {
             let rows_per_thread = rows.div_ceil(threads);
             std::thread::scope(|scope| {
                 for (part, chunk) in out.chunks_mut(rows_per_thread).enumerate() {
                     let first_row = part * rows_per_thread;
                     let part_xs = &xs[first_row * dim..(first_row + chunk.len()) * dim];
-                    let arms = &arms;
+                    let views = &views;
                     scope.spawn(move || {
                         self.decide_rows(
-                            arms,
+                            views,
                             part_xs,
                             prompt_tokens,
                             willingness_to_pay,
@@ -460,7 +482,7 @@ impl Policy {
     /// ([`quadratic_form`]): building the weights costs more than it saves below four rows.
     fn decide_rows(
         &self,
-        arms: &[ArmSnapshot],
+        views: &[ArmView<'_>],
         xs: &[f64],
         prompt_tokens: PerRow<'_>,
         willingness_to_pay: PerRow<'_>,
@@ -476,8 +498,9 @@ impl Policy {
         } else {
             Vec::new()
         };
-        let mut assessments: Vec<Vec<Assessment>> =
-            (0..BLOCK).map(|_| Vec::with_capacity(arms.len())).collect();
+        let mut assessments: Vec<Vec<Assessment>> = (0..BLOCK)
+            .map(|_| Vec::with_capacity(views.len()))
+            .collect();
         for (block, chosen) in out.chunks_mut(BLOCK).enumerate() {
             let start = block * BLOCK;
             let count = chosen.len();
@@ -488,8 +511,8 @@ impl Policy {
                 }
                 assessments[r].clear();
             }
-            for (slot, stats, profile) in arms {
-                let view = slot.view(stats, profile);
+            for view in views {
+                let stats = view.stats;
                 let variances = if count == BLOCK {
                     dot4(
                         &stats.a_inv,
@@ -508,7 +531,7 @@ impl Policy {
                     let row = first_row + start + r;
                     assessments[r].push(assess_with_variance(
                         &self.config,
-                        &view,
+                        view,
                         &x[r],
                         variances[r],
                         prompt_tokens.at(row),
@@ -623,30 +646,52 @@ impl Policy {
         Ok(self.pool.load().get(name)?.generation)
     }
 
-    /// A request was sent to model `name`, predicted to take `predicted_service_s` seconds once
-    /// served (its assessment's `service_s`; 0 when unknown). Requests in flight predicted long
-    /// lengthen the wait predicted for the next one (`LiveStats::predicted_wait_s`).
-    pub fn begin(&self, name: &str, predicted_service_s: f64) -> Result<()> {
-        self.pool.load().get(name)?.live.begin(predicted_service_s)
+    /// A request was sent to model `name` at `now_s`, predicted to take `predicted_service_s`
+    /// seconds once served (its assessment's `service_s`; `None`: the model's observed mean):
+    /// its work lengthens the wait predicted for the requests after it
+    /// (`LiveStats::predicted_wait_s`).
+    pub fn begin(&self, name: &str, predicted_service_s: Option<f64>, now_s: f64) -> Result<()> {
+        let slot = self.pool.load().get(name)?.clone();
+        let concurrency = slot.profile.load().concurrency;
+        slot.live.begin(predicted_service_s, concurrency, now_s)
     }
 
-    /// A request to model `name` finished after `latency_s` seconds; `predicted_service_s` is
-    /// what its `begin` was given.
-    pub fn end(&self, name: &str, latency_s: f64, predicted_service_s: f64) -> Result<()> {
+    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service;
+    /// `predicted_service_s` is what its `begin` was given.
+    pub fn end(
+        &self,
+        name: &str,
+        latency_s: f64,
+        predicted_service_s: Option<f64>,
+        now_s: f64,
+    ) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();
+        let concurrency = slot.profile.load().concurrency;
         slot.live.end(
             name,
             latency_s,
             predicted_service_s,
             self.config.service_time_smoothing,
+            concurrency,
+            now_s,
         )
     }
 
-    /// A request to model `name` left its queue without a usable service time;
+    /// A request to model `name` left its queue at `now_s` without a usable service time;
     /// `predicted_service_s` is what its `begin` was given.
-    pub fn cancel(&self, name: &str, predicted_service_s: f64) -> Result<()> {
+    pub fn cancel(&self, name: &str, predicted_service_s: Option<f64>, now_s: f64) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();
-        slot.live.cancel(name, predicted_service_s)
+        let concurrency = slot.profile.load().concurrency;
+        slot.live
+            .cancel(name, predicted_service_s, concurrency, now_s)
+    }
+
+    /// The wait predicted at `now_s` for a request sent to model `name`, before its service.
+    pub fn predicted_wait_s(&self, name: &str, now_s: f64) -> Result<f64> {
+        ensure_finite("now_s", now_s)?;
+        let slot = self.pool.load().get(name)?.clone();
+        let profile = slot.profile.load();
+        Ok(slot.live.predicted_wait_s(&profile, now_s))
     }
 
     /// Requests to model `name` in flight now.
@@ -671,7 +716,8 @@ pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
         stats: slot.stats.load_full(),
         ledger: ledger.clone(),
         in_flight: slot.live.in_flight(),
-        mean_predicted_in_flight_s: slot.live.mean_predicted_in_flight_s(),
+        clears_at_s: slot.live.clears_at_s(),
+        service_ratio: slot.live.service_ratio(),
         mean_service_s: slot.live.mean_service_s(),
         completed: slot.live.completed(),
     }

@@ -48,6 +48,8 @@ pub struct ArmView<'a> {
     /// `priors.log_length()`.
     pub prior_log_length: f64,
     pub live: &'a LiveStats,
+    /// When the decision is made, on the clock the live state runs on.
+    pub now_s: f64,
 }
 
 /// Scores one model for context `x` (validated by the caller, zero-padded to `layout`'s
@@ -82,7 +84,8 @@ pub fn assess_with_variance(
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
     let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
-    let latency_s = arm.live.predicted_wait_s(arm.profile, service_s) + service_s;
+    let latency_s =
+        arm.live.predicted_wait_s(arm.profile, arm.now_s) + arm.live.corrected_service_s(service_s);
     // exp − 1 rather than exp_m1 (half the time): exp_m1 is more precise only when L/τ is
     // tiny, where the penalty's absolute error stays around 1e-16 either way.
     let penalty = (latency_s / config.tau_s).exp() - 1.0;

@@ -120,14 +120,14 @@ proptest! {
         }
         let models: Vec<String> = policy.models().iter().map(|m| m.to_string()).collect();
         if expected.is_empty() {
-            prop_assert!(policy.decide(&data[0].0, 10.0, 0.1).is_err());
+            prop_assert!(policy.decide(&data[0].0, 10.0, 0.1, 0.0).is_err());
             return Ok(());
         }
         let xs: Vec<f64> = data.iter().flat_map(|r| r.0.clone()).collect();
         let mut chosen = vec![0usize; data.len()];
-        policy.decide_batch(&xs, PerRow::Same(10.0), PerRow::Same(0.1), &mut chosen, 2).unwrap();
+        policy.decide_batch(&xs, PerRow::Same(10.0), PerRow::Same(0.1), 0.0, &mut chosen, 2).unwrap();
         for ((x, ..), batch_choice) in data.iter().zip(&chosen) {
-            let decision = policy.decide(x, 10.0, 0.1).unwrap();
+            let decision = policy.decide(x, 10.0, 0.1, 0.0).unwrap();
             prop_assert_eq!(decision.index, *batch_choice);
             prop_assert_eq!(decision.model(), models[decision.index].as_str());
         }
@@ -164,7 +164,7 @@ proptest! {
         prop_assert_eq!(&persist::to_bytes(&policy), &before);
         let restored = persist::from_bytes(&before, Some(dim)).unwrap();
         prop_assert_eq!(persist::to_bytes(&restored), before);
-        let (a, b) = (policy.decide(x, 5.0, 0.2).unwrap(), restored.decide(x, 5.0, 0.2).unwrap());
+        let (a, b) = (policy.decide(x, 5.0, 0.2, 0.0).unwrap(), restored.decide(x, 5.0, 0.2, 0.0).unwrap());
         prop_assert_eq!(a.assessments, b.assessments);
     }
 }
@@ -194,6 +194,17 @@ fn batches_split_over_threads_match_one_thread_and_single_decisions() {
         };
         policy.update(&format!("m{}", i % 5), &obs).unwrap();
     }
+    // Queues as of NOW_S: m0 waits 10 s (penalised), m1 35 s (over τ, excluded), m2 none (a
+    // slot is free).
+    const NOW_S: f64 = 5.0;
+    for (model, requests, service_s) in [("m0", 3, 10.0), ("m1", 2, 40.0), ("m2", 1, 50.0)] {
+        for _ in 0..requests {
+            policy.begin(model, Some(service_s), 0.0).unwrap();
+        }
+    }
+    assert_eq!(policy.predicted_wait_s("m0", NOW_S).unwrap(), 10.0);
+    assert_eq!(policy.predicted_wait_s("m1", NOW_S).unwrap(), 35.0);
+    assert_eq!(policy.predicted_wait_s("m2", NOW_S).unwrap(), 0.0);
     let prompt_tokens: Vec<f64> = (0..rows).map(|i| (i % 11) as f64 * 400.0).collect();
     let willingness: Vec<f64> = (0..rows).map(|i| 10f64.powi((i % 5) as i32 - 3)).collect();
     let batch = |threads: usize| {
@@ -203,6 +214,7 @@ fn batches_split_over_threads_match_one_thread_and_single_decisions() {
                 &xs,
                 PerRow::Each(&prompt_tokens),
                 PerRow::Each(&willingness),
+                NOW_S,
                 &mut out,
                 threads,
             )
@@ -212,9 +224,15 @@ fn batches_split_over_threads_match_one_thread_and_single_decisions() {
     let (one, two) = (batch(1), batch(2));
     assert_eq!(one, two);
     for (i, x) in xs.chunks_exact(dim).enumerate() {
-        let single = policy.decide(x, prompt_tokens[i], willingness[i]).unwrap();
+        let single = policy
+            .decide(x, prompt_tokens[i], willingness[i], NOW_S)
+            .unwrap();
         assert_eq!(single.index, two[i], "row {i}");
+        assert!(single.assessments[1].excluded);
+        let m0 = &single.assessments[0];
+        assert!((m0.latency_s - m0.service_s - 10.0).abs() < 1e-9);
     }
+    assert!(!two.contains(&1), "m1 is over τ at NOW_S");
     let distinct: std::collections::HashSet<_> = two.iter().collect();
     assert!(distinct.len() > 1, "the batch chose between models");
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use mixllm_core::kernels::SymLayout;
-use mixllm_core::{persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors};
+use mixllm_core::{
+    clock, persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors,
+};
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
@@ -239,19 +241,25 @@ impl PyPolicy {
 
     /// Picks a model for context `x`. `willingness_to_pay` is in USD per quality point
     /// (the price worth paying for one more point of expected quality; inf ignores cost).
-    #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay))]
+    /// `now_s` is when, for the queues (default: `Policy.clock_s()`; see `begin`).
+    #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay, now_s=None))]
     fn decide(
         &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         prompt_tokens: &Bound<'_, PyAny>,
         willingness_to_pay: &Bound<'_, PyAny>,
+        now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyDecision> {
         let x = vector(x, "x")?;
         let prompt_tokens = real(prompt_tokens, "prompt_tokens")?;
         let willingness_to_pay = real(willingness_to_pay, "willingness_to_pay")?;
+        let now_s = now(now_s)?;
         let inner = py
-            .detach(|| self.inner.decide(&x, prompt_tokens, willingness_to_pay))
+            .detach(|| {
+                self.inner
+                    .decide(&x, prompt_tokens, willingness_to_pay, now_s)
+            })
             .map_err(to_py)?;
         Ok(PyDecision { inner })
     }
@@ -259,7 +267,8 @@ impl PyPolicy {
     /// Picks a model for each row of `X`; returns the chosen indices into `models` (int64).
     /// `prompt_tokens` and `willingness_to_pay` are scalars or one value per row. Batches of
     /// thousands of rows are split over `threads` threads (default: the CPUs available).
-    #[pyo3(signature = (X, *, prompt_tokens, willingness_to_pay, threads=None))]
+    /// Every row sees the queues as they are at `now_s` (as in `decide`).
+    #[pyo3(signature = (X, *, prompt_tokens, willingness_to_pay, threads=None, now_s=None))]
     #[allow(non_snake_case)]
     fn decide_batch<'py>(
         &self,
@@ -268,6 +277,7 @@ impl PyPolicy {
         prompt_tokens: &Bound<'py, PyAny>,
         willingness_to_pay: &Bound<'py, PyAny>,
         threads: Option<&Bound<'py, PyAny>>,
+        now_s: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let threads = match given(threads) {
             Some(t) => usize::try_from(integer(t, "threads")?)
@@ -279,6 +289,7 @@ impl PyPolicy {
         let (xs, rows) = matrix(X, "X", self.inner.config().dim)?;
         let prompt_tokens = scalar_or_vector(prompt_tokens, "prompt_tokens")?;
         let willingness_to_pay = scalar_or_vector(willingness_to_pay, "willingness_to_pay")?;
+        let now_s = now(now_s)?;
         let chosen = py
             .detach(|| {
                 let mut out = vec![0usize; rows];
@@ -287,6 +298,7 @@ impl PyPolicy {
                         &xs,
                         per_row(&prompt_tokens),
                         per_row(&willingness_to_pay),
+                        now_s,
                         &mut out,
                         threads,
                     )
@@ -367,36 +379,72 @@ impl PyPolicy {
         .map_err(to_py)
     }
 
-    /// A request was sent to model `name` (counts towards its queue). `predicted_service_s` is
-    /// its decision's `service` for that model (0 when unknown): requests in flight predicted
-    /// long lengthen the wait predicted for the next ones. Give `end` or `cancel` the same value.
-    #[pyo3(signature = (name, predicted_service_s = None))]
-    fn begin(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// A request was sent to model `name` at `now_s` (counts towards its queue).
+    /// `predicted_service_s` is its decision's `service` for that model (None: the model's
+    /// observed mean service time, 0 before any request has finished): the wait predicted for
+    /// the requests after it counts that much work, shared by the model's slots. Give `end` or
+    /// `cancel` the same value.
+    ///
+    /// `now_s` defaults to `Policy.clock_s()`, a monotonic clock. A caller that keeps its own
+    /// time (a simulation) passes it to every `decide`, `begin`, `end` and `cancel` instead.
+    #[pyo3(signature = (name, predicted_service_s = None, *, now_s = None))]
+    fn begin(
+        &self,
+        name: &str,
+        predicted_service_s: Option<&Bound<'_, PyAny>>,
+        now_s: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let predicted = predicted_service(predicted_service_s)?;
-        self.inner.begin(name, predicted).map_err(to_py)
+        let now_s = now(now_s)?;
+        self.inner.begin(name, predicted, now_s).map_err(to_py)
     }
 
-    /// A request to model `name` finished after `latency_s` seconds of service;
+    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service;
     /// `predicted_service_s` is what its `begin` was given.
-    #[pyo3(signature = (name, latency_s, predicted_service_s = None))]
+    #[pyo3(signature = (name, latency_s, predicted_service_s = None, *, now_s = None))]
     fn end(
         &self,
         name: &str,
         latency_s: &Bound<'_, PyAny>,
         predicted_service_s: Option<&Bound<'_, PyAny>>,
+        now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let latency_s = real(latency_s, "latency_s")?;
         let predicted = predicted_service(predicted_service_s)?;
-        self.inner.end(name, latency_s, predicted).map_err(to_py)
+        let now_s = now(now_s)?;
+        self.inner
+            .end(name, latency_s, predicted, now_s)
+            .map_err(to_py)
     }
 
-    /// A request to model `name` left its queue without a usable service time (abandoned, or
-    /// its latency is unknown): it no longer counts as in flight. `predicted_service_s` is what
-    /// its `begin` was given.
-    #[pyo3(signature = (name, predicted_service_s = None))]
-    fn cancel(&self, name: &str, predicted_service_s: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// A request to model `name` left its queue at `now_s` without a usable service time
+    /// (abandoned, or its latency is unknown): it no longer counts as in flight.
+    /// `predicted_service_s` is what its `begin` was given.
+    #[pyo3(signature = (name, predicted_service_s = None, *, now_s = None))]
+    fn cancel(
+        &self,
+        name: &str,
+        predicted_service_s: Option<&Bound<'_, PyAny>>,
+        now_s: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let predicted = predicted_service(predicted_service_s)?;
-        self.inner.cancel(name, predicted).map_err(to_py)
+        let now_s = now(now_s)?;
+        self.inner.cancel(name, predicted, now_s).map_err(to_py)
+    }
+
+    /// The wait predicted at `now_s` for a request sent to model `name`, before its service
+    /// starts (seconds; the queue part of a decision's `latency`).
+    #[pyo3(signature = (name, *, now_s = None))]
+    fn predicted_wait_s(&self, name: &str, now_s: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let now_s = now(now_s)?;
+        self.inner.predicted_wait_s(name, now_s).map_err(to_py)
+    }
+
+    /// Seconds on the monotonic clock the queues run on when no `now_s` is given (since this
+    /// process first read it).
+    #[staticmethod]
+    fn clock_s() -> f64 {
+        clock::now_s()
     }
 
     /// The generation of model `name`'s arm: it changes when the model is removed and added
@@ -451,10 +499,13 @@ impl PyPolicy {
         out.set_item("prior_quality", report.priors.quality)?;
         out.set_item("prior_output_tokens", report.priors.output_tokens)?;
         out.set_item("in_flight", report.in_flight)?;
+        // Only while requests are in flight: with none there is no work to be done (and the
+        // value is not saved).
         out.set_item(
-            "mean_predicted_in_flight_s",
-            report.mean_predicted_in_flight_s,
+            "clears_at_s",
+            (report.in_flight > 0).then_some(report.clears_at_s),
         )?;
+        out.set_item("service_ratio", report.service_ratio)?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
         // From the same report as the rest: one consistent snapshot, even if the model is
@@ -524,8 +575,13 @@ impl PyPolicy {
 }
 
 /// `begin`/`end`/`cancel`'s `predicted_service_s`: 0 when not given.
-fn predicted_service(ob: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
-    Ok(optional_real(ob, "predicted_service_s")?.unwrap_or(0.0))
+/// `now_s` as given, or the default clock's time.
+fn now(ob: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    Ok(optional_real(ob, "now_s")?.unwrap_or_else(clock::now_s))
+}
+
+fn predicted_service(ob: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    optional_real(ob, "predicted_service_s")
 }
 
 fn profile_dict<'py>(py: Python<'py>, p: &ModelProfile) -> PyResult<Bound<'py, PyDict>> {
