@@ -44,8 +44,8 @@ impl Default for LiveStats {
     }
 }
 
-/// The service ratio stays within a factor of this: predictions of microseconds for answers of
-/// seconds must not make every later estimate infinite.
+/// The service ratio stays below this: predictions of microseconds for answers of seconds must
+/// not make every later estimate infinite.
 const MAX_RATIO: f64 = 1000.0;
 
 /// Folds `value` into the moving average stored as f64 bits in `cell` (NaN: none yet, the first
@@ -96,13 +96,15 @@ impl LiveStats {
     }
 
     /// How much longer than predicted this model's requests have been taking lately: the ratio
-    /// of the moving averages of their observed and predicted service times (1 until a request
-    /// with a prediction has finished, or while those predictions average 0), within
-    /// [1/`MAX_RATIO`, `MAX_RATIO`]. A ratio of averages, not an average of ratios: long
-    /// requests, which hold the slots, weigh as much as they last, where the many short ones
-    /// that finish first would dominate a per-request average. Each `end` learns it; the
-    /// predictions' own errors stay in the books, so it scales estimates, never the
-    /// bookkeeping.
+    /// of the moving averages of their observed and predicted service times, within
+    /// [1, `MAX_RATIO`] (1 until a request with a prediction has finished, or while those
+    /// predictions average 0). A ratio of averages, not an average of ratios: long requests,
+    /// which hold the slots, weigh as much as they last, where the many short ones that finish
+    /// first would dominate a per-request average. Never below 1: it is there for predictions
+    /// that run short, which fill a queue past τ; scaling estimates down because some answers
+    /// ran shorter than predicted only adds noise where the predictions are right on average
+    /// (`docs/evaluation.md` measures both). Each `end` learns it; the predictions' own errors
+    /// stay in the books, so it scales estimates, never the bookkeeping.
     pub fn service_ratio(&self) -> f64 {
         let load = |cell: &AtomicU64| f64::from_bits(cell.load(Ordering::Relaxed));
         let (predicted, observed) = (
@@ -112,7 +114,7 @@ impl LiveStats {
         if predicted.is_nan() || observed.is_nan() || predicted <= 0.0 {
             return 1.0;
         }
-        (observed / predicted).clamp(1.0 / MAX_RATIO, MAX_RATIO)
+        (observed / predicted).clamp(1.0, MAX_RATIO)
     }
 
     /// A predicted service time corrected by how the model's recent predictions turned out.
@@ -416,6 +418,11 @@ mod tests {
         live.begin(None, 1, 21.0).unwrap();
         live.end("m", 30.0, None, 0.5, 1, 51.0).unwrap();
         assert_eq!(live.service_ratio(), 6.125 / 5.5);
+        // Answers shorter than predicted never scale the estimates down.
+        let short = LiveStats::default();
+        short.begin(Some(4.0), 1, 0.0).unwrap();
+        short.end("m", 1.0, Some(4.0), 0.5, 1, 1.0).unwrap();
+        assert_eq!(short.service_ratio(), 1.0);
         // Absurd predictions move it a bounded way; predictions averaging 0 leave it at 1.
         let absurd = LiveStats::default();
         absurd.begin(Some(1e-300), 1, 0.0).unwrap();
