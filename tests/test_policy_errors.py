@@ -55,7 +55,8 @@ def state(
 ) -> tuple[bytes, dict[str, tuple[int, float | None]], list[float]]:
     """Everything a rejected call must leave alone: the saved state, and per model the requests
     in flight with the time their predicted work would be done (not saved), and the scores."""
-    scores = p.decide(X, **DECIDE).score.tolist() if len(p) else []
+    # At a fixed time: the queues' waits move with the clock, not with a rejected call.
+    scores = p.decide(X, **DECIDE, now_s=1e7).score.tolist() if len(p) else []
     live = {m: (p.in_flight(m), p.inspect(m)["clears_at_s"]) for m in p.models}
     return p.to_bytes(), live, scores
 
@@ -410,6 +411,12 @@ def test_bad_predicted_service_times_and_times_change_nothing(policy: mixllm.Pol
     policy.end("a", 1.0, 2.0, now_s=t + 1.0)
     assert policy.inspect("a")["clears_at_s"] == t + 0.5
     assert policy.predicted_wait_s("a", now_s=t + 0.1) == 0.0  # a slot is free
+    # Finished without a latency: it leaves as predicted, and nothing is learned.
+    service = policy.inspect("a")["mean_service_s"]
+    policy.begin("a", 3.0, now_s=t + 1.0)
+    policy.end("a", None, 3.0, now_s=t + 1.5)
+    assert policy.inspect("a")["clears_at_s"] == t + 2.5  # from t + 1, 3 s over 2 slots
+    assert policy.inspect("a")["mean_service_s"] == service
     policy.end("a", 1.0, now_s=t + 2.0)
     state = policy.inspect("a")
     assert (state["in_flight"], state["clears_at_s"]) == (0, None)

@@ -6,6 +6,8 @@ solves, and a short reference implementation of the decision rule of method.md s
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -248,10 +250,11 @@ def reference_decide(
     x: np.ndarray,
     prompt_tokens: float,
     willingness_to_pay: float,
+    queues: dict[str, QueueReplica],
     now_s: float,
 ) -> dict[str, Any]:
-    """The decision rule of method.md section 3, from the policy's inspected state, at
-    ``now_s``."""
+    """The decision rule of method.md section 3, from the policy's inspected heads and the
+    test's own replica of each model's queue, at ``now_s``."""
     columns: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -275,11 +278,10 @@ def reference_decide(
         cost = (prompt_tokens * p["price_in"] + tokens * p["price_out"]) / 1e6 + p["fee"]
         uncertainty = np.sqrt(max(0.0, x @ s["a_inv"] @ x))
         service = p["ttft_s"] + tokens / p["tokens_per_s"]
-        # Every slot busy: wait for the work ahead, due done at `clears_at_s`. Both parts are
-        # scaled by how much longer than predicted the model's requests have been taking.
-        full = s["in_flight"] >= p["concurrency"]
-        wait = max(0.0, s["clears_at_s"] - now_s) if full else 0.0
-        latency = (wait + service) * s["service_ratio"]
+        # Every slot busy: wait for the work ahead. Both parts are scaled by how much longer
+        # than predicted the model's requests have been taking.
+        queue = queues.get(name, QueueReplica())
+        latency = (queue.wait(p["concurrency"], now_s) + service) * queue.ratio()
         with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
             penalty = np.expm1(latency / policy.tau_s)
         score = (
@@ -364,18 +366,65 @@ def build_pool(rng: np.random.Generator, dim: int) -> mixllm.Policy:
     return policy
 
 
+@dataclass
+class QueueReplica:
+    """One model's queue as README's "How it decides" describes it, kept from the same begin and
+    end calls the policy gets: requests in flight, the time their predicted work would be
+    done, and the moving averages of predicted and observed service behind the service ratio."""
+
+    in_flight: int = 0
+    clears_at: float = -math.inf
+    mean_predicted: float | None = None
+    mean_observed: float | None = None
+
+    def begin(self, predicted: float, slots: int, now: float) -> None:
+        self.in_flight += 1
+        self.clears_at = max(self.clears_at, now) + predicted / slots
+
+    def end(self, latency: float, predicted: float, slots: int, now: float, smoothing: float):
+        self.in_flight -= 1
+        self.clears_at = (
+            now if self.in_flight == 0 else self.clears_at + (latency - predicted) / slots
+        )
+
+        def fold(mean: float | None, value: float) -> float:
+            return value if mean is None else mean + smoothing * (value - mean)
+
+        self.mean_predicted = fold(self.mean_predicted, predicted)
+        self.mean_observed = fold(self.mean_observed, latency)
+
+    def ratio(self) -> float:
+        if self.mean_predicted is None or self.mean_observed is None or self.mean_predicted <= 0:
+            return 1.0
+        return float(np.clip(self.mean_observed / self.mean_predicted, 1.0, 1000.0))
+
+    def wait(self, slots: int, now: float) -> float:
+        return 0.0 if self.in_flight < slots else max(0.0, self.clears_at - now)
+
+
 def set_in_flight(
-    policy: mixllm.Policy, name: str, target: int, begun: dict[str, list[float]], now_s: float
+    policy: mixllm.Policy,
+    name: str,
+    target: int,
+    begun: dict[str, list[float]],
+    queues: dict[str, QueueReplica],
+    now_s: float,
 ) -> None:
-    """Requests in flight of model ``name`` up or down to ``target`` at ``now_s``; each begun
-    with a predicted service time (recorded in ``begun``) and ended after 3 s, sometimes more,
-    sometimes less than predicted, so the work left moves both ways."""
+    """Requests in flight of model ``name`` up or down to ``target`` at ``now_s`` (in the policy
+    and in ``queues``); each begun with a predicted service time (recorded in ``begun``) and
+    ended after 3 s, sometimes more, sometimes less than predicted, so the work left moves
+    both ways."""
     mine = begun.setdefault(name, [])
+    queue = queues.setdefault(name, QueueReplica())
+    slots = policy.profile(name)["concurrency"]
     while policy.in_flight(name) < target:
         mine.append(float(np.random.default_rng(len(mine) + target).uniform(0.0, 5.0)))
         policy.begin(name, mine[-1], now_s=now_s)
+        queue.begin(mine[-1], slots, now_s)
     while policy.in_flight(name) > target:
-        policy.end(name, 3.0, mine.pop(), now_s=now_s)
+        predicted = mine.pop()
+        policy.end(name, 3.0, predicted, now_s=now_s)
+        queue.end(3.0, predicted, slots, now_s, policy.service_time_smoothing)
 
 
 WILLINGNESS = [1e-6, 1e-3, 0.5, 1.0, 30.0, 1e3, 1e6, float("inf")]
@@ -388,15 +437,16 @@ def test_decide_matches_the_reference_implementation() -> None:
     # Queues varied between rounds, 10 s apart on the test's own clock; decisions spread over
     # each round, so the work ahead drains while they are made.
     seen = {"excluded": 0, "admissible": 0, "all_excluded": 0, "clamped": 0}
-    seen |= {"waiting": 0, "all slots busy, work done": 0, "a slot free": 0, "ratio ≠ 1": 0}
+    seen |= {"waiting": 0, "all slots busy, work done": 0, "a slot free": 0, "ratio > 1": 0}
     begun: dict[str, list[float]] = {}
+    replicas: dict[str, QueueReplica] = {}
     for round_ in range(12):
         start = 10.0 * round_
         queues = rng.integers(0, 12, size=len(policy.models))
         if round_ == 5:
             queues[:] = 40  # everyone is too slow: the fastest is taken
         for name, queue in zip(policy.models, queues, strict=True):
-            set_in_flight(policy, name, int(queue), begun, start)
+            set_in_flight(policy, name, int(queue), begun, replicas, start)
         for _ in range(25):
             now = start + float(rng.uniform(0.0, 10.0))
             x = rng.normal(size=dim) * rng.choice([0.3, 1.0, 3.0])
@@ -405,13 +455,18 @@ def test_decide_matches_the_reference_implementation() -> None:
             decision = policy.decide(
                 x, prompt_tokens=prompt_tokens, willingness_to_pay=wtp, now_s=now
             )
-            expected = reference_decide(policy, x, prompt_tokens, wtp, now)
+            expected = reference_decide(policy, x, prompt_tokens, wtp, replicas, now)
             for name in policy.models:
-                state = policy.inspect(name)
-                seen["ratio ≠ 1"] += int(state["service_ratio"] != 1.0)
-                if state["in_flight"] < state["profile"]["concurrency"]:
+                state, replica = policy.inspect(name), replicas[name]
+                # The policy's books agree with the replica's.
+                assert state["in_flight"] == replica.in_flight
+                assert state["service_ratio"] == pytest.approx(replica.ratio(), rel=1e-12)
+                if replica.in_flight:
+                    assert state["clears_at_s"] == pytest.approx(replica.clears_at, rel=1e-12)
+                seen["ratio > 1"] += int(replica.ratio() > 1.0)
+                if replica.in_flight < state["profile"]["concurrency"]:
                     seen["a slot free"] += 1
-                elif state["clears_at_s"] > now:
+                elif replica.clears_at > now:
                     seen["waiting"] += 1
                 else:
                     seen["all slots busy, work done"] += 1
@@ -516,7 +571,7 @@ def test_decide_batch_matches_decide_row_by_row(per_row: bool, n: int) -> None:
     dim = 7
     policy = build_pool(rng, dim)
     for name, queue in zip(policy.models, [3, 9, 0, 5, 1], strict=True):
-        set_in_flight(policy, name, queue, {}, 0.0)
+        set_in_flight(policy, name, queue, {}, {}, 0.0)
     now = 2.0  # part of the work ahead is done
     X = rng.normal(size=(n, dim)) * rng.choice([0.3, 1.0, 3.0], size=(n, 1))
     if per_row:

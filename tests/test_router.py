@@ -283,7 +283,8 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
 ) -> None:
     """The router counts each request in its model's queue, on its clock, with the service time
     its decision predicted, and takes it out again on feedback, complete and expiry: the
-    model's finishing time moves by each request's share of its slots."""
+    model's finishing time moves by each request's error over its slots when a latency is
+    reported, and not at all when none is (the request's work has drained with the clock)."""
     router = fresh(fitted, clock=clock, feedback_ttl_s=0.5)
     prompt = fitted[1].prompts[20]
     # One prompt three times: one model, no queue yet, so the same choice each time.
@@ -300,18 +301,18 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
 
     assert clears_at() == pytest.approx(t0 + sum(predicted) / slots, rel=1e-12)
     router.feedback(decisions[0].id, quality=1.0, latency_s=2.0)
-    left = predicted[1] + predicted[2] + 2.0
-    assert clears_at() == pytest.approx(t0 + left / slots, rel=1e-12)
-    router.complete(decisions[1].id, latency_s=2.0)
-    assert clears_at() == pytest.approx(t0 + (predicted[2] + 4.0) / slots, rel=1e-12)
+    left = t0 + (predicted[1] + predicted[2] + 2.0) / slots
+    assert clears_at() == pytest.approx(left, rel=1e-12)
+    router.complete(decisions[1].id)  # no latency reported
+    assert clears_at() == pytest.approx(left, rel=1e-12)
+    assert router.policy.inspect(model)["in_flight"] == 1
     clock.now += 0.6
     last = router.route(fitted[1].prompts[23])  # counted, then decisions[2] expires
     in_flight = {m: router.policy.inspect(m)["in_flight"] for m in router.models}
     assert sum(in_flight.values()) == 1 and in_flight[last.model] == 1
     share = last.detail.chosen_service_s / router.policy.profile(last.model)["concurrency"]
     if last.model == model:
-        expected = max(t0 + (predicted[2] + 4.0) / slots, clock.now) + share
-        expected -= predicted[2] / slots
+        expected = max(left, clock.now) + share
     else:
         assert clears_at() is None  # its queue emptied at the expiry
         expected = clock.now + share
@@ -319,6 +320,86 @@ def test_a_request_in_flight_carries_its_predicted_service_time(
     described = {row["name"]: row for row in router.describe_models()}
     assert described[last.model]["in_flight"] == 1
     assert described[last.model]["predicted_wait_s"] == 0.0  # a slot is free
+
+
+def test_decisions_see_the_queue_as_it_is_on_the_routers_clock(
+    fitted: tuple[Router, RoutingDataset], clock: ManualClock
+) -> None:
+    router = fresh(fitted, clock=clock)
+    prompt = fitted[1].prompts[21]
+    model = router.route(prompt).model
+    slots = router.policy.profile(model)["concurrency"]
+    # Every slot taken by requests predicted at 40 s each, sent now.
+    for _ in range(slots):
+        router.policy.begin(model, 40.0, now_s=clock.now)
+    waits = []
+    for step in (0.0, 10.0, 10.0):
+        clock.now += step
+        expected = router.policy.predicted_wait_s(model, now_s=clock.now)
+        detail = router.route(prompt).detail
+        k = detail.models.index(model)
+        assert detail.latency[k] == pytest.approx(expected + detail.service[k], rel=1e-12)
+        waits.append(expected)
+        if detail.model == model:  # its own request joins the queue
+            router.policy.cancel(model, detail.service[k], now_s=clock.now)
+    # The slots' work drains with the clock: 40 s (plus the one request routed first), then
+    # 10 s less, then 10 s less again.
+    assert waits[0] > 40.0
+    assert waits[1] == pytest.approx(waits[0] - 10.0) and waits[2] == pytest.approx(waits[0] - 20.0)
+    assert {r["name"]: r for r in router.describe_models()}[model]["predicted_wait_s"] == (
+        pytest.approx(waits[2])
+    )
+
+
+def test_a_clock_that_fails_changes_nothing(
+    fitted: tuple[Router, RoutingDataset], clock: ManualClock
+) -> None:
+    router = fresh(fitted, clock=clock)
+    decision = router.route(fitted[1].prompts[22])
+    before = (router.pending(), router.policy.to_bytes(), router.policy.inspect(decision.model))
+    clock.now = float("nan")
+    for call in (
+        lambda: router.route(fitted[1].prompts[22]),
+        lambda: router.complete(decision.id, latency_s=1.0),
+        lambda: router.feedback(decision.id, quality=1.0, latency_s=1.0),
+        router.describe_models,
+    ):
+        with pytest.raises(mixllm.InvalidInputError, match="clock returned nan"):
+            call()
+    after = (router.pending(), router.policy.to_bytes(), router.policy.inspect(decision.model))
+    assert after[:2] == before[:2]
+    assert after[2]["in_flight"] == before[2]["in_flight"] == 1
+    assert after[2]["clears_at_s"] == before[2]["clears_at_s"]
+
+
+def test_a_refit_and_a_new_config_keep_the_clock(
+    routerbench: RoutingDataset, config: RouterConfig, embedder: mixllm.Embedder
+) -> None:
+    clock = ManualClock()
+    router = Router(config, embedder=embedder, clock=clock)
+    data = per_label(routerbench.train(), 10)
+    router.fit(data)
+    decision = router.route(data.prompts[0])
+    share = decision.detail.chosen_service_s / router.policy.profile(decision.model)["concurrency"]
+    # Refitted 5 s later, the request still in flight counts in the new arms from then.
+    clock.now += 5.0
+    router.fit(data)
+    state = router.policy.inspect(decision.model)
+    assert state["in_flight"] == 1
+    assert state["clears_at_s"] == pytest.approx(clock.now + share, rel=1e-12)
+    # A Router with other decision settings shares the state and the clock.
+    clock.now += 1.0
+    cheaper = router.with_config(willingness_to_pay=1e-4)
+    other = cheaper.route(data.prompts[1])
+    assert cheaper.policy is router.policy
+    if other.model != decision.model:
+        other_share = (
+            other.detail.chosen_service_s / router.policy.profile(other.model)["concurrency"]
+        )
+        assert router.policy.inspect(other.model)["clears_at_s"] == pytest.approx(
+            clock.now + other_share, rel=1e-12
+        )
+    assert cheaper.feedback(other.id, quality=1.0, latency_s=1.0)
 
 
 def test_binary_feedback_weighs_kappa(fitted: tuple[Router, RoutingDataset]) -> None:

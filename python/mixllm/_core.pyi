@@ -71,11 +71,14 @@ class Decision:
         """Predicted cost per model, in USD."""
     @property
     def latency(self) -> npt.NDArray[np.float64]:
-        """Predicted latency per model, in seconds (queue wait + first token + generation)."""
+        """Predicted latency per model, in seconds: (queue wait + first token + generation),
+        scaled by the model's service ratio (how much longer than predicted its requests have
+        run)."""
     @property
     def service(self) -> npt.NDArray[np.float64]:
-        """Predicted service time per model, in seconds (first token + generation: the latency
-        without the queue wait). What `Policy.begin` takes for the chosen model."""
+        """Predicted service time per model, in seconds (first token + generation, as the
+        length head predicts it, before the service ratio). What `Policy.begin` takes for the
+        chosen model."""
     @property
     def chosen_service_s(self) -> float:
         """The chosen model's predicted service time, in seconds: what `Policy.begin` takes."""
@@ -216,24 +219,26 @@ class Policy:
         self, name: str, predicted_service_s: float | None = None, *, now_s: float | None = None
     ) -> None:
         """A request was sent to model `name` at `now_s`; `predicted_service_s` is its
-        decision's `service` for that model (0 when unknown). Give `end` or `cancel` the same
-        value. `now_s` defaults to `clock_s()`; a caller keeping its own time (a simulation)
-        passes it to every `decide`, `begin`, `end` and `cancel`."""
+        decision's `service` for that model (None: the model's observed mean service time).
+        Give `end` or `cancel` the same value. `now_s` defaults to `clock_s()`; a caller
+        keeping its own time (a simulation) passes it to every `decide`, `begin`, `end` and
+        `cancel`."""
     def end(
         self,
         name: str,
-        latency_s: float,
+        latency_s: float | None,
         predicted_service_s: float | None = None,
         *,
         now_s: float | None = None,
     ) -> None:
         """A request to model `name` finished at `now_s` after `latency_s` seconds of
-        service."""
+        service (None: its service time is unknown; it leaves the queue as if served as
+        predicted, and nothing is learned)."""
     def cancel(
         self, name: str, predicted_service_s: float | None = None, *, now_s: float | None = None
     ) -> None:
-        """A request to model `name` left its queue at `now_s` without a usable service
-        time."""
+        """A request to model `name` was withdrawn at `now_s` before it was served: it leaves
+        the queue with the work its `begin` counted."""
     def predicted_wait_s(self, name: str, *, now_s: float | None = None) -> float:
         """The wait predicted at `now_s` for a request sent to model `name`, before its
         service starts."""

@@ -156,6 +156,14 @@ class Router:
         self._id_prefix = secrets.token_hex(4)
         self._counter = itertools.count()
 
+    def _now(self) -> float:
+        """The clock's reading, checked before anything changes: a clock that fails or returns
+        a non-finite time must not leave a request counted in flight for good."""
+        now = self._clock()
+        if not (isinstance(now, (int, float)) and math.isfinite(now)):
+            raise InvalidInputError(f"the Router's clock returned {now!r}, not a finite time")
+        return float(now)
+
     # -- construction ---------------------------------------------------------------------------
 
     @property
@@ -222,6 +230,7 @@ class Router:
             policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
             rows_per_model[model.name] = int(seen.sum())
         with self._lock:
+            now = self._now()
             # Requests still in flight keep counting in the new arms' queues.
             for pending in self._pending.values():
                 if pending.model not in policy or not self._current(pending):
@@ -231,7 +240,7 @@ class Router:
                 if pending.in_flight:
                     # All of its predicted work counts again from now: the new arms do not
                     # know how much of it is done.
-                    policy.begin(pending.model, pending.predicted_service_s, now_s=self._clock())
+                    policy.begin(pending.model, pending.predicted_service_s, now_s=now)
             self._projection = projection
             self._policy = policy
         self._contexts.clear()
@@ -346,7 +355,7 @@ class Router:
     def _decide(
         self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float
     ) -> RouteDecision:
-        now = self._clock()
+        now = self._now()
         detail = self._policy.decide(
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
         )
@@ -376,7 +385,7 @@ class Router:
                 break
             del self._pending[decision_id]
             if oldest.in_flight and self._current(oldest):
-                self._leave_queue(oldest, None)
+                self._leave_queue(oldest, None, now)
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._close(decision_id, reason)
 
@@ -387,17 +396,15 @@ class Router:
         except UnknownModelError:
             return False
 
-    def _leave_queue(self, pending: _Pending, latency_s: float | None) -> None:
-        """Takes the decision's request out of its model's flight (caller holds the lock). The
-        count can only be off if the policy was swapped under a pending decision by a load
-        elsewhere, and bookkeeping must never fail a call that has already learned, so that
-        case is ignored."""
-        now = self._clock()
+    def _leave_queue(self, pending: _Pending, latency_s: float | None, now: float) -> None:
+        """Takes the decision's request out of its model's flight at ``now`` (caller holds the
+        lock). Without a latency (not reported, or the decision expired) it leaves as if served
+        as predicted: its work has been draining with the clock since it was sent. The count
+        can only be off if the policy was swapped under a pending decision by a load elsewhere,
+        and bookkeeping must never fail a call that has already learned, so that case is
+        ignored."""
         with contextlib.suppress(InvalidInputError, UnknownModelError):
-            if latency_s is None:
-                self._policy.cancel(pending.model, pending.predicted_service_s, now_s=now)
-            else:
-                self._policy.end(pending.model, latency_s, pending.predicted_service_s, now_s=now)
+            self._policy.end(pending.model, latency_s, pending.predicted_service_s, now_s=now)
 
     def _close(self, decision_id: str, reason: str) -> None:
         self._closed[decision_id] = reason
@@ -421,13 +428,14 @@ class Router:
         (recording ``latency_s`` in the model's service time when given). The decision stays
         open for `feedback` until it expires, for services that learn the quality later."""
         _check_optional("latency_s", latency_s)
+        now = self._now()
         with self._lock:
             pending = self._open(decision_id)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
             if self._current(pending):
-                self._leave_queue(pending, latency_s)
+                self._leave_queue(pending, latency_s, now)
 
     def feedback(
         self,
@@ -451,6 +459,7 @@ class Router:
         target, weight = self._feedback_target(quality, satisfied)
         _check_optional("output_tokens", output_tokens)
         _check_optional("latency_s", latency_s)
+        now = self._now()
         with self._lock:
             pending = self._open(decision_id)
             if latency_s is not None and not pending.in_flight:
@@ -472,7 +481,7 @@ class Router:
             )
             del self._pending[decision_id]
             if pending.in_flight:
-                self._leave_queue(pending, latency_s)
+                self._leave_queue(pending, latency_s, now)
             self._close(decision_id, "already answered")
         return True
 
@@ -542,6 +551,7 @@ class Router:
         the live queue (requests in flight, the wait predicted now, how much longer than
         predicted its requests have been taking, and their mean service time)."""
         rows = []
+        now = self._now()
         for model in self._config.models:
             if model.name not in self._policy:
                 continue
@@ -564,9 +574,7 @@ class Router:
                     "mean_quality": float(state["prior_quality"] + mean_residual_q),
                     "mean_output_tokens": float(math.expm1(log_length)),
                     "in_flight": state["in_flight"],
-                    "predicted_wait_s": self._policy.predicted_wait_s(
-                        model.name, now_s=self._clock()
-                    ),
+                    "predicted_wait_s": self._policy.predicted_wait_s(model.name, now_s=now),
                     "service_ratio": state["service_ratio"],
                     "mean_service_s": state["mean_service_s"],
                 }
@@ -667,10 +675,13 @@ class Router:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
 
     @classmethod
-    def default(cls, *, embedder: Embedder | None = None) -> Router:
+    def default(
+        cls, *, embedder: Embedder | None = None, clock: Callable[[], float] | None = None
+    ) -> Router:
         """The router shipped with the package: RouterBench's 11 models, trained on the
-        RouterBench subset (ARC-Challenge, MBPP, Winogrande) with `mixllm train`."""
-        return cls.load(Path(__file__).with_name("default_state"), embedder=embedder)
+        RouterBench subset (ARC-Challenge, MBPP, Winogrande) with `mixllm train`; ``clock``
+        as in the constructor."""
+        return cls.load(Path(__file__).with_name("default_state"), embedder=embedder, clock=clock)
 
     def with_config(self, **changes: Any) -> Router:
         """A Router sharing this one's learned state, with some decision settings changed

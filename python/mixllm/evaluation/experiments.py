@@ -520,8 +520,11 @@ class _RouterListener:
 
 
 def _copy(router: Router, clock: Callable[[], float]) -> Router:
+    """A Router with its own copy of ``router``'s state, on ``clock`` (simulated seconds).
+    Its decisions do not expire: a configuration's feedback lifetime is meant for a service's
+    clock, and a simulated wait longer than it would end the run."""
     return Router(
-        router.config,
+        replace(router.config, feedback_ttl_s=1e12),
         embedder=router.embedder,
         projection=router.projection,
         policy=Policy.from_bytes(router.policy.to_bytes()),

@@ -144,20 +144,30 @@ impl LiveStats {
         Ok(())
     }
 
-    /// A request finished at `now_s` after `latency_s` seconds of service; `predicted_service_s`
-    /// is what its `begin` was given. All are validated before anything changes.
+    /// A request finished at `now_s` after `latency_s` seconds of service (`None`: finished, its
+    /// service time unknown); `predicted_service_s` is what its `begin` was given. All are
+    /// validated before anything changes.
+    ///
+    /// With a latency, its error (latency − counted service) delays or advances the work queued
+    /// behind it by its share of a slot, and the averages learn from it. Without one it leaves
+    /// as if served as predicted: its work has been draining with the clock since it was sent,
+    /// so taking it off again would count it twice.
     pub fn end(
         &self,
         model: &str,
-        latency_s: f64,
+        latency_s: Option<f64>,
         predicted_service_s: Option<f64>,
         smoothing: f64,
         concurrency: u32,
         now_s: f64,
     ) -> Result<()> {
-        ensure_non_negative("latency_s", latency_s)?;
+        if let Some(latency) = latency_s {
+            ensure_non_negative("latency_s", latency)?;
+        }
         let service_s = self.counted(predicted_service_s)?;
-        // Its error delays (or advances) the work queued behind it by its share of a slot.
+        let Some(latency_s) = latency_s else {
+            return self.leave(model, 0.0, now_s);
+        };
         self.leave(model, per_slot(latency_s - service_s, concurrency), now_s)?;
         smooth(&self.mean_service_bits, latency_s, smoothing);
         if let Some(predicted) = predicted_service_s {
@@ -168,9 +178,10 @@ impl LiveStats {
         Ok(())
     }
 
-    /// A request was abandoned at `now_s` (or its service time is unknown): it leaves the queue
-    /// with the work its `begin` predicted (`predicted_service_s`), without counting towards the
-    /// service-time average.
+    /// A request was withdrawn at `now_s` before it was served (never sent, or abandoned while
+    /// queued): it leaves the queue with the work its `begin` counted (`predicted_service_s`),
+    /// and nothing is learned. A request that did run but whose service time is unknown ends
+    /// with [`Self::end`] and no latency instead.
     pub fn cancel(
         &self,
         model: &str,
@@ -283,10 +294,10 @@ mod tests {
         live.begin(Some(4.0), 1, 0.0).unwrap(); // served 0..4
         live.begin(Some(3.0), 1, 1.0).unwrap(); // queued, served 4..7
         assert_eq!(live.predicted_wait_s(&p, 2.0), 5.0);
-        live.end("m", 4.0, Some(4.0), 0.5, 1, 4.0).unwrap();
+        live.end("m", Some(4.0), Some(4.0), 0.5, 1, 4.0).unwrap();
         assert_eq!(live.predicted_wait_s(&p, 5.0), 2.0);
         // After an idle spell a request starts from now, not from the old finishing time.
-        live.end("m", 3.0, Some(3.0), 0.5, 1, 7.0).unwrap();
+        live.end("m", Some(3.0), Some(3.0), 0.5, 1, 7.0).unwrap();
         live.begin(Some(2.0), 1, 50.0).unwrap();
         assert_eq!(live.clears_at_s(), 52.0);
         assert_eq!(live.predicted_wait_s(&p, 51.0), 1.0);
@@ -301,10 +312,10 @@ mod tests {
         assert_eq!(live.clears_at_s(), 15.0);
         // One of the first two took 14 s: the queue behind it is 2 s (14 − 10 over 2 slots)
         // later than predicted.
-        live.end("m", 14.0, Some(10.0), 0.5, 2, 14.0).unwrap();
+        live.end("m", Some(14.0), Some(10.0), 0.5, 2, 14.0).unwrap();
         assert_eq!(live.clears_at_s(), 17.0);
         // Another took 4 s: 3 s earlier.
-        live.end("m", 4.0, Some(10.0), 0.5, 2, 14.0).unwrap();
+        live.end("m", Some(4.0), Some(10.0), 0.5, 2, 14.0).unwrap();
         assert_eq!(live.clears_at_s(), 14.0);
         assert_eq!(live.mean_service_s(), Some(9.0));
         assert_eq!(live.completed(), 2);
@@ -320,7 +331,7 @@ mod tests {
         assert_eq!(live.clears_at_s(), 30.0);
         assert_eq!(live.mean_service_s(), None);
         // The last one leaves with a wrong prediction: nothing of it outlives the queue.
-        live.end("m", 1.0, Some(0.0), 0.5, 1, 2.0).unwrap();
+        live.end("m", Some(1.0), Some(0.0), 0.5, 1, 2.0).unwrap();
         assert_eq!((live.in_flight(), live.clears_at_s()), (0, 2.0));
         live.begin(Some(1.0), 1, 3.0).unwrap();
         assert_eq!(live.predicted_wait_s(&p, 3.0), 1.0);
@@ -335,7 +346,7 @@ mod tests {
         }
         // Much faster than predicted, then a cancel predicted long: the finishing time of the
         // one left in flight moves before now.
-        live.end("m", 0.0, Some(1.0), 0.5, 1, 0.1).unwrap();
+        live.end("m", Some(0.0), Some(1.0), 0.5, 1, 0.1).unwrap();
         live.cancel("m", Some(5.0), 1, 0.1).unwrap();
         assert_eq!(live.in_flight(), 1);
         assert!(live.clears_at_s() < 0.2);
@@ -349,7 +360,7 @@ mod tests {
     fn bad_input_is_rejected_and_changes_nothing() {
         let live = LiveStats::default();
         assert!(matches!(
-            live.end("m", 1.0, Some(0.0), 0.1, 1, 0.0),
+            live.end("m", Some(1.0), Some(0.0), 0.1, 1, 0.0),
             Err(Error::NothingInFlight(_))
         ));
         assert!(matches!(
@@ -359,9 +370,13 @@ mod tests {
         assert_eq!(live.mean_service_s(), None);
         live.begin(Some(2.0), 1, 0.0).unwrap();
         let clears_at = live.clears_at_s();
-        assert!(live.end("m", f64::NAN, Some(2.0), 0.1, 1, 1.0).is_err());
-        assert!(live.end("m", 1.0, Some(-1.0), 0.1, 1, 1.0).is_err());
-        assert!(live.end("m", 1.0, Some(2.0), 0.1, 1, f64::NAN).is_err());
+        assert!(live
+            .end("m", Some(f64::NAN), Some(2.0), 0.1, 1, 1.0)
+            .is_err());
+        assert!(live.end("m", Some(1.0), Some(-1.0), 0.1, 1, 1.0).is_err());
+        assert!(live
+            .end("m", Some(1.0), Some(2.0), 0.1, 1, f64::NAN)
+            .is_err());
         assert!(live.cancel("m", Some(f64::INFINITY), 1, 1.0).is_err());
         assert!(live.cancel("m", Some(2.0), 1, f64::INFINITY).is_err());
         assert!(live.begin(Some(f64::NAN), 1, 1.0).is_err());
@@ -383,7 +398,7 @@ mod tests {
         live.begin(None, 1, 0.0).unwrap();
         live.begin(None, 1, 0.0).unwrap();
         assert_eq!(live.predicted_wait_s(&p, 0.0), 0.0);
-        live.end("m", 4.0, None, 0.5, 1, 4.0).unwrap();
+        live.end("m", Some(4.0), None, 0.5, 1, 4.0).unwrap();
         assert_eq!(live.clears_at_s(), 4.0);
         assert_eq!(live.mean_service_s(), Some(4.0));
         live.begin(None, 1, 4.0).unwrap();
@@ -400,7 +415,7 @@ mod tests {
         // A request predicted at 1 s took 4 s: the next estimates are 4 times longer, the
         // books (the finishing time) are not.
         live.begin(Some(1.0), 1, 0.0).unwrap();
-        live.end("m", 4.0, Some(1.0), 0.5, 1, 4.0).unwrap();
+        live.end("m", Some(4.0), Some(1.0), 0.5, 1, 4.0).unwrap();
         assert_eq!(live.service_ratio(), 4.0);
         assert_eq!(live.corrected_service_s(2.0), 8.0);
         live.begin(Some(1.0), 1, 10.0).unwrap();
@@ -408,29 +423,83 @@ mod tests {
         assert_eq!(live.clears_at_s(), 12.0);
         assert_eq!(live.predicted_wait_s(&p, 10.0), 8.0);
         // Half its prediction: the observed average moves halfway (smoothing 0.5) to 0.5.
-        live.end("m", 0.5, Some(1.0), 0.5, 1, 10.5).unwrap();
+        live.end("m", Some(0.5), Some(1.0), 0.5, 1, 10.5).unwrap();
         assert_eq!(live.service_ratio(), 2.25);
         // A long request weighs as long as it lasts: right on its 10 s, it brings the ratio
         // near 1 at once ((2.25 + 10) / 2 over (1 + 10) / 2).
-        live.end("m", 10.0, Some(10.0), 0.5, 1, 20.5).unwrap();
+        live.end("m", Some(10.0), Some(10.0), 0.5, 1, 20.5).unwrap();
         assert_eq!(live.service_ratio(), 6.125 / 5.5);
         // Requests begun without a prediction teach nothing about predictions.
         live.begin(None, 1, 21.0).unwrap();
-        live.end("m", 30.0, None, 0.5, 1, 51.0).unwrap();
+        live.end("m", Some(30.0), None, 0.5, 1, 51.0).unwrap();
         assert_eq!(live.service_ratio(), 6.125 / 5.5);
         // Answers shorter than predicted never scale the estimates down.
         let short = LiveStats::default();
         short.begin(Some(4.0), 1, 0.0).unwrap();
-        short.end("m", 1.0, Some(4.0), 0.5, 1, 1.0).unwrap();
+        short.end("m", Some(1.0), Some(4.0), 0.5, 1, 1.0).unwrap();
         assert_eq!(short.service_ratio(), 1.0);
         // Absurd predictions move it a bounded way; predictions averaging 0 leave it at 1.
         let absurd = LiveStats::default();
         absurd.begin(Some(1e-300), 1, 0.0).unwrap();
-        absurd.end("m", 5.0, Some(1e-300), 0.5, 1, 5.0).unwrap();
+        absurd
+            .end("m", Some(5.0), Some(1e-300), 0.5, 1, 5.0)
+            .unwrap();
         assert_eq!(absurd.service_ratio(), MAX_RATIO);
         let zero = LiveStats::default();
         zero.begin(Some(0.0), 1, 0.0).unwrap();
-        zero.end("m", 3.0, Some(0.0), 0.5, 1, 3.0).unwrap();
+        zero.end("m", Some(3.0), Some(0.0), 0.5, 1, 3.0).unwrap();
         assert_eq!(zero.service_ratio(), 1.0);
+    }
+
+    #[test]
+    fn a_request_finished_without_a_latency_leaves_as_predicted_and_teaches_nothing() {
+        let live = LiveStats::default();
+        let p = profile(1);
+        live.begin(Some(10.0), 1, 0.0).unwrap();
+        live.begin(Some(10.0), 1, 0.0).unwrap();
+        assert_eq!(live.clears_at_s(), 20.0);
+        // The first finishes at 10 without a latency: the second still holds the slot to 20.
+        live.end("m", None, Some(10.0), 0.5, 1, 10.0).unwrap();
+        assert_eq!(live.clears_at_s(), 20.0);
+        live.begin(Some(1.0), 1, 10.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 10.0), 11.0);
+        assert_eq!(
+            (
+                live.mean_service_s(),
+                live.service_ratio(),
+                live.completed()
+            ),
+            (None, 1.0, 0)
+        );
+        // A bad prediction is still rejected, and changes nothing.
+        assert!(live.end("m", None, Some(-1.0), 0.5, 1, 11.0).is_err());
+        assert_eq!((live.in_flight(), live.clears_at_s()), (2, 21.0));
+    }
+
+    #[test]
+    fn concurrent_begins_and_ends_leave_an_empty_queue_that_starts_over() {
+        let live = LiveStats::default();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let live = &live;
+                scope.spawn(move || {
+                    for i in 0..5_000 {
+                        let now = f64::from(i);
+                        let predicted = f64::from(t + 1);
+                        live.begin(Some(predicted), 8, now).unwrap();
+                        live.end("m", Some(predicted * 1.5), Some(predicted), 0.1, 8, now)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!((live.in_flight(), live.completed()), (0, 20_000));
+        // Nothing in flight: whatever the interleaving left, the next request starts from now.
+        live.begin(Some(8.0), 8, 1e6).unwrap();
+        assert_eq!(live.clears_at_s(), 1e6 + 1.0);
+        // Every answer took 1.5 times its prediction, but the two averages are folded in
+        // separately, so interleaved threads can pair them differently: the ratio is only
+        // bounded by the extremes (1.5 × 4 / 1).
+        assert!((1.0..=6.0).contains(&live.service_ratio()));
     }
 }

@@ -656,12 +656,13 @@ impl Policy {
         slot.live.begin(predicted_service_s, concurrency, now_s)
     }
 
-    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service;
-    /// `predicted_service_s` is what its `begin` was given.
+    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service
+    /// (`None`: its service time is unknown); `predicted_service_s` is what its `begin` was
+    /// given.
     pub fn end(
         &self,
         name: &str,
-        latency_s: f64,
+        latency_s: Option<f64>,
         predicted_service_s: Option<f64>,
         now_s: f64,
     ) -> Result<()> {
@@ -677,7 +678,7 @@ impl Policy {
         )
     }
 
-    /// A request to model `name` left its queue at `now_s` without a usable service time;
+    /// A request to model `name` was withdrawn at `now_s` before it was served;
     /// `predicted_service_s` is what its `begin` was given.
     pub fn cancel(&self, name: &str, predicted_service_s: Option<f64>, now_s: f64) -> Result<()> {
         let slot = self.pool.load().get(name)?.clone();

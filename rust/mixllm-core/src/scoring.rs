@@ -25,10 +25,11 @@ pub struct Assessment {
     pub output_tokens: f64,
     /// Predicted cost ĉ in USD.
     pub cost_usd: f64,
-    /// Predicted latency L in seconds: queue wait + time to first token + ô / tokens per second.
+    /// Predicted latency L in seconds: (queue wait + time to first token + ô / tokens per
+    /// second) × the model's service ratio (`LiveStats::service_ratio`).
     pub latency_s: f64,
-    /// The service part of L: time to first token + ô / tokens per second. What `begin` is
-    /// given when the request is sent.
+    /// The service part of L before the ratio: time to first token + ô / tokens per second.
+    /// What `begin` is given when the request is sent.
     pub service_s: f64,
     /// LinUCB confidence width sqrt(xᵀA⁻¹x).
     pub uncertainty: f64,

@@ -62,14 +62,16 @@ impl PyDecision {
         self.column(py, |a| a.cost_usd)
     }
 
-    /// Predicted latency per model, in seconds (queue wait + first token + generation).
+    /// Predicted latency per model, in seconds: (queue wait + first token + generation), scaled
+    /// by the model's service ratio (how much longer than predicted its requests have run).
     #[getter]
     fn latency<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
         self.column(py, |a| a.latency_s)
     }
 
-    /// Predicted service time per model, in seconds (first token + generation: the latency
-    /// without the queue wait). What `Policy.begin` takes for the chosen model.
+    /// Predicted service time per model, in seconds (first token + generation, as the length
+    /// head predicts it, before the service ratio). What `Policy.begin` takes for the chosen
+    /// model.
     #[getter]
     fn service<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
         self.column(py, |a| a.service_s)

@@ -399,17 +399,19 @@ impl PyPolicy {
         self.inner.begin(name, predicted, now_s).map_err(to_py)
     }
 
-    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service;
-    /// `predicted_service_s` is what its `begin` was given.
+    /// A request to model `name` finished at `now_s` after `latency_s` seconds of service
+    /// (None: it finished but its service time is unknown; it leaves the queue as if served
+    /// as predicted, and nothing is learned). `predicted_service_s` is what its `begin` was
+    /// given.
     #[pyo3(signature = (name, latency_s, predicted_service_s = None, *, now_s = None))]
     fn end(
         &self,
         name: &str,
-        latency_s: &Bound<'_, PyAny>,
+        latency_s: Option<&Bound<'_, PyAny>>,
         predicted_service_s: Option<&Bound<'_, PyAny>>,
         now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let latency_s = real(latency_s, "latency_s")?;
+        let latency_s = optional_real(latency_s, "latency_s")?;
         let predicted = predicted_service(predicted_service_s)?;
         let now_s = now(now_s)?;
         self.inner
@@ -417,9 +419,10 @@ impl PyPolicy {
             .map_err(to_py)
     }
 
-    /// A request to model `name` left its queue at `now_s` without a usable service time
-    /// (abandoned, or its latency is unknown): it no longer counts as in flight.
-    /// `predicted_service_s` is what its `begin` was given.
+    /// A request to model `name` was withdrawn at `now_s` before it was served (never sent,
+    /// or abandoned while queued): it leaves the queue with the work its `begin` counted.
+    /// `predicted_service_s` is what its `begin` was given. A request that ran but whose
+    /// service time is unknown ends with `end(name, None, ...)` instead.
     #[pyo3(signature = (name, predicted_service_s = None, *, now_s = None))]
     fn cancel(
         &self,
@@ -574,12 +577,12 @@ impl PyPolicy {
     }
 }
 
-/// `begin`/`end`/`cancel`'s `predicted_service_s`: 0 when not given.
 /// `now_s` as given, or the default clock's time.
 fn now(ob: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
     Ok(optional_real(ob, "now_s")?.unwrap_or_else(clock::now_s))
 }
 
+/// `begin`/`end`/`cancel`'s `predicted_service_s`: None (the observed mean) when not given.
 fn predicted_service(ob: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
     optional_real(ob, "predicted_service_s")
 }
