@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import json
 import math
+import numbers
 import os
 import secrets
 import shutil
@@ -105,7 +106,7 @@ class _Pending:
     context: NDArray[np.float64]
     issued: float
     # The service time the decision predicted for its model: what `Policy.begin` was given,
-    # and what `end`/`cancel` must give back.
+    # and what `Policy.end` must give back.
     predicted_service_s: float
     # False once `complete` has taken the request out of its model's queue.
     in_flight: bool = True
@@ -160,7 +161,7 @@ class Router:
         """The clock's reading, checked before anything changes: a clock that fails or returns
         a non-finite time must not leave a request counted in flight for good."""
         now = self._clock()
-        if not (isinstance(now, (int, float)) and math.isfinite(now)):
+        if isinstance(now, bool) or not isinstance(now, numbers.Real) or not math.isfinite(now):
             raise InvalidInputError(f"the Router's clock returned {now!r}, not a finite time")
         return float(now)
 
@@ -350,12 +351,21 @@ class Router:
             for text, context, count in zip(missing, contexts, tokens, strict=True):
                 known[text] = (context, float(count))
                 self._contexts.put(text, known[text])
-        return [self._decide(*known[text], wtp) for text in items]
+        # One reading of the clock for the whole batch, before the first decision: a clock that
+        # fails must not leave part of a batch counted in flight with no id returned for it.
+        now = self._now()
+        return [self._decide(*known[text], wtp, now) for text in items]
 
     def _decide(
-        self, context: NDArray[np.float64], prompt_tokens: float, willingness_to_pay: float
+        self,
+        context: NDArray[np.float64],
+        prompt_tokens: float,
+        willingness_to_pay: float,
+        now: float | None = None,
     ) -> RouteDecision:
-        now = self._now()
+        """One decision at ``now`` (default: the clock's reading now)."""
+        if now is None:
+            now = self._now()
         detail = self._policy.decide(
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
         )
