@@ -117,11 +117,6 @@ impl LiveStats {
         (observed / predicted).clamp(1.0, MAX_RATIO)
     }
 
-    /// A predicted service time corrected by how the model's recent predictions turned out.
-    pub fn corrected_service_s(&self, predicted_service_s: f64) -> f64 {
-        predicted_service_s * self.service_ratio()
-    }
-
     /// A request was sent at `now_s` to a model with `concurrency` slots, predicted to take
     /// `predicted_service_s` seconds once served (first token + generation). Validated before
     /// anything changes.
@@ -249,10 +244,19 @@ impl LiveStats {
     /// long the requests ahead have already been served and weighs each by its own predicted
     /// length: short answers finishing do not shorten the wait behind long ones.
     pub fn predicted_wait_s(&self, profile: &ModelProfile, now_s: f64) -> f64 {
-        if self.in_flight() < u64::from(profile.concurrency) {
-            return 0.0;
-        }
-        (self.clears_at_s() - now_s).max(0.0) * self.service_ratio()
+        self.predicted_latency_s(profile, now_s, 0.0)
+    }
+
+    /// Predicted seconds from sending a request at `now_s` to its complete answer: the wait
+    /// ([`Self::predicted_wait_s`]) plus `service_s`, the service the length head predicts,
+    /// both scaled by [`Self::service_ratio`] (read once).
+    pub fn predicted_latency_s(&self, profile: &ModelProfile, now_s: f64, service_s: f64) -> f64 {
+        let backlog_s = if self.in_flight() < u64::from(profile.concurrency) {
+            0.0
+        } else {
+            (self.clears_at_s() - now_s).max(0.0)
+        };
+        (backlog_s + service_s) * self.service_ratio()
     }
 }
 
@@ -417,7 +421,7 @@ mod tests {
         live.begin(Some(1.0), 1, 0.0).unwrap();
         live.end("m", Some(4.0), Some(1.0), 0.5, 1, 4.0).unwrap();
         assert_eq!(live.service_ratio(), 4.0);
-        assert_eq!(live.corrected_service_s(2.0), 8.0);
+        assert_eq!(live.predicted_latency_s(&p, 0.0, 2.0), 8.0); // no queue: service only
         live.begin(Some(1.0), 1, 10.0).unwrap();
         live.begin(Some(1.0), 1, 10.0).unwrap();
         assert_eq!(live.clears_at_s(), 12.0);

@@ -651,9 +651,16 @@ impl Policy {
     /// its work lengthens the wait predicted for the requests after it
     /// (`LiveStats::predicted_wait_s`).
     pub fn begin(&self, name: &str, predicted_service_s: Option<f64>, now_s: f64) -> Result<()> {
+        let (slot, concurrency) = self.queue_of(name)?;
+        slot.live.begin(predicted_service_s, concurrency, now_s)
+    }
+
+    /// Model `name`'s arm (held past the pool snapshot) and its current number of slots: what
+    /// `begin`, `end` and `cancel` need.
+    fn queue_of(&self, name: &str) -> Result<(Arc<ArmSlot>, u32)> {
         let slot = self.pool.load().get(name)?.clone();
         let concurrency = slot.profile.load().concurrency;
-        slot.live.begin(predicted_service_s, concurrency, now_s)
+        Ok((slot, concurrency))
     }
 
     /// A request to model `name` finished at `now_s` after `latency_s` seconds of service
@@ -666,8 +673,7 @@ impl Policy {
         predicted_service_s: Option<f64>,
         now_s: f64,
     ) -> Result<()> {
-        let slot = self.pool.load().get(name)?.clone();
-        let concurrency = slot.profile.load().concurrency;
+        let (slot, concurrency) = self.queue_of(name)?;
         slot.live.end(
             name,
             latency_s,
@@ -681,8 +687,7 @@ impl Policy {
     /// A request to model `name` was withdrawn at `now_s` before it was served;
     /// `predicted_service_s` is what its `begin` was given.
     pub fn cancel(&self, name: &str, predicted_service_s: Option<f64>, now_s: f64) -> Result<()> {
-        let slot = self.pool.load().get(name)?.clone();
-        let concurrency = slot.profile.load().concurrency;
+        let (slot, concurrency) = self.queue_of(name)?;
         slot.live
             .cancel(name, predicted_service_s, concurrency, now_s)
     }

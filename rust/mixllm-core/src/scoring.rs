@@ -85,8 +85,9 @@ pub fn assess_with_variance(
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
     let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
-    let latency_s =
-        arm.live.predicted_wait_s(arm.profile, arm.now_s) + arm.live.corrected_service_s(service_s);
+    let latency_s = arm
+        .live
+        .predicted_latency_s(arm.profile, arm.now_s, service_s);
     // exp − 1 rather than exp_m1 (half the time): exp_m1 is more precise only when L/τ is
     // tiny, where the penalty's absolute error stays around 1e-16 either way.
     let penalty = (latency_s / config.tau_s).exp() - 1.0;
