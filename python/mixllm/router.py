@@ -317,6 +317,7 @@ class Router:
             context,
             counted if prompt_tokens is None else prompt_tokens,
             self._willingness(willingness_to_pay),
+            self._now(),
         )
 
     def route_batch(
@@ -361,11 +362,9 @@ class Router:
         context: NDArray[np.float64],
         prompt_tokens: float,
         willingness_to_pay: float,
-        now: float | None = None,
+        now: float,
     ) -> RouteDecision:
-        """One decision at ``now`` (default: the clock's reading now)."""
-        if now is None:
-            now = self._now()
+        """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
         )
