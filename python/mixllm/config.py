@@ -92,6 +92,7 @@ class EmbedderConfig:
     """Which sentence encoder to run; see `mixllm.Embedder` for each field."""
 
     model_dir: str | None = None
+    encoder: str | None = None
     hf_repo: str | None = None
     quantized: bool = False
     intra_op_threads: int = 1
@@ -100,13 +101,27 @@ class EmbedderConfig:
     truncation: Literal["head", "tail"] = "head"
 
     def validate(self, where: str = "embedder") -> None:
-        for key in ("model_dir", "hf_repo"):
+        sources = ("model_dir", "encoder", "hf_repo")
+        for key in sources:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{where}.{key} must be a non-empty string, got {value!r}")
-        if self.model_dir is not None and self.hf_repo is not None:
-            raise ConfigError(f"{where}: give model_dir or hf_repo, not both")
+        given = [key for key in sources if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: give one of model_dir, encoder and hf_repo, not {given}")
         _boolean(where, "quantized", self.quantized)
+        if self.encoder is not None:
+            from mixllm.pypi_encoder import ENCODERS
+
+            if self.encoder not in ENCODERS:
+                raise ConfigError(
+                    f"{where}.encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}"
+                )
+            if self.quantized:
+                raise ConfigError(
+                    f"{where}.quantized must be false with encoder {self.encoder!r}: "
+                    "its int8 conversion is too lossy"
+                )
         _integer(where, "intra_op_threads", self.intra_op_threads, minimum=1)
         _integer(where, "cache_size", self.cache_size, minimum=0)
         _integer(where, "max_tokens", self.max_tokens, minimum=MIN_TOKENS)
@@ -128,6 +143,7 @@ class EmbedderConfig:
         settings.validate()
         return Embedder(
             settings.model_dir,
+            encoder=settings.encoder,
             hf_repo=settings.hf_repo,
             quantized=settings.quantized,
             intra_op_threads=settings.intra_op_threads,

