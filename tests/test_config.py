@@ -182,6 +182,28 @@ def test_eval_runs_a_named_encoder_in_float32(tmp_path: Path) -> None:
     assert (config.embedder.encoder, config.embedder.quantized) == ("all-mpnet-base-v2", False)
     shipped = _eval_config(str(write(tmp_path, "[router]\nalpha = 0.1\n")), ["gpt-4-1106-preview"])
     assert shipped is not None and shipped.embedder.quantized is True
+    # An encoder of the user's own is not quantised behind their back either.
+    own = _eval_config(
+        str(write(tmp_path, '[embedder]\nmodel_dir = "m"\n')), ["gpt-4-1106-preview"]
+    )
+    assert own is not None and own.embedder.quantized is False
+
+
+def test_train_takes_the_pool_from_the_file_or_else_the_catalog(tmp_path: Path) -> None:
+    """``mixllm train --config``: a file's own pool; for a file without one, the data's models
+    at the catalog's prices, refused when the catalog does not know them."""
+    from mixllm.cli import _train_config
+
+    settings = write(tmp_path, "[router]\nalpha = 0.1\n")
+    pool = _train_config(str(settings), ["gpt-4-1106-preview", "mistralai/mistral-7b-chat"])
+    assert [m.name for m in pool.models] == ["gpt-4-1106-preview", "mistralai/mistral-7b-chat"]
+    assert pool.models[0].price_in > 0
+    with pytest.raises(ConfigError, match=r"lists no \[\[models\]\].*for the data's my-llama"):
+        _train_config(str(settings), ["gpt-4-1106-preview", "my-llama"])
+    assert [m.name for m in _train_config(str(write(tmp_path, GOOD)), ["x"]).models] == [
+        "big",
+        "self-hosted",
+    ]
 
 
 def test_the_embedder_is_built_as_configured(tmp_path: Path) -> None:

@@ -116,6 +116,21 @@ def test_embedder_runs_a_built_model_directory(
         np.testing.assert_allclose(vector, want, atol=2e-5)
 
 
+def test_the_embedder_refuses_a_window_longer_than_the_positions(
+    tiny: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    import onnx
+
+    folder, weights = tiny
+    model = build_mpnet_onnx(weights, MpnetConfig.read(folder / "config.json"))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    limit = tiny_mpnet.MAX_TOKENS
+    with pytest.raises(ModelFileError, match=f"takes at most {limit} tokens per text; max_tokens"):
+        Embedder(tmp_path, cache_size=0, max_tokens=limit + 1)
+    assert Embedder(tmp_path, cache_size=0, max_tokens=limit).max_tokens == limit
+
+
 def test_missing_or_misshapen_weight_is_named(tiny: tuple[Path, dict[str, np.ndarray]]) -> None:
     folder, weights = tiny
     config = MpnetConfig.read(folder / "config.json")
@@ -136,6 +151,8 @@ def test_missing_or_misshapen_weight_is_named(tiny: tuple[Path, dict[str, np.nda
         ({"hidden_size": 18}, "not a multiple of num_attention_heads"),
         ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
         ({"layer_norm_eps": -1}, "layer_norm_eps"),
+        ({"pad_token_id": 0}, "pad_token_id 0 .* must be 1 and 32"),
+        ({"relative_attention_num_buckets": 64}, "relative_attention_num_buckets 64 must be"),
     ],
 )
 def test_config_errors_name_the_field(change: dict[str, object], message: str) -> None:

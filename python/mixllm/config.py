@@ -55,6 +55,7 @@ __all__ = [
     "ModelConfig",
     "RouterConfig",
     "TaggerConfig",
+    "lists_models",
     "load_config",
 ]
 
@@ -321,6 +322,15 @@ def _models(raw_models: object) -> list[ModelConfig]:
             raise ConfigError(f"models[{i}] is missing {', '.join(missing)}")
         models.append(ModelConfig(**raw))
     return models
+
+
+def lists_models(path: str | Path) -> bool:
+    """Whether a configuration file lists its pool (``[[models]]``); True for a file that cannot
+    be read or parsed, which :func:`load_config` then reports."""
+    try:
+        return "models" in tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True
 
 
 def load_config(

