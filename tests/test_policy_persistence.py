@@ -148,6 +148,24 @@ def test_in_flight_is_not_saved_but_service_times_are(tmp_path: Path) -> None:
     assert waiting == pytest.approx(idle[1] + mean, rel=1e-12)
 
 
+def test_the_service_ratio_is_saved(tmp_path: Path) -> None:
+    """What a model's requests have taught about its predictions (they ran 3x as long) carries
+    over a restart: the loaded policy predicts the same latencies."""
+    p = build_policy()
+    for i in range(3):
+        p.begin("local", 1.0, now_s=10.0 * i)
+        p.end("local", 3.0, 1.0, now_s=10.0 * i + 3.0)
+    assert p.inspect("local")["service_ratio"] == pytest.approx(3.0, rel=1e-12)
+    path = tmp_path / "p.bin"
+    p.save(path)
+    loaded = mixllm.Policy.load(path)
+    assert loaded.inspect("local")["service_ratio"] == p.inspect("local")["service_ratio"]
+    x = np.ones(DIM)
+    before = p.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency
+    after = loaded.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency
+    assert after.tolist() == before.tolist()
+
+
 def test_a_file_of_another_dimension_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "p.bin"
     build_policy().save(path)
@@ -205,9 +223,9 @@ def test_foreign_files_are_rejected(tmp_path: Path, data: bytes, match: str) -> 
 def test_other_versions_padding_and_invalid_content_are_rejected(tmp_path: Path) -> None:
     data = build_policy().to_bytes()
     body = data[:-4]
-    newer = body[:8] + struct.pack("<I", 3) + body[12:]
-    assert "version 3" in str(load_error(tmp_path, newer + data[-4:]))
-    assert "version 3" in str(load_error(tmp_path, with_crc(newer)))
+    newer = body[:8] + struct.pack("<I", 4) + body[12:]
+    assert "version 4" in str(load_error(tmp_path, newer + data[-4:]))
+    assert "version 4" in str(load_error(tmp_path, with_crc(newer)))
     assert "padded" in str(load_error(tmp_path, data + b"\0"))
     # A valid checksum over content that no caller could have set up.
     ridge_at = HEADER_LEN + 8 + 2 * 8

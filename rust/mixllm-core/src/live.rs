@@ -70,16 +70,36 @@ fn per_slot(service_s: f64, concurrency: u32) -> f64 {
 }
 
 impl LiveStats {
-    /// Restores the persistent part (the moving average and its count); nothing is in flight.
-    pub fn restored(mean_service_s: Option<f64>, completed: u64) -> Self {
+    /// Restores the persistent part (the moving averages, of service and of predicted and
+    /// observed service, and the count); nothing is in flight.
+    pub fn restored(
+        mean_service_s: Option<f64>,
+        completed: u64,
+        service_means_s: Option<(f64, f64)>,
+    ) -> Self {
         let stats = Self::default();
+        let store = |cell: &AtomicU64, value: f64| cell.store(value.to_bits(), Ordering::Relaxed);
         if let Some(mean) = mean_service_s {
-            stats
-                .mean_service_bits
-                .store(mean.to_bits(), Ordering::Relaxed);
+            store(&stats.mean_service_bits, mean);
+        }
+        if let Some((predicted, observed)) = service_means_s {
+            store(&stats.mean_predicted_bits, predicted);
+            store(&stats.mean_observed_bits, observed);
         }
         stats.completed.store(completed, Ordering::Relaxed);
         stats
+    }
+
+    /// The moving averages of predicted and of observed service over the finished requests
+    /// that had a prediction (None before the first): what [`LiveStats::service_ratio`] is
+    /// made of, and what a save keeps of it.
+    pub fn service_means_s(&self) -> Option<(f64, f64)> {
+        let load = |cell: &AtomicU64| f64::from_bits(cell.load(Ordering::Relaxed));
+        let (predicted, observed) = (
+            load(&self.mean_predicted_bits),
+            load(&self.mean_observed_bits),
+        );
+        (!predicted.is_nan() && !observed.is_nan()).then_some((predicted, observed))
     }
 
     /// The service a request is counted with: its prediction (validated), or when there is
@@ -106,15 +126,12 @@ impl LiveStats {
     /// (`docs/evaluation.md` measures both). Each `end` learns it; the predictions' own errors
     /// stay in the books, so it scales estimates, never the bookkeeping.
     pub fn service_ratio(&self) -> f64 {
-        let load = |cell: &AtomicU64| f64::from_bits(cell.load(Ordering::Relaxed));
-        let (predicted, observed) = (
-            load(&self.mean_predicted_bits),
-            load(&self.mean_observed_bits),
-        );
-        if predicted.is_nan() || observed.is_nan() || predicted <= 0.0 {
-            return 1.0;
+        match self.service_means_s() {
+            Some((predicted, observed)) if predicted > 0.0 => {
+                (observed / predicted).clamp(1.0, MAX_RATIO)
+            }
+            _ => 1.0,
         }
-        (observed / predicted).clamp(1.0, MAX_RATIO)
     }
 
     /// A request was sent at `now_s` to a model with `concurrency` slots, predicted to take

@@ -1,6 +1,6 @@
 //! Saving and loading a whole policy.
 //!
-//! Format (little-endian), version 2:
+//! Format (little-endian), version 3:
 //!
 //! ```text
 //! magic   8 bytes  "MIXLLMP\0"
@@ -11,6 +11,9 @@
 //! crc32   u32      of everything before it
 //! ```
 //!
+//! Version 3 added, per model, the moving averages of predicted and observed service behind
+//! the service ratio, so a restarted service keeps scaling its estimates as it had learned to;
+//! files of versions 1 and 2 load with none (a ratio of 1 until requests finish).
 //! Version 2 added `length_ridge` and, per model, the length head's own matrices when it has
 //! them. Version 1 files, written before the length head had its own ridge system, are still
 //! read: their length head shares the quality head's matrices, with `length_ridge` equal to
@@ -37,7 +40,7 @@ use crate::policy::{report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
 
 const MAGIC: &[u8; 8] = b"MIXLLMP\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The oldest format version this build reads.
 const OLDEST_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
@@ -49,9 +52,9 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
     encode(policy, VERSION)
 }
 
-/// The policy in format `version`. Only [`VERSION`] is written outside tests; version 1 (no
-/// `length_ridge`, no length matrices: only faithful while the two heads share theirs) is
-/// written by the tests that check older files still load.
+/// The policy in format `version`. Only [`VERSION`] is written outside tests; versions 1 (no
+/// `length_ridge`, no length matrices: only faithful while the two heads share theirs) and 2
+/// (no service averages) are written by the tests that check older files still load.
 fn encode(policy: &Policy, version: u32) -> Vec<u8> {
     let mut out = Encoder::default();
     let c = policy.config();
@@ -98,6 +101,11 @@ fn encode(policy: &Policy, version: u32) -> Vec<u8> {
         out.u64(r.ledger.updates_since_refactor);
         out.f64(r.mean_service_s.unwrap_or(f64::NAN));
         out.u64(r.completed);
+        if version >= 3 {
+            let (predicted, observed) = r.service_means_s.unwrap_or((f64::NAN, f64::NAN));
+            out.f64(predicted);
+            out.f64(observed);
+        }
     }
     let payload = out.buf;
     let mut file = Vec::with_capacity(HEADER_LEN + payload.len() + 4);
@@ -257,13 +265,26 @@ fn read_slot(
         ));
     };
     let completed = d.u64()?;
+    let service_means_s = if version >= 3 {
+        match (d.f64()?, d.f64()?) {
+            (p, o) if p.is_nan() && o.is_nan() => None,
+            (p, o) if p.is_finite() && o.is_finite() && p >= 0.0 && o >= 0.0 => Some((p, o)),
+            (p, o) => {
+                return Err(format!(
+                    "{name:?}: invalid service averages {p} (predicted) and {o} (observed)"
+                ))
+            }
+        }
+    } else {
+        None
+    };
     Ok(ArmSlot::new(
         name,
         priors,
         profile,
         stats,
         ledger,
-        LiveStats::restored(mean_service_s, completed),
+        LiveStats::restored(mean_service_s, completed, service_means_s),
     ))
 }
 
@@ -478,8 +499,9 @@ mod tests {
         policy.add_model("m", profile, Priors::default()).unwrap();
         let bytes = to_bytes(&policy);
         // After the flag: (separate) two packed 2×2 matrices as u64 length + 3 values, then
-        // updates (u64), mean service (f64), completed (u64) and the crc (u32).
-        let tail = if separate { 2 * (8 + 3 * 8) } else { 0 } + 8 + 8 + 8 + 4;
+        // updates (u64), mean service (f64), completed (u64), the two service averages (f64)
+        // and the crc (u32).
+        let tail = if separate { 2 * (8 + 3 * 8) } else { 0 } + 8 + 8 + 8 + 8 + 8 + 4;
         (bytes.clone(), bytes.len() - tail - 8)
     }
 
@@ -524,6 +546,70 @@ mod tests {
             error.contains("length A inverse holds non-finite"),
             "{error}"
         );
+    }
+
+    /// A one-model policy whose requests have run 2.5 times as long as predicted.
+    fn slow_served() -> Policy {
+        let policy = Policy::new(PolicyConfig::new(2)).unwrap();
+        let profile = ModelProfile {
+            price_in: 1.0,
+            price_out: 1.0,
+            fee: 0.0,
+            ttft_s: 0.1,
+            tokens_per_s: 10.0,
+            concurrency: 2,
+        };
+        policy.add_model("m", profile, Priors::default()).unwrap();
+        for i in 0..4 {
+            let now = f64::from(i) * 10.0;
+            policy.begin("m", Some(2.0), now).unwrap();
+            policy.end("m", Some(5.0), Some(2.0), now + 5.0).unwrap();
+        }
+        policy
+    }
+
+    #[test]
+    fn the_service_ratio_survives_a_save() {
+        let policy = slow_served();
+        let before = policy.report("m").unwrap();
+        assert!(
+            (before.service_ratio - 2.5).abs() < 1e-12,
+            "{}",
+            before.service_ratio
+        );
+        let loaded = from_bytes(&to_bytes(&policy), Some(2)).unwrap();
+        let after = loaded.report("m").unwrap();
+        assert_eq!(after.service_means_s, before.service_means_s);
+        assert_eq!(after.service_ratio, before.service_ratio);
+        assert_eq!(after.in_flight, 0);
+        assert_eq!(to_bytes(&loaded), to_bytes(&policy));
+    }
+
+    #[test]
+    fn version_2_files_load_without_service_averages() {
+        let policy = slow_served();
+        let old = from_bytes(&encode(&policy, 2), Some(2)).unwrap();
+        let report = old.report("m").unwrap();
+        assert_eq!(report.service_means_s, None);
+        assert_eq!(report.service_ratio, 1.0);
+        assert_eq!(
+            report.mean_service_s,
+            policy.report("m").unwrap().mean_service_s
+        );
+    }
+
+    #[test]
+    fn invalid_service_averages_are_rejected() {
+        let bytes = to_bytes(&slow_served());
+        // The two averages are the last 16 bytes before the crc.
+        let at = bytes.len() - 4 - 16;
+        for (predicted, observed) in [(f64::NAN, 1.0), (-1.0, 1.0), (1.0, f64::INFINITY)] {
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&predicted.to_le_bytes());
+            bad[at + 8..at + 16].copy_from_slice(&observed.to_le_bytes());
+            let error = from_bytes(&with_crc(bad), None).unwrap_err();
+            assert!(error.contains("invalid service averages"), "{error}");
+        }
     }
 
     #[test]

@@ -194,8 +194,9 @@ pub struct ArmReport {
     /// given (−∞ before the first request).
     pub clears_at_s: f64,
     /// How much longer than predicted the model's requests have been taking
-    /// (`LiveStats::service_ratio`; not saved).
+    /// (`LiveStats::service_ratio`), and the two moving averages it is the ratio of (saved).
     pub service_ratio: f64,
+    pub service_means_s: Option<(f64, f64)>,
     pub mean_service_s: Option<f64>,
     pub completed: u64,
 }
@@ -724,6 +725,7 @@ pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
         in_flight: slot.live.in_flight(),
         clears_at_s: slot.live.clears_at_s(),
         service_ratio: slot.live.service_ratio(),
+        service_means_s: slot.live.service_means_s(),
         mean_service_s: slot.live.mean_service_s(),
         completed: slot.live.completed(),
     }
