@@ -39,10 +39,10 @@ def load_safetensors(path: Path) -> dict[str, NDArray[np.generic]]:
     return tensors
 
 
-def _layer_norm(x: F32, weight: F32, bias: F32) -> F32:
+def _layer_norm(x: F32, weight: F32, bias: F32, eps: float = EPS) -> F32:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + EPS) * weight + bias).astype(np.float32)
+    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
 
 
 def _gelu(x: F32) -> F32:

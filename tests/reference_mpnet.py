@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from reference_bert import load_safetensors  # noqa: E402
+# The building blocks are BERT's (an MPNet layer is a BERT layer); the positions are not.
+from reference_bert import _gelu, _layer_norm, _linear, load_safetensors  # noqa: E402
 
 F32 = NDArray[np.float32]
 
@@ -40,21 +41,6 @@ def bucket(query: int, key: int, num_buckets: int = 32, max_distance: int = 128)
     ratio = np.float32(ratio / np.float32(math.log(max_distance / max_exact)))
     large = max_exact + int(np.float32(ratio * np.float32(half - max_exact)))
     return result + min(large, half - 1)
-
-
-def _layer_norm(x: F32, weight: Any, bias: Any, eps: float) -> F32:
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
-
-
-def _gelu(x: F32) -> F32:
-    erf = np.vectorize(math.erf, otypes=[np.float64])
-    return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
-
-
-def _linear(w: dict[str, Any], prefix: str, x: F32) -> F32:
-    return (x @ np.asarray(w[prefix + ".weight"]).T + w[prefix + ".bias"]).astype(np.float32)
 
 
 def hidden_states(

@@ -480,6 +480,18 @@ mod tests {
         assert_eq!(to_bytes(&old), to_bytes(&policy));
     }
 
+    /// A cheap, slow model with `concurrency` slots.
+    fn small_profile(concurrency: u32) -> ModelProfile {
+        ModelProfile {
+            price_in: 1.0,
+            price_out: 1.0,
+            fee: 0.0,
+            ttft_s: 0.1,
+            tokens_per_s: 10.0,
+            concurrency,
+        }
+    }
+
     /// A one-model policy whose length head has its own matrices (`separate`) or not, as bytes,
     /// with the offset of the model's length-system flag.
     fn one_model(separate: bool) -> (Vec<u8>, usize) {
@@ -488,15 +500,9 @@ mod tests {
             ..PolicyConfig::new(2)
         };
         let policy = Policy::new(config).unwrap();
-        let profile = ModelProfile {
-            price_in: 1.0,
-            price_out: 1.0,
-            fee: 0.0,
-            ttft_s: 0.1,
-            tokens_per_s: 10.0,
-            concurrency: 1,
-        };
-        policy.add_model("m", profile, Priors::default()).unwrap();
+        policy
+            .add_model("m", small_profile(1), Priors::default())
+            .unwrap();
         let bytes = to_bytes(&policy);
         // After the flag: (separate) two packed 2×2 matrices as u64 length + 3 values, then
         // updates (u64), mean service (f64), completed (u64), the two service averages (f64)
@@ -551,15 +557,9 @@ mod tests {
     /// A one-model policy whose requests have run 2.5 times as long as predicted.
     fn slow_served() -> Policy {
         let policy = Policy::new(PolicyConfig::new(2)).unwrap();
-        let profile = ModelProfile {
-            price_in: 1.0,
-            price_out: 1.0,
-            fee: 0.0,
-            ttft_s: 0.1,
-            tokens_per_s: 10.0,
-            concurrency: 2,
-        };
-        policy.add_model("m", profile, Priors::default()).unwrap();
+        policy
+            .add_model("m", small_profile(2), Priors::default())
+            .unwrap();
         for i in 0..4 {
             let now = f64::from(i) * 10.0;
             policy.begin("m", Some(2.0), now).unwrap();
