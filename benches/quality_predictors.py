@@ -277,6 +277,65 @@ def sklearn_per_model(make: Callable[[], object], kind: str, proba: bool) -> Pre
     return predict
 
 
+def per_benchmark_mean(data: Data, fit: I64, out: I64) -> F64:
+    """Each model's mean quality on each benchmark's fit rows, for the out rows."""
+    q = np.zeros((len(out), data.quality.shape[1]))
+    for label in np.unique(data.domain[out]):
+        q[data.domain[out] == label] = data.quality[fit[data.domain[fit] == label]].mean(axis=0)
+    return q
+
+
+def tfidf(analyzer: str, ridge: float) -> Predictor:
+    """Words instead of sentence vectors: per benchmark, a ridge head per model on TF-IDF
+    features of the prompt without its shared template (word 1-2-grams or character 3-5-grams
+    within words), over the benchmark's mean."""
+
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import Ridge
+
+        texts = without_shared_template(data.dataset)
+        q = per_benchmark_mean(data, fit, out)
+        for label in np.unique(data.domain[out]):
+            f, inside = fit[data.domain[fit] == label], data.domain[out] == label
+            vectorizer = (
+                TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+                if analyzer == "word"
+                else TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(3, 5), min_df=3, sublinear_tf=True
+                )
+            )
+            x_fit = vectorizer.fit_transform([texts[i] for i in f])
+            x_out = vectorizer.transform([texts[i] for i in out[inside]])
+            y = data.quality[f] - data.quality[f].mean(axis=0)
+            q[inside] += Ridge(alpha=ridge).fit(x_fit, y).predict(x_out)
+        return q, default_cost(data, fit, out)
+
+    return predict
+
+
+def shared_difficulty(ridge: float, rank: int) -> Predictor:
+    """One "difficulty" for all models: per benchmark, ridge heads for every model on the raw
+    vectors, their fitted values cut to their top ``rank`` directions across models (reduced-
+    rank regression), over the benchmark's mean. Pools the models' noisy 0/1 outcomes."""
+
+    def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
+        q = per_benchmark_mean(data, fit, out)
+        for label in np.unique(data.domain[out]):
+            f, inside = fit[data.domain[fit] == label], data.domain[out] == label
+            centre = data.vectors[f].mean(axis=0)
+            x_fit, x_out = data.vectors[f] - centre, data.vectors[out[inside]] - centre
+            y = data.quality[f] - data.quality[f].mean(axis=0)
+            a = x_fit.T @ x_fit + ridge * np.eye(x_fit.shape[1])
+            theta = np.linalg.solve(a, x_fit.T @ y)
+            _, _, directions = np.linalg.svd(x_fit @ theta, full_matrices=False)
+            keep = directions[:rank].T @ directions[:rank]
+            q[inside] += x_out @ theta @ keep
+        return q, default_cost(data, fit, out)
+
+    return predict
+
+
 def knn(k: int) -> Predictor:
     def predict(data: Data, fit: I64, out: I64) -> tuple[F64, F64]:
         q = bl.knn_quality(data.vectors[fit], data.quality[fit], data.vectors[out], k)
@@ -456,6 +515,12 @@ def predictors(quick: bool) -> dict[str, Predictor]:
         ),
         "tag+dom", proba=True,
     )  # fmt: skip
+    for analyzer in ("word", "char"):
+        for r in (3.0, 10.0):
+            out[f"tf-idf {analyzer} ridge {r:g}, per benchmark"] = tfidf(analyzer, r)
+    for rank in (1, 2):
+        for r in (3.0, 10.0):
+            out[f"shared difficulty rank {rank}, ridge {r:g}, raw"] = shared_difficulty(r, rank)
     return out
 
 
