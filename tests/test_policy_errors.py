@@ -425,6 +425,36 @@ def test_bad_predicted_service_times_and_times_change_nothing(policy: mixllm.Pol
     assert policy.inspect("a")["clears_at_s"] == t + 12.0
 
 
+def test_a_new_concurrency_spreads_the_queued_work_over_the_new_slots(
+    policy: mixllm.Policy,
+) -> None:
+    t = 1e6  # later than anything the fixture's default clock gave
+    for _ in range(3):  # 10 s each on two slots (the fixture's request drained long ago)
+        policy.begin("a", 10.0, now_s=t)
+    assert policy.inspect("a")["clears_at_s"] == t + 15.0
+    for bad in (NAN, INF):
+        assert_rejected(
+            policy,
+            lambda p, s=bad: p.update_profile("a", concurrency=4, now_s=s),
+            InvalidInputError,
+            "now_s must be finite",
+        )
+    # At t + 3, 12 s of two slots' work is left: 6 s of four slots'.
+    policy.update_profile("a", concurrency=4, now_s=t + 3.0)
+    assert policy.inspect("a")["clears_at_s"] == t + 9.0
+    assert policy.predicted_wait_s("a", now_s=t + 3.0) == 6.0
+    # Other fields leave the books alone.
+    policy.update_profile("a", price_in=2.0, now_s=t + 4.0)
+    assert policy.inspect("a")["clears_at_s"] == t + 9.0
+    # A request's error now moves the queue by its share of four slots: 4 s late is 1 s.
+    policy.end("a", 14.0, 10.0, now_s=t + 8.0)
+    assert policy.inspect("a")["clears_at_s"] == t + 10.0
+    for _ in range(3):
+        policy.end("a", None, 10.0, now_s=t + 10.0)
+    state = policy.inspect("a")
+    assert (state["in_flight"], state["clears_at_s"]) == (0, None)
+
+
 def test_an_empty_pool_cannot_decide(policy: mixllm.Policy) -> None:
     empty = mixllm.Policy(DIM)
     assert_rejected(empty, lambda p: p.decide(X, **DECIDE), EmptyPoolError, "no models")

@@ -167,8 +167,11 @@ class Policy:
         ttft_s: float | None = None,
         tokens_per_s: float | None = None,
         concurrency: int | None = None,
+        now_s: float | None = None,
     ) -> None:
-        """Changes some of a model's profile fields; the rest keep their values."""
+        """Changes some of a model's profile fields; the rest keep their values. A new
+        ``concurrency`` spreads the work already queued over the new number of slots at
+        ``now_s`` (default: ``Policy.clock_s()``)."""
     def profile(self, name: str) -> dict[str, float]:
         """A model's profile as a dict."""
     def decide(

@@ -205,6 +205,23 @@ impl LiveStats {
         self.leave(model, -per_slot(service_s, concurrency), now_s)
     }
 
+    /// The model's slots went from `old` to `new` at `now_s`: the work still ahead, counted in
+    /// a slot's seconds, is spread over the new number of slots, so the books stay those of a
+    /// queue that had always had them (a request's `end` and `cancel` then count its share by
+    /// the new number too). A drained queue has nothing to move.
+    pub fn resize(&self, old: u32, new: u32, now_s: f64) -> Result<()> {
+        ensure_finite("now_s", now_s)?;
+        let factor = f64::from(old.max(1)) / f64::from(new.max(1));
+        // Returning None (nothing ahead) leaves the value as it is.
+        let _ = self
+            .clears_at_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let clears_at = f64::from_bits(bits);
+                (clears_at > now_s).then(|| (now_s + (clears_at - now_s) * factor).to_bits())
+            });
+        Ok(())
+    }
+
     /// One request out of flight; the finishing time moves by `shift_s`.
     fn leave(&self, model: &str, shift_s: f64, now_s: f64) -> Result<()> {
         ensure_finite("now_s", now_s)?;
@@ -306,6 +323,27 @@ mod tests {
         // A third request queues: its 10 s are shared by the two slots.
         live.begin(Some(10.0), 2, 104.0).unwrap();
         assert_eq!(live.predicted_wait_s(&p, 104.0), 11.0);
+    }
+
+    #[test]
+    fn more_slots_share_the_work_left() {
+        let live = LiveStats::default();
+        for _ in 0..4 {
+            live.begin(Some(10.0), 2, 0.0).unwrap();
+        }
+        assert_eq!(live.clears_at_s(), 20.0);
+        // At 4 s, 16 s of two slots' work is left: 8 s of four slots'.
+        live.resize(2, 4, 4.0).unwrap();
+        assert_eq!(live.clears_at_s(), 12.0);
+        assert_eq!(live.predicted_wait_s(&profile(4), 4.0), 8.0);
+        // Back to two: 2 s of four slots' work left at 10 s is 4 s of two slots'.
+        live.resize(4, 2, 10.0).unwrap();
+        assert_eq!(live.clears_at_s(), 14.0);
+        // A drained queue has nothing to move, and a bad time changes nothing.
+        live.resize(2, 1, 30.0).unwrap();
+        assert_eq!(live.clears_at_s(), 14.0);
+        assert!(live.resize(1, 2, f64::NAN).is_err());
+        assert_eq!(live.clears_at_s(), 14.0);
     }
 
     #[test]

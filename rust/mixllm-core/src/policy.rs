@@ -322,15 +322,29 @@ impl Policy {
         Ok(**self.pool.load().get(name)?.profile.load())
     }
 
-    /// Changes a model's profile; `change` edits a copy, which is validated before it is
-    /// published. Serialised with that model's other writers.
-    pub fn update_profile(&self, name: &str, change: impl FnOnce(&mut ModelProfile)) -> Result<()> {
+    /// Changes a model's profile at `now_s`; `change` edits a copy, which is validated before it
+    /// is published. Serialised with that model's other writers. A new concurrency spreads the
+    /// queue's remaining work over the new number of slots ([`LiveStats::resize`]); a `begin`
+    /// or `end` racing the change counts its share by one number or the other, an error that
+    /// lasts until the queue next empties.
+    pub fn update_profile(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut ModelProfile),
+        now_s: f64,
+    ) -> Result<()> {
+        ensure_finite("now_s", now_s)?;
         let slot = self.pool.load().get(name)?.clone();
         let _writer = slot.ledger.lock();
-        let mut profile = **slot.profile.load();
+        let before = **slot.profile.load();
+        let mut profile = before;
         change(&mut profile);
         profile.validate()?;
         slot.profile.store(Arc::new(profile));
+        if profile.concurrency != before.concurrency {
+            slot.live
+                .resize(before.concurrency, profile.concurrency, now_s)?;
+        }
         Ok(())
     }
 

@@ -201,8 +201,10 @@ impl PyPolicy {
         py.detach(|| self.inner.remove_model(name)).map_err(to_py)
     }
 
-    /// Changes some of a model's profile fields; the rest keep their values.
-    #[pyo3(signature = (name, *, price_in=None, price_out=None, fee=None, ttft_s=None, tokens_per_s=None, concurrency=None))]
+    /// Changes some of a model's profile fields; the rest keep their values. A new
+    /// `concurrency` spreads the work already queued over the new number of slots at `now_s`
+    /// (default: `Policy.clock_s()`).
+    #[pyo3(signature = (name, *, price_in=None, price_out=None, fee=None, ttft_s=None, tokens_per_s=None, concurrency=None, now_s=None))]
     #[allow(clippy::too_many_arguments)]
     fn update_profile(
         &self,
@@ -214,7 +216,9 @@ impl PyPolicy {
         ttft_s: Option<&Bound<'_, PyAny>>,
         tokens_per_s: Option<&Bound<'_, PyAny>>,
         concurrency: Option<&Bound<'_, PyAny>>,
+        now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let now_s = now(now_s)?;
         let price_in = optional_real(price_in, "price_in")?;
         let price_out = optional_real(price_out, "price_out")?;
         let fee = optional_real(fee, "fee")?;
@@ -222,14 +226,18 @@ impl PyPolicy {
         let tokens_per_s = optional_real(tokens_per_s, "tokens_per_s")?;
         let concurrency = given(concurrency).map(concurrency_from).transpose()?;
         py.detach(|| {
-            self.inner.update_profile(name, |p| {
-                p.price_in = price_in.unwrap_or(p.price_in);
-                p.price_out = price_out.unwrap_or(p.price_out);
-                p.fee = fee.unwrap_or(p.fee);
-                p.ttft_s = ttft_s.unwrap_or(p.ttft_s);
-                p.tokens_per_s = tokens_per_s.unwrap_or(p.tokens_per_s);
-                p.concurrency = concurrency.unwrap_or(p.concurrency);
-            })
+            self.inner.update_profile(
+                name,
+                |p| {
+                    p.price_in = price_in.unwrap_or(p.price_in);
+                    p.price_out = price_out.unwrap_or(p.price_out);
+                    p.fee = fee.unwrap_or(p.fee);
+                    p.ttft_s = ttft_s.unwrap_or(p.ttft_s);
+                    p.tokens_per_s = tokens_per_s.unwrap_or(p.tokens_per_s);
+                    p.concurrency = concurrency.unwrap_or(p.concurrency);
+                },
+                now_s,
+            )
         })
         .map_err(to_py)
     }
