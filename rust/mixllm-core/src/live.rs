@@ -63,6 +63,18 @@ fn smooth(cell: &AtomicU64, value: f64, smoothing: f64) {
     });
 }
 
+/// The service ratio of the moving averages `(predicted, observed)` (see
+/// [`LiveStats::service_ratio`]): one place for the rule, for the live state and for a report
+/// of it.
+pub fn ratio_of(service_means_s: Option<(f64, f64)>) -> f64 {
+    match service_means_s {
+        Some((predicted, observed)) if predicted > 0.0 => {
+            (observed / predicted).clamp(1.0, MAX_RATIO)
+        }
+        _ => 1.0,
+    }
+}
+
 /// Seconds of a slot's time that `service_s` of one request's work amounts to when
 /// `concurrency` slots share the queue.
 fn per_slot(service_s: f64, concurrency: u32) -> f64 {
@@ -126,12 +138,7 @@ impl LiveStats {
     /// (`docs/evaluation.md` measures both). Each `end` learns it; the predictions' own errors
     /// stay in the books, so it scales estimates, never the bookkeeping.
     pub fn service_ratio(&self) -> f64 {
-        match self.service_means_s() {
-            Some((predicted, observed)) if predicted > 0.0 => {
-                (observed / predicted).clamp(1.0, MAX_RATIO)
-            }
-            _ => 1.0,
-        }
+        ratio_of(self.service_means_s())
     }
 
     /// A request was sent at `now_s` to a model with `concurrency` slots, predicted to take
@@ -147,12 +154,7 @@ impl LiveStats {
         ensure_finite("now_s", now_s)?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let work = per_slot(service_s, concurrency);
-        // The closure always returns Some, so this cannot fail.
-        let _ = self
-            .clears_at_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits).max(now_s) + work).to_bits())
-            });
+        self.move_clears_at(|clears_at| Some(clears_at.max(now_s) + work));
         Ok(())
     }
 
@@ -212,14 +214,21 @@ impl LiveStats {
     pub fn resize(&self, old: u32, new: u32, now_s: f64) -> Result<()> {
         ensure_finite("now_s", now_s)?;
         let factor = f64::from(old.max(1)) / f64::from(new.max(1));
-        // Returning None (nothing ahead) leaves the value as it is.
+        // Nothing ahead (None) leaves the value as it is.
+        self.move_clears_at(|clears_at| {
+            (clears_at > now_s).then_some(now_s + (clears_at - now_s) * factor)
+        });
+        Ok(())
+    }
+
+    /// Moves the finishing time atomically to `next(current)`; `None` leaves it.
+    fn move_clears_at(&self, next: impl Fn(f64) -> Option<f64>) {
+        // A `None` from `next` is the only way this fails, and it means "leave it".
         let _ = self
             .clears_at_bits
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let clears_at = f64::from_bits(bits);
-                (clears_at > now_s).then(|| (now_s + (clears_at - now_s) * factor).to_bits())
+                next(f64::from_bits(bits)).map(f64::to_bits)
             });
-        Ok(())
     }
 
     /// One request out of flight; the finishing time moves by `shift_s`.
@@ -236,12 +245,7 @@ impl LiveStats {
             self.clears_at_bits
                 .store(now_s.to_bits(), Ordering::Relaxed);
         } else {
-            // The closure always returns Some, so this cannot fail.
-            let _ =
-                self.clears_at_bits
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                        Some((f64::from_bits(bits) + shift_s).to_bits())
-                    });
+            self.move_clears_at(|clears_at| Some(clears_at + shift_s));
         }
         Ok(())
     }

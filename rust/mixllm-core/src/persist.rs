@@ -573,14 +573,14 @@ mod tests {
         let policy = slow_served();
         let before = policy.report("m").unwrap();
         assert!(
-            (before.service_ratio - 2.5).abs() < 1e-12,
+            (before.service_ratio() - 2.5).abs() < 1e-12,
             "{}",
-            before.service_ratio
+            before.service_ratio()
         );
         let loaded = from_bytes(&to_bytes(&policy), Some(2)).unwrap();
         let after = loaded.report("m").unwrap();
         assert_eq!(after.service_means_s, before.service_means_s);
-        assert_eq!(after.service_ratio, before.service_ratio);
+        assert_eq!(after.service_ratio(), before.service_ratio());
         assert_eq!(after.in_flight, 0);
         assert_eq!(to_bytes(&loaded), to_bytes(&policy));
     }
@@ -591,7 +591,7 @@ mod tests {
         let old = from_bytes(&encode(&policy, 2), Some(2)).unwrap();
         let report = old.report("m").unwrap();
         assert_eq!(report.service_means_s, None);
-        assert_eq!(report.service_ratio, 1.0);
+        assert_eq!(report.service_ratio(), 1.0);
         assert_eq!(
             report.mean_service_s,
             policy.report("m").unwrap().mean_service_s

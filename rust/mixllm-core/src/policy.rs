@@ -31,7 +31,7 @@ use crate::error::{
     ensure_all_finite, ensure_finite, ensure_len, ensure_non_negative, Error, Result,
 };
 use crate::kernels::{dot4, quadratic_form, quadratic_weights_into, SymLayout};
-use crate::live::LiveStats;
+use crate::live::{ratio_of, LiveStats};
 use crate::profile::{ModelProfile, Priors};
 use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
 
@@ -193,15 +193,20 @@ pub struct ArmReport {
     /// When the predicted work in flight would be done, on the clock `begin` and `end` were
     /// given (−∞ before the first request).
     pub clears_at_s: f64,
-    /// How much longer than predicted the model's requests have been taking
-    /// (`LiveStats::service_ratio`), and the two moving averages it is the ratio of (saved).
-    pub service_ratio: f64,
+    /// The moving averages of predicted and observed service behind the service ratio
+    /// (`LiveStats::service_means_s`; saved).
     pub service_means_s: Option<(f64, f64)>,
     pub mean_service_s: Option<f64>,
     pub completed: u64,
 }
 
 impl ArmReport {
+    /// How much longer than predicted the model's requests have been taking
+    /// (`LiveStats::service_ratio`), from the same reading as `service_means_s`.
+    pub fn service_ratio(&self) -> f64 {
+        ratio_of(self.service_means_s)
+    }
+
     /// The length head's A⁻¹: its own, or the quality head's while the two share A.
     pub fn length_a_inv(&self) -> &[f64] {
         self.ledger
@@ -738,7 +743,6 @@ pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
         ledger: ledger.clone(),
         in_flight: slot.live.in_flight(),
         clears_at_s: slot.live.clears_at_s(),
-        service_ratio: slot.live.service_ratio(),
         service_means_s: slot.live.service_means_s(),
         mean_service_s: slot.live.mean_service_s(),
         completed: slot.live.completed(),

@@ -516,7 +516,7 @@ impl PyPolicy {
             "clears_at_s",
             (report.in_flight > 0).then_some(report.clears_at_s),
         )?;
-        out.set_item("service_ratio", report.service_ratio)?;
+        out.set_item("service_ratio", report.service_ratio())?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
         // From the same report as the rest: one consistent snapshot, even if the model is
