@@ -82,8 +82,11 @@ def test_finished_requests_are_reported_before_the_next_decision() -> None:
             log.append(("choose", query))
             return 0
 
-        def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+        def finished(
+            self, query: int, model: int, waiting_s: float, service_s: float, now: float
+        ) -> None:
             log.append(("finished", query))
+            assert now == pytest.approx(float(stream.arrivals[query]) + waiting_s, abs=1e-12)
 
     simulate(stream, Recorder(), servers)
     # Query 0 ends at 1.0, query 1 (queued) at 2.0: both are reported before query 2 at 2.0.

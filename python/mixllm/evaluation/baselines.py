@@ -129,13 +129,13 @@ class _PolicyListener:
         self.predicted_service_s[query] = predicted
         return self.columns[decision.index]
 
-    def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+    def finished(
+        self, query: int, model: int, waiting_s: float, service_s: float, now: float
+    ) -> None:
         name = self.names[self.by_column[model]]
         # The service time (first token + generation), not the queue wait: the policy
-        # predicts the wait itself from requests in flight and service times. The request
-        # finished at its arrival plus its waiting time, on the simulation's clock.
-        finished_at = float(self.stream.arrivals[query]) + waiting_s
-        self.policy.end(name, service_s, self.predicted_service_s.pop(query), now_s=finished_at)
+        # predicts the wait itself from requests in flight and service times.
+        self.policy.end(name, service_s, self.predicted_service_s.pop(query), now_s=now)
         if self.feedback == "none":
             return
         quality = float(self.stream.quality[query, model])

@@ -501,8 +501,10 @@ class _RouterListener:
         self.ids[query] = decision.id
         return self.columns[decision.model]
 
-    def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
-        self.now = float(self.stream.arrivals[query]) + waiting_s
+    def finished(
+        self, query: int, model: int, waiting_s: float, service_s: float, now: float
+    ) -> None:
+        self.now = now
         decision_id = self.ids.pop(query)
         tokens = float(self.data.output_tokens[int(self.rows[query]), model])
         quality = float(self.stream.quality[query, model])

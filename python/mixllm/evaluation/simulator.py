@@ -122,8 +122,11 @@ class Listener(Protocol):
     def choose(self, query: int, now: float) -> int:
         """The model (column) for ``query`` arriving at ``now``; count it in flight."""
 
-    def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
-        """The request of ``query`` to ``model`` completed."""
+    def finished(
+        self, query: int, model: int, waiting_s: float, service_s: float, now: float
+    ) -> None:
+        """The request of ``query`` to ``model`` completed at ``now``, ``waiting_s`` after
+        it arrived (its queue wait and ``service_s`` of service)."""
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,8 @@ def simulate(
     for i in range(n):
         now = float(stream.arrivals[i])
         while events and events[0][0] <= now:
-            _, j, k = heapq.heappop(events)
-            router.finished(j, k, float(waiting[j]), float(stream.service_s[j, k]))
+            done, j, k = heapq.heappop(events)
+            router.finished(j, k, float(waiting[j]), float(stream.service_s[j, k]), done)
         k = router.choose(i, now)
         free = heapq.heappop(slots[k])
         finish = max(now, free) + float(stream.service_s[i, k])
@@ -165,8 +168,8 @@ def simulate(
         choice[i] = k
         waiting[i] = finish - now
     while events:
-        _, j, k = heapq.heappop(events)
-        router.finished(j, k, float(waiting[j]), float(stream.service_s[j, k]))
+        done, j, k = heapq.heappop(events)
+        router.finished(j, k, float(waiting[j]), float(stream.service_s[j, k]), done)
     return _score(stream, choice, waiting)
 
 
@@ -189,7 +192,9 @@ class FixedChoices:
     def choose(self, query: int, now: float) -> int:
         return int(self._choice[query])
 
-    def finished(self, query: int, model: int, waiting_s: float, service_s: float) -> None:
+    def finished(
+        self, query: int, model: int, waiting_s: float, service_s: float, now: float
+    ) -> None:
         return None
 
 
