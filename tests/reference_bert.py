@@ -56,11 +56,36 @@ def _linear(w: dict[str, NDArray[np.generic]], prefix: str, x: F32) -> F32:
     return (x @ weight.T + bias).astype(np.float32)
 
 
+def _self_attention(
+    w: dict[str, NDArray[np.generic]],
+    prefixes: tuple[str, str, str],
+    x: F32,
+    heads: int,
+    additive: F32,
+) -> F32:
+    """Multi-head scaled dot-product attention over ``x`` (batch, seq, hidden) with the query,
+    key and value projections named by ``prefixes`` and ``additive`` (the padding mask, and
+    whatever bias a model adds) on the scores; the heads' outputs side by side, before the
+    output projection."""
+    batch, seq, hidden = x.shape
+    head_dim = hidden // heads
+
+    def split(t: F32) -> F32:
+        return t.reshape(batch, seq, heads, head_dim).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(_linear(w, prefix, x)) for prefix in prefixes)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(head_dim)) + additive
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs = probs / probs.sum(axis=-1, keepdims=True)
+    return (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden).astype(np.float32)
+
+
 def forward(
     w: dict[str, NDArray[np.generic]], input_ids: NDArray[np.int64], mask: NDArray[np.int64]
 ) -> F32:
     """Sentence vectors (batch, 384) for already tokenised, padded inputs."""
-    batch, seq = input_ids.shape
+    seq = input_ids.shape[1]
     emb = "embeddings."
     h = (
         w[emb + "word_embeddings.weight"][input_ids]
@@ -68,23 +93,14 @@ def forward(
         + w[emb + "token_type_embeddings.weight"][0][None, None, :]
     ).astype(np.float32)
     h = _layer_norm(h, w[emb + "LayerNorm.weight"], w[emb + "LayerNorm.bias"])  # type: ignore[arg-type]
-    hidden = h.shape[-1]
-    head_dim = hidden // HEADS
     additive = ((1.0 - mask[:, None, None, :]) * -1e9).astype(np.float32)
     for layer in range(LAYERS):
         p = f"encoder.layer.{layer}."
 
-        def heads(t: F32) -> F32:
-            return t.reshape(batch, seq, HEADS, head_dim).transpose(0, 2, 1, 3)
-
-        q = heads(_linear(w, p + "attention.self.query", h))
-        k = heads(_linear(w, p + "attention.self.key", h))
-        v = heads(_linear(w, p + "attention.self.value", h))
-        scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(head_dim)) + additive
-        scores = scores - scores.max(axis=-1, keepdims=True)
-        probs = np.exp(scores)
-        probs = probs / probs.sum(axis=-1, keepdims=True)
-        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden).astype(np.float32)
+        names = ("query", "key", "value")
+        ctx = _self_attention(
+            w, tuple(p + "attention.self." + n for n in names), h, HEADS, additive
+        )  # type: ignore[arg-type]
         attn = _linear(w, p + "attention.output.dense", ctx)
         h = _layer_norm(
             attn + h,

@@ -23,7 +23,13 @@ from numpy.typing import NDArray
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # The building blocks are BERT's (an MPNet layer is a BERT layer); the positions are not.
-from reference_bert import _gelu, _layer_norm, _linear, load_safetensors  # noqa: E402
+from reference_bert import (  # noqa: E402
+    _gelu,
+    _layer_norm,
+    _linear,
+    _self_attention,
+    load_safetensors,
+)
 
 F32 = NDArray[np.float32]
 
@@ -47,10 +53,8 @@ def hidden_states(
     w: dict[str, Any], config: dict[str, Any], input_ids: NDArray[np.int64], pad_id: int
 ) -> F32:
     """last_hidden_state (batch, seq, hidden); rows padded with ``pad_id`` on the right."""
-    batch, seq = input_ids.shape
+    seq = input_ids.shape[1]
     heads = config["num_attention_heads"]
-    hidden = config["hidden_size"]
-    head_dim = hidden // heads
     eps = config["layer_norm_eps"]
     padding_idx = config["pad_token_id"]
     real = input_ids != pad_id
@@ -69,22 +73,13 @@ def hidden_states(
         for j in range(seq):
             bias[:, i, j] = table[bucket(i, j, n_buckets)]
     masked = np.where(real, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+    additive = (bias[None] + masked).astype(np.float32)
     for layer in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{layer}."
 
-        def split(t: F32) -> F32:
-            return t.reshape(batch, seq, heads, head_dim).transpose(0, 2, 1, 3)
-
-        q = split(_linear(w, p + "attention.attn.q", x))
-        k = split(_linear(w, p + "attention.attn.k", x))
-        v = split(_linear(w, p + "attention.attn.v", x))
-        scores = (q @ k.transpose(0, 1, 3, 2)) / np.float32(math.sqrt(head_dim))
-        scores = scores + bias[None] + masked
-        scores = scores - scores.max(axis=-1, keepdims=True)
-        probs = np.exp(scores)
-        probs = probs / probs.sum(axis=-1, keepdims=True)
-        context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
-        attended = _linear(w, p + "attention.attn.o", context.astype(np.float32))
+        qkv = (p + "attention.attn.q", p + "attention.attn.k", p + "attention.attn.v")
+        context = _self_attention(w, qkv, x, heads, additive)
+        attended = _linear(w, p + "attention.attn.o", context)
         x = _layer_norm(
             attended + x,
             w[p + "attention.LayerNorm.weight"],
