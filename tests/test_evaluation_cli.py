@@ -50,13 +50,26 @@ def test_eval_writes_json_plots_and_html(
         c_max = results["frontier"][key]["aiq_cost_range_pct"][1]
         for name, found in shortfalls.items():
             theirs = [(p["cost_pct"], p["quality_pct"]) for p in routers[name]["points"]]
-            assert found == {
-                **shortfall(mine, theirs, c_max),
-                "cheapest_pct": min(c for c, _ in theirs),
+            expected = shortfall(mine, theirs, c_max)
+            # As the metric gives it, each stretch with its resampled gap beside it.
+            assert {k: found[k] for k in ("from_pct", "to_pct")} == {
+                k: expected[k] for k in ("from_pct", "to_pct")
             }
+            assert found["cheapest_pct"] == min(c for c, _ in theirs)
+            assert [
+                {k: b[k] for k in ("from_pct", "to_pct", "max_gap")} for b in found["behind"]
+            ] == expected["behind"]
+            low, median, high = found["aiq_lead"]
+            assert low <= median <= high
+            assert 0.0 <= found["dominated_share"] <= 1.0
             for stretch in found["behind"]:
+                assert stretch["from_pct"] <= stretch["gap_at_pct"] <= stretch["to_pct"]
+                assert stretch["gap_interval"][0] <= stretch["gap_interval"][1]
+                assert 0.0 <= stretch["gap_positive_share"] <= 1.0
                 assert f"{stretch['from_pct']:.2f}-{stretch['to_pct']:.2f}% (by up to" in printed
     assert printed.count("mixllm's frontier from its cheapest point") == 2
+    assert printed.count("mixllm over resamples of the test queries") == 2
+    assert results["settings"]["resamples"] == 1000
     assert set(results["continual"]) == {"80:20", "50:50", "30:70"}
     assert results["new-models"]["variants"]
     assert set(results["out-of-domain"]) == {"arc-challenge", "mbpp", "winogrande"}
@@ -72,6 +85,7 @@ def test_eval_embeds_with_the_requested_truncation(
 ) -> None:
     monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
     args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
+    args += ["--resamples", "0"]
     assert main([*args, "--out", str(tmp_path / "head")]) == 0
     assert main([*args, "--out", str(tmp_path / "tail"), "--truncation", "tail"]) == 0
     head = json.loads((tmp_path / "head" / "results.json").read_text())
@@ -90,7 +104,13 @@ def test_eval_embeds_with_the_requested_truncation(
         return results["frontier"]["no_time_constraint"]["routers"]["mixllm"]["points"]
 
     assert mixllm_points(head) != mixllm_points(tail)
+    # Without resamples, the comparisons are the metric's alone.
+    for section in head["frontier"].values():
+        assert all("aiq_lead" not in s for s in section["mixllm_shortfall"].values())
     capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--resamples", "-1"])
+    assert "--resamples: must be 0 or more" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--max-tokens", "1000"])
     assert "--max-tokens: must be in 3..512" in capsys.readouterr().err

@@ -249,6 +249,7 @@ def _eval(args: argparse.Namespace) -> int:
         router=_eval_config(args.config, dataset.models),
         validation=args.validate,
         seed=args.seed,
+        resamples=args.resamples,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -256,6 +257,17 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {', '.join(sorted(written))} to {args.out}")
     return 0
+
+
+def _resample_count(text: str) -> int:
+    """argparse type of --resamples: a count, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _token_window(text: str) -> int:
@@ -360,8 +372,16 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="seed of what the run draws at random: the --validate quarter, the MLP's start, "
-        "the random router, the continual experiment's offline/online split and the "
-        "warm-start examples (default 0); the test split of data without one is always the same",
+        "the random router, the continual experiment's offline/online split, the "
+        "warm-start examples and the resamples (default 0); the test split of data without one "
+        "is always the same",
+    )
+    evaluate.add_argument(
+        "--resamples",
+        type=_resample_count,
+        default=1000,
+        help="resamples of the test queries behind the intervals of each comparison with a "
+        "baseline (default 1000; 0: none)",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

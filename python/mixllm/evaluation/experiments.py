@@ -37,6 +37,7 @@ from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.bootstrap import Outcomes, compare
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost, shortfall
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
@@ -82,6 +83,9 @@ class EvalSettings:
     # Evaluate on a validation split instead: the train rows alone, a stratified quarter of
     # them as "test" (`mixllm.validation_split`, with ``seed``). The real test rows are not read.
     validation: bool = False
+    # Resamples of the test queries behind the intervals of each frontier comparison
+    # (`mixllm.evaluation.bootstrap`); 0: none.
+    resamples: int = 1000
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
@@ -201,10 +205,27 @@ def sweep(
     """The router's points over ``lambdas`` (one point for a fixed router). With
     ``refine_rounds``, λ is bisected (geometrically) between neighbours whose quality or cost
     differ by more than ``gap_pct`` points, to trace the frontier where it moves."""
+    return sweep_outcomes(
+        router, stream, lambdas, reference, refine_rounds=refine_rounds, gap_pct=gap_pct
+    )[0]
+
+
+def sweep_outcomes(
+    router: bl.SweepRouter,
+    stream: Stream,
+    lambdas: Sequence[float],
+    reference: tuple[float, float],
+    *,
+    refine_rounds: int = 0,
+    gap_pct: float = 1.0,
+) -> tuple[list[Point], Outcomes]:
+    """`sweep`, and what every query got at each of its points (in the same order)."""
     ref_q, ref_c = reference
     if not router.sweeps:
-        return [_point(router.run(stream, math.inf), math.nan, ref_q, ref_c)]
-    points = {lam: _point(router.run(stream, lam), lam, ref_q, ref_c) for lam in lambdas}
+        result = router.run(stream, math.inf)
+        return [_point(result, math.nan, ref_q, ref_c)], Outcomes.stack([result])
+    results = {lam: router.run(stream, lam) for lam in lambdas}
+    points = {lam: _point(result, lam, ref_q, ref_c) for lam, result in results.items()}
     for _ in range(refine_rounds):
         finite = sorted(lam for lam in points if math.isfinite(lam))
         new = [
@@ -216,8 +237,10 @@ def sweep(
         if not new:
             break
         for lam in new[:24]:
-            points[lam] = _point(router.run(stream, lam), lam, ref_q, ref_c)
-    return [points[lam] for lam in sorted(points)]
+            results[lam] = router.run(stream, lam)
+            points[lam] = _point(results[lam], lam, ref_q, ref_c)
+    order = sorted(points)
+    return [points[lam] for lam in order], Outcomes.stack([results[lam] for lam in order])
 
 
 def _summary(points: Sequence[Point], c_range: tuple[float, float]) -> dict[str, Any]:
@@ -411,9 +434,10 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
             "aiq_cost_range_pct": list(c_range),
             "routers": {},
         }
+        outcomes: dict[str, Outcomes] = {}
         for i, router in enumerate(routers):
             progress(f"frontier {key}: {router.name}", i, len(routers))
-            points = sweep(
+            points, outcomes[router.name] = sweep_outcomes(
                 router, stream, settings.lambdas, reference, refine_rounds=settings.refine_rounds
             )
             section["routers"][router.name] = _summary(points, c_range)
@@ -422,7 +446,20 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
         baselines = [r.name for r in fixed if r.name != "oracle"] + [
             r.name for r in policy_routers if r.name.startswith("LinUCB raw")
         ]
-        section["mixllm_shortfall"] = _shortfalls(section["routers"], baselines, c_range[1])
+        shortfalls = _shortfalls(section["routers"], baselines, c_range[1])
+        if settings.resamples:
+            progress(f"frontier {key}: resampling", 0, 1)
+            resampled = compare(
+                outcomes["mixllm"],
+                {name: outcomes[name] for name in baselines},
+                (data.dataset.quality[data.test, g], data.dataset.cost_usd[data.test, g]),
+                shortfalls,
+                c_range,
+                resamples=settings.resamples,
+                seed=settings.seed,
+            )
+            shortfalls = _with_intervals(shortfalls, resampled)
+        section["mixllm_shortfall"] = shortfalls
         if tau is not None:
             pts = [Point(**_from_dict(p)) for p in section["routers"]["mixllm"]["points"]]
             nearest = min(
@@ -447,6 +484,26 @@ def _shortfalls(routers: dict[str, Any], baselines: Sequence[str], c_max: float)
         }
         for name in baselines
     }
+
+
+def _with_intervals(
+    shortfalls: dict[str, Any], resampled: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Each baseline's shortfall with its bootstrap (`bootstrap.compare`) folded in: the AIQ
+    lead and the dominated share beside it, each stretch's gap interval in the stretch."""
+    out = {}
+    for name, found in shortfalls.items():
+        extra = resampled[name]
+        out[name] = {
+            **found,
+            "behind": [
+                {**stretch, **interval}
+                for stretch, interval in zip(found["behind"], extra["behind"], strict=True)
+            ],
+            "aiq_lead": extra["aiq_lead"],
+            "dominated_share": extra["dominated_share"],
+        }
+    return out
 
 
 def _from_dict(point: dict[str, Any]) -> dict[str, Any]:
@@ -747,6 +804,8 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     unknown = [e for e in settings.experiments if e not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
+    if settings.resamples < 0:
+        raise ValueError(f"resamples must be 0 or more, got {settings.resamples}")
     if REFERENCE_MODEL not in dataset.models:
         raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
     if settings.router is not None:

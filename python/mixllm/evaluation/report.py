@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def format_table(results: dict[str, Any]) -> str:
         tau = f" (τ = {section['tau_s']:g} s)" if section["tau_s"] is not None else ""
         parts.append(f"{title}{tau}: quality and cost in % of {results['reference_model']}")
         parts.append(_text_table(_FRONTIER_HEADER, _frontier_rows(section)))
-        parts.extend(_frontier_notes(section))
+        parts.extend(_frontier_notes(section, results["data"]["models"]))
         parts.append("")
     for title, header, rows in _experiment_tables(results):
         parts.append(title)
@@ -174,19 +175,17 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _frontier_notes(section: dict[str, Any]) -> list[str]:
+def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list[str]:
     """What the frontier table does not show: where other routers' frontiers are above
-    mixllm's, and its point nearest the paper's headline."""
+    mixllm's (with the resampled gap there, when the run resampled), how sure its AIQ lead over
+    the routers that are not single ``models`` is, and its point nearest the paper's
+    headline."""
     notes = []
     shortfalls = section.get("mixllm_shortfall")
     if shortfalls:
         start = next(iter(shortfalls.values()))["from_pct"]
         behind = [
-            f"{name} over "
-            + ", ".join(
-                f"{b['from_pct']:.2f}-{b['to_pct']:.2f}% (by up to {b['max_gap']:.2f} points)"
-                for b in s["behind"]
-            )
+            f"{name} over " + ", ".join(_stretch(b) for b in s["behind"])
             for name, s in shortfalls.items()
             if s["behind"]
         ]
@@ -202,6 +201,19 @@ def _frontier_notes(section: dict[str, Any]) -> list[str]:
         )
         if cheaper:
             notes.append(f"Baselines with points cheaper than mixllm's: {', '.join(cheaper)}.")
+        leads = [
+            f"{name}: AIQ lead {s['aiq_lead'][1]:+.2f} ({s['aiq_lead'][0]:+.2f} to "
+            f"{s['aiq_lead'][2]:+.2f}), at or above its frontier throughout in "
+            f"{100 * s['dominated_share']:.1f}%"
+            for name, s in shortfalls.items()
+            if "aiq_lead" in s and name not in models
+        ]
+        if leads:
+            notes.append(
+                "mixllm over resamples of the test queries (median, central 95%) against "
+                + "; ".join(leads)
+                + "."
+            )
     nearest = section.get("nearest_to_paper_headline")
     if nearest:
         notes.append(
@@ -210,6 +222,21 @@ def _frontier_notes(section: dict[str, Any]) -> list[str]:
             f"(λ = {nearest['willingness_to_pay']})"
         )
     return notes
+
+
+def _stretch(stretch: dict[str, Any]) -> str:
+    """One stretch where a baseline is ahead, with its resampled gap when there is one."""
+    text = (
+        f"{stretch['from_pct']:.2f}-{stretch['to_pct']:.2f}% "
+        f"(by up to {stretch['max_gap']:.2f} points"
+    )
+    if "gap_interval" in stretch:
+        low, high = stretch["gap_interval"]
+        text += (
+            f"; resampled, the gap at {stretch['gap_at_pct']:.2f}% is {low:+.2f} to {high:+.2f}, "
+            f"above 0 in {100 * stretch['gap_positive_share']:.0f}%"
+        )
+    return text + ")"
 
 
 def _plot(section: dict[str, Any], title: str, path: Path) -> bool:
@@ -288,7 +315,7 @@ def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
             f"offline quality, {ref['queued_violations']} τ violations.</p>"
         )
         table(_FRONTIER_HEADER, _frontier_rows(section))
-        for note in _frontier_notes(section):
+        for note in _frontier_notes(section, results["data"]["models"]):
             out.append(f"<p>{html.escape(note)}</p>")
         if key in images:
             data = base64.b64encode(images[key].read_bytes()).decode("ascii")
