@@ -461,6 +461,12 @@ def test_decide_matches_the_reference_implementation() -> None:
                 # The policy's books agree with the replica's.
                 assert state["in_flight"] == replica.in_flight
                 assert state["service_ratio"] == pytest.approx(replica.ratio(), rel=1e-12)
+                if replica.mean_predicted is None:
+                    assert state["service_means_s"] is None
+                else:
+                    assert state["service_means_s"] == pytest.approx(
+                        (replica.mean_predicted, replica.mean_observed), rel=1e-12
+                    )
                 if replica.in_flight:
                     assert state["clears_at_s"] == pytest.approx(replica.clears_at, rel=1e-12)
                 seen["ratio > 1"] += int(replica.ratio() > 1.0)

@@ -152,14 +152,18 @@ def test_the_service_ratio_is_saved(tmp_path: Path) -> None:
     """What a model's requests have taught about its predictions (they ran 3x as long) carries
     over a restart: the loaded policy predicts the same latencies."""
     p = build_policy()
+    assert p.inspect("local")["service_means_s"] is None
     for i in range(3):
         p.begin("local", 1.0, now_s=10.0 * i)
         p.end("local", 3.0, 1.0, now_s=10.0 * i + 3.0)
     assert p.inspect("local")["service_ratio"] == pytest.approx(3.0, rel=1e-12)
+    # The two moving averages the ratio is made of.
+    assert p.inspect("local")["service_means_s"] == pytest.approx((1.0, 3.0), rel=1e-12)
     path = tmp_path / "p.bin"
     p.save(path)
     loaded = mixllm.Policy.load(path)
-    assert loaded.inspect("local")["service_ratio"] == p.inspect("local")["service_ratio"]
+    for key in ("service_ratio", "service_means_s"):
+        assert loaded.inspect("local")[key] == p.inspect("local")[key]
     x = np.ones(DIM)
     before = p.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency
     after = loaded.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency

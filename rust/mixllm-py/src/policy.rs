@@ -472,7 +472,8 @@ impl PyPolicy {
     /// A consistent copy of everything learned about model `name`, as numpy arrays: `a` (A),
     /// `a_inv` (A⁻¹), `theta_quality`, `b_quality` (the quality head), `length_a`,
     /// `length_a_inv`, `theta_log_length`, `b_log_length` (the length head), and counters,
-    /// priors, live statistics and the profile.
+    /// priors, live statistics (`in_flight`, `clears_at_s`, `service_ratio` and the
+    /// `service_means_s` it is made of, `mean_service_s`, `completed`) and the profile.
     fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
         let dim = self.inner.config().dim;
@@ -517,6 +518,9 @@ impl PyPolicy {
             (report.in_flight > 0).then_some(report.clears_at_s),
         )?;
         out.set_item("service_ratio", report.service_ratio())?;
+        // What the ratio is made of: the moving averages of predicted and of observed service
+        // (None before a request with a prediction has finished).
+        out.set_item("service_means_s", report.service_means_s)?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
         // From the same report as the rest: one consistent snapshot, even if the model is
