@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixllm.evaluation.bootstrap import Outcomes, compare, resample_counts
+from mixllm.evaluation.bootstrap import Outcomes, compare, paired_differences, resample_counts
 from mixllm.evaluation.metrics import aiq, hull_quality, shortfall
 from mixllm.evaluation.simulator import SimulationResult
 
@@ -129,6 +129,30 @@ def test_a_router_against_itself_leads_by_nothing_and_is_never_behind(
     found = compare(mine, {"same": same}, ref, observed, C_RANGE, resamples=resamples, seed=seed)
     assert found["same"]["aiq_lead"] == [0.0, 0.0, 0.0]
     assert found["same"]["dominated_share"] == 1.0
+
+
+def test_paired_differences_match_each_resample_recomputed() -> None:
+    rng = np.random.default_rng(5)
+    queries = 35
+    first, second = outcomes(rng, 4, queries, shift=0.1), outcomes(rng, 4, queries)
+    ref = reference(rng, queries)
+    counts = resample_counts(queries, 80, seed=9)
+    found = paired_differences(first, second, ref, C_RANGE, counts)
+    means, aiqs = [], []
+    for row in counts:
+        drawn = np.repeat(np.arange(queries), row.astype(int))
+        a, b = points_of(first, drawn, ref), points_of(second, drawn, ref)
+        means.append(np.mean([q for _, q in a]) - np.mean([q for _, q in b]))
+        aiqs.append(aiq(a, *C_RANGE) - aiq(b, *C_RANGE))
+    np.testing.assert_allclose(found["mean_quality"], np.percentile(means, [2.5, 50, 97.5]))
+    np.testing.assert_allclose(found["aiq"], np.percentile(aiqs, [2.5, 50, 97.5]), atol=1e-9)
+    assert found["mean_quality"][0] > 0.0  # better answers at every point
+    same = paired_differences(first, first, ref, C_RANGE, counts)
+    assert same == {"mean_quality": [0.0, 0.0, 0.0], "aiq": [0.0, 0.0, 0.0]}
+    with pytest.raises(ValueError, match="same points and queries"):
+        paired_differences(first, outcomes(rng, 3, queries), ref, C_RANGE, counts)
+    with pytest.raises(ValueError, match=r"counts must be \(resamples, 35\)"):
+        paired_differences(first, second, ref, C_RANGE, counts[:, :10])
 
 
 def test_outcomes_of_a_sweep_and_bad_shapes() -> None:

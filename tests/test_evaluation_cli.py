@@ -71,6 +71,13 @@ def test_eval_writes_json_plots_and_html(
     assert printed.count("mixllm over resamples of the test queries") == 2
     assert results["settings"]["resamples"] == 1000
     assert set(results["continual"]) == {"80:20", "50:50", "30:70"}
+    for section in results["continual"].values():
+        differences = section["differences"]
+        assert set(differences) == {"refined - none", "binary - none", "refined - binary"}
+        for pair in differences.values():
+            for low, median, high in pair.values():
+                assert low <= median <= high
+    assert "Continual training, differences in mean Q %" in printed
     assert results["new-models"]["variants"]
     assert set(results["out-of-domain"]) == {"arc-challenge", "mbpp", "winogrande"}
     for name in ("frontier_no_time_constraint.png", "frontier_time_constraint.png"):

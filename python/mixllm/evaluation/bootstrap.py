@@ -9,6 +9,10 @@ gaps between hulls follow (`metrics`). The queues are those of the stream that r
 reweighs queries, it does not run the simulation again, so it measures the sampling noise of
 the test set, not that of the arrival order. The AIQ's cost range is the run's, held fixed.
 
+:func:`paired_differences` does the same for two variants of one router over the same λ (the
+continual experiment's feedback modes): the difference of their mean quality over the λ and
+of their AIQ.
+
 For each baseline (:func:`compare`):
 
 * ``aiq_lead``: mixllm's AIQ minus the baseline's, the 2.5th, 50th and 97.5th percentiles over
@@ -34,7 +38,7 @@ from numpy.typing import NDArray
 from mixllm.evaluation.metrics import aiq, hull, hull_quality, shortfall
 from mixllm.evaluation.simulator import SimulationResult
 
-__all__ = ["Outcomes", "compare", "resample_counts"]
+__all__ = ["Outcomes", "compare", "paired_differences", "resample_counts"]
 
 F64 = NDArray[np.float64]
 Pairs = list[tuple[float, float]]
@@ -175,3 +179,33 @@ def compare(
             "behind": stretches,
         }
     return out
+
+
+def paired_differences(
+    first: Outcomes,
+    second: Outcomes,
+    reference: tuple[F64, F64],
+    c_range: tuple[float, float],
+    counts: F64,
+) -> dict[str, list[float]]:
+    """``first`` minus ``second`` over the resamples ``counts`` (`resample_counts`; the same
+    draw for every pair of a run keeps them comparable): the mean quality % over their points
+    (``mean_quality``) and the AIQ (``aiq``), each the 2.5th, 50th and 97.5th percentiles."""
+    if first.quality.shape != second.quality.shape:
+        raise ValueError(
+            f"the two variants must have the same points and queries, got "
+            f"{first.quality.shape} and {second.quality.shape}"
+        )
+    if counts.ndim != 2 or counts.shape[1] != first.queries or len(reference[0]) != first.queries:
+        raise ValueError(
+            f"counts must be (resamples, {first.queries}) and the reference "
+            f"{first.queries} queries, got {counts.shape} and {len(reference[0])}"
+        )
+    a, b = _resampled(first, counts, reference), _resampled(second, counts, reference)
+    mean_quality = [
+        float(np.mean([q for _, q in x]) - np.mean([q for _, q in y]))
+        for x, y in zip(a, b, strict=True)
+    ]
+    aiqs = [aiq(x, *c_range) - aiq(y, *c_range) for x, y in zip(a, b, strict=True)]
+    which = (_LOW, 50.0, _HIGH)
+    return {"mean_quality": _percentiles(mean_quality, which), "aiq": _percentiles(aiqs, which)}

@@ -37,7 +37,7 @@ from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
-from mixllm.evaluation.bootstrap import Outcomes, compare
+from mixllm.evaluation.bootstrap import Outcomes, compare, paired_differences, resample_counts
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost, shortfall
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
@@ -632,7 +632,8 @@ def _scored_point(
 def continual_experiment(
     data: _Data, settings: EvalSettings, progress: _Progress
 ) -> dict[str, Any]:
-    """Offline:online splits of train; no / refined / binary feedback; scored on test."""
+    """Offline:online splits of train; no / refined / binary feedback; scored on test, with
+    the resampled differences between the modes (`bootstrap.paired_differences`)."""
     rng = np.random.default_rng(settings.seed)
     train_rows = rng.permutation(np.flatnonzero(data.train))
     test_rows = np.flatnonzero(data.test)
@@ -640,6 +641,14 @@ def continual_experiment(
     c_range = _single_model_range(data, data.test)
     config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
     stream_config = settings.stream(settings.tau_s)
+    g = data.models.index(REFERENCE_MODEL)
+    per_query = (data.dataset.quality[test_rows, g], data.dataset.cost_usd[test_rows, g])
+    # One draw of the test queries for every split and mode: the differences are paired.
+    counts = (
+        resample_counts(len(test_rows), settings.resamples, settings.seed)
+        if settings.resamples
+        else None
+    )
     out: dict[str, Any] = {}
     splits = ((80, 20), (50, 50), (30, 70))
     jobs = len(splits) * 3
@@ -655,19 +664,32 @@ def continual_experiment(
             "online_rows": len(rows) - len(test_rows),
         }
         modes: tuple[bl.FeedbackMode, ...] = ("none", "refined", "binary")
+        outcomes: dict[str, Outcomes] = {}
         for m_i, mode in enumerate(modes):
             progress(f"continual {offline_pct}:{online_pct} {mode}", 3 * s_i + m_i, jobs)
-            points = [
-                _scored_point(
-                    _online_run(data, router, rows, stream_config, lam, mode), scored, lam,
-                    reference,
-                )
+            results = [
+                _online_run(data, router, rows, stream_config, lam, mode)
                 for lam in settings.experiment_lambdas
-            ]  # fmt: skip
+            ]
+            points = [
+                _scored_point(result, scored, lam, reference)
+                for result, lam in zip(results, settings.experiment_lambdas, strict=True)
+            ]
+            outcomes[mode] = Outcomes(
+                np.array([r.quality[scored] for r in results]),
+                np.array([r.cost[scored] for r in results]),
+            )
             summary = _summary(points, c_range)
             summary["mean_quality"] = float(np.mean([p.quality_pct for p in points]))
             summary["mean_cost"] = float(np.mean([p.cost_pct for p in points]))
             section[mode] = summary
+        if counts is not None:
+            section["differences"] = {
+                f"{a} - {b}": paired_differences(
+                    outcomes[a], outcomes[b], per_query, c_range, counts
+                )
+                for a, b in (("refined", "none"), ("binary", "none"), ("refined", "binary"))
+            }
         out[f"{offline_pct}:{online_pct}"] = section
     progress("continual", jobs, jobs)
     return out

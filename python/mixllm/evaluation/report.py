@@ -91,6 +91,21 @@ def _experiment_tables(results: dict[str, Any]) -> list[tuple[str, list[str], li
         for mode in ("no online", "refined", "binary"):
             header += [f"{mode}: mean Q %", f"{mode}: AIQ"]
         tables.append(("Continual training (test split, mean over λ)", header, rows))
+        pairs = ("refined - none", "binary - none", "refined - binary")
+        resampled = [
+            [split, *(_interval(section["differences"][pair]["mean_quality"]) for pair in pairs)]
+            for split, section in results["continual"].items()
+            if "differences" in section
+        ]
+        if resampled:
+            tables.append(
+                (
+                    "Continual training, differences in mean Q % over resamples of the test "
+                    "queries (median, central 95%)",
+                    ["offline:online", *pairs],
+                    resampled,
+                )
+            )
     if "new-models" in results:
         nm = results["new-models"]
         rows = []
@@ -202,9 +217,8 @@ def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list
         if cheaper:
             notes.append(f"Baselines with points cheaper than mixllm's: {', '.join(cheaper)}.")
         leads = [
-            f"{name}: AIQ lead {s['aiq_lead'][1]:+.2f} ({s['aiq_lead'][0]:+.2f} to "
-            f"{s['aiq_lead'][2]:+.2f}), at or above its frontier throughout in "
-            f"{100 * s['dominated_share']:.1f}%"
+            f"{name}: AIQ lead {_interval(s['aiq_lead'])}, at or above its frontier throughout "
+            f"in {100 * s['dominated_share']:.1f}%"
             for name, s in shortfalls.items()
             if "aiq_lead" in s and name not in models
         ]
@@ -222,6 +236,11 @@ def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list
             f"(λ = {nearest['willingness_to_pay']})"
         )
     return notes
+
+
+def _interval(low_median_high: Sequence[float]) -> str:
+    low, median, high = low_median_high
+    return f"{median:+.2f} ({low:+.2f} to {high:+.2f})"
 
 
 def _stretch(stretch: dict[str, Any]) -> str:
