@@ -367,7 +367,7 @@ def frontier(data: Data, rows: I64, q_hat: F64, c_hat: F64) -> dict[str, float]:
     g = ds.models.index(REFERENCE_MODEL)
     reference = (float(ds.quality[rows, g].sum()), float(ds.cost_usd[rows, g].sum()))
     router = bl.ScoreRouter("candidate", q_hat, c_hat, servers_for(ds.models))
-    points = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
+    points, _ = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
     costs = 100.0 * ds.cost_usd[rows].sum(axis=0) / reference[1]
     return {
         "aiq": aiq([(p.cost_pct, p.quality_pct) for p in points], costs.min(), costs.max()),
@@ -561,7 +561,7 @@ def online(data: Data) -> None:
             name, policy, contexts[test], ds.prompt_tokens[test], ds.output_tokens[test],
             list(range(len(ds.models))), servers, config, feedback="refined",
         )  # fmt: skip
-        points = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
+        points, _ = sweep(router, stream, LAMBDAS, reference, refine_rounds=3)
         pairs = [(p.cost_pct, p.quality_pct) for p in points]
         print(
             f"| {name} | {aiq(pairs, costs.min(), costs.max()):.2f} "

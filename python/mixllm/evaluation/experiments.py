@@ -201,25 +201,11 @@ def sweep(
     *,
     refine_rounds: int = 0,
     gap_pct: float = 1.0,
-) -> list[Point]:
-    """The router's points over ``lambdas`` (one point for a fixed router). With
-    ``refine_rounds``, λ is bisected (geometrically) between neighbours whose quality or cost
-    differ by more than ``gap_pct`` points, to trace the frontier where it moves."""
-    return sweep_outcomes(
-        router, stream, lambdas, reference, refine_rounds=refine_rounds, gap_pct=gap_pct
-    )[0]
-
-
-def sweep_outcomes(
-    router: bl.SweepRouter,
-    stream: Stream,
-    lambdas: Sequence[float],
-    reference: tuple[float, float],
-    *,
-    refine_rounds: int = 0,
-    gap_pct: float = 1.0,
 ) -> tuple[list[Point], Outcomes]:
-    """`sweep`, and what every query got at each of its points (in the same order)."""
+    """The router's points over ``lambdas`` (one point for a fixed router), and what every
+    query got at each of them (in the same order). With ``refine_rounds``, λ is bisected
+    (geometrically) between neighbours whose quality or cost differ by more than ``gap_pct``
+    points, to trace the frontier where it moves."""
     ref_q, ref_c = reference
     if not router.sweeps:
         result = router.run(stream, math.inf)
@@ -437,7 +423,7 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
         outcomes: dict[str, Outcomes] = {}
         for i, router in enumerate(routers):
             progress(f"frontier {key}: {router.name}", i, len(routers))
-            points, outcomes[router.name] = sweep_outcomes(
+            points, outcomes[router.name] = sweep(
                 router, stream, settings.lambdas, reference, refine_rounds=settings.refine_rounds
             )
             section["routers"][router.name] = _summary(points, c_range)
