@@ -174,6 +174,10 @@ def test_shortfall_finds_the_exact_stretches_where_another_frontier_is_above() -
     # at 2.5, -0.5 at 3, 2 at 3.5 and flat 2 after, so zeros at 2.95 and 3.1.
     two = [(0.5, 55.0), (1.5, 58.0), (2.5, 77.0), (3.5, 82.0)]
     assert behind(two) == [(1.0, 2.95, 10.5), (3.1, 4.0, 2.0)]
+    # Where each largest gap is: at 1, and first reached at 3.5 (flat 2 after it).
+    assert [b["max_gap_at_pct"] for b in shortfall(mine, two, 4.0)["behind"]] == [1.0, 3.5]
+    # A router starting dearer than me is furthest ahead at its own cheapest point here.
+    assert shortfall(mine, [(2.0, 79.0)], 4.0)["behind"][0]["max_gap_at_pct"] == 2.0
     assert behind([(1.0, 50.0), (2.0, 65.0)]) == []
     # A range ending before my cheapest point is that point alone.
     assert behind([(0.1, 60.0)], 0.5) == [(1.0, 1.0, 10.0)]

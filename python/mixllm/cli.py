@@ -381,7 +381,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_resample_count,
         default=1000,
         help="resamples of the test queries behind the intervals of each comparison with a "
-        "baseline (default 1000; 0: none)",
+        "baseline and of the continual experiment's differences between feedback modes "
+        "(default 1000; 0: none)",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

@@ -83,7 +83,8 @@ class EvalSettings:
     # Evaluate on a validation split instead: the train rows alone, a stratified quarter of
     # them as "test" (`mixllm.validation_split`, with ``seed``). The real test rows are not read.
     validation: bool = False
-    # Resamples of the test queries behind the intervals of each frontier comparison
+    # Resamples of the test queries behind the intervals of each frontier comparison with a
+    # baseline and of the continual experiment's differences between feedback modes
     # (`mixllm.evaluation.bootstrap`); 0: none.
     resamples: int = 1000
     progress: bool = True
@@ -476,18 +477,18 @@ def _with_intervals(
     shortfalls: dict[str, Any], resampled: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Each baseline's shortfall with its bootstrap (`bootstrap.compare`) folded in: the AIQ
-    lead and the dominated share beside it, each stretch's gap interval in the stretch."""
+    lead, its interval and the share of resamples at or above it beside the stretches, each
+    stretch's gap interval in the stretch."""
     out = {}
     for name, found in shortfalls.items():
         extra = resampled[name]
         out[name] = {
             **found,
+            **{key: value for key, value in extra.items() if key != "behind"},
             "behind": [
                 {**stretch, **interval}
                 for stretch, interval in zip(found["behind"], extra["behind"], strict=True)
             ],
-            "aiq_lead": extra["aiq_lead"],
-            "dominated_share": extra["dominated_share"],
         }
     return out
 

@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from mixllm.frontier import cost_to_reach, quality_at_cost
 
 __all__ = [
+    "GAP_TOLERANCE",
     "Point",
     "aiq",
     "cost_to_reach",
@@ -128,7 +129,7 @@ def hull_quality(
 
 
 # Gaps this small are rounding: equal hulls computed from the same points differ by no more.
-_GAP_TOLERANCE = 1e-9
+GAP_TOLERANCE = 1e-9
 
 
 def shortfall(
@@ -137,7 +138,8 @@ def shortfall(
     c_max: float,
 ) -> dict[str, Any]:
     """Where ``other``'s frontier is above ``mine``, exactly, from my cheapest point to
-    ``c_max``: each stretch of cost with its largest gap (quality points). An empty
+    ``c_max``: each stretch of cost with its largest gap (quality points) and the cost where it
+    is (``max_gap_at_pct``). An empty
     ``behind`` means mine dominates over that range.
 
     Both hulls are piecewise linear, so their difference is linear between consecutive hull
@@ -164,26 +166,28 @@ def shortfall(
 
     stretches: list[dict[str, float]] = []
 
-    def extend(lo: float, hi: float, gap: float) -> None:
+    def extend(lo: float, hi: float, gap: float, at: float) -> None:
         if stretches and stretches[-1]["to_pct"] >= lo:
             stretches[-1]["to_pct"] = hi
-            stretches[-1]["max_gap"] = max(stretches[-1]["max_gap"], gap)
+            if gap > stretches[-1]["max_gap"]:
+                stretches[-1]["max_gap"], stretches[-1]["max_gap_at_pct"] = gap, at
         else:
-            stretches.append({"from_pct": lo, "to_pct": hi, "max_gap": gap})
+            stretches.append({"from_pct": lo, "to_pct": hi, "max_gap": gap, "max_gap_at_pct": at})
 
-    if len(knots) == 1 and gap_at[0] > _GAP_TOLERANCE:
-        extend(start, start, float(gap_at[0]))
+    if len(knots) == 1 and gap_at[0] > GAP_TOLERANCE:
+        extend(start, start, float(gap_at[0]), start)
     for i in range(len(knots) - 1):
         lo, hi = knots[i], knots[i + 1]
         a, b = float(gap_at[i]), float(gap_before[i + 1])
-        if a <= _GAP_TOLERANCE and b <= _GAP_TOLERANCE:
+        if a <= GAP_TOLERANCE and b <= GAP_TOLERANCE:
             continue
         # The linear gap's zero, when it changes sign inside the piece.
         cross = lo + (hi - lo) * a / (a - b) if (a > 0) != (b > 0) else None
-        if a > _GAP_TOLERANCE and b > _GAP_TOLERANCE:
-            extend(lo, hi, max(a, b))
-        elif a > _GAP_TOLERANCE:
-            extend(lo, cross if cross is not None else lo, a)
+        # A linear gap is largest at an end of its piece.
+        if a > GAP_TOLERANCE and b > GAP_TOLERANCE:
+            extend(lo, hi, max(a, b), lo if a >= b else hi)
+        elif a > GAP_TOLERANCE:
+            extend(lo, cross if cross is not None else lo, a, lo)
         else:
-            extend(cross if cross is not None else hi, hi, b)
+            extend(cross if cross is not None else hi, hi, b, hi)
     return {"from_pct": float(start), "to_pct": float(end), "behind": stretches}

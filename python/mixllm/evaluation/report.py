@@ -93,15 +93,21 @@ def _experiment_tables(results: dict[str, Any]) -> list[tuple[str, list[str], li
         tables.append(("Continual training (test split, mean over λ)", header, rows))
         pairs = ("refined - none", "binary - none", "refined - binary")
         resampled = [
-            [split, *(_interval(section["differences"][pair]["mean_quality"]) for pair in pairs)]
+            [
+                split,
+                *(
+                    _with_interval(d["mean_quality"], d["mean_quality_interval"])
+                    for d in (section["differences"][pair] for pair in pairs)
+                ),
+            ]
             for split, section in results["continual"].items()
             if "differences" in section
         ]
         if resampled:
             tables.append(
                 (
-                    "Continual training, differences in mean Q % over resamples of the test "
-                    "queries (median, central 95%)",
+                    "Continual training, differences in mean Q % (this run; central 95% over "
+                    "resamples of the test queries)",
                     ["offline:online", *pairs],
                     resampled,
                 )
@@ -217,16 +223,17 @@ def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list
         if cheaper:
             notes.append(f"Baselines with points cheaper than mixllm's: {', '.join(cheaper)}.")
         leads = [
-            f"{name}: AIQ lead {_interval(s['aiq_lead'])}, at or above its frontier throughout "
-            f"in {100 * s['dominated_share']:.1f}%"
+            f"{name}: AIQ lead {_with_interval(s['aiq_lead'], s['aiq_lead_interval'])}, at or "
+            f"above its frontier throughout in {100 * s['mixllm_at_or_above_share']:.1f}%"
             for name, s in shortfalls.items()
-            if "aiq_lead" in s and name not in models
+            # The learned baselines: a lead over a single model or random needs no interval.
+            if "aiq_lead" in s and name not in models and name != "random"
         ]
         if leads:
+            resamples = next(s["resamples"] for s in shortfalls.values() if "resamples" in s)
             notes.append(
-                "mixllm over resamples of the test queries (median, central 95%) against "
-                + "; ".join(leads)
-                + "."
+                f"mixllm against the learned baselines, in this run and over {resamples} "
+                f"resamples of the test queries (central 95%): " + "; ".join(leads) + "."
             )
     nearest = section.get("nearest_to_paper_headline")
     if nearest:
@@ -238,9 +245,10 @@ def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list
     return notes
 
 
-def _interval(low_median_high: Sequence[float]) -> str:
-    low, median, high = low_median_high
-    return f"{median:+.2f} ({low:+.2f} to {high:+.2f})"
+def _with_interval(value: float, interval: Sequence[float]) -> str:
+    """A run's value and its resampled central 95%."""
+    low, high = interval
+    return f"{value:+.2f} ({low:+.2f} to {high:+.2f})"
 
 
 def _stretch(stretch: dict[str, Any]) -> str:
@@ -252,8 +260,8 @@ def _stretch(stretch: dict[str, Any]) -> str:
     if "gap_interval" in stretch:
         low, high = stretch["gap_interval"]
         text += (
-            f"; resampled, the gap at {stretch['gap_at_pct']:.2f}% is {low:+.2f} to {high:+.2f}, "
-            f"above 0 in {100 * stretch['gap_positive_share']:.0f}%"
+            f"; resampled, the gap at {stretch['max_gap_at_pct']:.2f}% is {low:+.2f} to "
+            f"{high:+.2f}, above 0 in {100 * stretch['gap_positive_share']:.0f}%"
         )
     return text + ")"
 
