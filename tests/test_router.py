@@ -130,12 +130,14 @@ def test_willingness_to_pay_moves_choices_towards_quality(
     assert np.mean(rich) > 3 * np.mean(cheap)
 
 
-def test_reload_in_a_new_process_routes_the_test_split_identically(
+def test_reload_in_a_new_process_routes_test_queries_identically(
     fitted: tuple[Router, RoutingDataset], routerbench: RoutingDataset, tmp_path: Path
 ) -> None:
     # Both processes embed the same batches with fresh caches: the int8 encoder quantises
     # activations per batch, so its vectors depend (slightly) on what shares the batch. Their
-    # clocks stand still: the queues the batch builds up drain with time.
+    # clocks stand still: the queues the batch builds up drain with time. Every fourth test
+    # query (all three benchmarks, long and short prompts) keeps the two embeddings of the
+    # batch, most of this test's time, to a quarter of the split's.
     fitted_router = fresh(fitted)
     router = Router(
         fitted_router.config,
@@ -144,8 +146,9 @@ def test_reload_in_a_new_process_routes_the_test_split_identically(
         policy=fitted_router.policy,
         clock=lambda: 0.0,
     )
-    texts = routerbench.test().prompts
-    assert len(texts) == 945
+    test = routerbench.test()
+    texts = test.prompts[::4]
+    assert len(texts) == 237 and set(test.labels[::4]) == set(test.labels)
     before = router.route_batch(texts)
     router.save(tmp_path / "state")
     script = """
