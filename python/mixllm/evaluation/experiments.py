@@ -287,8 +287,11 @@ def _stream(data: _Data, rows: NDArray[np.bool_] | I64, config: StreamConfig) ->
     )
 
 
-def _policy_routers(data: _Data, tau_s: float | None, settings: EvalSettings) -> list[Any]:
-    """The routers built on a Policy, whose τ (the decision's and the stream's) is the run's."""
+def _policy_routers(
+    data: _Data, tau_s: float | None, settings: EvalSettings
+) -> tuple[list[Any], list[Any]]:
+    """The routers built on a Policy, whose τ (the decision's and the stream's) is the run's:
+    mixllm and its variants, and the rivals (MetaLLM-style LinUCB on raw embeddings)."""
     ds, train, test = data.dataset, data.train, data.test
     models = data.models
     policy_tau = tau_s if tau_s is not None else NO_CONSTRAINT_TAU_S
@@ -323,12 +326,12 @@ def _policy_routers(data: _Data, tau_s: float | None, settings: EvalSettings) ->
     )
     raw = np.column_stack([data.vectors, np.ones(len(ds))])
     linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0)
-    routers.append(
+    rivals = [
         policy_router(
             f"LinUCB raw {data.vectors.shape[1]}-d", _fit_policy(raw, ds, train, linucb), raw[test]
         )
-    )
-    return routers
+    ]
+    return routers, rivals
 
 
 def _fixed_routers(data: _Data, settings: EvalSettings) -> list[Any]:
@@ -402,8 +405,8 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
     g = data.models.index(REFERENCE_MODEL)
     fixed = _fixed_routers(data, settings)
     for key, tau in (("no_time_constraint", None), ("time_constraint", settings.tau_s)):
-        policy_routers = _policy_routers(data, tau, settings)
-        routers = policy_routers + fixed
+        variants, rivals = _policy_routers(data, tau, settings)
+        routers = variants + rivals + fixed
         stream = _stream(data, data.test, settings.stream(tau))
         queued = bl.FixedRouter(
             "gpt-4 queued", np.full(len(stream), g, dtype=np.int64), data.servers
@@ -430,9 +433,7 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
             section["routers"][router.name] = _summary(points, c_range)
         progress(f"frontier {key}", len(routers), len(routers))
         # Every router but mixllm's own variants and the oracle (an upper bound, not a rival).
-        baselines = [r.name for r in fixed if r.name != "oracle"] + [
-            r.name for r in policy_routers if r.name.startswith("LinUCB raw")
-        ]
+        baselines = [r.name for r in fixed if r.name != "oracle"] + [r.name for r in rivals]
         shortfalls = _shortfalls(section["routers"], baselines, c_range[1])
         if settings.resamples:
             progress(f"frontier {key}: resampling", 0, 1)
