@@ -3,7 +3,8 @@ profile, a small sample of the local RouterBench subset (when it is beside the r
 stand-in sentence encoder of any width.
 
 They are handed out as session fixtures because the test modules are imported by path
-(`--import-mode=importlib`) and cannot import each other.
+(`--import-mode=importlib`) and cannot import each other; the helper modules beside them
+(`reference_bert`, `reference_mpnet`, `tiny_mpnet`) import by name (`pythonpath`).
 """
 
 from __future__ import annotations

@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 # The building blocks are BERT's (an MPNet layer is a BERT layer); the positions are not.
-from reference_bert import (  # noqa: E402
+from reference_bert import (
     _gelu,
     _layer_norm,
     _linear,
@@ -119,7 +117,7 @@ def main() -> None:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=256)
     rows = [sentence_vector(weights, config, tokenizer.encode(t).ids) for t in REFERENCE_TEXTS]
-    out = HERE / "data" / "mpnet_reference.json"
+    out = Path(__file__).resolve().parent / "data" / "mpnet_reference.json"
     source = "numpy forward pass of all-mpnet-base-v2 model.safetensors (float32 upstream)"
     vectors = ",\n".join(json.dumps([round(float(x), 7) for x in row]) for row in rows)
     out.write_text(

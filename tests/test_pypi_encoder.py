@@ -9,7 +9,6 @@ import http.server
 import io
 import json
 import os
-import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import reference_mpnet
+import tiny_mpnet
 from mixllm import Embedder, pypi_encoder
 from mixllm.cli import main
 from mixllm.errors import ModelFileError, ModelIntegrityError
@@ -32,9 +33,6 @@ from mixllm.pypi_encoder import (
 )
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import reference_mpnet  # noqa: E402
-import tiny_mpnet  # noqa: E402
 
 FOLDER = "tiny-mpnet"
 PARTS = 3
