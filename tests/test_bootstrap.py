@@ -243,6 +243,10 @@ def test_outcomes_of_a_sweep_and_bad_shapes() -> None:
     stacked = Outcomes.stack(runs)
     assert stacked.quality.shape == (2, 3) and stacked.queries == 3
     np.testing.assert_array_equal(stacked.cost[1], [0.2, 0.4, 0.6])
+    # The scored part of a run that served other queries first (the continual experiment).
+    np.testing.assert_array_equal(
+        Outcomes.stack(runs, slice(1, 3)).quality, [[0.0, 0.5], [0.0, 1.0]]
+    )
     with pytest.raises(ValueError, match="one shape"):
         Outcomes(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="one shape"):

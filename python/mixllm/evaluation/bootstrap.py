@@ -71,11 +71,12 @@ class Outcomes:
             )
 
     @classmethod
-    def stack(cls, results: Sequence[SimulationResult]) -> Outcomes:
-        """The outcomes of a sweep's runs, one row per point, in the points' order."""
+    def stack(cls, results: Sequence[SimulationResult], queries: slice = slice(None)) -> Outcomes:
+        """The outcomes of a sweep's runs, one row per point, in the points' order: of the
+        ``queries`` scored (all by default)."""
         return cls(
-            np.array([r.quality for r in results], dtype=np.float64),
-            np.array([r.cost for r in results], dtype=np.float64),
+            np.array([r.quality[queries] for r in results], dtype=np.float64),
+            np.array([r.cost[queries] for r in results], dtype=np.float64),
         )
 
     @property

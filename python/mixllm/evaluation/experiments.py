@@ -386,9 +386,16 @@ def _choose_k(vectors: F64, quality: F64, cost: F64) -> int:
     return best_k
 
 
-def _reference(data: _Data, rows: NDArray[np.bool_] | I64) -> tuple[float, float]:
+def _reference_per_query(data: _Data, rows: NDArray[np.bool_] | I64) -> tuple[F64, F64]:
+    """The reference model's quality and cost on each of ``rows``."""
     g = data.models.index(REFERENCE_MODEL)
-    return float(data.dataset.quality[rows, g].sum()), float(data.dataset.cost_usd[rows, g].sum())
+    return data.dataset.quality[rows, g], data.dataset.cost_usd[rows, g]
+
+
+def _reference(data: _Data, rows: NDArray[np.bool_] | I64) -> tuple[float, float]:
+    """The reference model's total quality and cost over ``rows``: the 100% of every point."""
+    quality, cost = _reference_per_query(data, rows)
+    return float(quality.sum()), float(cost.sum())
 
 
 def _single_model_range(data: _Data, rows: NDArray[np.bool_]) -> tuple[float, float]:
@@ -440,7 +447,7 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
             resampled = compare(
                 outcomes["mixllm"],
                 {name: outcomes[name] for name in baselines},
-                (data.dataset.quality[data.test, g], data.dataset.cost_usd[data.test, g]),
+                _reference_per_query(data, data.test),
                 shortfalls,
                 c_range,
                 resamples=settings.resamples,
@@ -629,8 +636,7 @@ def continual_experiment(
     c_range = _single_model_range(data, data.test)
     config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
     stream_config = settings.stream(settings.tau_s)
-    g = data.models.index(REFERENCE_MODEL)
-    per_query = (data.dataset.quality[test_rows, g], data.dataset.cost_usd[test_rows, g])
+    per_query = _reference_per_query(data, test_rows)
     # One draw of the test queries for every split and mode: the differences are paired.
     counts = (
         resample_counts(len(test_rows), settings.resamples, settings.seed)
@@ -663,10 +669,7 @@ def continual_experiment(
                 _scored_point(result, scored, lam, reference)
                 for result, lam in zip(results, settings.experiment_lambdas, strict=True)
             ]
-            outcomes[mode] = Outcomes(
-                np.array([r.quality[scored] for r in results]),
-                np.array([r.cost[scored] for r in results]),
-            )
+            outcomes[mode] = Outcomes.stack(results, scored)
             summary = _summary(points, c_range)
             summary["mean_quality"] = float(np.mean([p.quality_pct for p in points]))
             summary["mean_cost"] = float(np.mean([p.cost_pct for p in points]))

@@ -196,7 +196,7 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _frontier_notes(section: dict[str, Any], models: Sequence[str] = ()) -> list[str]:
+def _frontier_notes(section: dict[str, Any], models: Sequence[str]) -> list[str]:
     """What the frontier table does not show: where other routers' frontiers are above
     mixllm's (with the resampled gap there, when the run resampled), how sure its AIQ lead over
     the routers that are not single ``models`` is, and its point nearest the paper's
