@@ -285,22 +285,30 @@ def fetch_encoder(
     if not force and _incomplete(target, spec) is None:
         say(f"{name} is already in {target}")
         return target
-    index = index_url or os.environ.get("PIP_INDEX_URL")
-    if not index:
-        index = _pip_index_url()
-        if index:
-            say(f"index {_redact(index)}, from pip's configuration")
-    index = index or PYPI
     _check_replaceable(target, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _turn(target, say):
         if not force and _incomplete(target, spec) is None:
             say(f"{name} is already in {target}, fetched while this one waited")
             return target
+        # Checked again: the target may have changed while this fetch waited its turn.
         _check_replaceable(target, spec)
-        _build(spec, target, index, say)
+        _build(spec, target, _index(index_url, say), say)
     say(f"{name} is ready in {target}")
     return target
+
+
+def _index(index_url: str | None, say: Progress) -> str:
+    """The index to fetch from: ``index_url``, else ``$PIP_INDEX_URL``, else pip's configured
+    one (asked only then, and said), else PyPI's."""
+    index = index_url or os.environ.get("PIP_INDEX_URL")
+    if index:
+        return index
+    configured = _pip_index_url()
+    if configured:
+        say(f"index {_redact(configured)}, from pip's configuration")
+        return configured
+    return PYPI
 
 
 def _pip_index_url() -> str | None:
