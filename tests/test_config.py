@@ -19,6 +19,7 @@ tau_s = 20.0
 dim = 32
 ridge = 30.0
 length_ridge = 0.5
+tau_margin_sd = 1.5
 
 [embedder]
 quantized = true
@@ -61,8 +62,9 @@ def test_a_full_file_is_read_into_every_field(tmp_path: Path) -> None:
     assert config.willingness_to_pay == 0.05
     assert (config.alpha, config.beta, config.tau_s, config.dim) == (0.02, 0.1, 20.0, 32)
     assert (config.ridge, config.length_ridge) == (30.0, 0.5)
+    assert config.tau_margin_sd == 1.5
     policy = config.new_policy()
-    assert (policy.ridge, policy.length_ridge) == (30.0, 0.5)
+    assert (policy.ridge, policy.length_ridge, policy.tau_margin_sd) == (30.0, 0.5, 1.5)
     assert config.embedder.quantized and config.embedder.cache_size == 10
     assert (config.embedder.max_tokens, config.embedder.truncation) == (128, "tail")
     assert (config.tagger.mode, config.tagger.push, config.tagger.pull) == ("zero-shot", 2.0, 0.5)
@@ -99,6 +101,8 @@ def test_infinite_willingness_to_pay_is_allowed() -> None:
         ("dim = 32", "dim = 500", "router.dim must be <= 384"),
         ("alpha = 0.02", "alpha = -1", "router.alpha must be >= 0"),
         ("length_ridge = 0.5", "length_ridge = 0", "router.length_ridge must be > 0"),
+        ("tau_margin_sd = 1.5", "tau_margin_sd = -1", "router.tau_margin_sd must be >= 0"),
+        ("tau_margin_sd = 1.5", "tau_margin_sd = inf", "router.tau_margin_sd must be finite"),
         ("tau_s = 20.0", "tau_s = 0", "router.tau_s must be > 0"),
         ("tau_s = 20.0", "tau = 20.0", r"router has unknown field\(s\) tau"),
         ("quantized = true", 'quantized = "yes"', "embedder.quantized must be true or false"),

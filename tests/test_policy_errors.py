@@ -112,6 +112,8 @@ def test_the_exception_tree() -> None:
         ({"dim": 4, "tau_s": -5.0}, "tau_s"),
         ({"dim": 4, "tau_s": INF}, "tau_s"),
         ({"dim": 4, "alpha": -0.1}, "alpha"),
+        ({"dim": 4, "tau_margin_sd": -1.0}, "tau_margin_sd"),
+        ({"dim": 4, "tau_margin_sd": NAN}, "tau_margin_sd"),
         ({"dim": 4, "beta": NAN}, "beta"),
         ({"dim": 4, "refactor_every": 0}, "refactor_every"),
         ({"dim": 4, "refactor_every": -1}, "refactor_every"),
@@ -134,8 +136,10 @@ def test_a_valid_configuration_is_kept() -> None:
         refactor_every=1,
         service_time_smoothing=1.0,
         length_ridge=40.0,
+        tau_margin_sd=1.5,
     )
     assert (p.dim, p.alpha, p.beta, p.ridge, p.tau_s) == (3, 0.0, 0.0, 1e-6, 0.5)
+    assert p.tau_margin_sd == 1.5 and mixllm.Policy(3).tau_margin_sd == 0.0
     assert p.length_ridge == 40.0 and mixllm.Policy(3).length_ridge == 1.0
     assert (p.refactor_every, p.service_time_smoothing) == (1, 1.0)
     assert len(p) == 0

@@ -267,6 +267,7 @@ def reference_decide(
             "excluded",
             "output_tokens",
             "service",
+            "latency_sd",
         )
     }
     for name in policy.models:
@@ -282,6 +283,7 @@ def reference_decide(
         # than predicted the model's requests have been taking.
         queue = queues.get(name, QueueReplica())
         latency = (queue.wait(p["concurrency"], now_s) + service) * queue.ratio()
+        latency_sd = queue.latency_sd(p["concurrency"], service)
         with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
             penalty = np.expm1(latency / policy.tau_s)
         score = (
@@ -295,7 +297,8 @@ def reference_decide(
             ("uncertainty", uncertainty),
             ("penalty", penalty),
             ("score", score),
-            ("excluded", latency > policy.tau_s),
+            ("latency_sd", latency_sd),
+            ("excluded", latency + policy.tau_margin_sd * latency_sd > policy.tau_s),
             ("output_tokens", tokens),
         ]:
             columns[key].append(value)
@@ -323,7 +326,9 @@ def assert_same_choice(decision: mixllm.Decision, expected: dict[str, Any]) -> N
 def build_pool(rng: np.random.Generator, dim: int) -> mixllm.Policy:
     """A pool whose models differ in prices, speed, queue and history, with τ small enough that
     latency exclusion matters."""
-    policy = mixllm.Policy(dim, alpha=0.3, beta=0.2, ridge=1.5, tau_s=6.0, refactor_every=50)
+    policy = mixllm.Policy(
+        dim, alpha=0.3, beta=0.2, ridge=1.5, tau_s=6.0, tau_margin_sd=1.0, refactor_every=50
+    )
     specs = [
         ("fast-cheap", 0.1, 0.4, 0.0, 0.2, 200.0, 2, 0.3, 150.0),
         ("big", 5.0, 15.0, 0.0, 1.0, 40.0, 8, 0.8, 500.0),
@@ -370,12 +375,14 @@ def build_pool(rng: np.random.Generator, dim: int) -> mixllm.Policy:
 class QueueReplica:
     """One model's queue as README's "How it decides" describes it, kept from the same begin and
     end calls the policy gets: requests in flight, the time their predicted work would be
-    done, and the moving averages of predicted and observed service behind the service ratio."""
+    done, the moving averages of predicted and observed service behind the service ratio, and
+    that of their squared error behind each estimate's spread."""
 
     in_flight: int = 0
     clears_at: float = -math.inf
     mean_predicted: float | None = None
     mean_observed: float | None = None
+    mean_squared_error: float | None = None
 
     def begin(self, predicted: float, slots: int, now: float) -> None:
         self.in_flight += 1
@@ -392,6 +399,7 @@ class QueueReplica:
 
         self.mean_predicted = fold(self.mean_predicted, predicted)
         self.mean_observed = fold(self.mean_observed, latency)
+        self.mean_squared_error = fold(self.mean_squared_error, (latency - predicted) ** 2)
 
     def ratio(self) -> float:
         if self.mean_predicted is None or self.mean_observed is None or self.mean_predicted <= 0:
@@ -400,6 +408,15 @@ class QueueReplica:
 
     def wait(self, slots: int, now: float) -> float:
         return 0.0 if self.in_flight < slots else max(0.0, self.clears_at - now)
+
+    def latency_sd(self, slots: int, service: float) -> float:
+        """The spread of a latency estimate: each request ahead (when it queues) adds its
+        share of a slot's error, and its own service the error scaled to its size."""
+        if self.mean_squared_error is None or self.mean_predicted is None:
+            return 0.0
+        ahead = self.in_flight if self.in_flight >= slots else 0
+        own = (service / self.mean_predicted) ** 2 if self.mean_predicted > 0 else 0.0
+        return math.sqrt(self.mean_squared_error * (ahead / slots**2 + own))
 
 
 def set_in_flight(
@@ -438,6 +455,7 @@ def test_decide_matches_the_reference_implementation() -> None:
     # each round, so the work ahead drains while they are made.
     seen = {"excluded": 0, "admissible": 0, "all_excluded": 0, "clamped": 0}
     seen |= {"waiting": 0, "all slots busy, work done": 0, "a slot free": 0, "ratio > 1": 0}
+    seen |= {"excluded by the margin alone": 0}
     begun: dict[str, list[float]] = {}
     replicas: dict[str, QueueReplica] = {}
     for round_ in range(12):
@@ -467,6 +485,11 @@ def test_decide_matches_the_reference_implementation() -> None:
                     assert state["service_means_s"] == pytest.approx(
                         (replica.mean_predicted, replica.mean_observed), rel=1e-12
                     )
+                assert state["service_mse_s2"] == (
+                    None
+                    if replica.mean_squared_error is None
+                    else pytest.approx(replica.mean_squared_error, rel=1e-12)
+                )
                 if replica.in_flight:
                     assert state["clears_at_s"] == pytest.approx(replica.clears_at, rel=1e-12)
                 seen["ratio > 1"] += int(replica.ratio() > 1.0)
@@ -487,6 +510,7 @@ def test_decide_matches_the_reference_implementation() -> None:
                 "score",
                 "output_tokens",
                 "service",
+                "latency_sd",
             ):
                 np.testing.assert_allclose(
                     getattr(decision, key), expected[key], rtol=1e-9, atol=1e-9, err_msg=key
@@ -498,6 +522,9 @@ def test_decide_matches_the_reference_implementation() -> None:
             seen["excluded"] += int(expected["excluded"].any())
             seen["admissible"] += int((~expected["excluded"]).any())
             seen["all_excluded"] += int(expected["excluded"].all())
+            seen["excluded by the margin alone"] += int(
+                (expected["excluded"] & (expected["latency"] <= policy.tau_s)).any()
+            )
             seen["clamped"] += int(
                 np.isclose(expected["output_tokens"], np.expm1(MAX_LOG_LENGTH)).any()
             )
@@ -517,6 +544,7 @@ def test_explain_agrees_with_the_arrays() -> None:
         assert row["score"] == decision.score[i]
         assert row["cost_usd"] == decision.cost[i]
         assert row["latency_s"] == decision.latency[i]
+        assert row["latency_sd_s"] == decision.latency_sd[i]
         assert row["service_s"] == decision.service[i]
         assert row["excluded"] == bool(decision.excluded[i])
     assert decision.chosen_service_s == decision.service[decision.index]

@@ -227,9 +227,9 @@ def test_foreign_files_are_rejected(tmp_path: Path, data: bytes, match: str) -> 
 def test_other_versions_padding_and_invalid_content_are_rejected(tmp_path: Path) -> None:
     data = build_policy().to_bytes()
     body = data[:-4]
-    newer = body[:8] + struct.pack("<I", 4) + body[12:]
-    assert "version 4" in str(load_error(tmp_path, newer + data[-4:]))
-    assert "version 4" in str(load_error(tmp_path, with_crc(newer)))
+    newer = body[:8] + struct.pack("<I", 5) + body[12:]
+    assert "version 5" in str(load_error(tmp_path, newer + data[-4:]))
+    assert "version 5" in str(load_error(tmp_path, with_crc(newer)))
     assert "padded" in str(load_error(tmp_path, data + b"\0"))
     # A valid checksum over content that no caller could have set up.
     ridge_at = HEADER_LEN + 8 + 2 * 8
@@ -243,7 +243,12 @@ def test_other_versions_padding_and_invalid_content_are_rejected(tmp_path: Path)
     assert struct.unpack("<d", body[length_ridge_at : length_ridge_at + 8]) == (1.0,)
     bad_length_ridge = body[:length_ridge_at] + struct.pack("<d", 0.0) + body[length_ridge_at + 8 :]
     assert "length_ridge" in str(load_error(tmp_path, with_crc(bad_length_ridge)))
-    models_at = length_ridge_at + 8
+    # Then tau_margin_sd.
+    margin_at = length_ridge_at + 8
+    assert struct.unpack("<d", body[margin_at : margin_at + 8]) == (0.0,)
+    bad_margin = body[:margin_at] + struct.pack("<d", -0.5) + body[margin_at + 8 :]
+    assert "tau_margin_sd must be >= 0" in str(load_error(tmp_path, with_crc(bad_margin)))
+    models_at = margin_at + 8
     assert struct.unpack("<Q", body[models_at : models_at + 8]) == (3,)
     extra_model = body[:models_at] + struct.pack("<Q", 4) + body[models_at + 8 :]
     assert "end of data" in str(load_error(tmp_path, with_crc(extra_model)))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,17 +209,63 @@ def test_fit_keeps_the_lengths_it_has_when_some_are_missing(
     np.testing.assert_array_equal(other["length_a"], other["a"])
 
 
-def test_a_save_without_length_ridge_keeps_its_policys(
-    fitted: tuple[Router, RoutingDataset], tmp_path: Path
+def rewrite_config(folder: Path, raw: dict[str, Any]) -> None:
+    """Writes ``raw`` as a saved state's config.json, with the manifest's checksum to match:
+    a file as an older mixllm (or a hand edit) would have left it."""
+    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["config.json"] = file_sha256(folder / "config.json")
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+@pytest.mark.parametrize(("knob", "value"), [("length_ridge", 5.0), ("tau_margin_sd", 1.5)])
+def test_a_save_without_a_later_knob_keeps_its_policys(
+    fitted: tuple[Router, RoutingDataset], tmp_path: Path, knob: str, value: float
 ) -> None:
-    """A state saved before `length_ridge` existed has no such field in config.json: the
-    loaded config takes the value its policy file carries, not the default."""
+    """A state saved before `length_ridge` or `tau_margin_sd` existed has no such field in
+    config.json: the loaded config takes the value its policy file carries, not the
+    default."""
+    router, _ = fitted
+    assert router.projection is not None
+    config = replace(router.config, ridge=30.0, **{knob: value})
+    default = getattr(router.config, knob)
+    assert default != value
+    policy = config.new_policy()
+    old = Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
+    folder = old.save(tmp_path)
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    del raw["router"][knob]
+    rewrite_config(folder, raw)
+    loaded = Router.load(tmp_path, embedder=router.embedder)
+    assert (loaded.config.ridge, getattr(loaded.config, knob)) == (30.0, value)
+    assert getattr(loaded.policy, knob) == value
+    # A save whose config.json names a value its policy file contradicts is refused.
+    raw["router"][knob] = default
+    rewrite_config(folder, raw)
+    disagree = re.escape(f"{knob} is {default!r} but the policy's is {value!r}")
+    with pytest.raises(mixllm.StateFileError, match=disagree):
+        Router.load(tmp_path, embedder=router.embedder)
+    # Nor can such a Router be built, so none can save a state that contradicts itself.
+    for other, changed in (("beta", 0.0), (knob, default), ("refactor_every", 7)):
+        with pytest.raises(ConfigError, match=f"configuration's {other}"):
+            Router(
+                replace(config, **{other: changed}),
+                embedder=router.embedder,
+                projection=router.projection,
+                policy=policy,
+            )
+
+
+def test_the_mean_length_reads_the_length_heads_own_weights(
+    fitted: tuple[Router, RoutingDataset],
+) -> None:
+    """Three lengths of one model, its length head with its own ridge: its mean length reads
+    the length head's own Σw."""
     router, _ = fitted
     assert router.projection is not None
     config = replace(router.config, ridge=30.0, length_ridge=5.0)
     policy = config.new_policy()
     old = Router(config, embedder=router.embedder, projection=router.projection, policy=policy)
-    # Three lengths of one model: its mean length reads the length head's own Σw.
     x = np.append(np.zeros(config.dim), 1.0)
     for tokens in (10.0, 100.0, 1000.0):
         policy.update("gpt-4-1106-preview", x, quality=1.0, output_tokens=tokens)
@@ -226,33 +273,6 @@ def test_a_save_without_length_ridge_keeps_its_policys(
     assert described["mean_output_tokens"] == pytest.approx(
         math.expm1(np.mean(np.log1p([10, 100, 1000])))
     )
-    folder = old.save(tmp_path)
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    del raw["router"]["length_ridge"]
-    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    manifest["files"]["config.json"] = file_sha256(folder / "config.json")
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    loaded = Router.load(tmp_path, embedder=router.embedder)
-    assert (loaded.config.ridge, loaded.config.length_ridge) == (30.0, 5.0)
-    assert loaded.policy.length_ridge == 5.0
-    # A save whose config.json names a value its policy file contradicts is refused.
-    raw["router"]["length_ridge"] = 1.0
-    (folder / "config.json").write_text(json.dumps(raw), encoding="utf-8")
-    manifest["files"]["config.json"] = file_sha256(folder / "config.json")
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    disagree = re.escape("length_ridge is 1.0 but the policy's is 5.0")
-    with pytest.raises(mixllm.StateFileError, match=disagree):
-        Router.load(tmp_path, embedder=router.embedder)
-    # Nor can such a Router be built, so none can save a state that contradicts itself.
-    for knob, value in (("beta", 0.0), ("length_ridge", 1.0), ("refactor_every", 7)):
-        with pytest.raises(ConfigError, match=f"configuration's {knob}"):
-            Router(
-                replace(config, **{knob: value}),
-                embedder=router.embedder,
-                projection=router.projection,
-                policy=policy,
-            )
 
 
 def test_a_damaged_save_is_refused(fitted: tuple[Router, RoutingDataset], tmp_path: Path) -> None:

@@ -75,6 +75,10 @@ class Decision:
         scaled by the model's service ratio (how much longer than predicted its requests have
         run)."""
     @property
+    def latency_sd(self) -> npt.NDArray[np.float64]:
+        """Standard deviation of each latency estimate's error, in seconds, from the model's
+        recent service predictions' errors and its queue (0 before any has finished)."""
+    @property
     def service(self) -> npt.NDArray[np.float64]:
         """Predicted service time per model, in seconds (first token + generation, as the
         length head predicts it, before the service ratio). What `Policy.begin` takes for the
@@ -96,7 +100,8 @@ class Decision:
         """Score per model; the chosen model has the best among those not excluded."""
     @property
     def excluded(self) -> npt.NDArray[np.bool_]:
-        """Whether each model was excluded for a predicted latency above τ."""
+        """Whether each model was excluded: its predicted latency, plus `tau_margin_sd`
+        standard deviations of its error, above τ."""
     def explain(self) -> dict[str, dict[str, float | bool]]:
         """Per model: a dict of its predictions and score, keyed by model name."""
 
@@ -116,6 +121,7 @@ class Policy:
         refactor_every: int = 1000,
         service_time_smoothing: float = 0.1,
         length_ridge: float = 1.0,
+        tau_margin_sd: float = 0.0,
     ) -> Policy: ...
     @property
     def dim(self) -> int:
@@ -132,6 +138,10 @@ class Policy:
         """Ridge strength of the output-length head, which has its own matrix."""
     @property
     def tau_s(self) -> float: ...
+    @property
+    def tau_margin_sd(self) -> float:
+        """Standard deviations of its error a latency estimate must stay below τ for the
+        model to be eligible."""
     @property
     def refactor_every(self) -> int: ...
     @property

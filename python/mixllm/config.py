@@ -8,6 +8,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     alpha = 0.01                  # exploration weight
     beta = 0.1                    # latency-penalty weight
     tau_s = 30.0                  # latency tolerance, seconds
+    tau_margin_sd = 0.0           # standard deviations of its error an estimate keeps below τ
     dim = 64                      # projection dimension d (the context has d + 1 entries)
 
     [embedder]
@@ -191,6 +192,10 @@ class RouterConfig:
     alpha: float = 0.01
     beta: float = 0.1
     tau_s: float = 30.0
+    # A model is eligible while its latency estimate plus this many standard deviations of the
+    # estimate's error stays within τ: a queue held at τ by estimates that are right on average
+    # runs over τ about half the time (docs/evaluation.md, "A margin below τ").
+    tau_margin_sd: float = 0.0
     dim: int = 64
     ridge: float = 1.0
     # The output-length head has its own ridge: lengths are far more predictable than quality,
@@ -220,6 +225,7 @@ class RouterConfig:
         _number(where, "alpha", self.alpha, minimum=0.0)
         _number(where, "beta", self.beta, minimum=0.0)
         _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True)
+        _number(where, "tau_margin_sd", self.tau_margin_sd, minimum=0.0)
         _integer(where, "dim", self.dim, minimum=1)
         if self.dim > 384:
             raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
@@ -259,6 +265,7 @@ class RouterConfig:
             ridge=self.ridge,
             length_ridge=self.length_ridge,
             tau_s=self.tau_s,
+            tau_margin_sd=self.tau_margin_sd,
             refactor_every=self.refactor_every,
         )
         for model in self.models:

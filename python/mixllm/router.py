@@ -62,7 +62,18 @@ STATE_FORMAT = 1
 _CURRENT = "CURRENT"
 _FILES = ("config.json", "projection.npz", "policy.bin")
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
-_POLICY_KNOBS = ("alpha", "beta", "ridge", "length_ridge", "tau_s", "refactor_every")
+_POLICY_KNOBS = (
+    "alpha",
+    "beta",
+    "ridge",
+    "length_ridge",
+    "tau_s",
+    "tau_margin_sd",
+    "refactor_every",
+)
+# Knobs added after the first states were saved: a config.json without one continues with the
+# value its policy.bin carries (what that policy decided with when it was saved).
+_LATER_KNOBS = ("length_ridge", "tau_margin_sd")
 
 
 @dataclass(frozen=True)
@@ -674,10 +685,14 @@ class Router:
             raise StateFileError(f"{folder}: invalid configuration: {err}") from err
         projection = load_projection(folder / "projection.npz")
         policy = Policy.load(folder / "policy.bin", dim=config.dim + 1)
-        if "length_ridge" not in raw_config.get("router", {}):
-            # Saved before the length head had its own ridge: it continues with the one its
-            # policy file carries (the quality ridge then), and a refit keeps using it.
-            config = replace(config, length_ridge=policy.length_ridge)
+        saved_knobs = raw_config.get("router", {})
+        # Saved before the length head had its own ridge, or before the margin below τ: it
+        # continues with what its policy file carries (the quality ridge, no margin), and a
+        # refit keeps using it.
+        config = replace(
+            config,
+            **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
+        )
         try:
             return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
         except ConfigError as err:

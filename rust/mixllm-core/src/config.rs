@@ -21,6 +21,10 @@ pub struct PolicyConfig {
     pub length_ridge: f64,
     /// Latency tolerance τ in seconds; models predicted slower than this are excluded.
     pub tau_s: f64,
+    /// How many standard deviations of its error a latency estimate must stay below τ: a
+    /// model is excluded when L + `tau_margin_sd`·sd(L) > τ (`LiveStats::predicted_latency`).
+    /// 0 compares the estimate itself with τ.
+    pub tau_margin_sd: f64,
     /// After this many rank-1 updates an arm re-inverts A exactly, bounding numerical drift.
     pub refactor_every: u64,
     /// Weight of a new observation in the moving average of a model's service time, in (0, 1].
@@ -36,6 +40,7 @@ impl PolicyConfig {
             ridge: 1.0,
             length_ridge: 1.0,
             tau_s: 30.0,
+            tau_margin_sd: 0.0,
             refactor_every: 1000,
             service_time_smoothing: 0.1,
         }
@@ -49,7 +54,11 @@ impl PolicyConfig {
                 self.dim
             )));
         }
-        for (field, value) in [("alpha", self.alpha), ("beta", self.beta)] {
+        for (field, value) in [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("tau_margin_sd", self.tau_margin_sd),
+        ] {
             ensure_non_negative(field, value)?;
         }
         for (field, value) in [

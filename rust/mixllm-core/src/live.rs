@@ -28,6 +28,10 @@ pub struct LiveStats {
     /// data, would otherwise keep every wait it predicts for the model too short (or too long).
     mean_predicted_bits: AtomicU64,
     mean_observed_bits: AtomicU64,
+    /// Bits of f64: moving average of the squared error (observed − predicted)² of those
+    /// requests' service times, in s² (NaN: none yet). How far a wait estimate built from such
+    /// predictions may be off: see [`LiveStats::predicted_latency`].
+    service_mse_bits: AtomicU64,
     completed: AtomicU64,
 }
 
@@ -39,6 +43,7 @@ impl Default for LiveStats {
             mean_service_bits: AtomicU64::new(NO_OBSERVATION),
             mean_predicted_bits: AtomicU64::new(NO_OBSERVATION),
             mean_observed_bits: AtomicU64::new(NO_OBSERVATION),
+            service_mse_bits: AtomicU64::new(NO_OBSERVATION),
             completed: AtomicU64::new(0),
         }
     }
@@ -75,6 +80,15 @@ pub fn ratio_of(service_means_s: Option<(f64, f64)>) -> f64 {
     }
 }
 
+/// A predicted latency and the spread of its error ([`LiveStats::predicted_latency`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyEstimate {
+    /// Predicted seconds from sending to the complete answer.
+    pub mean_s: f64,
+    /// Standard deviation of that prediction's error, in seconds.
+    pub sd_s: f64,
+}
+
 /// Seconds of a slot's time that `service_s` of one request's work amounts to when
 /// `concurrency` slots share the queue.
 fn per_slot(service_s: f64, concurrency: u32) -> f64 {
@@ -82,12 +96,14 @@ fn per_slot(service_s: f64, concurrency: u32) -> f64 {
 }
 
 impl LiveStats {
-    /// Restores the persistent part (the moving averages, of service and of predicted and
-    /// observed service, and the count); nothing is in flight.
+    /// Restores the persistent part (the moving averages, of service, of predicted and
+    /// observed service and of the squared error between them, and the count); nothing is in
+    /// flight.
     pub fn restored(
         mean_service_s: Option<f64>,
         completed: u64,
         service_means_s: Option<(f64, f64)>,
+        service_mse_s2: Option<f64>,
     ) -> Self {
         let stats = Self::default();
         let store = |cell: &AtomicU64, value: f64| cell.store(value.to_bits(), Ordering::Relaxed);
@@ -97,6 +113,9 @@ impl LiveStats {
         if let Some((predicted, observed)) = service_means_s {
             store(&stats.mean_predicted_bits, predicted);
             store(&stats.mean_observed_bits, observed);
+        }
+        if let Some(mse) = service_mse_s2 {
+            store(&stats.service_mse_bits, mse);
         }
         stats.completed.store(completed, Ordering::Relaxed);
         stats
@@ -112,6 +131,13 @@ impl LiveStats {
             load(&self.mean_observed_bits),
         );
         (!predicted.is_nan() && !observed.is_nan()).then_some((predicted, observed))
+    }
+
+    /// The moving average of the squared error of the service predictions, in s² (None before
+    /// a request with a prediction has finished).
+    pub fn service_mse_s2(&self) -> Option<f64> {
+        let mse = f64::from_bits(self.service_mse_bits.load(Ordering::Relaxed));
+        (!mse.is_nan()).then_some(mse)
     }
 
     /// The service a request is counted with: its prediction (validated), or when there is
@@ -187,6 +213,11 @@ impl LiveStats {
         if let Some(predicted) = predicted_service_s {
             smooth(&self.mean_predicted_bits, predicted, smoothing);
             smooth(&self.mean_observed_bits, latency_s, smoothing);
+            smooth(
+                &self.service_mse_bits,
+                (latency_s - predicted).powi(2),
+                smoothing,
+            );
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -289,12 +320,49 @@ impl LiveStats {
     /// ([`Self::predicted_wait_s`]) plus `service_s`, the service the length head predicts,
     /// both scaled by [`Self::service_ratio`] (read once).
     pub fn predicted_latency_s(&self, profile: &ModelProfile, now_s: f64, service_s: f64) -> f64 {
-        let backlog_s = if self.in_flight() < u64::from(profile.concurrency) {
-            0.0
-        } else {
+        self.predicted_latency(profile, now_s, service_s).mean_s
+    }
+
+    /// [`Self::predicted_latency_s`], with the spread of its error.
+    ///
+    /// The spread comes from the model's recent service predictions, whose errors have a mean
+    /// square σ² ([`Self::service_mse_s2`]), taken as independent between requests. A request
+    /// that queues waits for the predicted work of the `n` requests in flight shared by `c`
+    /// slots, each one's error counting 1/c: variance n·σ²/c². Its own service adds σ scaled
+    /// to its size (σ · `service_s` / the mean predicted service), so a one-token answer
+    /// carries little of the error of the model's long ones. The errors of the requests ahead
+    /// add up where their means do not cancel them: with the queue held near τ, half the
+    /// estimates that just fit would otherwise run over. 0 before any request with a
+    /// prediction has finished.
+    pub fn predicted_latency(
+        &self,
+        profile: &ModelProfile,
+        now_s: f64,
+        service_s: f64,
+    ) -> LatencyEstimate {
+        let in_flight = self.in_flight();
+        let slots = u64::from(profile.concurrency.max(1));
+        let queues = in_flight >= slots;
+        let backlog_s = if queues {
             (self.clears_at_s() - now_s).max(0.0)
+        } else {
+            0.0
         };
-        (backlog_s + service_s) * self.service_ratio()
+        let means = self.service_means_s();
+        let mean_s = (backlog_s + service_s) * ratio_of(means);
+        let sd_s = match (self.service_mse_s2(), means) {
+            (Some(mse), Some((mean_predicted, _))) => {
+                let ahead = if queues { in_flight as f64 } else { 0.0 };
+                let own = if mean_predicted > 0.0 {
+                    (service_s / mean_predicted).powi(2)
+                } else {
+                    0.0
+                };
+                (mse * (ahead / (slots * slots) as f64 + own)).sqrt()
+            }
+            _ => 0.0,
+        };
+        LatencyEstimate { mean_s, sd_s }
     }
 }
 
@@ -512,6 +580,46 @@ mod tests {
         zero.begin(Some(0.0), 1, 0.0).unwrap();
         zero.end("m", Some(3.0), Some(0.0), 0.5, 1, 3.0).unwrap();
         assert_eq!(zero.service_ratio(), 1.0);
+    }
+
+    #[test]
+    fn the_spread_of_an_estimate_grows_with_the_queue_and_the_answer() {
+        let live = LiveStats::default();
+        let p = profile(2);
+        // Nothing finished yet: no error known, no spread.
+        live.begin(Some(2.0), 2, 0.0).unwrap();
+        assert_eq!(live.predicted_latency(&p, 0.0, 2.0).sd_s, 0.0);
+        // Predicted 2 s, took 5 s, then predicted 2 s, took 1 s: squared errors 9 and 1,
+        // averaged with smoothing 0.5 to 5; predictions average 2.
+        live.end("m", Some(5.0), Some(2.0), 0.5, 2, 5.0).unwrap();
+        live.begin(Some(2.0), 2, 5.0).unwrap();
+        live.end("m", Some(1.0), Some(2.0), 0.5, 2, 6.0).unwrap();
+        assert_eq!(live.service_mse_s2(), Some(5.0));
+        assert_eq!(live.service_means_s(), Some((2.0, 3.0)));
+        // A free slot: only the answer's own error, scaled to its size (4 s is twice the mean
+        // prediction).
+        let alone = live.predicted_latency(&p, 6.0, 4.0);
+        assert_eq!(alone.mean_s, 4.0 * 1.5);
+        assert!((alone.sd_s - (5.0f64 * 4.0).sqrt()).abs() < 1e-12);
+        // Three in flight on two slots: it queues behind three requests, each one's error
+        // counting half (σ²·3/4), beside its own.
+        for _ in 0..3 {
+            live.begin(Some(2.0), 2, 6.0).unwrap();
+        }
+        let queued = live.predicted_latency(&p, 6.0, 4.0);
+        assert_eq!(queued.mean_s, (3.0 + 4.0) * 1.5);
+        assert!((queued.sd_s - (5.0f64 * (0.75 + 4.0)).sqrt()).abs() < 1e-12);
+        assert_eq!(queued.mean_s, live.predicted_latency_s(&p, 6.0, 4.0));
+        // Requests begun without a prediction teach nothing about its error.
+        live.end("m", Some(30.0), None, 0.5, 2, 7.0).unwrap();
+        assert_eq!(live.service_mse_s2(), Some(5.0));
+        // Restored, the spread is the same.
+        let restored =
+            LiveStats::restored(live.mean_service_s(), 3, live.service_means_s(), Some(5.0));
+        assert!(
+            (restored.predicted_latency(&p, 6.0, 4.0).sd_s - alone.sd_s).abs() < 1e-12,
+            "nothing in flight after a restore"
+        );
     }
 
     #[test]

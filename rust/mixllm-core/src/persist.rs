@@ -1,6 +1,6 @@
 //! Saving and loading a whole policy.
 //!
-//! Format (little-endian), version 3:
+//! Format (little-endian), version 4:
 //!
 //! ```text
 //! magic   8 bytes  "MIXLLMP\0"
@@ -11,6 +11,9 @@
 //! crc32   u32      of everything before it
 //! ```
 //!
+//! Version 4 added `tau_margin_sd` and, per model, the moving average of the service
+//! predictions' squared error behind each latency estimate's spread; files of versions 1 to 3
+//! load with a margin of 0 and no error yet, deciding as they did when saved.
 //! Version 3 added, per model, the moving averages of predicted and observed service behind
 //! the service ratio, so a restarted service keeps scaling its estimates as it had learned to;
 //! files of versions 1 and 2 load with none (a ratio of 1 until requests finish).
@@ -40,7 +43,7 @@ use crate::policy::{report_of, ArmSlot, Policy};
 use crate::profile::{ModelProfile, Priors};
 
 const MAGIC: &[u8; 8] = b"MIXLLMP\0";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// The oldest format version this build reads.
 const OLDEST_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
@@ -53,8 +56,9 @@ pub fn to_bytes(policy: &Policy) -> Vec<u8> {
 }
 
 /// The policy in format `version`. Only [`VERSION`] is written outside tests; versions 1 (no
-/// `length_ridge`, no length matrices: only faithful while the two heads share theirs) and 2
-/// (no service averages) are written by the tests that check older files still load.
+/// `length_ridge`, no length matrices: only faithful while the two heads share theirs), 2
+/// (no service averages) and 3 (no latency margin, no service error) are written by the tests
+/// that check older files still load.
 fn encode(policy: &Policy, version: u32) -> Vec<u8> {
     let mut out = Encoder::default();
     let c = policy.config();
@@ -66,6 +70,9 @@ fn encode(policy: &Policy, version: u32) -> Vec<u8> {
     out.f64(c.service_time_smoothing);
     if version >= 2 {
         out.f64(c.length_ridge);
+    }
+    if version >= 4 {
+        out.f64(c.tau_margin_sd);
     }
     let slots = policy.slots();
     out.u64(slots.len() as u64);
@@ -105,6 +112,9 @@ fn encode(policy: &Policy, version: u32) -> Vec<u8> {
             let (predicted, observed) = r.service_means_s.unwrap_or((f64::NAN, f64::NAN));
             out.f64(predicted);
             out.f64(observed);
+        }
+        if version >= 4 {
+            out.f64(r.service_mse_s2.unwrap_or(f64::NAN));
         }
     }
     let payload = out.buf;
@@ -164,6 +174,8 @@ pub fn from_bytes(
     config.refactor_every = d.u64()?;
     config.service_time_smoothing = d.f64()?;
     config.length_ridge = if version >= 2 { d.f64()? } else { config.ridge };
+    // Older files decided on the estimate alone.
+    config.tau_margin_sd = if version >= 4 { d.f64()? } else { 0.0 };
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -278,13 +290,22 @@ fn read_slot(
     } else {
         None
     };
+    let service_mse_s2 = if version >= 4 {
+        match d.f64()? {
+            mse if mse.is_nan() => None,
+            mse if mse.is_finite() && mse >= 0.0 => Some(mse),
+            mse => return Err(format!("{name:?}: invalid service error {mse} (s²)")),
+        }
+    } else {
+        None
+    };
     Ok(ArmSlot::new(
         name,
         priors,
         profile,
         stats,
         ledger,
-        LiveStats::restored(mean_service_s, completed, service_means_s),
+        LiveStats::restored(mean_service_s, completed, service_means_s, service_mse_s2),
     ))
 }
 
@@ -505,9 +526,9 @@ mod tests {
             .unwrap();
         let bytes = to_bytes(&policy);
         // After the flag: (separate) two packed 2×2 matrices as u64 length + 3 values, then
-        // updates (u64), mean service (f64), completed (u64), the two service averages (f64)
-        // and the crc (u32).
-        let tail = if separate { 2 * (8 + 3 * 8) } else { 0 } + 8 + 8 + 8 + 8 + 8 + 4;
+        // updates (u64), mean service (f64), completed (u64), the two service averages (f64),
+        // the service error (f64) and the crc (u32).
+        let tail = if separate { 2 * (8 + 3 * 8) } else { 0 } + 8 + 8 + 8 + 8 + 8 + 8 + 4;
         (bytes.clone(), bytes.len() - tail - 8)
     }
 
@@ -554,9 +575,12 @@ mod tests {
         );
     }
 
-    /// A one-model policy whose requests have run 2.5 times as long as predicted.
+    /// A one-model policy whose requests have run 2.5 times as long as predicted (3 s over), and
+    /// that keeps one standard deviation of margin below τ.
     fn slow_served() -> Policy {
-        let policy = Policy::new(PolicyConfig::new(2)).unwrap();
+        let mut config = PolicyConfig::new(2);
+        config.tau_margin_sd = 1.0;
+        let policy = Policy::new(config).unwrap();
         policy
             .add_model("m", small_profile(2), Priors::default())
             .unwrap();
@@ -581,6 +605,9 @@ mod tests {
         let after = loaded.report("m").unwrap();
         assert_eq!(after.service_means_s, before.service_means_s);
         assert_eq!(after.service_ratio(), before.service_ratio());
+        assert_eq!(before.service_mse_s2, Some(9.0));
+        assert_eq!(after.service_mse_s2, before.service_mse_s2);
+        assert_eq!(loaded.config().tau_margin_sd, 1.0);
         assert_eq!(after.in_flight, 0);
         assert_eq!(to_bytes(&loaded), to_bytes(&policy));
     }
@@ -599,10 +626,40 @@ mod tests {
     }
 
     #[test]
+    fn version_3_files_load_without_margin_or_service_error() {
+        let policy = slow_served();
+        let old = from_bytes(&encode(&policy, 3), Some(2)).unwrap();
+        assert_eq!(old.config().tau_margin_sd, 0.0);
+        let report = old.report("m").unwrap();
+        assert_eq!(report.service_mse_s2, None);
+        assert_eq!(
+            report.service_means_s,
+            policy.report("m").unwrap().service_means_s
+        );
+        // Without an error yet, the estimate has no spread: it decides as version 3 did.
+        let x = [1.0, 0.0];
+        let decision = old.decide(&x, 5.0, 0.2, 0.0).unwrap();
+        assert_eq!(decision.assessments[0].latency_sd_s, 0.0);
+    }
+
+    #[test]
+    fn invalid_service_errors_are_rejected() {
+        let bytes = to_bytes(&slow_served());
+        // The squared error is the last 8 bytes before the crc.
+        let at = bytes.len() - 4 - 8;
+        for mse in [-1.0, f64::INFINITY] {
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&mse.to_le_bytes());
+            let error = from_bytes(&with_crc(bad), None).unwrap_err();
+            assert!(error.contains("invalid service error"), "{error}");
+        }
+    }
+
+    #[test]
     fn invalid_service_averages_are_rejected() {
         let bytes = to_bytes(&slow_served());
-        // The two averages are the last 16 bytes before the crc.
-        let at = bytes.len() - 4 - 16;
+        // The two averages are the 16 bytes before the squared error and the crc.
+        let at = bytes.len() - 4 - 8 - 16;
         for (predicted, observed) in [(f64::NAN, 1.0), (-1.0, 1.0), (1.0, f64::INFINITY)] {
             let mut bad = bytes.clone();
             bad[at..at + 8].copy_from_slice(&predicted.to_le_bytes());

@@ -196,6 +196,9 @@ pub struct ArmReport {
     /// The moving averages of predicted and observed service behind the service ratio
     /// (`LiveStats::service_means_s`; saved).
     pub service_means_s: Option<(f64, f64)>,
+    /// The moving average of the service predictions' squared error, in s², behind each
+    /// latency estimate's spread (`LiveStats::service_mse_s2`; saved).
+    pub service_mse_s2: Option<f64>,
     pub mean_service_s: Option<f64>,
     pub completed: u64,
 }
@@ -744,6 +747,7 @@ pub(crate) fn report_of(slot: &ArmSlot) -> ArmReport {
         in_flight: slot.live.in_flight(),
         clears_at_s: slot.live.clears_at_s(),
         service_means_s: slot.live.service_means_s(),
+        service_mse_s2: slot.live.service_mse_s2(),
         mean_service_s: slot.live.mean_service_s(),
         completed: slot.live.completed(),
     }

@@ -7,8 +7,9 @@
 //! λ (willingness to pay) is in USD per quality point: the price worth paying for one more point
 //! of expected quality (quality is on the scale the caller feeds back, typically 0..1, so one
 //! point is "always right" against "always wrong"). A model costing Δc more is worth it when it
-//! buys more than Δc/λ expected quality. `λ = ∞` ignores cost; a small λ makes cost dominate. A model whose predicted latency L exceeds τ is excluded;
-//! when every model is, the fastest is chosen.
+//! buys more than Δc/λ expected quality. `λ = ∞` ignores cost; a small λ makes cost dominate.
+//! A model whose predicted latency L, plus `tau_margin_sd` standard deviations of its error,
+//! exceeds τ is excluded; when every model is, the fastest (smallest L) is chosen.
 
 use crate::arm::ArmStats;
 use crate::config::PolicyConfig;
@@ -28,6 +29,8 @@ pub struct Assessment {
     /// Predicted latency L in seconds: (queue wait + time to first token + ô / tokens per
     /// second) × the model's service ratio (`LiveStats::service_ratio`).
     pub latency_s: f64,
+    /// Standard deviation of L's error in seconds (`LiveStats::predicted_latency`).
+    pub latency_sd_s: f64,
     /// The service part of L before the ratio: time to first token + ô / tokens per second.
     /// What `begin` is given when the request is sent.
     pub service_s: f64,
@@ -85,9 +88,10 @@ pub fn assess_with_variance(
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
     let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
-    let latency_s = arm
+    let latency = arm
         .live
-        .predicted_latency_s(arm.profile, arm.now_s, service_s);
+        .predicted_latency(arm.profile, arm.now_s, service_s);
+    let latency_s = latency.mean_s;
     // exp − 1 rather than exp_m1 (half the time): exp_m1 is more precise only when L/τ is
     // tiny, where the penalty's absolute error stays around 1e-16 either way.
     let penalty = (latency_s / config.tau_s).exp() - 1.0;
@@ -98,11 +102,12 @@ pub fn assess_with_variance(
         output_tokens,
         cost_usd,
         latency_s,
+        latency_sd_s: latency.sd_s,
         service_s,
         uncertainty,
         penalty,
         score,
-        excluded: latency_s > config.tau_s,
+        excluded: latency_s + config.tau_margin_sd * latency.sd_s > config.tau_s,
     }
 }
 
@@ -140,6 +145,7 @@ mod tests {
             output_tokens: 0.0,
             cost_usd: 0.0,
             latency_s,
+            latency_sd_s: 0.0,
             service_s: latency_s,
             uncertainty: 0.0,
             penalty: 0.0,
@@ -156,6 +162,59 @@ mod tests {
             scored(0.5, 1.0, false),
         ];
         assert_eq!(choose(&a), Some(0));
+    }
+
+    #[test]
+    fn the_margin_excludes_an_estimate_that_fits_only_on_average() {
+        use crate::arm::ArmStats;
+        use crate::kernels::SymLayout;
+        let mut config = PolicyConfig::new(1);
+        let layout = SymLayout::new(1);
+        let stats = ArmStats::prior(1, 1.0);
+        let profile = ModelProfile {
+            price_in: 0.0,
+            price_out: 0.0,
+            fee: 0.0,
+            ttft_s: 0.5,
+            tokens_per_s: 1.0,
+            concurrency: 1,
+        };
+        let priors = Priors {
+            quality: 0.5,
+            output_tokens: 0.0,
+        };
+        let live = LiveStats::default();
+        // Errors of ±4 s on 10 s predictions: σ = 4.
+        for (i, took) in [14.0, 6.0].into_iter().enumerate() {
+            let now = 100.0 * i as f64;
+            live.begin(Some(10.0), 1, now).unwrap();
+            live.end("m", Some(took), Some(10.0), 0.5, 1, now + took)
+                .unwrap();
+        }
+        // 26 s of queue ahead: L = 26.5 s under τ = 30 s, its spread about 4 s.
+        live.begin(Some(26.0), 1, 1000.0).unwrap();
+        let arm = ArmView {
+            stats: &stats,
+            profile: &profile,
+            priors: &priors,
+            prior_log_length: priors.log_length(),
+            live: &live,
+            now_s: 1000.0,
+        };
+        let x = layout.pad(&[1.0]);
+        let assess_with = |config: &PolicyConfig| assess(config, layout, &arm, &x, 0.0, 1.0);
+        let plain = assess_with(&config);
+        assert!((plain.latency_s - 26.5).abs() < 1e-9, "{}", plain.latency_s);
+        assert!(plain.latency_sd_s > 4.0 && plain.latency_sd_s < 4.1);
+        assert!(!plain.excluded);
+        config.tau_margin_sd = 0.5;
+        assert!(!assess_with(&config).excluded);
+        config.tau_margin_sd = 1.0;
+        let margined = assess_with(&config);
+        assert!(margined.excluded);
+        // The margin decides exclusion only: the estimate and its score are unchanged.
+        assert_eq!(margined.score, plain.score);
+        assert_eq!(margined.latency_s, plain.latency_s);
     }
 
     #[test]

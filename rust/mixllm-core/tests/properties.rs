@@ -135,9 +135,15 @@ proptest! {
 
     #[test]
     fn rejected_updates_change_nothing_and_saves_round_trip((dim, _every, data) in case()) {
-        let config = PolicyConfig { length_ridge: 3.0, ..PolicyConfig::new(dim) };
+        let config = PolicyConfig { length_ridge: 3.0, tau_margin_sd: 1.0, ..PolicyConfig::new(dim) };
         let policy = Policy::new(config).unwrap();
         policy.add_model("m", profile(2), Priors::default()).unwrap();
+        // Served requests, so the service averages and their squared error are saved too.
+        for (i, (_, quality, tokens, _)) in data.iter().take(3).enumerate() {
+            let now = 100.0 * i as f64;
+            policy.begin("m", Some(tokens / 10.0), now).unwrap();
+            policy.end("m", Some(quality * 20.0), Some(tokens / 10.0), now + 1.0).unwrap();
+        }
         for (i, (x, quality, tokens, weight)) in data.iter().enumerate() {
             // Some lengths unseen, so the two heads' matrices differ.
             let tokens = (i % 3 != 1).then_some(*tokens);

@@ -69,6 +69,13 @@ impl PyDecision {
         self.column(py, |a| a.latency_s)
     }
 
+    /// Standard deviation of each latency estimate's error, in seconds, from the model's recent
+    /// service predictions' errors and its queue (0 before any has finished).
+    #[getter]
+    fn latency_sd<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.column(py, |a| a.latency_sd_s)
+    }
+
     /// Predicted service time per model, in seconds (first token + generation, as the length
     /// head predicts it, before the service ratio). What `Policy.begin` takes for the chosen
     /// model.
@@ -108,7 +115,8 @@ impl PyDecision {
         self.column(py, |a| a.score)
     }
 
-    /// Whether each model was excluded for a predicted latency above τ.
+    /// Whether each model was excluded: its predicted latency, plus `tau_margin_sd` standard
+    /// deviations of its error, above τ.
     #[getter]
     fn excluded<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
         self.column(py, |a| a.excluded)
@@ -122,6 +130,7 @@ impl PyDecision {
             row.set_item("quality", a.quality)?;
             row.set_item("cost_usd", a.cost_usd)?;
             row.set_item("latency_s", a.latency_s)?;
+            row.set_item("latency_sd_s", a.latency_sd_s)?;
             row.set_item("service_s", a.service_s)?;
             row.set_item("output_tokens", a.output_tokens)?;
             row.set_item("uncertainty", a.uncertainty)?;

@@ -51,8 +51,8 @@ fn per_row(value: &ScalarOrVector) -> PerRow<'_> {
 impl PyPolicy {
     #[new]
     #[pyo3(
-        signature = (dim, *, alpha=None, beta=None, ridge=None, tau_s=None, refactor_every=None, service_time_smoothing=None, length_ridge=None),
-        text_signature = "(dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1, length_ridge=1.0)"
+        signature = (dim, *, alpha=None, beta=None, ridge=None, tau_s=None, refactor_every=None, service_time_smoothing=None, length_ridge=None, tau_margin_sd=None),
+        text_signature = "(dim, *, alpha=0.01, beta=0.1, ridge=1.0, tau_s=30.0, refactor_every=1000, service_time_smoothing=0.1, length_ridge=1.0, tau_margin_sd=0.0)"
     )]
     // One argument per keyword of the Python constructor.
     #[allow(clippy::too_many_arguments)]
@@ -65,6 +65,7 @@ impl PyPolicy {
         refactor_every: Option<&Bound<'_, PyAny>>,
         service_time_smoothing: Option<&Bound<'_, PyAny>>,
         length_ridge: Option<&Bound<'_, PyAny>>,
+        tau_margin_sd: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let defaults = PolicyConfig::new(0);
         let dim = integer(dim, "dim")?;
@@ -78,6 +79,8 @@ impl PyPolicy {
         let length_ridge =
             optional_real(length_ridge, "length_ridge")?.unwrap_or(defaults.length_ridge);
         let tau_s = optional_real(tau_s, "tau_s")?.unwrap_or(defaults.tau_s);
+        let tau_margin_sd =
+            optional_real(tau_margin_sd, "tau_margin_sd")?.unwrap_or(defaults.tau_margin_sd);
         let service_time_smoothing =
             optional_real(service_time_smoothing, "service_time_smoothing")?
                 .unwrap_or(defaults.service_time_smoothing);
@@ -93,6 +96,7 @@ impl PyPolicy {
             ridge,
             length_ridge,
             tau_s,
+            tau_margin_sd,
             refactor_every,
             service_time_smoothing,
         };
@@ -132,6 +136,13 @@ impl PyPolicy {
     #[getter]
     fn tau_s(&self) -> f64 {
         self.inner.config().tau_s
+    }
+
+    /// Standard deviations of its error a latency estimate must stay below τ for the model to
+    /// be eligible.
+    #[getter]
+    fn tau_margin_sd(&self) -> f64 {
+        self.inner.config().tau_margin_sd
     }
 
     #[getter]
@@ -521,6 +532,8 @@ impl PyPolicy {
         // What the ratio is made of: the moving averages of predicted and of observed service
         // (None before a request with a prediction has finished).
         out.set_item("service_means_s", report.service_means_s)?;
+        // The moving average of their squared error, behind each latency estimate's spread.
+        out.set_item("service_mse_s2", report.service_mse_s2)?;
         out.set_item("mean_service_s", report.mean_service_s)?;
         out.set_item("completed", report.completed)?;
         // From the same report as the rest: one consistent snapshot, even if the model is
