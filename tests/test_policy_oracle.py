@@ -283,7 +283,9 @@ def reference_decide(
         # than predicted the model's requests have been taking.
         queue = queues.get(name, QueueReplica())
         latency = (queue.wait(p["concurrency"], now_s) + service) * queue.ratio()
-        latency_sd = queue.latency_sd(p["concurrency"], service)
+        latency_sd = queue.latency_sd(
+            p["concurrency"], service, latency, policy.service_time_smoothing
+        )
         with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
             penalty = np.expm1(latency / policy.tau_s)
         score = (
@@ -409,14 +411,21 @@ class QueueReplica:
     def wait(self, slots: int, now: float) -> float:
         return 0.0 if self.in_flight < slots else max(0.0, self.clears_at - now)
 
-    def latency_sd(self, slots: int, service: float) -> float:
+    def latency_sd(self, slots: int, service: float, latency: float, smoothing: float) -> float:
         """The spread of a latency estimate: each request ahead (when it queues) adds its
-        share of a slot's error, and its own service the error scaled to its size."""
-        if self.mean_squared_error is None or self.mean_predicted is None:
+        share of a slot's error, its own service the error scaled to its size, and the
+        service ratio (a moving average) its own error on the whole estimate."""
+        mse, predicted, observed = (
+            self.mean_squared_error,
+            self.mean_predicted,
+            self.mean_observed,
+        )
+        if mse is None or predicted is None or observed is None:
             return 0.0
         ahead = self.in_flight if self.in_flight >= slots else 0
-        own = (service / self.mean_predicted) ** 2 if self.mean_predicted > 0 else 0.0
-        return math.sqrt(self.mean_squared_error * (ahead / slots**2 + own))
+        own = mse * ahead / slots**2 + (mse / predicted**2 * service**2 if predicted > 0 else 0.0)
+        ratio_variance = smoothing / (2 - smoothing) * mse / observed**2 if observed > 0 else 0.0
+        return math.sqrt(own + ratio_variance * latency**2)
 
 
 def set_in_flight(

@@ -320,45 +320,57 @@ impl LiveStats {
     /// ([`Self::predicted_wait_s`]) plus `service_s`, the service the length head predicts,
     /// both scaled by [`Self::service_ratio`] (read once).
     pub fn predicted_latency_s(&self, profile: &ModelProfile, now_s: f64, service_s: f64) -> f64 {
-        self.predicted_latency(profile, now_s, service_s).mean_s
+        let (backlog_s, _) = self.work_ahead(profile, now_s);
+        (backlog_s + service_s) * self.service_ratio()
     }
 
-    /// [`Self::predicted_latency_s`], with the spread of its error.
+    /// The predicted seconds of queue a request sent at `now_s` waits for, and how many
+    /// requests that work belongs to (0 and 0 while a slot is free).
+    fn work_ahead(&self, profile: &ModelProfile, now_s: f64) -> (f64, u64) {
+        let in_flight = self.in_flight();
+        if in_flight < u64::from(profile.concurrency) {
+            (0.0, 0)
+        } else {
+            ((self.clears_at_s() - now_s).max(0.0), in_flight)
+        }
+    }
+
+    /// [`Self::predicted_latency_s`], with the spread of its error; `smoothing` is the weight
+    /// `end` folds each request into the moving averages with.
     ///
     /// The spread comes from the model's recent service predictions, whose errors have a mean
-    /// square σ² ([`Self::service_mse_s2`]), taken as independent between requests. A request
-    /// that queues waits for the predicted work of the `n` requests in flight shared by `c`
-    /// slots, each one's error counting 1/c: variance n·σ²/c². Its own service adds σ scaled
-    /// to its size (σ · `service_s` / the mean predicted service), so a one-token answer
-    /// carries little of the error of the model's long ones. The errors of the requests ahead
-    /// add up where their means do not cancel them: with the queue held near τ, half the
-    /// estimates that just fit would otherwise run over. 0 before any request with a
-    /// prediction has finished.
+    /// square σ² ([`Self::service_mse_s2`]), in two parts:
+    /// - **Each request's own error**, taken as independent between requests. A request that
+    ///   queues waits for the predicted work of the `n` requests in flight shared by `c` slots,
+    ///   each one's error counting 1/c: variance n·σ²/c². Its own service adds σ scaled to its
+    ///   size (σ · `service_s` / the mean predicted service), so a one-token answer carries
+    ///   little of the error of the model's long ones.
+    /// - **The service ratio's error**, shared by every request ahead: it scales the whole
+    ///   estimate, and it is a moving average of a few recent requests. With weight `s`, such an
+    ///   average of independent errors has variance s/(2 − s) times theirs, so the ratio's
+    ///   relative variance is s/(2 − s) · σ² / (mean observed service)², times L².
+    ///
+    /// The second dominates a long queue: a length head that runs short on long answers leaves
+    /// the ratio to correct it, and a queue held near τ runs over whenever the ratio's latest
+    /// average comes out low. 0 before any request with a prediction has finished.
     pub fn predicted_latency(
         &self,
         profile: &ModelProfile,
         now_s: f64,
         service_s: f64,
+        smoothing: f64,
     ) -> LatencyEstimate {
-        let in_flight = self.in_flight();
-        let slots = u64::from(profile.concurrency.max(1));
-        let queues = in_flight >= slots;
-        let backlog_s = if queues {
-            (self.clears_at_s() - now_s).max(0.0)
-        } else {
-            0.0
-        };
+        let (backlog_s, ahead) = self.work_ahead(profile, now_s);
         let means = self.service_means_s();
         let mean_s = (backlog_s + service_s) * ratio_of(means);
         let sd_s = match (self.service_mse_s2(), means) {
-            (Some(mse), Some((mean_predicted, _))) => {
-                let ahead = if queues { in_flight as f64 } else { 0.0 };
-                let own = if mean_predicted > 0.0 {
-                    (service_s / mean_predicted).powi(2)
-                } else {
-                    0.0
-                };
-                (mse * (ahead / (slots * slots) as f64 + own)).sqrt()
+            (Some(mse), Some((mean_predicted, mean_observed))) => {
+                let slots = f64::from(profile.concurrency.max(1));
+                let relative = |mean: f64| if mean > 0.0 { mse / (mean * mean) } else { 0.0 };
+                let own = mse * (ahead as f64 / (slots * slots))
+                    + relative(mean_predicted) * service_s * service_s;
+                let shared = smoothing / (2.0 - smoothing) * relative(mean_observed);
+                (own + shared * mean_s * mean_s).sqrt()
             }
             _ => 0.0,
         };
@@ -588,7 +600,7 @@ mod tests {
         let p = profile(2);
         // Nothing finished yet: no error known, no spread.
         live.begin(Some(2.0), 2, 0.0).unwrap();
-        assert_eq!(live.predicted_latency(&p, 0.0, 2.0).sd_s, 0.0);
+        assert_eq!(live.predicted_latency(&p, 0.0, 2.0, 0.5).sd_s, 0.0);
         // Predicted 2 s, took 5 s, then predicted 2 s, took 1 s: squared errors 9 and 1,
         // averaged with smoothing 0.5 to 5; predictions average 2.
         live.end("m", Some(5.0), Some(2.0), 0.5, 2, 5.0).unwrap();
@@ -596,20 +608,27 @@ mod tests {
         live.end("m", Some(1.0), Some(2.0), 0.5, 2, 6.0).unwrap();
         assert_eq!(live.service_mse_s2(), Some(5.0));
         assert_eq!(live.service_means_s(), Some((2.0, 3.0)));
-        // A free slot: only the answer's own error, scaled to its size (4 s is twice the mean
-        // prediction).
-        let alone = live.predicted_latency(&p, 6.0, 4.0);
+        // The ratio (1.5) is a moving average with weight 0.5: its relative variance is
+        // 0.5 / 1.5 of σ² over the observed mean's square (9), on the whole estimate.
+        let shared = 0.5 / 1.5 * 5.0 / 9.0;
+        // A free slot: the answer's own error, scaled to its size (4 s is twice the mean
+        // prediction), and the ratio's.
+        let alone = live.predicted_latency(&p, 6.0, 4.0, 0.5);
         assert_eq!(alone.mean_s, 4.0 * 1.5);
-        assert!((alone.sd_s - (5.0f64 * 4.0).sqrt()).abs() < 1e-12);
+        let expected = (5.0 * 4.0 + shared * 6.0f64.powi(2)).sqrt();
+        assert!((alone.sd_s - expected).abs() < 1e-12, "{}", alone.sd_s);
         // Three in flight on two slots: it queues behind three requests, each one's error
-        // counting half (σ²·3/4), beside its own.
+        // counting half (σ²·3/4), beside its own; the ratio's error grows with the estimate.
         for _ in 0..3 {
             live.begin(Some(2.0), 2, 6.0).unwrap();
         }
-        let queued = live.predicted_latency(&p, 6.0, 4.0);
+        let queued = live.predicted_latency(&p, 6.0, 4.0, 0.5);
         assert_eq!(queued.mean_s, (3.0 + 4.0) * 1.5);
-        assert!((queued.sd_s - (5.0f64 * (0.75 + 4.0)).sqrt()).abs() < 1e-12);
+        let expected = (5.0 * (0.75 + 4.0) + shared * 10.5f64.powi(2)).sqrt();
+        assert!((queued.sd_s - expected).abs() < 1e-12, "{}", queued.sd_s);
         assert_eq!(queued.mean_s, live.predicted_latency_s(&p, 6.0, 4.0));
+        // A slower average is a steadier ratio: less of its error.
+        assert!(live.predicted_latency(&p, 6.0, 4.0, 0.05).sd_s < queued.sd_s);
         // Requests begun without a prediction teach nothing about its error.
         live.end("m", Some(30.0), None, 0.5, 2, 7.0).unwrap();
         assert_eq!(live.service_mse_s2(), Some(5.0));
@@ -617,7 +636,7 @@ mod tests {
         let restored =
             LiveStats::restored(live.mean_service_s(), 3, live.service_means_s(), Some(5.0));
         assert!(
-            (restored.predicted_latency(&p, 6.0, 4.0).sd_s - alone.sd_s).abs() < 1e-12,
+            (restored.predicted_latency(&p, 6.0, 4.0, 0.5).sd_s - alone.sd_s).abs() < 1e-12,
             "nothing in flight after a restore"
         );
     }

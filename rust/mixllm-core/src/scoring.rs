@@ -88,9 +88,12 @@ pub fn assess_with_variance(
     let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
     let uncertainty = variance.max(0.0).sqrt();
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
-    let latency = arm
-        .live
-        .predicted_latency(arm.profile, arm.now_s, service_s);
+    let latency = arm.live.predicted_latency(
+        arm.profile,
+        arm.now_s,
+        service_s,
+        config.service_time_smoothing,
+    );
     let latency_s = latency.mean_s;
     // exp − 1 rather than exp_m1 (half the time): exp_m1 is more precise only when L/τ is
     // tiny, where the penalty's absolute error stays around 1e-16 either way.
@@ -191,7 +194,9 @@ mod tests {
             live.end("m", Some(took), Some(10.0), 0.5, 1, now + took)
                 .unwrap();
         }
-        // 26 s of queue ahead: L = 26.5 s under τ = 30 s, its spread about 4 s.
+        // 26 s of queue ahead: L = 26.5 s under τ = 30 s. Its spread: 4 s of the requests'
+        // own errors, and the ratio's (a moving average with weight 0.1 of errors of 4 s on
+        // 10 s: relative variance 0.1/1.9 · 0.16) on 26.5 s, about 2.4 s; together 4.7 s.
         live.begin(Some(26.0), 1, 1000.0).unwrap();
         let arm = ArmView {
             stats: &stats,
@@ -205,7 +210,11 @@ mod tests {
         let assess_with = |config: &PolicyConfig| assess(config, layout, &arm, &x, 0.0, 1.0);
         let plain = assess_with(&config);
         assert!((plain.latency_s - 26.5).abs() < 1e-9, "{}", plain.latency_s);
-        assert!(plain.latency_sd_s > 4.0 && plain.latency_sd_s < 4.1);
+        assert!(
+            plain.latency_sd_s > 4.6 && plain.latency_sd_s < 4.8,
+            "{}",
+            plain.latency_sd_s
+        );
         assert!(!plain.excluded);
         config.tau_margin_sd = 0.5;
         assert!(!assess_with(&config).excluded);
