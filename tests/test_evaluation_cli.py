@@ -72,7 +72,9 @@ def test_eval_writes_json_plots_and_html(
     assert printed.count("mixllm's frontier from its cheapest point") == 2
     assert printed.count("mixllm against the learned baselines, in this run and over") == 2
     assert results["settings"]["resamples"] == 1000
-    assert set(results["continual"]) == {"80:20", "50:50", "30:70"}
+    assert set(results["continual"]) == {"80:20", "50:50", "30:70", "1:99"}
+    # 1% of the slice's train rows is less than a fit needs: it is fitted on the fewest it takes.
+    assert results["continual"]["1:99"]["offline_rows"] == 2
     for section in results["continual"].values():
         differences = section["differences"]
         assert set(differences) == {"refined - none", "binary - none", "refined - binary"}

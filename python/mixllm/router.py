@@ -59,6 +59,8 @@ from mixllm.tagging import DomainLabels, Tagger
 __all__ = ["FitReport", "RouteDecision", "Router"]
 
 STATE_FORMAT = 1
+# The fewest queries `Router.fit` learns from: the projection needs a spread to centre.
+MIN_FIT_QUERIES = 2
 _CURRENT = "CURRENT"
 _FILES = ("config.json", "projection.npz", "policy.bin")
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
@@ -210,8 +212,10 @@ class Router:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
         keep their prior arm; models in the data but not in the pool are ignored."""
-        if len(dataset) < 2:
-            raise InvalidInputError(f"fit needs at least 2 queries, got {len(dataset)}")
+        if len(dataset) < MIN_FIT_QUERIES:
+            raise InvalidInputError(
+                f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
+            )
         vectors = self.embedder.embed(dataset.prompts).astype(np.float64)
         tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
         projection = TagProjection.fit(
