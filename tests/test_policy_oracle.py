@@ -399,9 +399,11 @@ class QueueReplica:
         def fold(mean: float | None, value: float) -> float:
             return value if mean is None else mean + smoothing * (value - mean)
 
+        # The error of the estimate: the prediction scaled by the ratio as it stood.
+        error = latency - predicted * self.ratio()
         self.mean_predicted = fold(self.mean_predicted, predicted)
         self.mean_observed = fold(self.mean_observed, latency)
-        self.mean_squared_error = fold(self.mean_squared_error, (latency - predicted) ** 2)
+        self.mean_squared_error = fold(self.mean_squared_error, error**2)
 
     def ratio(self) -> float:
         if self.mean_predicted is None or self.mean_observed is None or self.mean_predicted <= 0:

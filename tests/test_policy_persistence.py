@@ -149,25 +149,32 @@ def test_in_flight_is_not_saved_but_service_times_are(tmp_path: Path) -> None:
 
 
 def test_the_service_ratio_is_saved(tmp_path: Path) -> None:
-    """What a model's requests have taught about its predictions (they ran 3x as long) carries
-    over a restart: the loaded policy predicts the same latencies."""
+    """What a model's requests have taught about its predictions (they ran 3x as long, and
+    vary) carries over a restart: the loaded policy predicts the same latencies, with the same
+    spreads."""
     p = build_policy()
     assert p.inspect("local")["service_means_s"] is None
-    for i in range(3):
+    assert p.inspect("local")["service_mse_s2"] is None
+    for i, took in enumerate((3.0, 3.0, 3.0, 4.0)):
         p.begin("local", 1.0, now_s=10.0 * i)
-        p.end("local", 3.0, 1.0, now_s=10.0 * i + 3.0)
-    assert p.inspect("local")["service_ratio"] == pytest.approx(3.0, rel=1e-12)
-    # The two moving averages the ratio is made of.
-    assert p.inspect("local")["service_means_s"] == pytest.approx((1.0, 3.0), rel=1e-12)
+        p.end("local", took, 1.0, now_s=10.0 * i + took)
+    state, s = p.inspect("local"), p.service_time_smoothing
+    # The two moving averages the ratio is made of: 1 s predicted, 3 s and then 4 s observed.
+    assert state["service_means_s"] == pytest.approx((1.0, 3.0 + s), rel=1e-12)
+    assert state["service_ratio"] == pytest.approx(3.0 + s, rel=1e-12)
+    # Squared errors of the ratio-scaled estimates: 2² (no ratio yet), 0, 0, then 1².
+    assert state["service_mse_s2"] == pytest.approx(4.0 * (1 - s) ** 3 + s, rel=1e-12)
     path = tmp_path / "p.bin"
     p.save(path)
     loaded = mixllm.Policy.load(path)
-    for key in ("service_ratio", "service_means_s"):
-        assert loaded.inspect("local")[key] == p.inspect("local")[key]
+    for key in ("service_ratio", "service_means_s", "service_mse_s2"):
+        assert loaded.inspect("local")[key] == state[key]
     x = np.ones(DIM)
-    before = p.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency
-    after = loaded.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0).latency
-    assert after.tolist() == before.tolist()
+    before = p.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0)
+    after = loaded.decide(x, prompt_tokens=10.0, willingness_to_pay=1.0, now_s=100.0)
+    assert after.latency.tolist() == before.latency.tolist()
+    assert after.latency_sd.tolist() == before.latency_sd.tolist()
+    assert before.latency_sd[p.models.index("local")] > 0
 
 
 def test_a_file_of_another_dimension_is_rejected(tmp_path: Path) -> None:

@@ -28,9 +28,10 @@ pub struct LiveStats {
     /// data, would otherwise keep every wait it predicts for the model too short (or too long).
     mean_predicted_bits: AtomicU64,
     mean_observed_bits: AtomicU64,
-    /// Bits of f64: moving average of the squared error (observed − predicted)² of those
-    /// requests' service times, in s² (NaN: none yet). How far a wait estimate built from such
-    /// predictions may be off: see [`LiveStats::predicted_latency`].
+    /// Bits of f64: moving average of the squared error of those requests' service estimates
+    /// (observed − predicted × the service ratio as it stood), in s² (NaN: none yet). How far
+    /// a wait estimate built from such predictions may be off: see
+    /// [`LiveStats::predicted_latency`].
     service_mse_bits: AtomicU64,
     completed: AtomicU64,
 }
@@ -133,8 +134,9 @@ impl LiveStats {
         (!predicted.is_nan() && !observed.is_nan()).then_some((predicted, observed))
     }
 
-    /// The moving average of the squared error of the service predictions, in s² (None before
-    /// a request with a prediction has finished).
+    /// The moving average of the squared error of the service estimates (each prediction
+    /// scaled by the service ratio as it stood), in s² (None before a request with a
+    /// prediction has finished).
     pub fn service_mse_s2(&self) -> Option<f64> {
         let mse = f64::from_bits(self.service_mse_bits.load(Ordering::Relaxed));
         (!mse.is_nan()).then_some(mse)
@@ -208,16 +210,22 @@ impl LiveStats {
         let Some(latency_s) = latency_s else {
             return self.leave(model, 0.0, now_s);
         };
+        // The error of the estimate the prediction gave, scaled by the service ratio as it
+        // stood: what a decision's spread is about. A bias the ratio corrects is no error.
+        let squared_error =
+            predicted_service_s.map(|p| (latency_s - p * self.service_ratio()).powi(2));
+        if let Some(error) = squared_error.filter(|e| !e.is_finite()) {
+            return Err(Error::InvalidValue(format!(
+                "latency_s {latency_s} and predicted_service_s {predicted_service_s:?} are too \
+                 far apart to learn from (squared error {error})"
+            )));
+        }
         self.leave(model, per_slot(latency_s - service_s, concurrency), now_s)?;
         smooth(&self.mean_service_bits, latency_s, smoothing);
-        if let Some(predicted) = predicted_service_s {
+        if let (Some(predicted), Some(error)) = (predicted_service_s, squared_error) {
             smooth(&self.mean_predicted_bits, predicted, smoothing);
             smooth(&self.mean_observed_bits, latency_s, smoothing);
-            smooth(
-                &self.service_mse_bits,
-                (latency_s - predicted).powi(2),
-                smoothing,
-            );
+            smooth(&self.service_mse_bits, error, smoothing);
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -338,7 +346,7 @@ impl LiveStats {
     /// [`Self::predicted_latency_s`], with the spread of its error; `smoothing` is the weight
     /// `end` folds each request into the moving averages with.
     ///
-    /// The spread comes from the model's recent service predictions, whose errors have a mean
+    /// The spread comes from the model's recent service estimates, whose errors have a mean
     /// square σ² ([`Self::service_mse_s2`]), in two parts:
     /// - **Each request's own error**, taken as independent between requests. A request that
     ///   queues waits for the predicted work of the `n` requests in flight shared by `c` slots,
@@ -366,11 +374,14 @@ impl LiveStats {
         let sd_s = match (self.service_mse_s2(), means) {
             (Some(mse), Some((mean_predicted, mean_observed))) => {
                 let slots = f64::from(profile.concurrency.max(1));
-                let relative = |mean: f64| if mean > 0.0 { mse / (mean * mean) } else { 0.0 };
-                let own = mse * (ahead as f64 / (slots * slots))
-                    + relative(mean_predicted) * service_s * service_s;
-                let shared = smoothing / (2.0 - smoothing) * relative(mean_observed);
-                (own + shared * mean_s * mean_s).sqrt()
+                // Relative standard deviations: σ over a mean.
+                let relative = |mean: f64| if mean > 0.0 { mse.sqrt() / mean } else { 0.0 };
+                let queue_sd = (mse * ahead as f64).sqrt() / slots;
+                let own_sd = relative(mean_predicted) * service_s;
+                let ratio_sd = (smoothing / (2.0 - smoothing)).sqrt() * relative(mean_observed);
+                // hypot, not a sum of squares: an enormous estimate gives an enormous spread,
+                // not an overflow.
+                queue_sd.hypot(own_sd).hypot(ratio_sd * mean_s)
             }
             _ => 0.0,
         };
@@ -601,21 +612,29 @@ mod tests {
         // Nothing finished yet: no error known, no spread.
         live.begin(Some(2.0), 2, 0.0).unwrap();
         assert_eq!(live.predicted_latency(&p, 0.0, 2.0, 0.5).sd_s, 0.0);
-        // Predicted 2 s, took 5 s, then predicted 2 s, took 1 s: squared errors 9 and 1,
-        // averaged with smoothing 0.5 to 5; predictions average 2.
+        // Predicted 2 s, took 5 s (no ratio yet: error 3 s); then predicted 2 s, which the
+        // ratio of 2.5 made 5 s, took 1 s (error 4 s): squared errors 9 and 16, averaged with
+        // smoothing 0.5 to 12.5. The averages: 2 s predicted, 3 s observed, a ratio of 1.5.
         live.end("m", Some(5.0), Some(2.0), 0.5, 2, 5.0).unwrap();
         live.begin(Some(2.0), 2, 5.0).unwrap();
         live.end("m", Some(1.0), Some(2.0), 0.5, 2, 6.0).unwrap();
-        assert_eq!(live.service_mse_s2(), Some(5.0));
+        assert_eq!(live.service_mse_s2(), Some(12.5));
         assert_eq!(live.service_means_s(), Some((2.0, 3.0)));
-        // The ratio (1.5) is a moving average with weight 0.5: its relative variance is
-        // 0.5 / 1.5 of σ² over the observed mean's square (9), on the whole estimate.
-        let shared = 0.5 / 1.5 * 5.0 / 9.0;
+        // Predicted 2 s and took the 3 s the ratio made of it: no error, whatever the
+        // prediction's own bias. The squared error halves; the averages stay.
+        live.begin(Some(2.0), 2, 6.0).unwrap();
+        live.end("m", Some(3.0), Some(2.0), 0.5, 2, 6.0).unwrap();
+        let mse = 6.25;
+        assert_eq!(live.service_mse_s2(), Some(mse));
+        assert_eq!(live.service_means_s(), Some((2.0, 3.0)));
+        // The ratio is a moving average with weight 0.5: its relative variance is 0.5 / 1.5
+        // of σ² over the observed mean's square (9), on the whole estimate.
+        let shared = 0.5 / 1.5 * mse / 9.0;
         // A free slot: the answer's own error, scaled to its size (4 s is twice the mean
         // prediction), and the ratio's.
         let alone = live.predicted_latency(&p, 6.0, 4.0, 0.5);
         assert_eq!(alone.mean_s, 4.0 * 1.5);
-        let expected = (5.0 * 4.0 + shared * 6.0f64.powi(2)).sqrt();
+        let expected = (mse * 4.0 + shared * 6.0f64.powi(2)).sqrt();
         assert!((alone.sd_s - expected).abs() < 1e-12, "{}", alone.sd_s);
         // Three in flight on two slots: it queues behind three requests, each one's error
         // counting half (σ²·3/4), beside its own; the ratio's error grows with the estimate.
@@ -624,17 +643,28 @@ mod tests {
         }
         let queued = live.predicted_latency(&p, 6.0, 4.0, 0.5);
         assert_eq!(queued.mean_s, (3.0 + 4.0) * 1.5);
-        let expected = (5.0 * (0.75 + 4.0) + shared * 10.5f64.powi(2)).sqrt();
+        let expected = (mse * (0.75 + 4.0) + shared * 10.5f64.powi(2)).sqrt();
         assert!((queued.sd_s - expected).abs() < 1e-12, "{}", queued.sd_s);
         assert_eq!(queued.mean_s, live.predicted_latency_s(&p, 6.0, 4.0));
         // A slower average is a steadier ratio: less of its error.
         assert!(live.predicted_latency(&p, 6.0, 4.0, 0.05).sd_s < queued.sd_s);
         // Requests begun without a prediction teach nothing about its error.
         live.end("m", Some(30.0), None, 0.5, 2, 7.0).unwrap();
-        assert_eq!(live.service_mse_s2(), Some(5.0));
+        assert_eq!(live.service_mse_s2(), Some(mse));
+        // Answers too far from their predictions to square are refused, changing nothing.
+        let before = (live.in_flight(), live.clears_at_s(), live.service_means_s());
+        assert!(live.end("m", Some(1e300), Some(0.0), 0.5, 2, 7.0).is_err());
+        assert_eq!(
+            (live.in_flight(), live.clears_at_s(), live.service_means_s()),
+            before
+        );
+        assert_eq!(live.service_mse_s2(), Some(mse));
+        // An enormous estimate has an enormous spread, not a NaN.
+        let huge = live.predicted_latency(&p, 7.0, 1e300, 0.5);
+        assert!(huge.sd_s.is_finite() && huge.sd_s > 1e300, "{huge:?}");
         // Restored, the spread is the same.
         let restored =
-            LiveStats::restored(live.mean_service_s(), 3, live.service_means_s(), Some(5.0));
+            LiveStats::restored(live.mean_service_s(), 3, live.service_means_s(), Some(mse));
         assert!(
             (restored.predicted_latency(&p, 6.0, 4.0, 0.5).sd_s - alone.sd_s).abs() < 1e-12,
             "nothing in flight after a restore"

@@ -575,8 +575,9 @@ mod tests {
         );
     }
 
-    /// A one-model policy whose requests have run 2.5 times as long as predicted (3 s over), and
-    /// that keeps one standard deviation of margin below τ.
+    /// A one-model policy whose requests have run 2.5 times as long as predicted (3 s over, which
+    /// the service ratio corrects after the first), and that keeps one standard deviation of
+    /// margin below τ.
     fn slow_served() -> Policy {
         let mut config = PolicyConfig::new(2);
         config.tau_margin_sd = 1.0;
@@ -605,7 +606,9 @@ mod tests {
         let after = loaded.report("m").unwrap();
         assert_eq!(after.service_means_s, before.service_means_s);
         assert_eq!(after.service_ratio(), before.service_ratio());
-        assert_eq!(before.service_mse_s2, Some(9.0));
+        // 9 s² for the first, then none: 9 · 0.9³ with the default smoothing of 0.1.
+        let mse = before.service_mse_s2.unwrap();
+        assert!((mse - 9.0 * 0.9f64.powi(3)).abs() < 1e-12, "{mse}");
         assert_eq!(after.service_mse_s2, before.service_mse_s2);
         assert_eq!(loaded.config().tau_margin_sd, 1.0);
         assert_eq!(after.in_flight, 0);
@@ -636,10 +639,25 @@ mod tests {
             report.service_means_s,
             policy.report("m").unwrap().service_means_s
         );
-        // Without an error yet, the estimate has no spread: it decides as version 3 did.
+        // Without an error yet, the estimate has no spread, and without a margin it would not
+        // matter: it decides as the same policy without a margin does.
         let x = [1.0, 0.0];
         let decision = old.decide(&x, 5.0, 0.2, 0.0).unwrap();
         assert_eq!(decision.assessments[0].latency_sd_s, 0.0);
+        // The same policy saved now, its margin set to 0 in the file.
+        let mut bytes = to_bytes(&policy);
+        let margin_at = HEADER_LEN + 8 + 4 * 8 + 8 + 8 + 8;
+        assert_eq!(bytes[margin_at..margin_at + 8], 1.0f64.to_le_bytes());
+        bytes[margin_at..margin_at + 8].copy_from_slice(&0.0f64.to_le_bytes());
+        let unmargined = from_bytes(&with_crc(bytes), Some(2)).unwrap();
+        let expected = unmargined.decide(&x, 5.0, 0.2, 0.0).unwrap();
+        assert_eq!(decision.index, expected.index);
+        for (a, b) in decision.assessments.iter().zip(&expected.assessments) {
+            assert_eq!(
+                (a.latency_s, a.score, a.excluded),
+                (b.latency_s, b.score, b.excluded)
+            );
+        }
     }
 
     #[test]

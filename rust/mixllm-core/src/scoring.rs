@@ -110,7 +110,11 @@ pub fn assess_with_variance(
         uncertainty,
         penalty,
         score,
-        excluded: latency_s + config.tau_margin_sd * latency.sd_s > config.tau_s,
+        // The estimate alone decides without a margin, whatever its spread (an infinite one
+        // times 0 would be NaN, which compares as admissible).
+        excluded: latency_s > config.tau_s
+            || (config.tau_margin_sd > 0.0
+                && latency_s + config.tau_margin_sd * latency.sd_s > config.tau_s),
     }
 }
 
@@ -187,16 +191,18 @@ mod tests {
             output_tokens: 0.0,
         };
         let live = LiveStats::default();
-        // Errors of ±4 s on 10 s predictions: σ = 4.
-        for (i, took) in [14.0, 6.0].into_iter().enumerate() {
+        // Errors of ±4 s on 10 s predictions (the short one first, so the ratio stays 1):
+        // σ = 4.
+        for (i, took) in [6.0, 14.0].into_iter().enumerate() {
             let now = 100.0 * i as f64;
             live.begin(Some(10.0), 1, now).unwrap();
             live.end("m", Some(took), Some(10.0), 0.5, 1, now + took)
                 .unwrap();
         }
         // 26 s of queue ahead: L = 26.5 s under τ = 30 s. Its spread: 4 s of the requests'
-        // own errors, and the ratio's (a moving average with weight 0.1 of errors of 4 s on
-        // 10 s: relative variance 0.1/1.9 · 0.16) on 26.5 s, about 2.4 s; together 4.7 s.
+        // own errors, and the ratio's (an average of errors of 4 s on 10 s, with the config's
+        // smoothing of 0.1: relative variance 0.1/1.9 · 0.16) on 26.5 s, about 2.4 s;
+        // together 4.7 s.
         live.begin(Some(26.0), 1, 1000.0).unwrap();
         let arm = ArmView {
             stats: &stats,
