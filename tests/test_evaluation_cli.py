@@ -130,6 +130,33 @@ def test_eval_embeds_with_the_requested_truncation(
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--max-tokens", "1000"])
     assert "--max-tokens: must be in 3..512" in capsys.readouterr().err
+    for bad, message in (
+        ("50:60", "50:60 must be percentages adding up to 100"),
+        ("0:100", "0:100 must be percentages adding up to 100, with at least 1 offline"),
+        ("30:70,thirty", "expected offline:online percentages such as 30:70, got 'thirty'"),
+        ("30:70,30:70", "30:70 is given twice"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*args, "--out", str(tmp_path / "x"), "--continual-splits", bad])
+        assert message in capsys.readouterr().err
+
+
+def test_eval_runs_the_continual_splits_it_is_given(
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["eval", "--data", str(data_slice), "--out", str(out), "--quiet"]
+    args += ["--experiment", "continual", "--resamples", "0", "--continual-splits", "90:10,50:50"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["continual"]) == ["90:10", "50:50"]
+    assert results["settings"]["continual_splits"] == [[90, 10], [50, 50]]
+    train = results["data"]["train"]
+    assert [s["offline_rows"] for s in results["continual"].values()] == [
+        round(train * 0.9),
+        round(train * 0.5),
+    ]
 
 
 CONFIG = """

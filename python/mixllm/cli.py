@@ -250,6 +250,7 @@ def _eval(args: argparse.Namespace) -> int:
         validation=args.validate,
         seed=args.seed,
         resamples=args.resamples,
+        continual_splits=args.continual_splits or EvalSettings.continual_splits,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -268,6 +269,28 @@ def _resample_count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _continual_splits(text: str) -> tuple[tuple[int, int], ...]:
+    """argparse type of --continual-splits: comma-separated offline:online percentages of
+    train, each pair adding up to 100, with something offline to fit."""
+    splits: list[tuple[int, int]] = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            offline, online = (int(part) for part in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected offline:online percentages such as 30:70, got {item.strip()!r}"
+            ) from None
+        if offline < 1 or online < 0 or offline + online != 100:
+            raise argparse.ArgumentTypeError(
+                f"{offline}:{online} must be percentages adding up to 100, with at least 1 offline"
+            )
+        if (offline, online) in splits:
+            raise argparse.ArgumentTypeError(f"{offline}:{online} is given twice")
+        splits.append((offline, online))
+    return tuple(splits)
 
 
 def _token_window(text: str) -> int:
@@ -383,6 +406,14 @@ def _parser() -> argparse.ArgumentParser:
         help="resamples of the test queries behind the intervals of each comparison with a "
         "baseline and of the continual experiment's differences between feedback modes "
         "(default 1000; 0: none)",
+    )
+    evaluate.add_argument(
+        "--continual-splits",
+        type=_continual_splits,
+        default=None,
+        help="the continual experiment's offline:online percentages of train, comma-separated "
+        "(default 80:20,50:50,30:70,1:99: the paper's three and one with almost nothing "
+        "offline)",
     )
     evaluate.add_argument(
         "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"

@@ -93,6 +93,8 @@ class EvalSettings:
     # baseline and of the continual experiment's differences between feedback modes
     # (`mixllm.evaluation.bootstrap`); 0: none.
     resamples: int = 1000
+    # The continual experiment's offline:online shares of train, in percent.
+    continual_splits: tuple[tuple[int, int], ...] = CONTINUAL_SPLITS
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
@@ -650,8 +652,8 @@ def continual_experiment(
         else None
     )
     out: dict[str, Any] = {}
-    jobs = len(CONTINUAL_SPLITS) * 3
-    for s_i, (offline_pct, online_pct) in enumerate(CONTINUAL_SPLITS):
+    jobs = len(settings.continual_splits) * 3
+    for s_i, (offline_pct, online_pct) in enumerate(settings.continual_splits):
         n_offline = max(MIN_FIT_QUERIES, round(len(train_rows) * offline_pct / 100))
         offline = np.zeros(len(data.dataset), dtype=np.bool_)
         offline[train_rows[:n_offline]] = True
