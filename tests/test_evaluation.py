@@ -11,7 +11,12 @@ from mixllm._core import Policy
 from mixllm.catalog import ROUTERBENCH_MODELS
 from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.evaluation import baselines as bl
-from mixllm.evaluation.experiments import EvalSettings, router_config
+from mixllm.evaluation.experiments import (
+    CONTINUAL_SPLITS,
+    EvalSettings,
+    check_continual_splits,
+    router_config,
+)
 from mixllm.evaluation.metrics import (
     Point,
     aiq,
@@ -339,3 +344,15 @@ def test_vector_cache_is_keyed_by_the_encoder_and_its_window(tmp_path) -> None:
     # Other texts, or the same texts in another order: embedded anew.
     assert embed_cached(texts[::-1], CountingEncoder(), directory=tmp_path).shape == (2, 3)  # type: ignore[arg-type]
     assert len(list(tmp_path.glob("*.npy"))) == 6
+
+
+def test_continual_splits_are_checked_by_the_evaluation_itself() -> None:
+    check_continual_splits(CONTINUAL_SPLITS)
+    check_continual_splits([(100, 0), (1, 99)])
+    for bad, message in (
+        ([(50, 60)], "50:60 must be percentages adding up to 100"),
+        ([(30, 70), (0, 100)], "0:100 must be .* with at least 1 offline"),
+        ([(30, 70), (80, 20), (30, 70)], "30:70 is given twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_continual_splits(bad)

@@ -273,23 +273,22 @@ def _resample_count(text: str) -> int:
 
 def _continual_splits(text: str) -> tuple[tuple[int, int], ...]:
     """argparse type of --continual-splits: comma-separated offline:online percentages of
-    train, each pair adding up to 100, with something offline to fit."""
+    train, checked as the evaluation checks them (`check_continual_splits`)."""
+    from mixllm.evaluation.experiments import check_continual_splits
+
     splits: list[tuple[int, int]] = []
     for item in text.split(","):
-        parts = item.strip().split(":")
         try:
-            offline, online = (int(part) for part in parts)
+            offline, online = (int(part) for part in item.strip().split(":"))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected offline:online percentages such as 30:70, got {item.strip()!r}"
             ) from None
-        if offline < 1 or online < 0 or offline + online != 100:
-            raise argparse.ArgumentTypeError(
-                f"{offline}:{online} must be percentages adding up to 100, with at least 1 offline"
-            )
-        if (offline, online) in splits:
-            raise argparse.ArgumentTypeError(f"{offline}:{online} is given twice")
         splits.append((offline, online))
+    try:
+        check_continual_splits(splits)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return tuple(splits)
 
 

@@ -60,6 +60,20 @@ QUALITY_TARGET = 97.25
 # offline queries, so only the last leaves online learning something to learn
 # (docs/evaluation.md, "Continual training").
 CONTINUAL_SPLITS = ((80, 20), (50, 50), (30, 70), (1, 99))
+
+
+def check_continual_splits(splits: Sequence[tuple[int, int]]) -> None:
+    """Refuses offline:online percentages that do not add up to 100, leave nothing offline
+    to fit, or repeat a pair, naming the first such pair."""
+    for i, (offline, online) in enumerate(splits):
+        if offline < 1 or online < 0 or offline + online != 100:
+            raise ValueError(
+                f"{offline}:{online} must be percentages adding up to 100, with at least 1 offline"
+            )
+        if (offline, online) in splits[:i]:
+            raise ValueError(f"{offline}:{online} is given twice")
+
+
 ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
 
 
@@ -826,6 +840,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
     if settings.resamples < 0:
         raise ValueError(f"resamples must be 0 or more, got {settings.resamples}")
+    check_continual_splits(settings.continual_splits)
     if REFERENCE_MODEL not in dataset.models:
         raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
     if settings.router is not None:
