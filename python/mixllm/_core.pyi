@@ -76,8 +76,9 @@ class Decision:
         run)."""
     @property
     def latency_sd(self) -> npt.NDArray[np.float64]:
-        """Standard deviation of each latency estimate's error, in seconds, from the model's
-        recent service predictions' errors and its queue (0 before any has finished)."""
+        """Standard deviation of each latency estimate's error, in seconds, from the errors
+        of the model's recent service estimates, its queue and its service ratio (0 before any
+        has finished)."""
     @property
     def service(self) -> npt.NDArray[np.float64]:
         """Predicted service time per model, in seconds (first token + generation, as the

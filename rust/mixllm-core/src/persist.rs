@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Version 4 added `tau_margin_sd` and, per model, the moving average of the service
-//! predictions' squared error behind each latency estimate's spread; files of versions 1 to 3
+//! estimates' squared error behind each latency estimate's spread; files of versions 1 to 3
 //! load with a margin of 0 and no error yet, deciding as they did when saved.
 //! Version 3 added, per model, the moving averages of predicted and observed service behind
 //! the service ratio, so a restarted service keeps scaling its estimates as it had learned to;

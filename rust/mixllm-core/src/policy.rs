@@ -196,8 +196,9 @@ pub struct ArmReport {
     /// The moving averages of predicted and observed service behind the service ratio
     /// (`LiveStats::service_means_s`; saved).
     pub service_means_s: Option<(f64, f64)>,
-    /// The moving average of the service predictions' squared error, in s², behind each
-    /// latency estimate's spread (`LiveStats::service_mse_s2`; saved).
+    /// The moving average of the squared error of the service estimates (each prediction
+    /// scaled by the service ratio as it stood), in s², behind each latency estimate's spread
+    /// (`LiveStats::service_mse_s2`; saved).
     pub service_mse_s2: Option<f64>,
     pub mean_service_s: Option<f64>,
     pub completed: u64,

@@ -69,8 +69,9 @@ impl PyDecision {
         self.column(py, |a| a.latency_s)
     }
 
-    /// Standard deviation of each latency estimate's error, in seconds, from the model's recent
-    /// service predictions' errors and its queue (0 before any has finished).
+    /// Standard deviation of each latency estimate's error, in seconds, from the errors of the
+    /// model's recent service estimates, its queue and its service ratio (0 before any has
+    /// finished).
     #[getter]
     fn latency_sd<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
         self.column(py, |a| a.latency_sd_s)

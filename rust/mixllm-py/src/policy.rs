@@ -484,7 +484,8 @@ impl PyPolicy {
     /// `a_inv` (A⁻¹), `theta_quality`, `b_quality` (the quality head), `length_a`,
     /// `length_a_inv`, `theta_log_length`, `b_log_length` (the length head), and counters,
     /// priors, live statistics (`in_flight`, `clears_at_s`, `service_ratio` and the
-    /// `service_means_s` it is made of, `mean_service_s`, `completed`) and the profile.
+    /// `service_means_s` it is made of, `service_mse_s2` behind the latency spreads,
+    /// `mean_service_s`, `completed`) and the profile.
     fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
         let dim = self.inner.config().dim;
