@@ -10,11 +10,14 @@ import pytest
 from mixllm._core import Policy
 from mixllm.catalog import ROUTERBENCH_MODELS
 from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
+from mixllm.data import RoutingDataset
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import (
+    ARRIVAL_ORDERS,
     CONTINUAL_SPLITS,
     EvalSettings,
     check_continual_splits,
+    in_arrival_order,
     router_config,
 )
 from mixllm.evaluation.metrics import (
@@ -356,3 +359,35 @@ def test_continual_splits_are_checked_by_the_evaluation_itself() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             check_continual_splits(bad)
+
+
+def test_shuffled_arrivals_reorder_every_query_with_its_vector_and_split(
+    routerbench: RoutingDataset,
+) -> None:
+    assert ARRIVAL_ORDERS == ("data", "shuffled")
+    vectors = np.arange(len(routerbench), dtype=np.float64)[:, None] * np.ones((1, 3))
+    same, same_vectors = in_arrival_order(routerbench, vectors, "data", seed=0)
+    assert same is routerbench and same_vectors is vectors
+
+    shuffled, moved = in_arrival_order(routerbench, vectors, "shuffled", seed=0)
+    order = moved[:, 0].astype(np.int64)  # each row's position in the data
+    assert sorted(order) == list(range(len(routerbench)))
+    assert shuffled.ids == [routerbench.ids[i] for i in order]
+    assert shuffled.split == [routerbench.split[i] for i in order]  # type: ignore[index]
+    np.testing.assert_array_equal(shuffled.quality, routerbench.quality[order])
+    np.testing.assert_array_equal(shuffled.output_tokens, routerbench.output_tokens[order])  # type: ignore[index]
+
+    def first_test_benchmarks(data: RoutingDataset) -> set[str]:
+        labels, split = data.labels or [], data.split or []
+        return set([b for b, s in zip(labels, split, strict=True) if s == "test"][:100])
+
+    # The data lists one benchmark after another; shuffled, the test stream's first hundred
+    # queries hold all three, as mixed traffic would.
+    assert len(first_test_benchmarks(routerbench)) == 1
+    assert len(first_test_benchmarks(shuffled)) == 3
+    # The same seed, the same order; another seed, another.
+    again, _ = in_arrival_order(routerbench, vectors, "shuffled", seed=0)
+    other, _ = in_arrival_order(routerbench, vectors, "shuffled", seed=1)
+    assert again.ids == shuffled.ids and other.ids != shuffled.ids
+    with pytest.raises(ValueError, match="arrivals must be one of data, shuffled, got 'sorted'"):
+        in_arrival_order(routerbench, vectors, "sorted", seed=0)  # type: ignore[arg-type]

@@ -159,6 +159,40 @@ def test_eval_runs_the_continual_splits_it_is_given(
     ]
 
 
+def test_eval_shuffles_the_arrivals_unless_told_the_data_order(
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The same queries either way, in another order; the run says which."""
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--data", str(data_slice), "--quiet", "--resamples", "0"]
+    args += ["--experiment", "frontier", "--experiment", "new-models"]
+    assert main([*args, "--out", str(tmp_path / "shuffled")]) == 0
+    assert "Queries arrive in a shuffled order (seed 0)." in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "data"), "--arrivals", "data"]) == 0
+    assert "Queries arrive in the data's order." in capsys.readouterr().out
+    assert "the data&#x27;s order" in (tmp_path / "data" / "report.html").read_text()
+    in_order = json.loads((tmp_path / "data" / "results.json").read_text())
+    shuffled = json.loads((tmp_path / "shuffled" / "results.json").read_text())
+    assert (in_order["settings"]["arrivals"], shuffled["settings"]["arrivals"]) == (
+        "data",
+        "shuffled",
+    )
+    # The same test queries: GPT-4's totals over them, the 100% of every point, are the same.
+    reference = [r["frontier"]["no_time_constraint"]["reference"] for r in (in_order, shuffled)]
+    for key in ("quality", "cost_usd"):
+        assert reference[0][key] == pytest.approx(reference[1][key])
+    # In another order: the stream's second half holds other queries (in the data's order,
+    # the end of MBPP and all of Winogrande).
+    second_half = [
+        r["new-models"]["variants"]["never added"][0]["second_half_cost_pct"]
+        for r in (in_order, shuffled)
+    ]
+    assert second_half[0] != pytest.approx(second_half[1])
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--arrivals", "sorted"])
+    assert "invalid choice: 'sorted'" in capsys.readouterr().err
+
+
 CONFIG = """
 [router]
 ridge = 10.0

@@ -251,6 +251,7 @@ def _eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         resamples=args.resamples,
         continual_splits=args.continual_splits or EvalSettings.continual_splits,
+        arrivals=args.arrivals,
         progress=not args.quiet,
     )
     results = run_evaluation(dataset, settings)
@@ -395,8 +396,15 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of what the run draws at random: the --validate quarter, the MLP's start, "
         "the random router, the continual experiment's offline/online split, the "
-        "warm-start examples and the resamples (default 0); the test split of data without one "
-        "is always the same",
+        "warm-start examples, the resamples and a shuffled arrival order (default 0); the test "
+        "split of data without one is always the same",
+    )
+    evaluate.add_argument(
+        "--arrivals",
+        choices=["shuffled", "data"],
+        default="shuffled",
+        help="the order queries arrive in: shuffled with --seed, as mixed traffic (default), "
+        "or the data's (RouterBench's files list one benchmark after another)",
     )
     evaluate.add_argument(
         "--resamples",

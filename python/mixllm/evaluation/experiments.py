@@ -16,6 +16,7 @@ router from the train split, and runs the experiments named in ``settings.experi
 
 The streams are simulated (:mod:`.simulator`); the online experiments drive the real
 `mixllm.Router` (``route`` at arrival, ``feedback`` with quality and latency at completion).
+Queries arrive shuffled, or in the data's order (``settings.arrivals``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -76,6 +77,16 @@ def check_continual_splits(splits: Sequence[tuple[int, int]]) -> None:
 
 ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
 
+# The order the queries arrive in: shuffled with the run's seed, as a service's mixed traffic
+# would come and as the paper's random train/test split streams its test queries; or the
+# data's, where RouterBench's files list one benchmark after another, so that the test stream is
+# three blocks and every queue sees one benchmark's answers at a time.
+ArrivalOrder = Literal["data", "shuffled"]
+ARRIVAL_ORDERS: tuple[str, ...] = get_args(ArrivalOrder)
+# Mixed into the seed of the arrival order, so that it is not the same draw as the continual
+# experiment's offline/online split, which uses the seed alone.
+_ARRIVALS_SEED_KEY = 1
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -109,6 +120,7 @@ class EvalSettings:
     resamples: int = 1000
     # The continual experiment's offline:online shares of train, in percent.
     continual_splits: tuple[tuple[int, int], ...] = CONTINUAL_SPLITS
+    arrivals: ArrivalOrder = "shuffled"
     progress: bool = True
 
     def stream(self, tau_s: float | None) -> StreamConfig:
@@ -830,6 +842,24 @@ def out_of_domain_experiment(
     return out
 
 
+def check_arrivals(arrivals: str) -> None:
+    """Refuses an arrival order that is not one of `ARRIVAL_ORDERS`, naming it."""
+    if arrivals not in ARRIVAL_ORDERS:
+        raise ValueError(f"arrivals must be one of {', '.join(ARRIVAL_ORDERS)}, got {arrivals!r}")
+
+
+def in_arrival_order(
+    dataset: RoutingDataset, vectors: F64, arrivals: ArrivalOrder, seed: int
+) -> tuple[RoutingDataset, F64]:
+    """The queries (rows of ``dataset``, with their ``vectors``) in the order they arrive:
+    the data's, or shuffled with ``seed``. Each keeps its split."""
+    check_arrivals(arrivals)
+    if arrivals == "data":
+        return dataset, vectors
+    order = np.random.default_rng([seed, _ARRIVALS_SEED_KEY]).permutation(len(dataset))
+    return dataset.select(order), vectors[order]
+
+
 def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str, Any]:
     """Runs the experiments; returns everything `report.write_report` needs."""
     from mixllm.data import TEST_SPLIT_SEED, split_train_test, validation_split
@@ -841,6 +871,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     if settings.resamples < 0:
         raise ValueError(f"resamples must be 0 or more, got {settings.resamples}")
     check_continual_splits(settings.continual_splits)
+    check_arrivals(settings.arrivals)
     if REFERENCE_MODEL not in dataset.models:
         raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
     if settings.router is not None:
@@ -859,6 +890,8 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     vectors = embed_cached(
         dataset.prompts, embedder, progress=lambda d, t: progress("embedding prompts", d, t)
     )
+    # After embedding, so that the vectors cached in the data's order are reused.
+    dataset, vectors = in_arrival_order(dataset, vectors, settings.arrivals, settings.seed)
     split = np.array(dataset.split)
     tokens = (
         dataset.output_tokens

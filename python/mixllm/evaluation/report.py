@@ -169,15 +169,25 @@ VALIDATION_NOTE = (
 )
 
 
-def _is_validation(results: dict[str, Any]) -> bool:
-    return bool(results.get("settings", {}).get("validation"))
+def _run_notes(results: dict[str, Any]) -> list[str]:
+    """What about the run the tables do not say: a validation run, the arrival order."""
+    settings = results.get("settings", {})
+    notes = []
+    if settings.get("validation"):
+        notes.append(VALIDATION_NOTE)
+    if settings.get("arrivals") == "shuffled":
+        notes.append(f"Queries arrive in a shuffled order (seed {settings.get('seed')}).")
+    elif settings.get("arrivals") == "data":
+        notes.append("Queries arrive in the data's order.")
+    return notes
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Every table of the results as plain text."""
     parts = []
-    if _is_validation(results):
-        parts.append(VALIDATION_NOTE + "\n")
+    notes = _run_notes(results)
+    if notes:
+        parts.append("\n".join(notes) + "\n")
     for key, title in _FRONTIER_TITLES.items():
         section = results.get("frontier", {}).get(key)
         if section is None:
@@ -322,8 +332,8 @@ def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
         f"Machine: {html.escape(str(results.get('machine', '?')))}; "
         f"run time {results.get('runtime_s', 0):.0f} s.</p>",
     ]
-    if _is_validation(results):
-        out.append(f"<p><strong>{html.escape(VALIDATION_NOTE)}</strong></p>")
+    for note in _run_notes(results):
+        out.append(f"<p><strong>{html.escape(note)}</strong></p>")
 
     def table(header: list[str], rows: list[list[str]]) -> None:
         out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
