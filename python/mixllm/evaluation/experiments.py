@@ -78,7 +78,7 @@ def check_continual_splits(splits: Sequence[tuple[int, int]]) -> None:
 ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
 
 # The order the queries arrive in: shuffled with the run's seed, as a service's mixed traffic
-# would come and as the paper's random train/test split streams its test queries; or the
+# would come (the paper split the whole benchmark 80/20, not file by file); or the
 # data's, where RouterBench's files list one benchmark after another, so that the test stream is
 # three blocks and every queue sees one benchmark's answers at a time.
 ArrivalOrder = Literal["data", "shuffled"]
