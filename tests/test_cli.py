@@ -88,3 +88,58 @@ def test_train_then_route_with_the_trained_state(
     )
     assert routed.returncode == 0, routed.stderr
     assert json.loads(routed.stdout)["model"] in {row["name"] for row in models}
+
+
+def test_version_names_the_package_version() -> None:
+    from mixllm import __version__
+
+    result = mixllm("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"mixllm {__version__}"
+
+
+def mixllm_run(*args: str, stdin: str | bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run(
+        [sys.executable, "-m", "mixllm", *args], input=data, capture_output=True, timeout=300
+    )
+
+
+def test_route_reads_the_query_from_stdin_or_a_file(tmp_path: Path) -> None:
+    query = "Write a Python function that reverses a linked list."
+    direct = json.loads(mixllm("route", query, "--json").stdout)
+    from_stdin = mixllm_run("route", "-", "--json", stdin=query)
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    path = tmp_path / "query.txt"
+    path.write_text(query, encoding="utf-8")
+    from_file = mixllm("route", "--file", str(path), "--json")
+    assert from_file.returncode == 0, from_file.stderr
+    for result in (json.loads(from_stdin.stdout), json.loads(from_file.stdout)):
+        assert result["model"] == direct["model"]
+        assert result["prompt_tokens"] == direct["prompt_tokens"]
+
+
+def test_route_refuses_a_missing_query_or_text_that_is_not_utf8(tmp_path: Path) -> None:
+    neither = mixllm("route")
+    assert neither.returncode == 1 and "give the query" in neither.stderr
+    both = mixllm("route", "hello", "--file", str(tmp_path / "q.txt"))
+    assert both.returncode == 1 and "give the query" in both.stderr
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    result = mixllm("route", "--file", str(bad))
+    assert result.returncode == 1 and "latin1.txt is not UTF-8 text" in result.stderr
+    result_stdin = mixllm_run("route", "-", stdin=b"caf\xe9")
+    assert result_stdin.returncode == 1
+    assert b"standard input is not UTF-8 text" in result_stdin.stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    # `true` exits at once, so the route table is written into a pipe nobody reads.
+    result = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m mixllm route "Is the sky blue?" | true'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""

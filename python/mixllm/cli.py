@@ -1,7 +1,7 @@
 """The ``mixllm`` command: train a router, route a query, list the pool.
 
     mixllm train --data PATH --out DIR [--config FILE]
-    mixllm route "text" [--state DIR] [--json] [--willingness-to-pay USD]
+    mixllm route "text" | - | --file PATH [--state DIR] [--json] [--willingness-to-pay USD]
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
     mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force] [--index-url URL] [--quiet]
@@ -17,13 +17,14 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mixllm._core import MixllmError
+from mixllm._core import MixllmError, __version__
 from mixllm.config import RouterConfig, lists_models, load_config
 from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
@@ -118,9 +119,26 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
+def _query_text(args: argparse.Namespace) -> str:
+    """The query: the argument, standard input for "-", or the file given with --file."""
+    if (args.text is None) == (args.file is None):
+        raise MixllmError('give the query as an argument, "-" for standard input, or --file PATH')
+    try:
+        if args.file is not None:
+            return Path(args.file).read_text(encoding="utf-8")
+        if args.text == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as err:
+        source = args.file if args.file is not None else "standard input"
+        raise MixllmError(f"{source} is not UTF-8 text: {err}") from err
+    text: str = args.text
+    return text
+
+
 def _route(args: argparse.Namespace) -> int:
+    text = _query_text(args)
     router = _router(args.state)
-    decision = router.route(args.text, willingness_to_pay=args.willingness_to_pay)
+    decision = router.route(text, willingness_to_pay=args.willingness_to_pay)
     explained = decision.explain()
     if args.json:
         print(
@@ -311,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mixllm",
         description="Route each query to the LLM that best trades quality, cost and waiting time.",
     )
+    parser.add_argument("--version", action="version", version=f"mixllm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="learn a router from data and save it")
@@ -335,7 +354,8 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     route = commands.add_parser("route", help="pick the model for one query")
-    route.add_argument("text", help="the query")
+    route.add_argument("text", nargs="?", help='the query; "-" reads it from standard input')
+    route.add_argument("--file", help="read the query from this file (UTF-8)")
     route.add_argument("--state", help="saved router folder (default: the shipped router)")
     route.add_argument("--json", action="store_true", help="print JSON")
     route.add_argument(
@@ -458,10 +478,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)
+    except BrokenPipeError:
+        return _closed_pipe()
     except (MixllmError, OSError) as err:
         print(f"mixllm {args.command}: {err}", file=sys.stderr)
         return 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_pipe()
     return code
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``mixllm route ... | head``): exit quietly, as
+    command-line tools do. Standard output is pointed at /dev/null so that Python's own flush
+    at exit does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    # 128 + SIGPIPE, the status a shell reports for a command ended by a closed pipe.
+    return 141
 
 
 if __name__ == "__main__":
