@@ -4,22 +4,28 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 WHEEL_DIR := build-out/wheels
 
-.PHONY: install demo default-state test lint cargo-test bench bench-rust ci clean
+.PHONY: help install demo default-state test lint cargo-test bench bench-rust wheel-check ci clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --upgrade pip maturin
+	$(VPY) -m pip install --quiet --upgrade pip
 
 # Build the abi3 wheel users get and install it (with test, bench and eval extras) into the venv,
-# so the tests exercise exactly what `pip install` gives, never the source tree.
-install: $(VPY)
+# so the tests exercise exactly what `pip install` gives, never the source tree. zig links it
+# against glibc 2.17, so the wheel is manylinux2014 and installs on any current Linux x86-64.
+install: $(VPY)  ## build the wheel and install it into .venv
+	$(VPY) -m pip install --quiet maturin ziglang auditwheel
 	rm -rf $(WHEEL_DIR)
-	$(VENV)/bin/maturin build --release --out $(WHEEL_DIR)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --out $(WHEEL_DIR) \
+	    --zig --compatibility manylinux2014
 	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval]"
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/mixllm-*.whl
 
 # The main job: install, then route queries with the router shipped in the package.
-demo: install
+demo: install  ## install, then route two queries with the shipped router
 	$(VENV)/bin/mixllm models
 	$(VENV)/bin/mixllm route "Write a Python function that returns the n-th Fibonacci number."
 	$(VENV)/bin/mixllm route "Which is heavier, a kilogram of feathers or a kilogram of iron?"
@@ -27,15 +33,15 @@ demo: install
 # Retrains the router shipped in the package (RouterBench's 11 models, train split); run
 # `make install` afterwards to put it in the wheel.
 DATA ?= ../shared/data/routerbench_subset_routerdc
-default-state: install
+default-state: install  ## retrain the router shipped in the package
 	rm -rf python/mixllm/default_state
 	$(VENV)/bin/mixllm train --data $(DATA) --out python/mixllm/default_state --threads 2
 
-test:
+test:  ## the test suite and the stub check, against the installed wheel
 	$(VPY) -m pytest -q tests
 	$(VPY) -m mypy.stubtest mixllm._core --allowlist tests/stubtest-allowlist.txt
 
-lint:
+lint:  ## cargo fmt, clippy, ruff and mypy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VPY) -m ruff check python tests benches
@@ -44,7 +50,7 @@ lint:
 
 # With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is
 # installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline.
-cargo-test:
+cargo-test:  ## the core's tests, also with portable kernels and an old CPU
 	cargo test --workspace --exclude mixllm-py
 	MIXLLM_PORTABLE_KERNELS=1 cargo test --workspace --exclude mixllm-py
 	if command -v qemu-x86_64 >/dev/null; then \
@@ -52,13 +58,18 @@ cargo-test:
 	    cargo test -p mixllm-core; \
 	fi
 
-bench:
+bench:  ## the Python benchmarks
 	$(VPY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,max,ops -q
 
-bench-rust:
+bench-rust:  ## the core's criterion benchmarks
 	cargo bench -p mixllm-core
 
-ci: install cargo-test lint test
+# The wheel is manylinux2014, the sdist builds, and the wheel runs from a fresh virtual
+# environment with no Rust toolchain, on the oldest and newest CPython found here.
+wheel-check:  ## (after make install) check the wheel and the sdist as users get them
+	scripts/check-wheel.sh $(WHEEL_DIR) $(VPY)
 
-clean:
+ci: install cargo-test lint test wheel-check  ## everything CI runs
+
+clean:  ## remove build output and the venv
 	rm -rf target $(VENV) build-out

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Checks the wheel users get: it is manylinux2014 (glibc 2.17) compliant, the sdist builds, and
+# the wheel installs and runs in a fresh virtual environment with no Rust toolchain on the path,
+# from outside the repository, on the oldest and the newest Python the package supports.
+# Usage: scripts/check-wheel.sh WHEEL_DIR VENV_PYTHON
+set -euo pipefail
+wheel_dir=$1
+vpy=$2
+wheel=$(realpath "$(ls "$wheel_dir"/mixllm-*.whl)")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "== auditwheel show $(basename "$wheel")"
+"$vpy" -m auditwheel show "$wheel" | tee "$work/audit.txt"
+grep -q 'consistent with the following platform tag: *"manylinux_2_17_x86_64"' \
+    <(tr -s ' \n' ' ' < "$work/audit.txt") \
+    || { echo "check-wheel: the wheel is not manylinux2014 (manylinux_2_17) compliant" >&2; exit 1; }
+
+echo "== the sdist builds a wheel"
+"$vpy" -m maturin sdist --out "$work/sdist" >/dev/null
+"$vpy" -m pip wheel --quiet --no-deps --wheel-dir "$work/from-sdist" "$work"/sdist/mixllm-*.tar.gz
+ls "$work"/from-sdist/mixllm-*.whl
+
+# Oldest and newest supported CPython, where pyenv has them, and the default one.
+pythons=()
+for version in 3.10 3.13; do
+    found=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python3 2>/dev/null | tail -1 || true)
+    if [ -n "$found" ]; then pythons+=("$found"); else echo "check-wheel: no CPython $version here"; fi
+done
+pythons+=("$(python3 -c 'import sys; print(sys.executable)')")
+
+for python in "${pythons[@]}"; do
+    echo "== fresh install with $("$python" --version)"
+    venv="$work/venv-$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    # No cargo, rustc or maturin on the path: the wheel must not need them.
+    env -i HOME="$HOME" PATH=/usr/bin:/bin "$python" -m venv "$venv"
+    (
+        cd "$work"
+        export PATH="$venv/bin:/usr/bin:/bin"
+        ! command -v cargo >/dev/null || { echo "check-wheel: cargo is on the path" >&2; exit 1; }
+        pip install --quiet "$wheel"
+        mixllm --version
+        mixllm models >/dev/null
+        mixllm route "Which is heavier, a kilogram of feathers or a kilogram of iron?"
+    )
+done
+echo "check-wheel: all checks passed"
