@@ -187,7 +187,7 @@ class RouterConfig:
 
     models: tuple[ModelConfig, ...]
     # On RouterBench's pool this is where the router starts sending hard queries to GPT-4
-    # (97.6% of its quality at 33.5% of its cost on the test split; README "Results").
+    # (docs/results/routerbench.md).
     willingness_to_pay: float = 0.05
     alpha: float = 0.01
     beta: float = 0.1
