@@ -44,8 +44,8 @@ test:  ## the test suite and the stub check, against the installed wheel
 lint:  ## cargo fmt, clippy, ruff and mypy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VPY) -m ruff check python tests benches
-	$(VPY) -m ruff format --check python tests benches
+	$(VPY) -m ruff check python tests benches testkit studies
+	$(VPY) -m ruff format --check python tests benches testkit studies
 	$(VPY) -m mypy
 
 # With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is

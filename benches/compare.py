@@ -1,8 +1,8 @@
 """Side by side, in one process: the decision core from Python against its targets and peers.
 
-    python benches/compare.py
+    PYTHONPATH=testkit python benches/compare.py
 
-Prints one markdown table (the README's): decide p50/p99 at d = 64 and 384, update p50,
+Prints one markdown table (docs/results/speed.md's): decide p50/p99 at d = 64 and 384, update p50,
 decide_batch throughput, the numpy reference and MABWiser per decision with mixllm's ratio to
 each (measured back to back on the same queries), two-thread scaling (with each thread's share
 of time spent waiting for the GIL and for a core, since a shared machine may not give two

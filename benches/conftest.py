@@ -1,7 +1,8 @@
 """Fixtures of the pytest-benchmark suite: trained pools, queries and the two peers.
 
 Run with ``pytest benches --benchmark-only``: ``benches/pytest.ini`` collects ``bench_*.py``, and
-pytest puts ``benches/`` on ``sys.path``, so the shared modules import by name. Each benchmark
+pytest puts ``benches/`` and ``testkit/`` (the modules shared with the tests: the numpy reference,
+the synthetic workload) on ``sys.path``, so they import by name. Each benchmark
 adds its derived numbers (p50/p99, ratios against a peer measured in the same test) to
 ``benchmark.extra_info`` and to the summary printed at the end of the run.
 """

@@ -1,4 +1,4 @@
-"""The numpy reference of the decision (benches/numpy_reference.py) decides like `Policy.decide`.
+"""The numpy reference of the decision (testkit/numpy_reference.py) decides like `Policy.decide`.
 
 The benchmarks compare mixllm's speed with that reference, so it must compute the same thing:
 the same per-model predictions and scores, and the same chosen model, including when latency
@@ -7,28 +7,11 @@ excludes some models or all of them.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
-BENCHES = Path(__file__).resolve().parents[1] / "benches"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-workload = _load("workload")
-numpy_reference = _load("numpy_reference")
+import numpy_reference
+import workload
 
 QUERIES = 300
 

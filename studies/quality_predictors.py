@@ -1,6 +1,6 @@
 """Which quality predictor (and which routing context) routes best on the RouterBench subset.
 
-    python benches/quality_predictors.py [--data DIR] [--folds 5] [--quick]
+    python studies/quality_predictors.py [--data DIR] [--folds 5] [--quick]
                                          [--truncation head|tail|both|question] [--max-tokens N]
                                          [--vectors FILE.npy] [--only A|B] [--test A|B]
                                          [--online] [--needed-signal]

@@ -104,7 +104,7 @@ def main() -> None:
     REFERENCE_TEXTS (the same texts as MiniLM's), from the upstream folder given as the first
     argument (``model.safetensors``, ``config.json``, ``tokenizer.json``)::
 
-        python tests/reference_mpnet.py /path/to/all-mpnet-base-v2
+        python testkit/reference_mpnet.py /path/to/all-mpnet-base-v2
     """
     import tokenizers
 
