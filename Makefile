@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 WHEEL_DIR := build-out/wheels
 
-.PHONY: help install demo default-state test lint cargo-test bench bench-rust wheel-check ci clean
+.PHONY: help install demo default-state test test-slow lint cargo-test bench bench-rust wheel-check ci clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -37,9 +37,12 @@ default-state: install  ## retrain the router shipped in the package
 	rm -rf python/mixllm/default_state
 	$(VENV)/bin/mixllm train --data $(DATA) --out python/mixllm/default_state --threads 2
 
-test:  ## the test suite and the stub check, against the installed wheel
-	$(VPY) -m pytest -q tests
+test:  ## the test suite (less the slow tests) and the stub check, against the installed wheel
+	$(VPY) -m pytest -q -m "not slow" tests
 	$(VPY) -m mypy.stubtest mixllm._core --allowlist tests/stubtest-allowlist.txt
+
+test-slow:  ## the slow tests: mixllm eval end to end, training on real data, reloads in new processes
+	$(VPY) -m pytest -q -m slow tests
 
 lint:  ## cargo fmt, clippy, ruff and mypy
 	cargo fmt --all --check
@@ -69,7 +72,7 @@ bench-rust:  ## the core's criterion benchmarks
 wheel-check:  ## (after make install) check the wheel and the sdist as users get them
 	scripts/check-wheel.sh $(WHEEL_DIR) $(VPY)
 
-ci: install cargo-test lint test wheel-check  ## everything CI runs
+ci: install cargo-test lint test test-slow wheel-check  ## everything CI runs
 
 clean:  ## remove build output and the venv
 	rm -rf target $(VENV) build-out

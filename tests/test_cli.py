@@ -66,6 +66,7 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_then_route_with_the_trained_state(
     tmp_path: Path, routerbench_slice: Callable[[Path, int], Path]
 ) -> None:

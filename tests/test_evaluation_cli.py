@@ -24,6 +24,7 @@ def data_slice(tmp_path: Path, routerbench_slice: Callable[[Path, int], Path]) -
     return routerbench_slice(tmp_path / "slice", ROWS_PER_FILE)
 
 
+@pytest.mark.slow
 def test_eval_writes_json_plots_and_html(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -96,6 +97,7 @@ def test_eval_writes_json_plots_and_html(
     assert page.count("mixllm&#x27;s frontier from its cheapest point") == 2
 
 
+@pytest.mark.slow
 def test_eval_embeds_with_the_requested_truncation(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -141,6 +143,7 @@ def test_eval_embeds_with_the_requested_truncation(
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_runs_the_continual_splits_it_is_given(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,6 +162,7 @@ def test_eval_runs_the_continual_splits_it_is_given(
     ]
 
 
+@pytest.mark.slow
 def test_eval_shuffles_the_arrivals_unless_told_the_data_order(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -213,6 +217,7 @@ concurrency = 16
 """
 
 
+@pytest.mark.slow
 def test_eval_with_another_encoder_names_its_width(
     data_slice: Path,
     tmp_path: Path,
@@ -237,6 +242,7 @@ def test_eval_with_another_encoder_names_its_width(
         assert "LinUCB raw 80-d" in routers and "LinUCB raw 384-d" not in routers
 
 
+@pytest.mark.slow
 def test_eval_validate_runs_on_a_split_of_train(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -273,6 +279,7 @@ def test_eval_validate_runs_on_a_split_of_train(
     assert sum(s == "test" for s in other.split) == val2["data"]["test"]
 
 
+@pytest.mark.slow
 def test_eval_evaluates_a_configuration_file(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

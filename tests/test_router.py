@@ -131,6 +131,7 @@ def test_willingness_to_pay_moves_choices_towards_quality(
     assert np.mean(rich) > 3 * np.mean(cheap)
 
 
+@pytest.mark.slow
 def test_reload_in_a_new_process_routes_test_queries_identically(
     fitted: tuple[Router, RoutingDataset], routerbench: RoutingDataset, tmp_path: Path
 ) -> None:
