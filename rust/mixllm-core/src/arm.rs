@@ -300,7 +300,7 @@ pub fn learn(
     let residual_log_length = obs
         .output_tokens
         .map(|tokens| tokens.ln_1p() - priors.log_length());
-    let observations = current.observations + 1;
+    let observations = current.observations.saturating_add(1);
     let weight_sum = current.weight_sum + w;
 
     let quality = head_step(

@@ -28,10 +28,39 @@
 //! came from a caller. A save writes a temporary file beside the target, syncs it, and renames it
 //! over the target, so a crash leaves either the old file or the new one, never a torn one.
 //! Requests in flight are not saved (they belong to the process that made them).
+//!
+//! # What a load checks
+//!
+//! Before anything proportional to the file is read or allocated: the magic bytes, the version,
+//! that the announced payload length is exactly what the file holds, the configuration (so the
+//! dimension is at most [`crate::config::MAX_DIM`]), and that the announced number of models
+//! (at most [`MAX_MODELS`]) fits the payload's length. Then the checksum, and every field as a
+//! caller's input: names of 1 to [`MAX_MODEL_NAME_BYTES`] bytes of UTF-8, no name twice,
+//! profiles and priors as `add_model` checks them, every number finite, and what the learner
+//! keeps true of each arm's matrices (checked in O(d²), as cheap as reading them; a stored
+//! matrix is one triangle, so symmetric by construction):
+//! - A (and the length head's own A) = ridge·I + Σ w·x·xᵀ with w ≥ 0: every diagonal entry at
+//!   least the ridge, every |A_ij| at most sqrt(A_ii·A_jj);
+//! - A⁻¹ ⪯ I/ridge and positive semi-definite: diagonal entries in [0, 1/ridge], every
+//!   |A⁻¹_ij| at most sqrt(A⁻¹_ii·A⁻¹_jj);
+//!
+//! each within [`ROUNDING`] (relative to 1/ridge for A⁻¹), far more than the rounding the
+//! learner accumulates between two exact refactorisations; the count of updates since the last
+//! refactorisation below `refactor_every`; the sum of weights non-negative. Observation and
+//! completion counts may be anything: they saturate at 2⁶⁴ − 1 rather than wrap. Each loaded
+//! arm gets a fresh generation.
+//!
+//! # Temporary files
+//!
+//! A save's temporary file is named `<target>.tmp-<pid>-<n>` and held under an exclusive
+//! advisory lock (`flock`) while it is written. A crash leaves the file but not the lock (the
+//! kernel drops a dead process's locks), so the next save of the same target removes every
+//! `<target>.tmp-*` sibling whose lock it can take: a crashed writer's, never a live one's.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::arm::{ArmLedger, ArmStats, LengthSystem};
@@ -47,7 +76,10 @@ const VERSION: u32 = 4;
 /// The oldest format version this build reads.
 const OLDEST_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
-const MAX_NAME_LEN: usize = 4096;
+/// How far beyond its exact bound a loaded matrix entry may lie: room for rounding only.
+const ROUNDING: f64 = 1e-6;
+
+pub use crate::policy::{MAX_MODELS, MAX_MODEL_NAME_BYTES};
 
 /// Serialises the policy. Each model's snapshot and ledger are read under its writer lock, so
 /// they are consistent; decisions are not blocked.
@@ -128,43 +160,78 @@ fn encode(policy: &Policy, version: u32) -> Vec<u8> {
     file
 }
 
-/// Parses a saved policy. `expected_dim`, when given, must match the file's.
-pub fn from_bytes(
-    bytes: &[u8],
-    expected_dim: Option<usize>,
-) -> std::result::Result<Policy, String> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+/// The fixed header: magic, a version this build reads, and a payload length that makes the
+/// whole file exactly `total_len` bytes. Returns the version and the payload length.
+fn check_header(header: &[u8], total_len: u64) -> std::result::Result<(u32, u64), String> {
+    if header.len() < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
         return Err("not a mixllm policy file (bad magic bytes)".to_string());
     }
-    if bytes.len() < HEADER_LEN {
+    if header.len() < HEADER_LEN {
         return Err("truncated header".to_string());
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(format!(
             "format version {version} is not supported (this build reads versions \
              {OLDEST_VERSION} to {VERSION})"
         ));
     }
-    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let payload_len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
     let expected_total = (HEADER_LEN as u64)
         .checked_add(payload_len)
         .and_then(|n| n.checked_add(4));
-    if expected_total != Some(bytes.len() as u64) {
+    if expected_total != Some(total_len) {
         return Err(format!(
             "truncated or padded: the header announces {payload_len} payload bytes, the file has \
-             {} bytes in all",
-            bytes.len()
+             {total_len} bytes in all"
         ));
     }
-    let body_end = bytes.len() - 4;
-    let stored_crc = u32::from_le_bytes(bytes[body_end..].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[..body_end]) != stored_crc {
-        return Err("checksum mismatch: the file is corrupt".to_string());
+    Ok((version, payload_len))
+}
+
+/// Bytes of the payload before the first model: the configuration and the number of models.
+fn prefix_len(version: u32) -> usize {
+    let mut fields = 1 + 4 + 1 + 1 + 1;
+    if version >= 2 {
+        fields += 1;
     }
-    let mut d = Decoder {
-        buf: &bytes[HEADER_LEN..body_end],
-    };
+    if version >= 4 {
+        fields += 1;
+    }
+    8 * fields
+}
+
+/// The smallest and the largest number of bytes one model takes in format `version` at `dim`.
+fn model_len_range(version: u32, dim: usize) -> (u64, u64) {
+    let dim = dim as u64;
+    let packed = dim * (dim + 1) / 2;
+    let vector = 8 + 8 * dim;
+    let matrix = 8 + 8 * packed;
+    // Profile (6), priors (2), observations and weight sum (2), updates, mean service and
+    // completed (3), then each version's additions.
+    let mut scalars = 6 + 2 + 2 + 3;
+    if version >= 2 {
+        scalars += 1;
+    }
+    if version >= 3 {
+        scalars += 2;
+    }
+    if version >= 4 {
+        scalars += 1;
+    }
+    let fixed = 8 * scalars + 2 * matrix + 4 * vector + 8;
+    let own_length = if version >= 2 { 2 * matrix } else { 0 };
+    (fixed + 1, fixed + MAX_MODEL_NAME_BYTES as u64 + own_length)
+}
+
+/// Reads the configuration and the number of models, and checks that number against
+/// [`MAX_MODELS`] and the payload's `payload_len` bytes, before any model is read.
+fn read_prefix(
+    d: &mut Decoder<'_>,
+    version: u32,
+    payload_len: u64,
+    expected_dim: Option<usize>,
+) -> std::result::Result<(PolicyConfig, u64), String> {
     let dim = usize::try_from(d.u64()?).map_err(|_| "dimension out of range".to_string())?;
     let mut config = PolicyConfig::new(dim);
     config.alpha = d.f64()?;
@@ -187,7 +254,41 @@ pub fn from_bytes(
         }
     }
     let n_models = d.u64()?;
-    let mut slots: Vec<Arc<ArmSlot>> = Vec::new();
+    if n_models > MAX_MODELS as u64 {
+        return Err(format!(
+            "the file announces {n_models} models, more than the limit of {MAX_MODELS}"
+        ));
+    }
+    let (least, most) = model_len_range(version, dim);
+    let models_len = payload_len - prefix_len(version) as u64;
+    if models_len < n_models * least || models_len > n_models * most {
+        return Err(format!(
+            "{n_models} models of dimension {dim} cannot take the {models_len} bytes the \
+             payload has for them"
+        ));
+    }
+    Ok((config, n_models))
+}
+
+/// Parses a saved policy. `expected_dim`, when given, must match the file's.
+pub fn from_bytes(
+    bytes: &[u8],
+    expected_dim: Option<usize>,
+) -> std::result::Result<Policy, String> {
+    let (version, payload_len) = check_header(bytes, bytes.len() as u64)?;
+    if payload_len < prefix_len(version) as u64 {
+        return Err("truncated: the payload is shorter than a configuration".to_string());
+    }
+    let body_end = bytes.len() - 4;
+    let stored_crc = u32::from_le_bytes(bytes[body_end..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[..body_end]) != stored_crc {
+        return Err("checksum mismatch: the file is corrupt".to_string());
+    }
+    let mut d = Decoder {
+        buf: &bytes[HEADER_LEN..body_end],
+    };
+    let (config, n_models) = read_prefix(&mut d, version, payload_len, expected_dim)?;
+    let mut slots: Vec<Arc<ArmSlot>> = Vec::with_capacity(n_models as usize);
     for model in 0..n_models {
         let slot =
             read_slot(&mut d, &config, version).map_err(|e| format!("model #{model}: {e}"))?;
@@ -205,6 +306,91 @@ pub fn from_bytes(
     Ok(Policy::from_parts(config, slots))
 }
 
+/// The diagonal of a d×d symmetric matrix stored as its packed upper triangle, row by row.
+fn packed_diagonal(dim: usize, packed: &[f64]) -> Vec<f64> {
+    let mut start = 0;
+    (0..dim)
+        .map(|i| {
+            let v = packed[start];
+            start += dim - i;
+            v
+        })
+        .collect()
+}
+
+/// Whether every off-diagonal entry of a packed symmetric matrix with diagonal `diag` is at
+/// most `bound(d_i, d_j)` in magnitude; names the first that is not.
+fn check_off_diagonal(
+    what: &str,
+    dim: usize,
+    packed: &[f64],
+    diag: &[f64],
+    bound: impl Fn(f64, f64) -> f64,
+) -> std::result::Result<(), String> {
+    let mut at = 0;
+    for i in 0..dim {
+        for j in i..dim {
+            let v = packed[at];
+            at += 1;
+            if j > i && v.abs() > bound(diag[i], diag[j]) {
+                return Err(format!(
+                    "{what} entry ({i}, {j}) = {v:e} exceeds what a positive semi-definite \
+                     matrix with its diagonal allows"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A packed matrix A = ridge·I + Σ w·x·xᵀ (w ≥ 0): diagonal at least `ridge`, and the 2×2
+/// minors of a positive semi-definite matrix (within rounding).
+fn check_gram(
+    what: &str,
+    dim: usize,
+    packed: &[f64],
+    ridge: f64,
+) -> std::result::Result<(), String> {
+    let diag = packed_diagonal(dim, packed);
+    if let Some((i, v)) = diag
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < ridge * (1.0 - ROUNDING))
+    {
+        return Err(format!(
+            "{what} diagonal entry {i} = {v:e} is below the ridge {ridge:e}"
+        ));
+    }
+    check_off_diagonal(what, dim, packed, &diag, |a, b| {
+        (a * b).sqrt() * (1.0 + ROUNDING)
+    })
+}
+
+/// A packed inverse of a matrix checked by [`check_gram`]: positive semi-definite and at most
+/// I / `ridge` (within rounding, relative to 1 / `ridge`).
+fn check_gram_inverse(
+    what: &str,
+    dim: usize,
+    packed: &[f64],
+    ridge: f64,
+) -> std::result::Result<(), String> {
+    let scale = 1.0 / ridge;
+    let slack = ROUNDING * scale;
+    let diag = packed_diagonal(dim, packed);
+    if let Some((i, v)) = diag
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| !(-slack..=scale + slack).contains(&v))
+    {
+        return Err(format!(
+            "{what} diagonal entry {i} = {v:e} is outside [0, 1/ridge = {scale:e}]"
+        ));
+    }
+    check_off_diagonal(what, dim, packed, &diag, |a, b| {
+        (a.max(0.0) * b.max(0.0)).sqrt() + slack
+    })
+}
+
 fn read_slot(
     d: &mut Decoder<'_>,
     config: &PolicyConfig,
@@ -213,7 +399,7 @@ fn read_slot(
     let dim = config.dim;
     let layout = SymLayout::new(dim);
     let packed_len = dim * (dim + 1) / 2;
-    let name_bytes = d.bytes(MAX_NAME_LEN)?;
+    let name_bytes = d.bytes(MAX_MODEL_NAME_BYTES)?;
     let name =
         std::str::from_utf8(name_bytes).map_err(|_| "model name is not UTF-8".to_string())?;
     if name.is_empty() {
@@ -233,23 +419,32 @@ fn read_slot(
         output_tokens: d.f64()?,
     };
     priors.validate().map_err(|e| format!("{name:?}: {e}"))?;
-    let stats = ArmStats {
-        observations: d.u64()?,
-        weight_sum: d.finite("weight_sum")?,
-        a_inv: layout.from_packed(&d.finite_f64s("A inverse", packed_len)?),
-        theta_quality: d.finite_f64s("quality head", dim)?,
-        theta_log_length: d.finite_f64s("length head", dim)?,
-    };
-    let a = layout.from_packed(&d.finite_f64s("A", packed_len)?);
+    let observations = d.u64()?;
+    let weight_sum = d.finite("weight_sum")?;
+    if weight_sum < 0.0 {
+        return Err(format!("{name:?}: negative weight sum {weight_sum}"));
+    }
+    let a_inv = d.finite_f64s("A inverse", packed_len)?;
+    check_gram_inverse("A inverse", dim, &a_inv, config.ridge).map_err(|e| format!("{name:?}: {e}"))?;
+    let theta_quality = d.finite_f64s("quality head", dim)?;
+    let theta_log_length = d.finite_f64s("length head", dim)?;
+    let a = d.finite_f64s("A", packed_len)?;
+    check_gram("A", dim, &a, config.ridge).map_err(|e| format!("{name:?}: {e}"))?;
     let b_quality = d.finite_f64s("quality targets", dim)?;
     let b_log_length = d.finite_f64s("length targets", dim)?;
     // Version 1's length head always shared the quality head's matrices.
     let length = match if version >= 2 { d.u64()? } else { 0 } {
         0 => None,
-        1 => Some(LengthSystem {
-            a: layout.from_packed(&d.finite_f64s("length A", packed_len)?),
-            a_inv: layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?),
-        }),
+        1 => {
+            let own_a = d.finite_f64s("length A", packed_len)?;
+            check_gram("length A", dim, &own_a, config.length_ridge).map_err(|e| format!("{name:?}: {e}"))?;
+            let own_a_inv = d.finite_f64s("length A inverse", packed_len)?;
+            check_gram_inverse("length A inverse", dim, &own_a_inv, config.length_ridge).map_err(|e| format!("{name:?}: {e}"))?;
+            Some(LengthSystem {
+                a: layout.from_packed(&own_a),
+                a_inv: layout.from_packed(&own_a_inv),
+            })
+        }
         flag => return Err(format!("{name:?}: invalid length-system flag {flag}")),
     };
     if length.is_none() && config.length_ridge != config.ridge {
@@ -259,6 +454,14 @@ fn read_slot(
             config.length_ridge, config.ridge
         ));
     }
+    let stats = ArmStats {
+        observations,
+        weight_sum,
+        a_inv: layout.from_packed(&a_inv),
+        theta_quality,
+        theta_log_length,
+    };
+    let a = layout.from_packed(&a);
     let ledger = ArmLedger {
         a,
         b_quality,
@@ -266,6 +469,12 @@ fn read_slot(
         length,
         updates_since_refactor: d.u64()?,
     };
+    if ledger.updates_since_refactor >= config.refactor_every {
+        return Err(format!(
+            "{name:?}: {} updates since the last refactorisation, but refactor_every is {}",
+            ledger.updates_since_refactor, config.refactor_every
+        ));
+    }
     let mean_service = d.f64()?;
     let mean_service_s = if mean_service.is_nan() {
         None
@@ -309,7 +518,8 @@ fn read_slot(
     ))
 }
 
-/// Writes the policy to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+/// Writes the policy to `path` atomically (temporary file, fsync, rename, fsync of the folder),
+/// first removing the temporary files crashed saves of `path` left (see the module docs).
 pub fn save(policy: &Policy, path: &Path) -> Result<()> {
     let bytes = to_bytes(policy);
     let io = |action: &'static str, p: &Path| {
@@ -322,16 +532,16 @@ pub fn save(policy: &Policy, path: &Path) -> Result<()> {
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+        _ => PathBuf::from("."),
     };
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::InvalidValue(format!("{} is not a file path", path.display())))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}-{}", std::process::id(), unique_suffix()));
-    let tmp = dir.join(tmp_name);
+    let mut tmp_prefix = file_name.to_os_string();
+    tmp_prefix.push(".tmp-");
+    remove_stale_temporaries(&dir, &tmp_prefix);
+    let (tmp, mut f) = locked_temporary(&dir, &tmp_prefix).map_err(io("cannot create", &dir))?;
     let written = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
         f.write_all(&bytes).map_err(io("cannot write", &tmp))?;
         f.sync_all().map_err(io("cannot sync", &tmp))?;
         fs::rename(&tmp, path).map_err(io("cannot rename into place", path))
@@ -347,17 +557,138 @@ pub fn save(policy: &Policy, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a policy saved by [`save`].
+/// A new temporary file `<prefix><pid>-<n>` in `dir`, created and then locked exclusively. A
+/// cleaner may take a fresh file's lock first, between the two steps, and remove it: the file
+/// the lock is taken on must still be the one at the path, else another name is tried.
+fn locked_temporary(dir: &Path, prefix: &OsStr) -> std::io::Result<(PathBuf, fs::File)> {
+    loop {
+        let mut name = prefix.to_os_string();
+        name.push(format!("{}-{}", std::process::id(), unique_suffix()));
+        let tmp = dir.join(name);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.lock()?;
+        if same_file(&f, &tmp) {
+            return Ok((tmp, f));
+        }
+    }
+}
+
+/// Whether `path` still names the file open as `f`.
+fn same_file(f: &fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (f.metadata(), fs::symlink_metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = f;
+        path.exists()
+    }
+}
+
+/// Removes the files in `dir` named `<prefix>…` whose exclusive lock can be taken: temporary
+/// files of saves that died. A live save holds its file's lock until the file is renamed, so
+/// its file is left alone. Best effort: a file that cannot be opened or removed stays.
+fn remove_stale_temporaries(dir: &Path, prefix: &OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().starts_with(prefix) {
+            continue;
+        }
+        let path = entry.path();
+        // Never follow a link: only the regular files a save creates are candidates.
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+            continue;
+        }
+        let Ok(f) = fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        // The lock is held across the removal, and released when `f` is dropped after it.
+        if f.try_lock().is_ok() && same_file(&f, &path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Reads a policy saved by [`save`]. The header is checked against the file's length, and the
+/// configuration and model count against the payload's, before the rest is read: a file that is
+/// not a policy is refused after reading a few dozen bytes, and nothing larger than the file is
+/// ever allocated.
 pub fn load(path: &Path, expected_dim: Option<usize>) -> Result<Policy> {
-    let bytes = fs::read(path).map_err(|source| Error::Io {
-        action: "cannot read",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    from_bytes(&bytes, expected_dim).map_err(|reason| Error::StateFile {
+    let io = |action: &'static str| {
+        move |source| Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let refuse = |reason: String| Error::StateFile {
         path: path.to_path_buf(),
         reason,
-    })
+    };
+    let mut f = fs::File::open(path).map_err(io("cannot read"))?;
+    let meta = f.metadata().map_err(io("cannot read"))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".to_string()));
+    }
+    let total_len = meta.len();
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_up_to(&mut f, &mut header).map_err(io("cannot read"))?;
+    let (version, payload_len) = check_header(&header[..got], total_len).map_err(refuse)?;
+    let prefix = prefix_len(version);
+    if payload_len < prefix as u64 {
+        return Err(refuse(
+            "truncated: the payload is shorter than a configuration".to_string(),
+        ));
+    }
+    let mut bytes = header[..got].to_vec();
+    bytes.resize(HEADER_LEN + prefix, 0);
+    f.read_exact(&mut bytes[HEADER_LEN..])
+        .map_err(io("cannot read"))?;
+    let mut d = Decoder {
+        buf: &bytes[HEADER_LEN..],
+    };
+    read_prefix(&mut d, version, payload_len, expected_dim).map_err(refuse)?;
+    // The length was checked against the file's, and bounded by what its models can take.
+    let total = usize::try_from(total_len)
+        .map_err(|_| refuse("too large for this machine's memory".to_string()))?;
+    bytes
+        .try_reserve_exact(total - bytes.len())
+        .map_err(|_| refuse(format!("{total} bytes do not fit in memory")))?;
+    let rest = (total - bytes.len()) as u64;
+    let read = f
+        .take(rest)
+        .read_to_end(&mut bytes)
+        .map_err(io("cannot read"))?;
+    if read as u64 != rest {
+        return Err(refuse("the file shrank while it was read".to_string()));
+    }
+    from_bytes(&bytes, expected_dim).map_err(refuse)
+}
+
+/// Fills as much of `buf` as the reader has, returning how much that is.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn unique_suffix() -> u64 {
