@@ -1027,4 +1027,174 @@ mod tests {
             assert!(error.contains(&format!("version {version}")), "{error}");
         }
     }
+
+    /// The offset of model "m"'s statistics (observations, then the weight sum and A⁻¹) in
+    /// [`one_model`]'s bytes: after the header, the configuration, the count, the name (a u64
+    /// length and one byte), the profile (6 values) and the priors (2).
+    fn stats_at() -> usize {
+        HEADER_LEN + prefix_len(VERSION) + 8 + 1 + 6 * 8 + 2 * 8
+    }
+
+    fn set_f64(bytes: &mut [u8], at: usize, value: f64) {
+        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn inverses_outside_their_bounds_are_rejected() {
+        // The packed 2×2 A⁻¹ (entries (0,0), (0,1), (1,1)) follows the observations, the
+        // weight sum and its length; the ridge is 1.
+        let a_inv = stats_at() + 8 + 8 + 8;
+        for (entry, value, expected) in [
+            (0, -1e150, "diagonal entry 0"),
+            (2, -1e-3, "diagonal entry 1"),
+            (0, 2.0, "outside [0, 1/ridge"),
+            (1, -1e150, "entry (0, 1)"),
+            (1, 1.5, "entry (0, 1)"),
+        ] {
+            let (mut bytes, _) = one_model(false);
+            set_f64(&mut bytes, a_inv + 8 * entry, value);
+            let error = from_bytes(&with_crc(bytes), None).unwrap_err();
+            assert!(error.contains("A inverse") && error.contains(expected), "{error}");
+        }
+        // Rounding's worth of excess is tolerated.
+        let (mut bytes, _) = one_model(false);
+        set_f64(&mut bytes, a_inv, 1.0 + 1e-9);
+        assert!(from_bytes(&with_crc(bytes), None).is_ok());
+    }
+
+    #[test]
+    fn matrices_below_the_ridge_or_not_semi_definite_are_rejected() {
+        // A follows A⁻¹ (u64 + 3 values) and the two heads (u64 + 2 values each).
+        let a = stats_at() + 8 + 8 + (8 + 3 * 8) + 2 * (8 + 2 * 8) + 8;
+        for (entry, value, expected) in [
+            (0, 0.5, "below the ridge"),
+            (1, 1.5, "entry (0, 1)"),
+        ] {
+            let (mut bytes, _) = one_model(false);
+            set_f64(&mut bytes, a + 8 * entry, value);
+            let error = from_bytes(&with_crc(bytes), None).unwrap_err();
+            assert!(error.contains("\"m\": A ") && error.contains(expected), "{error}");
+        }
+        // The length head's own A, with its own ridge of 3.
+        let (mut bytes, flag) = one_model(true);
+        set_f64(&mut bytes, flag + 8 + 8, 2.0);
+        let error = from_bytes(&with_crc(bytes), None).unwrap_err();
+        assert!(error.contains("length A diagonal entry 0"), "{error}");
+    }
+
+    #[test]
+    fn negative_weight_sums_and_overdue_refactorisations_are_rejected() {
+        let (mut bytes, _) = one_model(false);
+        set_f64(&mut bytes, stats_at() + 8, -1.0);
+        let error = from_bytes(&with_crc(bytes), None).unwrap_err();
+        assert!(error.contains("negative weight sum"), "{error}");
+        // The update count follows the flag; refactor_every is 1000.
+        let (mut bytes, flag) = one_model(false);
+        bytes[flag + 8..flag + 16].copy_from_slice(&1000u64.to_le_bytes());
+        let error = from_bytes(&with_crc(bytes), None).unwrap_err();
+        assert!(
+            error.contains("1000 updates since the last refactorisation"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn counts_at_the_top_saturate_rather_than_wrap() {
+        let (mut bytes, flag) = one_model(false);
+        bytes[stats_at()..stats_at() + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        // completed follows the update count and the mean service time.
+        let completed = flag + 8 + 8 + 8;
+        bytes[completed..completed + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let policy = from_bytes(&with_crc(bytes), None).unwrap();
+        observe(&policy, 0..3);
+        policy.begin("m", Some(1.0), 0.0).unwrap();
+        policy.end("m", Some(1.0), Some(1.0), 1.0).unwrap();
+        let report = policy.report("m").unwrap();
+        assert_eq!(report.stats.observations, u64::MAX);
+        assert_eq!(report.completed, u64::MAX);
+    }
+
+    #[test]
+    fn a_model_count_beyond_the_limit_or_the_payload_is_refused_up_front() {
+        let (bytes, _) = one_model(false);
+        let count = HEADER_LEN + prefix_len(VERSION) - 8;
+        for (n, expected) in [
+            (MAX_MODELS as u64 + 1, "more than the limit of 4096"),
+            (2, "2 models of dimension 2 cannot take"),
+            (0, "0 models of dimension 2 cannot take"),
+        ] {
+            let mut bad = bytes.clone();
+            bad[count..count + 8].copy_from_slice(&n.to_le_bytes());
+            let error = from_bytes(&with_crc(bad), None).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_refused_on_its_header_without_reading_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        // A sparse file of 1 TiB: reading it would take hours, allocating it would fail.
+        let path = dir.path().join("huge.bin");
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let error = load(&path, None).unwrap_err().to_string();
+        assert!(error.contains("bad magic bytes"), "{error}");
+        // The right magic and version, but a length that is not the file's.
+        let mut header = Vec::from(&MAGIC[..]);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&100u64.to_le_bytes());
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&header).unwrap();
+        let error = load(&path, None).unwrap_err().to_string();
+        assert!(error.contains("announces 100 payload bytes"), "{error}");
+        // A consistent length, but a dimension beyond the limit.
+        let payload = (1u64 << 40) - HEADER_LEN as u64 - 4;
+        header[12..20].copy_from_slice(&payload.to_le_bytes());
+        header.extend_from_slice(&1_000_000u64.to_le_bytes());
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&header).unwrap();
+        let error = load(&path, None).unwrap_err().to_string();
+        assert!(error.contains("dim must be in 1..=4096"), "{error}");
+        // A valid configuration announcing one model: far too few bytes for 1 TiB.
+        let config = to_bytes(&Policy::new(PolicyConfig::new(2)).unwrap());
+        let mut prefix = config[..HEADER_LEN + prefix_len(VERSION)].to_vec();
+        prefix[12..20].copy_from_slice(&payload.to_le_bytes());
+        let n = prefix.len() - 8;
+        prefix[n..].copy_from_slice(&1u64.to_le_bytes());
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&prefix).unwrap();
+        let error = load(&path, None).unwrap_err().to_string();
+        assert!(error.contains("1 models of dimension 2 cannot take"), "{error}");
+    }
+
+    #[test]
+    fn a_folder_is_not_a_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = load(dir.path(), None).unwrap_err();
+        assert!(matches!(error, Error::StateFile { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_save_removes_crashed_temporaries_but_not_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("policy.bin");
+        let stale = dir.path().join("policy.bin.tmp-1-0");
+        let live = dir.path().join("policy.bin.tmp-2-0");
+        let other = dir.path().join("other.bin.tmp-3-0");
+        for path in [&stale, &live, &other] {
+            fs::write(path, b"partial").unwrap();
+        }
+        // A lock taken through another open file description conflicts, as another
+        // process's would.
+        let writer = fs::File::open(&live).unwrap();
+        writer.lock().unwrap();
+        let policy = Policy::new(PolicyConfig::new(2)).unwrap();
+        save(&policy, &target).unwrap();
+        assert!(!stale.exists());
+        assert!(live.exists() && other.exists());
+        drop(writer);
+        save(&policy, &target).unwrap();
+        assert!(!live.exists() && other.exists());
+        assert!(load(&target, Some(2)).is_ok());
+    }
 }
