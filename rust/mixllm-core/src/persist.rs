@@ -425,7 +425,8 @@ fn read_slot(
         return Err(format!("{name:?}: negative weight sum {weight_sum}"));
     }
     let a_inv = d.finite_f64s("A inverse", packed_len)?;
-    check_gram_inverse("A inverse", dim, &a_inv, config.ridge).map_err(|e| format!("{name:?}: {e}"))?;
+    check_gram_inverse("A inverse", dim, &a_inv, config.ridge)
+        .map_err(|e| format!("{name:?}: {e}"))?;
     let theta_quality = d.finite_f64s("quality head", dim)?;
     let theta_log_length = d.finite_f64s("length head", dim)?;
     let a = d.finite_f64s("A", packed_len)?;
@@ -437,9 +438,11 @@ fn read_slot(
         0 => None,
         1 => {
             let own_a = d.finite_f64s("length A", packed_len)?;
-            check_gram("length A", dim, &own_a, config.length_ridge).map_err(|e| format!("{name:?}: {e}"))?;
+            check_gram("length A", dim, &own_a, config.length_ridge)
+                .map_err(|e| format!("{name:?}: {e}"))?;
             let own_a_inv = d.finite_f64s("length A inverse", packed_len)?;
-            check_gram_inverse("length A inverse", dim, &own_a_inv, config.length_ridge).map_err(|e| format!("{name:?}: {e}"))?;
+            check_gram_inverse("length A inverse", dim, &own_a_inv, config.length_ridge)
+                .map_err(|e| format!("{name:?}: {e}"))?;
             Some(LengthSystem {
                 a: layout.from_packed(&own_a),
                 a_inv: layout.from_packed(&own_a_inv),
@@ -1054,7 +1057,10 @@ mod tests {
             let (mut bytes, _) = one_model(false);
             set_f64(&mut bytes, a_inv + 8 * entry, value);
             let error = from_bytes(&with_crc(bytes), None).unwrap_err();
-            assert!(error.contains("A inverse") && error.contains(expected), "{error}");
+            assert!(
+                error.contains("A inverse") && error.contains(expected),
+                "{error}"
+            );
         }
         // Rounding's worth of excess is tolerated.
         let (mut bytes, _) = one_model(false);
@@ -1066,14 +1072,14 @@ mod tests {
     fn matrices_below_the_ridge_or_not_semi_definite_are_rejected() {
         // A follows A⁻¹ (u64 + 3 values) and the two heads (u64 + 2 values each).
         let a = stats_at() + 8 + 8 + (8 + 3 * 8) + 2 * (8 + 2 * 8) + 8;
-        for (entry, value, expected) in [
-            (0, 0.5, "below the ridge"),
-            (1, 1.5, "entry (0, 1)"),
-        ] {
+        for (entry, value, expected) in [(0, 0.5, "below the ridge"), (1, 1.5, "entry (0, 1)")] {
             let (mut bytes, _) = one_model(false);
             set_f64(&mut bytes, a + 8 * entry, value);
             let error = from_bytes(&with_crc(bytes), None).unwrap_err();
-            assert!(error.contains("\"m\": A ") && error.contains(expected), "{error}");
+            assert!(
+                error.contains("\"m\": A ") && error.contains(expected),
+                "{error}"
+            );
         }
         // The length head's own A, with its own ridge of 3.
         let (mut bytes, flag) = one_model(true);
@@ -1164,7 +1170,10 @@ mod tests {
         let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all(&prefix).unwrap();
         let error = load(&path, None).unwrap_err().to_string();
-        assert!(error.contains("1 models of dimension 2 cannot take"), "{error}");
+        assert!(
+            error.contains("1 models of dimension 2 cannot take"),
+            "{error}"
+        );
     }
 
     #[test]

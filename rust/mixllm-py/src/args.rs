@@ -28,12 +28,9 @@ impl Deref for ModelName {
 /// The text of `ob` if it is a `str` that can be a model name; `Ok(None)` for a `str` that
 /// cannot (it holds a lone surrogate), with the reason.
 fn name_text(ob: &Bound<'_, PyAny>) -> PyResult<Result<String, String>> {
-    let text = ob.cast::<PyString>().map_err(|_| {
-        input_type(format!(
-            "a model name must be a str, got {}",
-            type_name(ob)
-        ))
-    })?;
+    let text = ob
+        .cast::<PyString>()
+        .map_err(|_| input_type(format!("a model name must be a str, got {}", type_name(ob))))?;
     Ok(text
         .to_str()
         .map(str::to_owned)

@@ -133,8 +133,9 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
 pub fn real(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
     // `str` and `bytes` fail here too: extracting an f64 takes `__float__`, which they lack.
     ob.extract::<f64>().map_err(|_| {
-        out_of_range(ob, what, "a float")
-            .unwrap_or_else(|| input_type(format!("{what} must be a number, got {}", type_name(ob))))
+        out_of_range(ob, what, "a float").unwrap_or_else(|| {
+            input_type(format!("{what} must be a number, got {}", type_name(ob)))
+        })
     })
 }
 
@@ -143,7 +144,11 @@ pub fn real(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
 fn out_of_range(ob: &Bound<'_, PyAny>, what: &str, target: &str) -> Option<PyErr> {
     let index = ob.call_method0("__index__").ok()?;
     let bits: u64 = index.call_method0("bit_length").ok()?.extract().ok()?;
-    let sign = if index.lt(0).unwrap_or(false) { "-" } else { "" };
+    let sign = if index.lt(0).unwrap_or(false) {
+        "-"
+    } else {
+        ""
+    };
     Some(invalid_input(format!(
         "{what} is out of range: an integer of {sign}{bits} bits does not fit {target}"
     )))
