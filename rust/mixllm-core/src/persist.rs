@@ -662,7 +662,10 @@ pub fn load(path: &Path, expected_dim: Option<usize>) -> Result<Policy> {
     let mut d = Decoder {
         buf: &bytes[HEADER_LEN..],
     };
-    read_prefix(&mut d, version, payload_len, expected_dim).map_err(refuse)?;
+    // Found before the checksum can be verified, which takes the whole file: say so, since a
+    // damaged file reads as an out-of-range configuration here.
+    read_prefix(&mut d, version, payload_len, expected_dim)
+        .map_err(|e| refuse(format!("{e} (found before the checksum was verified)")))?;
     // The length was checked against the file's, and bounded by what its models can take.
     let total = usize::try_from(total_len)
         .map_err(|_| refuse("too large for this machine's memory".to_string()))?;
