@@ -134,11 +134,13 @@ pub fn assess_with_variance(
         penalty,
         score,
         // The estimate alone decides without a margin, whatever its spread (an infinite one
-        // times 0 would be NaN). Written as "not within τ" so that NaN excludes.
+        // times 0 would be NaN). A NaN margined latency excludes, as NaN latency does.
         excluded: score.is_nan()
             || latency_s > config.tau_s
-            || (config.tau_margin_sd > 0.0
-                && !(latency_s + config.tau_margin_sd * latency.sd_s <= config.tau_s)),
+            || (config.tau_margin_sd > 0.0 && {
+                let margined = latency_s + config.tau_margin_sd * latency.sd_s;
+                margined > config.tau_s || margined.is_nan()
+            }),
     }
 }
 

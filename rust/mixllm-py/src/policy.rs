@@ -21,6 +21,11 @@ use crate::errors::{invalid_input, to_py};
 
 /// The router's decision core: a live pool of models ("arms"), each with a ridge quality head, a
 /// ridge log-length head and LinUCB statistics, and a latency-aware decision rule.
+///
+/// Every method raises a `MixllmError` for a bad argument and changes nothing: a model name that
+/// is not a `str` or a path that is not a `str`/`os.PathLike` is an `InputTypeError`; a name
+/// that is not valid Unicode (a lone surrogate), an integer too large to convert, a value out of
+/// range an `InvalidInputError`.
 #[pyclass(name = "Policy", module = "mixllm", frozen)]
 pub struct PyPolicy {
     inner: Policy,
@@ -170,7 +175,9 @@ impl PyPolicy {
         names_one_of(name, &self.inner.models())
     }
 
-    /// Adds a model with a fresh arm. Prices are USD per million tokens.
+    /// Adds a model with a fresh arm. Prices are USD per million tokens. Held to what a saved
+    /// state may hold, so whatever is accepted saves and loads: a name of 1 to 4096 bytes of
+    /// UTF-8, at most 4096 models in the pool (`InvalidInputError` beyond).
     #[pyo3(
         signature = (name, *, price_in, price_out, fee=None, ttft_s, tokens_per_s, concurrency, prior_quality=None, prior_output_tokens=None),
         text_signature = "($self, name, *, price_in, price_out, fee=0.0, ttft_s, tokens_per_s, concurrency, prior_quality=0.5, prior_output_tokens=256.0)"
@@ -262,6 +269,11 @@ impl PyPolicy {
     /// Picks a model for context `x`. `willingness_to_pay` is in USD per quality point
     /// (the price worth paying for one more point of expected quality; inf ignores cost).
     /// `now_s` is when, for the queues (default: `Policy.clock_s()`; see `begin`).
+    ///
+    /// At the extremes: costs, widths, penalties and each weighted term saturate at the largest
+    /// float (so a weight of 0, or an infinite `willingness_to_pay`, zeroes its term whatever
+    /// the factor); a NaN latency counts as infinite; a model whose score is NaN is excluded.
+    /// The choice is the best admissible score, else the smallest latency.
     #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay, now_s=None))]
     fn decide(
         &self,
@@ -544,13 +556,19 @@ impl PyPolicy {
         Ok(out)
     }
 
-    /// Writes the whole state to `path` atomically (temporary file + rename).
+    /// Writes the whole state to `path` atomically (temporary file `<path>.tmp-*`, held under
+    /// an exclusive lock while written, then renamed over `path`). First removes the
+    /// `<path>.tmp-*` files of saves that crashed: those whose lock it can take, never a live
+    /// writer's.
     fn save(&self, py: Python<'_>, path: StatePath) -> PyResult<()> {
         py.detach(|| persist::save(&self.inner, &path))
             .map_err(to_py)
     }
 
-    /// Reads a state written by `save`. With `dim`, a file of another dimension is rejected.
+    /// Reads a state written by `save`. The header, configuration and model count are checked
+    /// against the file's length before the rest is read; then the checksum and every field
+    /// (`StateFileError` naming what is wrong). With `dim` (an integer in 1..=4096), a file of
+    /// another dimension is rejected.
     #[classmethod]
     #[pyo3(signature = (path, *, dim=None))]
     fn load(
@@ -570,7 +588,7 @@ impl PyPolicy {
         PyBytes::new(py, &bytes)
     }
 
-    /// Rebuilds a policy from `to_bytes` output.
+    /// Rebuilds a policy from `to_bytes` output (`bytes`), checked as `load` checks a file.
     #[classmethod]
     #[pyo3(signature = (data, *, dim=None))]
     fn from_bytes(
