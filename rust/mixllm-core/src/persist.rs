@@ -37,18 +37,11 @@
 //! (at most [`MAX_MODELS`]) fits the payload's length. Then the checksum, and every field as a
 //! caller's input: names of 1 to [`MAX_MODEL_NAME_BYTES`] bytes of UTF-8, no name twice,
 //! profiles and priors as `add_model` checks them, every number finite, and what the learner
-//! keeps true of each arm's matrices (checked in O(d²), as cheap as reading them; a stored
-//! matrix is one triangle, so symmetric by construction):
-//! - A (and the length head's own A) = ridge·I + Σ w·x·xᵀ with w ≥ 0: every diagonal entry at
-//!   least the ridge, every |A_ij| at most sqrt(A_ii·A_jj);
-//! - A⁻¹ ⪯ I/ridge and positive semi-definite: diagonal entries in [0, 1/ridge], every
-//!   |A⁻¹_ij| at most sqrt(A⁻¹_ii·A⁻¹_jj);
-//!
-//! each within [`ROUNDING`] (relative to 1/ridge for A⁻¹), far more than the rounding the
-//! learner accumulates between two exact refactorisations; the count of updates since the last
-//! refactorisation below `refactor_every`; the sum of weights non-negative. Observation and
-//! completion counts may be anything: they saturate at 2⁶⁴ − 1 rather than wrap. Each loaded
-//! arm gets a fresh generation.
+//! keeps true of each arm's matrices ([`crate::bounds`], checked in O(d²), as cheap as reading
+//! them; a stored matrix is one triangle, so symmetric by construction), the count of updates
+//! since the last refactorisation below `refactor_every`, the sum of weights non-negative.
+//! Observation and completion counts may be anything: they saturate at 2⁶⁴ − 1 rather than
+//! wrap. Each loaded arm gets a fresh generation.
 //!
 //! # Temporary files
 //!
@@ -64,6 +57,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::arm::{ArmLedger, ArmStats, LengthSystem};
+use crate::bounds::{check_gram, check_gram_inverse};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::SymLayout;
@@ -76,8 +70,6 @@ const VERSION: u32 = 4;
 /// The oldest format version this build reads.
 const OLDEST_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
-/// How far beyond its exact bound a loaded matrix entry may lie: room for rounding only.
-const ROUNDING: f64 = 1e-6;
 
 pub use crate::policy::{MAX_MODELS, MAX_MODEL_NAME_BYTES};
 
@@ -306,91 +298,6 @@ pub fn from_bytes(
     Ok(Policy::from_parts(config, slots))
 }
 
-/// The diagonal of a d×d symmetric matrix stored as its packed upper triangle, row by row.
-fn packed_diagonal(dim: usize, packed: &[f64]) -> Vec<f64> {
-    let mut start = 0;
-    (0..dim)
-        .map(|i| {
-            let v = packed[start];
-            start += dim - i;
-            v
-        })
-        .collect()
-}
-
-/// Whether every off-diagonal entry of a packed symmetric matrix with diagonal `diag` is at
-/// most `bound(d_i, d_j)` in magnitude; names the first that is not.
-fn check_off_diagonal(
-    what: &str,
-    dim: usize,
-    packed: &[f64],
-    diag: &[f64],
-    bound: impl Fn(f64, f64) -> f64,
-) -> std::result::Result<(), String> {
-    let mut at = 0;
-    for i in 0..dim {
-        for j in i..dim {
-            let v = packed[at];
-            at += 1;
-            if j > i && v.abs() > bound(diag[i], diag[j]) {
-                return Err(format!(
-                    "{what} entry ({i}, {j}) = {v:e} exceeds what a positive semi-definite \
-                     matrix with its diagonal allows"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A packed matrix A = ridge·I + Σ w·x·xᵀ (w ≥ 0): diagonal at least `ridge`, and the 2×2
-/// minors of a positive semi-definite matrix (within rounding).
-fn check_gram(
-    what: &str,
-    dim: usize,
-    packed: &[f64],
-    ridge: f64,
-) -> std::result::Result<(), String> {
-    let diag = packed_diagonal(dim, packed);
-    if let Some((i, v)) = diag
-        .iter()
-        .enumerate()
-        .find(|(_, &v)| v < ridge * (1.0 - ROUNDING))
-    {
-        return Err(format!(
-            "{what} diagonal entry {i} = {v:e} is below the ridge {ridge:e}"
-        ));
-    }
-    check_off_diagonal(what, dim, packed, &diag, |a, b| {
-        (a * b).sqrt() * (1.0 + ROUNDING)
-    })
-}
-
-/// A packed inverse of a matrix checked by [`check_gram`]: positive semi-definite and at most
-/// I / `ridge` (within rounding, relative to 1 / `ridge`).
-fn check_gram_inverse(
-    what: &str,
-    dim: usize,
-    packed: &[f64],
-    ridge: f64,
-) -> std::result::Result<(), String> {
-    let scale = 1.0 / ridge;
-    let slack = ROUNDING * scale;
-    let diag = packed_diagonal(dim, packed);
-    if let Some((i, v)) = diag
-        .iter()
-        .enumerate()
-        .find(|(_, &v)| !(-slack..=scale + slack).contains(&v))
-    {
-        return Err(format!(
-            "{what} diagonal entry {i} = {v:e} is outside [0, 1/ridge = {scale:e}]"
-        ));
-    }
-    check_off_diagonal(what, dim, packed, &diag, |a, b| {
-        (a.max(0.0) * b.max(0.0)).sqrt() + slack
-    })
-}
-
 fn read_slot(
     d: &mut Decoder<'_>,
     config: &PolicyConfig,
@@ -424,28 +331,27 @@ fn read_slot(
     if weight_sum < 0.0 {
         return Err(format!("{name:?}: negative weight sum {weight_sum}"));
     }
-    let a_inv = d.finite_f64s("A inverse", packed_len)?;
-    check_gram_inverse("A inverse", dim, &a_inv, config.ridge)
-        .map_err(|e| format!("{name:?}: {e}"))?;
+    let named = |e: String| format!("{name:?}: {e}");
+    let a_inv = layout.from_packed(&d.finite_f64s("A inverse", packed_len)?);
+    check_gram_inverse("A inverse", layout, &a_inv, config.ridge).map_err(named)?;
     let theta_quality = d.finite_f64s("quality head", dim)?;
     let theta_log_length = d.finite_f64s("length head", dim)?;
-    let a = d.finite_f64s("A", packed_len)?;
-    check_gram("A", dim, &a, config.ridge).map_err(|e| format!("{name:?}: {e}"))?;
+    let a = layout.from_packed(&d.finite_f64s("A", packed_len)?);
+    check_gram("A", layout, &a, config.ridge).map_err(named)?;
     let b_quality = d.finite_f64s("quality targets", dim)?;
     let b_log_length = d.finite_f64s("length targets", dim)?;
     // Version 1's length head always shared the quality head's matrices.
     let length = match if version >= 2 { d.u64()? } else { 0 } {
         0 => None,
         1 => {
-            let own_a = d.finite_f64s("length A", packed_len)?;
-            check_gram("length A", dim, &own_a, config.length_ridge)
-                .map_err(|e| format!("{name:?}: {e}"))?;
-            let own_a_inv = d.finite_f64s("length A inverse", packed_len)?;
-            check_gram_inverse("length A inverse", dim, &own_a_inv, config.length_ridge)
-                .map_err(|e| format!("{name:?}: {e}"))?;
+            let own_a = layout.from_packed(&d.finite_f64s("length A", packed_len)?);
+            check_gram("length A", layout, &own_a, config.length_ridge).map_err(named)?;
+            let own_a_inv = layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?);
+            check_gram_inverse("length A inverse", layout, &own_a_inv, config.length_ridge)
+                .map_err(named)?;
             Some(LengthSystem {
-                a: layout.from_packed(&own_a),
-                a_inv: layout.from_packed(&own_a_inv),
+                a: own_a,
+                a_inv: own_a_inv,
             })
         }
         flag => return Err(format!("{name:?}: invalid length-system flag {flag}")),
@@ -460,12 +366,13 @@ fn read_slot(
     let stats = ArmStats {
         observations,
         weight_sum,
-        a_inv: layout.from_packed(&a_inv),
+        a_inv,
         theta_quality,
         theta_log_length,
     };
-    let a = layout.from_packed(&a);
     let ledger = ArmLedger {
+        ridge: config.ridge,
+        length_ridge: config.length_ridge,
         a,
         b_quality,
         b_log_length,

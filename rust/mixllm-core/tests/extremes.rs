@@ -178,3 +178,97 @@ fn the_audits_cases_pick_a_model_with_a_score() {
     assert_eq!(decision.model(), "m1");
     assert!(decision.assessments[0].score.is_finite(), "{decision:?}");
 }
+
+/// One observation at the extremes the API accepts: context and quality up to 1e100 in
+/// magnitude, any non-negative length, weights from 1e-100 to 1e100.
+type Extreme = (Vec<f64>, f64, Option<f64>, f64);
+
+fn extreme_observation(dim: usize) -> impl Strategy<Value = Extreme> {
+    let magnitude = || {
+        prop_oneof![
+            Just(0.0),
+            -2.0f64..2.0,
+            (-100.0f64..100.0, any::<bool>()).prop_map(|(e, negative)| if negative {
+                -1.0
+            } else {
+                1.0
+            } * 10f64.powf(e)),
+        ]
+    };
+    (
+        prop::collection::vec(magnitude(), dim),
+        magnitude(),
+        prop::option::of(prop_oneof![
+            Just(0.0),
+            (0.0f64..100.0).prop_map(|e| 10f64.powf(e))
+        ]),
+        (-100.0f64..100.0).prop_map(|e| 10f64.powf(e)),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever `update` accepts, the state it leaves saves and loads to the same bytes.
+    #[test]
+    fn every_accepted_update_leaves_a_state_that_loads(
+        (dim, rows) in (1usize..5).prop_flat_map(|dim| {
+            (Just(dim), prop::collection::vec(extreme_observation(dim), 1..30))
+        }),
+        refactor_every in prop_oneof![Just(1u64), Just(3), Just(1000)],
+        length_ridge in prop_oneof![Just(1.0), Just(1e-3), Just(1e3)],
+    ) {
+        let config = PolicyConfig { refactor_every, length_ridge, ..PolicyConfig::new(dim) };
+        let policy = policy_of(config, &[(ModelProfile {
+            price_in: 1.0,
+            price_out: 1.0,
+            fee: 0.0,
+            ttft_s: 0.1,
+            tokens_per_s: 10.0,
+            concurrency: 1,
+        }, Priors::default(), None)]);
+        for (x, quality, output_tokens, weight) in &rows {
+            let obs = mixllm_core::Observation { x, quality: *quality, output_tokens: *output_tokens, weight: *weight };
+            // A refusal changes nothing; an acceptance must leave a loadable state.
+            if policy.update("m0", &obs).is_ok() {
+                let bytes = mixllm_core::persist::to_bytes(&policy);
+                let loaded = mixllm_core::persist::from_bytes(&bytes, Some(dim));
+                prop_assert!(loaded.is_ok(), "{:?} after {x:?} {quality} {output_tokens:?} {weight}", loaded.err());
+                prop_assert_eq!(mixllm_core::persist::to_bytes(&loaded.unwrap()), bytes);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever `fit` accepts, the state it leaves saves and loads to the same bytes.
+    #[test]
+    fn every_accepted_fit_leaves_a_state_that_loads(
+        (dim, rows) in (1usize..5).prop_flat_map(|dim| {
+            (Just(dim), prop::collection::vec(extreme_observation(dim), 1..30))
+        }),
+        length_ridge in prop_oneof![Just(1.0), Just(1e-3), Just(1e3)],
+    ) {
+        let config = PolicyConfig { length_ridge, ..PolicyConfig::new(dim) };
+        let policy = policy_of(config, &[(ModelProfile {
+            price_in: 1.0,
+            price_out: 1.0,
+            fee: 0.0,
+            ttft_s: 0.1,
+            tokens_per_s: 10.0,
+            concurrency: 1,
+        }, Priors::default(), None)]);
+        let xs: Vec<f64> = rows.iter().flat_map(|r| r.0.clone()).collect();
+        let quality: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        let tokens: Vec<f64> = rows.iter().map(|r| r.2.unwrap_or(f64::NAN)).collect();
+        let weights: Vec<f64> = rows.iter().map(|r| r.3).collect();
+        if policy.fit("m0", &xs, &quality, Some(&tokens), Some(&weights)).is_ok() {
+            let bytes = mixllm_core::persist::to_bytes(&policy);
+            let loaded = mixllm_core::persist::from_bytes(&bytes, Some(dim));
+            prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
+            prop_assert_eq!(mixllm_core::persist::to_bytes(&loaded.unwrap()), bytes);
+        }
+    }
+}
