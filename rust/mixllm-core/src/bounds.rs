@@ -70,20 +70,18 @@ fn check_off_diagonal(
 ) -> Result<(), String> {
     for (i, row) in layout.upper_rows(m) {
         let bound_i = roots[i] * factor;
-        let within = row[1..]
-            .iter()
-            .zip(&roots[i + 1..])
-            .all(|(v, root_j)| v.abs() <= bound_i * root_j + slack);
-        if !within {
-            let (j, v) = row[1..]
-                .iter()
-                .zip(&roots[i + 1..])
-                .position(|(v, root_j)| !(v.abs() <= bound_i * root_j + slack))
-                .map(|k| (i + 1 + k, row[1 + k]))
+        // False for NaN.
+        let within = |(v, root_j): (&f64, &f64)| v.abs() <= bound_i * root_j + slack;
+        let entries = || row[1..].iter().zip(&roots[i + 1..]);
+        if !entries().all(within) {
+            let k = entries()
+                .position(|entry| !within(entry))
                 .expect("an entry out of bounds");
             return Err(format!(
                 "{what} entry ({i}, {j}) = {v:e} exceeds what a positive semi-definite matrix \
-                 with its diagonal allows"
+                 with its diagonal allows",
+                j = i + 1 + k,
+                v = row[1 + k]
             ));
         }
     }
