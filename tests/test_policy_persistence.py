@@ -387,3 +387,12 @@ def test_the_temporary_file_of_a_save_killed_midway_is_removed_by_the_next(
     build_policy().save(path)
     assert os.listdir(tmp_path) == ["p.bin"]
     assert mixllm.Policy.load(path).to_bytes() == build_policy().to_bytes()
+
+
+def test_only_a_regular_file_is_read(tmp_path: Path) -> None:
+    # A FIFO would wait for a writer forever, /dev/zero never ends, a folder is no file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(StateFileError, match="not a regular file"):
+            mixllm.Policy.load(path)

@@ -547,6 +547,11 @@ pub fn load(path: &Path, expected_dim: Option<usize>) -> Result<Policy> {
         path: path.to_path_buf(),
         reason,
     };
+    // Checked before opening too: opening a FIFO waits for a writer, and a device such as
+    // /dev/zero never ends.
+    if !fs::metadata(path).map_err(io("cannot read"))?.is_file() {
+        return Err(refuse("not a regular file".to_string()));
+    }
     let mut f = fs::File::open(path).map_err(io("cannot read"))?;
     let meta = f.metadata().map_err(io("cannot read"))?;
     if !meta.is_file() {
@@ -1087,10 +1092,18 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_is_not_a_state_file() {
+    fn only_a_regular_file_is_a_state_file() {
+        // A folder, and a device that never ends. (A FIFO, which would wait for a writer, is
+        // tested from Python: spawning mkfifo here would hand the other tests' open files,
+        // and their locks, to a child for an instant.)
         let dir = tempfile::tempdir().unwrap();
-        let error = load(dir.path(), None).unwrap_err();
-        assert!(matches!(error, Error::StateFile { .. }), "{error}");
+        for path in [dir.path(), Path::new("/dev/zero")] {
+            let error = load(path, None).unwrap_err();
+            assert!(
+                matches!(error, Error::StateFile { .. }) && error.to_string().contains("regular"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
