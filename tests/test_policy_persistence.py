@@ -396,3 +396,19 @@ def test_only_a_regular_file_is_read(tmp_path: Path) -> None:
     for path in (fifo, Path("/dev/zero"), tmp_path):
         with pytest.raises(StateFileError, match="not a regular file"):
             mixllm.Policy.load(path)
+
+
+def test_a_huge_file_is_refused_on_its_header(tmp_path: Path) -> None:
+    # 1 TiB, sparse: reading it before the header would not end, allocating it would fail.
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as f:
+        f.truncate(1 << 40)
+    with pytest.raises(StateFileError, match="bad magic bytes"):
+        mixllm.Policy.load(path)
+    # A policy's header announcing its own length, at the start of that file: the declared
+    # length is not the file's.
+    data = build_policy().to_bytes()
+    with path.open("r+b") as f:
+        f.write(data[:HEADER_LEN])
+    with pytest.raises(StateFileError, match="truncated or padded"):
+        mixllm.Policy.load(path)
