@@ -16,6 +16,7 @@ import pytest
 import mixllm
 
 MAX_LOG_LENGTH = 13.8
+FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def random_observation(rng: np.random.Generator, dim: int) -> dict[str, Any]:
@@ -286,11 +287,19 @@ def reference_decide(
         latency_sd = queue.latency_sd(
             p["concurrency"], service, latency, policy.service_time_smoothing
         )
-        with np.errstate(over="ignore"):  # an enormous queue: exp overflows to inf, as in Rust
-            penalty = np.expm1(latency / policy.tau_s)
-        score = (
-            quality - cost / willingness_to_pay + policy.alpha * uncertainty - policy.beta * penalty
-        )
+        # Each factor and weighted term saturates at the largest float (scoring.rs): an
+        # enormous queue's penalty, whose exp overflows, counts as that.
+        with np.errstate(over="ignore"):
+            penalty = min(np.expm1(latency / policy.tau_s), FLOAT_MAX)
+        cost = min(cost, FLOAT_MAX)
+        uncertainty = min(uncertainty, FLOAT_MAX)
+        with np.errstate(over="ignore"):
+            score = (
+                quality
+                - min(cost / willingness_to_pay, FLOAT_MAX)
+                + min(policy.alpha * uncertainty, FLOAT_MAX)
+                - min(policy.beta * penalty, FLOAT_MAX)
+            )
         for key, value in [
             ("quality", quality),
             ("cost", cost),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -313,3 +317,98 @@ def test_saving_a_policy_in_use_gives_a_loadable_state(tmp_path: Path) -> None:
     loaded = mixllm.Policy.load(path)
     assert loaded.inspect("fresh")["observations"] == 0
     assert p.inspect("fresh")["observations"] == 1
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "ab")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_save_removes_crashed_saves_temporaries_but_never_a_live_writers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.bin"
+    crashed = tmp_path / "p.bin.tmp-1-0"
+    crashed.write_bytes(b"half a state")
+    live = tmp_path / "p.bin.tmp-2-0"
+    unrelated = tmp_path / "other.bin.tmp-3-0"
+    unrelated.write_bytes(b"not ours")
+    # Another process writing `live`, holding its lock as a save does.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(live)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "locked\n"
+        build_policy().save(path)
+        assert sorted(os.listdir(tmp_path)) == ["other.bin.tmp-3-0", "p.bin", "p.bin.tmp-2-0"]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    # Killed, it holds no lock: its file is a crashed save's now.
+    build_policy().save(path)
+    assert sorted(os.listdir(tmp_path)) == ["other.bin.tmp-3-0", "p.bin"]
+    assert mixllm.Policy.load(path).to_bytes() == build_policy().to_bytes()
+
+
+SAVE_FOREVER = """
+import sys
+import mixllm
+p = mixllm.Policy(512)
+for i in range(4):
+    p.add_model(f"m{i}", price_in=1.0, price_out=1.0, ttft_s=0.1, tokens_per_s=10.0, concurrency=1)
+while True:
+    p.save(sys.argv[1])
+"""
+
+
+def test_the_temporary_file_of_a_save_killed_midway_is_removed_by_the_next(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "p.bin"
+    left: list[str] = []
+    for _ in range(20):
+        saver = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)])
+        try:
+            deadline = time.monotonic() + 60
+            while not any(".tmp-" in n for n in os.listdir(tmp_path)):
+                assert time.monotonic() < deadline, "the child never started a save"
+                time.sleep(0.001)
+        finally:
+            saver.send_signal(signal.SIGKILL)
+            saver.wait()
+        left = [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+        if left:
+            break
+    assert left, "no save was caught midway in 20 tries"
+    build_policy().save(path)
+    assert os.listdir(tmp_path) == ["p.bin"]
+    assert mixllm.Policy.load(path).to_bytes() == build_policy().to_bytes()
+
+
+def test_only_a_regular_file_is_read(tmp_path: Path) -> None:
+    # A FIFO would wait for a writer forever, /dev/zero never ends, a folder is no file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(StateFileError, match="not a regular file"):
+            mixllm.Policy.load(path)
+
+
+def test_a_huge_file_is_refused_on_its_header(tmp_path: Path) -> None:
+    # 1 TiB, sparse: reading it before the header would not end, allocating it would fail.
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as f:
+        f.truncate(1 << 40)
+    with pytest.raises(StateFileError, match="bad magic bytes"):
+        mixllm.Policy.load(path)
+    # A policy's header announcing its own length, at the start of that file: the declared
+    # length is not the file's.
+    data = build_policy().to_bytes()
+    with path.open("r+b") as f:
+        f.write(data[:HEADER_LEN])
+    with pytest.raises(StateFileError, match="truncated or padded"):
+        mixllm.Policy.load(path)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import struct
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -290,3 +294,171 @@ def test_a_rejected_call_leaves_everything_bit_identical(
     with pytest.raises(mixllm.MixllmError):
         calls[which](policy)
     assert observe() == before
+
+
+# Finite amounts from 0 to the largest float, the extremes most likely.
+amounts = st.one_of(
+    st.sampled_from([0.0, 1e308, float(np.finfo(np.float64).max), 5e-324]),
+    st.floats(min_value=-300.0, max_value=308.0).map(lambda e: 10.0**e),
+)
+positive_amounts = amounts.filter(lambda v: v > 0.0)
+extreme_profiles = st.fixed_dictionaries(
+    {
+        "price_in": amounts,
+        "price_out": amounts,
+        "fee": amounts,
+        "ttft_s": amounts,
+        "tokens_per_s": positive_amounts,
+        "concurrency": st.integers(min_value=1, max_value=3),
+        "prior_quality": st.floats(min_value=-1e300, max_value=1e300),
+        "prior_output_tokens": amounts,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    profiles=st.lists(extreme_profiles, min_size=1, max_size=4),
+    busy=st.lists(st.none() | amounts, min_size=4, max_size=4),
+    alpha=st.just(0.0) | amounts,
+    beta=st.just(0.0) | amounts,
+    tau_s=positive_amounts,
+    x=st.lists(st.floats(min_value=-1e100, max_value=1e100), min_size=2, max_size=2),
+    prompt_tokens=amounts,
+    willingness_to_pay=st.just(float("inf")) | positive_amounts,
+)
+def test_no_nan_ever_decides(
+    profiles: list[dict[str, Any]],
+    busy: list[float | None],
+    alpha: float,
+    beta: float,
+    tau_s: float,
+    x: list[float],
+    prompt_tokens: float,
+    willingness_to_pay: float,
+) -> None:
+    policy = mixllm.Policy(2, alpha=alpha, beta=beta, tau_s=tau_s)
+    for i, (profile, service) in enumerate(zip(profiles, busy, strict=False)):
+        policy.add_model(f"m{i}", **profile)
+        if service is not None:
+            for _ in range(profile["concurrency"]):
+                policy.begin(f"m{i}", service, now_s=0.0)
+    decision = policy.decide(
+        x, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=0.0
+    )
+    assert not np.isnan(decision.latency).any()
+    assert not np.isnan(decision.cost).any() and np.isfinite(decision.cost).all()
+    # A NaN score is never in the running.
+    assert not np.isnan(decision.score[~decision.excluded]).any()
+    admissible = ~decision.excluded
+    if admissible.any():
+        assert admissible[decision.index]
+        assert decision.score[decision.index] == decision.score[admissible].max()
+    else:
+        assert decision.latency[decision.index] == decision.latency.min()
+    chosen = policy.decide_batch(
+        np.array([x]),
+        prompt_tokens=prompt_tokens,
+        willingness_to_pay=willingness_to_pay,
+        now_s=0.0,
+    )
+    assert chosen.tolist() == [decision.index]
+
+
+def valid_state() -> bytes:
+    policy = mixllm.Policy(3, length_ridge=2.0, refactor_every=7)
+    for name in ("alpha", "beta"):
+        policy.add_model(name, **PROFILE)
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        policy.update(
+            ("alpha", "beta")[i % 2],
+            rng.normal(size=3),
+            quality=i % 3 / 2,
+            output_tokens=None if i % 4 == 0 else 10.0 * i,
+        )
+    policy.begin("alpha", 2.0, now_s=0.0)
+    policy.end("alpha", 3.0, 2.0, now_s=3.0)
+    return policy.to_bytes()
+
+
+VALID_STATE = valid_state()
+HEADER_LEN = 20
+
+
+def resealed(data: bytes) -> bytes:
+    """With the header's payload length and the checksum made right for what it holds."""
+    if len(data) < HEADER_LEN + 4:
+        return data
+    body = data[:12] + struct.pack("<Q", len(data) - HEADER_LEN - 4) + data[HEADER_LEN:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def assert_loads_or_refuses(data: bytes, tmp_path: Path) -> None:
+    """`from_bytes` and `load` agree: both refuse with a StateFileError, or both give the same
+    policy, one that decides, learns and saves a state that loads."""
+    path = tmp_path / "fuzzed.bin"
+    path.write_bytes(data)
+    try:
+        policy = mixllm.Policy.from_bytes(data)
+    except mixllm.StateFileError:
+        with pytest.raises(mixllm.StateFileError):
+            mixllm.Policy.load(path)
+        return
+    assert mixllm.Policy.load(path).to_bytes() == policy.to_bytes()
+    x = np.full(policy.dim, 0.5)
+    if policy.models:
+        policy.decide(x, **DECIDE)
+        for name in policy.models:
+            # An update may be refused (a value out of range), changing nothing.
+            with contextlib.suppress(mixllm.InvalidInputError):
+                policy.update(name, x, quality=1.0, output_tokens=5.0)
+    assert mixllm.Policy.from_bytes(policy.to_bytes()).to_bytes() == policy.to_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), magic=st.booleans(), reseal=st.booleans())
+def test_arbitrary_bytes_are_refused_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, magic: bool, reseal: bool
+) -> None:
+    if magic:
+        data = b"MIXLLMP\0" + struct.pack("<I", 4) + data
+    if reseal:
+        data = resealed(data)
+    assert_loads_or_refuses(data, tmp_path_factory.mktemp("fuzz"))
+
+
+field_values = st.one_of(
+    st.integers(min_value=0, max_value=2**64 - 1).map(lambda v: struct.pack("<Q", v)),
+    st.sampled_from([0, 1, 2, 3, 4096, 4097, 2**63, 2**64 - 1]).map(lambda v: struct.pack("<Q", v)),
+    st.sampled_from(
+        [-1.0, 0.0, 0.5, 2.0, -1e150, 1e150, 1e300, float("nan"), float("inf"), -float("inf")]
+    ).map(lambda v: struct.pack("<d", v)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=len(VALID_STATE)), field_values),
+        min_size=1,
+        max_size=3,
+    ),
+    aligned=st.booleans(),
+    cut=st.none() | st.integers(min_value=0, max_value=len(VALID_STATE)),
+)
+def test_damaged_states_that_pass_the_checksum_are_refused_or_work(
+    tmp_path_factory: pytest.TempPathFactory,
+    edits: list[tuple[int, bytes]],
+    aligned: bool,
+    cut: int | None,
+) -> None:
+    data = bytearray(VALID_STATE)
+    payload_len = len(data) - HEADER_LEN - 4
+    for at, value in edits:
+        at = HEADER_LEN + at % (payload_len - 8)
+        if aligned:
+            at -= (at - HEADER_LEN) % 8
+        data[at : at + 8] = value
+    damaged = bytes(data if cut is None else data[:cut])
+    assert_loads_or_refuses(resealed(damaged), tmp_path_factory.mktemp("fuzz"))

@@ -109,7 +109,12 @@ class Decision:
 @final
 class Policy:
     """The router's decision core: a live pool of models, each with ridge quality and
-    log-length heads and LinUCB statistics, and a latency-aware decision rule."""
+    log-length heads and LinUCB statistics, and a latency-aware decision rule.
+
+    Every method raises a `MixllmError` for a bad argument and changes nothing: a model name
+    that is not a `str` or a path that is not a `str`/`os.PathLike` is an `InputTypeError`; a
+    name that is not valid Unicode (a lone surrogate), an integer too large to convert, a
+    value out of range an `InvalidInputError`."""
 
     def __new__(
         cls,
@@ -165,7 +170,9 @@ class Policy:
         prior_quality: float = 0.5,
         prior_output_tokens: float = 256.0,
     ) -> None:
-        """Adds a model with a fresh arm. Prices are USD per million tokens."""
+        """Adds a model with a fresh arm. Prices are USD per million tokens. Held to what a
+        saved state may hold, so whatever is accepted saves and loads: a name of 1 to 4096
+        bytes of UTF-8, at most 4096 models in the pool (`InvalidInputError` beyond)."""
     def remove_model(self, name: str) -> None:
         """Removes a model; later feedback for it raises UnknownModelError."""
     def update_profile(
@@ -195,7 +202,12 @@ class Policy:
     ) -> Decision:
         """Picks a model for context `x`; `willingness_to_pay` is in USD per quality point
         (the price worth paying for one more point of expected quality; inf ignores cost).
-        `now_s` is when, for the queues (default: `clock_s()`; see `begin`)."""
+        `now_s` is when, for the queues (default: `clock_s()`; see `begin`).
+
+        At the extremes: costs, widths, penalties and each weighted term saturate at the
+        largest float (so a weight of 0, or an infinite `willingness_to_pay`, zeroes its term
+        whatever the factor); a NaN latency counts as infinite; a model whose score is NaN is
+        excluded. The choice is the best admissible score, else the smallest latency."""
     def decide_batch(
         self,
         X: _Matrix,
@@ -267,12 +279,19 @@ class Policy:
     def inspect(self, name: str) -> dict[str, Any]:
         """A consistent copy of everything learned about model `name`."""
     def save(self, path: str | PathLike[str]) -> None:
-        """Writes the whole state to `path` atomically."""
+        """Writes the whole state to `path` atomically (temporary file `<path>.tmp-*`, held
+        under an exclusive lock while written, then renamed over `path`). First removes the
+        `<path>.tmp-*` files of saves that crashed: those whose lock it can take, never a live
+        writer's."""
     @classmethod
     def load(cls, path: str | PathLike[str], *, dim: int | None = None) -> Policy:
-        """Reads a state written by `save`."""
+        """Reads a state written by `save`. The header, configuration and model count are
+        checked against the file's length before the rest is read; then the checksum and every
+        field (`StateFileError` naming what is wrong). `dim`: an integer in 1..=4096 the file
+        must match."""
     def to_bytes(self) -> bytes:
         """The whole state as bytes (the `save` format)."""
     @classmethod
     def from_bytes(cls, data: bytes, *, dim: int | None = None) -> Policy:
-        """Rebuilds a policy from `to_bytes` output."""
+        """Rebuilds a policy from `to_bytes` output (`bytes`), checked as `load` checks a
+        file."""

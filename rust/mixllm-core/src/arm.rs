@@ -21,6 +21,7 @@
 //! Both heads learn residuals against the arm's [`Priors`]: an arm with no data predicts the
 //! priors, and ridge shrinks towards them rather than towards zero.
 
+use crate::bounds::check_gram_inverse;
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{axpy, dot, rank1_in_place, rank1_into, spd_inverse, symv, SymLayout};
@@ -49,6 +50,9 @@ pub struct ArmStats {
 /// Matrices are in the blocked packed layout of [`SymLayout`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmLedger {
+    /// The ridges A and A_len start from: what bounds their inverses ([`crate::bounds`]).
+    pub ridge: f64,
+    pub length_ridge: f64,
     /// A = ridge·I + Σ w·x·xᵀ over every observation.
     pub a: Vec<f64>,
     /// Σ w·(quality − prior)·x.
@@ -131,6 +135,8 @@ impl ArmLedger {
     pub fn prior(dim: usize, ridge: f64, length_ridge: f64) -> Self {
         let layout = SymLayout::new(dim);
         Self {
+            ridge,
+            length_ridge,
             a: layout.scaled_identity(ridge),
             b_quality: vec![0.0; dim],
             b_log_length: vec![0.0; dim],
@@ -153,6 +159,25 @@ impl ArmLedger {
                 a_inv: a_inv.to_vec(),
             });
         }
+    }
+
+    /// Refuses an observation that would grow a diagonal entry of A or A_len past
+    /// [`MAX_DIAGONAL`], before anything changes.
+    fn check_growth(&self, layout: SymLayout, x: &[f64], w: f64) -> Result<()> {
+        let mut matrices = vec![("A", &self.a)];
+        if let Some(own) = &self.length {
+            matrices.push(("A_len", &own.a));
+        }
+        for (name, m) in matrices {
+            let fits = layout
+                .upper_rows(m)
+                .zip(x)
+                .all(|((_, row), xi)| row[0] + w * xi * xi <= MAX_DIAGONAL);
+            if !fits {
+                return Err(overflow(name));
+            }
+        }
+        Ok(())
     }
 
     /// Adds one weighted observation (`x` padded): A += w·x·xᵀ, b_q += w·r_q·x, and with a seen
@@ -181,11 +206,13 @@ impl ArmLedger {
         let dim = self.b_quality.len();
         let layout = SymLayout::new(dim);
         let (a_inv, theta_quality) = solve_ridge(layout, "A", &self.a, &self.b_quality)?;
+        within_precision("A", layout, &a_inv, self.ridge)?;
         let theta_log_length = match &mut self.length {
             None => solve_with(layout, "A", &a_inv, &self.b_log_length)?,
             Some(own) => {
                 let (length_a_inv, theta) =
                     solve_ridge(layout, "A_len", &own.a, &self.b_log_length)?;
+                within_precision("A_len", layout, &length_a_inv, self.length_ridge)?;
                 own.a_inv = length_a_inv;
                 theta
             }
@@ -231,6 +258,20 @@ fn solve_with(layout: SymLayout, name: &str, m_inv: &[f64], b: &[f64]) -> Result
         Err(overflow(name))
     }
 }
+
+/// An exact inverse out of the bounds of [`crate::bounds`]: the observations are so extreme
+/// (contexts near 1e100, weights spanning 1e200) that floating point cannot hold the arm.
+fn within_precision(name: &str, layout: SymLayout, m_inv: &[f64], ridge: f64) -> Result<()> {
+    check_gram_inverse(&format!("{name}⁻¹"), layout, m_inv, ridge).map_err(|e| {
+        Error::InvalidValue(format!(
+            "the observations are too extreme for the arm's precision ({e}); rejected"
+        ))
+    })
+}
+
+/// The largest a diagonal entry of A may grow to: below it, no entry of A overflows
+/// (|A_ij| ≤ sqrt(A_ii·A_jj)), whatever the rounding.
+const MAX_DIAGONAL: f64 = f64::MAX / 4.0;
 
 fn overflow(name: &str) -> Error {
     Error::InvalidValue(format!(
@@ -300,7 +341,8 @@ pub fn learn(
     let residual_log_length = obs
         .output_tokens
         .map(|tokens| tokens.ln_1p() - priors.log_length());
-    let observations = current.observations + 1;
+    ledger.check_growth(layout, x, w)?;
+    let observations = current.observations.saturating_add(1);
     let weight_sum = current.weight_sum + w;
 
     let quality = head_step(
@@ -332,9 +374,8 @@ pub fn learn(
         (Some(q), Some(Some(l))) => Some((q, Some(l))),
         _ => None,
     };
-    let Some((quality, length)) =
-        steps.filter(|_| ledger.updates_since_refactor + 1 < refactor_every)
-    else {
+    // The exact refactorisation: on a copy, which replaces the ledger only if it succeeds.
+    let exact = |ledger: &mut ArmLedger| -> Result<ArmStats> {
         let mut next = ledger.clone();
         if residual_log_length.is_none() {
             next.separate_length(&current.a_inv);
@@ -343,7 +384,12 @@ pub fn learn(
         next.updates_since_refactor = 0;
         let stats = next.solve(observations, weight_sum)?;
         *ledger = next;
-        return Ok(stats);
+        Ok(stats)
+    };
+    let Some((quality, length)) =
+        steps.filter(|_| ledger.updates_since_refactor.saturating_add(1) < refactor_every)
+    else {
+        return exact(ledger);
     };
     let (length_update, theta_log_length) = match length {
         Some(step) => (step.own_update, step.theta),
@@ -359,6 +405,26 @@ pub fn learn(
             "the update would make the arm's heads non-finite; observation rejected".to_string(),
         ));
     }
+    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
+    // and learned, the length head. Checked before anything changes: rounding that took an
+    // inverse out of its bounds calls for the exact refactorisation instead.
+    let mut a_inv = vec![0.0; current.a_inv.len()];
+    rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
+    let own_a_inv = match (length_update, &ledger.length) {
+        (Some((u, gain)), Some(own)) => {
+            let mut next = vec![0.0; own.a_inv.len()];
+            rank1_into(layout, &own.a_inv, &u, gain, &mut next);
+            Some(next)
+        }
+        _ => None,
+    };
+    let within = check_gram_inverse("A⁻¹", layout, &a_inv, ledger.ridge).is_ok()
+        && own_a_inv
+            .as_ref()
+            .is_none_or(|m| check_gram_inverse("A_len⁻¹", layout, m, ledger.length_ridge).is_ok());
+    if !within {
+        return exact(ledger);
+    }
 
     // Nothing fails from here on. The first observation without a length parts the two heads'
     // systems for good: the length head keeps A and A⁻¹ as they were before it.
@@ -366,12 +432,8 @@ pub fn learn(
         ledger.separate_length(&current.a_inv);
     }
     ledger.accumulate(x, w, residual_quality, residual_log_length);
-    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
-    // and learned, the length head.
-    let mut a_inv = vec![0.0; current.a_inv.len()];
-    rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
-    if let (Some((u, gain)), Some(own)) = (length_update, &mut ledger.length) {
-        rank1_in_place(layout, &mut own.a_inv, &u, gain);
+    if let (Some(next), Some(own)) = (own_a_inv, &mut ledger.length) {
+        own.a_inv = next;
     }
     ledger.updates_since_refactor += 1;
     Ok(ArmStats {
@@ -413,6 +475,8 @@ pub fn fit(
         ledger.accumulate(x, w, quality[row] - priors.quality, residual_length);
         weight_sum += w;
     }
+    // Nothing more added: the diagonals as they are, held to the same limit as an update's.
+    ledger.check_growth(layout, &vec![0.0; layout.stride()], 0.0)?;
     let stats = ledger.solve(quality.len() as u64, weight_sum)?;
     Ok((ledger, stats))
 }

@@ -131,6 +131,18 @@ impl SymLayout {
         m
     }
 
+    /// The diagonal of `m`.
+    pub fn diagonal(&self, m: &[f64]) -> Vec<f64> {
+        self.upper_rows(m).map(|(_, row)| row[0]).collect()
+    }
+
+    /// Iterates the upper triangle's rows as (row index `i`, columns `i..dim` of row `i`).
+    pub fn upper_rows<'a>(&self, m: &'a [f64]) -> impl Iterator<Item = (usize, &'a [f64])> + 'a {
+        let dim = self.dim;
+        self.rows(m)
+            .map(move |(i, first, row)| (i, &row[i - first..dim - first]))
+    }
+
     /// Iterates rows as (row index, first column, mutable stored row slice).
     fn rows_mut<'a>(
         &self,

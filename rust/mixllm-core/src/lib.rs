@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod arm;
+pub mod bounds;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -227,7 +227,10 @@ impl LiveStats {
             smooth(&self.mean_observed_bits, latency_s, smoothing);
             smooth(&self.service_mse_bits, error, smoothing);
         }
-        self.completed.fetch_add(1, Ordering::Relaxed);
+        // Saturates rather than wraps: a count restored near the top stays at it.
+        let _ = self
+            .completed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
         Ok(())
     }
 

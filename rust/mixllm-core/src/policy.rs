@@ -38,6 +38,14 @@ use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
 /// Inputs larger than this in magnitude are rejected: their squares would overflow A.
 const MAX_MAGNITUDE: f64 = 1e100;
 
+/// Most models a pool holds: a saved state announcing more is refused before it is read, so
+/// `add_model` refuses more too.
+pub const MAX_MODELS: usize = 4096;
+
+/// Longest model name, in bytes of UTF-8: a saved state's names are bounded before they are
+/// read, so `add_model` refuses longer ones too.
+pub const MAX_MODEL_NAME_BYTES: usize = 4096;
+
 /// Every row of a row-major batch (whole rows by construction) is finite and not huge. The
 /// row is named only when it fails, so a valid batch builds no message per row.
 fn check_rows(xs: &[f64], dim: usize) -> Result<()> {
@@ -283,12 +291,20 @@ impl Policy {
         self.pool.load().slots.clone()
     }
 
-    /// Adds a model with a fresh arm (A = ridge·I, heads at the priors).
+    /// Adds a model with a fresh arm (A = ridge·I, heads at the priors). Whatever it accepts,
+    /// a save of the policy loads: the name (1 to [`MAX_MODEL_NAME_BYTES`] bytes) and the pool
+    /// (at most [`MAX_MODELS`] models) are held to the loader's limits.
     pub fn add_model(&self, name: &str, profile: ModelProfile, priors: Priors) -> Result<()> {
         if name.is_empty() {
             return Err(Error::InvalidValue(
                 "model name must not be empty".to_string(),
             ));
+        }
+        if name.len() > MAX_MODEL_NAME_BYTES {
+            return Err(Error::InvalidValue(format!(
+                "model name is {} bytes long (UTF-8); the limit is {MAX_MODEL_NAME_BYTES} bytes",
+                name.len()
+            )));
         }
         profile.validate()?;
         priors.validate()?;
@@ -305,6 +321,12 @@ impl Policy {
         let current = self.pool.load();
         if current.index.contains_key(name) {
             return Err(Error::DuplicateModel(name.to_string()));
+        }
+        if current.slots.len() >= MAX_MODELS {
+            return Err(Error::InvalidValue(format!(
+                "the pool already holds {} models, the limit is {MAX_MODELS}",
+                current.slots.len()
+            )));
         }
         let mut slots = current.slots.clone();
         slots.push(slot);

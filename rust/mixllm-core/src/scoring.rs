@@ -10,6 +10,23 @@
 //! buys more than Δc/λ expected quality. `λ = ∞` ignores cost; a small λ makes cost dominate.
 //! A model whose predicted latency L, plus `tau_margin_sd` standard deviations of its error,
 //! exceeds τ is excluded; when every model is, the fastest (smallest L) is chosen.
+//!
+//! # Arithmetic at the extremes
+//!
+//! Every input is finite, but products of finite inputs need not be (a price of 1e308 USD per
+//! million tokens, 1e308 prompt tokens, a speed of 1e-300 tokens per second). The rule is
+//! defined for all of them, so no NaN ever decides:
+//! - The cost ĉ, the width sqrt(xᵀA⁻¹x), the penalty and each weighted term ĉ/λ, α·width,
+//!   β·penalty saturate at `f64::MAX`: a weight of 0 (α, β, or λ = ∞ for cost) makes its term
+//!   exactly 0 whatever the factor, and the score, q̂ minus and plus finite terms, is never
+//!   ∞ − ∞. A NaN factor (from a NaN prediction) counts as `f64::MAX`: unknown is worst.
+//! - A score can still reach ±∞ (a finite q̂ minus a saturated cost); ±∞ compares as usual.
+//! - A latency that is NaN counts as +∞: the model is excluded, and it is never the fastest.
+//! - A score that is NaN (only from a NaN quality prediction) excludes the model as too slow a
+//!   latency does: the best admissible score is always a number.
+//!
+//! So [`choose`] returns the best admissible score when any model is admissible, else the
+//! smallest latency (ties to the earlier model), and fails only for an empty pool.
 
 use crate::arm::ArmStats;
 use crate::config::PolicyConfig;
@@ -40,7 +57,8 @@ pub struct Assessment {
     pub penalty: f64,
     /// The score s; the decision takes the best admissible one.
     pub score: f64,
-    /// Whether L > τ took the model out of the running.
+    /// Whether L (plus its margin) > τ, or an undefined score, took the model out of the
+    /// running.
     pub excluded: bool,
 }
 
@@ -85,8 +103,8 @@ pub fn assess_with_variance(
     let output_tokens = arm
         .stats
         .predict_output_tokens_from(arm.prior_log_length, x);
-    let cost_usd = arm.profile.cost_usd(prompt_tokens, output_tokens);
-    let uncertainty = variance.max(0.0).sqrt();
+    let cost_usd = saturate(arm.profile.cost_usd(prompt_tokens, output_tokens));
+    let uncertainty = saturate(variance.max(0.0).sqrt());
     let service_s = arm.profile.ttft_s + output_tokens / arm.profile.tokens_per_s;
     let latency = arm.live.predicted_latency(
         arm.profile,
@@ -94,12 +112,17 @@ pub fn assess_with_variance(
         service_s,
         config.service_time_smoothing,
     );
-    let latency_s = latency.mean_s;
+    let latency_s = if latency.mean_s.is_nan() {
+        f64::INFINITY
+    } else {
+        latency.mean_s
+    };
     // exp − 1 rather than exp_m1 (half the time): exp_m1 is more precise only when L/τ is
     // tiny, where the penalty's absolute error stays around 1e-16 either way.
-    let penalty = (latency_s / config.tau_s).exp() - 1.0;
-    let score = quality - cost_usd / willingness_to_pay + config.alpha * uncertainty
-        - config.beta * penalty;
+    let penalty = saturate((latency_s / config.tau_s).exp() - 1.0);
+    let score = quality - saturate(cost_usd / willingness_to_pay)
+        + saturate(config.alpha * uncertainty)
+        - saturate(config.beta * penalty);
     Assessment {
         quality,
         output_tokens,
@@ -111,11 +134,22 @@ pub fn assess_with_variance(
         penalty,
         score,
         // The estimate alone decides without a margin, whatever its spread (an infinite one
-        // times 0 would be NaN, which compares as admissible).
-        excluded: latency_s > config.tau_s
-            || (config.tau_margin_sd > 0.0
-                && latency_s + config.tau_margin_sd * latency.sd_s > config.tau_s),
+        // times 0 would be NaN). A NaN margined latency excludes, as NaN latency does.
+        excluded: score.is_nan()
+            || latency_s > config.tau_s
+            || (config.tau_margin_sd > 0.0 && {
+                let margined = latency_s + config.tau_margin_sd * latency.sd_s;
+                margined > config.tau_s || margined.is_nan()
+            }),
     }
+}
+
+/// A non-negative factor of the score, or NaN, held within `f64::MAX` (NaN counts as the
+/// maximum): see the module docs.
+#[inline]
+fn saturate(value: f64) -> f64 {
+    // `f64::min` returns the other operand when one is NaN.
+    value.min(f64::MAX)
 }
 
 /// Index of the chosen model: the best score among admissible models (ties go to the earlier

@@ -4,7 +4,7 @@
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::errors::{dimension, input_type};
+use crate::errors::{dimension, input_type, invalid_input};
 
 fn describe_array(array: &Bound<'_, PyUntypedArray>) -> String {
     format!(
@@ -18,7 +18,7 @@ fn describe_array(array: &Bound<'_, PyUntypedArray>) -> String {
     )
 }
 
-fn type_name(ob: &Bound<'_, PyAny>) -> String {
+pub fn type_name(ob: &Bound<'_, PyAny>) -> String {
     ob.get_type()
         .name()
         .map(|n| n.to_string())
@@ -132,8 +132,26 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
 /// A real number (a Python int or float, a numpy scalar), naming the argument when it is not.
 pub fn real(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
     // `str` and `bytes` fail here too: extracting an f64 takes `__float__`, which they lack.
-    ob.extract::<f64>()
-        .map_err(|_| input_type(format!("{what} must be a number, got {}", type_name(ob))))
+    ob.extract::<f64>().map_err(|_| {
+        out_of_range(ob, what, "a float").unwrap_or_else(|| {
+            input_type(format!("{what} must be a number, got {}", type_name(ob)))
+        })
+    })
+}
+
+/// For an integer (anything with `__index__`) that did not convert: it is too large for
+/// `target`. The message gives its size, not its digits, which may be thousands.
+fn out_of_range(ob: &Bound<'_, PyAny>, what: &str, target: &str) -> Option<PyErr> {
+    let index = ob.call_method0("__index__").ok()?;
+    let bits: u64 = index.call_method0("bit_length").ok()?.extract().ok()?;
+    let sign = if index.lt(0).unwrap_or(false) {
+        "-"
+    } else {
+        ""
+    };
+    Some(invalid_input(format!(
+        "{what} is out of range: an integer of {sign}{bits} bits does not fit {target}"
+    )))
 }
 
 /// An optional argument, unless it was left out or passed as `None`.
@@ -153,8 +171,11 @@ pub fn integer(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
             "{what} must be an integer, got a float ({ob})"
         )));
     }
-    ob.extract::<i64>()
-        .map_err(|_| input_type(format!("{what} must be an integer, got {}", type_name(ob))))
+    ob.extract::<i64>().map_err(|_| {
+        out_of_range(ob, what, "a 64-bit integer").unwrap_or_else(|| {
+            input_type(format!("{what} must be an integer, got {}", type_name(ob)))
+        })
+    })
 }
 
 /// One value for every row, or a 1-D array with one value per row.

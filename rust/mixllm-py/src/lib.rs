@@ -1,6 +1,7 @@
 //! Python bindings of the mixllm decision core (`mixllm._core`). Only conversion lives here: the
 //! math is in the `mixllm-core` crate.
 
+mod args;
 mod arrays;
 mod decision;
 mod errors;

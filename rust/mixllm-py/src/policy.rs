@@ -12,6 +12,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
+use crate::args::{names_one_of, optional_dim, state_bytes, ModelName, StatePath};
 use crate::arrays::{
     given, integer, matrix, optional_real, real, scalar_or_vector, vector, ScalarOrVector,
 };
@@ -20,6 +21,11 @@ use crate::errors::{invalid_input, to_py};
 
 /// The router's decision core: a live pool of models ("arms"), each with a ridge quality head, a
 /// ridge log-length head and LinUCB statistics, and a latency-aware decision rule.
+///
+/// Every method raises a `MixllmError` for a bad argument and changes nothing: a model name that
+/// is not a `str` or a path that is not a `str`/`os.PathLike` is an `InputTypeError`; a name
+/// that is not valid Unicode (a lone surrogate), an integer too large to convert, a value out of
+/// range an `InvalidInputError`.
 #[pyclass(name = "Policy", module = "mixllm", frozen)]
 pub struct PyPolicy {
     inner: Policy,
@@ -165,11 +171,13 @@ impl PyPolicy {
         self.inner.models().len()
     }
 
-    fn __contains__(&self, name: &str) -> bool {
-        self.inner.models().iter().any(|m| m.as_ref() == name)
+    fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
+        names_one_of(name, &self.inner.models())
     }
 
-    /// Adds a model with a fresh arm. Prices are USD per million tokens.
+    /// Adds a model with a fresh arm. Prices are USD per million tokens. Held to what a saved
+    /// state may hold, so whatever is accepted saves and loads: a name of 1 to 4096 bytes of
+    /// UTF-8, at most 4096 models in the pool (`InvalidInputError` beyond).
     #[pyo3(
         signature = (name, *, price_in, price_out, fee=None, ttft_s, tokens_per_s, concurrency, prior_quality=None, prior_output_tokens=None),
         text_signature = "($self, name, *, price_in, price_out, fee=0.0, ttft_s, tokens_per_s, concurrency, prior_quality=0.5, prior_output_tokens=256.0)"
@@ -178,7 +186,7 @@ impl PyPolicy {
     fn add_model(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: ModelName,
         price_in: &Bound<'_, PyAny>,
         price_out: &Bound<'_, PyAny>,
         fee: Option<&Bound<'_, PyAny>>,
@@ -203,13 +211,13 @@ impl PyPolicy {
             output_tokens: optional_real(prior_output_tokens, "prior_output_tokens")?
                 .unwrap_or(default_priors.output_tokens),
         };
-        py.detach(|| self.inner.add_model(name, profile, priors))
+        py.detach(|| self.inner.add_model(&name, profile, priors))
             .map_err(to_py)
     }
 
     /// Removes a model; later feedback for it raises UnknownModelError and changes nothing.
-    fn remove_model(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        py.detach(|| self.inner.remove_model(name)).map_err(to_py)
+    fn remove_model(&self, py: Python<'_>, name: ModelName) -> PyResult<()> {
+        py.detach(|| self.inner.remove_model(&name)).map_err(to_py)
     }
 
     /// Changes some of a model's profile fields; the rest keep their values. A new
@@ -220,7 +228,7 @@ impl PyPolicy {
     fn update_profile(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: ModelName,
         price_in: Option<&Bound<'_, PyAny>>,
         price_out: Option<&Bound<'_, PyAny>>,
         fee: Option<&Bound<'_, PyAny>>,
@@ -238,7 +246,7 @@ impl PyPolicy {
         let concurrency = given(concurrency).map(concurrency_from).transpose()?;
         py.detach(|| {
             self.inner.update_profile(
-                name,
+                &name,
                 |p| {
                     p.price_in = price_in.unwrap_or(p.price_in);
                     p.price_out = price_out.unwrap_or(p.price_out);
@@ -254,13 +262,18 @@ impl PyPolicy {
     }
 
     /// A model's profile as a dict.
-    fn profile<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        profile_dict(py, &self.inner.profile(name).map_err(to_py)?)
+    fn profile<'py>(&self, py: Python<'py>, name: ModelName) -> PyResult<Bound<'py, PyDict>> {
+        profile_dict(py, &self.inner.profile(&name).map_err(to_py)?)
     }
 
     /// Picks a model for context `x`. `willingness_to_pay` is in USD per quality point
     /// (the price worth paying for one more point of expected quality; inf ignores cost).
     /// `now_s` is when, for the queues (default: `Policy.clock_s()`; see `begin`).
+    ///
+    /// At the extremes: costs, widths, penalties and each weighted term saturate at the largest
+    /// float (so a weight of 0, or an infinite `willingness_to_pay`, zeroes its term whatever
+    /// the factor); a NaN latency counts as infinite; a model whose score is NaN is excluded.
+    /// The choice is the best admissible score, else the smallest latency.
     #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay, now_s=None))]
     fn decide(
         &self,
@@ -339,7 +352,7 @@ impl PyPolicy {
     fn update(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: ModelName,
         x: &Bound<'_, PyAny>,
         quality: &Bound<'_, PyAny>,
         output_tokens: Option<&Bound<'_, PyAny>>,
@@ -356,7 +369,7 @@ impl PyPolicy {
                 output_tokens,
                 weight,
             };
-            self.inner.update(name, &obs)
+            self.inner.update(&name, &obs)
         })
         .map_err(to_py)
     }
@@ -368,7 +381,7 @@ impl PyPolicy {
     fn fit(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: ModelName,
         X: &Bound<'_, PyAny>,
         quality: &Bound<'_, PyAny>,
         output_tokens: Option<&Bound<'_, PyAny>>,
@@ -388,7 +401,7 @@ impl PyPolicy {
         let weights = weights.map(|w| vector(w, "weights")).transpose()?;
         py.detach(|| {
             self.inner.fit(
-                name,
+                &name,
                 &xs,
                 &quality,
                 output_tokens.as_deref(),
@@ -409,13 +422,13 @@ impl PyPolicy {
     #[pyo3(signature = (name, predicted_service_s = None, *, now_s = None))]
     fn begin(
         &self,
-        name: &str,
+        name: ModelName,
         predicted_service_s: Option<&Bound<'_, PyAny>>,
         now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let predicted = predicted_service(predicted_service_s)?;
         let now_s = now(now_s)?;
-        self.inner.begin(name, predicted, now_s).map_err(to_py)
+        self.inner.begin(&name, predicted, now_s).map_err(to_py)
     }
 
     /// A request to model `name` finished at `now_s` after `latency_s` seconds of service
@@ -425,7 +438,7 @@ impl PyPolicy {
     #[pyo3(signature = (name, latency_s, predicted_service_s = None, *, now_s = None))]
     fn end(
         &self,
-        name: &str,
+        name: ModelName,
         latency_s: Option<&Bound<'_, PyAny>>,
         predicted_service_s: Option<&Bound<'_, PyAny>>,
         now_s: Option<&Bound<'_, PyAny>>,
@@ -434,7 +447,7 @@ impl PyPolicy {
         let predicted = predicted_service(predicted_service_s)?;
         let now_s = now(now_s)?;
         self.inner
-            .end(name, latency_s, predicted, now_s)
+            .end(&name, latency_s, predicted, now_s)
             .map_err(to_py)
     }
 
@@ -445,21 +458,21 @@ impl PyPolicy {
     #[pyo3(signature = (name, predicted_service_s = None, *, now_s = None))]
     fn cancel(
         &self,
-        name: &str,
+        name: ModelName,
         predicted_service_s: Option<&Bound<'_, PyAny>>,
         now_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let predicted = predicted_service(predicted_service_s)?;
         let now_s = now(now_s)?;
-        self.inner.cancel(name, predicted, now_s).map_err(to_py)
+        self.inner.cancel(&name, predicted, now_s).map_err(to_py)
     }
 
     /// The wait predicted at `now_s` for a request sent to model `name`, before its service
     /// starts (seconds; the queue part of a decision's `latency`).
     #[pyo3(signature = (name, *, now_s = None))]
-    fn predicted_wait_s(&self, name: &str, now_s: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    fn predicted_wait_s(&self, name: ModelName, now_s: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
         let now_s = now(now_s)?;
-        self.inner.predicted_wait_s(name, now_s).map_err(to_py)
+        self.inner.predicted_wait_s(&name, now_s).map_err(to_py)
     }
 
     /// Seconds on the monotonic clock the queues run on when no `now_s` is given (since this
@@ -471,13 +484,13 @@ impl PyPolicy {
 
     /// The generation of model `name`'s arm: it changes when the model is removed and added
     /// again (or the policy is loaded), never otherwise.
-    fn generation(&self, name: &str) -> PyResult<u64> {
-        self.inner.generation(name).map_err(to_py)
+    fn generation(&self, name: ModelName) -> PyResult<u64> {
+        self.inner.generation(&name).map_err(to_py)
     }
 
     /// Requests in flight for model `name`.
-    fn in_flight(&self, name: &str) -> PyResult<u64> {
-        self.inner.in_flight(name).map_err(to_py)
+    fn in_flight(&self, name: ModelName) -> PyResult<u64> {
+        self.inner.in_flight(&name).map_err(to_py)
     }
 
     /// A consistent copy of everything learned about model `name`, as numpy arrays: `a` (A),
@@ -486,8 +499,8 @@ impl PyPolicy {
     /// priors, live statistics (`in_flight`, `clears_at_s`, `service_ratio` and the
     /// `service_means_s` it is made of, `service_mse_s2` behind the latency spreads,
     /// `mean_service_s`, `completed`) and the profile.
-    fn inspect<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let report = py.detach(|| self.inner.report(name)).map_err(to_py)?;
+    fn inspect<'py>(&self, py: Python<'py>, name: ModelName) -> PyResult<Bound<'py, PyDict>> {
+        let report = py.detach(|| self.inner.report(&name)).map_err(to_py)?;
         let dim = self.inner.config().dim;
         let layout = SymLayout::new(dim);
         let square = |stored: &[f64]| -> PyResult<Bound<'py, PyArray2<f64>>> {
@@ -543,21 +556,28 @@ impl PyPolicy {
         Ok(out)
     }
 
-    /// Writes the whole state to `path` atomically (temporary file + rename).
-    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    /// Writes the whole state to `path` atomically (temporary file `<path>.tmp-*`, held under
+    /// an exclusive lock while written, then renamed over `path`). First removes the
+    /// `<path>.tmp-*` files of saves that crashed: those whose lock it can take, never a live
+    /// writer's.
+    fn save(&self, py: Python<'_>, path: StatePath) -> PyResult<()> {
         py.detach(|| persist::save(&self.inner, &path))
             .map_err(to_py)
     }
 
-    /// Reads a state written by `save`. With `dim`, a file of another dimension is rejected.
+    /// Reads a state written by `save`. The header, configuration and model count are checked
+    /// against the file's length before the rest is read; then the checksum and every field
+    /// (`StateFileError` naming what is wrong). With `dim` (an integer in 1..=4096), a file of
+    /// another dimension is rejected.
     #[classmethod]
     #[pyo3(signature = (path, *, dim=None))]
     fn load(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
-        path: PathBuf,
-        dim: Option<usize>,
+        path: StatePath,
+        dim: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let dim = optional_dim(dim)?;
         let inner = py.detach(|| persist::load(&path, dim)).map_err(to_py)?;
         Ok(Self { inner })
     }
@@ -568,15 +588,17 @@ impl PyPolicy {
         PyBytes::new(py, &bytes)
     }
 
-    /// Rebuilds a policy from `to_bytes` output.
+    /// Rebuilds a policy from `to_bytes` output (`bytes`), checked as `load` checks a file.
     #[classmethod]
     #[pyo3(signature = (data, *, dim=None))]
     fn from_bytes(
         _cls: &Bound<'_, PyType>,
         py: Python<'_>,
-        data: &[u8],
-        dim: Option<usize>,
+        data: &Bound<'_, PyAny>,
+        dim: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let dim = optional_dim(dim)?;
+        let data = state_bytes(data)?;
         let inner = py
             .detach(|| persist::from_bytes(data, dim))
             .map_err(|reason| {

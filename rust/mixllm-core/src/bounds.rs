@@ -1,0 +1,117 @@
+//! What an arm's matrices satisfy in exact arithmetic, checked in floating point within room
+//! for rounding: by the learner on every matrix it computes, and by the loader on every matrix
+//! it reads, so a state the learner accepts is a state the loader accepts, and a crafted one
+//! that passes the checksum is still refused.
+//!
+//! - A = ridge·I + Σ w·x·xᵀ (w ≥ 0): every diagonal entry at least the ridge, and every
+//!   |A_ij| at most sqrt(A_ii·A_jj) (the 2×2 minors of a positive semi-definite matrix);
+//! - A⁻¹ ⪯ I/ridge and positive semi-definite: diagonal entries in [0, 1/ridge], every
+//!   |A⁻¹_ij| at most sqrt(A⁻¹_ii·A⁻¹_jj);
+//!
+//! each within [`ROUNDING`] (relative to the ridge, or to 1/ridge for A⁻¹). Every entry is read
+//! once with a multiply and a compare, so a check costs about what copying the matrix does.
+
+use crate::kernels::SymLayout;
+
+/// How far beyond its exact bound an entry may lie, relative to the bound's scale: room for
+/// rounding only (a crafted state is off by orders of magnitude, not by this).
+pub const ROUNDING: f64 = 1e-4;
+
+/// Checks A = ridge·I + Σ w·x·xᵀ (`m` in `layout`); the error names the first entry out of
+/// bounds.
+pub fn check_gram(what: &str, layout: SymLayout, m: &[f64], ridge: f64) -> Result<(), String> {
+    let diagonal = layout.diagonal(m);
+    let floor = ridge * (1.0 - ROUNDING);
+    if let Some((i, v)) = diagonal
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v >= floor))
+    {
+        return Err(format!(
+            "{what} diagonal entry {i} = {v:e} is below the ridge {ridge:e} or not finite"
+        ));
+    }
+    let roots: Vec<f64> = diagonal.iter().map(|v| v.sqrt()).collect();
+    check_off_diagonal(what, layout, m, &roots, 1.0 + ROUNDING, 0.0)
+}
+
+/// Checks an inverse of a matrix [`check_gram`] accepts (`m` in `layout`); the error names the
+/// first entry out of bounds.
+pub fn check_gram_inverse(
+    what: &str,
+    layout: SymLayout,
+    m: &[f64],
+    ridge: f64,
+) -> Result<(), String> {
+    let scale = 1.0 / ridge;
+    let slack = ROUNDING * scale;
+    let diagonal = layout.diagonal(m);
+    if let Some((i, v)) = diagonal
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(-slack..=scale + slack).contains(*v))
+    {
+        return Err(format!(
+            "{what} diagonal entry {i} = {v:e} is outside [0, 1/ridge = {scale:e}]"
+        ));
+    }
+    let roots: Vec<f64> = diagonal.iter().map(|v| v.max(0.0).sqrt()).collect();
+    check_off_diagonal(what, layout, m, &roots, 1.0, slack)
+}
+
+/// Every off-diagonal |m_ij| is at most `roots[i]·roots[j]·factor + slack` (NaN is not).
+fn check_off_diagonal(
+    what: &str,
+    layout: SymLayout,
+    m: &[f64],
+    roots: &[f64],
+    factor: f64,
+    slack: f64,
+) -> Result<(), String> {
+    for (i, row) in layout.upper_rows(m) {
+        let bound_i = roots[i] * factor;
+        // False for NaN.
+        let within = |(v, root_j): (&f64, &f64)| v.abs() <= bound_i * root_j + slack;
+        let entries = || row[1..].iter().zip(&roots[i + 1..]);
+        if !entries().all(within) {
+            let k = entries()
+                .position(|entry| !within(entry))
+                .expect("an entry out of bounds");
+            return Err(format!(
+                "{what} entry ({i}, {j}) = {v:e} exceeds what a positive semi-definite matrix \
+                 with its diagonal allows",
+                j = i + 1 + k,
+                v = row[1 + k]
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bounds_of_a_gram_matrix_and_its_inverse() {
+        let layout = SymLayout::new(2);
+        let full = |a: f64, b: f64, c: f64| layout.from_full(&[a, b, b, c]);
+        assert!(check_gram("A", layout, &full(2.0, 1.9, 2.0), 1.0).is_ok());
+        let error = check_gram("A", layout, &full(2.0, 2.1, 2.0), 1.0).unwrap_err();
+        assert!(error.contains("entry (0, 1)"), "{error}");
+        let error = check_gram("A", layout, &full(0.5, 0.0, 2.0), 1.0).unwrap_err();
+        assert!(error.contains("diagonal entry 0"), "{error}");
+        let error = check_gram("A", layout, &full(f64::NAN, 0.0, 2.0), 1.0).unwrap_err();
+        assert!(error.contains("diagonal entry 0"), "{error}");
+        assert!(check_gram_inverse("B", layout, &full(0.5, -0.5, 0.5), 1.0).is_ok());
+        for (m, expected) in [
+            (full(-1e150, 0.0, 0.5), "diagonal entry 0"),
+            (full(1.1, 0.0, 0.5), "diagonal entry 0"),
+            (full(0.5, -1e150, 0.5), "entry (0, 1)"),
+            (full(0.5, f64::NAN, 0.5), "entry (0, 1)"),
+        ] {
+            let error = check_gram_inverse("B", layout, &m, 1.0).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}
