@@ -11,16 +11,19 @@ help:  ## this list
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
+	@echo "== creating $(VENV) and upgrading pip"
 	$(VPY) -m pip install --quiet --upgrade pip
 
 # Build the abi3 wheel users get and install it (with test, bench and eval extras) into the venv,
 # so the tests exercise exactly what `pip install` gives, never the source tree. zig links it
 # against glibc 2.17, so the wheel is manylinux2014 and installs on any current Linux x86-64.
 install: $(VPY)  ## build the wheel and install it into .venv
+	@echo "== installing the build tools (maturin, zig, auditwheel) into $(VENV)"
 	$(VPY) -m pip install --quiet maturin ziglang auditwheel
 	rm -rf $(WHEEL_DIR)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --out $(WHEEL_DIR) \
 	    --zig --compatibility manylinux2014
+	@echo "== installing the wheel and its dependencies (with the test, bench and eval extras)"
 	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval]"
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/mixllm-*.whl
 
