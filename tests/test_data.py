@@ -508,12 +508,15 @@ def test_hub_download_is_read_and_cached_where_asked(
         return str(routerbench_pickle)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    ds = data.load_routerbench("hub", filename="routerbench_5shot.pkl", cache_dir=tmp_path)
+    ds = data.load_routerbench(
+        "hub", filename="routerbench_5shot.pkl", cache_dir=tmp_path, allow_pickle=True
+    )
     assert calls == [
         {
             "repo_id": "withmartian/routerbench",
             "filename": "routerbench_5shot.pkl",
             "repo_type": "dataset",
+            "revision": None,
             "cache_dir": str(tmp_path),
         }
     ]
@@ -535,7 +538,7 @@ def test_hub_unreachable_says_how_to_use_a_local_copy(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(DatasetUnavailableError) as caught:
-        data.load_routerbench()
+        data.load_routerbench(allow_pickle=True)
     message = str(caught.value)
     assert "\n" not in message
     assert "cannot reach the Hugging Face hub" in message
@@ -552,7 +555,7 @@ def test_hub_other_failures_are_reported_as_such(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
     with pytest.raises(DatasetUnavailableError, match=r"cannot download .*: 404 Client Error"):
-        data.load_routerbench(filename="nope.pkl")
+        data.load_routerbench(filename="nope.pkl", allow_pickle=True)
 
 
 def test_pickle_that_is_not_a_frame(tmp_path: Path) -> None:
