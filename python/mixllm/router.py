@@ -14,7 +14,8 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
   is a documented no-op: it returns ``False`` and changes nothing;
 - `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
-  restarted service routes exactly as before.
+  restarted service routes exactly as before; docs/guarantees.md states what a save and a load
+  guarantee, every bound on sizes and work, and which error each bad input gets.
 
 Thread-safe: many threads may route and send feedback through one Router.
 """
