@@ -230,6 +230,15 @@ def test_crafted_state_files_are_state_file_errors(
         Router.load(root)
 
 
+def test_a_policy_file_that_does_not_fit_names_itself(saved: tuple[Path, Path]) -> None:
+    root, folder = saved
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    raw["router"]["dim"] = 5
+    rewrite(folder, "config.json", json.dumps(raw).encode("utf-8"))
+    with pytest.raises(mixllm.StateFileError, match=r"policy\.bin: .*dimension"):
+        Router.load(root)
+
+
 def test_a_manifest_that_is_not_an_object_or_nests_deeply(saved: tuple[Path, Path]) -> None:
     root, folder = saved
     for contents, message in [

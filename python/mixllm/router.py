@@ -45,6 +45,7 @@ from mixllm._core import (
     Decision,
     InputTypeError,
     InvalidInputError,
+    MixllmError,
     Policy,
     StateFileError,
     UnknownModelError,
@@ -712,7 +713,10 @@ class Router:
         except ProjectionError as err:
             raise StateFileError(f"{folder}: {err}") from err
         policy_bytes = _checked_file(folder, "policy.bin", _policy_bytes_bound(config), checksums)
-        policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
+        try:
+            policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
+        except MixllmError as err:
+            raise StateFileError(f"{folder / 'policy.bin'}: {err}") from err
         saved_knobs = raw_config.get("router", {})
         # Saved before the length head had its own ridge, or before the margin below τ: it
         # continues with what its policy file carries (the quality ridge, no margin), and a
