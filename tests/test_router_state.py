@@ -78,6 +78,31 @@ def test_saves_from_many_threads_into_one_folder_take_turns(tmp_path: Path) -> N
     assert Router.load(tmp_path).models == router.models
 
 
+def test_loads_beside_saves_see_one_state_or_the_next(tmp_path: Path) -> None:
+    """A save that replaces the state a load is reading sends the load to the new one."""
+    router = light_router()
+    router.save(tmp_path)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def save_forever() -> None:
+        try:
+            while not stop.is_set():
+                router.save(tmp_path)
+        except BaseException as err:
+            errors.append(err)
+
+    saver = threading.Thread(target=save_forever)
+    saver.start()
+    try:
+        for _ in range(150):
+            assert Router.load(tmp_path).models == router.models
+    finally:
+        stop.set()
+        saver.join(timeout=60)
+    assert not errors, errors
+
+
 SAVE_LOOP = """
 import sys
 from mixllm.router import Router

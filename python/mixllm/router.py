@@ -73,6 +73,8 @@ MIN_FIT_QUERIES = 2
 # a few hundred bytes, a configuration some hundreds per model.
 MAX_MANIFEST_BYTES = 64 << 10
 MAX_CONFIG_BYTES = 16 << 20
+# How many times a load starts again when a save replaced the state it was reading.
+_LOAD_ATTEMPTS = 3
 # The largest magnitude of a value the decision core learns from (its own bound): feedback
 # beyond it is refused up front, before anything is learned.
 MAX_MAGNITUDE = 1e100
@@ -687,44 +689,22 @@ class Router:
         size before reading it); ``clock`` as in the constructor. Anything but a loadable state
         raises `StateFileError` naming the file and the problem."""
         root = Path(directory)
-        name = state_folder.current_state(root)
-        if name is None:
-            raise StateFileError(f"{root} holds no saved router (no {state_folder.CURRENT} file)")
-        folder = root / name
-        manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
-        if manifest.get("format") != STATE_FORMAT:
-            raise StateFileError(
-                f"{folder}: state format {manifest.get('format')!r}, this mixllm reads "
-                f"{STATE_FORMAT}"
-            )
-        checksums = manifest.get("files")
-        if not isinstance(checksums, dict):
-            raise StateFileError(f"{folder}: the manifest lists no files")
-        raw_config = _json_object(folder, "config.json", MAX_CONFIG_BYTES, checksums)
-        try:
-            config = RouterConfig.from_dict(raw_config)
-        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
-            raise StateFileError(f"{folder}: invalid configuration: {err}") from err
-        try:
-            projection = projection_from_bytes(
-                _checked_file(folder, "projection.npz", MAX_PROJECTION_BYTES, checksums),
-                str(folder / "projection.npz"),
-            )
-        except ProjectionError as err:
-            raise StateFileError(f"{folder}: {err}") from err
-        policy_bytes = _checked_file(folder, "policy.bin", _policy_bytes_bound(config), checksums)
-        try:
-            policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
-        except MixllmError as err:
-            raise StateFileError(f"{folder / 'policy.bin'}: {err}") from err
-        saved_knobs = raw_config.get("router", {})
-        # Saved before the length head had its own ridge, or before the margin below τ: it
-        # continues with what its policy file carries (the quality ridge, no margin), and a
-        # refit keeps using it.
-        config = replace(
-            config,
-            **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
-        )
+        # A save may switch CURRENT and delete the folder it named while this load reads it:
+        # then the load starts again from the new CURRENT (a few times at most).
+        for attempt in range(_LOAD_ATTEMPTS):
+            name = state_folder.current_state(root)
+            if name is None:
+                raise StateFileError(
+                    f"{root} holds no saved router (no {state_folder.CURRENT} file)"
+                )
+            folder = root / name
+            try:
+                config, projection, policy = _read_state(folder)
+                break
+            except StateFileError:
+                moved = state_folder.current_state(root) != name
+                if not moved or attempt == _LOAD_ATTEMPTS - 1:
+                    raise
         try:
             return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
         except ConfigError as err:
@@ -754,6 +734,44 @@ class Router:
             policy=self._policy,
             clock=self._clock,
         )
+
+
+def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
+    """The configuration, projection and policy of one state folder, every file checked."""
+    manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
+    if manifest.get("format") != STATE_FORMAT:
+        raise StateFileError(
+            f"{folder}: state format {manifest.get('format')!r}, this mixllm reads {STATE_FORMAT}"
+        )
+    checksums = manifest.get("files")
+    if not isinstance(checksums, dict):
+        raise StateFileError(f"{folder}: the manifest lists no files")
+    raw_config = _json_object(folder, "config.json", MAX_CONFIG_BYTES, checksums)
+    try:
+        config = RouterConfig.from_dict(raw_config)
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+        raise StateFileError(f"{folder}: invalid configuration: {err}") from err
+    try:
+        projection = projection_from_bytes(
+            _checked_file(folder, "projection.npz", MAX_PROJECTION_BYTES, checksums),
+            str(folder / "projection.npz"),
+        )
+    except ProjectionError as err:
+        raise StateFileError(f"{folder}: {err}") from err
+    policy_bytes = _checked_file(folder, "policy.bin", _policy_bytes_bound(config), checksums)
+    try:
+        policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
+    except MixllmError as err:
+        raise StateFileError(f"{folder / 'policy.bin'}: {err}") from err
+    saved_knobs = raw_config.get("router", {})
+    # Saved before the length head had its own ridge, or before the margin below τ: it
+    # continues with what its policy file carries (the quality ridge, no margin), and a
+    # refit keeps using it.
+    config = replace(
+        config,
+        **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
+    )
+    return config, projection, policy
 
 
 def _check_knobs(config: RouterConfig, policy: Policy) -> None:
