@@ -98,7 +98,11 @@ def test_bad_texts_are_mixllm_errors() -> None:
         router.route_batch(["fine", "bad \udfff"])
     with pytest.raises(mixllm.InputTypeError, match=r"texts\[0\]"):
         router.route_batch([b"bytes"])  # type: ignore[list-item]
+    with pytest.raises(mixllm.InvalidInputError, match="willingness_to_pay must be a number"):
+        router.route("fine", willingness_to_pay="1")  # type: ignore[arg-type]
     assert router.pending() == 0 and in_flight(router) == 0
+    # An integer too large for a float is a willingness beyond any price.
+    assert router.route("fine", willingness_to_pay=10**400).willingness_to_pay == math.inf
 
 
 class CountingTokenizer:

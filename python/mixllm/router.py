@@ -331,11 +331,19 @@ class Router:
     def _willingness(self, willingness_to_pay: float | None) -> float:
         if willingness_to_pay is None:
             return self._config.willingness_to_pay
-        if not (isinstance(willingness_to_pay, (int, float)) and willingness_to_pay > 0):
+        if isinstance(willingness_to_pay, bool) or not isinstance(willingness_to_pay, (int, float)):
+            raise InvalidInputError(
+                f"willingness_to_pay must be a number, got {type(willingness_to_pay).__name__}"
+            )
+        try:
+            wtp = float(willingness_to_pay)
+        except OverflowError:
+            wtp = math.inf  # an integer beyond any float: as good as ignoring cost
+        if not wtp > 0:
             raise InvalidInputError(
                 f"willingness_to_pay must be > 0 (USD per quality point), got {willingness_to_pay}"
             )
-        return float(willingness_to_pay)
+        return wtp
 
     def route(
         self,
