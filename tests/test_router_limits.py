@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mixllm
 from light_router import HashEmbedder, ManualClock, light_router
@@ -206,3 +208,33 @@ def test_expiry_is_spread_over_calls_and_reaches_every_decision() -> None:
     for old in backlog[:3]:
         with pytest.raises(mixllm.DecisionNotFoundError, match="expired"):
             router.feedback(old.id, quality=1.0)
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**400),
+    st.floats(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(quality=_ANY_VALUE, output_tokens=_ANY_VALUE, latency_s=_ANY_VALUE)
+def test_feedback_with_any_values_learns_or_changes_nothing(
+    quality: Any, output_tokens: Any, latency_s: Any
+) -> None:
+    router = light_router()
+    decision = router.route("a question")
+    state = router.policy.to_bytes()
+    try:
+        learned = router.feedback(
+            decision.id, quality=quality, output_tokens=output_tokens, latency_s=latency_s
+        )
+    except mixllm.InvalidInputError:
+        assert router.policy.to_bytes() == state
+        assert router.pending() == 1 and in_flight(router) == 1
+    else:
+        assert learned is True
+        assert router.pending() == 0 and in_flight(router) == 0
