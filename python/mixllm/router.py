@@ -308,7 +308,7 @@ class Router:
     # -- routing --------------------------------------------------------------------------------
 
     def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
-        """Routing context and prompt tokens of a text (checked by `_text_key` first)."""
+        """Routing context and prompt tokens of a text (checked by the caller, `_check_text`)."""
         key = _text_key(text)
         cached = self._contexts.get(key)
         if cached is not None:
