@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -291,7 +293,20 @@ def projection_from_bytes(data: bytes, source: str = "projection") -> LinearProj
             values = [float(v) for v in _vector(arrays["param_values"], "f")]
     except ProjectionError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as err:
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        EOFError,
+        OverflowError,
+        # zipfile's answer to an archive that claims encryption or an unknown method or
+        # version (NotImplementedError is a RuntimeError).
+        RuntimeError,
+        struct.error,
+        zlib.error,
+        zipfile.BadZipFile,
+    ) as err:
         raise ProjectionError(f"{source} is not a mixllm projection file: {err}") from err
     if kind not in _KINDS:
         raise ProjectionError(f"{source}: unknown projection kind {kind!r}")
