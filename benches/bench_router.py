@@ -68,3 +68,18 @@ def test_route_cache_hit(benchmark: Any, summary: list[str]):
     benchmark(lambda: router.route(text))
     median = float(benchmark.stats.stats.median)
     summary.append(f"route, cache hit: p50 {median * 1e6:.1f} µs")
+
+
+@pytest.mark.benchmark(group="route a 1 MB query (cache miss)")
+def test_route_a_megabyte_query(benchmark: Any, summary: list[str]):
+    """A huge prompt costs what the encoder's window and the counted prefix cost, not its
+    length: the ratio to a short query's route in the same run shows it."""
+    router = _router(Embedder(quantized=True, cache_size=0), cache=False)
+    sentence = SHORT_QUERIES[0] + " "
+    texts = itertools.cycle([f"{i} " + sentence * (1_000_000 // len(sentence)) for i in range(4)])
+    benchmark(lambda: router.route(next(texts)))
+    median = float(benchmark.stats.stats.median)
+    summary.append(f"route, 1 MB query, int8 model: p50 {median * 1e3:.1f} ms")
+    short = _MEDIANS.get("route int8")
+    if short is not None:
+        summary.append(f"route 1 MB / route short, int8: {median / short:.1f}x")

@@ -3,6 +3,7 @@ round trips and errors, train/test splitting and token counting."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -508,12 +509,15 @@ def test_hub_download_is_read_and_cached_where_asked(
         return str(routerbench_pickle)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    ds = data.load_routerbench("hub", filename="routerbench_5shot.pkl", cache_dir=tmp_path)
+    ds = data.load_routerbench(
+        "hub", filename="routerbench_5shot.pkl", cache_dir=tmp_path, allow_pickle=True
+    )
     assert calls == [
         {
             "repo_id": "withmartian/routerbench",
             "filename": "routerbench_5shot.pkl",
             "repo_type": "dataset",
+            "revision": None,
             "cache_dir": str(tmp_path),
         }
     ]
@@ -535,7 +539,7 @@ def test_hub_unreachable_says_how_to_use_a_local_copy(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(DatasetUnavailableError) as caught:
-        data.load_routerbench()
+        data.load_routerbench(allow_pickle=True)
     message = str(caught.value)
     assert "\n" not in message
     assert "cannot reach the Hugging Face hub" in message
@@ -552,7 +556,7 @@ def test_hub_other_failures_are_reported_as_such(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
     with pytest.raises(DatasetUnavailableError, match=r"cannot download .*: 404 Client Error"):
-        data.load_routerbench(filename="nope.pkl")
+        data.load_routerbench(filename="nope.pkl", allow_pickle=True)
 
 
 def test_pickle_that_is_not_a_frame(tmp_path: Path) -> None:
@@ -580,3 +584,106 @@ def test_csv_directory_through_load_routerbench(tmp_path: Path, routerbench_dir:
     (tmp_path / "notes.txt").write_text("ignored")
     ds = data.load_routerbench(tmp_path)
     assert ds.split == ["train", "train"] and ds.ids == [r[1] for r in records[1:]]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": 1, "query": "q", "prompt_tokens": 1' + "0" * 400 + ', "outcomes": {}}',
+         "prompt_tokens' is too large"),
+        ('{"id": 1, "query": "q", "prompt_tokens": 1' + "0" * 5000 + ', "outcomes": {}}',
+         "not valid JSON"),
+        ("[" * 100_000, "not valid JSON"),
+        ('{"id": 1, "query": "\\ud800", "outcomes": {"m": {"quality": 1}}}',
+         "field 'query' is not valid Unicode"),
+        ('{"id": 1, "query": "q", "outcomes": {"\\udfff": {"quality": 1}}}',
+         "a model name is not valid Unicode"),
+        ('{"id": "\\ud800", "query": "q", "outcomes": {"m": {"quality": 1}}}',
+         "field 'id' is not valid Unicode"),
+        ('{"id": 1' + "0" * 200 + ', "query": "q", "outcomes": {"m": {"quality": 1}}}',
+         "'id' is an integer of over 100 digits"),
+    ],
+)  # fmt: skip
+def test_jsonl_hostile_lines_are_invalid_input(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(mixllm.InvalidInputError, match=message):
+        data.load_jsonl(path)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from([*data._ROW_FIELDS, "quality", "x"]) | st.text(), inner,
+                      max_size=5),
+    max_leaves=25,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    content=st.one_of(
+        st.binary(max_size=500),
+        st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.lists(_JSON.map(json.dumps), min_size=1, max_size=4).map(
+            lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+        ),
+        st.lists(st.sampled_from(['"\\ud800"', "1" + "0" * 400, "[" * 3000, "NaN", "-1"]),
+                 min_size=1, max_size=3).map(
+            lambda parts: (
+                f'{{"id": 1, "query": {parts[0]}, "outcomes": {{"m": {{"quality": {parts[-1]}}}}}}}'
+            ).encode()
+        ),
+    )
+)  # fmt: skip
+def test_jsonl_any_bytes_load_or_raise_a_documented_error(content: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "any.jsonl"
+        path.write_bytes(content)
+        with contextlib.suppress(mixllm.InvalidInputError, DatasetUnavailableError):
+            data.load_jsonl(path)
+
+
+def test_count_tokens_refuses_text_that_is_not_unicode() -> None:
+    with pytest.raises(mixllm.InvalidInputError, match=r"texts\[1\] is not valid Unicode"):
+        data.count_tokens(["fine", "\ud800"])
+
+
+def test_estimate_tokens_is_exact_up_to_its_prefix_and_scales_beyond() -> None:
+    text = "word " * 100
+    assert data.estimate_tokens([text])[0] == data.count_tokens([text])[0]
+    long = "word " * (data.EXACT_COUNT_CHARS // 5 * 3)
+    head = data.count_tokens([long[: data.EXACT_COUNT_CHARS]])[0]
+    assert data.estimate_tokens([long])[0] == round(head * len(long) / data.EXACT_COUNT_CHARS)
+    assert data.estimate_tokens([long])[0] == pytest.approx(data.count_tokens([long])[0], rel=1e-3)
+
+
+def test_hub_pickles_are_unpickled_only_when_trusted_or_pinned(
+    routerbench_pickle: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A file planted in the hub's cache runs code when unpickled: without allow_pickle=True
+    or a pinned sha256 nothing is downloaded or read, and a pinned hash must match."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls: list[dict[str, Any]] = []
+
+    def fake_download(**kwargs: Any) -> str:
+        calls.append(kwargs)
+        return str(routerbench_pickle)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    with pytest.raises(mixllm.InvalidInputError, match=r"refusing to unpickle .* sha256="):
+        data.load_routerbench()
+    assert calls == []
+    digest = __import__("hashlib").sha256(routerbench_pickle.read_bytes()).hexdigest()
+    ds = data.load_routerbench(sha256=digest.upper(), revision="0123abc")
+    assert len(ds) == 7 and calls[-1]["revision"] == "0123abc"
+    other = "0" * 64
+    with pytest.raises(mixllm.InvalidInputError, match=f"not the pinned {other}"):
+        data.load_routerbench(sha256=other)
+    with pytest.raises(mixllm.InvalidInputError, match="not the pinned"):
+        data.load_routerbench(routerbench_pickle, sha256=other)
+    assert len(data.load_routerbench(routerbench_pickle, sha256=digest)) == 7
+    with pytest.raises(mixllm.InvalidInputError, match="64 hexadecimal digits"):
+        data.load_routerbench(sha256="abc")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixllm import model_files
+from mixllm import embedding, model_files
 from mixllm.embedding import Embedder
 from mixllm.errors import EmbeddingError, ModelFileError, ModelIntegrityError
 
@@ -141,13 +141,18 @@ def test_cache_hit_returns_equal_copy() -> None:
     np.testing.assert_allclose(second, Embedder(cache_size=0).embed(["alpha"]), atol=1e-6)
 
 
+def key(text: str) -> bytes:
+    """The embedding cache's key of a text."""
+    return embedding._cache_key(0, text)
+
+
 def test_cache_evicts_least_recently_used_and_can_be_disabled() -> None:
     cached = Embedder(cache_size=2)
     cached.embed(["a", "b"])
     cached.embed(["a"])  # "b" is now the oldest
     cached.embed(["c"])
     assert cached.cache_len == 2
-    assert cached._cache.get("b") is None and cached._cache.get("a") is not None
+    assert cached._cache.get(key("b")) is None and cached._cache.get(key("a")) is not None
     off = Embedder(cache_size=0)
     off.embed(["a", "b"])
     assert off.cache_len == 0

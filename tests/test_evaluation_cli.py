@@ -335,10 +335,13 @@ def test_eval_without_data_says_the_hub_is_unreachable(
         raise ConnectionError("Failed to establish a new connection: network is unreachable")
 
     monkeypatch.setattr(hub, "hf_hub_download", offline)
-    code = main(["eval", "--out", str(tmp_path / "out")])
+    code = main(["eval", "--out", str(tmp_path / "out"), "--allow-pickle"])
     err = capsys.readouterr().err
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1
     assert "cannot reach the Hugging Face hub" in lines[0]
     assert "mixllm eval --data PATH" in lines[0]
+    # Without --allow-pickle the hub's pickle is neither downloaded nor unpickled.
+    assert main(["eval", "--out", str(tmp_path / "out")]) != 0
+    assert "refusing to unpickle" in capsys.readouterr().err

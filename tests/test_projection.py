@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixllm.errors import ProjectionError
 from mixllm.frontier import cost_to_reach, quality_at_cost, routing_frontier
-from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
+from mixllm.projection import (
+    MAX_PROJECTION_BYTES,
+    LinearProjection,
+    PcaProjection,
+    TagProjection,
+    load_projection,
+    projection_from_bytes,
+)
 
 
 def clustered(n: int = 300, dim: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -182,3 +193,45 @@ def test_routerbench_contexts(routerbench_sample: tuple[list[str], list[str]]) -
     # Each prompt is closer to its own benchmark's centroid than to the others.
     nearest = np.argmax(z @ centroids.T, axis=1)
     assert (nearest == ids).mean() > 0.95
+
+
+def test_damaged_or_foreign_files_are_projection_errors(tmp_path: Path) -> None:
+    projection = LinearProjection(np.eye(3, 5), np.zeros(5))
+    good = projection.to_bytes()
+    path = tmp_path / "p.npz"
+    cases = [
+        (good[: len(good) // 2], "not a mixllm projection file"),  # BadZipFile before
+        (b"\x93NUMPY\x01\x00", "not a mixllm projection file"),
+        (b"", "not a mixllm projection file"),
+    ]
+    buffer = io.BytesIO()
+    np.savez(buffer, format_version=np.array(["x"]), kind=np.str_("linear"))
+    cases.append((buffer.getvalue(), "format_version is <U1 of shape"))
+    buffer = io.BytesIO()
+    np.savez(buffer, format_version=np.int64(1), kind=np.str_("linear"),
+             matrix=np.array([["a"]]), mean=np.array(["b"]),
+             param_names=np.array([], dtype=np.str_), param_values=np.array([]))  # fmt: skip
+    cases.append((buffer.getvalue(), "matrix holds <U1, not numbers"))
+    for data, message in cases:
+        path.write_bytes(data)
+        with pytest.raises(ProjectionError, match=message):
+            load_projection(path)
+
+
+def test_a_small_file_that_unpacks_to_huge_arrays_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, matrix=np.zeros((MAX_PROJECTION_BYTES // 8 + 1,)))
+    assert len(buffer.getvalue()) < 1 << 20
+    with pytest.raises(ProjectionError, match="unpacks to"):
+        projection_from_bytes(buffer.getvalue())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.integers(min_value=0, max_value=3000), st.binary(max_size=8))
+def test_any_bytes_are_a_projection_or_a_projection_error(
+    noise: bytes, at: int, patch: bytes
+) -> None:
+    good = LinearProjection(np.eye(2, 4), np.ones(4)).to_bytes()
+    for data in (noise, good[:at] + patch + good[at + len(patch) :]):
+        with contextlib.suppress(ProjectionError):
+            projection_from_bytes(data)

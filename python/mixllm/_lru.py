@@ -11,28 +11,46 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    """Keeps the ``capacity`` most recently used entries; a capacity of 0 disables it."""
+    """Keeps the most recently used entries: at most ``capacity`` of them (0 disables the
+    cache), and, when ``max_bytes`` is given, at most that many bytes as the callers account
+    them (each `put` says what its entry weighs; an entry heavier than the whole budget is not
+    kept)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, max_bytes: int | None = None) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[K, V] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            self._data.move_to_end(key)
+            return entry[0]
 
-    def put(self, key: K, value: V) -> None:
-        if self.capacity <= 0:
+    def put(self, key: K, value: V, nbytes: int = 0) -> None:
+        if self.capacity <= 0 or (self.max_bytes is not None and nbytes > self.max_bytes):
             return
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+            previous = self._data.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous[1]
+            self._data[key] = (value, nbytes)
+            self._bytes += nbytes
+            while len(self._data) > self.capacity or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._bytes -= dropped
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the entries held now are accounted as."""
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:
@@ -41,3 +59,4 @@ class LruCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._bytes = 0

@@ -251,7 +251,7 @@ def _eval(args: argparse.Namespace) -> int:
         with contextlib.suppress(ImportError):
             importlib.import_module("huggingface_hub.utils.logging").set_verbosity_error()
         try:
-            dataset = data.load_routerbench()
+            dataset = data.load_routerbench(allow_pickle=args.allow_pickle)
         except data.DatasetUnavailableError as err:
             raise data.DatasetUnavailableError(
                 f"{err}; from the command line: mixllm eval --data PATH"
@@ -443,7 +443,9 @@ def _parser() -> argparse.ArgumentParser:
         "offline)",
     )
     evaluate.add_argument(
-        "--allow-pickle", action="store_true", help="allow reading a local .pkl (runs code)"
+        "--allow-pickle",
+        action="store_true",
+        help="allow reading a .pkl, local or from the hub (runs code)",
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=_eval)

@@ -78,6 +78,12 @@ class ModelConfig:
     def validate(self, where: str) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"{where}.name must be a non-empty string, got {self.name!r}")
+        try:
+            self.name.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ConfigError(
+                f"{where}.name is not valid Unicode: {err.reason} at position {err.start}"
+            ) from None
         for key in ("price_in", "price_out", "fee", "ttft_s", "prior_output_tokens"):
             _number(where, key, getattr(self, key), minimum=0.0)
         _number(where, "tokens_per_s", self.tokens_per_s, minimum=0.0, strict=True)
@@ -396,6 +402,10 @@ def _number(
 ) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ConfigError(f"{where}.{key} is too large for a float") from None
     if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise ConfigError(f"{where}.{key} must be finite, got {value}")
     if minimum is not None and (value <= minimum if strict else value < minimum):

@@ -12,7 +12,8 @@ Sources:
 * :func:`load_routerbench` -- the published RouterBench pickles (``routerbench_0shot.pkl``,
   ``routerbench_5shot.pkl``) from the Hugging Face dataset ``withmartian/routerbench``,
   downloaded and cached by ``huggingface_hub`` (``pip install 'mixllm[routerbench]'``).
-  Unpickling runs code, so a local pickle is read only with ``allow_pickle=True``.
+  Unpickling runs code, so a pickle, downloaded or local, is read only with
+  ``allow_pickle=True`` or a pinned ``sha256``.
 * :func:`load_jsonl` / :func:`save_jsonl` -- one JSON object per query, the format for your
   own logs (``docs/data-format.md``).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import json
 import math
 import os
@@ -49,6 +51,7 @@ __all__ = [
     "PriceLike",
     "RoutingDataset",
     "count_tokens",
+    "estimate_tokens",
     "load_jsonl",
     "load_routerbench",
     "load_routerbench_csv",
@@ -307,22 +310,60 @@ def _counting_tokenizer() -> Any:
         return _tokenizer
 
 
-def count_tokens(texts: Sequence[str]) -> _F64:
-    """Token counts of ``texts`` with the embedder's tokenizer (all-MiniLM-L6-v2 WordPiece).
-
-    No special tokens ([CLS], [SEP]) are counted and nothing is truncated, so the count grows
-    with the text however long it is; an empty text has 0 tokens. Thread-safe.
-    """
+def _text_list(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError("texts must be a sequence of str, not a single string")
     items = list(texts)
     for index, text in enumerate(items):
         if not isinstance(text, str):
             raise InvalidInputError(f"texts[{index}] is {type(text).__name__}, expected str")
+        _check_unicode(text, f"texts[{index}]")
+    return items
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """Refuses a str that is not valid Unicode (a lone surrogate, which JSON's ``\\ud800``
+    escapes and Python's strings allow, but no tokenizer or file can take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"{where} is not valid Unicode: {err.reason} at position {err.start}"
+        ) from None
+
+
+def count_tokens(texts: Sequence[str]) -> _F64:
+    """Token counts of ``texts`` with the embedder's tokenizer (all-MiniLM-L6-v2 WordPiece).
+
+    No special tokens ([CLS], [SEP]) are counted and nothing is truncated, so the count grows
+    with the text however long it is, and so does the work (`estimate_tokens` bounds it); an
+    empty text has 0 tokens. Thread-safe.
+    """
+    items = _text_list(texts)
     if not items:
         return np.zeros(0, dtype=np.float64)
     encodings = _counting_tokenizer().encode_batch(items, add_special_tokens=False)
     return np.array([len(e.ids) for e in encodings], dtype=np.float64)
+
+
+# The characters of a text `estimate_tokens` counts exactly: more than the longest window the
+# encoder reads (512 tokens) ever spans in practice.
+EXACT_COUNT_CHARS = 1 << 15
+
+
+def estimate_tokens(texts: Sequence[str]) -> _F64:
+    """`count_tokens` with work bounded per text: a text of at most `EXACT_COUNT_CHARS`
+    characters is counted exactly; a longer one gets the count of its first
+    `EXACT_COUNT_CHARS` characters scaled by its length over that (its first part's tokens per
+    character, extended to the whole). What the Router counts a prompt's tokens with."""
+    items = _text_list(texts)
+    if not items:
+        return np.zeros(0, dtype=np.float64)
+    heads = [t[:EXACT_COUNT_CHARS] for t in items]
+    counts = count_tokens(heads)
+    scale = np.array([max(1.0, len(t) / EXACT_COUNT_CHARS) for t in items])
+    estimated: _F64 = np.round(counts * scale)
+    return estimated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +541,23 @@ def _is_network_error(err: BaseException) -> bool:
     return False
 
 
-def _download(filename: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+def _sha256_argument(value: object) -> str:
+    if not isinstance(value, str) or re.fullmatch(r"[0-9a-fA-F]{64}", value) is None:
+        raise InvalidInputError(f"sha256 must be 64 hexadecimal digits, got {value!r}")
+    return value.lower()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(
+    filename: str, cache_dir: str | os.PathLike[str] | None, revision: str | None
+) -> Path:
     try:
         import huggingface_hub
     except ImportError as err:
@@ -513,6 +570,7 @@ def _download(filename: str, cache_dir: str | os.PathLike[str] | None) -> Path:
             repo_id=ROUTERBENCH_REPO,
             filename=filename,
             repo_type="dataset",
+            revision=revision,
             cache_dir=None if cache_dir is None else str(cache_dir),
         )
     except Exception as err:  # the hub client raises many kinds; sort them by cause
@@ -556,36 +614,61 @@ def load_routerbench(
     filename: str = "routerbench_0shot.pkl",
     cache_dir: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
+    sha256: str | None = None,
+    revision: str | None = None,
 ) -> RoutingDataset:
     """The full RouterBench: its pickled DataFrame from the hub, or a local copy.
+
+    Unpickling runs whatever code the file names, and a file in the hub's cache can be
+    replaced by anyone who can write there, so no pickle is read, from the hub or not, unless
+    ``allow_pickle=True`` says you trust it or ``sha256`` pins the exact file (checked before
+    it is unpickled).
 
     Args:
         source: ``"hub"`` downloads ``filename`` from the Hugging Face dataset
             ``withmartian/routerbench`` (cached by ``huggingface_hub``, under ``cache_dir``
-            when given). A directory is read with :func:`load_routerbench_csv`. A file is read
-            as a pickle, which needs ``allow_pickle=True``.
+            when given), at ``revision`` (a commit hash pins it; default: the latest). A
+            directory is read with :func:`load_routerbench_csv`. A file is read as a pickle.
         filename: ``routerbench_0shot.pkl`` or ``routerbench_5shot.pkl``.
-        allow_pickle: unpickling runs whatever code the file names, so a local pickle is read
-            only when you trust it and say so here. The hub file is read without it.
+        allow_pickle: read a pickle you trust without pinning its hash.
+        sha256: the pickle's expected sha256 (hex); a file with another is refused.
 
     The frame has no train/test split: make one with :func:`split_train_test`.
 
     Raises:
         DatasetUnavailableError: the hub cannot be reached, or the file cannot be read.
-        InvalidInputError: a local pickle without ``allow_pickle=True``, or not RouterBench.
+        InvalidInputError: a pickle with neither ``allow_pickle=True`` nor a matching
+            ``sha256``, or not RouterBench.
     """
+    expected = None if sha256 is None else _sha256_argument(sha256)
     if isinstance(source, str) and source == "hub":
-        path = _download(filename, cache_dir)
+        if not allow_pickle and expected is None:
+            raise InvalidInputError(
+                f"refusing to unpickle {ROUTERBENCH_REPO}/{filename}: loading a pickle can run "
+                "arbitrary code, and the hub's cached copy is not pinned. Pass "
+                "sha256='<the file's sha256>' (and revision='<commit>') to pin it, or "
+                "allow_pickle=True if you trust it"
+            )
+        path = _download(filename, cache_dir, revision)
     else:
         path = Path(source)
         if path.is_dir():
             return load_routerbench_csv(path)
         if not path.is_file():
             raise DatasetUnavailableError(f"{path} does not exist")
-        if not allow_pickle:
+        if not allow_pickle and expected is None:
             raise InvalidInputError(
                 f"refusing to unpickle {path}: loading a pickle can run arbitrary code. "
-                "If you trust the file, pass allow_pickle=True"
+                "If you trust the file, pass allow_pickle=True (or sha256= to pin it)"
+            )
+    if expected is not None:
+        try:
+            actual = _file_sha256(path)
+        except OSError as err:
+            raise DatasetUnavailableError(f"cannot read {path}: {err}") from err
+        if actual != expected:
+            raise InvalidInputError(
+                f"refusing to unpickle {path}: its sha256 is {actual}, not the pinned {expected}"
             )
     frame = _read_frame(path)
     try:
@@ -652,6 +735,8 @@ class PriceLike(Protocol):
     def price_out(self) -> float: ...
 
 
+# An integer id longer than this is refused (str() of a huge int is slow, and no log needs it).
+_MAX_ID_DIGITS = 100
 _OUTCOME_FIELDS = ("quality", "cost_usd", "output_tokens", "latency_s")
 _ROW_FIELDS = ("id", "query", "label", "split", "prompt_tokens", "outcomes")
 
@@ -660,11 +745,20 @@ def _json_number(value: Any, where: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{where} must be a number or null, got {value!r}")
-    number = float(value)
+        raise InvalidInputError(f"{where} must be a number or null, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidInputError(f"{where} is too large for a float: {_short(value)}") from None
     if not math.isfinite(number) or number < 0:
         raise InvalidInputError(f"{where} must be a finite number >= 0, got {value!r}")
     return number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about huge values."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "a huge int"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _price_of(spec: PriceLike | tuple[float, float]) -> tuple[float, float, float]:
@@ -705,8 +799,12 @@ def load_jsonl(
                 where = f"{file}, line {number}"
                 try:
                     row = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise InvalidInputError(f"{where}: not valid JSON: {err}") from err
+                except (ValueError, RecursionError) as err:
+                    # ValueError: bad JSON, or an integer of more digits than Python converts;
+                    # RecursionError: nesting deeper than the parser goes.
+                    raise InvalidInputError(
+                        f"{where}: not valid JSON: {_short(str(err), 200)}"
+                    ) from None
                 if not isinstance(row, dict):
                     raise InvalidInputError(f"{where}: expected a JSON object")
                 rows.append(row)
@@ -721,6 +819,7 @@ def load_jsonl(
         if not isinstance(outcomes, dict):
             raise InvalidInputError(f"{file}, line {number}: field 'outcomes' must be an object")
         for name in outcomes:
+            _check_unicode(name, f"{file}, line {number}: a model name")
             models.setdefault(name, len(models))
     n, k = len(rows), len(models)
     values = {name: np.full((n, k), np.nan) for name in _OUTCOME_FIELDS}
@@ -738,10 +837,16 @@ def load_jsonl(
         query = row.get("query")
         if not isinstance(query, str):
             raise InvalidInputError(f"{where}: field 'query' must be a string")
+        _check_unicode(query, f"{where}: field 'query'")
         row_id = row.get("id")
         if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
             raise InvalidInputError(f"{where}: field 'id' must be a string or an integer")
+        if isinstance(row_id, int) and abs(row_id) >= 10**_MAX_ID_DIGITS:
+            raise InvalidInputError(
+                f"{where}: field 'id' is an integer of over {_MAX_ID_DIGITS} digits"
+            )
         row_id = str(row_id)
+        _check_unicode(row_id, f"{where}: field 'id'")
         if row_id in seen_ids:
             raise InvalidInputError(
                 f"{where}: field 'id' {row_id!r} repeats line {seen_ids[row_id]}"
@@ -751,6 +856,8 @@ def load_jsonl(
             value = row.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidInputError(f"{where}: field {name!r} must be a string")
+            if value is not None:
+                _check_unicode(value, f"{where}: field {name!r}")
             store.append(value)
         if split[-1] is not None and split[-1] not in _SPLITS:
             raise InvalidInputError(f"{where}: field 'split' must be 'train' or 'test'")

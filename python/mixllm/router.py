@@ -14,7 +14,8 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
   is a documented no-op: it returns ``False`` and changes nothing;
 - `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
-  restarted service routes exactly as before.
+  restarted service routes exactly as before; docs/guarantees.md states what a save and a load
+  guarantee, every bound on sizes and work, and which error each bad input gets.
 
 Thread-safe: many threads may route and send feedback through one Router.
 """
@@ -22,13 +23,13 @@ Thread-safe: many threads may route and send feedback through one Router.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
 import numbers
 import os
 import secrets
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -39,9 +40,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm import state_folder
 from mixllm._core import (
     Decision,
+    InputTypeError,
     InvalidInputError,
+    MixllmError,
     Policy,
     StateFileError,
     UnknownModelError,
@@ -49,11 +53,15 @@ from mixllm._core import (
 )
 from mixllm._lru import LruCache
 from mixllm.config import ModelConfig, RouterConfig
-from mixllm.data import RoutingDataset, count_tokens
+from mixllm.data import RoutingDataset, estimate_tokens
 from mixllm.embedding import Embedder
-from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
-from mixllm.model_files import file_sha256
-from mixllm.projection import LinearProjection, TagProjection, load_projection
+from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError, ProjectionError
+from mixllm.projection import (
+    MAX_PROJECTION_BYTES,
+    LinearProjection,
+    TagProjection,
+    projection_from_bytes,
+)
 from mixllm.tagging import DomainLabels, Tagger
 
 __all__ = ["FitReport", "RouteDecision", "Router"]
@@ -61,8 +69,21 @@ __all__ = ["FitReport", "RouteDecision", "Router"]
 STATE_FORMAT = 1
 # The fewest queries `Router.fit` learns from: the projection needs a spread to centre.
 MIN_FIT_QUERIES = 2
-_CURRENT = "CURRENT"
-_FILES = ("config.json", "projection.npz", "policy.bin")
+# The largest manifest and config.json a load reads (checked before reading): a manifest is
+# a few hundred bytes, a configuration some hundreds per model.
+MAX_MANIFEST_BYTES = 64 << 10
+MAX_CONFIG_BYTES = 16 << 20
+# How many times a load starts again when a save replaced the state it was reading.
+_LOAD_ATTEMPTS = 3
+# The largest magnitude of a value the decision core learns from (its own bound): feedback
+# beyond it is refused up front, before anything is learned.
+MAX_MAGNITUDE = 1e100
+# Decisions dropped (expired, or over the cap) by one call at most; see `Router._expire`.
+EXPIRE_PER_CALL = 64
+# The routing-context cache's bound in bytes (besides its entry count, `cache_size`), with each
+# entry accounted as its key, its array and this allowance for the objects around them.
+CONTEXT_CACHE_BYTES = 16 << 20
+CACHE_ENTRY_OVERHEAD = 256
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
 _POLICY_KNOBS = (
     "alpha",
@@ -121,7 +142,9 @@ class _Pending:
     # The service time the decision predicted for its model: what `Policy.begin` was given,
     # and what `Policy.end` must give back.
     predicted_service_s: float
-    # False once `complete` has taken the request out of its model's queue.
+    # False once `complete` has taken the request out of its model's queue. A decision whose
+    # model was removed before its request could be counted is in flight too, with no arm
+    # (generation -1): it is answered like any decision for a removed model.
     in_flight: bool = True
 
 
@@ -164,8 +187,8 @@ class Router:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         # Ids that can no longer take feedback, and why; bounded like the pending ones.
         self._closed: OrderedDict[str, str] = OrderedDict()
-        self._contexts: LruCache[str, tuple[NDArray[np.float64], float]] = LruCache(
-            config.embedder.cache_size
+        self._contexts: LruCache[bytes, tuple[NDArray[np.float64], float]] = LruCache(
+            config.embedder.cache_size, max_bytes=CONTEXT_CACHE_BYTES
         )
         self._id_prefix = secrets.token_hex(4)
         self._counter = itertools.count()
@@ -285,16 +308,17 @@ class Router:
     # -- routing --------------------------------------------------------------------------------
 
     def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
-        """Routing context and prompt tokens of a text (checked to be a str by the callers)."""
-        cached = self._contexts.get(text)
+        """Routing context and prompt tokens of a text (checked by the caller, `_check_text`)."""
+        key = _text_key(text)
+        cached = self._contexts.get(key)
         if cached is not None:
             return cached
         projection = self._require_projection()
         vector = self.embedder.embed([text])
         context = projection.context(vector)[0]
         context.flags.writeable = False  # shared by every decision for this text
-        item = (context, float(count_tokens([text])[0]))
-        self._contexts.put(text, item)
+        item = (context, float(estimate_tokens([text])[0]))
+        self._contexts.put(key, item, _context_bytes(key, context))
         return item
 
     def _require_projection(self) -> LinearProjection:
@@ -307,11 +331,19 @@ class Router:
     def _willingness(self, willingness_to_pay: float | None) -> float:
         if willingness_to_pay is None:
             return self._config.willingness_to_pay
-        if not (isinstance(willingness_to_pay, (int, float)) and willingness_to_pay > 0):
+        if isinstance(willingness_to_pay, bool) or not isinstance(willingness_to_pay, (int, float)):
+            raise InvalidInputError(
+                f"willingness_to_pay must be a number, got {type(willingness_to_pay).__name__}"
+            )
+        try:
+            wtp = float(willingness_to_pay)
+        except OverflowError:
+            wtp = math.inf  # an integer beyond any float: as good as ignoring cost
+        if not wtp > 0:
             raise InvalidInputError(
                 f"willingness_to_pay must be > 0 (USD per quality point), got {willingness_to_pay}"
             )
-        return float(willingness_to_pay)
+        return wtp
 
     def route(
         self,
@@ -323,10 +355,12 @@ class Router:
         """Picks the model for one query and counts the request as in flight for it.
 
         ``prompt_tokens`` defaults to a count with the embedder's tokenizer (a proxy for the
-        model's own tokenizer); ``willingness_to_pay`` to the configured λ.
+        model's own tokenizer; beyond its first `EXACT_COUNT_CHARS` characters a text's count
+        is estimated, see `mixllm.data.estimate_tokens`); ``willingness_to_pay`` to the
+        configured λ. A text that is not a ``str`` raises `InputTypeError`, one that is not
+        valid Unicode (a lone surrogate) `InvalidInputError`.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        _check_text("text", text)
         context, counted = self._context(text)
         return self._decide(
             context,
@@ -343,11 +377,10 @@ class Router:
     ) -> list[RouteDecision]:
         """`route` for many queries, embedding them in one batch."""
         if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of str, not a single string")
+            raise InputTypeError("texts must be a sequence of str, not a single string")
         items = list(texts)
         for i, text in enumerate(items):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+            _check_text(f"texts[{i}]", text)
         wtp = self._willingness(willingness_to_pay)
         projection = self._require_projection()
         # Every distinct text's context, looked up or computed here once: a cache smaller than
@@ -355,18 +388,19 @@ class Router:
         known: dict[str, tuple[NDArray[np.float64], float]] = {}
         missing = []
         for text in dict.fromkeys(items):
-            cached = self._contexts.get(text)
+            cached = self._contexts.get(_text_key(text))
             if cached is None:
                 missing.append(text)
             else:
                 known[text] = cached
         if missing:
             contexts = projection.context(self.embedder.embed(missing))
-            tokens = count_tokens(missing)
+            tokens = estimate_tokens(missing)
             contexts.flags.writeable = False  # shared by every decision for these texts
             for text, context, count in zip(missing, contexts, tokens, strict=True):
                 known[text] = (context, float(count))
-                self._contexts.put(text, known[text])
+                key = _text_key(text)
+                self._contexts.put(key, known[text], _context_bytes(key, context))
         # One reading of the clock for the whole batch, before the first decision: a clock that
         # fails must not leave part of a batch counted in flight with no id returned for it.
         now = self._now()
@@ -388,30 +422,37 @@ class Router:
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
-            queued = detail.model in self._policy
             generation = -1
-            if queued:
+            if detail.model in self._policy:
                 self._policy.begin(detail.model, service_s, now_s=now)
                 generation = self._policy.generation(detail.model)
-            self._pending[decision_id] = _Pending(
-                detail.model, generation, context, now, service_s, in_flight=queued
-            )
+            self._pending[decision_id] = _Pending(detail.model, generation, context, now, service_s)
             self._expire(now)
         return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
-        """Drops decisions past their time to live or beyond the cap (caller holds the lock)."""
+        """Drops decisions past their time to live or beyond the cap, the oldest first and at
+        most `EXPIRE_PER_CALL` of them (caller holds the lock): each call that adds one
+        decision drops up to that many, so a backlog (a clock jump, a burst that was never
+        answered) drains over the next calls instead of stalling one of them. Feedback for a
+        decision past its time to live is refused even before it is dropped (`_open`)."""
         ttl, cap = self._config.feedback_ttl_s, self._config.max_pending
-        while self._pending:
+        for _ in range(EXPIRE_PER_CALL):
+            if not self._pending:
+                break
             decision_id, oldest = next(iter(self._pending.items()))
             expired = now - oldest.issued > ttl
             if not expired and len(self._pending) <= cap:
                 break
-            del self._pending[decision_id]
-            if oldest.in_flight and self._current(oldest):
-                self._leave_queue(oldest, None, now)
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
-            self._close(decision_id, reason)
+            self._drop(decision_id, oldest, reason, now)
+
+    def _drop(self, decision_id: str, pending: _Pending, reason: str, now: float) -> None:
+        """Closes a decision unanswered; its request leaves the queue (caller holds the lock)."""
+        del self._pending[decision_id]
+        if pending.in_flight and self._current(pending):
+            self._leave_queue(pending, None, now)
+        self._close(decision_id, reason)
 
     def _current(self, pending: _Pending) -> bool:
         """Whether the decision's arm is still in the pool (caller holds the lock)."""
@@ -426,9 +467,15 @@ class Router:
         as predicted: its work has been draining with the clock since it was sent. The count
         can only be off if the policy was swapped under a pending decision by a load elsewhere,
         and bookkeeping must never fail a call that has already learned, so that case is
-        ignored."""
-        with contextlib.suppress(InvalidInputError, UnknownModelError):
+        ignored. A latency the core refuses to learn from (one too far from the prediction to
+        square) still takes the request out: it leaves as if served as predicted."""
+        try:
             self._policy.end(pending.model, latency_s, pending.predicted_service_s, now_s=now)
+        except (InvalidInputError, UnknownModelError):
+            if latency_s is None:
+                return
+            with contextlib.suppress(InvalidInputError, UnknownModelError):
+                self._policy.end(pending.model, None, pending.predicted_service_s, now_s=now)
 
     def _close(self, decision_id: str, reason: str) -> None:
         self._closed[decision_id] = reason
@@ -437,11 +484,14 @@ class Router:
 
     # -- learning online ------------------------------------------------------------------------
 
-    def _open(self, decision_id: str) -> _Pending:
-        """The pending decision, or the reason it cannot take feedback (caller holds the lock)."""
+    def _open(self, decision_id: str, now: float) -> _Pending:
+        """The pending decision, or the reason it cannot take feedback (caller holds the lock).
+        A decision past its time to live is dropped here, if expiry has not reached it yet."""
         pending = self._pending.get(decision_id)
         if pending is not None:
-            return pending
+            if now - pending.issued <= self._config.feedback_ttl_s:
+                return pending
+            self._drop(decision_id, pending, "expired", now)
         reason = self._closed.get(decision_id)
         if reason is None:
             raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
@@ -454,7 +504,7 @@ class Router:
         _check_optional("latency_s", latency_s)
         now = self._now()
         with self._lock:
-            pending = self._open(decision_id)
+            pending = self._open(decision_id, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
@@ -478,14 +528,15 @@ class Router:
         Returns ``True`` when learned, ``False`` when the decision's model has been removed
         since, even if a model of that name was added again (a no-op). Raises
         `DecisionNotFoundError` for an id never issued, expired or already answered, and
-        `InvalidInputError` for bad values; neither changes any state.
+        `InvalidInputError` for bad values (every value is checked, against the bounds the
+        decision core applies, before anything changes); neither changes any state.
         """
         target, weight = self._feedback_target(quality, satisfied)
         _check_optional("output_tokens", output_tokens)
         _check_optional("latency_s", latency_s)
         now = self._now()
         with self._lock:
-            pending = self._open(decision_id)
+            pending = self._open(decision_id, now)
             if latency_s is not None and not pending.in_flight:
                 raise InvalidInputError(
                     f"decision {decision_id!r} was completed already, with its latency: "
@@ -610,44 +661,29 @@ class Router:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Saves configuration, projection and every arm under ``directory``.
 
-        Each save writes a complete new state folder, then switches the ``CURRENT`` pointer to it
-        with an atomic rename, then deletes older folders: a crash at any point leaves the
-        previous save loadable. Returns the folder written.
+        The state is one snapshot, taken under the Router's lock (routing, feedback and pool
+        changes wait only for the copy, never for the disk). Saves into one folder, from threads
+        or processes, take turns. Each writes a complete new state folder, then switches the
+        ``CURRENT`` pointer to it with an atomic rename, then deletes older folders and whatever
+        crashed saves left: a crash at any point leaves the previous save loadable
+        (docs/guarantees.md). Returns the folder written.
         """
-        projection = self._require_projection()
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((_state_number(p.name) for p in root.iterdir()), default=0)
-        name = f"state-{number:06d}"
-        staging = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        staging.mkdir()
-        try:
-            config_json = json.dumps(self._config.to_dict(), indent=2, allow_nan=True)
-            (staging / "config.json").write_text(config_json, encoding="utf-8")
-            projection.save(staging / "projection.npz")
-            self._policy.save(staging / "policy.bin")
-            manifest = {
-                "format": STATE_FORMAT,
-                "mixllm": __version__,
-                "files": {f: file_sha256(staging / f) for f in _FILES},
-            }
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
-            for path in staging.iterdir():
-                _fsync(path)
-            final = root / name
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        pointer = root / f".{_CURRENT}.tmp-{os.getpid()}"
-        pointer.write_text(name + "\n", encoding="utf-8")
-        _fsync(pointer)
-        pointer.replace(root / _CURRENT)
-        _fsync(root)
-        for old in root.iterdir():
-            if old.name != name and _state_number(old.name) > 0:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        with self._lock:
+            projection = self._require_projection()
+            config = self._config.to_dict()
+            policy = self._policy.to_bytes()
+        files = {
+            "config.json": json.dumps(config, indent=2, allow_nan=True).encode("utf-8"),
+            "projection.npz": projection.to_bytes(),
+            "policy.bin": policy,
+        }
+        manifest = {
+            "format": STATE_FORMAT,
+            "mixllm": __version__,
+            "files": {f: hashlib.sha256(data).hexdigest() for f, data in files.items()},
+        }
+        files["manifest.json"] = json.dumps(manifest, indent=2).encode("utf-8")
+        return state_folder.write_state(Path(directory), files)
 
     @classmethod
     def load(
@@ -657,46 +693,26 @@ class Router:
         embedder: Embedder | None = None,
         clock: Callable[[], float] | None = None,
     ) -> Router:
-        """Loads a state written by `save` (checking every file against its manifest);
-        ``clock`` as in the constructor."""
+        """Loads a state written by `save` (checking every file against its manifest, and its
+        size before reading it); ``clock`` as in the constructor. Anything but a loadable state
+        raises `StateFileError` naming the file and the problem."""
         root = Path(directory)
-        try:
-            name = (root / _CURRENT).read_text(encoding="utf-8").strip()
-        except FileNotFoundError as err:
-            raise StateFileError(f"{root} holds no saved router (no {_CURRENT} file)") from err
-        if _state_number(name) == 0:
-            raise StateFileError(f"{root / _CURRENT} names {name!r}, not a state folder")
-        folder = root / name
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise StateFileError(f"{folder}: unreadable manifest: {err}") from err
-        if manifest.get("format") != STATE_FORMAT:
-            raise StateFileError(
-                f"{folder}: state format {manifest.get('format')!r}, this mixllm reads "
-                f"{STATE_FORMAT}"
-            )
-        for file in _FILES:
-            expected = manifest.get("files", {}).get(file)
-            if not (folder / file).is_file():
-                raise StateFileError(f"{folder}: {file} is missing")
-            if file_sha256(folder / file) != expected:
-                raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
-        try:
-            raw_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            config = RouterConfig.from_dict(raw_config)
-        except (ValueError, TypeError) as err:
-            raise StateFileError(f"{folder}: invalid configuration: {err}") from err
-        projection = load_projection(folder / "projection.npz")
-        policy = Policy.load(folder / "policy.bin", dim=config.dim + 1)
-        saved_knobs = raw_config.get("router", {})
-        # Saved before the length head had its own ridge, or before the margin below τ: it
-        # continues with what its policy file carries (the quality ridge, no margin), and a
-        # refit keeps using it.
-        config = replace(
-            config,
-            **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
-        )
+        # A save may switch CURRENT and delete the folder it named while this load reads it:
+        # then the load starts again from the new CURRENT (a few times at most).
+        for attempt in range(_LOAD_ATTEMPTS):
+            name = state_folder.current_state(root)
+            if name is None:
+                raise StateFileError(
+                    f"{root} holds no saved router (no {state_folder.CURRENT} file)"
+                )
+            folder = root / name
+            try:
+                config, projection, policy = _read_state(folder)
+                break
+            except StateFileError:
+                moved = state_folder.current_state(root) != name
+                if not moved or attempt == _LOAD_ATTEMPTS - 1:
+                    raise
         try:
             return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
         except ConfigError as err:
@@ -728,6 +744,44 @@ class Router:
         )
 
 
+def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
+    """The configuration, projection and policy of one state folder, every file checked."""
+    manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
+    if manifest.get("format") != STATE_FORMAT:
+        raise StateFileError(
+            f"{folder}: state format {manifest.get('format')!r}, this mixllm reads {STATE_FORMAT}"
+        )
+    checksums = manifest.get("files")
+    if not isinstance(checksums, dict):
+        raise StateFileError(f"{folder}: the manifest lists no files")
+    raw_config = _json_object(folder, "config.json", MAX_CONFIG_BYTES, checksums)
+    try:
+        config = RouterConfig.from_dict(raw_config)
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+        raise StateFileError(f"{folder}: invalid configuration: {err}") from err
+    try:
+        projection = projection_from_bytes(
+            _checked_file(folder, "projection.npz", MAX_PROJECTION_BYTES, checksums),
+            str(folder / "projection.npz"),
+        )
+    except ProjectionError as err:
+        raise StateFileError(f"{folder}: {err}") from err
+    policy_bytes = _checked_file(folder, "policy.bin", _policy_bytes_bound(config), checksums)
+    try:
+        policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
+    except MixllmError as err:
+        raise StateFileError(f"{folder / 'policy.bin'}: {err}") from err
+    saved_knobs = raw_config.get("router", {})
+    # Saved before the length head had its own ridge, or before the margin below τ: it
+    # continues with what its policy file carries (the quality ridge, no margin), and a
+    # refit keeps using it.
+    config = replace(
+        config,
+        **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
+    )
+    return config, projection, policy
+
+
 def _check_knobs(config: RouterConfig, policy: Policy) -> None:
     """Refuses a configuration and a policy that disagree on a decision knob: a policy decides
     with its own knobs, so a Router whose configuration said otherwise would save a state that
@@ -741,32 +795,79 @@ def _check_knobs(config: RouterConfig, policy: Policy) -> None:
 
 
 def _check_optional(name: str, value: float | None, *, minimum: float | None = 0.0) -> None:
+    """A feedback value: None, or a finite number of magnitude at most `MAX_MAGNITUDE` (what
+    the decision core learns from) and at least ``minimum``."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise InvalidInputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidInputError(f"{name} is too large, got {value}") from None
+    if not math.isfinite(number):
         raise InvalidInputError(f"{name} must be finite, got {value}")
-    if minimum is not None and value < minimum:
+    if abs(number) > MAX_MAGNITUDE:
+        raise InvalidInputError(f"{name} must be at most {MAX_MAGNITUDE:g} in size, got {value}")
+    if minimum is not None and number < minimum:
         raise InvalidInputError(f"{name} must be >= {minimum:g}, got {value}")
 
 
-def _state_number(name: str) -> int:
-    """The number of a ``state-NNNNNN`` folder name, 0 for anything else."""
-    prefix, _, digits = name.partition("-")
-    return int(digits) if prefix == "state" and digits.isdigit() else 0
+def _check_text(name: str, text: object) -> None:
+    """A query text: a ``str`` that is valid Unicode (encodable as UTF-8)."""
+    if not isinstance(text, str):
+        raise InputTypeError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"{name} is not valid Unicode: {err.reason} at position {err.start}"
+        ) from None
 
 
-def _fsync(path: Path) -> None:
-    """Flushes a file or folder to disk (best effort for folders, which some systems refuse)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+def _text_key(text: str) -> bytes:
+    """The cache key of a checked text: a digest, so a cache never keeps texts themselves."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _context_bytes(key: bytes, context: NDArray[np.float64]) -> int:
+    """What a context cache entry is accounted as: its key, its array and a fixed allowance
+    for the Python objects around them."""
+    return len(key) + context.nbytes + CACHE_ENTRY_OVERHEAD
+
+
+def _checked_file(
+    folder: Path, file: str, limit: int, checksums: dict[str, Any] | None = None
+) -> bytes:
+    """The bytes of a state file, at most ``limit`` of them, checked against the manifest's
+    sha256 when ``checksums`` is given. What is hashed is what is parsed: one read."""
     try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
+        data = state_folder.read_bounded(folder / file, limit, what=file)
+    except FileNotFoundError:
+        raise StateFileError(f"{folder}: {file} is missing") from None
+    if checksums is not None and hashlib.sha256(data).hexdigest() != checksums.get(file):
+        raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
+    return data
+
+
+def _json_object(
+    folder: Path, file: str, limit: int, checksums: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A state's JSON file, which must hold an object."""
+    data = _checked_file(folder, file, limit, checksums)
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise StateFileError(f"{folder}: unreadable {file}: {err}") from None
+    if not isinstance(value, dict):
+        raise StateFileError(f"{folder}: {file} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def _policy_bytes_bound(config: RouterConfig) -> int:
+    """The most bytes the policy file of a pool like ``config``'s can take: per model four
+    packed symmetric matrices and four vectors of the context's size, a name of at most
+    4,096 bytes and its fixed fields, twice over to leave room for the format to grow."""
+    d = config.dim + 1
+    per_model = 8 * (4 * d * (d + 1) // 2 + 4 * d) + 4096 + 512
+    return 2 * (len(config.models) * per_model + 4096)

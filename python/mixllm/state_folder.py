@@ -1,0 +1,199 @@
+"""The folder a Router saves into: state folders, the ``CURRENT`` pointer, a save lock, and the
+bounded reads a load makes.
+
+Layout of a saved folder::
+
+    CURRENT               the name of the state folder to load ("state-000042\\n")
+    state-000042/         one complete state: manifest.json and the files it lists
+    .lock                 advisory lock (flock) held by the one save writing here
+
+A save holds the lock for its whole run, so saves into one folder, from threads or from
+processes, take turns. It writes a complete state into a staging folder
+(``.state-NNNNNN.tmp-*``), renames it into place, switches ``CURRENT`` to it with an atomic
+rename, and only then deletes older state folders: a crash at any point leaves the previous
+state loadable. Whatever a crashed save left (staging folders, ``.CURRENT.tmp-*`` files, state
+folders ``CURRENT`` does not name) is removed by the next save, under the lock, so it can never
+be another live save's work. A load takes no lock and writes nothing (the folder may be
+read-only, like the state shipped in the package): it reads ``CURRENT`` once and every file
+through :func:`read_bounded`, whose size is checked before a byte is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from mixllm._core import StateFileError
+
+__all__ = [
+    "CURRENT",
+    "MAX_CURRENT_BYTES",
+    "clean_leftovers",
+    "current_state",
+    "read_bounded",
+    "save_lock",
+    "state_number",
+    "write_state",
+]
+
+CURRENT = "CURRENT"
+LOCK = ".lock"
+# "state-" and up to 18 digits and a newline, with room to spare.
+MAX_CURRENT_BYTES = 64
+_STATE_NAME = re.compile(r"state-(\d{1,18})")
+_STAGING_NAME = re.compile(r"\.state-\d{1,18}\.tmp-.+")
+_POINTER_TMP_NAME = re.compile(rf"\.{CURRENT}\.tmp-.+")
+
+
+def state_number(name: str) -> int:
+    """The number of a ``state-NNNNNN`` folder name, 0 for anything else."""
+    match = _STATE_NAME.fullmatch(name)
+    return int(match.group(1)) if match else 0
+
+
+@contextlib.contextmanager
+def save_lock(root: Path) -> Iterator[None]:
+    """Holds the advisory lock of saves into ``root`` (released when the process ends, however
+    it ends). Each call opens the lock file anew, so threads of one process take turns too."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(root / LOCK, flags, 0o644)
+    except OSError as err:
+        raise StateFileError(f"cannot open the save lock {root / LOCK}: {err}") from err
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def current_state(root: Path) -> str | None:
+    """The state folder name ``CURRENT`` holds, or None when there is none. Raises
+    `StateFileError` for a ``CURRENT`` that is not a small text naming a state folder."""
+    path = root / CURRENT
+    try:
+        raw = read_bounded(path, MAX_CURRENT_BYTES, what=CURRENT)
+    except FileNotFoundError:
+        return None
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise StateFileError(f"{path} is not UTF-8 text: {err}") from None
+    if state_number(name) == 0:
+        raise StateFileError(f"{path} names {name!r}, not a state folder")
+    return name
+
+
+def read_bounded(path: Path, limit: int, *, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused with `StateFileError` when it is larger
+    than ``limit`` bytes (checked before reading, and again while reading, in case it grew).
+    A missing file raises `FileNotFoundError`, for the caller to name."""
+    try:
+        # Non-blocking, so that a named pipe in place of the file cannot hang the load.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise StateFileError(f"{path}: {what} is not a regular file")
+            if info.st_size > limit:
+                raise StateFileError(
+                    f"{path}: {what} is {info.st_size} bytes, more than the {limit} a state holds"
+                )
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise StateFileError(f"{path}: {what} is a folder, not a file") from None
+    except OSError as err:
+        raise StateFileError(f"{path}: cannot read {what}: {err}") from err
+    if len(data) > limit:
+        raise StateFileError(f"{path}: {what} is more than the {limit} bytes a state holds")
+    return data
+
+
+def clean_leftovers(root: Path) -> None:
+    """Removes what crashed saves left in ``root``: staging folders, temporary pointers, and
+    state folders ``CURRENT`` does not name. Only for the holder of :func:`save_lock`. Nothing
+    is removed while ``CURRENT`` cannot be read: then it is not clear which state is the good
+    one."""
+    try:
+        keep = current_state(root)
+    except StateFileError:
+        return
+    for entry in root.iterdir():
+        name = entry.name
+        if (
+            _STAGING_NAME.fullmatch(name)
+            or _POINTER_TMP_NAME.fullmatch(name)
+            or (keep is not None and name != keep and state_number(name) > 0)
+        ):
+            _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def write_state(root: Path, files: Mapping[str, bytes]) -> Path:
+    """Writes ``files`` (name to contents) as a new state folder under ``root`` and points
+    ``CURRENT`` at it; returns the folder. Takes the save lock, cleans what crashed saves
+    left, and deletes the previous state only once the new one is complete and pointed to."""
+    root.mkdir(parents=True, exist_ok=True)
+    with save_lock(root):
+        clean_leftovers(root)
+        number = 1 + max((state_number(p.name) for p in root.iterdir()), default=0)
+        name = f"state-{number:06d}"
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        staging = root / f".{name}.tmp-{token}"
+        staging.mkdir()
+        final = root / name
+        try:
+            for file, contents in files.items():
+                path = staging / file
+                path.write_bytes(contents)
+                _fsync(path)
+            _fsync(staging)
+            staging.rename(final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        pointer = root / f".{CURRENT}.tmp-{token}"
+        try:
+            pointer.write_text(name + "\n", encoding="utf-8")
+            _fsync(pointer)
+            pointer.replace(root / CURRENT)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                pointer.unlink()
+            raise
+        _fsync(root)
+        for old in root.iterdir():
+            if old.name != name and state_number(old.name) > 0:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file or folder to disk (best effort for folders, which some systems refuse)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,77 @@
+"""A Router that needs no encoder or data: a stand-in embedder that maps each text to a fixed
+random unit vector, a small fixed projection and a pool of three models. For tests of the
+Router's bookkeeping, persistence and limits, where what the vectors mean does not matter."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm.config import ModelConfig, RouterConfig
+from mixllm.projection import LinearProjection
+from mixllm.router import Router
+
+INPUT_DIM = 32
+DIM = 6
+
+
+class HashEmbedder:
+    """Each text's vector is drawn from a generator seeded by the text's digest."""
+
+    dim = INPUT_DIM
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        items = list(texts)
+        self.calls.append(items)
+        out = np.empty((len(items), INPUT_DIM), dtype=np.float32)
+        for row, text in enumerate(items):
+            seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+            vector = np.random.default_rng(seed).normal(size=INPUT_DIM)
+            out[row] = vector / np.linalg.norm(vector)
+        return out
+
+
+def model(name: str, **changes: Any) -> ModelConfig:
+    fields: dict[str, Any] = {
+        "price_in": 1.0,
+        "price_out": 2.0,
+        "ttft_s": 0.2,
+        "tokens_per_s": 50.0,
+        "concurrency": 4,
+    }
+    fields.update(changes)
+    return ModelConfig(name, **fields)
+
+
+def light_router(
+    *, clock: Callable[[], float] | None = None, embedder: Any = None, **changes: Any
+) -> Router:
+    config = RouterConfig(
+        models=(model("small"), model("medium", price_out=5.0), model("large", price_out=20.0)),
+        dim=DIM,
+        **changes,
+    )
+    projection = LinearProjection(np.eye(DIM, INPUT_DIM), np.zeros(INPUT_DIM))
+    return Router(
+        config,
+        embedder=embedder if embedder is not None else HashEmbedder(),
+        projection=projection,
+        clock=clock,
+    )
+
+
+class ManualClock:
+    """A Router's clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
