@@ -15,6 +15,7 @@ import pytest
 import mixllm
 from mixllm import InputTypeError, InvalidInputError
 from mixllm.config import ModelConfig, RouterConfig
+from mixllm.errors import ConfigError
 from mixllm.router import Router
 
 MAX_NAME_BYTES = 4096
@@ -94,7 +95,8 @@ def test_a_router_refuses_what_its_policy_could_not_load(tmp_path: Path) -> None
     router = Router(RouterConfig(models=(model("a"),)))
     with pytest.raises(InvalidInputError, match=f"the limit is {MAX_NAME_BYTES} bytes"):
         router.add_model(model("b" * (MAX_NAME_BYTES + 1)))
-    with pytest.raises(InvalidInputError, match="valid Unicode"):
+    # The model's configuration is checked first, as for any other bad field.
+    with pytest.raises(ConfigError, match="valid Unicode"):
         router.add_model(model("\ud800"))
     assert router.models == ["a"]
     assert [m.name for m in router.config.models] == ["a"]
