@@ -5,6 +5,7 @@ documented mixllm error that names it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,18 @@ def test_paths_of_the_wrong_type(policy: mixllm.Policy, path: object) -> None:
         policy.save(path)  # type: ignore[arg-type]
     with pytest.raises(InputTypeError, match=r"path must be a str or an os\.PathLike"):
         mixllm.Policy.load(path)  # type: ignore[arg-type]
+
+
+def test_a_path_the_file_system_cannot_encode(policy: mixllm.Policy, tmp_path: Path) -> None:
+    path = tmp_path / "\ud800.bin"
+    with pytest.raises(InvalidInputError, match="cannot be encoded for the file system"):
+        policy.save(path)
+    with pytest.raises(InvalidInputError, match="cannot be encoded for the file system"):
+        mixllm.Policy.load(path)
+    # A byte the encoding could not decode comes back as a surrogate escape: a valid path.
+    escaped = tmp_path / os.fsdecode(b"policy-\xff.bin")
+    policy.save(escaped)
+    assert mixllm.Policy.load(escaped).to_bytes() == policy.to_bytes()
 
 
 def test_a_path_with_a_nul_character(policy: mixllm.Policy, tmp_path: Path) -> None:
