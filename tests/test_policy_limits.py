@@ -237,3 +237,10 @@ def test_integers_too_large_to_convert_are_invalid_input(
     with pytest.raises(InvalidInputError, match=match):
         call(policy)
     assert policy.to_bytes() == before
+
+
+def test_a_list_holding_an_integer_too_large_names_the_cause(policy: mixllm.Policy) -> None:
+    with pytest.raises(InputTypeError, match=r"x must be a 1-D array of floats, got list .*large"):
+        policy.decide([10**400, 0.0], prompt_tokens=1.0, willingness_to_pay=1.0)
+    with pytest.raises(InputTypeError, match=r"X must be a 2-D array of floats, got list .*large"):
+        policy.decide_batch([[10**400, 0.0]], prompt_tokens=1.0, willingness_to_pay=1.0)
