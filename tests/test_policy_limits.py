@@ -5,6 +5,7 @@ documented mixllm error that names it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,18 @@ def test_paths_of_the_wrong_type(policy: mixllm.Policy, path: object) -> None:
         mixllm.Policy.load(path)  # type: ignore[arg-type]
 
 
+def test_a_path_the_file_system_cannot_encode(policy: mixllm.Policy, tmp_path: Path) -> None:
+    path = tmp_path / "\ud800.bin"
+    with pytest.raises(InvalidInputError, match="cannot be encoded for the file system"):
+        policy.save(path)
+    with pytest.raises(InvalidInputError, match="cannot be encoded for the file system"):
+        mixllm.Policy.load(path)
+    # A byte the encoding could not decode comes back as a surrogate escape: a valid path.
+    escaped = tmp_path / os.fsdecode(b"policy-\xff.bin")
+    policy.save(escaped)
+    assert mixllm.Policy.load(escaped).to_bytes() == policy.to_bytes()
+
+
 def test_a_path_with_a_nul_character(policy: mixllm.Policy, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="NUL"):
         policy.save(f"{tmp_path}/a\0b")
@@ -226,3 +239,10 @@ def test_integers_too_large_to_convert_are_invalid_input(
     with pytest.raises(InvalidInputError, match=match):
         call(policy)
     assert policy.to_bytes() == before
+
+
+def test_a_list_holding_an_integer_too_large_names_the_cause(policy: mixllm.Policy) -> None:
+    with pytest.raises(InputTypeError, match=r"x must be a 1-D array of floats, got list .*large"):
+        policy.decide([10**400, 0.0], prompt_tokens=1.0, willingness_to_pay=1.0)
+    with pytest.raises(InputTypeError, match=r"X must be a 2-D array of floats, got list .*large"):
+        policy.decide_batch([[10**400, 0.0]], prompt_tokens=1.0, willingness_to_pay=1.0)

@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -412,3 +413,25 @@ def test_a_huge_file_is_refused_on_its_header(tmp_path: Path) -> None:
         f.write(data[:HEADER_LEN])
     with pytest.raises(StateFileError, match="truncated or padded"):
         mixllm.Policy.load(path)
+
+
+def test_concurrent_saves_of_one_path_never_remove_each_others_files(tmp_path: Path) -> None:
+    path = tmp_path / "p.bin"
+    policies = [build_policy(seed) for seed in range(4)]
+    errors: list[BaseException] = []
+
+    def save_often(policy: mixllm.Policy) -> None:
+        try:
+            for _ in range(25):
+                policy.save(path)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=save_often, args=(p,)) for p in policies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert os.listdir(tmp_path) == ["p.bin"]
+    assert mixllm.Policy.load(path).to_bytes() in {p.to_bytes() for p in policies}

@@ -16,8 +16,10 @@
 //! Measured costs (criterion, `cargo bench -p mixllm-core`, AMD EPYC, 2 cores, K = 11): a
 //! decision at d = 64 takes 2.8 µs alone and 3.0 µs while another thread applies updates to the
 //! same arms as fast as it can: readers pay only for fetching the new
-//! snapshots' memory, never for a lock. An update takes 1.6 µs at d = 64 and 39 µs at d = 384,
-//! most of it writing the new A⁻¹ (the copy-on-write that lets readers go on unhindered).
+//! snapshots' memory, never for a lock. An update took 1.6 µs at d = 64 and 39 µs at d = 384,
+//! most of it writing the new A⁻¹ (the copy-on-write that lets readers go on unhindered), before
+//! it also checked the new inverses against [`crate::bounds`] (so that whatever it accepts, a
+//! save of it loads): one more read of each, which costs about what the rank-1 step does.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -74,10 +74,22 @@ impl<'py> FromPyObject<'_, 'py> for StatePath {
     type Error = PyErr;
 
     fn extract(ob: Borrowed<'_, 'py, PyAny>) -> PyResult<Self> {
-        let path: PathBuf = ob.extract().map_err(|_| {
+        let fspath = ob.py().import("os")?.getattr("fspath")?;
+        let given = fspath.call1((&*ob,)).map_err(|_| {
             input_type(format!(
                 "path must be a str or an os.PathLike, got {}",
                 type_name(&ob)
+            ))
+        })?;
+        // A str the file system encoding cannot take (a lone surrogate outside the range
+        // `surrogateescape` uses) is a path of the right type that cannot exist.
+        let path: PathBuf = given.extract().map_err(|e: PyErr| {
+            invalid_input(format!(
+                "path {} cannot be encoded for the file system: {}",
+                given
+                    .repr()
+                    .map_or_else(|_| "?".to_string(), |r| r.to_string()),
+                e.value(ob.py())
             ))
         })?;
         if path.as_os_str().as_encoded_bytes().contains(&0) {

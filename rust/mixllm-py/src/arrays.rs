@@ -61,10 +61,11 @@ pub fn vector(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
             type_name(ob)
         )));
     }
-    ob.extract::<Vec<f64>>().map_err(|_| {
+    ob.extract::<Vec<f64>>().map_err(|e| {
         input_type(format!(
-            "{what} must be a 1-D array of floats, got {}",
-            type_name(ob)
+            "{what} must be a 1-D array of floats, got {} ({})",
+            type_name(ob),
+            e.value(ob.py())
         ))
     })
 }
@@ -105,10 +106,11 @@ pub fn matrix(ob: &Bound<'_, PyAny>, what: &str, columns: usize) -> PyResult<(Ve
             ))
         });
     } else {
-        let rows: Vec<Vec<f64>> = ob.extract().map_err(|_| {
+        let rows: Vec<Vec<f64>> = ob.extract().map_err(|e: PyErr| {
             input_type(format!(
-                "{what} must be a 2-D array of floats, got {}",
-                type_name(ob)
+                "{what} must be a 2-D array of floats, got {} ({})",
+                type_name(ob),
+                e.value(ob.py())
             ))
         })?;
         if let Some((i, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != columns) {
