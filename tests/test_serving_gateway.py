@@ -120,7 +120,11 @@ def test_allowed_models_from_a_header_limit_the_choice(harness: Harness) -> None
         (json.dumps({"model": "mixllm", "messages": [1]}).encode(), 400, "messages[0]"),
         (json.dumps({"messages": USER}).encode(), 400, "model"),
         (json.dumps({"model": "gpt-9", "messages": USER}).encode(), 404, "gpt-9"),
-        (json.dumps({"model": "mixllm", "messages": USER, "stream": "yes"}).encode(), 400, "stream"),
+        (
+            json.dumps({"model": "mixllm", "messages": USER, "stream": "yes"}).encode(),
+            400,
+            "stream",
+        ),
         (json.dumps({"model": "mixllm:cheapest", "messages": USER}).encode(), 400, "cheapest"),
         (json.dumps({"model": "mixllm:-1", "messages": USER}).encode(), 400, "> 0"),
         (
@@ -129,11 +133,17 @@ def test_allowed_models_from_a_header_limit_the_choice(harness: Harness) -> None
             "not in the pool",
         ),
         (
-            json.dumps({"model": "mixllm", "messages": USER, "mixllm": {"max_cost_usd": -1}}).encode(),
+            json.dumps(
+                {"model": "mixllm", "messages": USER, "mixllm": {"max_cost_usd": -1}}
+            ).encode(),
             400,
             "max_cost_usd",
         ),
-        (json.dumps({"model": "mixllm", "messages": USER, "pad": "x" * 70_000}).encode(), 413, "bytes"),
+        (
+            json.dumps({"model": "mixllm", "messages": USER, "pad": "x" * 70_000}).encode(),
+            413,
+            "bytes",
+        ),
     ],
 )
 def test_a_malformed_request_gets_a_4xx_error_body_and_changes_nothing(
