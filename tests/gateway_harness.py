@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from fake_upstream import FakeUpstream, ServerThread
 
+from fake_upstream import FakeUpstream, ServerThread
 from mixllm.config import ModelConfig, RouterConfig, ServeConfig
 from mixllm.projection import LinearProjection
 from mixllm.router import Router

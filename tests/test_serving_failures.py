@@ -9,8 +9,8 @@ import time
 import httpx
 import openai
 import pytest
-from gateway_harness import Harness, running_gateway, wait_until
 
+from gateway_harness import Harness, running_gateway, wait_until
 from mixllm.config import ServeConfig
 
 USER = [{"role": "user", "content": "Summarise the plot of Hamlet."}]

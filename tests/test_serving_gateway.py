@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from gateway_harness import Harness, running_gateway, wait_until
 
+from gateway_harness import Harness, running_gateway, wait_until
 from mixllm.config import ServeConfig
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
 from gateway_harness import Harness, running_gateway
 
 USER = [{"role": "user", "content": "Write a haiku about routers."}]

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from gateway_harness import HashEmbedder, tiny_router
 
+from gateway_harness import HashEmbedder, tiny_router
 from mixllm._core import InvalidInputError, UnknownModelError
 from mixllm.config import ModelConfig
 from mixllm.errors import DecisionNotFoundError
