@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from fake_upstream import FakeUpstream, ServerThread
 
+from fake_upstream import FakeUpstream, ServerThread
 from mixllm.router import Router
 
 USER = [{"role": "user", "content": "Which is heavier, a kilogram of feathers or of iron?"}]

@@ -52,7 +52,7 @@ class Batcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch = []
+                batch: list[tuple[In, asyncio.Future[Out]]] = []
                 while self._queue and len(batch) < self._max_batch:
                     item, future = self._queue.popleft()
                     if not future.done():  # a caller that went away needs no result
