@@ -208,41 +208,45 @@ def measure(
 
 def report() -> list[str]:
     lines = [f"Machine: {workload.machine()}", ""]
-    with tempfile.TemporaryDirectory() as tmp, fake_upstream() as upstream:
-        with gateway(upstream, Path(tmp)) as mixllm, litellm_proxy(upstream, Path(tmp)) as peer:
-            targets = {"direct": (upstream, "small"), "mixllm serve": (mixllm, "mixllm")}
-            if peer is None:
-                lines.append("LiteLLM proxy: not installed (set $LITELLM to its executable)")
-            else:
-                targets["LiteLLM proxy"] = (peer, "small")
-            lines.append(
-                "| prompts | clients | target | p50 ms | p99 ms | p50 overhead ms | "
-                "p99 overhead ms | req/s | errors |"
-            )
-            lines.append("|---|---|---|---|---|---|---|---|---|")
-            for kind, clients, per_client in [
-                ("short", 1, 300),
-                ("short", 64, 10),
-                ("routerbench", 1, 100),
-                ("routerbench", 64, 5),
-            ]:
-                runs = measure(targets, kind, clients, per_client)
-                direct = runs["direct"]
-                for name, run in runs.items():
-                    lines.append(
-                        f"| {kind} | {clients} | {name} | {run.p(50):.2f} | {run.p(99):.2f} | "
-                        f"{run.p(50) - direct.p(50):.2f} | {run.p(99) - direct.p(99):.2f} | "
-                        f"{run.per_s:.0f} | {run.errors} |"
-                    )
-            lines.append("")
-            lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
-            lines.append("|---|---|---|---|---|")
-            for kind in ("short", "routerbench"):
-                for name, (url, model) in targets.items():
-                    run = asyncio.run(load(url, model, prompts(kind), 64, 15, stream=True))
-                    lines.append(
-                        f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {run.errors} |"
-                    )
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fake_upstream() as upstream,
+        gateway(upstream, Path(tmp)) as mixllm,
+        litellm_proxy(upstream, Path(tmp)) as peer,
+    ):
+        targets = {"direct": (upstream, "small"), "mixllm serve": (mixllm, "mixllm")}
+        if peer is None:
+            lines.append("LiteLLM proxy: not installed (set $LITELLM to its executable)")
+        else:
+            targets["LiteLLM proxy"] = (peer, "small")
+        lines.append(
+            "| prompts | clients | target | p50 ms | p99 ms | p50 overhead ms | "
+            "p99 overhead ms | req/s | errors |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for kind, clients, per_client in [
+            ("short", 1, 300),
+            ("short", 64, 10),
+            ("routerbench", 1, 100),
+            ("routerbench", 64, 5),
+        ]:
+            runs = measure(targets, kind, clients, per_client)
+            direct = runs["direct"]
+            for name, run in runs.items():
+                lines.append(
+                    f"| {kind} | {clients} | {name} | {run.p(50):.2f} | {run.p(99):.2f} | "
+                    f"{run.p(50) - direct.p(50):.2f} | {run.p(99) - direct.p(99):.2f} | "
+                    f"{run.per_s:.0f} | {run.errors} |"
+                )
+        lines.append("")
+        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
+        lines.append("|---|---|---|---|---|")
+        for kind in ("short", "routerbench"):
+            for name, (url, model) in targets.items():
+                run = asyncio.run(load(url, model, prompts(kind), 64, 15, stream=True))
+                lines.append(
+                    f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {run.errors} |"
+                )
     return lines
 
 
