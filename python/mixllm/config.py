@@ -367,7 +367,6 @@ class ServeConfig:
     snapshot_every_s: float = 300.0
     # Longest wait for requests in flight to finish at shutdown before the last snapshot.
     drain_timeout_s: float = 10.0
-    max_embed_batch: int = 64
 
     def __post_init__(self) -> None:
         self.validate()
@@ -401,7 +400,6 @@ class ServeConfig:
         _integer(where, "max_body_bytes", self.max_body_bytes, minimum=1024)
         _integer(where, "max_attempts", self.max_attempts, minimum=1)
         _integer(where, "cooldown_failures", self.cooldown_failures, minimum=1)
-        _integer(where, "max_embed_batch", self.max_embed_batch, minimum=1)
         for key in (
             "connect_timeout_s",
             "read_timeout_s",
