@@ -14,6 +14,7 @@ machine absolute times are noisy, so overheads are read against it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import shutil
@@ -140,8 +141,12 @@ def prompts(kind: str) -> list[str]:
 @dataclass
 class Run:
     latencies: list[float]
-    errors: int
+    failures: collections.Counter[str]
     seconds: float
+
+    @property
+    def errors(self) -> int:
+        return sum(self.failures.values())
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
@@ -158,12 +163,11 @@ async def load(
     prompt made unique so no cache answers it."""
     counter = itertools.count()
     latencies: list[float] = []
-    errors = 0
+    failures: collections.Counter[str] = collections.Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
         async def one_client() -> None:
-            nonlocal errors
             for _ in range(per_client):
                 i = next(counter)
                 body = {
@@ -172,26 +176,29 @@ async def load(
                     "messages": [{"role": "user", "content": f"{texts[i % len(texts)]} #{i}"}],
                 }
                 started = time.perf_counter()
+                failure = None
                 try:
                     if stream:
                         async with client.stream(
                             "POST", url + "/v1/chat/completions", json=body
                         ) as response:
-                            async for _ in response.aiter_lines():
-                                pass
+                            async for line in response.aiter_lines():
+                                if line.startswith('data: {"error"'):
+                                    failure = "error event"
                     else:
                         response = await client.post(url + "/v1/chat/completions", json=body)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                    if response.status_code != 200:
+                        failure = f"HTTP {response.status_code}"
+                except httpx.HTTPError as err:
+                    failure = type(err).__name__
+                if failure is None:
                     latencies.append(time.perf_counter() - started)
                 else:
-                    errors += 1
+                    failures[failure] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
-        return Run(latencies, errors, time.perf_counter() - started)
+        return Run(latencies, failures, time.perf_counter() - started)
 
 
 def measure(
@@ -225,9 +232,9 @@ def report() -> list[str]:
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for kind, clients, per_client in [
-            ("short", 1, 300),
+            ("short", 1, 200),
             ("short", 64, 10),
-            ("routerbench", 1, 100),
+            ("routerbench", 1, 50),
             ("routerbench", 64, 5),
         ]:
             runs = measure(targets, kind, clients, per_client)
@@ -236,7 +243,7 @@ def report() -> list[str]:
                 lines.append(
                     f"| {kind} | {clients} | {name} | {run.p(50):.2f} | {run.p(99):.2f} | "
                     f"{run.p(50) - direct.p(50):.2f} | {run.p(99) - direct.p(99):.2f} | "
-                    f"{run.per_s:.0f} | {run.errors} |"
+                    f"{run.per_s:.0f} | {_errors(run)} |"
                 )
         lines.append("")
         lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
@@ -245,9 +252,14 @@ def report() -> list[str]:
             for name, (url, model) in targets.items():
                 run = asyncio.run(load(url, model, prompts(kind), 64, 15, stream=True))
                 lines.append(
-                    f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {run.errors} |"
+                    f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {_errors(run)} |"
                 )
     return lines
+
+
+def _errors(run: Run) -> str:
+    reasons = ", ".join(f"{count} {reason}" for reason, count in run.failures.most_common())
+    return f"{run.errors} ({reasons})" if reasons else "0"
 
 
 def test_gateway_report(benchmark: Any, summary: list[str]) -> None:
