@@ -39,6 +39,8 @@ import workload
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERBENCH = ROOT.parent / "shared" / "data" / "routerbench_subset_routerdc"
 MODELS = ("small", "medium", "large")
+# LiteLLM's proxy refuses to start without a master key, and then checks it on each request.
+LITELLM_KEY = "sk-bench-only"
 
 
 def _free_port() -> int:
@@ -116,6 +118,7 @@ def litellm_proxy(upstream: str, folder: Path) -> Iterator[str | None]:
     port = _free_port()
     config = folder / "litellm.yaml"
     config.write_text(
+        f"general_settings:\n  master_key: {LITELLM_KEY}\n"
         "model_list:\n"
         "  - model_name: small\n"
         "    litellm_params:\n"
@@ -126,7 +129,9 @@ def litellm_proxy(upstream: str, folder: Path) -> Iterator[str | None]:
     )
     url = f"http://127.0.0.1:{port}"
     args = [executable, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
-    with _process(args, url + "/health/liveliness"):
+    # Its price table ships with it: no download at start.
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    with _process(args, url + "/health/liveliness", env=env):
         yield url
 
 
@@ -156,16 +161,20 @@ class Run:
         return len(self.latencies) / self.seconds
 
 
+Target = tuple[str, str, dict[str, str]]  # url, model, headers
+
+
 async def load(
-    url: str, model: str, texts: list[str], clients: int, per_client: int, *, stream: bool
+    target: Target, texts: list[str], clients: int, per_client: int, *, stream: bool
 ) -> Run:
     """``clients`` concurrent clients, each sending ``per_client`` requests in turn; every
     prompt made unique so no cache answers it."""
+    url, model, headers = target
     counter = itertools.count()
     latencies: list[float] = []
     failures: collections.Counter[str] = collections.Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
 
         async def one_client() -> None:
             for _ in range(per_client):
@@ -201,15 +210,13 @@ async def load(
         return Run(latencies, failures, time.perf_counter() - started)
 
 
-def measure(
-    targets: dict[str, tuple[str, str]], kind: str, clients: int, per_client: int
-) -> dict[str, Run]:
-    """Each target ``name: (url, model)`` under the same load, after a warm-up."""
+def measure(targets: dict[str, Target], kind: str, clients: int, per_client: int) -> dict[str, Run]:
+    """Each target under the same load, after a warm-up."""
     texts = prompts(kind)
     runs = {}
-    for name, (url, model) in targets.items():
-        asyncio.run(load(url, model, texts, min(clients, 8), 4, stream=False))
-        runs[name] = asyncio.run(load(url, model, texts, clients, per_client, stream=False))
+    for name, target in targets.items():
+        asyncio.run(load(target, texts, min(clients, 8), 4, stream=False))
+        runs[name] = asyncio.run(load(target, texts, clients, per_client, stream=False))
     return runs
 
 
@@ -221,11 +228,15 @@ def report() -> list[str]:
         gateway(upstream, Path(tmp)) as mixllm,
         litellm_proxy(upstream, Path(tmp)) as peer,
     ):
-        targets = {"direct": (upstream, "small"), "mixllm serve": (mixllm, "mixllm")}
+        targets: dict[str, Target] = {
+            "direct": (upstream, "small", {}),
+            "mixllm serve": (mixllm, "mixllm", {}),
+        }
         if peer is None:
             lines.append("LiteLLM proxy: not installed (set $LITELLM to its executable)")
         else:
-            targets["LiteLLM proxy"] = (peer, "small")
+            auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
+            targets["LiteLLM proxy"] = (peer, "small", auth)
         lines.append(
             "| prompts | clients | target | p50 ms | p99 ms | p50 overhead ms | "
             "p99 overhead ms | req/s | errors |"
@@ -249,8 +260,8 @@ def report() -> list[str]:
         lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
         lines.append("|---|---|---|---|---|")
         for kind in ("short", "routerbench"):
-            for name, (url, model) in targets.items():
-                run = asyncio.run(load(url, model, prompts(kind), 64, 15, stream=True))
+            for name, target in targets.items():
+                run = asyncio.run(load(target, prompts(kind), 64, 15, stream=True))
                 lines.append(
                     f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {_errors(run)} |"
                 )
