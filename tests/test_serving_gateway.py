@@ -172,6 +172,10 @@ def test_a_bad_header_value_is_a_400(harness: Harness) -> None:
 
 def test_models_health_and_metrics(harness: Harness) -> None:
     client(harness).chat.completions.create(model="small", messages=USER)
+    before = {m.id: m.model_extra for m in client(harness).models.list().data}
+    # Speeds are observed on streams only: a whole answer's time mixes both phases.
+    assert before["small"]["mixllm"]["observed_tokens_per_s"] is None  # type: ignore[index]
+    list(client(harness).chat.completions.create(model="small", messages=USER, stream=True))
     models = client(harness).models.list()
     ids = [m.id for m in models.data]
     assert ids == ["mixllm", *harness.router.models]

@@ -88,11 +88,12 @@ class ObservedSpeed:
     def record(
         self, model: str, *, ttft_s: float | None, generation_s: float, output_tokens: float
     ) -> None:
+        """One answer's speed. Only a stream tells its first token apart from the rest, so an
+        answer without ``ttft_s`` (not streamed) is not counted: its time mixes both."""
+        if ttft_s is None:
+            return
         with self._lock:
-            if ttft_s is not None:
-                self._metrics.observed_ttft.labels(model).set(
-                    self._blend(self._ttft, model, ttft_s)
-                )
+            self._metrics.observed_ttft.labels(model).set(self._blend(self._ttft, model, ttft_s))
             if output_tokens > 1 and generation_s > 0:
                 speed = self._blend(self._tokens_per_s, model, output_tokens / generation_s)
                 self._metrics.observed_tokens_per_s.labels(model).set(speed)
