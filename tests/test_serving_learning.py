@@ -4,13 +4,16 @@ the answer's measured length, and an upstream that slows down loses traffic by i
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
-from gateway_harness import Harness, running_gateway
+from gateway_harness import Harness, HashEmbedder, running_gateway, wait_until
+from mixllm.config import ServeConfig
+from mixllm.router import Router
 
 USER = [{"role": "user", "content": "Write a haiku about routers."}]
 
@@ -105,3 +108,21 @@ def test_a_slowed_upstream_loses_traffic_within_a_few_requests() -> None:
         switched = chosen.index("large")
         assert switched <= 3, chosen
         assert chosen[switched:] == ["large"] * (len(chosen) - switched), chosen
+
+
+def test_the_state_is_saved_periodically_and_at_shutdown(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    settings = ServeConfig(snapshot_every_s=0.2)
+    with running_gateway(settings=settings, state_dir=state) as harness:
+        assert wait_until(lambda: (state / "CURRENT").is_file(), 5)
+        first = (state / "CURRENT").read_text()
+        raw = client(harness).chat.completions.with_raw_response.create(
+            model="small", messages=USER
+        )
+        httpx.post(
+            harness.url + "/v1/feedback",
+            json={"decision_id": raw.headers["x-mixllm-decision-id"], "quality": 1.0},
+        )
+        assert wait_until(lambda: (state / "CURRENT").read_text() != first, 5)
+    # The last save, at shutdown, holds the feedback.
+    assert Router.load(state, embedder=HashEmbedder()).policy.inspect("small")["observations"] == 1
