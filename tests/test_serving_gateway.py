@@ -207,3 +207,28 @@ def test_the_api_key_is_sent_upstream_and_never_echoed(monkeypatch: pytest.Monke
             httpx.get(harness.url + "/metrics").text,
         ]
         assert not any("sk-secret" in text for text in texts)
+
+
+def test_concurrent_streams_are_all_answered_and_embedded_in_batches() -> None:
+    async def run(url: str) -> list[str]:
+        async_client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+        async def one(i: int) -> str:
+            stream = await async_client.chat.completions.create(
+                model="mixllm",
+                messages=[{"role": "user", "content": f"question number {i}"}],
+                stream=True,
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        return await asyncio.gather(*(one(i) for i in range(32)))
+
+    with running_gateway() as harness:
+        harness.fake.behaviour("small-upstream").ttft_s = 0.05
+        harness.fake.behaviour("large-upstream").ttft_s = 0.05
+        answers = asyncio.run(run(harness.url))
+        assert answers == ["tok " * 5] * 32
+        assert all(harness.router.policy.in_flight(m) == 0 for m in harness.router.models)
+        assert harness.router.pending() == 32
+        batches = harness.router.embedder.batches  # type: ignore[attr-defined]
+        assert sum(batches) == 32 and len(batches) < 32, batches
