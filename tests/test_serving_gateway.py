@@ -163,6 +163,15 @@ def test_a_malformed_request_gets_a_4xx_error_body_and_changes_nothing(
     assert sent == {m: harness.fake.requests(f"{m}-upstream") for m in harness.router.models}
 
 
+def test_unknown_paths_and_methods_answer_in_the_error_shape(harness: Harness) -> None:
+    for response, status in [
+        (httpx.get(harness.url + "/v1/chat/completions"), 405),
+        (httpx.post(harness.url + "/v1/completions", json={}), 404),
+    ]:
+        assert response.status_code == status
+        assert response.json()["error"]["message"]
+
+
 def test_a_bad_header_value_is_a_400(harness: Harness) -> None:
     with pytest.raises(openai.BadRequestError, match="x-mixllm-max-latency-s"):
         client(harness).chat.completions.create(

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -81,9 +82,24 @@ def create_app(
             Route("/metrics", gateway.prometheus, methods=["GET"]),
         ],
         lifespan=gateway.lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.gateway = gateway
     return app
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    error = RequestError(status, str(detail), code="not_found" if status == 404 else None)
+    return JSONResponse(error.body(), status_code=status)
+
+
+async def _server_error(_request: Request, exc: Exception) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    error = RequestError(500, "internal error in the gateway", kind="server_error")
+    return JSONResponse(error.body(), status_code=500)
 
 
 class Gateway:
