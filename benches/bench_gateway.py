@@ -34,11 +34,20 @@ from typing import Any
 import httpx
 import numpy as np
 
-import workload
-
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERBENCH = ROOT.parent / "shared" / "data" / "routerbench_subset_routerdc"
 MODELS = ("small", "medium", "large")
+# One-line questions of the kinds RouterBench holds.
+SHORT_PROMPTS = (
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+    "What is the capital of Australia?",
+    "Explain the CAP theorem in two sentences.",
+    "Translate 'good morning' into French.",
+    "Is 221 a prime number?",
+    "Summarise the plot of Hamlet in one line.",
+    "What does HTTP status 429 mean?",
+)
 # LiteLLM's proxy refuses to start without a master key, and then checks it on each request.
 LITELLM_KEY = "sk-bench-only"
 
@@ -135,9 +144,18 @@ def litellm_proxy(upstream: str, folder: Path) -> Iterator[str | None]:
         yield url
 
 
+def machine() -> str:
+    """The CPU model (lscpu), cores and load average: the context of every absolute time."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    models = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line]
+    model = models[0] if models else "unknown CPU"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, load average {load}"
+
+
 def prompts(kind: str) -> list[str]:
     if kind == "short":
-        return list(workload.SHORT_QUERIES)
+        return list(SHORT_PROMPTS)
     from mixllm.data import load_routerbench_csv
 
     return list(load_routerbench_csv(ROUTERBENCH).test().prompts)
@@ -221,7 +239,7 @@ def measure(targets: dict[str, Target], kind: str, clients: int, per_client: int
 
 
 def report() -> list[str]:
-    lines = [f"Machine: {workload.machine()}", ""]
+    lines = [f"Machine: {machine()}", ""]
     with (
         tempfile.TemporaryDirectory() as tmp,
         fake_upstream() as upstream,
