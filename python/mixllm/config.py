@@ -22,6 +22,13 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     ttft_s = 0.6
     tokens_per_s = 40.0
     concurrency = 32
+    # Only for `mixllm serve` (docs/serving.md): where the model answers.
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"  # the name of the variable holding the key, never the key
+    upstream_model = "gpt-4-1106-preview"
+
+    [serve]                       # `mixllm serve` settings: `ServeConfig`, docs/serving.md
+    port = 8000
 
 ``willingness_to_pay`` (λ) is in USD per quality point: what one more point of expected quality
 is worth paying for. With quality on a 0-1 scale (1 = a right answer), λ = 0.05 means a model
@@ -55,9 +62,11 @@ __all__ = [
     "EmbedderConfig",
     "ModelConfig",
     "RouterConfig",
+    "ServeConfig",
     "TaggerConfig",
     "lists_models",
     "load_config",
+    "load_serve_config",
 ]
 
 
@@ -74,6 +83,12 @@ class ModelConfig:
     fee: float = 0.0
     prior_quality: float = 0.5
     prior_output_tokens: float = 256.0
+    # Where `mixllm serve` sends this model's requests: an OpenAI-compatible endpoint, the name
+    # of the environment variable holding its key (the key itself is never stored), and the
+    # model name the endpoint knows it by (default: ``name``).
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
 
     def validate(self, where: str) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -84,6 +99,14 @@ class ModelConfig:
             raise ConfigError(
                 f"{where}.name is not valid Unicode: {err.reason} at position {err.start}"
             ) from None
+        for key in _UPSTREAM_FIELDS:
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}.{key} must be a non-empty string, got {value!r}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{where}.base_url must start with http:// or https://, got {self.base_url!r}"
+            )
         for key in ("price_in", "price_out", "fee", "ttft_s", "prior_output_tokens"):
             _number(where, key, getattr(self, key), minimum=0.0)
         _number(where, "tokens_per_s", self.tokens_per_s, minimum=0.0, strict=True)
@@ -92,7 +115,10 @@ class ModelConfig:
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Arguments of `Policy.add_model` after the name."""
-        return {k: v for k, v in asdict(self).items() if k != "name"}
+        return {k: v for k, v in asdict(self).items() if k != "name" and k not in _UPSTREAM_FIELDS}
+
+
+_UPSTREAM_FIELDS = ("base_url", "api_key_env", "upstream_model")
 
 
 @dataclass(frozen=True)
@@ -287,7 +313,8 @@ class RouterConfig:
             "router": router,
             "embedder": embedder,
             "tagger": data["tagger"],
-            "models": list(data["models"]),
+            # Unset upstream fields are left out: TOML has no null.
+            "models": [{k: v for k, v in m.items() if v is not None} for m in data["models"]],
         }
 
     @classmethod
@@ -296,7 +323,8 @@ class RouterConfig:
     ) -> RouterConfig:
         """Builds a config from the layout of the TOML file, naming any unknown or bad field.
         ``default_models`` is the pool when the file has no ``[[models]]`` (none: required)."""
-        _known_keys("the configuration", data, {"router", "embedder", "tagger", "models"})
+        # ``[serve]`` belongs to `mixllm serve` (`load_serve_config`), not to the Router.
+        _known_keys("the configuration", data, {"router", "embedder", "tagger", "models", "serve"})
         router = _table(data, "router")
         _known_keys(
             "router", router, {f.name for f in fields(cls)} - {"models", "embedder", "tagger"}
@@ -315,6 +343,94 @@ class RouterConfig:
             tagger=TaggerConfig(**tagger),
             **router,
         )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The ``[serve]`` table: how `mixllm serve` listens, routes and recovers (docs/serving.md).
+
+    ``willingness_to_pay`` is the operating point of ``"model": "mixllm"`` (default: the
+    router's λ); ``operating_points`` names others for ``"model": "mixllm:NAME"``.
+    ``route_on`` is the text routed on: the last user message, every user message, or every
+    message; at most ``max_route_chars`` characters of it (its end) are embedded.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    willingness_to_pay: float | None = None
+    operating_points: Mapping[str, float] = field(default_factory=dict)
+    route_on: Literal["last_user", "user", "all"] = "last_user"
+    max_route_chars: int = 16_384
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Models tried for one request: the chosen one, then the next best by the decision's scores.
+    max_attempts: int = 3
+    connect_timeout_s: float = 5.0
+    # Longest wait for an upstream's first byte, and for each later chunk of a stream.
+    read_timeout_s: float = 60.0
+    # Consecutive failures that cool a model down, and for how long before it is tried again.
+    cooldown_failures: int = 3
+    cooldown_s: float = 30.0
+    snapshot_every_s: float = 300.0
+    # Longest wait for requests in flight to finish at shutdown before the last snapshot.
+    drain_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, where: str = "serve") -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"{where}.host must be a non-empty string, got {self.host!r}")
+        _integer(where, "port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ConfigError(f"{where}.port must be <= 65535, got {self.port}")
+        if self.willingness_to_pay is not None:
+            _number(
+                where,
+                "willingness_to_pay",
+                self.willingness_to_pay,
+                minimum=0.0,
+                strict=True,
+                allow_inf=True,
+            )
+        if not isinstance(self.operating_points, Mapping):
+            raise ConfigError(f"{where}.operating_points must be a table of name = USD")
+        for name, value in self.operating_points.items():
+            _number(
+                f"{where}.operating_points", name, value, minimum=0.0, strict=True, allow_inf=True
+            )
+        if self.route_on not in ("last_user", "user", "all"):
+            raise ConfigError(
+                f'{where}.route_on must be "last_user", "user" or "all", got {self.route_on!r}'
+            )
+        _integer(where, "max_route_chars", self.max_route_chars, minimum=1)
+        _integer(where, "max_body_bytes", self.max_body_bytes, minimum=1024)
+        _integer(where, "max_attempts", self.max_attempts, minimum=1)
+        _integer(where, "cooldown_failures", self.cooldown_failures, minimum=1)
+        for key in (
+            "connect_timeout_s",
+            "read_timeout_s",
+            "cooldown_s",
+            "snapshot_every_s",
+            "drain_timeout_s",
+        ):
+            _number(where, key, getattr(self, key), minimum=0.0, strict=True)
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """The ``[serve]`` table of a configuration file (every field optional)."""
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration {source}: {err.strerror}") from err
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{source} is not valid TOML: {err}") from err
+    try:
+        table = _table(data, "serve")
+        _known_keys("serve", table, {f.name for f in fields(ServeConfig)})
+        return ServeConfig(**table)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def _models(raw_models: object) -> list[ModelConfig]:

@@ -31,11 +31,13 @@ import numbers
 import os
 import secrets
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +65,11 @@ from mixllm.projection import (
     projection_from_bytes,
 )
 from mixllm.tagging import DomainLabels, Tagger
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from mixllm.serving.batching import Batcher
 
 __all__ = ["FitReport", "RouteDecision", "Router"]
 
@@ -146,6 +153,8 @@ class _Pending:
     # model was removed before its request could be counted is in flight too, with no arm
     # (generation -1): it is answered like any decision for a removed model.
     in_flight: bool = True
+    # The answer's length as `complete` measured it, learned with the feedback.
+    output_tokens: float | None = None
 
 
 class Router:
@@ -192,6 +201,11 @@ class Router:
         )
         self._id_prefix = secrets.token_hex(4)
         self._counter = itertools.count()
+        # `aroute` embeds in one worker thread, a batch per event loop at a time.
+        self._embed_thread: ThreadPoolExecutor | None = None
+        self._batchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, Batcher[str, tuple[NDArray[np.float64], float]]
+        ] = weakref.WeakKeyDictionary()
 
     def _now(self) -> float:
         """The clock's reading, checked before anything changes: a clock that fails or returns
@@ -351,6 +365,9 @@ class Router:
         *,
         willingness_to_pay: float | None = None,
         prompt_tokens: float | None = None,
+        models: Sequence[str] | None = None,
+        max_cost_usd: float | None = None,
+        max_latency_s: float | None = None,
     ) -> RouteDecision:
         """Picks the model for one query and counts the request as in flight for it.
 
@@ -359,14 +376,18 @@ class Router:
         is estimated, see `mixllm.data.estimate_tokens`); ``willingness_to_pay`` to the
         configured λ. A text that is not a ``str`` raises `InputTypeError`, one that is not
         valid Unicode (a lone surrogate) `InvalidInputError`.
+
+        Limits for this query alone: ``models`` (the models it may go to), ``max_cost_usd``
+        (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ).
+        The best-scoring model within all of them is chosen; when none is within both limits,
+        the fastest of the allowed models within the cost ceiling, or else the cheapest.
         """
         _check_text("text", text)
+        wtp = self._willingness(willingness_to_pay)
+        limits = _Limits.of(models, max_cost_usd, max_latency_s)
         context, counted = self._context(text)
         return self._decide(
-            context,
-            counted if prompt_tokens is None else prompt_tokens,
-            self._willingness(willingness_to_pay),
-            self._now(),
+            context, counted if prompt_tokens is None else prompt_tokens, wtp, self._now(), limits
         )
 
     def route_batch(
@@ -382,12 +403,20 @@ class Router:
         for i, text in enumerate(items):
             _check_text(f"texts[{i}]", text)
         wtp = self._willingness(willingness_to_pay)
+        known = dict(zip(items, self._contexts_of(items), strict=True))
+        # One reading of the clock for the whole batch, before the first decision: a clock that
+        # fails must not leave part of a batch counted in flight with no id returned for it.
+        now = self._now()
+        return [self._decide(*known[text], wtp, now) for text in items]
+
+    def _contexts_of(self, texts: Sequence[str]) -> list[tuple[NDArray[np.float64], float]]:
+        """Routing context and prompt tokens of each text. Every distinct text is looked up or
+        computed once: a cache smaller than the batch (or none) must not send texts back to the
+        embedder one at a time."""
         projection = self._require_projection()
-        # Every distinct text's context, looked up or computed here once: a cache smaller than
-        # the batch (or none) must not send texts back to the embedder one at a time.
         known: dict[str, tuple[NDArray[np.float64], float]] = {}
         missing = []
-        for text in dict.fromkeys(items):
+        for text in dict.fromkeys(texts):
             cached = self._contexts.get(_text_key(text))
             if cached is None:
                 missing.append(text)
@@ -401,10 +430,46 @@ class Router:
                 known[text] = (context, float(count))
                 key = _text_key(text)
                 self._contexts.put(key, known[text], _context_bytes(key, context))
-        # One reading of the clock for the whole batch, before the first decision: a clock that
-        # fails must not leave part of a batch counted in flight with no id returned for it.
-        now = self._now()
-        return [self._decide(*known[text], wtp, now) for text in items]
+        return [known[text] for text in texts]
+
+    async def aroute(
+        self,
+        text: str,
+        *,
+        willingness_to_pay: float | None = None,
+        prompt_tokens: float | None = None,
+        models: Sequence[str] | None = None,
+        max_cost_usd: float | None = None,
+        max_latency_s: float | None = None,
+    ) -> RouteDecision:
+        """`route` for asyncio services: the embedding runs in a worker thread, never on the
+        event loop, and the texts of concurrent calls are embedded together in one batch."""
+        _check_text("text", text)
+        wtp = self._willingness(willingness_to_pay)
+        limits = _Limits.of(models, max_cost_usd, max_latency_s)
+        item = self._contexts.get(_text_key(text))
+        if item is None:
+            item = await self._batcher().submit(text)
+        context, counted = item
+        return self._decide(
+            context, counted if prompt_tokens is None else prompt_tokens, wtp, self._now(), limits
+        )
+
+    def _batcher(self) -> Batcher[str, tuple[NDArray[np.float64], float]]:
+        """This event loop's batcher (created on first use)."""
+        import asyncio
+
+        from mixllm.serving.batching import Batcher
+
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            with self._lock:
+                if self._embed_thread is None:
+                    self._embed_thread = ThreadPoolExecutor(1, thread_name_prefix="mixllm-embed")
+            batcher = Batcher(self._contexts_of, self._embed_thread)
+            self._batchers[loop] = batcher
+        return batcher
 
     def _decide(
         self,
@@ -412,23 +477,28 @@ class Router:
         prompt_tokens: float,
         willingness_to_pay: float,
         now: float,
+        limits: _Limits | None = None,
     ) -> RouteDecision:
         """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
             context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
         )
+        if limits is None:
+            model, service_s = detail.model, detail.chosen_service_s
+        else:
+            index = limits.choose(detail)
+            model, service_s = detail.models[index], float(detail.service[index])
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
-        service_s = detail.chosen_service_s
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
             generation = -1
-            if detail.model in self._policy:
-                self._policy.begin(detail.model, service_s, now_s=now)
-                generation = self._policy.generation(detail.model)
-            self._pending[decision_id] = _Pending(detail.model, generation, context, now, service_s)
+            if model in self._policy:
+                self._policy.begin(model, service_s, now_s=now)
+                generation = self._policy.generation(model)
+            self._pending[decision_id] = _Pending(model, generation, context, now, service_s)
             self._expire(now)
-        return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
+        return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
         """Drops decisions past their time to live or beyond the cap, the oldest first and at
@@ -497,19 +567,42 @@ class Router:
             raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
         raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
 
-    def complete(self, decision_id: str, *, latency_s: float | None = None) -> None:
+    def complete(
+        self,
+        decision_id: str,
+        *,
+        latency_s: float | None = None,
+        output_tokens: float | None = None,
+    ) -> None:
         """The request of decision ``decision_id`` has finished: it leaves its model's queue
         (recording ``latency_s`` in the model's service time when given). The decision stays
-        open for `feedback` until it expires, for services that learn the quality later."""
+        open for `feedback` until it expires, for services that learn the quality later;
+        ``output_tokens``, the answer's length, is learned with that feedback when the feedback
+        gives none."""
         _check_optional("latency_s", latency_s)
+        _check_optional("output_tokens", output_tokens)
         now = self._now()
         with self._lock:
             pending = self._open(decision_id, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
+            pending.output_tokens = output_tokens
             if self._current(pending):
                 self._leave_queue(pending, latency_s, now)
+
+    def cancel(self, decision_id: str) -> None:
+        """The request of decision ``decision_id`` was never answered (its model failed, or the
+        caller went away): it leaves its model's queue with nothing learned, and the decision
+        takes no feedback."""
+        now = self._now()
+        with self._lock:
+            pending = self._open(decision_id, now)
+            del self._pending[decision_id]
+            if pending.in_flight and self._current(pending):
+                with contextlib.suppress(InvalidInputError, UnknownModelError):
+                    self._policy.cancel(pending.model, pending.predicted_service_s, now_s=now)
+            self._close(decision_id, "cancelled (never answered)")
 
     def feedback(
         self,
@@ -551,7 +644,7 @@ class Router:
                 pending.model,
                 pending.context,
                 quality=target,
-                output_tokens=output_tokens,
+                output_tokens=pending.output_tokens if output_tokens is None else output_tokens,
                 weight=weight,
             )
             del self._pending[decision_id]
@@ -618,6 +711,24 @@ class Router:
             self._policy.remove_model(name)
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
+            )
+
+    def update_model(self, model: ModelConfig) -> None:
+        """Replaces a pool model's configuration (prices, speeds, upstream) keeping everything
+        learned about it; its priors only matter to a fresh arm, so they are not changed."""
+        model.validate("model")
+        with self._lock:
+            names = [m.name for m in self._config.models]
+            if model.name not in names or model.name not in self._policy:
+                raise UnknownModelError(f"no model {model.name!r} in the pool")
+            profile = model.policy_kwargs()
+            self._policy.update_profile(
+                model.name,
+                **{k: profile[k] for k in _PROFILE_FIELDS},
+                now_s=self._now(),
+            )
+            self._config = self._config.with_models(
+                tuple(model if m.name == model.name else m for m in self._config.models)
             )
 
     def describe_models(self) -> list[dict[str, Any]]:
@@ -780,6 +891,64 @@ def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
         **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
     )
     return config, projection, policy
+
+
+_PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """One query's limits on the models it may go to (`Router.route`)."""
+
+    models: frozenset[str] | None
+    max_cost_usd: float
+    max_latency_s: float
+
+    @classmethod
+    def of(
+        cls,
+        models: Sequence[str] | None,
+        max_cost_usd: float | None,
+        max_latency_s: float | None,
+    ) -> _Limits | None:
+        """The limits checked, or None when there are none."""
+        if models is None and max_cost_usd is None and max_latency_s is None:
+            return None
+        allowed = None
+        if models is not None:
+            if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+                raise InvalidInputError(f"models must be a sequence of model names, got {models!r}")
+            if not models:
+                raise InvalidInputError("models must name at least one model")
+            allowed = frozenset(models)
+        _check_optional("max_cost_usd", max_cost_usd)
+        _check_optional("max_latency_s", max_latency_s)
+        if max_latency_s is not None and max_latency_s <= 0:
+            raise InvalidInputError(f"max_latency_s must be > 0, got {max_latency_s}")
+        return cls(
+            allowed,
+            math.inf if max_cost_usd is None else float(max_cost_usd),
+            math.inf if max_latency_s is None else float(max_latency_s),
+        )
+
+    def choose(self, detail: Decision) -> int:
+        """Index of the model chosen within the limits from a decision's assessments."""
+        names = detail.models
+        allowed = np.array([self.models is None or n in self.models for n in names])
+        if not allowed.any():
+            raise UnknownModelError(
+                f"none of the models {sorted(self.models or ())} is in the pool ({names})"
+            )
+        cost, latency = detail.cost, detail.latency
+        within_cost = allowed & (cost <= self.max_cost_usd)
+        within = within_cost & (latency <= self.max_latency_s)
+        admissible = within & ~detail.excluded
+        if admissible.any():
+            return int(np.flatnonzero(admissible)[np.argmax(detail.score[admissible])])
+        for candidates in (within, within_cost):
+            if candidates.any():
+                return int(np.flatnonzero(candidates)[np.argmin(latency[candidates])])
+        return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
 
 
 def _check_knobs(config: RouterConfig, policy: Policy) -> None:

@@ -1,0 +1,529 @@
+"""The gateway as an ASGI app: OpenAI's chat completions in front of the pool's own endpoints.
+
+Every request is routed (`Router.aroute`), counted in its model's queue while the upstream
+answers, and completed with the latency measured and the tokens generated, so the router's
+queues, service-time ratios and length heads learn from the traffic itself; quality comes
+through ``POST /v1/feedback``. A model that fails is replaced by the next best of the same
+decision, and one that keeps failing is cooled down for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from mixllm._core import InvalidInputError, UnknownModelError
+from mixllm.config import ServeConfig
+from mixllm.errors import ConfigError, DecisionNotFoundError
+from mixllm.router import RouteDecision, Router
+from mixllm.serving.chat import (
+    ROUTER_MODEL,
+    ChatRequest,
+    RequestError,
+    parse_chat_request,
+    parse_json_object,
+)
+from mixllm.serving.health import Cooldowns
+from mixllm.serving.metrics import GatewayMetrics, ObservedSpeed
+from mixllm.serving.upstream import (
+    Stream,
+    Upstream,
+    UpstreamFailure,
+    UpstreamRejection,
+    open_stream,
+    post_completion,
+    upstreams_of,
+)
+
+__all__ = ["DECISION_HEADER", "Gateway", "create_app"]
+
+DECISION_HEADER = "x-mixllm-decision-id"
+MODEL_HEADER = "x-mixllm-model"
+_FEEDBACK_FIELDS = {"decision_id", "quality", "satisfied", "output_tokens"}
+log = logging.getLogger("mixllm.serving")
+
+
+def create_app(
+    router: Router,
+    *,
+    settings: ServeConfig | None = None,
+    upstreams: Mapping[str, Upstream] | None = None,
+    state_dir: str | Path | None = None,
+) -> Starlette:
+    """The gateway for ``router``'s pool. ``upstreams`` defaults to the pool models' own
+    ``base_url``, ``api_key_env`` and ``upstream_model``; with ``state_dir`` the router is saved
+    there every ``settings.snapshot_every_s`` seconds and at shutdown, after requests in flight
+    have had ``settings.drain_timeout_s`` to finish. The `Gateway` is ``app.state.gateway``."""
+    gateway = Gateway(router, settings or ServeConfig(), upstreams, state_dir)
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
+            Route("/v1/models", gateway.list_models, methods=["GET"]),
+            Route("/v1/feedback", gateway.feedback, methods=["POST"]),
+            Route("/healthz", gateway.health, methods=["GET"]),
+            Route("/metrics", gateway.prometheus, methods=["GET"]),
+        ],
+        lifespan=gateway.lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.gateway = gateway
+    return app
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    error = RequestError(status, str(detail), code="not_found" if status == 404 else None)
+    return JSONResponse(error.body(), status_code=status)
+
+
+async def _server_error(_request: Request, exc: Exception) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    error = RequestError(500, "internal error in the gateway", kind="server_error")
+    return JSONResponse(error.body(), status_code=500)
+
+
+class Gateway:
+    """The gateway's state and its endpoints."""
+
+    def __init__(
+        self,
+        router: Router,
+        settings: ServeConfig,
+        upstreams: Mapping[str, Upstream] | None,
+        state_dir: str | Path | None,
+    ) -> None:
+        self.router = router
+        self.settings = settings
+        self.upstreams = dict(upstreams) if upstreams is not None else upstreams_of(
+            router.config.models
+        )  # fmt: skip
+        missing = [m for m in router.models if m not in self.upstreams]
+        if missing:
+            raise ConfigError(f"no upstream for {', '.join(missing)}")
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.metrics = GatewayMetrics()
+        self.speed = ObservedSpeed(self.metrics)
+        self.cooldowns = Cooldowns(
+            failures=settings.cooldown_failures, cooldown_s=settings.cooldown_s
+        )
+        self.active = 0
+        self._idle: asyncio.Event | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._save_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        timeout = httpx.Timeout(
+            self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
+        )
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        saver = None
+        if self.state_dir is not None:
+            saver = asyncio.create_task(self._snapshot_every(self.settings.snapshot_every_s))
+        try:
+            yield
+        finally:
+            await self.drain(self.settings.drain_timeout_s)
+            if saver is not None:
+                saver.cancel()
+                await asyncio.to_thread(self.snapshot)
+            await self._client.aclose()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
+        if self._idle is None:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%d requests still in flight after %.1f s", self.active, timeout_s)
+            return False
+        return True
+
+    def snapshot(self) -> Path | None:
+        """Saves the router's state into ``state_dir`` (crash-safe: `Router.save`)."""
+        if self.state_dir is None:
+            return None
+        with self._save_lock:
+            folder = self.router.save(self.state_dir)
+        log.info("router state saved to %s", folder)
+        return folder
+
+    async def _snapshot_every(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await asyncio.to_thread(self.snapshot)
+            except Exception:
+                log.exception("saving the router state failed; the next save tries again")
+
+    def _request_started(self) -> None:
+        self.active += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def _request_ended(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the gateway is not running (its lifespan has not started)")
+        return self._client
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        self._request_started()
+        handed_off = False
+        try:
+            raw = await self._body(request)
+            chat = parse_chat_request(raw, request.headers, self.router.models, self.settings)
+            response = await self._answer(chat)
+            handed_off = isinstance(response, _RelayedStream)
+            return response
+        except RequestError as err:
+            self.metrics.rejected.labels(str(err.status)).inc()
+            return JSONResponse(err.body(), status_code=err.status)
+        finally:
+            if not handed_off:
+                self._request_ended()
+
+    async def feedback(self, request: Request) -> Response:
+        try:
+            body = parse_json_object(await self._body(request))
+            unknown = sorted(set(body) - _FEEDBACK_FIELDS)
+            if unknown:
+                raise RequestError(400, f"unknown field(s) {', '.join(unknown)}")
+            decision_id = body.get("decision_id")
+            if not isinstance(decision_id, str):
+                raise RequestError(400, "decision_id must be a string", param="decision_id")
+            kind = "satisfied" if "satisfied" in body else "quality"
+            try:
+                learned = self.router.feedback(
+                    decision_id,
+                    quality=body.get("quality"),
+                    satisfied=body.get("satisfied"),
+                    output_tokens=body.get("output_tokens"),
+                )
+            except DecisionNotFoundError as err:
+                raise RequestError(404, str(err), param="decision_id") from None
+            except InvalidInputError as err:
+                raise RequestError(400, str(err)) from None
+        except RequestError as err:
+            self.metrics.rejected.labels(str(err.status)).inc()
+            return JSONResponse(err.body(), status_code=err.status)
+        self.metrics.feedback.labels(kind, str(learned).lower()).inc()
+        return JSONResponse({"decision_id": decision_id, "learned": learned})
+
+    async def list_models(self, _request: Request) -> Response:
+        rows = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "mixllm"}]
+        for row in self.router.describe_models():
+            name = row["name"]
+            learned = {
+                **row,
+                **self.speed.of(name),
+                "cooled_down": self.cooldowns.cooled(name),
+                "upstream": self.upstreams[name].base_url,
+            }
+            rows.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "mixllm",
+                    "mixllm": _finite_or_null(learned),
+                }
+            )
+        return JSONResponse({"object": "list", "data": rows})
+
+    async def health(self, _request: Request) -> Response:
+        models = self.router.models
+        return JSONResponse(
+            {
+                "status": "ok",
+                "in_flight": self.active,
+                "models": len(models),
+                "available": self.cooldowns.available(models),
+            }
+        )
+
+    async def prometheus(self, _request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused (413) beyond ``max_body_bytes`` before it is all read."""
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise RequestError(413, f"the request body is over {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the request body is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- answering ------------------------------------------------------------------------------
+
+    async def _answer(self, chat: ChatRequest) -> Response:
+        allowed = list(chat.models or self.router.models)
+        # With every allowed model cooled down, trying one beats refusing outright.
+        candidates = self.cooldowns.available(allowed) or allowed
+        try:
+            decision = await self.router.aroute(
+                chat.text,
+                willingness_to_pay=chat.willingness_to_pay,
+                models=candidates,
+                max_cost_usd=chat.max_cost_usd,
+                max_latency_s=chat.max_latency_s,
+            )
+        except (InvalidInputError, UnknownModelError) as err:
+            raise RequestError(400, str(err)) from None
+        order = _fallback_order(decision, candidates, chat.max_cost_usd)
+        failures = []
+        for attempt, model in enumerate(order[: self.settings.max_attempts]):
+            if attempt > 0:
+                self.metrics.fallbacks.labels(order[attempt - 1]).inc()
+                decision = await self.router.aroute(
+                    chat.text, willingness_to_pay=decision.willingness_to_pay, models=[model]
+                )
+            self.metrics.decisions.labels(model).inc()
+            try:
+                if chat.stream:
+                    return await self._open_relay(chat, decision)
+                return await self._complete(chat, decision)
+            except UpstreamFailure as err:
+                self.router.cancel(decision.id)
+                self.metrics.upstream_errors.labels(model, err.kind).inc()
+                if self.cooldowns.failed(model):
+                    self.metrics.cooldowns.labels(model).inc()
+                failures.append(str(err))
+                log.warning("upstream failure: %s", err)
+            except UpstreamRejection as err:
+                self.router.cancel(decision.id)
+                return Response(err.body, status_code=err.status, media_type=err.content_type)
+            except BaseException:
+                self.router.cancel(decision.id)
+                raise
+        self.metrics.requests.labels(order[0], "error").inc()
+        raise RequestError(
+            502,
+            "no model could answer: " + "; ".join(failures),
+            kind="upstream_error",
+            code="upstream_unavailable",
+        )
+
+    async def _complete(self, chat: ChatRequest, decision: RouteDecision) -> Response:
+        model = decision.model
+        started = time.perf_counter()
+        self.metrics.in_flight.labels(model).inc()
+        try:
+            answer = await post_completion(self.client, self.upstreams[model], chat.body)
+        finally:
+            self.metrics.in_flight.labels(model).dec()
+        latency = time.perf_counter() - started
+        tokens = _completion_tokens(answer.get("usage"))
+        self._completed(decision, latency, tokens, ttft_s=None)
+        answer["model"] = model
+        answer["mixllm"] = {"decision_id": decision.id, "model": model}
+        return JSONResponse(answer, headers=_decision_headers(decision))
+
+    def _completed(
+        self, decision: RouteDecision, latency_s: float, tokens: float | None, ttft_s: float | None
+    ) -> None:
+        model = decision.model
+        self.router.complete(decision.id, latency_s=latency_s, output_tokens=tokens)
+        self.cooldowns.succeeded(model)
+        self.metrics.requests.labels(model, "ok").inc()
+        self.metrics.latency.labels(model).observe(latency_s)
+        generation_s = latency_s - (ttft_s or 0.0)
+        self.speed.record(
+            model, ttft_s=ttft_s, generation_s=generation_s, output_tokens=tokens or 0.0
+        )
+
+    async def _open_relay(self, chat: ChatRequest, decision: RouteDecision) -> Response:
+        """Opens the upstream stream and waits for its first chunk, so a model that fails
+        before answering is replaced before anything is sent to the client."""
+        model = decision.model
+        started = time.perf_counter()
+        self.metrics.in_flight.labels(model).inc()
+        try:
+            stream = await open_stream(self.client, self.upstreams[model], chat.body)
+            try:
+                first = await stream.next_chunk()
+            except BaseException:
+                await stream.aclose()
+                raise
+        except BaseException:
+            self.metrics.in_flight.labels(model).dec()
+            raise
+        ttft = time.perf_counter() - started
+        self.metrics.ttft.labels(model).observe(ttft)
+        return _RelayedStream(self, decision, _Relay(stream, first, started, ttft))
+
+    def _stream_ended(self, relay: _Relay, decision: RouteDecision) -> None:
+        latency = time.perf_counter() - relay.started
+        self._completed(decision, latency, relay.output_tokens(), ttft_s=relay.ttft_s)
+
+    def _stream_failed(self, decision: RouteDecision, err: UpstreamFailure) -> None:
+        model = decision.model
+        self.router.cancel(decision.id)
+        self.metrics.upstream_errors.labels(model, err.kind).inc()
+        self.metrics.requests.labels(model, "error").inc()
+        if self.cooldowns.failed(model):
+            self.metrics.cooldowns.labels(model).inc()
+        log.warning("upstream failure mid-stream: %s", err)
+
+
+@dataclass
+class _Relay:
+    """An upstream stream being relayed, and what it has produced so far."""
+
+    stream: Stream
+    first: dict[str, Any] | None
+    started: float
+    ttft_s: float
+    content_chunks: int = 0
+    usage_tokens: float | None = None
+    finished: bool = field(default=False)
+
+    def count(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and any(
+            isinstance(c, dict) and isinstance(c.get("delta"), dict) and c["delta"].get("content")
+            for c in choices
+        ):
+            self.content_chunks += 1
+        tokens = _completion_tokens(chunk.get("usage"))
+        if tokens is not None:
+            self.usage_tokens = tokens
+
+    def output_tokens(self) -> float:
+        """From the stream's ``usage`` when it carries one; else one token per content chunk,
+        which is how OpenAI-compatible servers stream."""
+        return self.usage_tokens if self.usage_tokens is not None else float(self.content_chunks)
+
+
+class _RelayedStream(StreamingResponse):
+    """Relays an upstream stream as server-sent events. However the response ends (finished,
+    the upstream failing, the client leaving) the upstream connection is closed and the
+    decision leaves its model's queue."""
+
+    def __init__(self, gateway: Gateway, decision: RouteDecision, relay: _Relay) -> None:
+        self._gateway = gateway
+        self._decision = decision
+        self._relay = relay
+        super().__init__(
+            self._events(),
+            media_type="text/event-stream",
+            headers=_decision_headers(decision),
+        )
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        relay, decision = self._relay, self._decision
+        first = relay.first
+        if first is not None:
+            first["mixllm"] = {"decision_id": decision.id, "model": decision.model}
+            yield self._event(first)
+            try:
+                async for chunk in relay.stream.chunks():
+                    yield self._event(chunk)
+            except UpstreamFailure as err:
+                relay.finished = True
+                self._gateway._stream_failed(decision, err)
+                error = RequestError(502, str(err), kind="upstream_error", code="upstream_failed")
+                yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+                return
+        relay.finished = True
+        self._gateway._stream_ended(relay, decision)
+        yield b"data: [DONE]\n\n"
+
+    def _event(self, chunk: dict[str, Any]) -> bytes:
+        self._relay.count(chunk)
+        chunk["model"] = self._decision.model
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway, relay, model = self._gateway, self._relay, self._decision.model
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await relay.stream.aclose()
+            gateway.metrics.in_flight.labels(model).dec()
+            if not relay.finished:
+                # The client left (or the server is stopping): the upstream call is closed above
+                # and its slot freed here; nothing is learned from an answer cut short.
+                relay.finished = True
+                with contextlib.suppress(DecisionNotFoundError):
+                    gateway.router.cancel(self._decision.id)
+                gateway.metrics.disconnects.labels(model).inc()
+            gateway._request_ended()
+
+
+def _fallback_order(
+    decision: RouteDecision, candidates: list[str], max_cost_usd: float | None
+) -> list[str]:
+    """The chosen model, then the other candidates by the decision's scores, best first
+    (leaving out those over the request's cost ceiling)."""
+    detail = decision.detail
+    index = {name: i for i, name in enumerate(detail.models)}
+    others = [
+        m
+        for m in candidates
+        if m != decision.model
+        and m in index
+        and (max_cost_usd is None or detail.cost[index[m]] <= max_cost_usd)
+    ]
+    others.sort(key=lambda m: -float(detail.score[index[m]]))
+    return [decision.model, *others]
+
+
+def _completion_tokens(usage: Any) -> float | None:
+    if not isinstance(usage, dict):
+        return None
+    tokens = usage.get("completion_tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, float)):
+        return None
+    return float(tokens) if math.isfinite(tokens) and tokens >= 0 else None
+
+
+def _decision_headers(decision: RouteDecision) -> dict[str, str]:
+    return {DECISION_HEADER: decision.id, MODEL_HEADER: decision.model}
+
+
+def _finite_or_null(value: Any) -> Any:
+    """Strict JSON: non-finite numbers become null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,86 @@
+"""Starting the gateway: the Router it routes with, and the server it runs in.
+
+The pool is the configuration file's. The learned state comes from the state folder when it
+holds one (a restart carries on where the last snapshot left off), else from the router shipped
+with the package; a model of the file that the state does not know starts with a fresh arm at
+its priors (``prior_quality`` decides how eagerly it is tried), and a model the file no longer
+lists leaves the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from mixllm.config import ServeConfig, load_config, load_serve_config
+from mixllm.router import Router
+from mixllm.serving.upstream import Upstream, upstreams_of
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["gateway_router", "serve"]
+
+log = logging.getLogger("mixllm.serving")
+
+
+def gateway_router(
+    config_path: str | Path, state_dir: str | Path | None = None
+) -> tuple[Router, ServeConfig]:
+    """The Router and settings `mixllm serve --config FILE [--state DIR]` runs with."""
+    config = load_config(config_path)
+    settings = load_serve_config(config_path)
+    upstreams_of(config.models)  # every model needs an upstream: refused before anything loads
+    saved = state_dir is not None and (Path(state_dir) / "CURRENT").is_file()
+    router = Router.load(state_dir) if saved and state_dir is not None else Router.default()
+    log.info("learned state from %s", state_dir if saved else "the router shipped with mixllm")
+    raw = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+    if "embedder" in raw:
+        router = Router(
+            replace(router.config, embedder=config.embedder),
+            projection=router.projection,
+            policy=router.policy,
+        )
+    wanted = {m.name for m in config.models}
+    for model in config.models:
+        if model.name in router.models:
+            router.update_model(model)
+        else:
+            log.info("%s: not in the learned state, starts at its priors", model.name)
+            router.add_model(model)
+    for name in [m for m in router.models if m not in wanted]:
+        router.remove_model(name)
+    if "willingness_to_pay" in raw.get("router", {}):
+        router = router.with_config(willingness_to_pay=config.willingness_to_pay)
+    return router, settings
+
+
+def serve(
+    router: Router,
+    settings: ServeConfig,
+    *,
+    upstreams: dict[str, Upstream] | None = None,
+    state_dir: str | Path | None = None,
+) -> None:
+    """Runs the gateway until SIGINT or SIGTERM; then requests in flight get
+    ``settings.drain_timeout_s`` to finish and the state is saved (with ``state_dir``)."""
+    import uvicorn
+
+    from mixllm.serving.app import create_app
+
+    app = create_app(router, settings=settings, upstreams=upstreams, state_dir=state_dir)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        log_level="info",
+    )
+    uvicorn.Server(config).run()

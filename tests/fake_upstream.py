@@ -1,0 +1,171 @@
+"""A fake OpenAI-compatible upstream for the gateway's tests: a real server on 127.0.0.1 whose
+models answer with a configurable time to first token, speed and length, fail with 500s or
+429s at a configurable rate, or hang; it records what it was sent and which streams their
+client left. `ServerThread` runs any ASGI app (this one, or the gateway) on loopback in a
+thread that stops by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+# Longest a hang lasts: a server under test must give up well before.
+HANG_S = 20.0
+
+
+@dataclass
+class Behaviour:
+    """How one model answers."""
+
+    ttft_s: float = 0.0
+    tokens_per_s: float = 10_000.0
+    output_tokens: int = 5
+    error_rate: float = 0.0  # share of requests answered 500
+    status: int | None = None  # every request answered with this status (429, 500, ...)
+    hang: bool = False  # never answers (until HANG_S)
+    fail_mid_stream: bool = False  # drops the connection after the first token
+
+
+@dataclass
+class Record:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+    streams_finished: int = 0
+    streams_left: int = 0  # streams whose client went away before the end
+
+
+class FakeUpstream:
+    """Per model (the request's ``model``): a `Behaviour` to set and a `Record` to read."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.records: dict[str, Record] = {}
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+
+    def behaviour(self, model: str) -> Behaviour:
+        return self.behaviours.setdefault(model, Behaviour())
+
+    def record(self, model: str) -> Record:
+        with self._lock:
+            return self.records.setdefault(model, Record())
+
+    def requests(self, model: str) -> int:
+        return len(self.record(model).bodies)
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        model = body["model"]
+        how = self.behaviour(model)
+        record = self.record(model)
+        with self._lock:
+            record.bodies.append(body)
+            record.authorizations.append(request.headers.get("authorization"))
+            fails = self._random.random() < how.error_rate
+        if how.hang:
+            await asyncio.sleep(HANG_S)
+        if how.status is not None or fails:
+            status = how.status or 500
+            return JSONResponse({"error": {"message": f"fake {status}"}}, status_code=status)
+        created = int(time.time())
+        if body.get("stream"):
+            return StreamingResponse(
+                self._stream(model, how, record, created), media_type="text/event-stream"
+            )
+        await asyncio.sleep(how.ttft_s + how.output_tokens / how.tokens_per_s)
+        return JSONResponse(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "tok " * how.output_tokens},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 3,
+                    "completion_tokens": how.output_tokens,
+                    "total_tokens": 3 + how.output_tokens,
+                },
+            }
+        )
+
+    async def _stream(
+        self, model: str, how: Behaviour, record: Record, created: int
+    ) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            await asyncio.sleep(how.ttft_s)
+            for i in range(how.output_tokens):
+                if i > 0:
+                    await asyncio.sleep(1 / how.tokens_per_s)
+                if i == 1 and how.fail_mid_stream:
+                    raise ConnectionAbortedError("the fake upstream drops the stream")
+                chunk = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            finished = True
+        finally:
+            with self._lock:
+                if finished:
+                    record.streams_finished += 1
+                else:
+                    record.streams_left += 1
+
+
+class ServerThread:
+    """Runs an ASGI app with uvicorn on 127.0.0.1 (a free port) in a daemon thread; a context
+    manager that stops it on exit (in-flight requests get ``grace_s``)."""
+
+    def __init__(self, app: Any, *, grace_s: int = 1) -> None:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=grace_s,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

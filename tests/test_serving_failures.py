@@ -1,0 +1,150 @@
+"""What the gateway does when upstreams fail: 500s, 429s and hangs are answered by the next
+model, a model that keeps failing is cooled down and later tried again, a stream its upstream
+drops ends in an error event, and a client that leaves a stream frees its model's slot."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from gateway_harness import Harness, running_gateway, wait_until
+from mixllm.config import ServeConfig
+
+USER = [{"role": "user", "content": "Summarise the plot of Hamlet."}]
+# Ties go to the first model, so "small" is chosen until it fails.
+FAILS_FAST = ServeConfig(cooldown_failures=2, cooldown_s=1.0, read_timeout_s=0.5)
+
+
+def client(harness: Harness) -> openai.OpenAI:
+    return openai.OpenAI(base_url=harness.url + "/v1", api_key="unused", max_retries=0)
+
+
+def metric(harness: Harness, line_start: str) -> float:
+    for line in httpx.get(harness.url + "/metrics").text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "kind"),
+    [("status", 500, "status_5xx"), ("status", 429, "status_429"), ("hang", True, "timeout")],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_model_is_replaced_by_the_next_best(
+    setting: str, value: object, kind: str, stream: bool
+) -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        setattr(harness.fake.behaviour("small-upstream"), setting, value)
+        completion = client(harness).chat.completions.create(
+            model="mixllm", messages=USER, stream=stream
+        )
+        if stream:
+            chunks = list(completion)  # type: ignore[arg-type]
+            assert {c.model for c in chunks} == {"large"}
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            assert completion.model == "large"  # type: ignore[union-attr]
+        assert harness.fake.requests("small-upstream") == 1
+        assert metric(harness, 'mixllm_fallbacks_total{model="small"}') == 1
+        assert metric(harness, f'mixllm_upstream_errors_total{{kind="{kind}",model="small"}}') == 1
+        # The failed attempt left the queue and took no feedback; the answer's did.
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 1
+
+
+def test_cooldown_engages_and_recovers() -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        small = harness.fake.behaviour("small-upstream")
+        small.status = 500
+        for _ in range(6):
+            assert client(harness).chat.completions.create(model="mixllm", messages=USER).model == (
+                "large"
+            )
+        # Two failures cooled it down: the later requests went straight to "large".
+        assert harness.fake.requests("small-upstream") == 2
+        assert metric(harness, 'mixllm_cooldowns_total{model="small"}') == 1
+        assert httpx.get(harness.url + "/healthz").json()["available"] == ["large"]
+        small.status = None
+        time.sleep(FAILS_FAST.cooldown_s + 0.1)
+        # Probed again after the cooldown, and chosen again once it answers.
+        models = [
+            client(harness).chat.completions.create(model="mixllm", messages=USER).model
+            for _ in range(3)
+        ]
+        assert harness.fake.requests("small-upstream") >= 3
+        assert "small" in models
+        assert httpx.get(harness.url + "/healthz").json()["available"] == ["small", "large"]
+
+
+def test_when_every_model_fails_the_client_gets_a_502_error_body() -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        for name in ("small-upstream", "large-upstream"):
+            harness.fake.behaviour(name).status = 503
+        response = httpx.post(
+            harness.url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER}
+        )
+        assert response.status_code == 502
+        assert "no model could answer" in response.json()["error"]["message"]
+        assert harness.router.pending() == 0
+        assert all(harness.router.policy.in_flight(m) == 0 for m in harness.router.models)
+
+
+def test_attempts_are_bounded() -> None:
+    settings = ServeConfig(max_attempts=1)
+    with running_gateway(settings=settings) as harness:
+        harness.fake.behaviour("small-upstream").status = 500
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(harness).chat.completions.create(model="mixllm", messages=USER)
+        assert caught.value.status_code == 502
+        assert harness.fake.requests("large-upstream") == 0
+
+
+def test_an_upstream_4xx_goes_back_to_the_client_without_fallback() -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        harness.fake.behaviour("small-upstream").status = 400
+        with pytest.raises(openai.BadRequestError):
+            client(harness).chat.completions.create(model="mixllm", messages=USER)
+        assert harness.fake.requests("large-upstream") == 0
+        assert harness.router.policy.in_flight("small") == 0
+
+
+def test_a_stream_dropped_by_its_upstream_ends_in_an_error_event() -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        harness.fake.behaviour("small-upstream").fail_mid_stream = True
+        with httpx.stream(
+            "POST",
+            harness.url + "/v1/chat/completions",
+            json={"model": "mixllm", "messages": USER, "stream": True},
+            timeout=10,
+        ) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert '"error"' in events[-1]
+        assert harness.router.pending() == 0
+        assert harness.router.policy.in_flight("small") == 0
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="error"}') == 1
+
+
+def test_a_client_leaving_a_stream_frees_the_slot_and_stops_the_upstream() -> None:
+    with running_gateway() as harness:
+        slow = harness.fake.behaviour("small-upstream")
+        slow.tokens_per_s, slow.output_tokens = 5.0, 100
+        with httpx.stream(
+            "POST",
+            harness.url + "/v1/chat/completions",
+            json={"model": "small", "messages": USER, "stream": True},
+            timeout=10,
+        ) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            assert harness.router.policy.in_flight("small") == 1
+        # Leaving the block closed the connection mid-stream.
+        assert wait_until(lambda: harness.router.policy.in_flight("small") == 0, 5)
+        assert wait_until(lambda: harness.fake.record("small-upstream").streams_left == 1, 5)
+        assert harness.fake.record("small-upstream").streams_finished == 0
+        assert harness.router.pending() == 0
+        assert metric(harness, 'mixllm_client_disconnects_total{model="small"}') == 1
+        assert harness.gateway.active == 0
