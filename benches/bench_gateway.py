@@ -90,7 +90,7 @@ def fake_upstream() -> Iterator[str]:
     port = _free_port()
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT / "tests")!r})
+        sys.path.insert(0, {str(ROOT / "testkit")!r})
         import uvicorn
         from fake_upstream import FakeUpstream
         uvicorn.run(FakeUpstream().app, host="127.0.0.1", port={port}, log_level="warning")
