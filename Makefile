@@ -10,12 +10,12 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip maturin
 
-# Build the abi3 wheel users get and install it (with test, bench, eval and serve extras) into the venv,
+# Build the abi3 wheel users get and install it (with test, bench, eval, serve and redis extras) into the venv,
 # so the tests exercise exactly what `pip install` gives, never the source tree.
 install: $(VPY)
 	rm -rf $(WHEEL_DIR)
 	$(VENV)/bin/maturin build --release --out $(WHEEL_DIR)
-	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval,serve]"
+	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval,serve,redis]"
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/mixllm-*.whl
 
 # The main job: install, then route queries with the router shipped in the package.

@@ -56,12 +56,14 @@ from mixllm.embedding import Embedder
 from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
 from mixllm.model_files import file_sha256
 from mixllm.projection import LinearProjection, TagProjection, load_projection
+from mixllm.store.observation import Observation
 from mixllm.tagging import DomainLabels, Tagger
 
 if TYPE_CHECKING:
     import asyncio
 
     from mixllm.serving.batching import Batcher
+    from mixllm.store import RedisStore
 
 __all__ = ["FitReport", "RouteDecision", "Router"]
 
@@ -150,9 +152,11 @@ class Router:
         projection: LinearProjection | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
-        default `Policy.clock_s`, a monotonic clock. A simulation passes its own."""
+        default `Policy.clock_s`, a monotonic clock. A simulation passes its own. ``store``
+        shares learning with other replicas (see `attach_store`)."""
         config.validate()
         if projection is not None and projection.d != config.dim:
             raise ConfigError(
@@ -183,6 +187,37 @@ class Router:
         self._batchers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, Batcher[str, tuple[NDArray[np.float64], float]]
         ] = weakref.WeakKeyDictionary()
+        self._store: RedisStore | None = None
+        if store is not None:
+            self.attach_store(store)
+
+    def attach_store(self, store: RedisStore) -> None:
+        """Shares this Router's learning with the other replicas attached to the same store:
+        from now on every observation `feedback` accepts is in the store before it returns, and
+        the other replicas' observations are learned as they arrive. When the store holds a
+        checkpoint, this Router's arms are replaced by it first (its pool and settings must be
+        this Router's). Attach before routing: decisions already pending are refused."""
+        with self._lock:
+            if self._store is not None:
+                raise ConfigError("this Router already has a store")
+            if self._pending:
+                raise ConfigError("attach the store before routing: decisions are pending")
+            checkpoint = store.load_checkpoint(self._policy.dim)
+            if checkpoint is not None:
+                if checkpoint.models != self._policy.models:
+                    raise ConfigError(
+                        f"the store's checkpoint has models {checkpoint.models}, this Router "
+                        f"{self._policy.models}"
+                    )
+                _check_knobs(self._config, checkpoint)
+                self._policy = checkpoint
+                self._contexts.clear()
+            self._store = store
+        store.start(self)
+
+    @property
+    def store(self) -> RedisStore | None:
+        return self._store
 
     def _now(self) -> float:
         """The clock's reading, checked before anything changes: a clock that fails or returns
@@ -578,6 +613,28 @@ class Router:
         _check_optional("output_tokens", output_tokens)
         _check_optional("latency_s", latency_s)
         now = self._now()
+        store = self._store
+        if store is None:
+            return self._learn(decision_id, target, weight, output_tokens, latency_s, now) is not None
+        # Learned and appended under the store's lock, so a checkpoint never holds an
+        # observation the stream lacks.
+        with store.publishing():
+            learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            if learned is not None:
+                store.publish(learned)
+        return learned is not None
+
+    def _learn(
+        self,
+        decision_id: str,
+        target: float,
+        weight: float,
+        output_tokens: float | None,
+        latency_s: float | None,
+        now: float,
+    ) -> Observation | None:
+        """Learns a decision's feedback; returns what was learned, or None for a decision
+        whose model was removed."""
         with self._lock:
             pending = self._open(decision_id)
             if latency_s is not None and not pending.in_flight:
@@ -589,19 +646,28 @@ class Router:
             if not self._current(pending):
                 del self._pending[decision_id]
                 self._close(decision_id, "answered (its model had been removed)")
-                return False
+                return None
+            tokens = pending.output_tokens if output_tokens is None else output_tokens
             policy.update(
                 pending.model,
                 pending.context,
                 quality=target,
-                output_tokens=pending.output_tokens if output_tokens is None else output_tokens,
+                output_tokens=tokens,
                 weight=weight,
             )
             del self._pending[decision_id]
             if pending.in_flight:
                 self._leave_queue(pending, latency_s, now)
             self._close(decision_id, "already answered")
-        return True
+        return Observation(
+            id=decision_id,
+            replica=self._store.replica if self._store is not None else "",
+            model=pending.model,
+            context=pending.context,
+            quality=target,
+            output_tokens=tokens,
+            weight=weight,
+        )
 
     def _feedback_target(
         self, quality: float | None, satisfied: bool | None
