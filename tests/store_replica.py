@@ -38,9 +38,7 @@ class HashEmbedder:
     """A stand-in sentence encoder: a fixed pseudo-random vector per text."""
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        rows = [
-            np.random.default_rng(zlib.crc32(t.encode())).standard_normal(WIDTH) for t in texts
-        ]
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(WIDTH) for t in texts]
         return np.array(rows, dtype=np.float32)
 
 
@@ -139,7 +137,11 @@ def main() -> None:
         time.sleep(0.01)
     else:
         sys.exit(f"only {store.stats} of {args.total} observations arrived")
-    result = {"learned": learned, "arms": arms(router), "decisions": decisions(router, range(1000, 1020))}
+    result = {
+        "learned": learned,
+        "arms": arms(router),
+        "decisions": decisions(router, range(1000, 1020)),
+    }
     args.out.write_text(json.dumps(result))
     store.close()
 

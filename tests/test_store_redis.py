@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from redis_server import RedisServer, require_redis_server
-from store_replica import DIM, arms, build_router, decisions, outcome, text
 
 from mixllm.errors import ConfigError
 from mixllm.router import Router
 from mixllm.store import Observation, RedisStore
+from redis_server import RedisServer, require_redis_server
+from store_replica import DIM, arms, build_router, decisions, outcome, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
@@ -86,10 +86,18 @@ def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_pa
     outs = [tmp_path / f"replica-{r}.json" for r in range(3)]
     procs = [
         subprocess.Popen(
-            [sys.executable, REPLICA, server.url, str(out), "--total", str(total),
-             "--indices", ",".join(str(i) for i in range(r, total, 3))],
+            [
+                sys.executable,
+                REPLICA,
+                server.url,
+                str(out),
+                "--total",
+                str(total),
+                "--indices",
+                ",".join(str(i) for i in range(r, total, 3)),
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for r, out in enumerate(outs)
     ]
     for proc in procs:
@@ -185,11 +193,19 @@ def test_a_replica_killed_with_sigkill_loses_no_acknowledged_observation(
     server: RedisServer, tmp_path: Path
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, REPLICA, server.url, str(tmp_path / "out.json"), "--total", "10000",
-         "--indices", ",".join(str(i) for i in range(10000))],
+        [
+            sys.executable,
+            REPLICA,
+            server.url,
+            str(tmp_path / "out.json"),
+            "--total",
+            "10000",
+            "--indices",
+            ",".join(str(i) for i in range(10000)),
+        ],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     assert proc.stdout is not None
     acked: list[tuple[int, str]] = []
     while len(acked) < 25:

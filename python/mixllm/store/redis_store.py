@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mixllm._core import InvalidInputError, MixllmError, Policy, UnknownModelError
 from mixllm._lru import LruCache
@@ -181,7 +181,8 @@ class RedisStore:
         """The latest checkpoint's policy (None when there is none yet), and reading resumes
         after the position it covers. Called by `Router.attach_store`."""
         try:
-            raw = self._reader.hgetall(self.checkpoint_key)
+            # redis-py's annotations cover every reply type; ours are bytes (no decoding).
+            raw = cast(dict[bytes, bytes], self._reader.hgetall(self.checkpoint_key))
         except self._redis_error as err:
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
         if not raw:
@@ -191,7 +192,9 @@ class RedisStore:
             covered = raw[b"id"].decode()
             _id_key(covered)
         except (KeyError, ValueError) as err:
-            raise StoreError(f"the checkpoint under {self.checkpoint_key} is unreadable: {err}")
+            raise StoreError(
+                f"the checkpoint under {self.checkpoint_key} is unreadable: {err}"
+            ) from err
         with self._applied_cond:
             self._last_id = covered
             self._checkpointed_id = covered
@@ -288,7 +291,7 @@ class RedisStore:
     def _read(self, *, block: bool) -> int:
         """Reads and applies one batch of entries after the last one read; returns how many."""
         with self._read_lock:
-            reply = self._reader.xread(
+            reply: Any = self._reader.xread(
                 {self.stream_key: self._last_id},
                 count=_READ_BATCH,
                 block=self._block_ms if block else None,
@@ -343,7 +346,7 @@ class RedisStore:
         whether it did within ``timeout_s``. Raises StoreError when Redis is unreachable."""
         _check_positive("timeout_s", timeout_s)
         try:
-            last = self._publisher.xrevrange(self.stream_key, count=1)
+            last: Any = self._publisher.xrevrange(self.stream_key, count=1)
         except self._redis_error as err:
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
         if not last:
@@ -389,8 +392,8 @@ class RedisStore:
         (keeping ``retain_s`` of entries for replicas reading behind), in one transaction."""
         with self._reader.pipeline() as pipe:
             try:
-                pipe.watch(self.checkpoint_key)
-                current = pipe.hget(self.checkpoint_key, "id")
+                pipe.watch(self.checkpoint_key)  # type: ignore[no-untyped-call]
+                current: Any = pipe.hget(self.checkpoint_key, "id")
                 if current is not None and _id_key(current.decode()) >= _id_key(covered):
                     return False
                 seconds, micros = pipe.time()
