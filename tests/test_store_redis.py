@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mixllm.errors import ConfigError
+from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.router import Router
 from mixllm.store import Observation, RedisStore
 from redis_server import RedisServer, require_redis_server
@@ -235,3 +236,61 @@ def test_bad_store_settings_are_refused_with_their_name() -> None:
     with pytest.raises(ValueError, match="url"):
         RedisStore("")
     assert DIM == 6
+
+
+def test_feedback_for_a_decision_made_on_one_replica_is_accepted_on_another_once(
+    server: RedisServer,
+) -> None:
+    a, b = build_router(store=store(server)), build_router(store=store(server))
+    assert a.store is not None and b.store is not None
+    decision = a.route(text(1), prompt_tokens=100.0)
+    assert a.policy.in_flight(decision.model) == 1
+    wait_for(lambda: a.store.stats.decisions_written == 1, "the decision record")  # type: ignore[union-attr]
+    quality, tokens = outcome(1, decision.model)
+    assert b.feedback(decision.id, quality=quality, output_tokens=tokens)
+    with pytest.raises(DecisionNotFoundError, match="already answered"):
+        b.feedback(decision.id, quality=quality)
+    assert a.store.sync(WAIT_S)
+    # The replica that made the decision learned it from the stream and let its request go.
+    assert a.pending() == 0 and a.policy.in_flight(decision.model) == 0
+    with pytest.raises(DecisionNotFoundError, match="another replica"):
+        a.feedback(decision.id, quality=quality)
+    want = arms(reference([(1, decision.model)]))
+    assert_same_arms(arms(a), want)
+    assert_same_arms(arms(b), want)
+    with pytest.raises(DecisionNotFoundError, match="no decision with id"):
+        b.feedback("never-issued", quality=0.5)
+    a.store.close()
+    b.store.close()
+
+
+def test_feedback_sent_to_every_replica_at_once_is_learned_once(server: RedisServer) -> None:
+    replicas = [build_router(store=store(server)) for _ in range(3)]
+    decisions_made = [replicas[0].route(text(i), prompt_tokens=100.0) for i in range(10)]
+    origin = replicas[0].store
+    assert origin is not None
+    wait_for(lambda: origin.stats.decisions_written == 10, "the decision records")
+    results: list[bool | str] = []
+    lock = threading.Lock()
+
+    def answer(router: Router, decision_id: str) -> None:
+        try:
+            outcome_ = router.feedback(decision_id, quality=0.5)
+        except DecisionNotFoundError as err:
+            outcome_ = str(err)
+        with lock:
+            results.append(outcome_)
+
+    for decision in decisions_made:
+        threads = [threading.Thread(target=answer, args=(r, decision.id)) for r in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+    assert results.count(True) == 10 and len(results) == 30
+    for router in replicas:
+        assert router.store is not None and router.store.sync(WAIT_S)
+        assert sum(router.policy.inspect(m)["observations"] for m in router.models) == 10
+    assert replicas[0].pending() == 0
+    for router in replicas:
+        router.store.close()  # type: ignore[union-attr]

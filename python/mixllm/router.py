@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from mixllm._core import (
     Decision,
     InvalidInputError,
+    MixllmError,
     Policy,
     StateFileError,
     UnknownModelError,
@@ -503,6 +504,8 @@ class Router:
                 model, generation, context, now, service_s, in_flight=queued
             )
             self._expire(now)
+        if self._store is not None:
+            self._store.record_decision(decision_id, model, context, self._config.feedback_ttl_s)
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
@@ -621,10 +624,86 @@ class Router:
         # Learned and appended under the store's lock, so a checkpoint never holds an
         # observation the stream lacks.
         with store.publishing():
-            learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            with self._lock:
+                pending = self._pending.get(decision_id)
+                if pending is not None:
+                    _check_latency_once(decision_id, pending, latency_s)
+            if pending is not None:
+                self._claim(store, decision_id)
+                learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            else:
+                learned = self._learn_remote(store, decision_id, target, weight, output_tokens)
             if learned is not None:
                 store.publish(learned)
         return learned is not None
+
+    def _claim(self, store: RedisStore, decision_id: str) -> None:
+        """Claims a decision of this replica's for this feedback; one already answered on
+        another replica leaves the queue and raises DecisionNotFoundError."""
+        if store.claim(decision_id, self._config.feedback_ttl_s):
+            return
+        self._settle(decision_id)
+        raise DecisionNotFoundError(f"decision {decision_id!r} is {_ANSWERED_ELSEWHERE}")
+
+    def _learn_remote(
+        self,
+        store: RedisStore,
+        decision_id: str,
+        target: float,
+        weight: float,
+        output_tokens: float | None,
+    ) -> Observation | None:
+        """Learns the feedback for a decision made on another replica, from its shared record.
+        (Its latency, if given, is left out: the queue it describes is the other replica's.)"""
+        with self._lock:
+            self._open_or_unknown(decision_id)
+        try:
+            record = store.fetch_decision(decision_id)
+        except MixllmError as err:
+            raise DecisionNotFoundError(
+                f"no decision with id {decision_id!r} here, and the store cannot be asked: {err}"
+            ) from err
+        if record is None:
+            raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
+        if not store.claim(decision_id, self._config.feedback_ttl_s):
+            raise DecisionNotFoundError(f"decision {decision_id!r} is already answered")
+        with self._lock:
+            if record.model not in self._policy:
+                self._close(decision_id, "answered (its model had been removed)")
+                return None
+            self._policy.update(
+                record.model, record.context, quality=target, output_tokens=output_tokens,
+                weight=weight,
+            )  # fmt: skip
+            self._close(decision_id, "already answered")
+        return Observation(
+            id=decision_id,
+            replica=store.replica,
+            model=record.model,
+            context=record.context,
+            quality=target,
+            output_tokens=output_tokens,
+            weight=weight,
+        )
+
+    def _open_or_unknown(self, decision_id: str) -> None:
+        """Raises DecisionNotFoundError for a decision this replica has closed (caller holds
+        the lock); one it never saw may be another replica's."""
+        reason = self._closed.get(decision_id)
+        if reason is not None:
+            raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
+
+    def _settle(self, decision_id: str) -> None:
+        """A decision of this replica's was answered on another: its request leaves the queue
+        as if served as predicted, and it takes no more feedback."""
+        now = self._now()
+        with self._lock:
+            pending = self._pending.pop(decision_id, None)
+            if pending is None:
+                return
+            if pending.in_flight and self._current(pending):
+                self._leave_queue(pending, None, now)
+            self._close(decision_id, _ANSWERED_ELSEWHERE)
 
     def _learn(
         self,
@@ -639,11 +718,7 @@ class Router:
         whose model was removed."""
         with self._lock:
             pending = self._open(decision_id)
-            if latency_s is not None and not pending.in_flight:
-                raise InvalidInputError(
-                    f"decision {decision_id!r} was completed already, with its latency: "
-                    "give latency_s to complete() or to feedback(), not both"
-                )
+            _check_latency_once(decision_id, pending, latency_s)
             policy = self._policy
             if not self._current(pending):
                 del self._pending[decision_id]
@@ -908,6 +983,7 @@ class Router:
         )
 
 
+_ANSWERED_ELSEWHERE = "already answered (on another replica)"
 _PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
 
 
@@ -964,6 +1040,14 @@ class _Limits:
             if candidates.any():
                 return int(np.flatnonzero(candidates)[np.argmin(latency[candidates])])
         return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
+
+
+def _check_latency_once(decision_id: str, pending: _Pending, latency_s: float | None) -> None:
+    if latency_s is not None and not pending.in_flight:
+        raise InvalidInputError(
+            f"decision {decision_id!r} was completed already, with its latency: "
+            "give latency_s to complete() or to feedback(), not both"
+        )
 
 
 def _check_knobs(config: RouterConfig, policy: Policy) -> None:

@@ -23,8 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+from numpy.typing import NDArray
+
 from mixllm._core import InvalidInputError, MixllmError, Policy, UnknownModelError
 from mixllm._lru import LruCache
+from mixllm.store.decisions import DecisionRecord, DecisionRecords
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Outbox
 
@@ -68,6 +72,9 @@ class StoreStats:
     last_id: str
     # Whether the last call to Redis succeeded.
     connected: bool
+    # Decision records written for the other replicas, and dropped unwritten.
+    decisions_written: int
+    decisions_dropped: int
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:
@@ -93,7 +100,8 @@ class RedisStore:
     ``checkpoint_every_s``: how often this replica writes a checkpoint; ``retain_s``: how long
     stream entries are kept after a checkpoint covers them, for replicas that read behind;
     ``max_buffered``: observations kept while Redis is unreachable (beyond that the oldest are
-    dropped and counted); ``block_s``: how long one read waits for new entries (the replication
+    dropped and counted); ``max_unwritten_decisions``: decision records waiting to be written
+    (the same); ``block_s``: how long one read waits for new entries (the replication
     delay when idle is far below it: a read returns as soon as an entry arrives);
     ``timeout_s``: how long a call to Redis may take before Redis counts as unreachable.
     """
@@ -106,6 +114,7 @@ class RedisStore:
         checkpoint_every_s: float = 30.0,
         retain_s: float = 300.0,
         max_buffered: int = 100_000,
+        max_unwritten_decisions: int = 100_000,
         block_s: float = 0.1,
         timeout_s: float = 1.0,
         dedupe_window: int = 100_000,
@@ -118,7 +127,11 @@ class RedisStore:
         _check_positive("retain_s", retain_s, allow_zero=True)
         _check_positive("block_s", block_s)
         _check_positive("timeout_s", timeout_s)
-        for name, count in (("max_buffered", max_buffered), ("dedupe_window", dedupe_window)):
+        for name, count in (
+            ("max_buffered", max_buffered),
+            ("max_unwritten_decisions", max_unwritten_decisions),
+            ("dedupe_window", dedupe_window),
+        ):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise InvalidInputError(f"{name} must be an int >= 1, got {count!r}")
         try:
@@ -171,6 +184,8 @@ class RedisStore:
         self._skipped = 0
         self._checkpoints = 0
         self._checkpointed_id = "0-0"
+        self._max_unwritten = max_unwritten_decisions
+        self._decisions: DecisionRecords | None = None
         self._router: Router | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -211,6 +226,12 @@ class RedisStore:
         except self._redis_error as err:
             self._router = None
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+        self._decisions = DecisionRecords(
+            self._publisher,
+            self.namespace,
+            capacity=self._max_unwritten,
+            redis_error=self._redis_error,
+        )
         self._thread = threading.Thread(target=self._follow, name="mixllm-store", daemon=True)
         self._thread.start()
 
@@ -221,6 +242,8 @@ class RedisStore:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._decisions is not None:
+            self._decisions.close()
         with self._publish_lock, contextlib.suppress(self._redis_error):
             self._flush()
         self._publisher.close()
@@ -260,6 +283,30 @@ class RedisStore:
             pipe.execute()
             self._outbox.pop(len(batch))
             self._published += len(batch)
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def record_decision(
+        self, decision_id: str, model: str, context: NDArray[np.float64], ttl_s: float
+    ) -> None:
+        """Shares a decision (written in the background: never waits on Redis)."""
+        if self._decisions is not None:
+            self._decisions.put(decision_id, DecisionRecord(model, context), ttl_s)
+
+    def fetch_decision(self, decision_id: str) -> DecisionRecord | None:
+        """A decision made on any replica (None when there is none, or it expired)."""
+        if self._decisions is None:
+            return None
+        try:
+            return self._decisions.get(decision_id)
+        except self._redis_error as err:
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+
+    def claim(self, decision_id: str, ttl_s: float) -> bool:
+        """Whether this is the first feedback for the decision across every replica."""
+        if self._decisions is None:
+            return True
+        return self._decisions.claim(decision_id, self.replica, ttl_s)
 
     # -- following the stream -------------------------------------------------------------------
 
@@ -332,6 +379,9 @@ class RedisStore:
                     weight=observation.weight,
                 )
                 applied += 1
+                # Feedback given on another replica for a decision made here: its request is
+                # done, and this replica must not accept feedback for it again.
+                router._settle(observation.id)
             except (UnknownModelError, InvalidInputError) as err:
                 log.warning("skipping observation %s: %s", observation.id, err)
                 skipped += 1
@@ -411,6 +461,7 @@ class RedisStore:
 
     @property
     def stats(self) -> StoreStats:
+        decisions = self._decisions
         with self._publish_lock:
             published, buffered, dropped = (
                 self._published,
@@ -427,4 +478,6 @@ class RedisStore:
                 checkpoints=self._checkpoints,
                 last_id=self._last_id,
                 connected=self._online,
+                decisions_written=0 if decisions is None else decisions.written,
+                decisions_dropped=0 if decisions is None else decisions.dropped,
             )
