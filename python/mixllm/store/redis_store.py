@@ -31,6 +31,7 @@ from mixllm._lru import LruCache
 from mixllm.store.decisions import DecisionRecord, DecisionRecords
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Outbox
+from mixllm.store.queues import SharedQueues
 
 if TYPE_CHECKING:
     import redis
@@ -103,7 +104,9 @@ class RedisStore:
     dropped and counted); ``max_unwritten_decisions``: decision records waiting to be written
     (the same); ``block_s``: how long one read waits for new entries (the replication
     delay when idle is far below it: a read returns as soon as an entry arrives);
-    ``timeout_s``: how long a call to Redis may take before Redis counts as unreachable.
+    ``timeout_s``: how long a call to Redis may take before Redis counts as unreachable;
+    ``queue_refresh_s``: how often this replica publishes its requests in flight and reads the
+    others'; ``queue_ttl_s``: how long a replica's published load counts after its last refresh.
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class RedisStore:
         block_s: float = 0.1,
         timeout_s: float = 1.0,
         dedupe_window: int = 100_000,
+        queue_refresh_s: float = 0.05,
+        queue_ttl_s: float = 0.5,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
@@ -127,6 +132,8 @@ class RedisStore:
         _check_positive("retain_s", retain_s, allow_zero=True)
         _check_positive("block_s", block_s)
         _check_positive("timeout_s", timeout_s)
+        _check_positive("queue_refresh_s", queue_refresh_s)
+        _check_positive("queue_ttl_s", queue_ttl_s)
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_unwritten_decisions", max_unwritten_decisions),
@@ -185,6 +192,9 @@ class RedisStore:
         self._checkpoints = 0
         self._checkpointed_id = "0-0"
         self._max_unwritten = max_unwritten_decisions
+        self._queue_refresh_s = float(queue_refresh_s)
+        self._queue_ttl_s = float(queue_ttl_s)
+        self._queues: SharedQueues | None = None
         self._decisions: DecisionRecords | None = None
         self._router: Router | None = None
         self._stop = threading.Event()
@@ -232,6 +242,16 @@ class RedisStore:
             capacity=self._max_unwritten,
             redis_error=self._redis_error,
         )
+        self._queues = SharedQueues(
+            self._publisher,
+            self.namespace,
+            self.replica,
+            router,
+            refresh_s=self._queue_refresh_s,
+            ttl_s=self._queue_ttl_s,
+            redis_error=self._redis_error,
+            now=router._now,
+        )
         self._thread = threading.Thread(target=self._follow, name="mixllm-store", daemon=True)
         self._thread.start()
 
@@ -244,6 +264,8 @@ class RedisStore:
             self._thread = None
         if self._decisions is not None:
             self._decisions.close()
+        if self._queues is not None:
+            self._queues.close()
         with self._publish_lock, contextlib.suppress(self._redis_error):
             self._flush()
         self._publisher.close()
