@@ -29,7 +29,16 @@ _WRITE_BATCH = 500
 # How often the writer wakes to write what was queued: waking it for every decision would cost
 # the decision path a thread switch each time.
 _FLUSH_EVERY_S = 0.005
-_SEPARATOR = b"\x00"  # model names never hold it; the context's raw bytes follow the first one
+_SEPARATOR = b"\x00"
+# One command for a whole batch (ARGV: ttl, then key, value pairs): a pipeline of one SET per
+# record would cost the client far more than the server.
+_SET_ALL = """
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl)
+end
+return (#ARGV - 1) / 2
+"""  # model names never hold it; the context's raw bytes follow the first one
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class DecisionRecords:
         self._stop = False
         self.dropped = 0
         self.written = 0
+        self._set_all = client.register_script(_SET_ALL)
         self._thread = threading.Thread(target=self._write, name="mixllm-decisions", daemon=True)
         self._thread.start()
 
@@ -121,10 +131,11 @@ class DecisionRecords:
                     continue
                 batch = [self._queue.popleft() for _ in range(min(_WRITE_BATCH, len(self._queue)))]
             try:
-                pipe = self._client.pipeline(transaction=False)
-                for decision_id, record, ttl in batch:
-                    pipe.set(self._key(decision_id), record.to_bytes(), ex=ttl)
-                pipe.execute()
+                # Records of one batch share the longest time to live among them.
+                args: list[Any] = [max(ttl for _, _, ttl in batch)]
+                for decision_id, record, _ in batch:
+                    args += (self._key(decision_id), record.to_bytes())
+                self._set_all(args=args)
             except self._redis_error as err:
                 log.warning("cannot write decision records: %s", err)
                 with self._wake:
