@@ -294,3 +294,16 @@ def test_feedback_sent_to_every_replica_at_once_is_learned_once(server: RedisSer
     assert replicas[0].pending() == 0
     for router in replicas:
         router.store.close()  # type: ignore[union-attr]
+
+
+def test_a_router_made_with_with_config_shares_through_the_same_store(
+    server: RedisServer,
+) -> None:
+    a, b = build_router(store=store(server)), build_router(store=store(server))
+    cheap = a.with_config(willingness_to_pay=0.001)
+    assert cheap.store is a.store
+    learned = feed(cheap, range(5))
+    assert b.store is not None and b.store.sync(WAIT_S)
+    assert_same_arms(arms(b), arms(reference(learned)))
+    for router in (a, b):
+        router.store.close()  # type: ignore[union-attr]

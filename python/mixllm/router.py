@@ -974,13 +974,16 @@ class Router:
         if unknown:
             raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
         config = replace(self._config, **changes)
-        return Router(
+        router = Router(
             config,
             embedder=self._embedder,
             projection=self._projection,
             policy=self._policy,
             clock=self._clock,
         )
+        # The same replica: its feedback is shared through this Router's store.
+        router._store = self._store
+        return router
 
 
 _ANSWERED_ELSEWHERE = "already answered (on another replica)"

@@ -111,7 +111,7 @@ class DecisionRecords:
                 self._claim_key(decision_id), replica, nx=True, ex=max(1, round(ttl_s))
             )
         except self._redis_error as err:
-            log.warning("cannot claim decision %s, accepting it here: %s", decision_id, err)
+            log.debug("cannot claim decision %s, accepting it here: %s", decision_id, err)
             return True
         return bool(won)
 
@@ -122,6 +122,7 @@ class DecisionRecords:
         self._thread.join()
 
     def _write(self) -> None:
+        failing = False
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._stop, timeout=_FLUSH_EVERY_S)
@@ -137,7 +138,9 @@ class DecisionRecords:
                     args += (self._key(decision_id), record.to_bytes())
                 self._set_all(args=args)
             except self._redis_error as err:
-                log.warning("cannot write decision records: %s", err)
+                if not failing:
+                    log.warning("cannot write decision records: %s", err)
+                failing = True
                 with self._wake:
                     # Back in front of the newer ones, as far as the queue has room.
                     room = (self._queue.maxlen or 0) - len(self._queue)
@@ -147,5 +150,6 @@ class DecisionRecords:
                     # A bounded wait before trying again.
                     self._wake.wait_for(lambda: self._stop, timeout=0.2)
                 continue
+            failing = False
             with self._wake:
                 self.written += len(batch)
