@@ -73,3 +73,19 @@ def test_a_replica_that_stops_leaves_no_phantom_requests(server: RedisServer) ->
 def test_bad_queue_settings_are_refused_with_their_name() -> None:
     with pytest.raises(ValueError, match="queue_refresh_s"):
         RedisStore("redis://127.0.0.1:1/0", queue_refresh_s=0)
+
+
+def test_a_bad_remote_load_is_refused_and_changes_nothing() -> None:
+    router = build_router()
+    router.policy.set_remote_load("large", 2, 1.5)
+    with pytest.raises(ValueError, match="work_s"):
+        router.policy.set_remote_load("large", 9, float("nan"))
+    with pytest.raises(ValueError, match="work_s"):
+        router.policy.set_remote_load("large", 9, -1.0)
+    with pytest.raises(KeyError, match="nope"):
+        router.policy.set_remote_load("nope", 1, 1.0)
+    # Two requests of another router on four slots: no wait yet; the report was kept.
+    assert router.policy.predicted_wait_s("large") == 0.0
+    for i in range(2):
+        router.route(text(i), prompt_tokens=100.0, models=["large"])
+    assert router.policy.predicted_wait_s("large") >= 1.5

@@ -179,6 +179,8 @@ def test_with_redis_down_routing_goes_on_and_observations_are_delivered_when_it_
     assert a.store is not None
     stats = a.store.stats
     assert (stats.buffered, stats.dropped, stats.connected) == (15, 5, False)
+    # A checkpoint now would hold observations the stream lacks: none is written.
+    assert not a.store.checkpoint()
     assert_same_arms(arms(a), arms(reference(before + during)))
     server.start()
     wait_for(lambda: a.store.stats.buffered == 0, "a to deliver what it buffered")  # type: ignore[union-attr]
@@ -305,5 +307,20 @@ def test_a_router_made_with_with_config_shares_through_the_same_store(
     learned = feed(cheap, range(5))
     assert b.store is not None and b.store.sync(WAIT_S)
     assert_same_arms(arms(b), arms(reference(learned)))
+    for router in (a, b):
+        router.store.close()  # type: ignore[union-attr]
+
+
+def test_checkpoints_are_written_periodically_and_only_forward(server: RedisServer) -> None:
+    a = build_router(store=store(server, checkpoint_every_s=0.1))
+    b = build_router(store=store(server))
+    feed(a, range(5))
+    assert a.store is not None and b.store is not None
+    wait_for(lambda: a.store.stats.checkpoints >= 1, "a periodic checkpoint")  # type: ignore[union-attr]
+    covered = a.store._publisher.hget(a.store.checkpoint_key, "id")
+    # b has applied the same entries: its checkpoint would not be newer, so it is not written.
+    assert b.store.sync(WAIT_S)
+    assert not b.store.checkpoint()
+    assert a.store._publisher.hget(a.store.checkpoint_key, "id") == covered
     for router in (a, b):
         router.store.close()  # type: ignore[union-attr]
