@@ -19,7 +19,7 @@ import pytest
 
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.router import Router
-from mixllm.store import Observation, RedisStore
+from mixllm.store import Observation, RedisStore, StoreError
 from redis_server import RedisServer, require_redis_server
 from store_replica import DIM, arms, build_router, decisions, outcome, text
 
@@ -324,3 +324,15 @@ def test_checkpoints_are_written_periodically_and_only_forward(server: RedisServ
     assert a.store._publisher.hget(a.store.checkpoint_key, "id") == covered
     for router in (a, b):
         router.store.close()  # type: ignore[union-attr]
+
+
+def test_a_store_serves_one_router(server: RedisServer) -> None:
+    shared = store(server)
+    a = build_router(store=shared)
+    other = build_router()
+    with pytest.raises(StoreError, match="already attached"):
+        other.attach_store(shared)
+    assert other.store is None
+    with pytest.raises(ConfigError, match="already has a store"):
+        a.attach_store(store(server))
+    shared.close()

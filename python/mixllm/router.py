@@ -214,7 +214,11 @@ class Router:
                 self._policy = checkpoint
                 self._contexts.clear()
             self._store = store
-        store.start(self)
+        try:
+            store.start(self)
+        except BaseException:
+            self._store = None
+            raise
 
     @property
     def store(self) -> RedisStore | None:

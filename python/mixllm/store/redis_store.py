@@ -205,6 +205,8 @@ class RedisStore:
     def load_checkpoint(self, dim: int) -> Policy | None:
         """The latest checkpoint's policy (None when there is none yet), and reading resumes
         after the position it covers. Called by `Router.attach_store`."""
+        if self._router is not None:
+            raise StoreError("this store is already attached to a Router")
         try:
             # redis-py's annotations cover every reply type; ours are bytes (no decoding).
             raw = cast(dict[bytes, bytes], self._reader.hgetall(self.checkpoint_key))
