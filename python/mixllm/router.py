@@ -32,11 +32,11 @@ import shutil
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,6 +58,7 @@ from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
 from mixllm.model_files import file_sha256
 from mixllm.projection import LinearProjection, TagProjection, load_projection
 from mixllm.store.observation import Observation
+from mixllm.store.pool import PoolChange
 from mixllm.tagging import DomainLabels, Tagger
 
 if TYPE_CHECKING:
@@ -773,13 +774,19 @@ class Router:
         """Adds a model with a fresh arm at its priors (``prior_quality`` decides how eagerly
         it is tried: the exploration bonus alone is small at the paper's alpha = 0.01), or, with
         ``examples`` (a data set holding outcomes of a model of this name), an arm warm-started
-        by an exact fit on them."""
+        by an exact fit on them. With a store, the other replicas add it too (at its priors: a
+        warm start cannot be shared, so it is refused then)."""
         model.validate("model")
+        if examples is not None and self._store is not None:
+            raise ConfigError(
+                "a warm-started arm cannot be shared with the other replicas: add the model "
+                "with its examples on every replica before attaching the store"
+            )
         warm: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None] | None
         warm = None
         if examples is not None:
             warm = self._warm_start(model.name, examples)
-        with self._lock:
+        with self._shared("add", model), self._lock:
             self._policy.add_model(model.name, **model.policy_kwargs())
             if warm is not None:
                 self._policy.fit(model.name, *warm)
@@ -804,7 +811,7 @@ class Router:
 
     def remove_model(self, name: str) -> None:
         """Removes a model; feedback still pending for it becomes a no-op."""
-        with self._lock:
+        with self._shared("remove", name), self._lock:
             self._policy.remove_model(name)
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
@@ -814,7 +821,7 @@ class Router:
         """Replaces a pool model's configuration (prices, speeds, upstream) keeping everything
         learned about it; its priors only matter to a fresh arm, so they are not changed."""
         model.validate("model")
-        with self._lock:
+        with self._shared("update", model), self._lock:
             names = [m.name for m in self._config.models]
             if model.name not in names or model.name not in self._policy:
                 raise UnknownModelError(f"no model {model.name!r} in the pool")
@@ -827,6 +834,20 @@ class Router:
             self._config = self._config.with_models(
                 tuple(model if m.name == model.name else m for m in self._config.models)
             )
+
+    @contextlib.contextmanager
+    def _shared(
+        self, op: Literal["add", "remove", "update"], model: ModelConfig | str
+    ) -> Iterator[None]:
+        """Around a pool change: with a store, the change is appended to it once made (unless
+        it is another replica's, being applied here)."""
+        store = self._store
+        if store is None or store.applying():
+            yield
+            return
+        with store.publishing():
+            yield
+            store.publish(PoolChange(op, store.replica, model))
 
     def describe_models(self) -> list[dict[str, Any]]:
         """The pool with prices and speeds, and what the router has learned of each model: how

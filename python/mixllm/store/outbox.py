@@ -1,10 +1,14 @@
-"""The observations a replica learned while Redis was unreachable, waiting to be delivered."""
+"""What a replica learned (observations, pool changes) while Redis was unreachable, waiting to
+be delivered."""
 
 from __future__ import annotations
 
 from collections import deque
 
 from mixllm.store.observation import Observation
+from mixllm.store.pool import PoolChange
+
+Entry = Observation | PoolChange
 
 
 class Outbox:
@@ -15,16 +19,16 @@ class Outbox:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: deque[Observation] = deque()
+        self._items: deque[Entry] = deque()
         self.dropped = 0
 
-    def put(self, observation: Observation) -> None:
+    def put(self, observation: Entry) -> None:
         if len(self._items) >= self.capacity:
             self._items.popleft()
             self.dropped += 1
         self._items.append(observation)
 
-    def peek(self, count: int) -> list[Observation]:
+    def peek(self, count: int) -> list[Entry]:
         """The oldest ``count`` observations, left in place until `pop` says they arrived."""
         return [self._items[i] for i in range(min(count, len(self._items)))]
 

@@ -26,11 +26,18 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import InvalidInputError, MixllmError, Policy, UnknownModelError
+from mixllm._core import (
+    DuplicateModelError,
+    InvalidInputError,
+    MixllmError,
+    Policy,
+    UnknownModelError,
+)
 from mixllm._lru import LruCache
 from mixllm.store.decisions import DecisionRecord, DecisionRecords
 from mixllm.store.observation import Observation
-from mixllm.store.outbox import Outbox
+from mixllm.store.outbox import Entry, Outbox
+from mixllm.store.pool import PoolChange
 from mixllm.store.queues import SharedQueues
 
 if TYPE_CHECKING:
@@ -199,6 +206,9 @@ class RedisStore:
         self._router: Router | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set in the thread applying another replica's pool change: the Router must not share
+        # it again.
+        self._applying = threading.local()
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -281,7 +291,11 @@ class RedisStore:
         with self._publish_lock:
             yield
 
-    def publish(self, observation: Observation) -> None:
+    def applying(self) -> bool:
+        """Whether this thread is applying another replica's change (not to be shared)."""
+        return bool(getattr(self._applying, "active", False))
+
+    def publish(self, observation: Entry) -> None:
         """Appends an observation to the stream (the caller holds `publishing`). When Redis is
         unreachable it is buffered instead, for the reader thread to deliver once Redis is back;
         observations never wait behind a buffer, so they keep their order."""
@@ -382,6 +396,9 @@ class RedisStore:
         assert router is not None
         applied = skipped = 0
         for raw_id, fields in entries:
+            if PoolChange.is_one(fields):
+                skipped += not self._change_pool(router, raw_id, fields)
+                continue
             try:
                 observation = Observation.from_fields(fields)
             except InvalidInputError as err:
@@ -414,6 +431,33 @@ class RedisStore:
             self._applied += applied
             self._skipped += skipped
             self._applied_cond.notify_all()
+
+    def _change_pool(self, router: Router, raw_id: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Applies another replica's pool change; returns whether it changed anything (a change
+        already in a checkpoint this replica loaded, replayed, does not)."""
+        try:
+            change = PoolChange.from_fields(fields)
+        except InvalidInputError as err:
+            log.warning("skipping stream entry %s: %s", raw_id, err)
+            return False
+        if change.replica == self.replica:
+            return True
+        self._applying.active = True
+        try:
+            if change.op == "remove":
+                router.remove_model(change.name)
+            elif isinstance(change.model, str):
+                return False
+            elif change.op == "add":
+                router.add_model(change.model)
+            else:
+                router.update_model(change.model)
+        except (DuplicateModelError, UnknownModelError) as err:
+            log.info("pool change %s already in effect: %s", raw_id, err)
+            return False
+        finally:
+            self._applying.active = False
+        return True
 
     def sync(self, timeout_s: float = 5.0) -> bool:
         """Waits until this replica has applied every entry the stream holds now; returns
