@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_harness import running_gateway, wait_until
+from fake_upstream import FakeUpstream, ServerThread
+from gateway_harness import pool_model, running_gateway, tiny_router, wait_until
+from mixllm.config import ServeConfig
+from mixllm.serving import create_app
 from mixllm.store import RedisStore
 from redis_server import RedisServer, free_port, require_redis_server
 
@@ -67,3 +70,27 @@ def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert f"cannot reach Redis at {nobody}" in result.stderr
+
+
+def test_the_gateway_reports_the_store_in_its_metrics(server: RedisServer) -> None:
+    fake = FakeUpstream()
+    with ServerThread(fake.app) as upstream:
+        models = tuple(pool_model(name, upstream.url) for name in ("small", "large"))
+        router = tiny_router(models)
+        router.attach_store(RedisStore(server.url, block_s=0.05))
+        app = create_app(router, settings=ServeConfig())
+        with ServerThread(app, grace_s=2) as gateway:
+            reply = httpx.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "mixllm", "messages": USER},
+                timeout=30,
+            )
+            decision_id = reply.headers["x-mixllm-decision-id"]
+            httpx.post(
+                gateway.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 1}
+            )
+            metrics = httpx.get(gateway.url + "/metrics").text
+    assert "mixllm_store_published_total 1.0" in metrics
+    assert "mixllm_store_connected 1.0" in metrics
+    assert "mixllm_store_dropped_total 0.0" in metrics
+    router.store.close()  # type: ignore[union-attr]
