@@ -78,3 +78,12 @@ def test_a_warm_start_is_refused_with_a_store(server: RedisServer, routerbench: 
         a.add_model(EXTRA, examples=routerbench)
     assert "extra" not in a.models
     a.store.close()  # type: ignore[union-attr]
+
+
+def test_fitting_a_router_with_a_store_is_refused(server: RedisServer, routerbench: Any) -> None:
+    a = replica(server)
+    before = a.policy
+    with pytest.raises(ConfigError, match="before attaching the store"):
+        a.fit(routerbench)
+    assert a.policy is before
+    a.store.close()  # type: ignore[union-attr]

@@ -267,6 +267,11 @@ class Router:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
         keep their prior arm; models in the data but not in the pool are ignored."""
+        if self._store is not None:
+            raise ConfigError(
+                "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
+                "the router before attaching the store"
+            )
         if len(dataset) < MIN_FIT_QUERIES:
             raise InvalidInputError(
                 f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
