@@ -14,18 +14,18 @@ $(VPY):
 	@echo "== creating $(VENV) and upgrading pip"
 	$(VPY) -m pip install --quiet --upgrade pip
 
-# Build the abi3 wheel users get and install it (with the test, bench, eval and serve extras)
-# into the venv,
-# so the tests exercise exactly what `pip install` gives, never the source tree. zig links it
-# against glibc 2.17, so the wheel is manylinux2014 and installs on any current Linux x86-64.
+# Build the abi3 wheel users get and install it (with the test, bench, eval, serve and redis
+# extras) into the venv, so the tests exercise exactly what `pip install` gives, never the source
+# tree. zig links it against glibc 2.17, so the wheel is manylinux2014 and installs on any current
+# Linux x86-64.
 install: $(VPY)  ## build the wheel and install it into .venv
 	@echo "== installing the build tools (maturin, zig, auditwheel) into $(VENV)"
 	$(VPY) -m pip install --quiet maturin ziglang auditwheel
 	rm -rf $(WHEEL_DIR)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --out $(WHEEL_DIR) \
 	    --zig --compatibility manylinux2014
-	@echo "== installing the wheel and its dependencies (with the test, bench, eval and serve extras)"
-	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval,serve]"
+	@echo "== installing the wheel and its dependencies (with the test, bench, eval, serve and redis extras)"
+	$(VPY) -m pip install --quiet "$$(ls $(WHEEL_DIR)/mixllm-*.whl)[test,bench,eval,serve,redis]"
 	$(VPY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/mixllm-*.whl
 
 # The main job: install, then route queries with the router shipped in the package.

@@ -274,6 +274,10 @@ class Policy:
     def generation(self, name: str) -> int:
         """The generation of model `name`'s arm: it changes when the model is removed and
         added again (or the policy is loaded), never otherwise."""
+    def set_remote_load(self, name: str, in_flight: int, work_s: float) -> None:
+        """The load other routers sharing model `name`'s endpoint put on it (replicas of a
+        service): `in_flight` requests holding `work_s` seconds of predicted work per slot.
+        It adds to this policy's own queue in every wait it predicts, until the next report."""
     def in_flight(self, name: str) -> int:
         """Requests in flight for model `name`."""
     def inspect(self, name: str) -> dict[str, Any]:

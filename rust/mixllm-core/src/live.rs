@@ -34,6 +34,11 @@ pub struct LiveStats {
     /// [`LiveStats::predicted_latency`].
     service_mse_bits: AtomicU64,
     completed: AtomicU64,
+    /// The requests other routers (replicas sharing the model's endpoint) have in flight for
+    /// this model, and the predicted work they hold per slot, in seconds (bits of f64), as last
+    /// reported by [`LiveStats::set_remote`]: the slots are shared, so both add to the wait.
+    remote_in_flight: AtomicU64,
+    remote_work_bits: AtomicU64,
 }
 
 impl Default for LiveStats {
@@ -46,6 +51,8 @@ impl Default for LiveStats {
             mean_observed_bits: AtomicU64::new(NO_OBSERVATION),
             service_mse_bits: AtomicU64::new(NO_OBSERVATION),
             completed: AtomicU64::new(0),
+            remote_in_flight: AtomicU64::new(0),
+            remote_work_bits: AtomicU64::new(0.0_f64.to_bits()),
         }
     }
 }
@@ -292,6 +299,26 @@ impl LiveStats {
         Ok(())
     }
 
+    /// The load other routers put on this model's slots: `in_flight` requests holding `work_s`
+    /// seconds of predicted work per slot (the backlog of their own wait estimate). Replaces
+    /// the previous report; validated before anything changes.
+    pub fn set_remote(&self, in_flight: u64, work_s: f64) -> Result<()> {
+        ensure_non_negative("work_s", work_s)?;
+        self.remote_in_flight.store(in_flight, Ordering::Relaxed);
+        self.remote_work_bits
+            .store(work_s.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The other routers' load as last reported: requests in flight and work per slot (s).
+    pub fn remote(&self) -> (u64, f64) {
+        (
+            self.remote_in_flight.load(Ordering::Relaxed),
+            f64::from_bits(self.remote_work_bits.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// This router's own requests in flight (not the other routers').
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -338,11 +365,14 @@ impl LiveStats {
     /// The predicted seconds of queue a request sent at `now_s` waits for, and how many
     /// requests that work belongs to (0 and 0 while a slot is free).
     fn work_ahead(&self, profile: &ModelProfile, now_s: f64) -> (f64, u64) {
-        let in_flight = self.in_flight();
+        let (remote_in_flight, remote_work_s) = self.remote();
+        let in_flight = self.in_flight() + remote_in_flight;
         if in_flight < u64::from(profile.concurrency) {
             (0.0, 0)
         } else {
-            ((self.clears_at_s() - now_s).max(0.0), in_flight)
+            // The slots drain both routers' work: per slot, the two backlogs add up.
+            let own_s = (self.clears_at_s() - now_s).max(0.0);
+            (own_s + remote_work_s, in_flight)
         }
     }
 
@@ -405,6 +435,25 @@ mod tests {
             tokens_per_s: 50.0,
             concurrency,
         }
+    }
+
+    #[test]
+    fn other_routers_load_fills_the_slots_and_adds_its_work() {
+        let live = LiveStats::default();
+        let p = profile(2);
+        live.begin(Some(10.0), 2, 100.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 100.0), 0.0);
+        // Another router has one request in flight with 3 s of work per slot: the slots are
+        // full, and the wait is both backlogs.
+        live.set_remote(1, 3.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 100.0), 5.0 + 3.0);
+        assert_eq!(live.in_flight(), 1);
+        // A bad report changes nothing.
+        assert!(live.set_remote(5, f64::NAN).is_err());
+        assert!(live.set_remote(5, -1.0).is_err());
+        assert_eq!(live.remote(), (1, 3.0));
+        live.set_remote(0, 0.0).unwrap();
+        assert_eq!(live.predicted_wait_s(&p, 100.0), 0.0);
     }
 
     #[test]

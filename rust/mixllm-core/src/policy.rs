@@ -748,6 +748,16 @@ impl Policy {
         Ok(slot.live.predicted_wait_s(&profile, now_s))
     }
 
+    /// The load other routers sharing model `name`'s endpoint put on it: `in_flight` requests
+    /// and `work_s` seconds of predicted work per slot (see [`LiveStats::set_remote`]).
+    pub fn set_remote_load(&self, name: &str, in_flight: u64, work_s: f64) -> Result<()> {
+        self.pool
+            .load()
+            .get(name)?
+            .live
+            .set_remote(in_flight, work_s)
+    }
+
     /// Requests to model `name` in flight now.
     pub fn in_flight(&self, name: &str) -> Result<u64> {
         Ok(self.pool.load().get(name)?.live.in_flight())

@@ -488,6 +488,15 @@ impl PyPolicy {
         self.inner.generation(&name).map_err(to_py)
     }
 
+    /// The load other routers sharing model `name`'s endpoint put on it (replicas of a
+    /// service): `in_flight` requests holding `work_s` seconds of predicted work per slot. It
+    /// adds to this policy's own queue in every wait it predicts, until the next report.
+    fn set_remote_load(&self, name: &str, in_flight: u64, work_s: f64) -> PyResult<()> {
+        self.inner
+            .set_remote_load(name, in_flight, work_s)
+            .map_err(to_py)
+    }
+
     /// Requests in flight for model `name`.
     fn in_flight(&self, name: ModelName) -> PyResult<u64> {
         self.inner.in_flight(&name).map_err(to_py)

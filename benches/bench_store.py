@@ -1,0 +1,174 @@
+"""pytest-benchmark of replicas sharing their learning through Redis (a redis-server started
+for the run on a free loopback port, its append-only file synced once a second as Redis does by
+default; skipped without one).
+
+- `route` on an embedding-cache hit (the decision path) with and without a store attached,
+  in the same run: the target is within 10%;
+- feedback with the store (learn + append to the stream) and applying another replica's
+  observations: observations per second on this machine;
+- replication lag, p50/p99: the time from an observation's append to its being applied on
+  another replica, at a steady total rate of 1,000 and 10,000 observations/s.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mixllm.embedding import Embedder
+from mixllm.router import Router
+from mixllm.store import Observation, RedisStore
+
+# The tests' redis-server helper: one way to start a throwaway server.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from redis_server import RedisServer, redis_server_path
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")
+
+QUERY = "Write a Python function that returns the n-th Fibonacci number."
+_MEDIANS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        RedisServer(Path(folder), fsync="everysec") as running,
+    ):
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Router:
+    return Router.default(embedder=Embedder(quantized=True))
+
+
+def _copy(shipped: Router, **store: Any) -> Router:
+    config = replace(shipped.config, max_pending=1000)
+    policy = type(shipped.policy).from_bytes(shipped.policy.to_bytes())
+    return Router(
+        config, embedder=shipped.embedder, projection=shipped.projection, policy=policy, **store
+    )
+
+
+@pytest.mark.benchmark(group="route, embedding cached")
+@pytest.mark.parametrize("with_store", [False, True])
+def test_route(
+    benchmark: Any, shipped: Router, server: RedisServer, with_store: bool, summary: list[str]
+) -> None:
+    options = (
+        {"store": RedisStore(server.url, namespace=f"route-{with_store}")} if with_store else {}
+    )
+    router = _copy(shipped, **options)
+    router.route(QUERY)  # fills the embedding cache
+    benchmark(lambda: router.route(QUERY))
+    median = float(benchmark.stats.stats.median)
+    _MEDIANS[str(with_store)] = median
+    if router.store is not None:
+        router.store.close()
+    if len(_MEDIANS) == 2:
+        ratio = _MEDIANS["True"] / _MEDIANS["False"]
+        summary.append(
+            f"route (cached embedding) p50: {_MEDIANS['False'] * 1e6:.1f} µs alone, "
+            f"{_MEDIANS['True'] * 1e6:.1f} µs with the store ({ratio:.2f}x)"
+        )
+
+
+@pytest.mark.benchmark(group="store throughput")
+def test_feedback_and_apply_throughput(
+    benchmark: Any, shipped: Router, server: RedisServer, summary: list[str]
+) -> None:
+    count = 3000
+    a = _copy(shipped, store=RedisStore(server.url, namespace="throughput"))
+    decisions = [a.route(QUERY) for _ in range(count)]
+
+    def learn_all() -> None:
+        for decision in decisions:
+            a.feedback(decision.id, quality=0.7, output_tokens=100)
+
+    benchmark.pedantic(learn_all, rounds=1, iterations=1)
+    published = count / float(benchmark.stats.stats.median)
+    # A replica joining now replays all of them from the stream.
+    start = time.perf_counter()
+    b = _copy(shipped, store=RedisStore(server.url, namespace="throughput"))
+    applied = count / (time.perf_counter() - start)
+    assert b.store is not None and b.store.stats.applied == count
+    summary.append(
+        f"one replica: {published:,.0f} feedback/s learned and appended, "
+        f"{applied:,.0f} observations/s applied from the stream"
+    )
+    for router in (a, b):
+        router.store.close()  # type: ignore[union-attr]
+
+
+class _TimedStore(RedisStore):
+    """Records, for each entry applied, the seconds since Redis appended it (its id's time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lags: list[float] = []
+
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        super()._apply(entries)
+        now = time.time()
+        self.lags.extend(now - int(raw_id.split(b"-")[0]) / 1000 for raw_id, _ in entries)
+
+
+@pytest.mark.benchmark(group="replication lag")
+@pytest.mark.parametrize("rate", [1000, 10_000])
+def test_replication_lag(
+    benchmark: Any, shipped: Router, server: RedisServer, rate: int, summary: list[str]
+) -> None:
+    namespace = f"lag-{rate}"
+    follower = _copy(shipped, store=_TimedStore(server.url, namespace=namespace))
+    store = follower.store
+    assert isinstance(store, _TimedStore)
+    rng = np.random.default_rng(0)
+    contexts = rng.standard_normal((256, follower.policy.dim))
+    contexts[:, -1] = 1.0
+    models = follower.models
+    seconds, tick_s = 2.0, 0.005
+    per_tick = max(1, round(rate * tick_s))
+    publisher = RedisStore(server.url, namespace=namespace)._publisher
+    sent = 0
+    start = time.perf_counter()
+
+    def publish_and_sync() -> None:
+        nonlocal sent, start
+        start = time.perf_counter()
+        # The other replicas' appends at a steady total rate, in small batches every tick.
+        while time.perf_counter() - start < seconds:
+            pipe = publisher.pipeline(transaction=False)
+            for _ in range(per_tick):
+                observation = Observation(
+                    id=f"bench-{sent}",
+                    replica="other",
+                    model=models[sent % len(models)],
+                    context=contexts[sent % len(contexts)],
+                    quality=0.5,
+                    output_tokens=100.0,
+                    weight=1.0,
+                )
+                pipe.xadd(store.stream_key, observation.to_fields())  # type: ignore[arg-type]
+                sent += 1
+            pipe.execute()
+            time.sleep(max(0.0, start + (sent / per_tick) * tick_s - time.perf_counter()))
+        assert store.sync(30.0)
+
+    benchmark.pedantic(publish_and_sync, rounds=1, iterations=1)
+    achieved = sent / seconds
+    lags = np.array(store.lags) * 1e3
+    summary.append(
+        f"replication lag at {achieved:,.0f} observations/s: p50 {np.percentile(lags, 50):.1f} ms,"
+        f" p99 {np.percentile(lags, 99):.1f} ms ({len(lags)} observations)"
+    )
+    store.close()
+    publisher.close()

@@ -1,0 +1,551 @@
+"""Replicas of a Router learning together through one Redis (or Valkey).
+
+Every observation a replica learns from is appended to a Redis Stream before its feedback call
+returns (or, while Redis is unreachable, kept in a bounded local buffer and appended when it is
+back). A background thread in each replica reads the stream from where it left off and applies
+the other replicas' observations to its own arms: the arms' statistics are sums, so every
+replica ends with the same arms whatever order they arrive in (up to rounding).
+
+Periodically a replica writes a checkpoint (the whole policy and the stream position it covers)
+and trims the stream behind it; a replica attaching later starts from the checkpoint and replays
+only the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm._core import (
+    DuplicateModelError,
+    InvalidInputError,
+    MixllmError,
+    Policy,
+    UnknownModelError,
+)
+from mixllm._lru import LruCache
+from mixllm.store.decisions import DecisionRecord, DecisionRecords
+from mixllm.store.observation import Observation
+from mixllm.store.outbox import Entry, Outbox
+from mixllm.store.pool import PoolChange
+from mixllm.store.queues import SharedQueues
+
+if TYPE_CHECKING:
+    import redis
+
+    from mixllm.router import Router
+
+__all__ = ["RedisStore", "StoreError", "StoreStats"]
+
+log = logging.getLogger(__name__)
+
+# Stream entries read per call: bounds the memory of one read and the time the apply lock is held.
+_READ_BATCH = 1000
+# How long the reader waits before trying an unreachable Redis again, at first and at most.
+_RETRY_FIRST_S = 0.05
+_RETRY_MAX_S = 1.0
+
+
+class StoreError(MixllmError, RuntimeError):
+    """The store cannot be reached, or holds a state this Router cannot use."""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """A replica's replication counters."""
+
+    # Observations this replica appended to the stream.
+    published: int
+    # Observations waiting in the local buffer for Redis to come back.
+    buffered: int
+    # Observations lost because the local buffer was full (the oldest go first).
+    dropped: int
+    # Other replicas' observations learned from the stream.
+    applied: int
+    # Stream entries not learned: a duplicate, a model this replica does not have, malformed.
+    skipped: int
+    # Checkpoints this replica wrote.
+    checkpoints: int
+    # The last stream entry this replica has read.
+    last_id: str
+    # Whether the last call to Redis succeeded.
+    connected: bool
+    # Decision records written for the other replicas, and dropped unwritten.
+    decisions_written: int
+    decisions_dropped: int
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id ("milliseconds-sequence") as a tuple that orders as the stream does."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+class RedisStore:
+    """Shares a Router's learning with the other replicas attached to the same Redis.
+
+    ``url`` is a redis-py URL (``redis://host:port/db``); ``namespace`` prefixes every key, so
+    several routers can share one Redis. Every replica must start from the same state (the same
+    saved Router, or the checkpoint already in Redis, which attaching loads).
+
+    ``checkpoint_every_s``: how often this replica writes a checkpoint; ``retain_s``: how long
+    stream entries are kept after a checkpoint covers them, for replicas that read behind;
+    ``max_buffered``: observations kept while Redis is unreachable (beyond that the oldest are
+    dropped and counted); ``max_unwritten_decisions``: decision records waiting to be written
+    (the same); ``block_s``: how long one read waits for new entries (the replication
+    delay when idle is far below it: a read returns as soon as an entry arrives);
+    ``timeout_s``: how long a call to Redis may take before Redis counts as unreachable;
+    ``queue_refresh_s``: how often this replica publishes its requests in flight and reads the
+    others'; ``queue_ttl_s``: how long a replica's published load counts after its last refresh.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "mixllm",
+        checkpoint_every_s: float = 30.0,
+        retain_s: float = 300.0,
+        max_buffered: int = 100_000,
+        max_unwritten_decisions: int = 100_000,
+        block_s: float = 0.1,
+        timeout_s: float = 1.0,
+        dedupe_window: int = 100_000,
+        queue_refresh_s: float = 0.05,
+        queue_ttl_s: float = 0.5,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
+        if not isinstance(namespace, str) or not namespace:
+            raise InvalidInputError(f"namespace must be a non-empty str, got {namespace!r}")
+        _check_positive("checkpoint_every_s", checkpoint_every_s)
+        _check_positive("retain_s", retain_s, allow_zero=True)
+        _check_positive("block_s", block_s)
+        _check_positive("timeout_s", timeout_s)
+        _check_positive("queue_refresh_s", queue_refresh_s)
+        _check_positive("queue_ttl_s", queue_ttl_s)
+        for name, count in (
+            ("max_buffered", max_buffered),
+            ("max_unwritten_decisions", max_unwritten_decisions),
+            ("dedupe_window", dedupe_window),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InvalidInputError(f"{name} must be an int >= 1, got {count!r}")
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as err:
+            raise StoreError("RedisStore needs redis-py: pip install 'mixllm[redis]'") from err
+        self._redis_error: type[Exception] = redis.RedisError
+        self._watch_error: type[Exception] = redis.WatchError
+        # No retries inside redis-py: a failed call falls back to the local buffer at once, and
+        # the reader thread does the retrying, with its own bounded backoff.
+        common: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        try:
+            self._publisher: redis.Redis = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, **common
+            )
+            # Its own connection: a blocking read must not hold up an append.
+            self._reader: redis.Redis = redis.Redis.from_url(
+                url, socket_timeout=block_s + timeout_s, **common
+            )
+        except ValueError as err:
+            raise InvalidInputError(f"url {url!r} is not a Redis URL: {err}") from err
+        self.url = url
+        self.namespace = namespace
+        self.replica = secrets.token_hex(8)
+        self.stream_key = f"{namespace}:observations"
+        self.checkpoint_key = f"{namespace}:checkpoint"
+        self._checkpoint_every_s = float(checkpoint_every_s)
+        self._retain_ms = int(retain_s * 1000)
+        self._block_ms = max(1, int(block_s * 1000))
+        # Held around learning one observation and appending it, and while a checkpoint is
+        # taken: a checkpoint then never holds an observation the stream does not yet have
+        # (which a replica loading it would learn twice).
+        self._publish_lock = threading.Lock()
+        self._outbox = Outbox(max_buffered)
+        self._online = True
+        # Guards what the reader has applied: `_last_id` and the counters below.
+        self._applied_cond = threading.Condition()
+        self._last_id = "0-0"
+        # One reader at a time: the follower thread, or a checkpoint catching up.
+        self._read_lock = threading.Lock()
+        self._seen: LruCache[str, bool] = LruCache(dedupe_window)
+        self._published = 0
+        self._applied = 0
+        self._skipped = 0
+        self._checkpoints = 0
+        self._checkpointed_id = "0-0"
+        self._max_unwritten = max_unwritten_decisions
+        self._queue_refresh_s = float(queue_refresh_s)
+        self._queue_ttl_s = float(queue_ttl_s)
+        self._queues: SharedQueues | None = None
+        self._decisions: DecisionRecords | None = None
+        self._router: Router | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Set in the thread applying another replica's pool change: the Router must not share
+        # it again.
+        self._applying = threading.local()
+
+    # -- attaching ------------------------------------------------------------------------------
+
+    def load_checkpoint(self, dim: int) -> Policy | None:
+        """The latest checkpoint's policy (None when there is none yet), and reading resumes
+        after the position it covers. Called by `Router.attach_store`."""
+        if self._router is not None:
+            raise StoreError("this store is already attached to a Router")
+        try:
+            # redis-py's annotations cover every reply type; ours are bytes (no decoding).
+            raw = cast(dict[bytes, bytes], self._reader.hgetall(self.checkpoint_key))
+        except self._redis_error as err:
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+        if not raw:
+            return None
+        try:
+            policy = Policy.from_bytes(raw[b"state"], dim=dim)
+            covered = raw[b"id"].decode()
+            _id_key(covered)
+        except (KeyError, ValueError) as err:
+            raise StoreError(
+                f"the checkpoint under {self.checkpoint_key} is unreadable: {err}"
+            ) from err
+        with self._applied_cond:
+            self._last_id = covered
+            self._checkpointed_id = covered
+        return policy
+
+    def start(self, router: Router) -> None:
+        """Catches up with the stream, then follows it in a background thread. Called by
+        `Router.attach_store`."""
+        if self._router is not None:
+            raise StoreError("this store is already attached to a Router")
+        self._router = router
+        try:
+            self._catch_up()
+        except self._redis_error as err:
+            self._router = None
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+        self._decisions = DecisionRecords(
+            self._publisher,
+            self.namespace,
+            capacity=self._max_unwritten,
+            redis_error=self._redis_error,
+        )
+        self._queues = SharedQueues(
+            self._publisher,
+            self.namespace,
+            self.replica,
+            router,
+            refresh_s=self._queue_refresh_s,
+            ttl_s=self._queue_ttl_s,
+            redis_error=self._redis_error,
+            now=router._now,
+        )
+        self._thread = threading.Thread(target=self._follow, name="mixllm-store", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops following the stream, delivers what is buffered if Redis is reachable, and
+        closes the connections."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._decisions is not None:
+            self._decisions.close()
+        if self._queues is not None:
+            self._queues.close()
+        with self._publish_lock, contextlib.suppress(self._redis_error):
+            self._flush()
+        self._publisher.close()
+        self._reader.close()
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Held by the Router around learning an observation and `publish`-ing it."""
+        with self._publish_lock:
+            yield
+
+    def applying(self) -> bool:
+        """Whether this thread is applying another replica's change (not to be shared)."""
+        return bool(getattr(self._applying, "active", False))
+
+    def publish(self, observation: Entry) -> None:
+        """Appends an observation to the stream (the caller holds `publishing`). When Redis is
+        unreachable it is buffered instead, for the reader thread to deliver once Redis is back;
+        observations never wait behind a buffer, so they keep their order."""
+        if self._online and not len(self._outbox):
+            try:
+                self._publisher.xadd(self.stream_key, observation.to_fields())  # type: ignore[arg-type]
+                self._published += 1
+                return
+            except self._redis_error as err:
+                self._online = False
+                log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
+        self._outbox.put(observation)
+
+    def _flush(self) -> None:
+        """Delivers the buffered observations, oldest first (caller holds the publish lock).
+        An entry appended by a batch that then failed is appended again: readers skip the
+        duplicate by its id."""
+        while len(self._outbox):
+            batch = self._outbox.peek(_READ_BATCH)
+            pipe = self._publisher.pipeline(transaction=False)
+            for observation in batch:
+                pipe.xadd(self.stream_key, observation.to_fields())  # type: ignore[arg-type]
+            pipe.execute()
+            self._outbox.pop(len(batch))
+            self._published += len(batch)
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def record_decision(
+        self, decision_id: str, model: str, context: NDArray[np.float64], ttl_s: float
+    ) -> None:
+        """Shares a decision (written in the background: never waits on Redis)."""
+        if self._decisions is not None:
+            self._decisions.put(decision_id, DecisionRecord(model, context), ttl_s)
+
+    def fetch_decision(self, decision_id: str) -> DecisionRecord | None:
+        """A decision made on any replica (None when there is none, or it expired)."""
+        if self._decisions is None:
+            return None
+        try:
+            return self._decisions.get(decision_id)
+        except self._redis_error as err:
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+
+    def claim(self, decision_id: str, ttl_s: float) -> bool:
+        """Whether this is the first feedback for the decision across every replica."""
+        if self._decisions is None:
+            return True
+        return self._decisions.claim(decision_id, self.replica, ttl_s)
+
+    # -- following the stream -------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        retry_s = _RETRY_FIRST_S
+        next_checkpoint = time.monotonic() + self._checkpoint_every_s
+        while not self._stop.is_set():
+            try:
+                if not self._online or len(self._outbox):
+                    self._reconnect()
+                self._read(block=True)
+                if time.monotonic() >= next_checkpoint:
+                    self._checkpoint()
+                    next_checkpoint = time.monotonic() + self._checkpoint_every_s
+                retry_s = _RETRY_FIRST_S
+            except self._redis_error as err:
+                if self._online:
+                    log.warning("Redis at %s unreachable: %s", self.url, err)
+                self._online = False
+                self._stop.wait(retry_s)
+                retry_s = min(2 * retry_s, _RETRY_MAX_S)
+
+    def _reconnect(self) -> None:
+        self._publisher.ping()
+        with self._publish_lock:
+            self._flush()
+            self._online = True
+
+    def _read(self, *, block: bool) -> int:
+        """Reads and applies one batch of entries after the last one read; returns how many."""
+        with self._read_lock:
+            reply: Any = self._reader.xread(
+                {self.stream_key: self._last_id},
+                count=_READ_BATCH,
+                block=self._block_ms if block else None,
+            )
+            if not reply:
+                return 0
+            entries = reply[0][1]
+            self._apply(entries)
+            return len(entries)
+
+    def _catch_up(self) -> None:
+        while self._read(block=False) == _READ_BATCH:
+            pass
+
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        router = self._router
+        assert router is not None
+        applied = skipped = 0
+        for raw_id, fields in entries:
+            if PoolChange.is_one(fields):
+                skipped += not self._change_pool(router, raw_id, fields)
+                continue
+            try:
+                observation = Observation.from_fields(fields)
+            except InvalidInputError as err:
+                log.warning("skipping stream entry %s: %s", raw_id, err)
+                skipped += 1
+                continue
+            if observation.replica == self.replica:
+                continue  # learned when it was accepted here
+            if self._seen.get(observation.id) is not None:
+                skipped += 1
+                continue
+            self._seen.put(observation.id, True)
+            try:
+                router.policy.update(
+                    observation.model,
+                    observation.context,
+                    quality=observation.quality,
+                    output_tokens=observation.output_tokens,
+                    weight=observation.weight,
+                )
+                applied += 1
+                # Feedback given on another replica for a decision made here: its request is
+                # done, and this replica must not accept feedback for it again.
+                router._settle(observation.id)
+            except (UnknownModelError, InvalidInputError) as err:
+                log.warning("skipping observation %s: %s", observation.id, err)
+                skipped += 1
+        with self._applied_cond:
+            self._last_id = entries[-1][0].decode()
+            self._applied += applied
+            self._skipped += skipped
+            self._applied_cond.notify_all()
+
+    def _change_pool(self, router: Router, raw_id: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Applies another replica's pool change; returns whether it changed anything (a change
+        already in a checkpoint this replica loaded, replayed, does not)."""
+        try:
+            change = PoolChange.from_fields(fields)
+        except InvalidInputError as err:
+            log.warning("skipping stream entry %s: %s", raw_id, err)
+            return False
+        if change.replica == self.replica:
+            return True
+        self._applying.active = True
+        try:
+            if change.op == "remove":
+                router.remove_model(change.name)
+            elif isinstance(change.model, str):
+                return False
+            elif change.op == "add":
+                router.add_model(change.model)
+            else:
+                router.update_model(change.model)
+        except (DuplicateModelError, UnknownModelError) as err:
+            log.info("pool change %s already in effect: %s", raw_id, err)
+            return False
+        finally:
+            self._applying.active = False
+        return True
+
+    def sync(self, timeout_s: float = 5.0) -> bool:
+        """Waits until this replica has applied every entry the stream holds now; returns
+        whether it did within ``timeout_s``. Raises StoreError when Redis is unreachable."""
+        _check_positive("timeout_s", timeout_s)
+        try:
+            last: Any = self._publisher.xrevrange(self.stream_key, count=1)
+        except self._redis_error as err:
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+        if not last:
+            return True
+        target = _id_key(last[0][0].decode())
+        with self._applied_cond:
+            return self._applied_cond.wait_for(
+                lambda: _id_key(self._last_id) >= target, timeout=timeout_s
+            )
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> bool:
+        """Writes a checkpoint now, unless observations are still buffered; returns whether
+        one was written. (The reader thread writes one every ``checkpoint_every_s``.)"""
+        try:
+            return self._checkpoint()
+        except self._redis_error as err:
+            raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
+
+    def _checkpoint(self) -> bool:
+        router = self._router
+        if router is None:
+            raise StoreError("attach the store to a Router before writing a checkpoint")
+        with self._publish_lock:
+            # Buffered observations are in this policy but not yet in the stream: a checkpoint
+            # now would have a replica loading it learn them twice once they are delivered.
+            if len(self._outbox):
+                return False
+            self._catch_up()
+            state = router.policy.to_bytes()
+            covered = self._last_id
+        if _id_key(covered) <= _id_key(self._checkpointed_id):
+            return False
+        written = self._write_checkpoint(state, covered)
+        if written:
+            self._checkpointed_id = covered
+            self._checkpoints += 1
+        return written
+
+    def _write_checkpoint(self, state: bytes, covered: str) -> bool:
+        """Replaces the checkpoint unless a newer one is there, and trims the stream behind it
+        (keeping ``retain_s`` of entries for replicas reading behind), in one transaction."""
+        with self._reader.pipeline() as pipe:
+            try:
+                pipe.watch(self.checkpoint_key)  # type: ignore[no-untyped-call]
+                current: Any = pipe.hget(self.checkpoint_key, "id")
+                if current is not None and _id_key(current.decode()) >= _id_key(covered):
+                    return False
+                seconds, micros = pipe.time()
+                retained = (seconds * 1000 + micros // 1000 - self._retain_ms, 0)
+                horizon = min(_id_key(covered), retained)
+                pipe.multi()
+                pipe.hset(self.checkpoint_key, mapping={"state": state, "id": covered})
+                pipe.xtrim(self.stream_key, minid=f"{horizon[0]}-{horizon[1]}", approximate=False)
+                pipe.execute()
+            except self._watch_error:
+                return False  # another replica wrote one meanwhile
+        return True
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> StoreStats:
+        decisions = self._decisions
+        with self._publish_lock:
+            published, buffered, dropped = (
+                self._published,
+                len(self._outbox),
+                self._outbox.dropped,
+            )
+        with self._applied_cond:
+            return StoreStats(
+                published=published,
+                buffered=buffered,
+                dropped=dropped,
+                applied=self._applied,
+                skipped=self._skipped,
+                checkpoints=self._checkpoints,
+                last_id=self._last_id,
+                connected=self._online,
+                decisions_written=0 if decisions is None else decisions.written,
+                decisions_dropped=0 if decisions is None else decisions.dropped,
+            )

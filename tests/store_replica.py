@@ -1,0 +1,150 @@
+"""One replica of a small Router sharing its learning through Redis, as a separate process.
+
+    python store_replica.py URL OUT --total K --indices 0,3,6 [--checkpoint-every S]
+        [--retain S] [--pause-after N --pause-s S]
+
+routes query i and sends its feedback for each index given, waits until every one of the K
+observations (its own and the other replicas') is learned, and writes to OUT (JSON) what it
+learned from (index, model) and its arms. The test process builds the same Router (`build_router`)
+to compare with one Router fed every observation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixllm.config import ModelConfig, RouterConfig
+from mixllm.projection import LinearProjection
+from mixllm.router import Router
+from mixllm.store import RedisStore
+
+WIDTH = 16
+DIM = 6
+PROMPT_TOKENS = 100.0
+WTP = 0.05
+# Reading the arms from many processes: every wait is bounded.
+SYNC_TIMEOUT_S = 20.0
+
+
+class HashEmbedder:
+    """A stand-in sentence encoder: a fixed pseudo-random vector per text."""
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(WIDTH) for t in texts]
+        return np.array(rows, dtype=np.float32)
+
+
+def build_router(**store: Any) -> Router:
+    models = tuple(
+        ModelConfig(
+            name=name,
+            price_in=price,
+            price_out=3 * price,
+            ttft_s=0.3,
+            tokens_per_s=60.0,
+            concurrency=4,
+        )
+        for name, price in (("small", 0.1), ("medium", 1.0), ("large", 10.0))
+    )
+    config = RouterConfig(models=models, dim=DIM, willingness_to_pay=WTP)
+    q, _ = np.linalg.qr(np.random.default_rng(7).standard_normal((WIDTH, DIM)))
+    projection = LinearProjection(q.T, np.zeros(WIDTH))
+    return Router(
+        config,
+        embedder=HashEmbedder(),  # type: ignore[arg-type]
+        projection=projection,
+        **store,
+    )
+
+
+def text(i: int) -> str:
+    return f"query number {i}"
+
+
+def outcome(i: int, model: str) -> tuple[float, float]:
+    """The quality and output tokens query ``i`` gets from ``model``."""
+    rng = np.random.default_rng(zlib.crc32(f"{i}/{model}".encode()))
+    base = {"small": 0.4, "medium": 0.6, "large": 0.8}[model]
+    return float(np.clip(base + 0.2 * rng.standard_normal(), 0, 1)), float(rng.integers(10, 500))
+
+
+def arms(router: Router) -> dict[str, dict[str, list[Any]]]:
+    out = {}
+    for name in router.models:
+        state = router.policy.inspect(name)
+        out[name] = {
+            k: np.asarray(state[k]).tolist()
+            for k in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv")
+        }
+        out[name]["observations"] = state["observations"]
+    return out
+
+
+def decisions(router: Router, queries: range) -> list[list[Any]]:
+    """The model each query would go to, and the scores, with nothing in flight."""
+    projection = router.projection
+    assert projection is not None
+    rows = []
+    for i in queries:
+        context = projection.context(router.embedder.embed([text(i)]))[0]
+        detail = router.policy.decide(
+            context, prompt_tokens=PROMPT_TOKENS, willingness_to_pay=WTP, now_s=0.0
+        )
+        rows.append([detail.model, detail.score.tolist()])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--total", type=int, required=True)
+    parser.add_argument("--indices", default="")
+    parser.add_argument("--checkpoint-every", type=float, default=30.0)
+    parser.add_argument("--retain", type=float, default=300.0)
+    parser.add_argument("--pause-after", type=int, default=-1)
+    parser.add_argument("--pause-s", type=float, default=0.0)
+    args = parser.parse_args()
+    store = RedisStore(
+        args.url, checkpoint_every_s=args.checkpoint_every, retain_s=args.retain, block_s=0.05
+    )
+    router = build_router(store=store)
+    learned = []
+    indices = [int(i) for i in args.indices.split(",") if i]
+    for n, i in enumerate(indices):
+        if n == args.pause_after:
+            print("paused", flush=True)
+            time.sleep(args.pause_s)
+        decision = router.route(text(i), prompt_tokens=PROMPT_TOKENS)
+        quality, tokens = outcome(i, decision.model)
+        router.feedback(decision.id, quality=quality, output_tokens=tokens)
+        learned.append([i, decision.model])
+        # The parent reads this line: observation i is acknowledged.
+        print(f"acked {i} {decision.model}", flush=True)
+    deadline = time.monotonic() + SYNC_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seen = sum(router.policy.inspect(m)["observations"] for m in router.models)
+        if seen >= args.total and not store.stats.buffered:
+            break
+        time.sleep(0.01)
+    else:
+        sys.exit(f"only {store.stats} of {args.total} observations arrived")
+    result = {
+        "learned": learned,
+        "arms": arms(router),
+        "decisions": decisions(router, range(1000, 1020)),
+    }
+    args.out.write_text(json.dumps(result))
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
