@@ -43,7 +43,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import InvalidInputError, MixllmError, UnknownModelError
+from mixllm._core import InvalidInputError, UnknownModelError
+from mixllm.errors import DatasetUnavailableError
 
 __all__ = [
     "TEST_SPLIT_SEED",
@@ -65,10 +66,6 @@ _SPLITS = ("train", "test")
 _COST_SUFFIX = "|total_cost"
 _RESPONSE_SUFFIX = "|model_response"
 _CSV_NAME = re.compile(r"^(?P<bench>.+)_(?P<split>train|test)\.csv$")
-
-
-class DatasetUnavailableError(MixllmError, OSError):
-    """A data source cannot be reached or read: no network, a missing file or directory."""
 
 
 _F64 = NDArray[np.float64]

@@ -1,7 +1,8 @@
 """Exceptions raised by mixllm's Python layer (embedding, tagging, projection, configuration,
-the Router). They join the tree the decision core defines (`mixllm.MixllmError` and its
-subclasses, created in the Rust extension), and each also subclasses the builtin that fits, so
-callers who catch ``ValueError`` or ``KeyError`` keep working.
+data sources, the Router and its store), all in this one module. They join the tree the
+decision core defines (`mixllm.MixllmError` and its subclasses, created in the Rust extension),
+and each also subclasses the builtin that fits, so callers who catch ``ValueError`` or
+``KeyError`` keep working.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from mixllm._core import MixllmError
 
 __all__ = [
     "ConfigError",
+    "DatasetUnavailableError",
     "DecisionNotFoundError",
     "EmbeddingError",
     "ModelFileError",
     "ModelIntegrityError",
     "NotFittedError",
     "ProjectionError",
+    "StoreError",
 ]
 
 
@@ -49,3 +52,11 @@ class DecisionNotFoundError(MixllmError, KeyError):
 
 class NotFittedError(MixllmError, RuntimeError):
     """The Router has no learned projection yet: fit it, or load a saved state."""
+
+
+class DatasetUnavailableError(MixllmError, OSError):
+    """A data source cannot be reached or read: no network, a missing file or directory."""
+
+
+class StoreError(MixllmError, RuntimeError):
+    """The store cannot be reached, or holds a state this Router cannot use."""

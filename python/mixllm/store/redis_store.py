@@ -29,11 +29,11 @@ from numpy.typing import NDArray
 from mixllm._core import (
     DuplicateModelError,
     InvalidInputError,
-    MixllmError,
     Policy,
     UnknownModelError,
 )
 from mixllm._lru import LruCache
+from mixllm.errors import StoreError
 from mixllm.store.decisions import DecisionRecord, DecisionRecords
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
@@ -54,10 +54,6 @@ _READ_BATCH = 1000
 # How long the reader waits before trying an unreachable Redis again, at first and at most.
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
-
-
-class StoreError(MixllmError, RuntimeError):
-    """The store cannot be reached, or holds a state this Router cannot use."""
 
 
 @dataclass(frozen=True)
