@@ -294,9 +294,11 @@ def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() ->
 
 
 def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> None:
+    # As a deployed Router runs the encoder (float32), unless the int8 copy is asked for.
     assert EvalSettings().embedder() == EmbedderConfig(
-        quantized=True, intra_op_threads=2, cache_size=0
+        quantized=False, intra_op_threads=2, cache_size=0
     )
+    assert EvalSettings(quantized=True).embedder().quantized
     model = ModelConfig("m", 1.0, 1.0, 0.1, 10.0, 1)
     configured = RouterConfig(models=(model,), embedder=EmbedderConfig(truncation="tail"))
     settings = EvalSettings(router=configured)

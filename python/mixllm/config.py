@@ -7,7 +7,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     willingness_to_pay = 0.05     # λ: USD per quality point (see below)
     alpha = 0.01                  # exploration weight
     beta = 0.1                    # latency-penalty weight
-    tau_s = 30.0                  # latency tolerance, seconds
+    tau_s = 30.0                  # latency tolerance, seconds (inf: no time constraint)
     tau_margin_sd = 0.0           # standard deviations of its error an estimate keeps below τ
     dim = 64                      # projection dimension d (the context has d + 1 entries)
 
@@ -19,7 +19,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     name = "gpt-4-1106-preview"
     price_in = 10.0               # USD per million prompt tokens
     price_out = 30.0              # USD per million output tokens
-    ttft_s = 0.6
+    ttft_s = 0.6                  # optional, like the two below (defaults: `ModelConfig`)
     tokens_per_s = 40.0
     concurrency = 32
 
@@ -28,6 +28,10 @@ is worth paying for. With quality on a 0-1 scale (1 = a right answer), λ = 0.05
 that costs $0.001 more per query must be expected to be right 2% more often (0.001 / 0.05) to
 be preferred; λ = inf ignores cost, a small λ makes cost dominate. Every field is checked on
 load; an error names the field and what was wrong.
+
+Data without latencies needs no speeds: ``ttft_s``, ``tokens_per_s`` and ``concurrency`` default
+to `DEFAULT_TTFT_S`, `DEFAULT_TOKENS_PER_S` and `DEFAULT_CONCURRENCY`, and ``tau_s = inf``
+turns the time constraint off (no model is ever too slow and the latency penalty is 0).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_TOKENS_PER_S",
+    "DEFAULT_TTFT_S",
     "EmbedderConfig",
     "ModelConfig",
     "RouterConfig",
@@ -61,6 +68,22 @@ __all__ = [
 ]
 
 
+# A model's serving speed when nothing says otherwise: middling figures for a hosted LLM. They
+# only shape predicted waiting times, which matter only under a finite τ.
+DEFAULT_TTFT_S = 0.5
+DEFAULT_TOKENS_PER_S = 50.0
+# Requests a model serves at once: an account's rate limit, which no public source states.
+DEFAULT_CONCURRENCY = 8
+# What the decision core is given for τ = inf (it takes finite values only): a tolerance so
+# long that the latency penalty exp(L / τ) - 1 is nil for any real latency.
+POLICY_TAU_OFF_S = 1e12
+
+
+def policy_tau_s(tau_s: float) -> float:
+    """The τ the decision core runs with for a configured ``tau_s``."""
+    return tau_s if math.isfinite(tau_s) else POLICY_TAU_OFF_S
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model of the pool: prices (USD per million tokens) and serving speed."""
@@ -68,9 +91,9 @@ class ModelConfig:
     name: str
     price_in: float
     price_out: float
-    ttft_s: float
-    tokens_per_s: float
-    concurrency: int
+    ttft_s: float = DEFAULT_TTFT_S
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S
+    concurrency: int = DEFAULT_CONCURRENCY
     fee: float = 0.0
     prior_quality: float = 0.5
     prior_output_tokens: float = 256.0
@@ -224,7 +247,7 @@ class RouterConfig:
         )
         _number(where, "alpha", self.alpha, minimum=0.0)
         _number(where, "beta", self.beta, minimum=0.0)
-        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True)
+        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True, allow_inf=True)
         _number(where, "tau_margin_sd", self.tau_margin_sd, minimum=0.0)
         _integer(where, "dim", self.dim, minimum=1)
         if self.dim > 384:
@@ -264,7 +287,7 @@ class RouterConfig:
             beta=self.beta,
             ridge=self.ridge,
             length_ridge=self.length_ridge,
-            tau_s=self.tau_s,
+            tau_s=policy_tau_s(self.tau_s),
             tau_margin_sd=self.tau_margin_sd,
             refactor_every=self.refactor_every,
         )

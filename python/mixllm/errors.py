@@ -16,6 +16,7 @@ __all__ = [
     "ModelIntegrityError",
     "NotFittedError",
     "ProjectionError",
+    "UnusedDataWarning",
 ]
 
 
@@ -49,3 +50,8 @@ class DecisionNotFoundError(MixllmError, KeyError):
 
 class NotFittedError(MixllmError, RuntimeError):
     """The Router has no learned projection yet: fit it, or load a saved state."""
+
+
+class UnusedDataWarning(UserWarning):
+    """Data a Router was given holds outcomes it does not learn from: models not in its pool
+    (the message names them)."""

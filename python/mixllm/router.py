@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -48,10 +49,10 @@ from mixllm._core import (
     __version__,
 )
 from mixllm._lru import LruCache
-from mixllm.config import ModelConfig, RouterConfig
+from mixllm.config import ModelConfig, RouterConfig, policy_tau_s
 from mixllm.data import RoutingDataset, count_tokens
 from mixllm.embedding import Embedder
-from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError
+from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError, UnusedDataWarning
 from mixllm.model_files import file_sha256
 from mixllm.projection import LinearProjection, TagProjection, load_projection
 from mixllm.tagging import DomainLabels, Tagger
@@ -100,7 +101,10 @@ class RouteDecision:
 
 @dataclass(frozen=True)
 class FitReport:
-    """What `Router.fit` learned from."""
+    """What `Router.fit` learned from. ``tokens_counted`` (the prompts' token counts) and
+    ``output_tokens_counted`` (the answers', from their response texts) say which counts mixllm
+    computed with the embedder's tokenizer because the data gave none; ``models_not_in_pool``
+    names the data's models the Router ignored (it warns with `UnusedDataWarning` too)."""
 
     rows: int
     tag_source: str
@@ -108,6 +112,8 @@ class FitReport:
     rows_per_model: dict[str, int]
     models_without_data: tuple[str, ...]
     tokens_counted: bool
+    output_tokens_counted: bool = False
+    models_not_in_pool: tuple[str, ...] = ()
 
 
 @dataclass
@@ -211,10 +217,20 @@ class Router:
     def fit(self, dataset: RoutingDataset) -> FitReport:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
-        keep their prior arm; models in the data but not in the pool are ignored."""
+        keep their prior arm; models in the data but not in the pool are not learned from, with
+        an `UnusedDataWarning` naming them."""
         if len(dataset) < MIN_FIT_QUERIES:
             raise InvalidInputError(
                 f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
+            )
+        pool = {model.name for model in self._config.models}
+        not_in_pool = tuple(name for name in dataset.models if name not in pool)
+        if not_in_pool:
+            warnings.warn(
+                f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
+                f"which this fit ignores: {', '.join(not_in_pool)}",
+                UnusedDataWarning,
+                stacklevel=2,
             )
         vectors = self.embedder.embed(dataset.prompts).astype(np.float64)
         tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
@@ -267,6 +283,8 @@ class Router:
             rows_per_model=rows_per_model,
             models_without_data=tuple(without),
             tokens_counted=dataset.tokens_counted,
+            output_tokens_counted=dataset.output_tokens_counted,
+            models_not_in_pool=not_in_pool,
         )
 
     def _domain_ids(
@@ -733,7 +751,10 @@ def _check_knobs(config: RouterConfig, policy: Policy) -> None:
     with its own knobs, so a Router whose configuration said otherwise would save a state that
     does not describe itself."""
     for knob in _POLICY_KNOBS:
-        if getattr(config, knob) != getattr(policy, knob):
+        configured = getattr(config, knob)
+        if knob == "tau_s":
+            configured = policy_tau_s(configured)
+        if configured != getattr(policy, knob):
             raise ConfigError(
                 f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
                 f"{getattr(policy, knob)!r}"
