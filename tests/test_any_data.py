@@ -250,3 +250,45 @@ def test_train_refuses_data_it_cannot_price_naming_the_model(
     err = capsys.readouterr().err
     assert err.startswith("mixllm train: ") and "gpt-4o-mini" in err
     assert not (tmp_path / "s").exists()
+
+
+# --- the evaluation on the user's data ---------------------------------------------------------
+
+
+def test_the_reference_is_the_best_single_model_on_train(tmp_path: Path) -> None:
+    from mixllm.evaluation.experiments import best_single_model
+
+    ds = load_jsonl(write_jsonl(tmp_path / "own.jsonl", own_rows(8)))
+    assert best_single_model(ds) == "claude-3-5-sonnet"
+    # Equal quality: the cheaper one.
+    tied = ds.only_models(["gpt-4o-mini"]).select([1, 3, 5])
+    assert best_single_model(tied) == "gpt-4o-mini"
+
+
+def test_eval_runs_on_a_pool_and_data_it_was_not_tuned_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No RouterBench model, no labels (the out-of-domain table has no rows), no latencies."""
+    monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "own.jsonl", own_rows(40))
+    args = ["eval", "--data", str(data), "--quiet", "--resamples", "0"]
+    args += ["--experiment", "frontier", "--experiment", "out-of-domain"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "% of claude-3-5-sonnet" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["reference_model"] == "claude-3-5-sonnet"
+    assert results["out-of-domain"] == {}
+    assert results["settings"]["embedder"]["quantized"] is False
+
+    # The reference named: recorded as such (the label-less out-of-domain run is quick).
+    args = ["eval", "--data", str(data), "--quiet", "--experiment", "out-of-domain"]
+    chosen = [*args, "--out", str(tmp_path / "mini"), "--reference", "gpt-4o-mini"]
+    assert main(chosen) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "mini" / "results.json").read_text())["reference_model"] == (
+        "gpt-4o-mini"
+    )
+    assert main([*args, "--out", str(tmp_path / "bad"), "--reference", "gpt-4"]) == 1
+    err = capsys.readouterr().err
+    assert "'gpt-4' is not in the data" in err and "gpt-4o-mini" in err

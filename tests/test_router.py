@@ -198,8 +198,8 @@ def test_fit_keeps_the_lengths_it_has_when_some_are_missing(
     router.fit(replace(data, output_tokens=tokens))
     state = router.policy.inspect("gpt-4-1106-preview")
     # The context ends with a constant 1: A's last diagonal entry is ridge + Σw.
-    assert state["a"][-1, -1] == pytest.approx(config.ridge + 30)
-    assert state["length_a"][-1, -1] == pytest.approx(config.length_ridge + 20)
+    assert state["a"][-1, -1] == pytest.approx(router.config.ridge + 30)
+    assert state["length_a"][-1, -1] == pytest.approx(router.config.length_ridge + 20)
     seen = ~np.isnan(tokens[:, gpt4])
     described = {row["name"]: row for row in router.describe_models()}["gpt-4-1106-preview"]
     geometric_mean = float(np.expm1(np.mean(np.log1p(tokens[seen, gpt4]))))

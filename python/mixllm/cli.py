@@ -74,6 +74,15 @@ def _train(args: argparse.Namespace) -> int:
         print("output tokens: the data has none; each model's answer length stays at its prior")
     for note in notes:
         print(note)
+    for choice in report.tuning:
+        scores = choice.mean_scores
+        folds = ", ".join(f"{v:.4g}" for v in choice.fold_scores[choice.chosen])
+        print(
+            f"{choice.knob}: {choice.chosen:g}, chosen by {len(choice.fold_scores[choice.chosen])}"
+            f"-fold cross-validation (held-out squared error {scores[choice.chosen]:.4g}; "
+            f"per fold {folds})"
+        )
+        print("  candidates: " + ", ".join(f"{c:g}: {v:.4g}" for c, v in scores.items()))
     for name, rows in report.rows_per_model.items():
         print(f"  {name}: {rows} outcomes")
     for name in report.models_without_data:

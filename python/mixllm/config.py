@@ -10,6 +10,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     tau_s = 30.0                  # latency tolerance, seconds (inf: no time constraint)
     tau_margin_sd = 0.0           # standard deviations of its error an estimate keeps below τ
     dim = 64                      # projection dimension d (the context has d + 1 entries)
+    ridge = 10.0                  # the quality heads' ridge (default: cross-validated at fit)
 
     [embedder]
     quantized = true
@@ -77,6 +78,12 @@ DEFAULT_CONCURRENCY = 8
 # What the decision core is given for τ = inf (it takes finite values only): a tolerance so
 # long that the latency penalty exp(L / τ) - 1 is nil for any real latency.
 POLICY_TAU_OFF_S = 1e12
+
+
+# Knobs `Router.fit` chooses by cross-validation when they are None, and what they run with
+# until then.
+TUNED_DEFAULTS = {"ridge": 1.0, "length_ridge": 1.0}
+TUNED_KNOBS = tuple(TUNED_DEFAULTS)
 
 
 def policy_tau_s(tau_s: float) -> float:
@@ -220,11 +227,14 @@ class RouterConfig:
     # runs over τ about half the time (docs/evaluation.md, "A margin below τ").
     tau_margin_sd: float = 0.0
     dim: int = 64
-    ridge: float = 1.0
+    # The quality heads' ridge. None: chosen by cross-validation on the rows the Router is
+    # fitted on (`mixllm.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
+    ridge: float | None = None
     # The output-length head has its own ridge: lengths are far more predictable than quality,
     # and the shrinkage quality needs would pull long answers' predicted cost and service time
-    # towards the short answers' (docs/evaluation.md, "The length head").
-    length_ridge: float = 1.0
+    # towards the short answers' (docs/evaluation.md, "The length head"). None: chosen as
+    # ``ridge`` is, on the log lengths.
+    length_ridge: float | None = None
     refactor_every: int = 1000
     binary_feedback_weight: float = 0.5
     feedback_ttl_s: float = 3600.0
@@ -252,8 +262,9 @@ class RouterConfig:
         _integer(where, "dim", self.dim, minimum=1)
         if self.dim > 384:
             raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
-        _number(where, "ridge", self.ridge, minimum=0.0, strict=True)
-        _number(where, "length_ridge", self.length_ridge, minimum=0.0, strict=True)
+        for knob in TUNED_KNOBS:
+            if getattr(self, knob) is not None:
+                _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
         _integer(where, "refactor_every", self.refactor_every, minimum=1)
         _number(
             where, "binary_feedback_weight", self.binary_feedback_weight, minimum=0.0, strict=True
@@ -273,6 +284,11 @@ class RouterConfig:
         self.embedder.validate()
         self.tagger.validate()
 
+    def knob(self, name: str) -> float:
+        """The value a knob of `TUNED_KNOBS` runs with: as set, else its default."""
+        value = getattr(self, name)
+        return float(TUNED_DEFAULTS[name] if value is None else value)
+
     def with_models(self, models: tuple[ModelConfig, ...]) -> RouterConfig:
         return replace(self, models=models)
 
@@ -285,8 +301,8 @@ class RouterConfig:
             self.dim + 1 if context_dim is None else context_dim,
             alpha=self.alpha,
             beta=self.beta,
-            ridge=self.ridge,
-            length_ridge=self.length_ridge,
+            ridge=self.knob("ridge"),
+            length_ridge=self.knob("length_ridge"),
             tau_s=policy_tau_s(self.tau_s),
             tau_margin_sd=self.tau_margin_sd,
             refactor_every=self.refactor_every,
@@ -299,6 +315,8 @@ class RouterConfig:
         """A plain, JSON- and TOML-compatible dict that `from_dict` reads back."""
         data = asdict(self)
         router = {k: data.pop(k) for k in list(data) if k not in ("models", "embedder", "tagger")}
+        # A knob left to cross-validation is left out, as a file leaves it out.
+        router = {k: v for k, v in router.items() if not (k in TUNED_KNOBS and v is None)}
         embedder = {k: v for k, v in data["embedder"].items() if v is not None}
         return {
             "router": router,

@@ -49,13 +49,15 @@ from mixllm._core import (
     __version__,
 )
 from mixllm._lru import LruCache
-from mixllm.config import ModelConfig, RouterConfig, policy_tau_s
+from mixllm.clustering import choose_domains
+from mixllm.config import TUNED_KNOBS, ModelConfig, RouterConfig, policy_tau_s
 from mixllm.data import RoutingDataset, count_tokens
 from mixllm.embedding import Embedder
 from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError, UnusedDataWarning
 from mixllm.model_files import file_sha256
 from mixllm.projection import LinearProjection, TagProjection, load_projection
 from mixllm.tagging import DomainLabels, Tagger
+from mixllm.tuning import MIN_ROWS, KnobChoice, choose_ridge
 
 __all__ = ["FitReport", "RouteDecision", "Router"]
 
@@ -114,6 +116,8 @@ class FitReport:
     tokens_counted: bool
     output_tokens_counted: bool = False
     models_not_in_pool: tuple[str, ...] = ()
+    # The knobs chosen by cross-validation, with every candidate's fold scores.
+    tuning: tuple[KnobChoice, ...] = ()
 
 
 @dataclass
@@ -151,6 +155,14 @@ class Router:
         """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
         default `Policy.clock_s`, a monotonic clock. A simulation passes its own."""
         config.validate()
+        # Knobs left to cross-validation: every fit chooses them again.
+        self._tuned = tuple(k for k in TUNED_KNOBS if getattr(config, k) is None)
+        resolved: dict[str, Any] = {
+            # A policy given decides with its own values: the configuration says so.
+            k: getattr(policy, k) if policy is not None else config.knob(k)
+            for k in self._tuned
+        }
+        config = replace(config, **resolved)
         if projection is not None and projection.d != config.dim:
             raise ConfigError(
                 f"router.dim is {config.dim} but the projection has d = {projection.d}"
@@ -242,10 +254,11 @@ class Router:
             push=self._config.tagger.push,
         )
         contexts = projection.context(vectors)
-        policy = self._config.new_policy()
+        config, tuning = self._tune(dataset, contexts)
+        policy = config.new_policy()
         rows_per_model: dict[str, int] = {}
         without: list[str] = []
-        for model in self._config.models:
+        for model in config.models:
             if model.name not in dataset.models:
                 without.append(model.name)
                 continue
@@ -275,6 +288,7 @@ class Router:
                     policy.begin(pending.model, pending.predicted_service_s, now_s=now)
             self._projection = projection
             self._policy = policy
+            self._config = config
         self._contexts.clear()
         return FitReport(
             rows=len(dataset),
@@ -285,7 +299,35 @@ class Router:
             tokens_counted=dataset.tokens_counted,
             output_tokens_counted=dataset.output_tokens_counted,
             models_not_in_pool=not_in_pool,
+            tuning=tuning,
         )
+
+    def _tune(
+        self, dataset: RoutingDataset, contexts: NDArray[np.float64]
+    ) -> tuple[RouterConfig, tuple[KnobChoice, ...]]:
+        """The configuration to fit with: the knobs left to cross-validation chosen on these
+        rows (`mixllm.tuning`), when there are enough of them; the others as they are."""
+        config = self._config
+        if len(dataset) < MIN_ROWS:
+            return config, ()
+        pool = [m for m in config.models if m.name in dataset.models]
+        columns = [dataset.models.index(m.name) for m in pool]
+        choices = []
+        if "ridge" in self._tuned:
+            targets = [
+                dataset.quality[:, k] - m.prior_quality for m, k in zip(pool, columns, strict=True)
+            ]
+            choices.append(choose_ridge("ridge", contexts, targets))
+        if "length_ridge" in self._tuned and dataset.output_tokens is not None:
+            lengths = dataset.output_tokens
+            targets = [
+                np.log1p(lengths[:, k]) - math.log1p(m.prior_output_tokens)
+                for m, k in zip(pool, columns, strict=True)
+            ]
+            if any((~np.isnan(t)).any() for t in targets):
+                choices.append(choose_ridge("length_ridge", contexts, targets))
+        chosen: dict[str, Any] = {choice.knob: choice.chosen for choice in choices}
+        return replace(config, **chosen), tuple(choices)
 
     def _domain_ids(
         self, dataset: RoutingDataset, vectors: NDArray[np.float64]
@@ -298,7 +340,11 @@ class Router:
             return ids, "dataset labels", len(mapping.names)
         tagger = Tagger(self.embedder, temperature=self._config.tagger.temperature)
         tags = tagger.tag_vectors(vectors)
-        return tags.top, "zero-shot tagger", len(np.unique(tags.top))
+        if mode == "zero-shot":
+            return tags.top, "zero-shot tagger (as configured)", len(np.unique(tags.top))
+        # No labels: the taxonomy, unless clusters learned from the data spread it far better.
+        choice = choose_domains(vectors, tags.top)
+        return choice.ids, choice.source, len(np.unique(choice.ids))
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -754,6 +800,8 @@ def _check_knobs(config: RouterConfig, policy: Policy) -> None:
         configured = getattr(config, knob)
         if knob == "tau_s":
             configured = policy_tau_s(configured)
+        elif knob in TUNED_KNOBS:
+            configured = config.knob(knob)
         if configured != getattr(policy, knob):
             raise ConfigError(
                 f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "

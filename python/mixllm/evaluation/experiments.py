@@ -32,9 +32,9 @@ from typing import Any, Literal, cast, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import Policy
+from mixllm._core import InvalidInputError, Policy
 from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
-from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
+from mixllm.config import TUNED_KNOBS, EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
@@ -364,11 +364,15 @@ def _policy_routers(
 
     config = router_config(models, tau_s=policy_tau, base=settings.router, learned=data.learned)
     mix = _fit_router(data, train, config)
+    # The variants run with the knobs mixllm's fit chose by cross-validation.
+    tuned = {knob: getattr(mix.config, knob) for knob in TUNED_KNOBS}
+    config = replace(config, **tuned)
     projection = cast(LinearProjection, mix.projection)
     routers.append(policy_router("mixllm", mix.policy, projection.context(v_test)))
     no_beta = router_config(
         models, tau_s=policy_tau, beta=0.0, base=settings.router, learned=data.learned
     )
+    no_beta = replace(no_beta, **tuned)
     ctx_all = projection.context(data.vectors)
     routers.append(
         policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
@@ -924,7 +928,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     check_continual_splits(settings.continual_splits)
     check_arrivals(settings.arrivals)
     if settings.reference is not None and settings.reference not in dataset.models:
-        raise ValueError(
+        raise InvalidInputError(
             f"the reference model {settings.reference!r} is not in the data, whose models are "
             f"{', '.join(dataset.models)}"
         )
