@@ -74,6 +74,11 @@ def _train(args: argparse.Namespace) -> int:
         print("output tokens: the data has none; each model's answer length stays at its prior")
     for note in notes:
         print(note)
+    if report.calibration is not None:
+        print(
+            f"operating points: calibrated on held-out folds, % of {report.calibration.reference}"
+            " (mixllm models lists them)"
+        )
     for choice in report.tuning:
         scores = choice.mean_scores
         folds = ", ".join(f"{v:.4g}" for v in choice.fold_scores[choice.chosen])
@@ -149,7 +154,13 @@ def _finite_or_null(value: Any) -> Any:
 
 def _route(args: argparse.Namespace) -> int:
     router = _router(args.state)
-    decision = router.route(args.text, willingness_to_pay=args.willingness_to_pay)
+    decision = router.route(
+        args.text,
+        willingness_to_pay=args.willingness_to_pay,
+        target_quality_pct=args.target_quality_pct,
+        max_cost_pct=args.max_cost_pct,
+        budget_per_1000_usd=args.budget_per_1000_usd,
+    )
     explained = decision.explain()
     if args.json:
         print(
@@ -188,7 +199,8 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    rows = _router(args.state).describe_models()
+    router = _router(args.state)
+    rows = router.describe_models()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -203,6 +215,24 @@ def _models(args: argparse.Namespace) -> int:
             f"{row['observations']:>6} {row['mean_quality']:>8.3f} "
             f"{row['mean_output_tokens']:>8.0f}"
         )
+    calibration = router.calibration
+    if calibration is not None:
+        print(
+            f"\noperating points (held-out folds of {calibration.rows} training queries; % of "
+            f"{calibration.reference}):"
+        )
+        print(f"{'λ (USD/point)':>14} {'quality %':>10} {'cost %':>8} {'$ per 1,000':>12}")
+        shown = None
+        for point in calibration.points:
+            # Neighbouring λ often route alike: one line per distinct outcome.
+            key = (round(point.quality_pct, 2), round(point.cost_pct, 2))
+            if key == shown:
+                continue
+            shown = key
+            print(
+                f"{point.willingness_to_pay:>14.3g} {point.quality_pct:>10.2f} "
+                f"{point.cost_pct:>8.2f} {point.cost_per_1000_usd:>12.4g}"
+            )
     return 0
 
 
@@ -367,8 +397,27 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("text", help="the query")
     route.add_argument("--state", help="saved router folder (default: the shipped router)")
     route.add_argument("--json", action="store_true", help="print JSON")
-    route.add_argument(
+    point = route.add_mutually_exclusive_group()
+    point.add_argument(
         "--willingness-to-pay", type=float, help="USD per quality point (default: configured)"
+    )
+    point.add_argument(
+        "--target-quality-pct",
+        type=float,
+        metavar="PCT",
+        help="the cheapest way to reach PCT %% of the best model's quality (see mixllm models)",
+    )
+    point.add_argument(
+        "--max-cost-pct",
+        type=float,
+        metavar="PCT",
+        help="the best quality at no more than PCT %% of the best model's cost",
+    )
+    point.add_argument(
+        "--budget-per-1000-usd",
+        type=float,
+        metavar="USD",
+        help="the best quality at no more than USD dollars per 1,000 queries",
     )
     route.set_defaults(run=_route)
 

@@ -5,6 +5,9 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
 
     [router]
     willingness_to_pay = 0.05     # λ: USD per quality point (see below)
+    # target_quality_pct = 95     # or: the cheapest way to 95% of the best model's quality
+    # max_cost_pct = 20           # or: the best quality at 20% of its cost
+    # budget_per_1000_usd = 1.5   # or: at $1.50 per 1,000 queries
     alpha = 0.01                  # exploration weight
     beta = 0.1                    # latency-penalty weight
     tau_s = 30.0                  # latency tolerance, seconds (inf: no time constraint)
@@ -79,6 +82,9 @@ DEFAULT_CONCURRENCY = 8
 # long that the latency penalty exp(L / τ) - 1 is nil for any real latency.
 POLICY_TAU_OFF_S = 1e12
 
+
+# The operating points a user may give instead of λ.
+OPERATING_POINTS = ("target_quality_pct", "max_cost_pct", "budget_per_1000_usd")
 
 # Knobs `Router.fit` chooses by cross-validation when they are None, and what they run with
 # until then.
@@ -219,6 +225,12 @@ class RouterConfig:
     # On RouterBench's pool this is where the router starts sending hard queries to GPT-4
     # (97.6% of its quality at 33.5% of its cost on the test split; README "Results").
     willingness_to_pay: float = 0.05
+    # The operating point in the user's words, instead of λ (at most one; see
+    # `mixllm.calibration`): the cheapest way to reach this % of the best model's quality, the
+    # best quality at this % of its cost, or at this many dollars per 1,000 queries.
+    target_quality_pct: float | None = None
+    max_cost_pct: float | None = None
+    budget_per_1000_usd: float | None = None
     alpha: float = 0.01
     beta: float = 0.1
     tau_s: float = 30.0
@@ -255,6 +267,11 @@ class RouterConfig:
             strict=True,
             allow_inf=True,
         )
+        given = [k for k in OPERATING_POINTS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: give one of {', '.join(OPERATING_POINTS)}, not {given}")
+        for knob in given:
+            _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
         _number(where, "alpha", self.alpha, minimum=0.0)
         _number(where, "beta", self.beta, minimum=0.0)
         _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True, allow_inf=True)
@@ -283,6 +300,10 @@ class RouterConfig:
             seen.add(model.name)
         self.embedder.validate()
         self.tagger.validate()
+
+    def operating_point(self) -> dict[str, float]:
+        """The operating point configured in the user's words, if any (one entry)."""
+        return {k: getattr(self, k) for k in OPERATING_POINTS if getattr(self, k) is not None}
 
     def knob(self, name: str) -> float:
         """The value a knob of `TUNED_KNOBS` runs with: as set, else its default."""
@@ -316,7 +337,11 @@ class RouterConfig:
         data = asdict(self)
         router = {k: data.pop(k) for k in list(data) if k not in ("models", "embedder", "tagger")}
         # A knob left to cross-validation is left out, as a file leaves it out.
-        router = {k: v for k, v in router.items() if not (k in TUNED_KNOBS and v is None)}
+        router = {
+            k: v
+            for k, v in router.items()
+            if not (k in (*TUNED_KNOBS, *OPERATING_POINTS) and v is None)
+        }
         embedder = {k: v for k, v in data["embedder"].items() if v is not None}
         return {
             "router": router,

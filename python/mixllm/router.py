@@ -49,8 +49,15 @@ from mixllm._core import (
     __version__,
 )
 from mixllm._lru import LruCache
+from mixllm.calibration import Calibration, calibrate
 from mixllm.clustering import choose_domains
-from mixllm.config import TUNED_KNOBS, ModelConfig, RouterConfig, policy_tau_s
+from mixllm.config import (
+    OPERATING_POINTS,
+    TUNED_KNOBS,
+    ModelConfig,
+    RouterConfig,
+    policy_tau_s,
+)
 from mixllm.data import RoutingDataset, count_tokens
 from mixllm.embedding import Embedder
 from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError, UnusedDataWarning
@@ -66,6 +73,7 @@ STATE_FORMAT = 1
 MIN_FIT_QUERIES = 2
 _CURRENT = "CURRENT"
 _FILES = ("config.json", "projection.npz", "policy.bin")
+_CALIBRATION = "calibration.json"
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
 _POLICY_KNOBS = (
     "alpha",
@@ -118,6 +126,8 @@ class FitReport:
     models_not_in_pool: tuple[str, ...] = ()
     # The knobs chosen by cross-validation, with every candidate's fold scores.
     tuning: tuple[KnobChoice, ...] = ()
+    # λ → expected quality and cost on held-out folds (None: too few rows to measure it).
+    calibration: Calibration | None = None
 
 
 @dataclass
@@ -151,9 +161,11 @@ class Router:
         projection: LinearProjection | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
-        default `Policy.clock_s`, a monotonic clock. A simulation passes its own."""
+        default `Policy.clock_s`, a monotonic clock. A simulation passes its own.
+        ``calibration`` is the table of operating points a fit measured (`calibration`)."""
         config.validate()
         # Knobs left to cross-validation: every fit chooses them again.
         self._tuned = tuple(k for k in TUNED_KNOBS if getattr(config, k) is None)
@@ -176,6 +188,7 @@ class Router:
         self._config = config
         self._embedder = embedder
         self._projection = projection
+        self._calibration = calibration
         self._policy = policy
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
@@ -255,6 +268,9 @@ class Router:
         )
         contexts = projection.context(vectors)
         config, tuning = self._tune(dataset, contexts)
+        calibration = None
+        if len(dataset) >= MIN_ROWS:
+            calibration = calibrate(config, contexts, dataset)
         policy = config.new_policy()
         rows_per_model: dict[str, int] = {}
         without: list[str] = []
@@ -289,6 +305,7 @@ class Router:
             self._projection = projection
             self._policy = policy
             self._config = config
+            self._calibration = calibration
         self._contexts.clear()
         return FitReport(
             rows=len(dataset),
@@ -300,6 +317,7 @@ class Router:
             output_tokens_counted=dataset.output_tokens_counted,
             models_not_in_pool=not_in_pool,
             tuning=tuning,
+            calibration=calibration,
         )
 
     def _tune(
@@ -368,14 +386,44 @@ class Router:
             )
         return self._projection
 
-    def _willingness(self, willingness_to_pay: float | None) -> float:
+    def _willingness(self, willingness_to_pay: float | None, **target: float | None) -> float:
+        """The λ to route with: ``willingness_to_pay`` when given, else the λ the calibration
+        gives an operating point given in ``target`` (``target_quality_pct``,
+        ``max_cost_pct`` or ``budget_per_1000_usd``) or configured, else the configured λ."""
+        given = {k: v for k, v in target.items() if v is not None}
+        if len(given) + (willingness_to_pay is not None) > 1:
+            named = [*(["willingness_to_pay"] if willingness_to_pay is not None else []), *given]
+            raise InvalidInputError(f"give one operating point, not {', '.join(named)}")
         if willingness_to_pay is None:
-            return self._config.willingness_to_pay
+            if not given:
+                given = self._config.operating_point()
+            if not given:
+                return self._config.willingness_to_pay
+            return self._calibrated(*next(iter(given.items())))
         if not (isinstance(willingness_to_pay, (int, float)) and willingness_to_pay > 0):
             raise InvalidInputError(
                 f"willingness_to_pay must be > 0 (USD per quality point), got {willingness_to_pay}"
             )
         return float(willingness_to_pay)
+
+    def _calibrated(self, target: str, value: float) -> float:
+        """The λ of an operating point in the user's words, from the calibration table."""
+        calibration = self._calibration
+        if calibration is None:
+            raise NotFittedError(
+                f"{target} needs the calibration table a fit makes (on at least {MIN_ROWS} "
+                "queries); this Router has none: fit it, or give willingness_to_pay"
+            )
+        if target == "target_quality_pct":
+            return calibration.for_quality(value)
+        if target == "max_cost_pct":
+            return calibration.for_cost(value)
+        return calibration.for_budget(value)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """λ → expected quality and cost, measured on held-out folds by the last fit."""
+        return self._calibration
 
     def route(
         self,
@@ -383,11 +431,18 @@ class Router:
         *,
         willingness_to_pay: float | None = None,
         prompt_tokens: float | None = None,
+        target_quality_pct: float | None = None,
+        max_cost_pct: float | None = None,
+        budget_per_1000_usd: float | None = None,
     ) -> RouteDecision:
         """Picks the model for one query and counts the request as in flight for it.
 
         ``prompt_tokens`` defaults to a count with the embedder's tokenizer (a proxy for the
-        model's own tokenizer); ``willingness_to_pay`` to the configured λ.
+        model's own tokenizer). The operating point is ``willingness_to_pay`` (λ), or one in
+        the user's words: the cheapest way to reach ``target_quality_pct`` % of the best
+        model's quality, the best quality at ``max_cost_pct`` % of its cost, or at
+        ``budget_per_1000_usd`` dollars per 1,000 queries (λ from the `calibration` table);
+        by default the configured one.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -395,7 +450,12 @@ class Router:
         return self._decide(
             context,
             counted if prompt_tokens is None else prompt_tokens,
-            self._willingness(willingness_to_pay),
+            self._willingness(
+                willingness_to_pay,
+                target_quality_pct=target_quality_pct,
+                max_cost_pct=max_cost_pct,
+                budget_per_1000_usd=budget_per_1000_usd,
+            ),
             self._now(),
         )
 
@@ -404,6 +464,9 @@ class Router:
         texts: Sequence[str],
         *,
         willingness_to_pay: float | None = None,
+        target_quality_pct: float | None = None,
+        max_cost_pct: float | None = None,
+        budget_per_1000_usd: float | None = None,
     ) -> list[RouteDecision]:
         """`route` for many queries, embedding them in one batch."""
         if isinstance(texts, str):
@@ -412,7 +475,12 @@ class Router:
         for i, text in enumerate(items):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        wtp = self._willingness(willingness_to_pay)
+        wtp = self._willingness(
+            willingness_to_pay,
+            target_quality_pct=target_quality_pct,
+            max_cost_pct=max_cost_pct,
+            budget_per_1000_usd=budget_per_1000_usd,
+        )
         projection = self._require_projection()
         # Every distinct text's context, looked up or computed here once: a cache smaller than
         # the batch (or none) must not send texts back to the embedder one at a time.
@@ -690,10 +758,15 @@ class Router:
             (staging / "config.json").write_text(config_json, encoding="utf-8")
             projection.save(staging / "projection.npz")
             self._policy.save(staging / "policy.bin")
+            files: tuple[str, ...] = _FILES
+            if self._calibration is not None:
+                calibration_json = json.dumps(self._calibration.to_dict(), indent=2)
+                (staging / _CALIBRATION).write_text(calibration_json, encoding="utf-8")
+                files = (*files, _CALIBRATION)
             manifest = {
                 "format": STATE_FORMAT,
                 "mixllm": __version__,
-                "files": {f: file_sha256(staging / f) for f in _FILES},
+                "files": {f: file_sha256(staging / f) for f in files},
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
             for path in staging.iterdir():
@@ -740,7 +813,9 @@ class Router:
                 f"{folder}: state format {manifest.get('format')!r}, this mixllm reads "
                 f"{STATE_FORMAT}"
             )
-        for file in _FILES:
+        # The calibration table is optional: states saved before it, or fitted on too few rows.
+        calibrated = _CALIBRATION in manifest.get("files", {})
+        for file in (*_FILES, _CALIBRATION) if calibrated else _FILES:
             expected = manifest.get("files", {}).get(file)
             if not (folder / file).is_file():
                 raise StateFileError(f"{folder}: {file} is missing")
@@ -751,6 +826,14 @@ class Router:
             config = RouterConfig.from_dict(raw_config)
         except (ValueError, TypeError) as err:
             raise StateFileError(f"{folder}: invalid configuration: {err}") from err
+        calibration = None
+        if calibrated:
+            try:
+                calibration = Calibration.from_dict(
+                    json.loads((folder / _CALIBRATION).read_text(encoding="utf-8"))
+                )
+            except ValueError as err:
+                raise StateFileError(f"{folder}: invalid {_CALIBRATION}: {err}") from err
         projection = load_projection(folder / "projection.npz")
         policy = Policy.load(folder / "policy.bin", dim=config.dim + 1)
         saved_knobs = raw_config.get("router", {})
@@ -762,7 +845,14 @@ class Router:
             **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
         )
         try:
-            return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
+            return cls(
+                config,
+                embedder=embedder,
+                projection=projection,
+                policy=policy,
+                clock=clock,
+                calibration=calibration,
+            )
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
 
@@ -778,10 +868,13 @@ class Router:
     def with_config(self, **changes: Any) -> Router:
         """A Router sharing this one's learned state, with some decision settings changed
         (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``)."""
-        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending"}
+        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending", *OPERATING_POINTS}
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
+        if set(changes) & {"willingness_to_pay", *OPERATING_POINTS}:
+            # A new operating point replaces the old one, whichever form either takes.
+            changes = {**{k: None for k in OPERATING_POINTS}, **changes}
         config = replace(self._config, **changes)
         return Router(
             config,
@@ -789,6 +882,7 @@ class Router:
             projection=self._projection,
             policy=self._policy,
             clock=self._clock,
+            calibration=self._calibration,
         )
 
 
