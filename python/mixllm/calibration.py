@@ -13,6 +13,7 @@ into the λ that meets it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ F64 = NDArray[np.float64]
 
 # λ from "cost decides" to "cost is ignored", about 4 points per decade.
 LAMBDAS = (*(float(v) for v in np.logspace(-8, 4, 49)), math.inf)
+# Bisection of the grid where neighbouring points differ by more than GAP_PCT points of
+# quality or cost (of the largest total seen): rounds, and new points per round.
+REFINE_ROUNDS = 4
+REFINE_POINTS = 32
+GAP_PCT = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,14 @@ def _check_target(name: str, value: float) -> None:
         raise InvalidInputError(f"{name} must be a finite number > 0, got {value}")
 
 
+Totals = tuple[float, float]
+
+
+def _apart(first: Totals, second: Totals, top: Totals) -> bool:
+    """Whether two points differ by more than `GAP_PCT` % of the top quality or cost."""
+    return any(abs(a - b) > GAP_PCT / 100 * t for a, b, t in zip(first, second, top, strict=True))
+
+
 def _filled(values: F64, rows: NDArray[np.bool_]) -> F64:
     """``values`` with each unobserved entry replaced by its column's mean over ``rows``."""
     means = np.nanmean(np.where(rows[:, None], values, np.nan), axis=0)
@@ -161,38 +175,60 @@ def calibrate(
     cost = _filled(dataset.cost_usd[:, columns], everything)
     tokens = None if dataset.output_tokens is None else dataset.output_tokens[:, columns]
     assignment = fold_ids(n, folds, seed)
-    totals = np.zeros((len(lambdas), 2))
-    rows = np.arange(n)
+    fitted = []
     for fold in range(folds):
         held = assignment == fold
-        train = ~held
         if not held.any():
             continue
         policy = config.with_models(tuple(pool)).new_policy(contexts.shape[1])
         for j, model in enumerate(pool):
-            seen = train & ~np.isnan(dataset.quality[:, columns[j]])
+            seen = ~held & ~np.isnan(dataset.quality[:, columns[j]])
             if seen.any():
                 lengths = None if tokens is None else tokens[seen, j]
                 policy.fit(model.name, contexts[seen], dataset.quality[seen, columns[j]], lengths)
-        for i, lam in enumerate(lambdas):
+        fitted.append((np.flatnonzero(held), policy))
+
+    def routed(lam: float) -> tuple[float, float]:
+        """Total quality and cost of the held-out queries routed at ``lam``."""
+        total_quality = total_cost = 0.0
+        for picked, policy in fitted:
             chosen = policy.decide_batch(
-                contexts[held],
-                prompt_tokens=dataset.prompt_tokens[held],
-                willingness_to_pay=float(lam),
+                contexts[picked],
+                prompt_tokens=dataset.prompt_tokens[picked],
+                willingness_to_pay=lam,
                 now_s=0.0,
             )
-            picked = rows[held]
-            totals[i, 0] += quality[picked, chosen].sum()
-            totals[i, 1] += cost[picked, chosen].sum()
+            total_quality += float(quality[picked, chosen].sum())
+            total_cost += float(cost[picked, chosen].sum())
+        return total_quality, total_cost
+
+    totals = {float(lam): routed(float(lam)) for lam in lambdas}
+    # Where neighbouring λ route very differently, λ is bisected (geometrically), so that a
+    # target falls between close points.
+    top = (
+        max(q for q, _ in totals.values()) or 1.0,
+        max(c for _, c in totals.values()) or 1.0,
+    )
+    for _ in range(REFINE_ROUNDS):
+        finite = sorted(lam for lam in totals if math.isfinite(lam))
+        wide = [
+            math.sqrt(a * b)
+            for a, b in itertools.pairwise(finite)
+            if _apart(totals[a], totals[b], top)
+        ]
+        if not wide:
+            break
+        for lam in wide[:REFINE_POINTS]:
+            totals[lam] = routed(lam)
     best = min(range(len(pool)), key=lambda j: (-quality[:, j].mean(), cost[:, j].mean()))
     ref_quality, ref_cost = float(quality[:, best].sum()), float(cost[:, best].sum())
     points = tuple(
         CalibrationPoint(
-            willingness_to_pay=float(lam),
-            quality_pct=100.0 * totals[i, 0] / ref_quality if ref_quality > 0 else math.nan,
-            cost_pct=100.0 * totals[i, 1] / ref_cost if ref_cost > 0 else math.nan,
-            cost_per_1000_usd=1000.0 * totals[i, 1] / n,
+            willingness_to_pay=lam,
+            quality_pct=100.0 * totals[lam][0] / ref_quality if ref_quality > 0 else math.nan,
+            cost_pct=100.0 * totals[lam][1] / ref_cost if ref_cost > 0 else math.nan,
+            cost_per_1000_usd=1000.0 * totals[lam][1] / n,
         )
-        for i, lam in enumerate(lambdas)
+        for lam in sorted(totals)
     )
     return Calibration(pool[best].name, n, folds, points)
