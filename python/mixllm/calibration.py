@@ -197,6 +197,8 @@ def calibrate(
                 prompt_tokens=dataset.prompt_tokens[picked],
                 willingness_to_pay=lam,
                 now_s=0.0,
+                # Small batches: threads would cost more than they save.
+                threads=1,
             )
             total_quality += float(quality[picked, chosen].sum())
             total_cost += float(cost[picked, chosen].sum())

@@ -78,25 +78,29 @@ def choose_ridge(
     assignment = fold_ids(n, folds, seed)
     errors = {float(c): [0.0] * folds for c in candidates}
     counts = [0] * folds
+    # Targets observed on the same rows share every fold's Gram matrix and its
+    # eigendecomposition (with every outcome logged, all of them do).
+    groups: dict[bytes, list[F64]] = {}
     for target in targets:
-        seen = ~np.isnan(target)
+        groups.setdefault(np.packbits(~np.isnan(target)).tobytes(), []).append(target)
+    for members in groups.values():
+        stacked = np.column_stack(members)
+        seen = ~np.isnan(stacked[:, 0])
         for fold in range(folds):
             train = seen & (assignment != fold)
             held = seen & (assignment == fold)
             if not held.any():
                 continue
-            x, y = contexts[train], target[train]
-            gram = x.T @ x
-            moment = x.T @ y
+            x = contexts[train]
             # One eigendecomposition serves every candidate: (G + rI)^-1 = V (S + r)^-1 Vᵀ.
-            values, vectors = np.linalg.eigh(gram)
-            rotated = vectors.T @ moment
+            values, vectors = np.linalg.eigh(x.T @ x)
+            rotated = vectors.T @ (x.T @ stacked[train])
             held_x = contexts[held] @ vectors
             for candidate in candidates:
-                theta = rotated / (np.maximum(values, 0.0) + candidate)
-                residual = held_x @ theta - target[held]
-                errors[float(candidate)][fold] += float(residual @ residual)
-            counts[fold] += int(held.sum())
+                theta = rotated / (np.maximum(values, 0.0) + candidate)[:, None]
+                residual = held_x @ theta - stacked[held]
+                errors[float(candidate)][fold] += float(np.sum(residual**2))
+            counts[fold] += int(held.sum()) * stacked.shape[1]
     if dim and sum(counts) == 0:
         raise ValueError("no observed outcome to cross-validate on")
     fold_scores = {
