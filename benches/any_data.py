@@ -4,10 +4,11 @@ as ``mixllm train --data FILE --out DIR`` fits it (no configuration), then the t
 routed with no feedback, λ swept; quality and cost in % of the best single model on train;
 AUC = mean over cost % in [0, 100] of the best quality % reached at that cost or less.
 
-    python benches/any_data.py FILE.jsonl [--state DIR] [--json OUT]
+    python benches/any_data.py FILE.jsonl [--state DIR] [--pin KNOB=VALUE ...] [--json OUT]
 
-With ``--state DIR`` it routes with a router saved by ``mixllm train`` (``Router.load``)
-instead of fitting one. Prompts are embedded with the router's encoder through the evaluation's
+``--pin ridge=1`` fits with a knob set as a configuration file would set it (not
+cross-validated). With ``--state DIR`` it routes with a router saved by ``mixllm train``
+(``Router.load``) instead of fitting one. Prompts are embedded with the router's encoder through the evaluation's
 vector cache (``MIXLLM_CACHE``). It also checks the calibration table: the λ each operating
 point in the user's words maps to, what the held-out folds predicted, what the test split got.
 """
@@ -19,6 +20,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--state")
     parser.add_argument("--json")
+    parser.add_argument("--pin", action="append", default=[], metavar="KNOB=VALUE")
     args = parser.parse_args()
     ds = mixllm.load_jsonl(args.data)
     if ds.split is None:
@@ -86,6 +89,9 @@ def main() -> None:
         out["router"] = f"Router.load({args.state})"
     else:
         config, _ = _train_config(None, train)
+        pinned = {k: float(v) for k, v in (item.split("=") for item in args.pin)}
+        config = replace(config, **pinned)
+        out["pinned"] = pinned
         embedder = config.embedder.build(intra_op_threads=2, cache_size=0)
         vectors = embed_cached(ds.prompts, embedder)
         stand_in: Any = CachedVectors(ds.prompts, vectors, embedder)
