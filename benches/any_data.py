@@ -9,8 +9,9 @@ AUC = mean over cost % in [0, 100] of the best quality % reached at that cost or
 ``--pin ridge=1`` fits with a knob set as a configuration file would set it (not
 cross-validated). With ``--state DIR`` it routes with a router saved by ``mixllm train``
 (``Router.load``) instead of fitting one. Prompts are embedded with the router's encoder
-through the evaluation's vector cache (``MIXLLM_CACHE``). It also checks the calibration table: the λ each operating
-point in the user's words maps to, what the held-out folds predicted, what the test split got.
+through the evaluation's vector cache (``MIXLLM_CACHE``). It also checks the calibration
+table: the λ each operating point in the user's words maps to, what the held-out folds
+predicted, what the test split got.
 """
 
 from __future__ import annotations
