@@ -29,7 +29,7 @@ demo: install
 DATA ?= ../shared/data/routerbench_subset_routerdc
 default-state: install
 	rm -rf python/mixllm/default_state
-	$(VENV)/bin/mixllm train --data $(DATA) --out python/mixllm/default_state --threads 2
+	$(VENV)/bin/mixllm train --data $(DATA) --config configs/routerbench.toml --out python/mixllm/default_state --threads 2
 
 test:
 	$(VPY) -m pytest -q tests

@@ -292,3 +292,16 @@ def test_eval_runs_on_a_pool_and_data_it_was_not_tuned_for(
     assert main([*args, "--out", str(tmp_path / "bad"), "--reference", "gpt-4"]) == 1
     err = capsys.readouterr().err
     assert "'gpt-4' is not in the data" in err and "gpt-4o-mini" in err
+
+
+def test_the_shipped_router_is_what_make_default_state_trains() -> None:
+    """Without a file `mixllm train` would learn prices and turn τ off; the shipped router's
+    pool and knobs are the file `make default-state` passes."""
+    from mixllm.catalog import ROUTERBENCH_MODELS
+
+    file = load_config(Path(__file__).resolve().parents[1] / "configs" / "routerbench.toml")
+    shipped = Router.default().config
+    assert file.models == shipped.models
+    assert file.models == tuple(spec.model_config() for spec in ROUTERBENCH_MODELS)
+    for knob in ("ridge", "length_ridge", "tau_s", "willingness_to_pay", "dim", "alpha", "beta"):
+        assert getattr(file, knob) == getattr(shipped, knob), knob
