@@ -69,12 +69,78 @@ def summary(points: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
+def frontier_of(router: Router, ds: Any, te: np.ndarray, vectors: np.ndarray) -> dict[str, float]:
+    """The test split's frontier summary for ``router`` (as `main` computes it)."""
+    split = np.array(ds.split)
+    tr = np.flatnonzero(split == "train")
+    quality = np.nan_to_num(ds.quality, nan=0.0)
+    cost = np.where(
+        np.isnan(ds.cost_usd), np.nanmean(ds.cost_usd, axis=0, keepdims=True), ds.cost_usd
+    )
+    reference = int(np.argmax(quality[tr].mean(0)))
+    ref_q, ref_c = quality[te, reference].sum(), cost[te, reference].sum()
+    assert router.projection is not None
+    contexts = router.projection.context(vectors[te])
+    columns = np.array([ds.models.index(m) for m in router.models])
+    rows = np.arange(len(te))
+    points = []
+    for lam in LAMBDAS:
+        chosen = router.policy.decide_batch(
+            contexts, prompt_tokens=ds.prompt_tokens[te], willingness_to_pay=lam, now_s=0.0
+        )
+        k = columns[chosen]
+        points.append(
+            (
+                100 * float(cost[te][rows, k].sum() / ref_c),
+                100 * float(quality[te][rows, k].sum() / ref_q),
+            )
+        )
+    return summary(points)
+
+
+def online(
+    ds: Any, tr: np.ndarray, vectors: np.ndarray, embedder: Any, shares: str, routed_by: Any
+) -> dict[str, Any]:
+    """A router fitted on OFFLINE train rows that then routes ONLINE more and learns the
+    chosen model's quality only (`Router.route`, `Router.feedback`), against one fitted on all
+    OFFLINE + ONLINE rows offline; both scored on the test split."""
+    offline_n, online_n = (int(part) for part in shares.split(":"))
+    order = np.random.default_rng(0).permutation(tr)[: offline_n + online_n]
+    stand_in: Any = CachedVectors(ds.prompts, vectors, embedder)
+    te = np.flatnonzero(np.array(ds.split) == "test")
+    results: dict[str, Any] = {}
+    for name, rows in (("offline only", order[:offline_n]), ("all offline", order)):
+        config, _ = _train_config(None, ds.select(rows))
+        router = Router(config, embedder=stand_in)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mixllm.UnusedDataWarning)
+            router.fit(ds.select(rows))
+        if name == "offline only":
+            for i in order[offline_n:]:
+                decision = router.route(ds.prompts[i])
+                k = ds.models.index(decision.model)
+                tokens = None if ds.output_tokens is None else ds.output_tokens[i, k]
+                if np.isnan(ds.quality[i, k]):
+                    continue
+                router.feedback(
+                    decision.id,
+                    quality=float(ds.quality[i, k]),
+                    output_tokens=None if tokens is None or np.isnan(tokens) else float(tokens),
+                )
+            name = f"{offline_n} offline + {online_n} feedbacks"
+        results[name] = routed_by(router, ds, te, vectors)
+    aucs = [r["auc_0_100"] for r in results.values()]
+    results["ratio_pct"] = 100 * aucs[0] / aucs[1]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
     parser.add_argument("--state")
     parser.add_argument("--json")
     parser.add_argument("--pin", action="append", default=[], metavar="KNOB=VALUE")
+    parser.add_argument("--online", metavar="OFFLINE:ONLINE")
     args = parser.parse_args()
     ds = mixllm.load_jsonl(args.data)
     if ds.split is None:
@@ -127,6 +193,8 @@ def main() -> None:
         )
 
     out.update(summary([routed(lam) for lam in LAMBDAS]))
+    if args.online:
+        out["online"] = online(ds, tr, vectors, embedder, args.online, routed_by=frontier_of)
     calibration = router.calibration
     if calibration is not None:
         checks = {}
