@@ -128,9 +128,14 @@ def online(
                     output_tokens=None if tokens is None or np.isnan(tokens) else float(tokens),
                 )
             name = f"{offline_n} offline + {online_n} feedbacks"
+            results[name] = routed_by(router, ds, te, vectors)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", mixllm.UnusedDataWarning)
+                router.refit()
+            name = f"{name}, then Router.refit()"
         results[name] = routed_by(router, ds, te, vectors)
     aucs = [r["auc_0_100"] for r in results.values()]
-    results["ratio_pct"] = 100 * aucs[0] / aucs[1]
+    results["ratio_pct"] = [100 * auc / aucs[-1] for auc in aucs[:-1]]
     return results
 
 

@@ -251,6 +251,8 @@ class RouterConfig:
     binary_feedback_weight: float = 0.5
     feedback_ttl_s: float = 3600.0
     max_pending: int = 100_000
+    # Feedback kept for `Router.refit` (the newest; 0: none).
+    feedback_log_size: int = 10_000
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
 
@@ -288,6 +290,7 @@ class RouterConfig:
         )
         _number(where, "feedback_ttl_s", self.feedback_ttl_s, minimum=0.0, strict=True)
         _integer(where, "max_pending", self.max_pending, minimum=1)
+        _integer(where, "feedback_log_size", self.feedback_log_size, minimum=0)
         if not isinstance(self.models, tuple):
             raise ConfigError("models must be a tuple of ModelConfig")
         seen: set[str] = set()

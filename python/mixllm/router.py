@@ -31,7 +31,7 @@ import secrets
 import shutil
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,6 +143,18 @@ class _Pending:
     predicted_service_s: float
     # False once `complete` has taken the request out of its model's queue.
     in_flight: bool = True
+    # The query, for the feedback log `Router.refit` learns from.
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    """One feedback the Router learned, as `Router.refit` relearns it."""
+
+    text: str
+    model: str
+    quality: float
+    output_tokens: float | None
 
 
 class Router:
@@ -190,6 +202,9 @@ class Router:
         self._projection = projection
         self._calibration = calibration
         self._policy = policy
+        # What `refit` relearns from: the rows of the last fit, and the feedback since.
+        self._training: RoutingDataset | None = None
+        self._feedback_log: deque[_Feedback] = deque(maxlen=config.feedback_log_size)
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -306,6 +321,7 @@ class Router:
             self._policy = policy
             self._config = config
             self._calibration = calibration
+            self._training = dataset
         self._contexts.clear()
         return FitReport(
             rows=len(dataset),
@@ -346,6 +362,36 @@ class Router:
                 choices.append(choose_ridge("length_ridge", contexts, targets))
         chosen: dict[str, Any] = {choice.knob: choice.chosen for choice in choices}
         return replace(config, **chosen), tuple(choices)
+
+    def refit(self) -> FitReport:
+        """Fits projection, domains and heads again (`fit`) on the rows of the last fit plus
+        the feedback learned since (the last ``feedback_log_size`` of them: each its query,
+        the chosen model's quality, or 1/0 for binary feedback, and output tokens), so that
+        feedback improves the representation too, not only the heads. Routing goes on while
+        it runs (in a background thread, say) and switches to the new state at once.
+
+        A Router that was loaded rather than fitted has no rows of its own: it refits on the
+        feedback alone. Raises `InvalidInputError` when there is nothing to fit on."""
+        with self._lock:
+            training = self._training
+            logged = list(self._feedback_log)
+        parts = [] if training is None else [training]
+        if logged:
+            parts.append(_feedback_dataset(logged, self.models))
+        if not parts:
+            raise InvalidInputError("refit has nothing to learn from: no fit and no feedback")
+        combined = parts[0] if len(parts) == 1 else _concatenated(parts[0], parts[1])
+        with warnings.catch_warnings():
+            # The feedback names the pool's own models; the rows of the last fit were checked
+            # then.
+            warnings.simplefilter("ignore", UnusedDataWarning)
+            report = self.fit(combined)
+        with self._lock:
+            # What was learned is in the new rows now; feedback during the refit stays logged.
+            for _ in range(min(len(logged), len(self._feedback_log))):
+                self._feedback_log.popleft()
+            self._training = combined
+        return report
 
     def _domain_ids(
         self, dataset: RoutingDataset, vectors: NDArray[np.float64]
@@ -457,6 +503,7 @@ class Router:
                 budget_per_1000_usd=budget_per_1000_usd,
             ),
             self._now(),
+            text,
         )
 
     def route_batch(
@@ -502,7 +549,7 @@ class Router:
         # One reading of the clock for the whole batch, before the first decision: a clock that
         # fails must not leave part of a batch counted in flight with no id returned for it.
         now = self._now()
-        return [self._decide(*known[text], wtp, now) for text in items]
+        return [self._decide(*known[text], wtp, now, text) for text in items]
 
     def _decide(
         self,
@@ -510,6 +557,7 @@ class Router:
         prompt_tokens: float,
         willingness_to_pay: float,
         now: float,
+        text: str | None = None,
     ) -> RouteDecision:
         """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
@@ -526,7 +574,7 @@ class Router:
                 self._policy.begin(detail.model, service_s, now_s=now)
                 generation = self._policy.generation(detail.model)
             self._pending[decision_id] = _Pending(
-                detail.model, generation, context, now, service_s, in_flight=queued
+                detail.model, generation, context, now, service_s, in_flight=queued, text=text
             )
             self._expire(now)
         return RouteDecision(decision_id, detail.model, prompt_tokens, willingness_to_pay, detail)
@@ -639,6 +687,10 @@ class Router:
             if pending.in_flight:
                 self._leave_queue(pending, latency_s, now)
             self._close(decision_id, "already answered")
+            if pending.text is not None:
+                self._feedback_log.append(
+                    _Feedback(pending.text, pending.model, target, output_tokens)
+                )
         return True
 
     def _feedback_target(
@@ -933,3 +985,67 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _feedback_dataset(logged: Sequence[_Feedback], models: Sequence[str]) -> RoutingDataset:
+    """Logged feedback as rows of a data set: each row observes the chosen model alone."""
+    names = list(dict.fromkeys([*models, *(f.model for f in logged)]))
+    n, k = len(logged), len(names)
+    quality = np.full((n, k), np.nan)
+    tokens = np.full((n, k), np.nan)
+    for row, item in enumerate(logged):
+        column = names.index(item.model)
+        quality[row, column] = item.quality
+        if item.output_tokens is not None:
+            tokens[row, column] = item.output_tokens
+    texts = [f.text for f in logged]
+    return RoutingDataset(
+        prompts=texts,
+        models=names,
+        quality=quality,
+        cost_usd=np.full((n, k), np.nan),
+        prompt_tokens=count_tokens(texts),
+        output_tokens=tokens,
+        latency_s=None,
+        labels=None,
+        split=None,
+        ids=[f"feedback-{secrets.token_hex(6)}-{i}" for i in range(n)],
+        tokens_counted=True,
+    )
+
+
+def _concatenated(first: RoutingDataset, second: RoutingDataset) -> RoutingDataset:
+    """The rows of both, over the union of their models (unobserved cells NaN). Labels are
+    kept only when both have them; ids of the second that repeat the first's are renamed."""
+    names = list(dict.fromkeys([*first.models, *second.models]))
+
+    def widened(ds: RoutingDataset, array: NDArray[np.float64] | None) -> NDArray[np.float64]:
+        out = np.full((len(ds), len(names)), np.nan)
+        if array is not None:
+            for k, name in enumerate(ds.models):
+                out[:, names.index(name)] = array[:, k]
+        return out
+
+    def stacked(name: str) -> NDArray[np.float64]:
+        parts = [widened(ds, getattr(ds, name)) for ds in (first, second)]
+        return np.vstack(parts)
+
+    no_latencies = first.latency_s is None and second.latency_s is None
+    taken = set(first.ids)
+    ids = [*first.ids, *(i if i not in taken else f"{i}@refit" for i in second.ids)]
+    labels = None
+    if first.labels is not None and second.labels is not None:
+        labels = [*first.labels, *second.labels]
+    return RoutingDataset(
+        prompts=[*first.prompts, *second.prompts],
+        models=names,
+        quality=stacked("quality"),
+        cost_usd=stacked("cost_usd"),
+        prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
+        output_tokens=stacked("output_tokens"),
+        latency_s=None if no_latencies else stacked("latency_s"),
+        labels=labels,
+        split=None,
+        ids=ids,
+        tokens_counted=first.tokens_counted or second.tokens_counted,
+    )
