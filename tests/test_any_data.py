@@ -203,6 +203,9 @@ def test_train_without_a_config_routes_among_the_data_models(
     assert "prompt tokens" not in printed  # the data gave them
     assert "prices: learned from the data's logged costs" in printed
     assert "time constraint: off" in printed
+    # No labels: the tag source says so, and whether the taxonomy or learned clusters serve.
+    assert "the data has no labels" in printed
+    assert "from zero-shot tagger (" in printed or "from learned clusters (" in printed
     for model in PRICES:
         assert f"  {model}: 24 outcomes" in printed
 
