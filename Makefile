@@ -39,7 +39,7 @@ demo: install  ## install, then route two queries with the shipped router
 DATA ?= ../shared/data/routerbench_subset_routerdc
 default-state: install  ## retrain the router shipped in the package
 	rm -rf python/mixllm/default_state
-	$(VENV)/bin/mixllm train --data $(DATA) --out python/mixllm/default_state --threads 2
+	$(VENV)/bin/mixllm train --data $(DATA) --config configs/routerbench.toml --out python/mixllm/default_state --threads 2
 
 test:  ## the test suite (less the slow tests) and the stub check, against the installed wheel
 	$(VPY) -m pytest -q -m "not slow" tests

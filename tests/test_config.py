@@ -95,7 +95,7 @@ def test_infinite_willingness_to_pay_is_allowed() -> None:
         ('name = "self-hosted"', 'name = "big"', r"models\[1\]\.name 'big' appears twice"),
         ("ttft_s = 0.6", 'ttft_s = "fast"', r"models\[0\]\.ttft_s must be a number"),
         ("ttft_s = 0.6", "ttft_s = nan", r"models\[0\]\.ttft_s must be finite"),
-        ("ttft_s = 0.6", "", r"models\[0\] is missing ttft_s"),
+        ("price_in = 10.0", "", r"models\[0\] is missing price_in"),
         ("ttft_s = 0.6", "ttft_s = 0.6\ncolour = 1", r"models\[0\] has unknown field\(s\) colour"),
         ("willingness_to_pay = 0.05", "willingness_to_pay = 0", "willingness_to_pay must be > 0"),
         ("dim = 32", "dim = 500", "router.dim must be <= 384"),
@@ -175,39 +175,48 @@ def test_code_built_configs_are_validated_too() -> None:
         RouterConfig(models=(ModelConfig("m", 1.0, -2.0, 0.1, 10.0, 1),))
 
 
-def test_eval_runs_a_named_encoder_in_float32(tmp_path: Path) -> None:
-    """``mixllm eval --config`` runs the shipped encoder as int8 unless told otherwise; a named
-    encoder is never given that default (it would be refused)."""
+def test_eval_runs_the_encoder_as_configured(tmp_path: Path) -> None:
+    """``mixllm eval --config`` runs the encoder as ``mixllm train`` and `Router` do (float32
+    unless the file says otherwise); ``--quantized`` asks for the int8 copy."""
     from mixllm.cli import _eval_config
 
     named = write(tmp_path, '[embedder]\nencoder = "all-mpnet-base-v2"\n')
-    config = _eval_config(str(named), ["gpt-4-1106-preview"])
+    config = _eval_config(str(named), quantized=False)
     assert config is not None
     assert (config.embedder.encoder, config.embedder.quantized) == ("all-mpnet-base-v2", False)
-    shipped = _eval_config(str(write(tmp_path, "[router]\nalpha = 0.1\n")), ["gpt-4-1106-preview"])
-    assert shipped is not None and shipped.embedder.quantized is True
-    # An encoder of the user's own is not quantised behind their back either.
-    own = _eval_config(
-        str(write(tmp_path, '[embedder]\nmodel_dir = "m"\n')), ["gpt-4-1106-preview"]
-    )
-    assert own is not None and own.embedder.quantized is False
-
-
-def test_train_takes_the_pool_from_the_file_or_else_the_catalog(tmp_path: Path) -> None:
-    """``mixllm train --config``: a file's own pool; for a file without one, the data's models
-    at the catalog's prices, refused when the catalog does not know them."""
-    from mixllm.cli import _train_config
-
     settings = write(tmp_path, "[router]\nalpha = 0.1\n")
-    pool = _train_config(str(settings), ["gpt-4-1106-preview", "mistralai/mistral-7b-chat"])
-    assert [m.name for m in pool.models] == ["gpt-4-1106-preview", "mistralai/mistral-7b-chat"]
-    assert pool.models[0].price_in > 0
-    with pytest.raises(ConfigError, match=r"lists no \[\[models\]\].*for the data's my-llama"):
-        _train_config(str(settings), ["gpt-4-1106-preview", "my-llama"])
-    assert [m.name for m in _train_config(str(write(tmp_path, GOOD)), ["x"]).models] == [
-        "big",
-        "self-hosted",
-    ]
+    shipped = _eval_config(str(settings), quantized=False)
+    assert shipped is not None and shipped.embedder.quantized is False
+    assert shipped.alpha == 0.1 and shipped.models == ()  # the data's models, priced by the run
+    fast = _eval_config(str(settings), quantized=True)
+    assert fast is not None and fast.embedder.quantized is True
+
+
+def test_train_takes_the_pool_from_the_file_or_else_the_data(tmp_path: Path) -> None:
+    """``mixllm train --config``: a file's own pool; for a file without one, the data's models
+    at prices learned from its logged costs, with the file's settings."""
+    from mixllm.cli import _train_config
+    from mixllm.data import RoutingDataset
+
+    data = RoutingDataset(
+        prompts=["a", "b", "c"],
+        models=["gpt-4-1106-preview", "my-llama"],
+        quality=[[1.0, 0.0]] * 3,
+        cost_usd=[[1e-5, 2e-6], [2e-5, 4e-6], [3e-5, 6e-6]],
+        prompt_tokens=[1.0, 2.0, 3.0],
+        output_tokens=None,
+        latency_s=None,
+        labels=None,
+        split=None,
+        ids=["0", "1", "2"],
+    )
+    settings = write(tmp_path, "[router]\nalpha = 0.1\n")
+    pool, notes = _train_config(str(settings), data)
+    assert [m.name for m in pool.models] == ["gpt-4-1106-preview", "my-llama"]
+    assert pool.alpha == 0.1 and pool.models[0].price_in > pool.models[1].price_in > 0
+    assert any("learned from the data's logged costs" in note for note in notes)
+    listed, notes = _train_config(str(write(tmp_path, GOOD)), data)
+    assert [m.name for m in listed.models] == ["big", "self-hosted"] and notes == []
 
 
 def test_the_embedder_is_built_as_configured(tmp_path: Path) -> None:

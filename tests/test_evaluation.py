@@ -289,14 +289,17 @@ def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() ->
     assert config.models[2].name == "not-in-the-catalog"
     assert router_config([gpt4], tau_s=30.0, beta=0.0, base=base).beta == 0.0
     default = router_config([gpt4], tau_s=30.0)
-    assert (default.alpha, default.ridge, default.dim) == (0.01, 1.0, 64)
+    # The ridges are left to the fit's cross-validation.
+    assert (default.alpha, default.ridge, default.dim) == (0.01, None, 64)
     assert default.models[0] == catalog[gpt4].model_config()
 
 
 def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> None:
+    # As a deployed Router runs the encoder (float32), unless the int8 copy is asked for.
     assert EvalSettings().embedder() == EmbedderConfig(
-        quantized=True, intra_op_threads=2, cache_size=0
+        quantized=False, intra_op_threads=2, cache_size=0
     )
+    assert EvalSettings(quantized=True).embedder().quantized
     model = ModelConfig("m", 1.0, 1.0, 0.1, 10.0, 1)
     configured = RouterConfig(models=(model,), embedder=EmbedderConfig(truncation="tail"))
     settings = EvalSettings(router=configured)

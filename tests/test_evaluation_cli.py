@@ -249,6 +249,7 @@ def test_eval_validate_runs_on_a_split_of_train(
     """--validate evaluates on the train rows alone, a quarter of each benchmark's as test."""
     monkeypatch.setenv("MIXLLM_CACHE", str(tmp_path / "cache"))
     args = ["eval", "--data", str(data_slice), "--experiment", "frontier", "--quiet"]
+    args += ["--reference", "gpt-4-1106-preview"]
     assert main([*args, "--out", str(tmp_path / "val"), "--validate"]) == 0
     assert "Validation run" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
@@ -300,18 +301,19 @@ def test_eval_evaluates_a_configuration_file(
     settings = json.loads((tmp_path / "flag" / "results.json").read_text())["settings"]
     assert settings["embedder"]["truncation"] == "head"
 
-    # A file of settings alone evaluates the data's models at the catalog's prices, with the
-    # run's usual int8 encoder. Its knobs reach the mixllm routers and nothing else: against a
-    # run without the file (same vectors), mixllm routes differently and the baselines do not.
+    # A file of settings alone lists no pool (the run prices the data's models itself) and
+    # runs the encoder as a deployed Router does, float32. Its knobs reach the mixllm routers
+    # and nothing else: against a run without the file (same vectors), mixllm routes
+    # differently and the baselines do not.
     config.write_text("[router]\nridge = 30.0\n", encoding="utf-8")
     assert main([*args, "--out", str(tmp_path / "knobs"), "--config", str(config)]) == 0
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
     knobs = json.loads((tmp_path / "knobs" / "results.json").read_text())
     plain = json.loads((tmp_path / "plain" / "results.json").read_text())
     assert knobs["settings"]["router"]["router"]["ridge"] == 30.0
-    assert len(knobs["settings"]["router"]["models"]) == 11
+    assert knobs["settings"]["router"]["models"] == []
     assert knobs["settings"]["embedder"] == plain["settings"]["embedder"]
-    assert knobs["settings"]["embedder"]["quantized"] is True
+    assert knobs["settings"]["embedder"]["quantized"] is False
 
     def points(results: dict, router: str) -> list:
         return results["frontier"]["no_time_constraint"]["routers"][router]["points"]

@@ -197,12 +197,13 @@ def test_fit_keeps_the_lengths_it_has_when_some_are_missing(
     tokens = data.output_tokens.copy()
     gpt4 = data.models.index("gpt-4-1106-preview")
     tokens[::3, gpt4] = np.nan  # 10 of the 30 lengths not recorded
-    router = Router(config, embedder=embedder)
+    # Equal ridges, pinned (not cross-validated): the heads of a model with every length share.
+    router = Router(replace(config, ridge=1.0, length_ridge=1.0), embedder=embedder)
     router.fit(replace(data, output_tokens=tokens))
     state = router.policy.inspect("gpt-4-1106-preview")
     # The context ends with a constant 1: A's last diagonal entry is ridge + Σw.
-    assert state["a"][-1, -1] == pytest.approx(config.ridge + 30)
-    assert state["length_a"][-1, -1] == pytest.approx(config.length_ridge + 20)
+    assert state["a"][-1, -1] == pytest.approx(router.config.ridge + 30)
+    assert state["length_a"][-1, -1] == pytest.approx(router.config.length_ridge + 20)
     seen = ~np.isnan(tokens[:, gpt4])
     described = {row["name"]: row for row in router.describe_models()}["gpt-4-1106-preview"]
     geometric_mean = float(np.expm1(np.mean(np.log1p(tokens[seen, gpt4]))))

@@ -35,7 +35,9 @@ from mixllm.errors import (
     ModelIntegrityError,
     NotFittedError,
     ProjectionError,
+    UnusedDataWarning,
 )
+from mixllm.pricing import LearnedPrice, learn_prices
 from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
 from mixllm.router import FitReport, RouteDecision, Router
 from mixllm.tagging import DomainLabels, Tagger, Tags
@@ -56,6 +58,7 @@ __all__ = [
     "FitReport",
     "InputTypeError",
     "InvalidInputError",
+    "LearnedPrice",
     "LinearProjection",
     "MixllmError",
     "ModelConfig",
@@ -76,8 +79,10 @@ __all__ = [
     "TaggerConfig",
     "Tags",
     "UnknownModelError",
+    "UnusedDataWarning",
     "__version__",
     "count_tokens",
+    "learn_prices",
     "load_config",
     "load_jsonl",
     "load_projection",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
-from mixllm.config import ModelConfig
+from mixllm.config import DEFAULT_CONCURRENCY, ModelConfig
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
@@ -45,8 +45,6 @@ __all__ = [
     "names",
     "prices",
 ]
-
-DEFAULT_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)

@@ -21,23 +21,18 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mixllm._core import MixllmError, __version__
-from mixllm.config import RouterConfig, lists_models, load_config
+from mixllm.config import ModelConfig, RouterConfig, lists_models, load_config
 from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
 
 __all__ = ["main"]
-
-
-def _routerbench_config() -> RouterConfig:
-    """RouterBench's 11 models with their catalog prices and speeds, default settings."""
-    from mixllm.catalog import ROUTERBENCH_MODELS
-
-    return RouterConfig(models=tuple(spec.model_config() for spec in ROUTERBENCH_MODELS))
 
 
 def _load_data(path: Path, allow_pickle: bool) -> Any:
@@ -55,49 +50,89 @@ def _load_data(path: Path, allow_pickle: bool) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from mixllm.errors import UnusedDataWarning
     from mixllm.router import Router
 
     dataset = _load_data(Path(args.data), args.allow_pickle)
-    config = _train_config(args.config, dataset.models)
     if dataset.split is not None and not args.all_rows:
         dataset = dataset.train()
+    config, notes = _train_config(args.config, dataset)
     started = time.perf_counter()
     embedder = None
     if args.threads is not None:
         embedder = config.embedder.build(intra_op_threads=args.threads, cache_size=0)
     router = Router(config, embedder=embedder)
-    report = router.fit(dataset)
+    with warnings.catch_warnings():
+        # Reported below, in the list of models.
+        warnings.simplefilter("ignore", UnusedDataWarning)
+        report = router.fit(dataset)
     folder = router.save(args.out)
     print(f"trained on {report.rows} queries in {time.perf_counter() - started:.1f} s")
     print(f"domains: {report.domains} from {report.tag_source}")
     if report.tokens_counted:
-        print("token counts: the data has none; counted with the embedder's tokenizer")
+        print("prompt tokens: the data has none; counted with the embedder's tokenizer")
+    if report.output_tokens_counted:
+        print("output tokens: counted from the responses with the embedder's tokenizer")
+    elif dataset.output_tokens is None:
+        print("output tokens: the data has none; each model's answer length stays at its prior")
+    for note in notes:
+        print(note)
+    if report.calibration is not None:
+        print(
+            f"operating points: calibrated on held-out folds, % of {report.calibration.reference}"
+            " (mixllm models lists them)"
+        )
+    for choice in report.tuning:
+        scores = choice.mean_scores
+        folds = ", ".join(f"{v:.4g}" for v in choice.fold_scores[choice.chosen])
+        print(
+            f"{choice.knob}: {choice.chosen:g}, chosen by {len(choice.fold_scores[choice.chosen])}"
+            f"-fold cross-validation (held-out squared error {scores[choice.chosen]:.4g}; "
+            f"per fold {folds})"
+        )
+        print("  candidates: " + ", ".join(f"{c:g}: {v:.4g}" for c, v in scores.items()))
     for name, rows in report.rows_per_model.items():
         print(f"  {name}: {rows} outcomes")
     for name in report.models_without_data:
         print(f"  {name}: no outcomes in the data, keeps its prior")
+    for name in report.models_not_in_pool:
+        print(f"  {name}: in the data but not in the configuration's pool, ignored")
     print(f"saved to {folder}")
     return 0
 
 
-def _train_config(path: str | None, models: Sequence[str]) -> RouterConfig:
-    """The configuration ``mixllm train`` uses: RouterBench's 11 models without a file; a
-    file's own pool; for a file that lists none, the data's models at the catalog's prices and
-    speeds, which must then all be in the catalog (a router is not trained on made-up prices)."""
-    if path is None:
-        return _routerbench_config()
-    if lists_models(path):
-        return load_config(path)
-    from mixllm.catalog import ROUTERBENCH_MODELS
+def _train_config(path: str | None, dataset: Any) -> tuple[RouterConfig, list[str]]:
+    """The configuration ``mixllm train`` uses, and lines saying what it took from the data. A
+    file that lists ``[[models]]`` is the pool as written. Otherwise the pool is the data's
+    models at prices learned from their logged costs, with the file's settings (or the
+    defaults); without latencies in the data and without a file, the time constraint is off."""
+    from mixllm.pricing import priced_pool
 
-    catalog = {spec.name: spec.model_config() for spec in ROUTERBENCH_MODELS}
-    unknown = [name for name in models if name not in catalog]
-    if unknown:
-        raise ConfigError(
-            f"{path} lists no [[models]], and the catalog has no prices or speeds for the "
-            f"data's {', '.join(unknown)}: list the pool in [[models]]"
+    if path is not None and lists_models(path):
+        return load_config(path), []
+    pool, learned = priced_pool(dataset)
+    notes = ["prices: learned from the data's logged costs (USD per million tokens)"]
+    for price in learned.values():
+        source = "" if price.from_output_tokens else ", output at its prior length"
+        notes.append(
+            f"  {price.model}: in {price.price_in:.4g}, out {price.price_out:.4g} "
+            f"({price.rows} costs, mean error {100 * price.relative_error:.1f}%{source})"
         )
-    return load_config(path, default_models=tuple(catalog[name] for name in models))
+    # Without latencies nothing says how fast a model is: the time constraint is off unless
+    # the file sets one.
+    no_latencies = dataset.latency_s is None
+    if path is not None:
+        defaults = {"router": {"tau_s": math.inf}} if no_latencies else None
+        config = load_config(path, default_models=pool, defaults=defaults)
+    else:
+        config = RouterConfig(models=pool)
+        if no_latencies:
+            config = replace(config, tau_s=math.inf)
+    if math.isinf(config.tau_s):
+        notes.append(
+            "time constraint: off (the data has no latencies; models have the default speeds)"
+        )
+    return config, notes
 
 
 def _router(state: str | None) -> Any:
@@ -139,7 +174,13 @@ def _query_text(args: argparse.Namespace) -> str:
 def _route(args: argparse.Namespace) -> int:
     text = _query_text(args)
     router = _router(args.state)
-    decision = router.route(text, willingness_to_pay=args.willingness_to_pay)
+    decision = router.route(
+        text,
+        willingness_to_pay=args.willingness_to_pay,
+        target_quality_pct=args.target_quality_pct,
+        max_cost_pct=args.max_cost_pct,
+        budget_per_1000_usd=args.budget_per_1000_usd,
+    )
     explained = decision.explain()
     if args.json:
         print(
@@ -178,7 +219,8 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    rows = _router(args.state).describe_models()
+    router = _router(args.state)
+    rows = router.describe_models()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -193,27 +235,43 @@ def _models(args: argparse.Namespace) -> int:
             f"{row['observations']:>6} {row['mean_quality']:>8.3f} "
             f"{row['mean_output_tokens']:>8.0f}"
         )
+    calibration = router.calibration
+    if calibration is not None:
+        print(
+            f"\noperating points (held-out folds of {calibration.rows} training queries; % of "
+            f"{calibration.reference}):"
+        )
+        print(f"{'λ (USD/point)':>14} {'quality %':>10} {'cost %':>8} {'$ per 1,000':>12}")
+        shown = None
+        for point in calibration.points:
+            # Neighbouring λ often route alike: one line per distinct outcome.
+            key = (round(point.quality_pct, 2), round(point.cost_pct, 2))
+            if key == shown:
+                continue
+            shown = key
+            print(
+                f"{point.willingness_to_pay:>14.3g} {point.quality_pct:>10.2f} "
+                f"{point.cost_pct:>8.2f} {point.cost_per_1000_usd:>12.4g}"
+            )
     return 0
 
 
-def _eval_config(path: str | None, models: Sequence[str]) -> RouterConfig | None:
-    """The configuration ``mixllm eval --config`` evaluates. A file may hold only settings: its
-    pool is then the data's models at the catalog's prices and speeds. The shipped encoder runs
-    as its int8 copy, as in a run without a file, unless the file sets ``[embedder] quantized``;
-    an encoder the file names (``model_dir``, ``encoder``, ``hf_repo``) runs as the file says
-    (float32 by default: int8 can be too lossy for another model)."""
+def _eval_config(path: str | None, quantized: bool) -> RouterConfig | None:
+    """The configuration ``mixllm eval --config`` evaluates, its encoder as the file says (as
+    ``mixllm train`` and `Router` run it), or its int8 copy with ``quantized``. A file may hold
+    only settings: its pool is then empty, and the evaluation prices the data's models as
+    ``mixllm train`` does (`mixllm.evaluation.experiments.router_config`)."""
     if path is None:
         return None
-    from mixllm.evaluation.experiments import router_config
-
-    pool = router_config(models).models
-    as_written = load_config(path, default_models=pool)
-    embedder = as_written.embedder
-    if any(
-        source is not None for source in (embedder.model_dir, embedder.encoder, embedder.hf_repo)
-    ):
-        return as_written
-    return load_config(path, default_models=pool, defaults={"embedder": {"quantized": True}})
+    if lists_models(path):
+        config = load_config(path)
+    else:
+        # A stand-in pool lets the file's settings be read and checked; it is dropped after.
+        stand_in = ModelConfig("stand-in", 0.0, 0.0)
+        config = load_config(path, default_models=(stand_in,)).with_models(())
+    if quantized:
+        config = replace(config, embedder=replace(config.embedder, quantized=True))
+    return config
 
 
 def _encoder(args: argparse.Namespace) -> int:
@@ -242,7 +300,7 @@ def _eval(args: argparse.Namespace) -> int:
     from mixllm.evaluation import EvalSettings, format_table, run_evaluation, write_report
 
     # A bad file is reported before any data is read or downloaded.
-    _eval_config(args.config, [m.name for m in _routerbench_config().models])
+    config = _eval_config(args.config, args.quantized)
     if args.data:
         dataset = _load_data(Path(args.data), args.allow_pickle)
     else:
@@ -265,7 +323,9 @@ def _eval(args: argparse.Namespace) -> int:
         experiments=experiments,
         max_tokens=args.max_tokens,
         truncation=args.truncation,
-        router=_eval_config(args.config, dataset.models),
+        router=config,
+        quantized=args.quantized,
+        reference=args.reference,
         validation=args.validate,
         seed=args.seed,
         resamples=args.resamples,
@@ -282,7 +342,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import logging
-    from dataclasses import replace
 
     try:
         from mixllm.serving import gateway_router, serve
@@ -366,8 +425,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="folder to save the router state in")
     train.add_argument(
         "--config",
-        help="TOML configuration (default: RouterBench's 11 models, also the pool of a file that "
-        "lists none)",
+        help="TOML configuration (default: the data's models at prices learned from their logged "
+        "costs, also the pool of a file that lists none)",
     )
     train.add_argument(
         "--all-rows", action="store_true", help="train on every row, not just the train split"
@@ -387,8 +446,27 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--file", help="read the query from this file (UTF-8)")
     route.add_argument("--state", help="saved router folder (default: the shipped router)")
     route.add_argument("--json", action="store_true", help="print JSON")
-    route.add_argument(
+    point = route.add_mutually_exclusive_group()
+    point.add_argument(
         "--willingness-to-pay", type=float, help="USD per quality point (default: configured)"
+    )
+    point.add_argument(
+        "--target-quality-pct",
+        type=float,
+        metavar="PCT",
+        help="the cheapest way to reach PCT %% of the best model's quality (see mixllm models)",
+    )
+    point.add_argument(
+        "--max-cost-pct",
+        type=float,
+        metavar="PCT",
+        help="the best quality at no more than PCT %% of the best model's cost",
+    )
+    point.add_argument(
+        "--budget-per-1000-usd",
+        type=float,
+        metavar="USD",
+        help="the best quality at no more than USD dollars per 1,000 queries",
     )
     route.set_defaults(run=_route)
 
@@ -420,7 +498,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--config",
         help="TOML configuration to evaluate as mixllm: its knobs, embedder, tagger and prices "
-        "(default: the defaults, with RouterBench's catalog)",
+        "(default: the defaults; models it does not list at prices learned from the train "
+        "split's costs)",
+    )
+    evaluate.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="the model whose quality and cost are 100%% (default: the best single model on "
+        "the train split)",
+    )
+    evaluate.add_argument(
+        "--quantized",
+        action="store_true",
+        help="embed with the encoder's int8 copy, faster but not what a deployed Router runs "
+        "(default: as configured, float32 by default)",
     )
     evaluate.add_argument(
         "--truncation",

@@ -5,11 +5,15 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
 
     [router]
     willingness_to_pay = 0.05     # λ: USD per quality point (see below)
+    # target_quality_pct = 95     # or: the cheapest way to 95% of the best model's quality
+    # max_cost_pct = 20           # or: the best quality at 20% of its cost
+    # budget_per_1000_usd = 1.5   # or: at $1.50 per 1,000 queries
     alpha = 0.01                  # exploration weight
     beta = 0.1                    # latency-penalty weight
-    tau_s = 30.0                  # latency tolerance, seconds
+    tau_s = 30.0                  # latency tolerance, seconds (inf: no time constraint)
     tau_margin_sd = 0.0           # standard deviations of its error an estimate keeps below τ
     dim = 64                      # projection dimension d (the context has d + 1 entries)
+    ridge = 10.0                  # the quality heads' ridge (default: cross-validated at fit)
 
     [embedder]
     quantized = true
@@ -19,7 +23,7 @@ A TOML file looks like this (every table but ``[[models]]`` is optional)::
     name = "gpt-4-1106-preview"
     price_in = 10.0               # USD per million prompt tokens
     price_out = 30.0              # USD per million output tokens
-    ttft_s = 0.6
+    ttft_s = 0.6                  # optional, like the two below (defaults: `ModelConfig`)
     tokens_per_s = 40.0
     concurrency = 32
     # Only for `mixllm serve` (docs/serving.md): where the model answers.
@@ -35,6 +39,10 @@ is worth paying for. With quality on a 0-1 scale (1 = a right answer), λ = 0.05
 that costs $0.001 more per query must be expected to be right 2% more often (0.001 / 0.05) to
 be preferred; λ = inf ignores cost, a small λ makes cost dominate. Every field is checked on
 load; an error names the field and what was wrong.
+
+Data without latencies needs no speeds: ``ttft_s``, ``tokens_per_s`` and ``concurrency`` default
+to `DEFAULT_TTFT_S`, `DEFAULT_TOKENS_PER_S` and `DEFAULT_CONCURRENCY`, and ``tau_s = inf``
+turns the time constraint off (no model is ever too slow and the latency penalty is 0).
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_TOKENS_PER_S",
+    "DEFAULT_TTFT_S",
     "EmbedderConfig",
     "ModelConfig",
     "RouterConfig",
@@ -70,6 +81,31 @@ __all__ = [
 ]
 
 
+# A model's serving speed when nothing says otherwise: middling figures for a hosted LLM. They
+# only shape predicted waiting times, which matter only under a finite τ.
+DEFAULT_TTFT_S = 0.5
+DEFAULT_TOKENS_PER_S = 50.0
+# Requests a model serves at once: an account's rate limit, which no public source states.
+DEFAULT_CONCURRENCY = 8
+# What the decision core is given for τ = inf (it takes finite values only): a tolerance so
+# long that the latency penalty exp(L / τ) - 1 is nil for any real latency.
+POLICY_TAU_OFF_S = 1e12
+
+
+# The operating points a user may give instead of λ.
+OPERATING_POINTS = ("target_quality_pct", "max_cost_pct", "budget_per_1000_usd")
+
+# Knobs `Router.fit` chooses by cross-validation when they are None, and what they run with
+# until then.
+TUNED_DEFAULTS = {"ridge": 1.0, "length_ridge": 1.0}
+TUNED_KNOBS = tuple(TUNED_DEFAULTS)
+
+
+def policy_tau_s(tau_s: float) -> float:
+    """The τ the decision core runs with for a configured ``tau_s``."""
+    return tau_s if math.isfinite(tau_s) else POLICY_TAU_OFF_S
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One model of the pool: prices (USD per million tokens) and serving speed."""
@@ -77,9 +113,9 @@ class ModelConfig:
     name: str
     price_in: float
     price_out: float
-    ttft_s: float
-    tokens_per_s: float
-    concurrency: int
+    ttft_s: float = DEFAULT_TTFT_S
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S
+    concurrency: int = DEFAULT_CONCURRENCY
     fee: float = 0.0
     prior_quality: float = 0.5
     prior_output_tokens: float = 256.0
@@ -221,6 +257,12 @@ class RouterConfig:
     # On RouterBench's pool this is where the router starts sending hard queries to GPT-4
     # (docs/results/routerbench.md).
     willingness_to_pay: float = 0.05
+    # The operating point in the user's words, instead of λ (at most one; see
+    # `mixllm.calibration`): the cheapest way to reach this % of the best model's quality, the
+    # best quality at this % of its cost, or at this many dollars per 1,000 queries.
+    target_quality_pct: float | None = None
+    max_cost_pct: float | None = None
+    budget_per_1000_usd: float | None = None
     alpha: float = 0.01
     beta: float = 0.1
     tau_s: float = 30.0
@@ -229,15 +271,20 @@ class RouterConfig:
     # runs over τ about half the time (docs/evaluation.md, "A margin below τ").
     tau_margin_sd: float = 0.0
     dim: int = 64
-    ridge: float = 1.0
+    # The quality heads' ridge. None: chosen by cross-validation on the rows the Router is
+    # fitted on (`mixllm.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
+    ridge: float | None = None
     # The output-length head has its own ridge: lengths are far more predictable than quality,
     # and the shrinkage quality needs would pull long answers' predicted cost and service time
-    # towards the short answers' (docs/evaluation.md, "The length head").
-    length_ridge: float = 1.0
+    # towards the short answers' (docs/evaluation.md, "The length head"). None: chosen as
+    # ``ridge`` is, on the log lengths.
+    length_ridge: float | None = None
     refactor_every: int = 1000
     binary_feedback_weight: float = 0.5
     feedback_ttl_s: float = 3600.0
     max_pending: int = 100_000
+    # Feedback kept for `Router.refit` (the newest; 0: none).
+    feedback_log_size: int = 10_000
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
 
@@ -254,21 +301,28 @@ class RouterConfig:
             strict=True,
             allow_inf=True,
         )
+        given = [k for k in OPERATING_POINTS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: give one of {', '.join(OPERATING_POINTS)}, not {given}")
+        for knob in given:
+            _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
         _number(where, "alpha", self.alpha, minimum=0.0)
         _number(where, "beta", self.beta, minimum=0.0)
-        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True)
+        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True, allow_inf=True)
         _number(where, "tau_margin_sd", self.tau_margin_sd, minimum=0.0)
         _integer(where, "dim", self.dim, minimum=1)
         if self.dim > 384:
             raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
-        _number(where, "ridge", self.ridge, minimum=0.0, strict=True)
-        _number(where, "length_ridge", self.length_ridge, minimum=0.0, strict=True)
+        for knob in TUNED_KNOBS:
+            if getattr(self, knob) is not None:
+                _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
         _integer(where, "refactor_every", self.refactor_every, minimum=1)
         _number(
             where, "binary_feedback_weight", self.binary_feedback_weight, minimum=0.0, strict=True
         )
         _number(where, "feedback_ttl_s", self.feedback_ttl_s, minimum=0.0, strict=True)
         _integer(where, "max_pending", self.max_pending, minimum=1)
+        _integer(where, "feedback_log_size", self.feedback_log_size, minimum=0)
         if not isinstance(self.models, tuple):
             raise ConfigError("models must be a tuple of ModelConfig")
         seen: set[str] = set()
@@ -282,6 +336,15 @@ class RouterConfig:
         self.embedder.validate()
         self.tagger.validate()
 
+    def operating_point(self) -> dict[str, float]:
+        """The operating point configured in the user's words, if any (one entry)."""
+        return {k: getattr(self, k) for k in OPERATING_POINTS if getattr(self, k) is not None}
+
+    def knob(self, name: str) -> float:
+        """The value a knob of `TUNED_KNOBS` runs with: as set, else its default."""
+        value = getattr(self, name)
+        return float(TUNED_DEFAULTS[name] if value is None else value)
+
     def with_models(self, models: tuple[ModelConfig, ...]) -> RouterConfig:
         return replace(self, models=models)
 
@@ -294,9 +357,9 @@ class RouterConfig:
             self.dim + 1 if context_dim is None else context_dim,
             alpha=self.alpha,
             beta=self.beta,
-            ridge=self.ridge,
-            length_ridge=self.length_ridge,
-            tau_s=self.tau_s,
+            ridge=self.knob("ridge"),
+            length_ridge=self.knob("length_ridge"),
+            tau_s=policy_tau_s(self.tau_s),
             tau_margin_sd=self.tau_margin_sd,
             refactor_every=self.refactor_every,
         )
@@ -308,6 +371,12 @@ class RouterConfig:
         """A plain, JSON- and TOML-compatible dict that `from_dict` reads back."""
         data = asdict(self)
         router = {k: data.pop(k) for k in list(data) if k not in ("models", "embedder", "tagger")}
+        # A knob left to cross-validation is left out, as a file leaves it out.
+        router = {
+            k: v
+            for k, v in router.items()
+            if not (k in (*TUNED_KNOBS, *OPERATING_POINTS) and v is None)
+        }
         embedder = {k: v for k, v in data["embedder"].items() if v is not None}
         return {
             "router": router,

@@ -119,6 +119,10 @@ class RoutingDataset:
     split: list[str] | None
     ids: list[str]
     tokens_counted: bool = field(default=False)
+    # Whether output tokens were counted by mixllm from response texts (RouterBench's, or the
+    # ``response`` of JSON Lines outcomes). Where the counts came from, not part of the data:
+    # datasets that differ only here compare equal.
+    output_tokens_counted: bool = field(default=False)
 
     def __post_init__(self) -> None:
         prompts = _string_list(self.prompts, "prompts", len(self.prompts))
@@ -160,6 +164,7 @@ class RoutingDataset:
                 seen.add(row_id)
         set_(self, "ids", ids)
         set_(self, "tokens_counted", bool(self.tokens_counted))
+        set_(self, "output_tokens_counted", bool(self.output_tokens_counted))
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -468,6 +473,7 @@ def _routerbench_dataset(
         split=None if split is None else [split[i] for i in rows],
         ids=ids,
         tokens_counted=True,
+        output_tokens_counted=has_responses,
     )
 
 
@@ -735,6 +741,9 @@ class PriceLike(Protocol):
 # An integer id longer than this is refused (str() of a huge int is slow, and no log needs it).
 _MAX_ID_DIGITS = 100
 _OUTCOME_FIELDS = ("quality", "cost_usd", "output_tokens", "latency_s")
+# Outcome fields that are text: the model's answer, whose tokens stand in for a missing
+# ``output_tokens``.
+_OUTCOME_TEXTS = ("response",)
 _ROW_FIELDS = ("id", "query", "label", "split", "prompt_tokens", "outcomes")
 
 
@@ -774,7 +783,9 @@ def load_jsonl(
 
     Models are every name under ``outcomes``, in order of first appearance. A model missing
     from a row, or a field missing from an outcome, is NaN. Rows without ``prompt_tokens`` get
-    :func:`count_tokens` of their query (and the dataset ``tokens_counted=True``).
+    :func:`count_tokens` of their query (and the dataset ``tokens_counted=True``); outcomes
+    with a ``response`` text but no ``output_tokens`` get :func:`count_tokens` of the response
+    (and the dataset ``output_tokens_counted=True``).
 
     ``prices`` maps model names to ``(price_in, price_out)`` in USD per million tokens, or to
     objects with ``price_in``/``price_out`` (and optionally ``fee``) such as the catalog's
@@ -825,6 +836,8 @@ def load_jsonl(
     labels: list[str | None] = []
     split: list[str | None] = []
     prompt_tokens = np.full(n, np.nan)
+    # (row, column, text) of the responses whose tokens are to be counted.
+    responses: list[tuple[int, int, str]] = []
     seen_ids: dict[str, int] = {}
     for r, (row, number) in enumerate(zip(rows, lines, strict=True)):
         where = f"{file}, line {number}"
@@ -862,13 +875,21 @@ def load_jsonl(
         for model, outcome in row["outcomes"].items():
             if not isinstance(outcome, dict):
                 raise InvalidInputError(f"{where}: field 'outcomes.{model}' must be an object")
-            extra = sorted(set(outcome) - set(_OUTCOME_FIELDS))
+            extra = sorted(set(outcome) - set(_OUTCOME_FIELDS) - set(_OUTCOME_TEXTS))
             if extra:
                 raise InvalidInputError(f"{where}: unknown field(s) {extra} in 'outcomes.{model}'")
             for name in _OUTCOME_FIELDS:
                 values[name][r, models[model]] = _json_number(
                     outcome.get(name), f"{where}: field 'outcomes.{model}.{name}'"
                 )
+            response = outcome.get("response")
+            if response is not None and not isinstance(response, str):
+                raise InvalidInputError(
+                    f"{where}: field 'outcomes.{model}.response' must be a string or null, "
+                    f"got {type(response).__name__}"
+                )
+            if response is not None and math.isnan(values["output_tokens"][r, models[model]]):
+                responses.append((r, models[model], response))
         prompts.append(query)
         ids.append(row_id)
     for name, store in (("label", labels), ("split", split)):
@@ -884,6 +905,10 @@ def load_jsonl(
         prompt_tokens[missing_tokens] = count_tokens(
             [p for p, m in zip(prompts, missing_tokens, strict=True) if m]
         )
+    if responses:
+        counted = count_tokens([text for _, _, text in responses])
+        for (r, k_, _), tokens in zip(responses, counted, strict=True):
+            values["output_tokens"][r, k_] = tokens
     cost = values["cost_usd"]
     if prices is not None:
         output = values["output_tokens"]
@@ -913,6 +938,7 @@ def load_jsonl(
         split=None if split[0] is None else [str(v) for v in split],
         ids=ids,
         tokens_counted=bool(missing_tokens.any()),
+        output_tokens_counted=bool(responses),
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "NotFittedError",
     "ProjectionError",
     "StoreError",
+    "UnusedDataWarning",
 ]
 
 
@@ -60,3 +61,8 @@ class DatasetUnavailableError(MixllmError, OSError):
 
 class StoreError(MixllmError, RuntimeError):
     """The store cannot be reached, or holds a state this Router cannot use."""
+
+
+class UnusedDataWarning(UserWarning):
+    """Data a Router was given holds outcomes it does not learn from: models not in its pool
+    (the message names them)."""

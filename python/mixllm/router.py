@@ -31,8 +31,9 @@ import numbers
 import os
 import secrets
 import threading
+import warnings
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -54,10 +55,24 @@ from mixllm._core import (
     __version__,
 )
 from mixllm._lru import LruCache
-from mixllm.config import ModelConfig, RouterConfig
-from mixllm.data import RoutingDataset, estimate_tokens
+from mixllm.calibration import Calibration, calibrate
+from mixllm.clustering import choose_domains
+from mixllm.config import (
+    OPERATING_POINTS,
+    TUNED_KNOBS,
+    ModelConfig,
+    RouterConfig,
+    policy_tau_s,
+)
+from mixllm.data import RoutingDataset, count_tokens, estimate_tokens
 from mixllm.embedding import Embedder
-from mixllm.errors import ConfigError, DecisionNotFoundError, NotFittedError, ProjectionError
+from mixllm.errors import (
+    ConfigError,
+    DecisionNotFoundError,
+    NotFittedError,
+    ProjectionError,
+    UnusedDataWarning,
+)
 from mixllm.projection import (
     MAX_PROJECTION_BYTES,
     LinearProjection,
@@ -67,6 +82,7 @@ from mixllm.projection import (
 from mixllm.store.observation import Observation
 from mixllm.store.pool import PoolChange
 from mixllm.tagging import DomainLabels, Tagger
+from mixllm.tuning import MIN_ROWS, KnobChoice, choose_ridge
 
 if TYPE_CHECKING:
     import asyncio
@@ -94,6 +110,9 @@ EXPIRE_PER_CALL = 64
 # entry accounted as its key, its array and this allowance for the objects around them.
 CONTEXT_CACHE_BYTES = 16 << 20
 CACHE_ENTRY_OVERHEAD = 256
+# The optional table of operating points a fit measured, and the most bytes it may take.
+_CALIBRATION = "calibration.json"
+MAX_CALIBRATION_BYTES = 1 << 20
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
 _POLICY_KNOBS = (
     "alpha",
@@ -131,7 +150,10 @@ class RouteDecision:
 
 @dataclass(frozen=True)
 class FitReport:
-    """What `Router.fit` learned from."""
+    """What `Router.fit` learned from. ``tokens_counted`` (the prompts' token counts) and
+    ``output_tokens_counted`` (the answers', from their response texts) say which counts mixllm
+    computed with the embedder's tokenizer because the data gave none; ``models_not_in_pool``
+    names the data's models the Router ignored (it warns with `UnusedDataWarning` too)."""
 
     rows: int
     tag_source: str
@@ -139,6 +161,12 @@ class FitReport:
     rows_per_model: dict[str, int]
     models_without_data: tuple[str, ...]
     tokens_counted: bool
+    output_tokens_counted: bool = False
+    models_not_in_pool: tuple[str, ...] = ()
+    # The knobs chosen by cross-validation, with every candidate's fold scores.
+    tuning: tuple[KnobChoice, ...] = ()
+    # λ → expected quality and cost on held-out folds (None: too few rows to measure it).
+    calibration: Calibration | None = None
 
 
 @dataclass
@@ -158,6 +186,18 @@ class _Pending:
     in_flight: bool = True
     # The answer's length as `complete` measured it, learned with the feedback.
     output_tokens: float | None = None
+    # The query, for the feedback log `Router.refit` learns from.
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    """One feedback the Router learned, as `Router.refit` relearns it."""
+
+    text: str
+    model: str
+    quality: float
+    output_tokens: float | None
 
 
 class Router:
@@ -177,11 +217,21 @@ class Router:
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
         store: RedisStore | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
         default `Policy.clock_s`, a monotonic clock. A simulation passes its own. ``store``
-        shares learning with other replicas (see `attach_store`)."""
+        shares learning with other replicas (see `attach_store`). ``calibration`` is the table
+        of operating points a fit measured (`calibration`)."""
         config.validate()
+        # Knobs left to cross-validation: every fit chooses them again.
+        self._tuned = tuple(k for k in TUNED_KNOBS if getattr(config, k) is None)
+        resolved: dict[str, Any] = {
+            # A policy given decides with its own values: the configuration says so.
+            k: getattr(policy, k) if policy is not None else config.knob(k)
+            for k in self._tuned
+        }
+        config = replace(config, **resolved)
         if projection is not None and projection.d != config.dim:
             raise ConfigError(
                 f"router.dim is {config.dim} but the projection has d = {projection.d}"
@@ -195,7 +245,11 @@ class Router:
         self._config = config
         self._embedder = embedder
         self._projection = projection
+        self._calibration = calibration
         self._policy = policy
+        # What `refit` relearns from: the rows of the last fit, and the feedback since.
+        self._training: RoutingDataset | None = None
+        self._feedback_log: deque[_Feedback] = deque(maxlen=config.feedback_log_size)
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -288,7 +342,8 @@ class Router:
     def fit(self, dataset: RoutingDataset) -> FitReport:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
-        keep their prior arm; models in the data but not in the pool are ignored."""
+        keep their prior arm; models in the data but not in the pool are not learned from, with
+        an `UnusedDataWarning` naming them."""
         if self._store is not None:
             raise ConfigError(
                 "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
@@ -297,6 +352,15 @@ class Router:
         if len(dataset) < MIN_FIT_QUERIES:
             raise InvalidInputError(
                 f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
+            )
+        pool = {model.name for model in self._config.models}
+        not_in_pool = tuple(name for name in dataset.models if name not in pool)
+        if not_in_pool:
+            warnings.warn(
+                f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
+                f"which this fit ignores: {', '.join(not_in_pool)}",
+                UnusedDataWarning,
+                stacklevel=2,
             )
         vectors = self.embedder.embed(dataset.prompts).astype(np.float64)
         tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
@@ -308,10 +372,14 @@ class Router:
             push=self._config.tagger.push,
         )
         contexts = projection.context(vectors)
-        policy = self._config.new_policy()
+        config, tuning = self._tune(dataset, contexts)
+        calibration = None
+        if len(dataset) >= MIN_ROWS:
+            calibration = calibrate(config, contexts, dataset)
+        policy = config.new_policy()
         rows_per_model: dict[str, int] = {}
         without: list[str] = []
-        for model in self._config.models:
+        for model in config.models:
             if model.name not in dataset.models:
                 without.append(model.name)
                 continue
@@ -341,6 +409,9 @@ class Router:
                     policy.begin(pending.model, pending.predicted_service_s, now_s=now)
             self._projection = projection
             self._policy = policy
+            self._config = config
+            self._calibration = calibration
+            self._training = dataset
         self._contexts.clear()
         return FitReport(
             rows=len(dataset),
@@ -349,7 +420,68 @@ class Router:
             rows_per_model=rows_per_model,
             models_without_data=tuple(without),
             tokens_counted=dataset.tokens_counted,
+            output_tokens_counted=dataset.output_tokens_counted,
+            models_not_in_pool=not_in_pool,
+            tuning=tuning,
+            calibration=calibration,
         )
+
+    def _tune(
+        self, dataset: RoutingDataset, contexts: NDArray[np.float64]
+    ) -> tuple[RouterConfig, tuple[KnobChoice, ...]]:
+        """The configuration to fit with: the knobs left to cross-validation chosen on these
+        rows (`mixllm.tuning`), when there are enough of them; the others as they are."""
+        config = self._config
+        if len(dataset) < MIN_ROWS:
+            return config, ()
+        pool = [m for m in config.models if m.name in dataset.models]
+        columns = [dataset.models.index(m.name) for m in pool]
+        choices = []
+        if "ridge" in self._tuned:
+            targets = [
+                dataset.quality[:, k] - m.prior_quality for m, k in zip(pool, columns, strict=True)
+            ]
+            choices.append(choose_ridge("ridge", contexts, targets))
+        if "length_ridge" in self._tuned and dataset.output_tokens is not None:
+            lengths = dataset.output_tokens
+            targets = [
+                np.log1p(lengths[:, k]) - math.log1p(m.prior_output_tokens)
+                for m, k in zip(pool, columns, strict=True)
+            ]
+            if any((~np.isnan(t)).any() for t in targets):
+                choices.append(choose_ridge("length_ridge", contexts, targets))
+        chosen: dict[str, Any] = {choice.knob: choice.chosen for choice in choices}
+        return replace(config, **chosen), tuple(choices)
+
+    def refit(self) -> FitReport:
+        """Fits projection, domains and heads again (`fit`) on the rows of the last fit plus
+        the feedback learned since (the last ``feedback_log_size`` of them: each its query,
+        the chosen model's quality, or 1/0 for binary feedback, and output tokens), so that
+        feedback improves the representation too, not only the heads. Routing goes on while
+        it runs (in a background thread, say) and switches to the new state at once.
+
+        A Router that was loaded rather than fitted has no rows of its own: it refits on the
+        feedback alone. Raises `InvalidInputError` when there is nothing to fit on."""
+        with self._lock:
+            training = self._training
+            logged = list(self._feedback_log)
+        parts = [] if training is None else [training]
+        if logged:
+            parts.append(_feedback_dataset(logged, self.models))
+        if not parts:
+            raise InvalidInputError("refit has nothing to learn from: no fit and no feedback")
+        combined = parts[0] if len(parts) == 1 else _concatenated(parts[0], parts[1])
+        with warnings.catch_warnings():
+            # The feedback names the pool's own models; the rows of the last fit were checked
+            # then.
+            warnings.simplefilter("ignore", UnusedDataWarning)
+            report = self.fit(combined)
+        with self._lock:
+            # What was learned is in the new rows now; feedback during the refit stays logged.
+            for _ in range(min(len(logged), len(self._feedback_log))):
+                self._feedback_log.popleft()
+            self._training = combined
+        return report
 
     def _domain_ids(
         self, dataset: RoutingDataset, vectors: NDArray[np.float64]
@@ -362,7 +494,11 @@ class Router:
             return ids, "dataset labels", len(mapping.names)
         tagger = Tagger(self.embedder, temperature=self._config.tagger.temperature)
         tags = tagger.tag_vectors(vectors)
-        return tags.top, "zero-shot tagger", len(np.unique(tags.top))
+        if mode == "zero-shot":
+            return tags.top, "zero-shot tagger (as configured)", len(np.unique(tags.top))
+        # No labels: the taxonomy, unless clusters learned from the data spread it far better.
+        choice = choose_domains(vectors, tags.top)
+        return choice.ids, choice.source, len(np.unique(choice.ids))
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -387,9 +523,20 @@ class Router:
             )
         return self._projection
 
-    def _willingness(self, willingness_to_pay: float | None) -> float:
+    def _willingness(self, willingness_to_pay: float | None, **target: float | None) -> float:
+        """The λ to route with: ``willingness_to_pay`` when given, else the λ the calibration
+        gives an operating point given in ``target`` (``target_quality_pct``,
+        ``max_cost_pct`` or ``budget_per_1000_usd``) or configured, else the configured λ."""
+        given = {k: v for k, v in target.items() if v is not None}
+        if len(given) + (willingness_to_pay is not None) > 1:
+            named = [*(["willingness_to_pay"] if willingness_to_pay is not None else []), *given]
+            raise InvalidInputError(f"give one operating point, not {', '.join(named)}")
         if willingness_to_pay is None:
-            return self._config.willingness_to_pay
+            if not given:
+                given = self._config.operating_point()
+            if not given:
+                return self._config.willingness_to_pay
+            return self._calibrated(*next(iter(given.items())))
         if isinstance(willingness_to_pay, bool) or not isinstance(willingness_to_pay, (int, float)):
             raise InvalidInputError(
                 f"willingness_to_pay must be a number, got {type(willingness_to_pay).__name__}"
@@ -404,12 +551,34 @@ class Router:
             )
         return wtp
 
+    def _calibrated(self, target: str, value: float) -> float:
+        """The λ of an operating point in the user's words, from the calibration table."""
+        calibration = self._calibration
+        if calibration is None:
+            raise NotFittedError(
+                f"{target} needs the calibration table a fit makes (on at least {MIN_ROWS} "
+                "queries); this Router has none: fit it, or give willingness_to_pay"
+            )
+        if target == "target_quality_pct":
+            return calibration.for_quality(value)
+        if target == "max_cost_pct":
+            return calibration.for_cost(value)
+        return calibration.for_budget(value)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """λ → expected quality and cost, measured on held-out folds by the last fit."""
+        return self._calibration
+
     def route(
         self,
         text: str,
         *,
         willingness_to_pay: float | None = None,
         prompt_tokens: float | None = None,
+        target_quality_pct: float | None = None,
+        max_cost_pct: float | None = None,
+        budget_per_1000_usd: float | None = None,
         models: Sequence[str] | None = None,
         max_cost_usd: float | None = None,
         max_latency_s: float | None = None,
@@ -418,9 +587,13 @@ class Router:
 
         ``prompt_tokens`` defaults to a count with the embedder's tokenizer (a proxy for the
         model's own tokenizer; beyond its first `EXACT_COUNT_CHARS` characters a text's count
-        is estimated, see `mixllm.data.estimate_tokens`); ``willingness_to_pay`` to the
-        configured λ. A text that is not a ``str`` raises `InputTypeError`, one that is not
-        valid Unicode (a lone surrogate) `InvalidInputError`.
+        is estimated, see `mixllm.data.estimate_tokens`). A text that is not a ``str`` raises
+        `InputTypeError`, one that is not valid Unicode (a lone surrogate) `InvalidInputError`.
+
+        The operating point is ``willingness_to_pay`` (λ), or one in the user's words: the
+        cheapest way to reach ``target_quality_pct`` % of the best model's quality, the best
+        quality at ``max_cost_pct`` % of its cost, or at ``budget_per_1000_usd`` dollars per
+        1,000 queries (λ from the `calibration` table); by default the configured one.
 
         Limits for this query alone: ``models`` (the models it may go to), ``max_cost_usd``
         (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ).
@@ -428,11 +601,21 @@ class Router:
         the fastest of the allowed models within the cost ceiling, or else the cheapest.
         """
         _check_text("text", text)
-        wtp = self._willingness(willingness_to_pay)
+        wtp = self._willingness(
+            willingness_to_pay,
+            target_quality_pct=target_quality_pct,
+            max_cost_pct=max_cost_pct,
+            budget_per_1000_usd=budget_per_1000_usd,
+        )
         limits = _Limits.of(models, max_cost_usd, max_latency_s)
         context, counted = self._context(text)
         return self._decide(
-            context, counted if prompt_tokens is None else prompt_tokens, wtp, self._now(), limits
+            context,
+            counted if prompt_tokens is None else prompt_tokens,
+            wtp,
+            self._now(),
+            limits,
+            text,
         )
 
     def route_batch(
@@ -440,6 +623,9 @@ class Router:
         texts: Sequence[str],
         *,
         willingness_to_pay: float | None = None,
+        target_quality_pct: float | None = None,
+        max_cost_pct: float | None = None,
+        budget_per_1000_usd: float | None = None,
     ) -> list[RouteDecision]:
         """`route` for many queries, embedding them in one batch."""
         if isinstance(texts, str):
@@ -447,12 +633,17 @@ class Router:
         items = list(texts)
         for i, text in enumerate(items):
             _check_text(f"texts[{i}]", text)
-        wtp = self._willingness(willingness_to_pay)
+        wtp = self._willingness(
+            willingness_to_pay,
+            target_quality_pct=target_quality_pct,
+            max_cost_pct=max_cost_pct,
+            budget_per_1000_usd=budget_per_1000_usd,
+        )
         known = dict(zip(items, self._contexts_of(items), strict=True))
         # One reading of the clock for the whole batch, before the first decision: a clock that
         # fails must not leave part of a batch counted in flight with no id returned for it.
         now = self._now()
-        return [self._decide(*known[text], wtp, now) for text in items]
+        return [self._decide(*known[text], wtp, now, None, text) for text in items]
 
     def _contexts_of(self, texts: Sequence[str]) -> list[tuple[NDArray[np.float64], float]]:
         """Routing context and prompt tokens of each text. Every distinct text is looked up or
@@ -483,6 +674,9 @@ class Router:
         *,
         willingness_to_pay: float | None = None,
         prompt_tokens: float | None = None,
+        target_quality_pct: float | None = None,
+        max_cost_pct: float | None = None,
+        budget_per_1000_usd: float | None = None,
         models: Sequence[str] | None = None,
         max_cost_usd: float | None = None,
         max_latency_s: float | None = None,
@@ -490,14 +684,24 @@ class Router:
         """`route` for asyncio services: the embedding runs in a worker thread, never on the
         event loop, and the texts of concurrent calls are embedded together in one batch."""
         _check_text("text", text)
-        wtp = self._willingness(willingness_to_pay)
+        wtp = self._willingness(
+            willingness_to_pay,
+            target_quality_pct=target_quality_pct,
+            max_cost_pct=max_cost_pct,
+            budget_per_1000_usd=budget_per_1000_usd,
+        )
         limits = _Limits.of(models, max_cost_usd, max_latency_s)
         item = self._contexts.get(_text_key(text))
         if item is None:
             item = await self._batcher().submit(text)
         context, counted = item
         return self._decide(
-            context, counted if prompt_tokens is None else prompt_tokens, wtp, self._now(), limits
+            context,
+            counted if prompt_tokens is None else prompt_tokens,
+            wtp,
+            self._now(),
+            limits,
+            text,
         )
 
     def _batcher(self) -> Batcher[str, tuple[NDArray[np.float64], float]]:
@@ -523,6 +727,7 @@ class Router:
         willingness_to_pay: float,
         now: float,
         limits: _Limits | None = None,
+        text: str | None = None,
     ) -> RouteDecision:
         """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
@@ -541,7 +746,9 @@ class Router:
             if model in self._policy:
                 self._policy.begin(model, service_s, now_s=now)
                 generation = self._policy.generation(model)
-            self._pending[decision_id] = _Pending(model, generation, context, now, service_s)
+            self._pending[decision_id] = _Pending(
+                model, generation, context, now, service_s, text=text
+            )
             self._expire(now)
         if self._store is not None:
             self._store.record_decision(decision_id, model, context, self._config.feedback_ttl_s)
@@ -795,6 +1002,8 @@ class Router:
             if pending.in_flight:
                 self._leave_queue(pending, latency_s, now)
             self._close(decision_id, "already answered")
+            if pending.text is not None:
+                self._feedback_log.append(_Feedback(pending.text, pending.model, target, tokens))
         return Observation(
             id=decision_id,
             replica=self._store.replica if self._store is not None else "",
@@ -955,11 +1164,14 @@ class Router:
             projection = self._require_projection()
             config = self._config.to_dict()
             policy = self._policy.to_bytes()
+            calibration = self._calibration
         files = {
             "config.json": json.dumps(config, indent=2, allow_nan=True).encode("utf-8"),
             "projection.npz": projection.to_bytes(),
             "policy.bin": policy,
         }
+        if calibration is not None:
+            files[_CALIBRATION] = json.dumps(calibration.to_dict(), indent=2).encode("utf-8")
         manifest = {
             "format": STATE_FORMAT,
             "mixllm": __version__,
@@ -990,14 +1202,21 @@ class Router:
                 )
             folder = root / name
             try:
-                config, projection, policy = _read_state(folder)
+                config, projection, policy, calibration = _read_state(folder)
                 break
             except StateFileError:
                 moved = state_folder.current_state(root) != name
                 if not moved or attempt == _LOAD_ATTEMPTS - 1:
                     raise
         try:
-            return cls(config, embedder=embedder, projection=projection, policy=policy, clock=clock)
+            return cls(
+                config,
+                embedder=embedder,
+                projection=projection,
+                policy=policy,
+                clock=clock,
+                calibration=calibration,
+            )
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
 
@@ -1013,10 +1232,13 @@ class Router:
     def with_config(self, **changes: Any) -> Router:
         """A Router sharing this one's learned state, with some decision settings changed
         (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``)."""
-        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending"}
+        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending", *OPERATING_POINTS}
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
+        if set(changes) & {"willingness_to_pay", *OPERATING_POINTS}:
+            # A new operating point replaces the old one, whichever form either takes.
+            changes = {**{k: None for k in OPERATING_POINTS}, **changes}
         config = replace(self._config, **changes)
         router = Router(
             config,
@@ -1024,14 +1246,18 @@ class Router:
             projection=self._projection,
             policy=self._policy,
             clock=self._clock,
+            calibration=self._calibration,
         )
         # The same replica: its feedback is shared through this Router's store.
         router._store = self._store
         return router
 
 
-def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
-    """The configuration, projection and policy of one state folder, every file checked."""
+def _read_state(
+    folder: Path,
+) -> tuple[RouterConfig, LinearProjection, Policy, Calibration | None]:
+    """The configuration, projection, policy and calibration table (optional: states saved
+    before it, or fitted on too few rows, have none) of one state folder, every file checked."""
     manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
     if manifest.get("format") != STATE_FORMAT:
         raise StateFileError(
@@ -1065,7 +1291,15 @@ def _read_state(folder: Path) -> tuple[RouterConfig, LinearProjection, Policy]:
         config,
         **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
     )
-    return config, projection, policy
+    calibration = None
+    if _CALIBRATION in checksums:
+        try:
+            calibration = Calibration.from_dict(
+                _json_object(folder, _CALIBRATION, MAX_CALIBRATION_BYTES, checksums)
+            )
+        except ValueError as err:
+            raise StateFileError(f"{folder}: invalid {_CALIBRATION}: {err}") from err
+    return config, projection, policy, calibration
 
 
 _ANSWERED_ELSEWHERE = "already answered (on another replica)"
@@ -1140,7 +1374,12 @@ def _check_knobs(config: RouterConfig, policy: Policy) -> None:
     with its own knobs, so a Router whose configuration said otherwise would save a state that
     does not describe itself."""
     for knob in _POLICY_KNOBS:
-        if getattr(config, knob) != getattr(policy, knob):
+        configured = getattr(config, knob)
+        if knob == "tau_s":
+            configured = policy_tau_s(configured)
+        elif knob in TUNED_KNOBS:
+            configured = config.knob(knob)
+        if configured != getattr(policy, knob):
             raise ConfigError(
                 f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
                 f"{getattr(policy, knob)!r}"
@@ -1224,3 +1463,67 @@ def _policy_bytes_bound(config: RouterConfig) -> int:
     d = config.dim + 1
     per_model = 8 * (4 * d * (d + 1) // 2 + 4 * d) + 4096 + 512
     return 2 * (len(config.models) * per_model + 4096)
+
+
+def _feedback_dataset(logged: Sequence[_Feedback], models: Sequence[str]) -> RoutingDataset:
+    """Logged feedback as rows of a data set: each row observes the chosen model alone."""
+    names = list(dict.fromkeys([*models, *(f.model for f in logged)]))
+    n, k = len(logged), len(names)
+    quality = np.full((n, k), np.nan)
+    tokens = np.full((n, k), np.nan)
+    for row, item in enumerate(logged):
+        column = names.index(item.model)
+        quality[row, column] = item.quality
+        if item.output_tokens is not None:
+            tokens[row, column] = item.output_tokens
+    texts = [f.text for f in logged]
+    return RoutingDataset(
+        prompts=texts,
+        models=names,
+        quality=quality,
+        cost_usd=np.full((n, k), np.nan),
+        prompt_tokens=count_tokens(texts),
+        output_tokens=tokens,
+        latency_s=None,
+        labels=None,
+        split=None,
+        ids=[f"feedback-{secrets.token_hex(6)}-{i}" for i in range(n)],
+        tokens_counted=True,
+    )
+
+
+def _concatenated(first: RoutingDataset, second: RoutingDataset) -> RoutingDataset:
+    """The rows of both, over the union of their models (unobserved cells NaN). Labels are
+    kept only when both have them; ids of the second that repeat the first's are renamed."""
+    names = list(dict.fromkeys([*first.models, *second.models]))
+
+    def widened(ds: RoutingDataset, array: NDArray[np.float64] | None) -> NDArray[np.float64]:
+        out = np.full((len(ds), len(names)), np.nan)
+        if array is not None:
+            for k, name in enumerate(ds.models):
+                out[:, names.index(name)] = array[:, k]
+        return out
+
+    def stacked(name: str) -> NDArray[np.float64]:
+        parts = [widened(ds, getattr(ds, name)) for ds in (first, second)]
+        return np.vstack(parts)
+
+    no_latencies = first.latency_s is None and second.latency_s is None
+    taken = set(first.ids)
+    ids = [*first.ids, *(i if i not in taken else f"{i}@refit" for i in second.ids)]
+    labels = None
+    if first.labels is not None and second.labels is not None:
+        labels = [*first.labels, *second.labels]
+    return RoutingDataset(
+        prompts=[*first.prompts, *second.prompts],
+        models=names,
+        quality=stacked("quality"),
+        cost_usd=stacked("cost_usd"),
+        prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
+        output_tokens=stacked("output_tokens"),
+        latency_s=None if no_latencies else stacked("latency_s"),
+        labels=labels,
+        split=None,
+        ids=ids,
+        tokens_counted=first.tokens_counted or second.tokens_counted,
+    )

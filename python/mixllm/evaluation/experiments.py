@@ -25,16 +25,16 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import Policy
+from mixllm._core import InvalidInputError, Policy
 from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
-from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
+from mixllm.config import TUNED_KNOBS, EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
@@ -47,11 +47,10 @@ from mixllm.evaluation.vectors import embed_cached
 from mixllm.projection import LinearProjection, PcaProjection
 from mixllm.router import MIN_FIT_QUERIES, Router
 
-__all__ = ["EXPERIMENTS", "REFERENCE_MODEL", "EvalSettings", "run_evaluation"]
+__all__ = ["EXPERIMENTS", "EvalSettings", "best_single_model", "run_evaluation"]
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
-REFERENCE_MODEL = "gpt-4-1106-preview"
 EXPERIMENTS = ("frontier", "continual", "new-models", "out-of-domain")
 NO_CONSTRAINT_TAU_S = 1e9  # the policy's τ when there is no time constraint: no penalty
 HEADLINE = (97.25, 24.18)  # the paper's headline under the time constraint (quality %, cost %)
@@ -100,8 +99,12 @@ class EvalSettings:
     experiment_lambdas: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 0, 9))
     refine_rounds: int = 3
     seed: int = 0
-    # The encoder, when ``router`` does not say: the int8 copy, for a faster run.
-    quantized: bool = True
+    # The encoder, when ``router`` does not say: as a deployed Router runs it (float32) unless
+    # the int8 copy is asked for, for a faster run.
+    quantized: bool = False
+    # The model every point's quality and cost are a percentage of: by default the best single
+    # model on the train split (`best_single_model`).
+    reference: str | None = None
     threads: int = 2
     # How prompts are cut to the encoder's window (see `mixllm.Embedder`), overriding
     # ``router``'s embedder settings when set; every router in the run gets the same vectors.
@@ -197,10 +200,13 @@ def router_config(
     tau_s: float | None = None,
     beta: float | None = None,
     base: RouterConfig | None = None,
+    learned: Mapping[str, ModelConfig] | None = None,
 ) -> RouterConfig:
     """A pool of ``models``: the knobs of ``base`` (default: the defaults), ``tau_s`` and
     ``beta`` when given, and each model's prices and speeds from ``base`` where it lists the
-    model, else from RouterBench's catalog."""
+    model, else prices from ``learned`` (learned from the data's logged costs, as ``mixllm
+    train`` without a configuration learns them) with the catalog's speeds where it knows the
+    model, else the catalog's prices and speeds, else placeholder ones."""
     configured = {m.name: m for m in base.models} if base is not None else {}
     known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
     configs = []
@@ -208,6 +214,16 @@ def router_config(
         spec = known.get(name)
         if name in configured:
             configs.append(configured[name])
+        elif learned is not None and name in learned:
+            priced = learned[name]
+            if spec is not None:
+                priced = replace(
+                    priced,
+                    ttft_s=spec.ttft_s,
+                    tokens_per_s=spec.tokens_per_s,
+                    concurrency=spec.concurrency,
+                )
+            configs.append(priced)
         elif spec is None:
             configs.append(ModelConfig(name, 1.0, 1.0, 0.5, 50.0, DEFAULT_CONCURRENCY))
         else:
@@ -288,6 +304,10 @@ class _Data:
     test: NDArray[np.bool_]
     servers: list[ServerProfile]
     embedder: Embedder = field(repr=False)
+    reference: str = ""
+    # Each model's prices learned from the train split's logged costs, for models the
+    # evaluated configuration does not price.
+    learned: dict[str, ModelConfig] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -342,11 +362,17 @@ def _policy_routers(
             stream_config, feedback="refined",
         )  # fmt: skip
 
-    config = router_config(models, tau_s=policy_tau, base=settings.router)
+    config = router_config(models, tau_s=policy_tau, base=settings.router, learned=data.learned)
     mix = _fit_router(data, train, config)
+    # The variants run with the knobs mixllm's fit chose by cross-validation.
+    tuned = {knob: getattr(mix.config, knob) for knob in TUNED_KNOBS}
+    config = replace(config, **tuned)
     projection = cast(LinearProjection, mix.projection)
     routers.append(policy_router("mixllm", mix.policy, projection.context(v_test)))
-    no_beta = router_config(models, tau_s=policy_tau, beta=0.0, base=settings.router)
+    no_beta = router_config(
+        models, tau_s=policy_tau, beta=0.0, base=settings.router, learned=data.learned
+    )
+    no_beta = replace(no_beta, **tuned)
     ctx_all = projection.context(data.vectors)
     routers.append(
         policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
@@ -359,7 +385,7 @@ def _policy_routers(
         )
     )
     raw = np.column_stack([data.vectors, np.ones(len(ds))])
-    linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0)
+    linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0, learned=data.learned)
     rivals = [
         policy_router(
             f"LinUCB raw {data.vectors.shape[1]}-d", _fit_policy(raw, ds, train, linucb), raw[test]
@@ -422,7 +448,7 @@ def _choose_k(vectors: F64, quality: F64, cost: F64) -> int:
 
 def _reference_per_query(data: _Data, rows: NDArray[np.bool_] | I64) -> tuple[F64, F64]:
     """The reference model's quality and cost on each of ``rows``."""
-    g = data.models.index(REFERENCE_MODEL)
+    g = data.models.index(data.reference)
     return data.dataset.quality[rows, g], data.dataset.cost_usd[rows, g]
 
 
@@ -443,19 +469,19 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress
     out: dict[str, Any] = {}
     reference = _reference(data, data.test)
     c_range = _single_model_range(data, data.test)
-    g = data.models.index(REFERENCE_MODEL)
+    g = data.models.index(data.reference)
     fixed = _fixed_routers(data, settings)
     for key, tau in (("no_time_constraint", None), ("time_constraint", settings.tau_s)):
         variants, rivals = _policy_routers(data, tau, settings)
         routers = variants + rivals + fixed
         stream = _stream(data, data.test, settings.stream(tau))
         queued = bl.FixedRouter(
-            "gpt-4 queued", np.full(len(stream), g, dtype=np.int64), data.servers
+            f"{data.reference} queued", np.full(len(stream), g, dtype=np.int64), data.servers
         ).run(stream, math.inf)
         section: dict[str, Any] = {
             "tau_s": tau,
             "reference": {
-                "model": REFERENCE_MODEL,
+                "model": data.reference,
                 "quality": reference[0],
                 "cost_usd": reference[1],
                 "queued_quality": float(queued.quality.sum()),
@@ -668,7 +694,9 @@ def continual_experiment(
     test_rows = np.flatnonzero(data.test)
     reference = _reference(data, test_rows)
     c_range = _single_model_range(data, data.test)
-    config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
+    config = router_config(
+        data.models, tau_s=settings.tau_s, base=settings.router, learned=data.learned
+    )
     stream_config = settings.stream(settings.tau_s)
     per_query = _reference_per_query(data, test_rows)
     # One draw of the test queries for every split and mode: the differences are paired.
@@ -733,7 +761,9 @@ def new_models_experiment(
     stream_config = settings.stream(settings.tau_s)
 
     def pool(models: Sequence[str]) -> RouterConfig:
-        return router_config(models, tau_s=settings.tau_s, base=settings.router)
+        return router_config(
+            models, tau_s=settings.tau_s, base=settings.router, learned=data.learned
+        )
 
     full = _fit_router(data, data.train, pool(data.models))
     base = _fit_router(data, data.train, pool(base_models))
@@ -801,7 +831,9 @@ def out_of_domain_experiment(
     labels = np.array(data.dataset.labels or [""] * len(data.dataset))
     benches = sorted(set(labels[data.test]))
     stream_config = settings.stream(settings.tau_s)
-    config = router_config(data.models, tau_s=settings.tau_s, base=settings.router)
+    config = router_config(
+        data.models, tau_s=settings.tau_s, base=settings.router, learned=data.learned
+    )
     in_domain = _fit_router(data, data.train, config)
     out: dict[str, Any] = {}
     for b_i, bench in enumerate(benches):
@@ -842,6 +874,29 @@ def out_of_domain_experiment(
     return out
 
 
+def best_single_model(dataset: RoutingDataset) -> str:
+    """The model with the highest mean quality over its observed rows (the cheaper on a tie):
+    the reference of an evaluation that names none, chosen on the rows given (the train
+    split), never on test."""
+    quality = np.where(np.isnan(dataset.quality), 0.0, dataset.quality)
+    seen = (~np.isnan(dataset.quality)).sum(axis=0)
+    mean_quality = quality.sum(axis=0) / np.maximum(seen, 1)
+    costs = np.where(np.isnan(dataset.cost_usd), 0.0, dataset.cost_usd).sum(axis=0)
+    mean_cost = costs / np.maximum((~np.isnan(dataset.cost_usd)).sum(axis=0), 1)
+    best = min(range(len(dataset.models)), key=lambda k: (-mean_quality[k], mean_cost[k]))
+    return dataset.models[best]
+
+
+def _learned_pool(train: RoutingDataset) -> dict[str, ModelConfig]:
+    """The models whose prices the train rows' logged costs teach, at those prices."""
+    from mixllm.pricing import learn_prices
+
+    return {
+        name: ModelConfig(name, price.price_in, price.price_out)
+        for name, price in learn_prices(train).items()
+    }
+
+
 def check_arrivals(arrivals: str) -> None:
     """Refuses an arrival order that is not one of `ARRIVAL_ORDERS`, naming it."""
     if arrivals not in ARRIVAL_ORDERS:
@@ -872,8 +927,11 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         raise ValueError(f"resamples must be 0 or more, got {settings.resamples}")
     check_continual_splits(settings.continual_splits)
     check_arrivals(settings.arrivals)
-    if REFERENCE_MODEL not in dataset.models:
-        raise ValueError(f"the data has no {REFERENCE_MODEL} column, the reference model")
+    if settings.reference is not None and settings.reference not in dataset.models:
+        raise InvalidInputError(
+            f"the reference model {settings.reference!r} is not in the data, whose models are "
+            f"{', '.join(dataset.models)}"
+        )
     if settings.router is not None:
         missing = [m.name for m in settings.router.models if m.name not in dataset.models]
         if missing:
@@ -893,6 +951,8 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
     # After embedding, so that the vectors cached in the data's order are reused.
     dataset, vectors = in_arrival_order(dataset, vectors, settings.arrivals, settings.seed)
     split = np.array(dataset.split)
+    train = split == "train"
+    reference = settings.reference or best_single_model(dataset.select(train))
     tokens = (
         dataset.output_tokens
         if dataset.output_tokens is not None
@@ -902,10 +962,12 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         dataset=dataset,
         vectors=vectors,
         output_tokens=tokens,
-        train=split == "train",
+        train=train,
         test=split == "test",
         servers=servers_for(dataset.models),
         embedder=embedder,
+        reference=reference,
+        learned=_learned_pool(dataset.select(train)),
     )
     results: dict[str, Any] = {
         "settings": {
@@ -926,7 +988,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
             "models": dataset.models,
             "labels": sorted(set(dataset.labels)) if dataset.labels else [],
         },
-        "reference_model": REFERENCE_MODEL,
+        "reference_model": reference,
     }
     runners = {
         "frontier": frontier_experiment,

@@ -1,9 +1,10 @@
 """Metrics of a routed test set: quality and cost as % of a reference model, the frontier over
 a sweep of willingness to pay, and AIQ.
 
-**% of GPT-4.** Total quality (sum of per-query scores) and total cost (USD) of the routed
-queries, divided by the totals of sending every one of the same queries to the reference model
-(``gpt-4-1106-preview``), times 100. The headline reference is GPT-4 *offline*: its scores and
+**% of the reference.** Total quality (sum of per-query scores) and total cost (USD) of the
+routed queries, divided by the totals of sending every one of the same queries to the reference
+model (the best single model on the train split unless the run names one; RouterBench's is
+``gpt-4-1106-preview``), times 100. The headline reference is that model *offline*: its scores and
 costs as recorded in the data, without a queue. The same model served under the simulated queue
 is reported beside it (``reference_queued``): with the default stream it cannot keep up, so most
 of its answers exceed τ and that reference is degenerate as a denominator.

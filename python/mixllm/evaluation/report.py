@@ -70,7 +70,7 @@ _FRONTIER_HEADER = [
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
@@ -307,8 +307,9 @@ def _plot(section: dict[str, Any], title: str, path: Path) -> bool:
         axes.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axes.axhline(97.25, color="grey", lw=0.6, ls=":")
     axes.set_xscale("log")
-    axes.set_xlabel("cost, % of GPT-4")
-    axes.set_ylabel("quality, % of GPT-4")
+    reference = section["reference"]["model"]
+    axes.set_xlabel(f"cost, % of {reference}")
+    axes.set_ylabel(f"quality, % of {reference}")
     axes.set_title(title)
     axes.legend(fontsize=7, loc="lower right")
     axes.grid(alpha=0.3)
@@ -348,7 +349,8 @@ def _html(results: dict[str, Any], images: dict[str, Path]) -> str:
         out.append(f"<h2>{html.escape(title)}</h2>")
         ref = section["reference"]
         out.append(
-            f"<p>GPT-4 under the same queue: {ref['queued_quality_pct_of_offline']:.2f}% of its "
+            f"<p>{html.escape(ref['model'])} under the same queue: "
+            f"{ref['queued_quality_pct_of_offline']:.2f}% of its "
             f"offline quality, {ref['queued_violations']} τ violations.</p>"
         )
         table(_FRONTIER_HEADER, _frontier_rows(section))
