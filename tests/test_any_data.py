@@ -308,3 +308,24 @@ def test_the_shipped_router_is_what_make_default_state_trains() -> None:
     assert file.models == tuple(spec.model_config() for spec in ROUTERBENCH_MODELS)
     for knob in ("ridge", "length_ridge", "tau_s", "willingness_to_pay", "dim", "alpha", "beta"):
         assert getattr(file, knob) == getattr(shipped, knob), knob
+
+
+def test_train_shows_its_progress_unless_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_jsonl(tmp_path / "own.jsonl", own_rows())
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "s")]) == 0
+    shown = capsys.readouterr().err
+    stages = [
+        "embedding the prompts",
+        "projection and domains",
+        "choosing the ridges",
+        "calibrating the operating points",
+        "fitting every model's heads",
+        "fitted",
+    ]
+    positions = [shown.find(stage) for stage in stages]
+    assert -1 not in positions and positions == sorted(positions), shown
+    assert f"{len(own_rows())}/{len(own_rows())} embedding the prompts" in shown
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

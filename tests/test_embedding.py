@@ -379,3 +379,13 @@ def test_bad_constructor_arguments() -> None:
         Embedder("somewhere", encoder="all-mpnet-base-v2")
     with pytest.raises(ValueError, match="runs in float32"):
         Embedder(encoder="all-mpnet-base-v2", quantized=True)
+
+
+def test_embed_reports_each_micro_batch_of_uncached_texts() -> None:
+    embedder = Embedder(batch_size=2, cache_size=16)
+    embedder.embed(["already cached"])
+    seen: list[tuple[int, int]] = []
+    texts = ["already cached", "one", "two", "three", "four", "five"]
+    embedder.embed(texts, progress=lambda done, total: seen.append((done, total)))
+    # Five texts were not cached: batches of two, then one.
+    assert seen == [(2, 5), (4, 5), (5, 5)]

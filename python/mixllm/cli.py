@@ -51,6 +51,7 @@ def _load_data(path: Path, allow_pickle: bool) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from mixllm.errors import UnusedDataWarning
+    from mixllm.progress import ProgressLine
     from mixllm.router import Router
 
     dataset = _load_data(Path(args.data), args.allow_pickle)
@@ -62,10 +63,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.threads is not None:
         embedder = config.embedder.build(intra_op_threads=args.threads, cache_size=0)
     router = Router(config, embedder=embedder)
+    progress = ProgressLine(enabled=not args.quiet)
     with warnings.catch_warnings():
         # Reported below, in the list of models.
         warnings.simplefilter("ignore", UnusedDataWarning)
-        report = router.fit(dataset)
+        report = router.fit(dataset, progress=progress)
     folder = router.save(args.out)
     print(f"trained on {report.rows} queries in {time.perf_counter() - started:.1f} s")
     print(f"domains: {report.domains} from {report.tag_source}")
@@ -439,6 +441,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="ONNX Runtime threads for embedding the training data (default: as configured)",
     )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
     route = commands.add_parser("route", help="pick the model for one query")

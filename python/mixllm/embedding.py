@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -267,8 +267,12 @@ class Embedder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    def embed(
+        self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None
+    ) -> NDArray[np.float32]:
         """Vectors for ``texts`` as a new float32 array of shape (len(texts), dim).
+        ``progress(done, total)`` is called after each micro-batch of the texts that were not
+        cached.
 
         Raises:
             InputTypeError: ``texts`` is a bare string, or an element is not a ``str`` (both
@@ -292,7 +296,7 @@ class Embedder:
                 out[index] = hit
         if missing:
             unique = list(missing)
-            vectors = self._embed_uncached([items[missing[key][0]] for key in unique])
+            vectors = self._embed_uncached([items[missing[key][0]] for key in unique], progress)
             for key, vector in zip(unique, vectors, strict=True):
                 out[missing[key]] = vector
                 cached = vector.copy()
@@ -305,7 +309,9 @@ class Embedder:
         vector: NDArray[np.float32] = self.embed([text])[0]
         return vector
 
-    def _embed_uncached(self, texts: list[str]) -> NDArray[np.float32]:
+    def _embed_uncached(
+        self, texts: list[str], progress: Callable[[int, int], None] | None = None
+    ) -> NDArray[np.float32]:
         limit = self._max_chars
         if self.truncation == "tail":
             clipped = [t if len(t) <= limit else t[-limit:] for t in texts]
@@ -318,6 +324,8 @@ class Embedder:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             result[chunk] = self._run([ids[i] for i in chunk])
+            if progress is not None:
+                progress(start + len(chunk), len(order))
         return result
 
     def _run(self, ids: list[list[int]]) -> NDArray[np.float32]:

@@ -73,6 +73,7 @@ from mixllm.errors import (
     ProjectionError,
     UnusedDataWarning,
 )
+from mixllm.progress import Progress
 from mixllm.projection import (
     MAX_PROJECTION_BYTES,
     LinearProjection,
@@ -339,11 +340,12 @@ class Router:
 
     # -- learning offline -----------------------------------------------------------------------
 
-    def fit(self, dataset: RoutingDataset) -> FitReport:
+    def fit(self, dataset: RoutingDataset, *, progress: Progress | None = None) -> FitReport:
         """Learns the projection and every model's heads from a data set holding each model's
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
         keep their prior arm; models in the data but not in the pool are not learned from, with
-        an `UnusedDataWarning` naming them."""
+        an `UnusedDataWarning` naming them. ``progress`` hears of each stage (embedding the
+        prompts, choosing the ridges, calibrating, fitting the heads)."""
         if self._store is not None:
             raise ConfigError(
                 "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
@@ -362,7 +364,16 @@ class Router:
                 UnusedDataWarning,
                 stacklevel=2,
             )
-        vectors = self.embedder.embed(dataset.prompts).astype(np.float64)
+        if progress is None:
+            embedded = self.embedder.embed(dataset.prompts)
+        else:
+            embedded = self.embedder.embed(
+                dataset.prompts,
+                progress=lambda done, total: progress("embedding the prompts", done, total),
+            )
+        vectors = embedded.astype(np.float64)
+        step = progress if progress is not None else (lambda _label, _done, _total: None)
+        step("projection and domains", 0, 4)
         tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
         projection = TagProjection.fit(
             vectors,
@@ -372,10 +383,13 @@ class Router:
             push=self._config.tagger.push,
         )
         contexts = projection.context(vectors)
+        step("choosing the ridges (cross-validation)", 1, 4)
         config, tuning = self._tune(dataset, contexts)
+        step("calibrating the operating points", 2, 4)
         calibration = None
         if len(dataset) >= MIN_ROWS:
             calibration = calibrate(config, contexts, dataset)
+        step("fitting every model's heads", 3, 4)
         policy = config.new_policy()
         rows_per_model: dict[str, int] = {}
         without: list[str] = []
@@ -413,6 +427,7 @@ class Router:
             self._calibration = calibration
             self._training = dataset
         self._contexts.clear()
+        step("fitted", 4, 4)
         return FitReport(
             rows=len(dataset),
             tag_source=tag_source,

@@ -44,6 +44,7 @@ from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
+from mixllm.progress import Progress, ProgressLine
 from mixllm.projection import LinearProjection, PcaProjection
 from mixllm.router import MIN_FIT_QUERIES, Router
 
@@ -141,28 +142,6 @@ class EvalSettings:
         if self.truncation is not None:
             overrides["truncation"] = self.truncation
         return replace(base, **overrides)
-
-
-class _Progress:
-    """A plain progress line on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr is not None
-        self.started = time.perf_counter()
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        width = 24
-        filled = int(width * done / max(total, 1))
-        elapsed = time.perf_counter() - self.started
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<44.44} "
-            f"{elapsed:6.0f} s"
-        )
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 class _Vectors:
@@ -464,7 +443,7 @@ def _single_model_range(data: _Data, rows: NDArray[np.bool_]) -> tuple[float, fl
     return float(costs.min()), float(costs.max())
 
 
-def frontier_experiment(data: _Data, settings: EvalSettings, progress: _Progress) -> dict[str, Any]:
+def frontier_experiment(data: _Data, settings: EvalSettings, progress: Progress) -> dict[str, Any]:
     """Every router's frontier on the test stream, without and with the time constraint."""
     out: dict[str, Any] = {}
     reference = _reference(data, data.test)
@@ -684,9 +663,7 @@ def _scored_point(
     )
 
 
-def continual_experiment(
-    data: _Data, settings: EvalSettings, progress: _Progress
-) -> dict[str, Any]:
+def continual_experiment(data: _Data, settings: EvalSettings, progress: Progress) -> dict[str, Any]:
     """Offline:online splits of train; no / refined / binary feedback; scored on test, with
     the resampled differences between the modes (`bootstrap.paired_differences`)."""
     rng = np.random.default_rng(settings.seed)
@@ -748,7 +725,7 @@ def continual_experiment(
 
 
 def new_models_experiment(
-    data: _Data, settings: EvalSettings, progress: _Progress, warm_examples: int = 25
+    data: _Data, settings: EvalSettings, progress: Progress, warm_examples: int = 25
 ) -> dict[str, Any]:
     """Start without two models, add them halfway through the test stream."""
     added = [m for m in ADDED_MODELS if m in data.models]
@@ -825,7 +802,7 @@ def new_models_experiment(
 
 
 def out_of_domain_experiment(
-    data: _Data, settings: EvalSettings, progress: _Progress
+    data: _Data, settings: EvalSettings, progress: Progress
 ) -> dict[str, Any]:
     """Per benchmark: trained without it vs with it, tested on it."""
     labels = np.array(data.dataset.labels or [""] * len(data.dataset))
@@ -943,7 +920,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         dataset = validation_split(dataset, seed=settings.seed)
     elif dataset.split is None:
         dataset = split_train_test(dataset, 0.2, seed=TEST_SPLIT_SEED)
-    progress = _Progress(settings.progress)
+    progress = ProgressLine(settings.progress)
     embedder = settings.embedder().build()
     vectors = embed_cached(
         dataset.prompts, embedder, progress=lambda d, t: progress("embedding prompts", d, t)
