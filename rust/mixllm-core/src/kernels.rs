@@ -286,22 +286,22 @@ pub fn rank1_into_within(
     assert_eq!(u.len(), layout.stride(), "u must be padded");
     let (dim, stride) = (layout.dim(), layout.stride());
     let diagonal_at = |i: usize| layout.offset(i) + i - layout.first_column(i);
-    let diagonal: Vec<f64> = (0..dim)
-        .map(|i| m[diagonal_at(i)] - c * u[i] * u[i])
-        .collect();
-    let mut within = diagonal.iter().all(|v| bounds.diagonal_within(*v));
-    // Zero-padded: the padding columns hold zeros, which every bound admits.
-    let mut roots = vec![0.0; stride];
-    for (root, v) in roots.iter_mut().zip(&diagonal) {
+    // One allocation for both: the roots, zero-padded (the padding columns hold zeros, which
+    // every bound admits), and the new diagonal.
+    let mut scratch = vec![0.0; stride + dim];
+    let (roots, diagonal) = scratch.split_at_mut(stride);
+    for (i, (root, v)) in roots.iter_mut().zip(diagonal.iter_mut()).enumerate() {
+        *v = m[diagonal_at(i)] - c * u[i] * u[i];
         *root = InverseBounds::root(*v);
     }
+    let mut within = diagonal.iter().all(|v| bounds.diagonal_within(*v));
     let slack = bounds.slack();
     within &= dispatch!(
-        rank1_within(dim, m.as_ptr(), u, c, out.as_mut_ptr(), &roots, slack),
-        portable: portable::rank1_within(layout, m, u, c, out, &roots, bounds)
+        rank1_within(dim, m.as_ptr(), u, c, out.as_mut_ptr(), roots, slack),
+        portable: portable::rank1_within(layout, m, u, c, out, roots, bounds)
     );
-    for (i, v) in diagonal.into_iter().enumerate() {
-        out[diagonal_at(i)] = v;
+    for (i, v) in diagonal.iter().enumerate() {
+        out[diagonal_at(i)] = *v;
     }
     within
 }
