@@ -21,10 +21,10 @@
 //! Both heads learn residuals against the arm's [`Priors`]: an arm with no data predicts the
 //! priors, and ridge shrinks towards them rather than towards zero.
 
-use crate::bounds::check_gram_inverse;
+use crate::bounds::{check_gram_inverse, InverseBounds};
 use crate::config::PolicyConfig;
 use crate::error::{Error, Result};
-use crate::kernels::{axpy, dot, rank1_in_place, rank1_into, spd_inverse, symv, SymLayout};
+use crate::kernels::{axpy, dot, rank1_in_place, rank1_into_within, spd_inverse, symv, SymLayout};
 use crate::profile::Priors;
 
 /// Output lengths are predicted in log space and clamped to this (≈ a million tokens), so an
@@ -406,22 +406,33 @@ pub fn learn(
         ));
     }
     // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
-    // and learned, the length head. Checked before anything changes: rounding that took an
-    // inverse out of its bounds calls for the exact refactorisation instead.
+    // and learned, the length head, each checked against the bounds of [`crate::bounds`] as it
+    // is written. Before anything changes: rounding that took an inverse out of its bounds calls
+    // for the exact refactorisation instead.
     let mut a_inv = vec![0.0; current.a_inv.len()];
-    rank1_into(layout, &current.a_inv, &quality.u, quality.gain, &mut a_inv);
+    let mut within = rank1_into_within(
+        layout,
+        &current.a_inv,
+        &quality.u,
+        quality.gain,
+        &mut a_inv,
+        &InverseBounds::new(ledger.ridge),
+    );
     let own_a_inv = match (length_update, &ledger.length) {
         (Some((u, gain)), Some(own)) => {
             let mut next = vec![0.0; own.a_inv.len()];
-            rank1_into(layout, &own.a_inv, &u, gain, &mut next);
+            within &= rank1_into_within(
+                layout,
+                &own.a_inv,
+                &u,
+                gain,
+                &mut next,
+                &InverseBounds::new(ledger.length_ridge),
+            );
             Some(next)
         }
         _ => None,
     };
-    let within = check_gram_inverse("A⁻¹", layout, &a_inv, ledger.ridge).is_ok()
-        && own_a_inv
-            .as_ref()
-            .is_none_or(|m| check_gram_inverse("A_len⁻¹", layout, m, ledger.length_ridge).is_ok());
     if !within {
         return exact(ledger);
     }

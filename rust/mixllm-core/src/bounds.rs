@@ -35,28 +35,75 @@ pub fn check_gram(what: &str, layout: SymLayout, m: &[f64], ridge: f64) -> Resul
     check_off_diagonal(what, layout, m, &roots, 1.0 + ROUNDING, 0.0)
 }
 
-/// Checks an inverse of a matrix [`check_gram`] accepts (`m` in `layout`); the error names the
-/// first entry out of bounds.
+/// The bounds of an inverse of a matrix [`check_gram`] accepts, entry by entry: what
+/// [`check_gram_inverse`] applies to a whole matrix, and what the rank-1 update kernels
+/// ([`crate::kernels::rank1_into_within`]) apply to each entry as they write it. Both go through
+/// these definitions (the kernels' vector form repeats [`Self::off_diagonal_within`] operation
+/// for operation), so the learner and the loader decide every entry alike, to the last bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InverseBounds {
+    /// 1/ridge: the largest a diagonal entry may be in exact arithmetic.
+    scale: f64,
+    /// Absolute room for rounding on every entry.
+    slack: f64,
+}
+
+impl InverseBounds {
+    pub fn new(ridge: f64) -> Self {
+        let scale = 1.0 / ridge;
+        Self {
+            scale,
+            slack: ROUNDING * scale,
+        }
+    }
+
+    /// Absolute room for rounding on every entry.
+    pub fn slack(&self) -> f64 {
+        self.slack
+    }
+
+    /// A diagonal entry in [0, 1/ridge], within the slack (false for NaN).
+    #[inline]
+    pub fn diagonal_within(&self, v: f64) -> bool {
+        (-self.slack..=self.scale + self.slack).contains(&v)
+    }
+
+    /// What bounds the entries of a diagonal entry's row and column: its square root, the
+    /// entry taken as 0 when rounding made it slightly negative.
+    #[inline]
+    pub fn root(v: f64) -> f64 {
+        v.max(0.0).sqrt()
+    }
+
+    /// |m_ij| ≤ root_i·root_j + slack, with the roots of [`Self::root`] (false for NaN).
+    #[inline]
+    pub fn off_diagonal_within(&self, v: f64, root_i: f64, root_j: f64) -> bool {
+        v.abs() <= root_i * root_j + self.slack
+    }
+}
+
+/// Checks an inverse of a matrix [`check_gram`] accepts (`m` in `layout`) against
+/// [`InverseBounds`]; the error names the first entry out of bounds.
 pub fn check_gram_inverse(
     what: &str,
     layout: SymLayout,
     m: &[f64],
     ridge: f64,
 ) -> Result<(), String> {
-    let scale = 1.0 / ridge;
-    let slack = ROUNDING * scale;
+    let bounds = InverseBounds::new(ridge);
     let diagonal = layout.diagonal(m);
     if let Some((i, v)) = diagonal
         .iter()
         .enumerate()
-        .find(|(_, v)| !(-slack..=scale + slack).contains(*v))
+        .find(|(_, v)| !bounds.diagonal_within(**v))
     {
         return Err(format!(
-            "{what} diagonal entry {i} = {v:e} is outside [0, 1/ridge = {scale:e}]"
+            "{what} diagonal entry {i} = {v:e} is outside [0, 1/ridge = {scale:e}]",
+            scale = bounds.scale
         ));
     }
-    let roots: Vec<f64> = diagonal.iter().map(|v| v.max(0.0).sqrt()).collect();
-    check_off_diagonal(what, layout, m, &roots, 1.0, slack)
+    let roots: Vec<f64> = diagonal.iter().map(|v| InverseBounds::root(*v)).collect();
+    check_off_diagonal(what, layout, m, &roots, 1.0, bounds.slack)
 }
 
 /// Every off-diagonal |m_ij| is at most `roots[i]·roots[j]·factor + slack` (NaN is not).

@@ -13,6 +13,7 @@
 //! Sums use several independent accumulators, so results differ from a sequential sum (and
 //! between instruction sets) in the last bits only.
 
+use crate::bounds::InverseBounds;
 use crate::simd::{self, isa, Isa};
 
 /// Width of the chunks the kernels work in (one AVX-512 register of f64).
@@ -265,6 +266,46 @@ pub fn rank1_into(layout: SymLayout, m: &[f64], u: &[f64], c: f64, out: &mut [f6
     )
 }
 
+/// [`rank1_into`], and whether `out` lies within `bounds` (those of an inverse,
+/// [`crate::bounds`]) — the answer [`crate::bounds::check_gram_inverse`] gives on `out` — found
+/// while the entries are written instead of in a second pass over `out`. The new diagonal is
+/// computed first, in O(d), so that every row knows the roots bounding its entries; the stored
+/// diagonal is that one (the kernels would compute it with or without a fused multiply-add,
+/// which can differ in the last bit), so what was checked is what is stored. `out` holds
+/// M − c·u·uᵀ whatever the answer.
+pub fn rank1_into_within(
+    layout: SymLayout,
+    m: &[f64],
+    u: &[f64],
+    c: f64,
+    out: &mut [f64],
+    bounds: &InverseBounds,
+) -> bool {
+    assert_eq!(m.len(), layout.len(), "matrix storage");
+    assert_eq!(out.len(), layout.len(), "output storage");
+    assert_eq!(u.len(), layout.stride(), "u must be padded");
+    let (dim, stride) = (layout.dim(), layout.stride());
+    let diagonal_at = |i: usize| layout.offset(i) + i - layout.first_column(i);
+    // One allocation for both: the roots, zero-padded (the padding columns hold zeros, which
+    // every bound admits), and the new diagonal.
+    let mut scratch = vec![0.0; stride + dim];
+    let (roots, diagonal) = scratch.split_at_mut(stride);
+    for (i, (root, v)) in roots.iter_mut().zip(diagonal.iter_mut()).enumerate() {
+        *v = m[diagonal_at(i)] - c * u[i] * u[i];
+        *root = InverseBounds::root(*v);
+    }
+    let mut within = diagonal.iter().all(|v| bounds.diagonal_within(*v));
+    let slack = bounds.slack();
+    within &= dispatch!(
+        rank1_within(dim, m.as_ptr(), u, c, out.as_mut_ptr(), roots, slack),
+        portable: portable::rank1_within(layout, m, u, c, out, roots, bounds)
+    );
+    for (i, v) in diagonal.iter().enumerate() {
+        out[diagonal_at(i)] = *v;
+    }
+    within
+}
+
 /// `M ← M − c·u·uᵀ` in place (`u` padded).
 pub fn rank1_in_place(layout: SymLayout, m: &mut [f64], u: &[f64], c: f64) {
     assert_eq!(m.len(), layout.len(), "matrix storage");
@@ -281,6 +322,7 @@ pub fn rank1_in_place(layout: SymLayout, m: &mut [f64], u: &[f64], c: f64) {
 /// intrinsics are tested against.
 mod portable {
     use super::SymLayout;
+    use crate::bounds::InverseBounds;
 
     pub fn dot(a: &[f64], b: &[f64]) -> f64 {
         let mut acc = [0.0f64; 4];
@@ -346,6 +388,29 @@ mod portable {
             // Keep the entries left of the diagonal at zero.
             target[..i - first].fill(0.0);
         }
+    }
+
+    pub fn rank1_within(
+        layout: SymLayout,
+        m: &[f64],
+        u: &[f64],
+        c: f64,
+        out: &mut [f64],
+        roots: &[f64],
+        bounds: &InverseBounds,
+    ) -> bool {
+        rank1_into(layout, m, u, c, out);
+        // Row by row, each still in the L1 cache from the update above. A fold without early
+        // exit, which the compiler vectorises.
+        layout.rows(out).fold(true, |within, (i, first, row)| {
+            let root_i = roots[i];
+            row[i - first..]
+                .iter()
+                .zip(&roots[i..])
+                .fold(within, |ok, (v, root_j)| {
+                    ok & bounds.off_diagonal_within(*v, root_i, *root_j)
+                })
+        })
     }
 
     pub fn rank1_in_place(layout: SymLayout, m: &mut [f64], u: &[f64], c: f64) {
@@ -589,6 +654,65 @@ mod tests {
         }
     }
 
+    /// M, u and c of a rank-1 update, and which entry of its result was pushed out of bounds.
+    type WithinCase = (Vec<f64>, Vec<f64>, f64, Option<(usize, usize)>);
+
+    /// Rank-1 updates whose result is 0.5·I (within the bounds of ridge 1), and the same with
+    /// one entry of the result pushed out: each off-diagonal entry in turn (0.9, above the
+    /// 0.5 its diagonal allows), each diagonal entry in turn (1.5, above 1/ridge), and a NaN.
+    /// The entries left of the diagonal, which the kernels compute before zeroing, would be
+    /// out of bounds if they counted. Returns (M, u, c, which entry was pushed out, if any).
+    fn within_cases(d: usize) -> Vec<WithinCase> {
+        let layout = SymLayout::new(d);
+        let u: Vec<f64> = (0..d).map(|i| 1.0 + 0.1 * (i % 3) as f64).collect();
+        let c = 1.0;
+        let base: Vec<f64> = (0..d * d)
+            .map(|k| {
+                let (i, j) = (k / d, k % d);
+                c * u[i] * u[j] + if i == j { 0.5 } else { 0.0 }
+            })
+            .collect();
+        let mut cases = vec![(layout.from_full(&base), layout.pad(&u), c, None)];
+        for i in 0..d {
+            for j in i..d {
+                let mut full = base.clone();
+                let pushed = if i == j { 1.0 } else { 0.9 };
+                full[i * d + j] += pushed;
+                full[j * d + i] += pushed;
+                cases.push((layout.from_full(&full), layout.pad(&u), c, Some((i, j))));
+            }
+        }
+        let mut full = base.clone();
+        full[d - 1] = f64::NAN;
+        full[(d - 1) * d] = f64::NAN;
+        cases.push((layout.from_full(&full), layout.pad(&u), c, Some((0, d - 1))));
+        cases
+    }
+
+    #[test]
+    fn rank1_within_answers_as_the_loaders_check_does() {
+        let bounds = InverseBounds::new(1.0);
+        for d in DIMS {
+            let layout = SymLayout::new(d);
+            for (m, u, c, pushed) in within_cases(d) {
+                let mut want = vec![0.0; m.len()];
+                portable::rank1_into(layout, &m, &u, c, &mut want);
+                let mut got = vec![f64::NAN; m.len()];
+                let within = rank1_into_within(layout, &m, &u, c, &mut got, &bounds);
+                let checked = crate::bounds::check_gram_inverse("B", layout, &got, 1.0);
+                assert_eq!(within, checked.is_ok(), "d={d} {pushed:?}: {checked:?}");
+                assert_eq!(within, pushed.is_none(), "d={d} {pushed:?}");
+                let close = |a: &f64, b: &f64| {
+                    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12 * (1.0 + a.abs())
+                };
+                assert!(
+                    want.iter().zip(&got).all(|(a, b)| close(a, b)),
+                    "d={d} {pushed:?}"
+                );
+            }
+        }
+    }
+
     /// Every intrinsics module this CPU can run against the portable kernels, called directly:
     /// the dispatch above only ever reaches the widest one (an AVX-512 machine would otherwise
     /// never run the AVX2 kernels).
@@ -647,6 +771,36 @@ mod tests {
                         k::rank1(dim, stride, m.as_ptr(), &x, 0.3, got.as_mut_ptr());
                         portable::rank1_into(layout, &m, &x, 0.3, &mut want);
                         assert!(all_close(&got, &want), "{what} rank1 d={d}");
+                        let bounds = InverseBounds::new(1.0);
+                        for (m, u, c, pushed) in within_cases(d) {
+                            // The roots of the new diagonal, zero-padded, as the safe
+                            // wrapper computes them.
+                            let mut roots = vec![0.0; stride];
+                            for (j, root) in roots.iter_mut().enumerate().take(d) {
+                                let at = layout.offset(j) + j - layout.first_column(j);
+                                *root = InverseBounds::root(m[at] - c * u[j] * u[j]);
+                            }
+                            let (mut got, mut want) =
+                                (vec![f64::NAN; m.len()], vec![f64::NAN; m.len()]);
+                            let within = k::rank1_within(
+                                dim,
+                                m.as_ptr(),
+                                &u,
+                                c,
+                                got.as_mut_ptr(),
+                                &roots,
+                                bounds.slack(),
+                            );
+                            let within_want = portable::rank1_within(
+                                layout, &m, &u, c, &mut want, &roots, &bounds,
+                            );
+                            assert_eq!(within, within_want, "{what} rank1_within d={d} {pushed:?}");
+                            let same = got
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| (a.is_nan() && b.is_nan()) || close(*a, *b));
+                            assert!(same, "{what} rank1_within d={d} {pushed:?}");
+                        }
                     }
                 }
             }};

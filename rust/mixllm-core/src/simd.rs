@@ -55,7 +55,8 @@ macro_rules! x86_kernels {
         $module:ident, $features:literal, $lanes:literal,
         vector: $vector:ty, zero: $zero:ident, splat: $splat:ident, load: $load:ident, store: $store:ident,
         fmadd: $fmadd:ident, fnmadd: $fnmadd:ident, add: $add:ident, mul: $mul:ident,
-        sum: $sum:path
+        sum: $sum:path, and: $and:path,
+        flags: $flags:expr, beyond: $beyond:path, none: $none:path
     ) => {
         pub mod $module {
             use std::arch::x86_64::*;
@@ -269,6 +270,73 @@ macro_rules! x86_kernels {
                 }
             }
 
+            /// `rank1` into a separate `out`, and whether every entry written lies within an
+            /// inverse's bounds: |out_ij| ≤ roots_i·roots_j + slack and not NaN, computed as
+            /// `bounds::InverseBounds::off_diagonal_within` does (a product and a sum, each
+            /// rounded: no fused multiply-add), while the entry is still in a register. `roots`
+            /// are the caller's, from the new diagonal; the padding columns hold zeros, which
+            /// every bound admits.
+            /// # Safety
+            /// CPU support; `u` and `roots` of the layout's `stride` (which `u`'s length gives),
+            /// `m` and `out` valid for the layout's length and not overlapping.
+            #[target_feature(enable = $features)]
+            pub unsafe fn rank1_within(
+                dim: usize,
+                m: *const f64,
+                u: &[f64],
+                c: f64,
+                out: *mut f64,
+                roots: &[f64],
+                slack: f64,
+            ) -> bool {
+                // Lane l of a row's first chunk is kept when l ≥ (the diagonal's lane): the
+                // mask for a diagonal in lane p starts at KEEP[CHUNK − p].
+                const KEEP: [u64; 2 * CHUNK] = {
+                    let mut keep = [0; 2 * CHUNK];
+                    let mut l = CHUNK;
+                    while l < 2 * CHUNK {
+                        keep[l] = u64::MAX;
+                        l += 1;
+                    }
+                    keep
+                };
+                let keep = KEEP.as_ptr().cast::<f64>();
+                let stride = u.len();
+                let (pu, pr) = (u.as_ptr(), roots.as_ptr());
+                let slack = $splat(slack);
+                // The lanes found out of bounds so far, in any chunk.
+                let mut beyond = $flags;
+                let mut start = 0;
+                for i in 0..dim {
+                    let first = CHUNK * (i / CHUNK);
+                    let len = stride - first;
+                    let s = $splat(c * *pu.add(i));
+                    let root_i = $splat(*pr.add(i));
+                    // The first chunk, with the entries left of the diagonal zeroed in the
+                    // register before they are stored and checked.
+                    let mut k = 0;
+                    while k < CHUNK {
+                        let at = start + k;
+                        let v = $fnmadd(s, $load(pu.add(first + k)), $load(m.add(at)));
+                        let v = $and(v, $load(keep.add(CHUNK - (i - first) + k)));
+                        $store(out.add(at), v);
+                        let bound = $add($mul(root_i, $load(pr.add(first + k))), slack);
+                        beyond = $beyond(beyond, v, bound);
+                        k += LANES;
+                    }
+                    while k < len {
+                        let at = start + k;
+                        let v = $fnmadd(s, $load(pu.add(first + k)), $load(m.add(at)));
+                        $store(out.add(at), v);
+                        let bound = $add($mul(root_i, $load(pr.add(first + k))), slack);
+                        beyond = $beyond(beyond, v, bound);
+                        k += LANES;
+                    }
+                    start += len;
+                }
+                $none(beyond)
+            }
+
             /// Writes `kernels::quadratic_weights` of `x` into `out`.
             /// # Safety
             /// CPU support; `x` of length `stride`, `out` valid for the layout's length.
@@ -311,12 +379,66 @@ unsafe fn sum512(v: std::arch::x86_64::__m512d) -> f64 {
     std::arch::x86_64::_mm512_reduce_add_pd(v)
 }
 
+/// Bitwise and of two vectors (AVX-512F has it on integers only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn and512(
+    a: std::arch::x86_64::__m512d,
+    b: std::arch::x86_64::__m512d,
+) -> std::arch::x86_64::__m512d {
+    use std::arch::x86_64::*;
+    _mm512_castsi512_pd(_mm512_and_si512(
+        _mm512_castpd_si512(a),
+        _mm512_castpd_si512(b),
+    ))
+}
+
+/// `flags` with the lanes where `!(|v| <= bound)` (NaN included) added.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn beyond512(
+    flags: std::arch::x86_64::__mmask8,
+    v: std::arch::x86_64::__m512d,
+    bound: std::arch::x86_64::__m512d,
+) -> std::arch::x86_64::__mmask8 {
+    use std::arch::x86_64::*;
+    flags | _mm512_cmp_pd_mask::<_CMP_NLE_UQ>(_mm512_abs_pd(v), bound)
+}
+
+/// No lane flagged.
+#[cfg(target_arch = "x86_64")]
+fn none512(flags: std::arch::x86_64::__mmask8) -> bool {
+    flags == 0
+}
+
+/// `flags` with the lanes where `!(|v| <= bound)` (NaN included) set to all ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn beyond256(
+    flags: std::arch::x86_64::__m256d,
+    v: std::arch::x86_64::__m256d,
+    bound: std::arch::x86_64::__m256d,
+) -> std::arch::x86_64::__m256d {
+    use std::arch::x86_64::*;
+    let magnitude = _mm256_andnot_pd(_mm256_set1_pd(-0.0), v);
+    _mm256_or_pd(flags, _mm256_cmp_pd::<_CMP_NLE_UQ>(magnitude, bound))
+}
+
+/// No lane flagged.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn none256(flags: std::arch::x86_64::__m256d) -> bool {
+    std::arch::x86_64::_mm256_movemask_pd(flags) == 0
+}
+
 #[cfg(target_arch = "x86_64")]
 x86_kernels!(
     avx512, "avx512f", 8, vector: __m512d,
     zero: _mm512_setzero_pd, splat: _mm512_set1_pd, load: _mm512_loadu_pd,
     store: _mm512_storeu_pd, fmadd: _mm512_fmadd_pd, fnmadd: _mm512_fnmadd_pd,
-    add: _mm512_add_pd, mul: _mm512_mul_pd, sum: super::sum512
+    add: _mm512_add_pd, mul: _mm512_mul_pd, sum: super::sum512,
+    and: super::and512,
+    flags: 0, beyond: super::beyond512, none: super::none512
 );
 
 #[cfg(target_arch = "x86_64")]
@@ -324,5 +446,7 @@ x86_kernels!(
     avx2, "avx2,fma", 4, vector: __m256d,
     zero: _mm256_setzero_pd, splat: _mm256_set1_pd, load: _mm256_loadu_pd,
     store: _mm256_storeu_pd, fmadd: _mm256_fmadd_pd, fnmadd: _mm256_fnmadd_pd,
-    add: _mm256_add_pd, mul: _mm256_mul_pd, sum: super::sum256
+    add: _mm256_add_pd, mul: _mm256_mul_pd, sum: super::sum256,
+    and: _mm256_and_pd,
+    flags: _mm256_setzero_pd(), beyond: super::beyond256, none: super::none256
 );
