@@ -238,3 +238,50 @@ def test_feedback_with_any_values_learns_or_changes_nothing(
     else:
         assert learned is True
         assert router.pending() == 0 and in_flight(router) == 0
+
+
+def _small_dataset(n: int = 8) -> data.RoutingDataset:
+    rng = np.random.default_rng(3)
+    models = ["small", "medium", "large"]
+    return data.RoutingDataset(
+        prompts=[f"training query {i}" for i in range(n)],
+        models=models,
+        quality=rng.uniform(0, 1, (n, len(models))),
+        cost_usd=np.full((n, len(models)), 1e-4),
+        prompt_tokens=np.full(n, 10.0),
+        output_tokens=np.full((n, len(models)), 50.0),
+        latency_s=None,
+        labels=["a", "b"] * (n // 2),
+        split=None,
+        ids=[str(i) for i in range(n)],
+    )
+
+
+def test_a_context_computed_across_a_fit_is_not_cached() -> None:
+    # A route embeds its text while a fit replaces the projection: the context it computed
+    # belongs to the old projection and must not be served to later decisions.
+    class FittingMidEmbed(HashEmbedder):
+        router: Router | None = None
+
+        def embed(self, texts: Any) -> Any:
+            vectors = super().embed(texts)
+            if self.router is not None and list(texts) == ["the query"]:
+                router, self.router = self.router, None
+                router.fit(_small_dataset())
+            return vectors
+
+    embedder = FittingMidEmbed()
+    router = light_router(embedder=embedder)
+    embedder.router = router
+    old_projection = router.projection
+    router.route("the query")
+    assert router.projection is not old_projection
+    key = router_module._text_key("the query")
+    assert router._contexts.get(key) is None
+    # The next route computes the context with the projection now in place.
+    router.route("the query")
+    cached = router._contexts.get(key)
+    assert cached is not None
+    assert router.projection is not None
+    expected = router.projection.context(embedder.embed(["the query"]))[0]
+    np.testing.assert_allclose(cached[0], expected)

@@ -426,7 +426,7 @@ class Router:
             self._config = config
             self._calibration = calibration
             self._training = dataset
-        self._contexts.clear()
+            self._contexts.clear()
         step("fitted", 4, 4)
         return FitReport(
             rows=len(dataset),
@@ -528,8 +528,22 @@ class Router:
         context = projection.context(vector)[0]
         context.flags.writeable = False  # shared by every decision for this text
         item = (context, float(estimate_tokens([text])[0]))
-        self._contexts.put(key, item, _context_bytes(key, context))
+        self._remember(projection, [(key, item)])
         return item
+
+    def _remember(
+        self,
+        projection: LinearProjection,
+        items: Sequence[tuple[bytes, tuple[NDArray[np.float64], float]]],
+    ) -> None:
+        """Caches contexts computed with ``projection``, unless a fit has replaced it since:
+        the check and the puts happen under the lock a fit swaps the projection and clears the
+        cache under, so no context of an old projection outlives the swap in the cache."""
+        with self._lock:
+            if self._projection is not projection:
+                return
+            for key, (context, tokens) in items:
+                self._contexts.put(key, (context, tokens), _context_bytes(key, context))
 
     def _require_projection(self) -> LinearProjection:
         if self._projection is None:
@@ -679,8 +693,7 @@ class Router:
             contexts.flags.writeable = False  # shared by every decision for these texts
             for text, context, count in zip(missing, contexts, tokens, strict=True):
                 known[text] = (context, float(count))
-                key = _text_key(text)
-                self._contexts.put(key, known[text], _context_bytes(key, context))
+            self._remember(projection, [(_text_key(text), known[text]) for text in missing])
         return [known[text] for text in texts]
 
     async def aroute(
