@@ -6,7 +6,10 @@
 set -euo pipefail
 wheel_dir=$1
 vpy=$2
-wheel=$(realpath "$(ls "$wheel_dir"/mixllm-*.whl)")
+wheels=("$wheel_dir"/mixllm-*.whl)
+[ ${#wheels[@]} -eq 1 ] && [ -f "${wheels[0]}" ] \
+    || { echo "check-wheel: expected exactly one wheel in $wheel_dir, found: ${wheels[*]}" >&2; exit 1; }
+wheel=$(realpath "${wheels[0]}")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

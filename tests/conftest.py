@@ -3,8 +3,10 @@ profile, a small sample of the local RouterBench subset (when it is beside the r
 stand-in sentence encoder of any width.
 
 They are handed out as session fixtures because the test modules are imported by path
-(`--import-mode=importlib`) and cannot import each other; the helper modules beside them
-(`reference_bert`, `reference_mpnet`, `tiny_mpnet`) import by name (`pythonpath`).
+(`--import-mode=importlib`) and cannot import each other. The helper modules beside them
+(`tiny_mpnet`, `light_router`, `gateway_harness`, `redis_server`, `store_replica`) and those
+shared with the benchmarks in `testkit/` (`numpy_reference`, `workload`, `reference_bert`,
+`reference_mpnet`, `fake_upstream`) import by name (`pythonpath`).
 """
 
 from __future__ import annotations
