@@ -30,6 +30,7 @@ import numpy as np
 
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
 from mixllm.config import DEFAULT_CONCURRENCY, ModelConfig
+from mixllm.cost import TOKENS_PER_PRICE_UNIT, call_cost_usd
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
@@ -91,7 +92,7 @@ class ModelSpec:
 
     def cost_usd(self, prompt_tokens: float, output_tokens: float) -> float:
         """List-price cost of one call."""
-        return (prompt_tokens * self.price_in + output_tokens * self.price_out) / 1e6 + self.fee
+        return call_cost_usd(prompt_tokens, output_tokens, self.price_in, self.price_out, self.fee)
 
 
 _OPENAI = "OpenAI list price, Nov 2023 (RouterBench cost table)"
@@ -205,6 +206,6 @@ def implied_prices(dataset: RoutingDataset) -> Mapping[str, tuple[float, float]]
         if rows.sum() < 2:
             continue
         design = np.column_stack([dataset.prompt_tokens[rows], output[rows]])
-        solution = np.linalg.lstsq(design, cost[rows] * 1e6, rcond=None)[0]
+        solution = np.linalg.lstsq(design, cost[rows] * TOKENS_PER_PRICE_UNIT, rcond=None)[0]
         fitted[model] = (float(solution[0]), float(solution[1]))
     return fitted

@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError, UnknownModelError
+from mixllm.cost import call_cost_usd
 from mixllm.errors import DatasetUnavailableError
 
 __all__ = [
@@ -918,9 +919,9 @@ def load_jsonl(
             price_in, price_out, fee = _price_of(spec)
             k_ = models[model]
             fill = np.isnan(cost[:, k_]) & ~np.isnan(output[:, k_])
-            cost[fill, k_] = (
-                prompt_tokens[fill] * price_in + output[fill, k_] * price_out
-            ) / 1e6 + fee
+            cost[fill, k_] = call_cost_usd(
+                prompt_tokens[fill], output[fill, k_], price_in, price_out, fee
+            )
 
     def optional(name: str) -> _F64 | None:
         array = values[name]

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError
 from mixllm.config import ModelConfig
+from mixllm.cost import TOKENS_PER_PRICE_UNIT
 from mixllm.data import RoutingDataset
 
 __all__ = ["LearnedPrice", "learn_prices", "priced_pool"]
@@ -94,7 +95,7 @@ def learn_prices(
             from_output = False
         if rows.sum() < MIN_PRICED_ROWS:
             continue
-        design = np.column_stack([dataset.prompt_tokens[rows], outputs]) / 1e6
+        design = np.column_stack([dataset.prompt_tokens[rows], outputs]) / TOKENS_PER_PRICE_UNIT
         observed = cost[rows]
         price_in, price_out = _nonnegative_least_squares(design, observed)
         fitted = design @ np.array([price_in, price_out])
