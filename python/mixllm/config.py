@@ -181,7 +181,7 @@ class EmbedderConfig:
             raise ConfigError(f"{where}: give one of model_dir, encoder and hf_repo, not {given}")
         _boolean(where, "quantized", self.quantized)
         if self.encoder is not None:
-            from mixllm.pypi_encoder import ENCODERS
+            from mixllm.encoder_fetch import ENCODERS
 
             if self.encoder not in ENCODERS:
                 raise ConfigError(

