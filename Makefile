@@ -56,13 +56,20 @@ lint:  ## cargo fmt, clippy, ruff and mypy
 	$(VPY) -m mypy
 
 # With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is
-# installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline.
+# installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline and on
+# an emulated aarch64 CPU (where the aarch64 Rust target and cross linker are installed).
 cargo-test:  ## the core's tests, also with portable kernels and an old CPU
 	cargo test --workspace --exclude mixllm-py
 	MIXLLM_PORTABLE_KERNELS=1 cargo test --workspace --exclude mixllm-py
 	if command -v qemu-x86_64 >/dev/null; then \
 	    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
 	    cargo test -p mixllm-core; \
+	fi
+	if rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu \
+	    && command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then \
+	    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+	    cargo test -p mixllm-core --target aarch64-unknown-linux-gnu; \
 	fi
 
 bench:  ## the Python benchmarks

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Checks the wheel users get: it is manylinux2014 (glibc 2.17) compliant, the sdist builds, and
-# the wheel installs and runs in a fresh virtual environment with no Rust toolchain on the path,
-# from outside the repository, on the oldest and the newest Python the package supports.
+# Checks the wheel users get: it is manylinux2014 (glibc 2.17) compliant, the sdist builds, the
+# aarch64 wheel cross-builds (where that Rust target is installed), and the wheel installs and
+# runs in a fresh virtual environment with no Rust toolchain on the path, from outside the
+# repository, on the oldest and the newest Python the package supports.
 # Usage: scripts/check-wheel.sh WHEEL_DIR VENV_PYTHON
 set -euo pipefail
 wheel_dir=$1
@@ -23,6 +24,19 @@ echo "== the sdist builds a wheel"
 "$vpy" -m maturin sdist --out "$work/sdist" >/dev/null
 "$vpy" -m pip wheel --quiet --no-deps --wheel-dir "$work/from-sdist" "$work"/sdist/mixllm-*.tar.gz
 ls "$work"/from-sdist/mixllm-*.whl
+
+# The aarch64 wheel, cross-built with zig, where the aarch64 Rust target is installed.
+if rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
+    echo "== the aarch64 wheel builds and is manylinux2014"
+    PATH="$(dirname "$vpy"):$PATH" "$vpy" -m maturin build --release --quiet \
+        --target aarch64-unknown-linux-gnu --zig --compatibility manylinux2014 --out "$work/aarch64"
+    "$vpy" -m auditwheel show "$work"/aarch64/mixllm-*.whl | tee "$work/audit-aarch64.txt"
+    grep -q 'consistent with the following platform tag: *"manylinux_2_17_aarch64"' \
+        <(tr -s ' \n' ' ' < "$work/audit-aarch64.txt") \
+        || { echo "check-wheel: the aarch64 wheel is not manylinux2014" >&2; exit 1; }
+else
+    echo "check-wheel: no aarch64 Rust target here (rustup target add aarch64-unknown-linux-gnu)"
+fi
 
 # Oldest and newest supported CPython, where pyenv has them, and the default one.
 pythons=()

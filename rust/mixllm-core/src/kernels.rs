@@ -14,6 +14,7 @@
 //! between instruction sets) in the last bits only.
 
 use crate::bounds::InverseBounds;
+#[cfg(target_arch = "x86_64")]
 use crate::simd::{self, isa, Isa};
 
 /// Width of the chunks the kernels work in (one AVX-512 register of f64).
@@ -175,6 +176,7 @@ impl SymLayout {
 }
 
 /// Runs the kernel of the detected instruction set, or the portable one.
+#[cfg(target_arch = "x86_64")]
 macro_rules! dispatch {
     ($kernel:ident($($arg:expr),*), portable: $portable:expr) => {
         match isa() {
@@ -190,6 +192,16 @@ macro_rules! dispatch {
             _ => $portable,
         }
     };
+}
+
+/// Elsewhere only the portable kernels exist; the SIMD kernels' arguments are still evaluated,
+/// so each call site reads the same on every architecture.
+#[cfg(not(target_arch = "x86_64"))]
+macro_rules! dispatch {
+    ($kernel:ident($($arg:expr),*), portable: $portable:expr) => {{
+        let _ = ($(&$arg),*);
+        $portable
+    }};
 }
 
 /// `a · b` over the shorter of the two lengths.
