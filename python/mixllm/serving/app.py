@@ -326,17 +326,17 @@ class Gateway:
                     return await self._open_relay(chat, decision)
                 return await self._complete(chat, decision)
             except UpstreamFailure as err:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 self.metrics.upstream_errors.labels(model, err.kind).inc()
                 if self.cooldowns.failed(model):
                     self.metrics.cooldowns.labels(model).inc()
                 failures.append(str(err))
                 log.warning("upstream failure: %s", err)
             except UpstreamRejection as err:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 return Response(err.body, status_code=err.status, media_type=err.content_type)
             except BaseException:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 raise
         self.metrics.requests.labels(order[0], "error").inc()
         raise RequestError(
@@ -365,7 +365,10 @@ class Gateway:
         self, decision: RouteDecision, latency_s: float, tokens: float | None, ttft_s: float | None
     ) -> None:
         model = decision.model
-        self.router.complete(decision.id, latency_s=latency_s, output_tokens=tokens)
+        # The decision may have expired, or been dropped, while its upstream answered: the
+        # answer is still the client's; only its latency and length go unlearned.
+        with contextlib.suppress(DecisionNotFoundError):
+            self.router.complete(decision.id, latency_s=latency_s, output_tokens=tokens)
         self.cooldowns.succeeded(model)
         self.metrics.requests.labels(model, "ok").inc()
         self.metrics.latency.labels(model).observe(latency_s)
@@ -373,6 +376,12 @@ class Gateway:
         self.speed.record(
             model, ttft_s=ttft_s, generation_s=generation_s, output_tokens=tokens or 0.0
         )
+
+    def _cancel(self, decision: RouteDecision) -> None:
+        """Takes an unanswered decision out of its model's queue; one that has expired or been
+        dropped meanwhile has already left it."""
+        with contextlib.suppress(DecisionNotFoundError):
+            self.router.cancel(decision.id)
 
     async def _open_relay(self, chat: ChatRequest, decision: RouteDecision) -> Response:
         """Opens the upstream stream and waits for its first chunk, so a model that fails
@@ -400,7 +409,7 @@ class Gateway:
 
     def _stream_failed(self, decision: RouteDecision, err: UpstreamFailure) -> None:
         model = decision.model
-        self.router.cancel(decision.id)
+        self._cancel(decision)
         self.metrics.upstream_errors.labels(model, err.kind).inc()
         self.metrics.requests.labels(model, "error").inc()
         if self.cooldowns.failed(model):
@@ -487,8 +496,7 @@ class _RelayedStream(StreamingResponse):
                 # The client left (or the server is stopping): the upstream call is closed above
                 # and its slot freed here; nothing is learned from an answer cut short.
                 relay.finished = True
-                with contextlib.suppress(DecisionNotFoundError):
-                    gateway.router.cancel(self._decision.id)
+                gateway._cancel(self._decision)
                 gateway.metrics.disconnects.labels(model).inc()
             gateway._request_ended()
 
