@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from fake_upstream import FakeUpstream, ServerThread
-from gateway_harness import pool_model, running_gateway, tiny_router, wait_until
+from gateway_harness import Harness, pool_model, running_gateway, tiny_router, wait_until
 from mixllm.config import ServeConfig
 from mixllm.serving import create_app
 from mixllm.store import RedisStore
@@ -52,6 +54,90 @@ def test_feedback_given_to_one_gateway_teaches_the_other(server: RedisServer) ->
         assert wait_until(lambda: b.router.policy.inspect(model)["observations"] == before + 1)
         got, want = b.router.policy.inspect(model), a.router.policy.inspect(model)
         assert (got["b_quality"] == want["b_quality"]).all()
+
+
+def _replicas(
+    stack: ExitStack, server: RedisServer, names: tuple[str, ...], **options: Any
+) -> tuple[Harness, Harness]:
+    """Two gateways over the same pool, sharing it through ``server``."""
+    replicas = []
+    for _ in range(2):
+        harness = stack.enter_context(running_gateway(names, **options))
+        harness.router.attach_store(RedisStore(server.url, block_s=0.05))
+        stack.callback(harness.router.store.close)  # type: ignore[union-attr]
+        replicas.append(harness)
+    return replicas[0], replicas[1]
+
+
+def _upstream_url(harness: Harness) -> str:
+    """Where ``harness``'s fake upstream listens (without the ``/v1``)."""
+    base_url = harness.router.config.models[0].base_url
+    assert base_url is not None
+    return base_url.removesuffix("/v1")
+
+
+def _ask(harness: Harness, model: str = "mixllm") -> httpx.Response:
+    return httpx.post(
+        harness.url + "/v1/chat/completions",
+        json={"model": model, "messages": USER},
+        timeout=30,
+    )
+
+
+def test_a_model_added_updated_and_removed_on_another_replica_is_served(
+    server: RedisServer,
+) -> None:
+    with ExitStack() as stack:
+        a, b = _replicas(stack, server, ("small", "large"))
+        b.router.add_model(pool_model("extra", _upstream_url(a)))
+        assert wait_until(lambda: "extra" in a.router.models)
+
+        listed = httpx.get(a.url + "/v1/models")
+        assert listed.status_code == 200
+        rows = {row["id"]: row for row in listed.json()["data"]}
+        assert rows["extra"]["mixllm"]["upstream"] == _upstream_url(a) + "/v1"
+        reply = _ask(a, "extra")
+        assert reply.status_code == 200
+        assert reply.json()["model"] == "extra"
+        assert a.fake.requests("extra-upstream") == 1
+
+        # Moved to another upstream on the other replica: this one follows.
+        b.router.update_model(pool_model("extra", _upstream_url(b), upstream_model="moved"))
+        assert wait_until(lambda: a.router.config.models[-1].base_url == _upstream_url(b) + "/v1")
+        assert _ask(a, "extra").status_code == 200
+        assert b.fake.requests("moved") == 1
+        assert a.fake.requests("extra-upstream") == 1
+
+        b.router.remove_model("extra")
+        assert wait_until(lambda: "extra" not in a.router.models)
+        assert "extra" not in {row["id"] for row in httpx.get(a.url + "/v1/models").json()["data"]}
+        assert _ask(a, "extra").status_code == 404
+        assert _ask(a).status_code == 200
+
+
+def test_a_fallback_removed_on_another_replica_meanwhile_is_passed_over(
+    server: RedisServer,
+) -> None:
+    slow_to_fail = ServeConfig(read_timeout_s=2.0)
+    with ExitStack() as stack:
+        a, b = _replicas(stack, server, ("small", "large", "spare"), settings=slow_to_fail)
+        # Ties go to the first model: "small" is chosen, hangs, and its fallbacks come next.
+        a.fake.behaviour("small-upstream").hang = True
+        replies: list[httpx.Response] = []
+        asking = threading.Thread(target=lambda: replies.append(_ask(a)))
+        asking.start()
+        try:
+            assert wait_until(lambda: a.fake.requests("small-upstream") == 1)
+            b.router.remove_model("large")
+            assert wait_until(lambda: "large" not in a.router.models)
+        finally:
+            asking.join(timeout=30)
+        assert not asking.is_alive()
+        (reply,) = replies
+        assert reply.status_code == 200
+        assert reply.json()["model"] == "spare"
+        assert a.fake.requests("large-upstream") == 0
+        assert a.router.pending() == 1
 
 
 def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path) -> None:
