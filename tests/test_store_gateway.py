@@ -1,5 +1,7 @@
 """`mixllm serve` replicas sharing their learning through a real redis-server: feedback given
-to one gateway teaches the other, and a Redis that cannot be reached is refused at start."""
+to one gateway teaches the other, a model added, moved or removed on one is served as it is now
+by the other, a Redis slow to answer holds up feedback but not the gateway, and a Redis that
+cannot be reached is refused at start."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from fake_upstream import FakeUpstream, ServerThread
 from gateway_harness import Harness, pool_model, running_gateway, tiny_router, wait_until
@@ -138,6 +141,63 @@ def test_a_fallback_removed_on_another_replica_meanwhile_is_passed_over(
         assert reply.json()["model"] == "spare"
         assert a.fake.requests("large-upstream") == 0
         assert a.router.pending() == 1
+
+
+def _blocked_writes(client: redis.Redis) -> int:
+    """Calls to Redis held up by ``CLIENT PAUSE ... WRITE``."""
+    rows: Any = client.client_list()
+    return sum(1 for row in rows if "b" in row["flags"] and row["cmd"] in ("set", "xadd"))
+
+
+def test_feedback_and_scrapes_waiting_on_redis_leave_the_gateway_answering(
+    server: RedisServer,
+) -> None:
+    # Redis that holds every write for a while (a slow or failing-over server): feedback, which
+    # claims its decision and appends to the stream, waits on it, and so does a scrape of the
+    # store's counters; other requests must not.
+    admin = redis.Redis.from_url(server.url)
+    results: dict[str, httpx.Response] = {}
+
+    def call(url: str, name: str, method: str, path: str, **kwargs: Any) -> threading.Thread:
+        def run() -> None:
+            results[name] = httpx.request(method, url + path, timeout=30, **kwargs)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with ExitStack() as stack:
+        upstream = stack.enter_context(ServerThread(FakeUpstream().app))
+        router = tiny_router(tuple(pool_model(name, upstream.url) for name in ("small", "large")))
+        store = RedisStore(server.url, block_s=0.05, timeout_s=5.0)
+        router.attach_store(store)
+        stack.callback(store.close)
+        url = stack.enter_context(
+            ServerThread(create_app(router, settings=ServeConfig()), grace_s=2)
+        ).url
+        reply = httpx.post(
+            url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER}, timeout=30
+        )
+        decision_id = reply.headers["x-mixllm-decision-id"]
+
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        stack.callback(admin.execute_command, "CLIENT", "UNPAUSE")
+        feedback = call(
+            url, "feedback", "POST", "/v1/feedback", json={"decision_id": decision_id, "quality": 1}
+        )
+        # The queue's refresh is one held write; the feedback's claim is the other.
+        assert wait_until(lambda: _blocked_writes(admin) >= 2, 5)
+        scrape = call(url, "metrics", "GET", "/metrics")
+        scrape.join(timeout=0.2)  # time for the scrape to reach the gateway
+        health = httpx.get(url + "/healthz", timeout=30)
+        waiting = feedback.is_alive(), scrape.is_alive()
+        admin.execute_command("CLIENT", "UNPAUSE")
+        feedback.join(timeout=30)
+        scrape.join(timeout=30)
+    assert health.status_code == 200
+    assert waiting == (True, True)
+    assert results["feedback"].json()["learned"] is True
+    assert "mixllm_store_published_total 1.0" in results["metrics"].text
 
 
 def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path) -> None:

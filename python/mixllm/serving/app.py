@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -247,13 +248,17 @@ class Gateway:
             if not isinstance(decision_id, str):
                 raise RequestError(400, "decision_id must be a string", param="decision_id")
             kind = "satisfied" if "satisfied" in body else "quality"
+            learn = functools.partial(
+                self.router.feedback,
+                decision_id,
+                quality=body.get("quality"),
+                satisfied=body.get("satisfied"),
+                output_tokens=body.get("output_tokens"),
+            )
             try:
-                learned = self.router.feedback(
-                    decision_id,
-                    quality=body.get("quality"),
-                    satisfied=body.get("satisfied"),
-                    output_tokens=body.get("output_tokens"),
-                )
+                # With a store, feedback claims its decision and appends to the stream in
+                # Redis: network calls, which must not hold up the event loop.
+                learned = learn() if self.router.store is None else await asyncio.to_thread(learn)
             except DecisionNotFoundError as err:
                 raise RequestError(404, str(err), param="decision_id") from None
             except InvalidInputError as err:
@@ -299,7 +304,10 @@ class Gateway:
         )
 
     async def prometheus(self, _request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Off the event loop: the store's counters wait on the lock feedback holds while it
+        # calls Redis.
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def _body(self, request: Request) -> bytes:
         """The request body, refused (413) beyond ``max_body_bytes`` before it is all read."""
