@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -198,6 +199,62 @@ def test_feedback_and_scrapes_waiting_on_redis_leave_the_gateway_answering(
     assert waiting == (True, True)
     assert results["feedback"].json()["learned"] is True
     assert "mixllm_store_published_total 1.0" in results["metrics"].text
+
+
+def test_feedback_while_redis_is_unreachable_does_not_wait_on_a_claim(
+    server: RedisServer,
+) -> None:
+    # Writes held far longer than the store waits for them: the first feedback finds Redis
+    # unreachable; the next ones must be taken locally without trying Redis again.
+    admin = redis.Redis.from_url(server.url)
+    with ExitStack() as stack:
+        upstream = stack.enter_context(ServerThread(FakeUpstream().app))
+        router = tiny_router(tuple(pool_model(name, upstream.url) for name in ("small", "large")))
+        # No queue refreshes during the test: every held SET is then a claim.
+        store = RedisStore(server.url, block_s=0.05, timeout_s=0.5, queue_refresh_s=3600.0)
+        router.attach_store(store)
+        stack.callback(store.close)
+        url = stack.enter_context(
+            ServerThread(create_app(router, settings=ServeConfig()), grace_s=2)
+        ).url
+        first, second = (
+            httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": "mixllm", "messages": USER},
+                timeout=30,
+            ).headers["x-mixllm-decision-id"]
+            for _ in range(2)
+        )
+        admin.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+        stack.callback(admin.execute_command, "CLIENT", "UNPAUSE")
+        rated = httpx.post(
+            url + "/v1/feedback", json={"decision_id": first, "quality": 1}, timeout=30
+        )
+        assert rated.json()["learned"] is True
+        assert not store.stats.connected
+
+        replies: list[httpx.Response] = []
+        feedback = threading.Thread(
+            target=lambda: replies.append(
+                httpx.post(
+                    url + "/v1/feedback", json={"decision_id": second, "quality": 1}, timeout=30
+                )
+            )
+        )
+        feedback.start()
+        claims_sent = 0
+        deadline = time.monotonic() + 10
+        while feedback.is_alive() and time.monotonic() < deadline:
+            claims_sent = max(claims_sent, _held_claims(admin))
+            time.sleep(0.01)
+        feedback.join(timeout=30)
+    assert claims_sent == 0
+    assert replies[0].json()["learned"] is True
+
+
+def _held_claims(client: redis.Redis) -> int:
+    rows: Any = client.client_list()
+    return sum(1 for row in rows if "b" in row["flags"] and row["cmd"] == "set")
 
 
 def test_serve_refuses_a_redis_it_cannot_reach(tmp_path: Path) -> None:
