@@ -148,3 +148,68 @@ def test_a_client_leaving_a_stream_frees_the_slot_and_stops_the_upstream() -> No
         assert harness.router.pending() == 0
         assert metric(harness, 'mixllm_client_disconnects_total{model="small"}') == 1
         assert harness.gateway.active == 0
+
+
+# Decisions that expire while their upstream is still answering: the answer is still the
+# client's, it just teaches nothing.
+SHORT_TTL_S = 0.2
+SLOWER_THAN_TTL_S = 0.6
+
+
+def test_an_answer_outliving_its_decision_still_reaches_the_client() -> None:
+    with running_gateway(feedback_ttl_s=SHORT_TTL_S) as harness:
+        harness.fake.behaviour("small-upstream").ttft_s = SLOWER_THAN_TTL_S
+        completion = client(harness).chat.completions.create(model="small", messages=USER)
+        assert completion.choices[0].message.content
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="ok"}') == 1
+        assert harness.router.pending() == 0
+        assert harness.router.policy.in_flight("small") == 0
+
+
+def test_a_stream_outliving_its_decision_still_ends_with_done() -> None:
+    with running_gateway(feedback_ttl_s=SHORT_TTL_S) as harness:
+        harness.fake.behaviour("small-upstream").ttft_s = SLOWER_THAN_TTL_S
+        with httpx.stream(
+            "POST",
+            harness.url + "/v1/chat/completions",
+            json={"model": "small", "messages": USER, "stream": True},
+            timeout=10,
+        ) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert events[-1] == "data: [DONE]"
+        assert all('"error"' not in event for event in events)
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="ok"}') == 1
+        assert harness.router.policy.in_flight("small") == 0
+        assert wait_until(lambda: harness.gateway.active == 0, 5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failure_outliving_its_decision_still_falls_back(stream: bool) -> None:
+    settings = ServeConfig(read_timeout_s=SLOWER_THAN_TTL_S)
+    with running_gateway(settings=settings, feedback_ttl_s=SHORT_TTL_S) as harness:
+        harness.fake.behaviour("small-upstream").hang = True
+        completion = client(harness).chat.completions.create(
+            model="mixllm", messages=USER, stream=stream
+        )
+        if stream:
+            assert {c.model for c in completion} == {"large"}  # type: ignore[union-attr]
+        else:
+            assert completion.model == "large"  # type: ignore[union-attr]
+        assert harness.router.policy.in_flight("small") == 0
+        assert metric(harness, 'mixllm_fallbacks_total{model="small"}') == 1
+
+
+def test_a_stream_failing_after_its_decision_expired_ends_in_an_error_event() -> None:
+    with running_gateway(feedback_ttl_s=SHORT_TTL_S) as harness:
+        dropping = harness.fake.behaviour("small-upstream")
+        dropping.fail_mid_stream, dropping.tokens_per_s = True, 1 / SLOWER_THAN_TTL_S
+        with httpx.stream(
+            "POST",
+            harness.url + "/v1/chat/completions",
+            json={"model": "small", "messages": USER, "stream": True},
+            timeout=10,
+        ) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert '"error"' in events[-1]
+        assert harness.router.policy.in_flight("small") == 0
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="error"}') == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from mixllm.serving.upstream import (
     UpstreamRejection,
     open_stream,
     post_completion,
+    upstream_of,
     upstreams_of,
 )
 
@@ -69,9 +71,12 @@ def create_app(
     state_dir: str | Path | None = None,
 ) -> Starlette:
     """The gateway for ``router``'s pool. ``upstreams`` defaults to the pool models' own
-    ``base_url``, ``api_key_env`` and ``upstream_model``; with ``state_dir`` the router is saved
-    there every ``settings.snapshot_every_s`` seconds and at shutdown, after requests in flight
-    have had ``settings.drain_timeout_s`` to finish. The `Gateway` is ``app.state.gateway``."""
+    ``base_url``, ``api_key_env`` and ``upstream_model``, read at each request, so a model
+    added, moved or removed since (here, or on another replica sharing a store) is served as
+    it is now; an upstream given in ``upstreams`` takes precedence for its model. With
+    ``state_dir`` the router is saved there every ``settings.snapshot_every_s`` seconds and at
+    shutdown, after requests in flight have had ``settings.drain_timeout_s`` to finish. The
+    `Gateway` is ``app.state.gateway``."""
     gateway = Gateway(router, settings or ServeConfig(), upstreams, state_dir)
     app = Starlette(
         routes=[
@@ -114,10 +119,10 @@ class Gateway:
     ) -> None:
         self.router = router
         self.settings = settings
-        self.upstreams = dict(upstreams) if upstreams is not None else upstreams_of(
-            router.config.models
-        )  # fmt: skip
-        missing = [m for m in router.models if m not in self.upstreams]
+        self._given = dict(upstreams) if upstreams is not None else {}
+        if upstreams is None:
+            upstreams_of(router.config.models)  # refuses a pool model without a base_url
+        missing = [m for m in router.models if m not in self.upstreams()]
         if missing:
             raise ConfigError(f"no upstream for {', '.join(missing)}")
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -196,6 +201,18 @@ class Gateway:
         if self.active == 0 and self._idle is not None:
             self._idle.set()
 
+    def upstreams(self) -> dict[str, Upstream]:
+        """Where each pool model answers now, in pool order. The pool can change while the
+        gateway runs (`Router.add_model`, `update_model`, `remove_model`, or the same applied
+        from another replica through a store), so it is read afresh; a model with no upstream
+        is left out, and so cannot be chosen."""
+        found = {}
+        for model in self.router.config.models:
+            upstream = self._given.get(model.name) or upstream_of(model)
+            if upstream is not None:
+                found[model.name] = upstream
+        return found
+
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -209,8 +226,9 @@ class Gateway:
         handed_off = False
         try:
             raw = await self._body(request)
-            chat = parse_chat_request(raw, request.headers, self.router.models, self.settings)
-            response = await self._answer(chat)
+            pool = list(self.upstreams())
+            chat = parse_chat_request(raw, request.headers, pool, self.settings)
+            response = await self._answer(chat, pool)
             handed_off = isinstance(response, _RelayedStream)
             return response
         except RequestError as err:
@@ -230,13 +248,17 @@ class Gateway:
             if not isinstance(decision_id, str):
                 raise RequestError(400, "decision_id must be a string", param="decision_id")
             kind = "satisfied" if "satisfied" in body else "quality"
+            learn = functools.partial(
+                self.router.feedback,
+                decision_id,
+                quality=body.get("quality"),
+                satisfied=body.get("satisfied"),
+                output_tokens=body.get("output_tokens"),
+            )
             try:
-                learned = self.router.feedback(
-                    decision_id,
-                    quality=body.get("quality"),
-                    satisfied=body.get("satisfied"),
-                    output_tokens=body.get("output_tokens"),
-                )
+                # With a store, feedback claims its decision and appends to the stream in
+                # Redis: network calls, which must not hold up the event loop.
+                learned = learn() if self.router.store is None else await asyncio.to_thread(learn)
             except DecisionNotFoundError as err:
                 raise RequestError(404, str(err), param="decision_id") from None
             except InvalidInputError as err:
@@ -249,13 +271,15 @@ class Gateway:
 
     async def list_models(self, _request: Request) -> Response:
         rows = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "mixllm"}]
+        upstreams = self.upstreams()
         for row in self.router.describe_models():
             name = row["name"]
+            upstream = upstreams.get(name)
             learned = {
                 **row,
                 **self.speed.of(name),
                 "cooled_down": self.cooldowns.cooled(name),
-                "upstream": self.upstreams[name].base_url,
+                "upstream": None if upstream is None else upstream.base_url,
             }
             rows.append(
                 {
@@ -280,7 +304,10 @@ class Gateway:
         )
 
     async def prometheus(self, _request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Off the event loop: the store's counters wait on the lock feedback holds while it
+        # calls Redis.
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def _body(self, request: Request) -> bytes:
         """The request body, refused (413) beyond ``max_body_bytes`` before it is all read."""
@@ -298,8 +325,8 @@ class Gateway:
 
     # -- answering ------------------------------------------------------------------------------
 
-    async def _answer(self, chat: ChatRequest) -> Response:
-        allowed = list(chat.models or self.router.models)
+    async def _answer(self, chat: ChatRequest, pool: list[str]) -> Response:
+        allowed = list(chat.models or pool)
         # With every allowed model cooled down, trying one beats refusing outright.
         candidates = self.cooldowns.available(allowed) or allowed
         try:
@@ -317,26 +344,36 @@ class Gateway:
         for attempt, model in enumerate(order[: self.settings.max_attempts]):
             if attempt > 0:
                 self.metrics.fallbacks.labels(order[attempt - 1]).inc()
-                decision = await self.router.aroute(
-                    chat.text, willingness_to_pay=decision.willingness_to_pay, models=[model]
-                )
+                try:
+                    decision = await self.router.aroute(
+                        chat.text, willingness_to_pay=decision.willingness_to_pay, models=[model]
+                    )
+                except UnknownModelError:
+                    failures.append(f"{model}: removed from the pool")
+                    continue
+            upstream = self.upstreams().get(model)
+            if upstream is None:
+                # Removed from the pool (or left without an upstream) since it was chosen.
+                self._cancel(decision)
+                failures.append(f"{model}: removed from the pool")
+                continue
             self.metrics.decisions.labels(model).inc()
             try:
                 if chat.stream:
-                    return await self._open_relay(chat, decision)
-                return await self._complete(chat, decision)
+                    return await self._open_relay(chat, decision, upstream)
+                return await self._complete(chat, decision, upstream)
             except UpstreamFailure as err:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 self.metrics.upstream_errors.labels(model, err.kind).inc()
                 if self.cooldowns.failed(model):
                     self.metrics.cooldowns.labels(model).inc()
                 failures.append(str(err))
                 log.warning("upstream failure: %s", err)
             except UpstreamRejection as err:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 return Response(err.body, status_code=err.status, media_type=err.content_type)
             except BaseException:
-                self.router.cancel(decision.id)
+                self._cancel(decision)
                 raise
         self.metrics.requests.labels(order[0], "error").inc()
         raise RequestError(
@@ -346,12 +383,14 @@ class Gateway:
             code="upstream_unavailable",
         )
 
-    async def _complete(self, chat: ChatRequest, decision: RouteDecision) -> Response:
+    async def _complete(
+        self, chat: ChatRequest, decision: RouteDecision, upstream: Upstream
+    ) -> Response:
         model = decision.model
         started = time.perf_counter()
         self.metrics.in_flight.labels(model).inc()
         try:
-            answer = await post_completion(self.client, self.upstreams[model], chat.body)
+            answer = await post_completion(self.client, upstream, chat.body)
         finally:
             self.metrics.in_flight.labels(model).dec()
         latency = time.perf_counter() - started
@@ -365,7 +404,10 @@ class Gateway:
         self, decision: RouteDecision, latency_s: float, tokens: float | None, ttft_s: float | None
     ) -> None:
         model = decision.model
-        self.router.complete(decision.id, latency_s=latency_s, output_tokens=tokens)
+        # The decision may have expired, or been dropped, while its upstream answered: the
+        # answer is still the client's; only its latency and length go unlearned.
+        with contextlib.suppress(DecisionNotFoundError):
+            self.router.complete(decision.id, latency_s=latency_s, output_tokens=tokens)
         self.cooldowns.succeeded(model)
         self.metrics.requests.labels(model, "ok").inc()
         self.metrics.latency.labels(model).observe(latency_s)
@@ -374,14 +416,22 @@ class Gateway:
             model, ttft_s=ttft_s, generation_s=generation_s, output_tokens=tokens or 0.0
         )
 
-    async def _open_relay(self, chat: ChatRequest, decision: RouteDecision) -> Response:
+    def _cancel(self, decision: RouteDecision) -> None:
+        """Takes an unanswered decision out of its model's queue; one that has expired or been
+        dropped meanwhile has already left it."""
+        with contextlib.suppress(DecisionNotFoundError):
+            self.router.cancel(decision.id)
+
+    async def _open_relay(
+        self, chat: ChatRequest, decision: RouteDecision, upstream: Upstream
+    ) -> Response:
         """Opens the upstream stream and waits for its first chunk, so a model that fails
         before answering is replaced before anything is sent to the client."""
         model = decision.model
         started = time.perf_counter()
         self.metrics.in_flight.labels(model).inc()
         try:
-            stream = await open_stream(self.client, self.upstreams[model], chat.body)
+            stream = await open_stream(self.client, upstream, chat.body)
             try:
                 first = await stream.next_chunk()
             except BaseException:
@@ -400,7 +450,7 @@ class Gateway:
 
     def _stream_failed(self, decision: RouteDecision, err: UpstreamFailure) -> None:
         model = decision.model
-        self.router.cancel(decision.id)
+        self._cancel(decision)
         self.metrics.upstream_errors.labels(model, err.kind).inc()
         self.metrics.requests.labels(model, "error").inc()
         if self.cooldowns.failed(model):
@@ -487,8 +537,7 @@ class _RelayedStream(StreamingResponse):
                 # The client left (or the server is stopping): the upstream call is closed above
                 # and its slot freed here; nothing is learned from an answer cut short.
                 relay.finished = True
-                with contextlib.suppress(DecisionNotFoundError):
-                    gateway.router.cancel(self._decision.id)
+                gateway._cancel(self._decision)
                 gateway.metrics.disconnects.labels(model).inc()
             gateway._request_ended()
 

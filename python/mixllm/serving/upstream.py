@@ -25,6 +25,7 @@ __all__ = [
     "UpstreamRejection",
     "open_stream",
     "post_completion",
+    "upstream_of",
     "upstreams_of",
 ]
 
@@ -59,10 +60,15 @@ def upstreams_of(models: tuple[ModelConfig, ...]) -> dict[str, Upstream]:
             f"no upstream for {', '.join(missing)}: give each [[models]] a base_url "
             "(and api_key_env, upstream_model where needed)"
         )
-    return {
-        m.name: Upstream(m.name, m.base_url or "", m.upstream_model or m.name, m.api_key_env)
-        for m in models
-    }
+    return {m.name: upstream for m in models if (upstream := upstream_of(m)) is not None}
+
+
+def upstream_of(model: ModelConfig) -> Upstream | None:
+    """Where ``model`` answers, or None when it has no ``base_url``."""
+    if model.base_url is None:
+        return None
+    upstream_model = model.upstream_model or model.name
+    return Upstream(model.name, model.base_url, upstream_model, model.api_key_env)
 
 
 class UpstreamFailure(Exception):

@@ -337,8 +337,10 @@ class RedisStore:
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
 
     def claim(self, decision_id: str, ttl_s: float) -> bool:
-        """Whether this is the first feedback for the decision across every replica."""
-        if self._decisions is None:
+        """Whether this is the first feedback for the decision across every replica. While
+        Redis is unreachable it is granted here without asking (as a failed claim would be), so
+        feedback does not wait on a call bound to time out."""
+        if self._decisions is None or not self._online:
             return True
         return self._decisions.claim(decision_id, self.replica, ttl_s)
 
