@@ -1246,7 +1246,14 @@ class Router:
 
     def with_config(self, **changes: Any) -> Router:
         """A Router sharing this one's learned state, with some decision settings changed
-        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``)."""
+        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``). Refused while a store
+        is attached: the store settles decisions and applies the other replicas' pool changes
+        on the Router it is attached to only, so change the settings before attaching."""
+        if self._store is not None:
+            raise ConfigError(
+                "with_config is refused while a store is attached: change the settings before "
+                "attach_store"
+            )
         allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending", *OPERATING_POINTS}
         unknown = sorted(set(changes) - allowed)
         if unknown:
@@ -1263,8 +1270,6 @@ class Router:
             clock=self._clock,
             calibration=self._calibration,
         )
-        # The same replica: its feedback is shared through this Router's store.
-        router._store = self._store
         return router
 
 
