@@ -4,6 +4,7 @@ length measured by `complete`."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
 from mixllm.router import Router
 from mixllm.store import RedisStore
@@ -162,4 +164,54 @@ def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: Redi
     # And the other replicas take the configured prices too.
     assert store_of(a).sync(WAIT_S)
     assert a.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
+    close(a, b)
+
+
+class _SlowCopy:
+    """A policy whose copy takes a while to return, as a large one's does, to widen the window
+    in which the reader thread could apply entries between a checkpoint's copy of the policy and
+    its reading of the stream position."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def to_bytes(self) -> bytes:
+        state = self._policy.to_bytes()
+        time.sleep(0.3)
+        return state
+
+
+def test_a_checkpoint_holds_exactly_the_entries_up_to_the_position_it_records(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replica(server), replica(server)
+    slow = property(lambda r: _SlowCopy(r._policy) if r is a else r._policy)
+    monkeypatch.setattr(Router, "policy", slow)
+    stop = threading.Event()
+
+    def feed_b() -> None:
+        for i in range(200):
+            if stop.is_set():
+                return
+            decision = b.route(text(i), prompt_tokens=100.0)
+            b.feedback(decision.id, quality=0.5)
+            time.sleep(0.005)
+
+    feeder = threading.Thread(target=feed_b)
+    feeder.start()
+    try:
+        wait_for(lambda: store_of(a).stats.applied >= 3, "a to apply b's first observations")
+        assert store_of(a).checkpoint()
+    finally:
+        stop.set()
+        feeder.join(WAIT_S)
+    client = store_of(a)._publisher
+    raw: Any = client.hgetall(store_of(a).checkpoint_key)
+    policy = Policy.from_bytes(raw[b"state"], dim=a.policy.dim)
+    covered = raw[b"id"].decode()
+    in_stream = len(client.xrange(store_of(a).stream_key, "-", covered))
+    assert sum(policy.inspect(m)["observations"] for m in policy.models) == in_stream
     close(a, b)
