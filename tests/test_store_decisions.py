@@ -164,7 +164,19 @@ def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: Redi
     # And the other replicas take the configured prices too.
     assert store_of(a).sync(WAIT_S)
     assert a.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
-    close(a, b)
+    # A replica attaching later with the first prices keeps them (over the update in the
+    # stream after the checkpoint), and so do the others.
+    c = replica(server)
+    assert c.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
+    assert c.config.models[0].price_in == 0.1
+    for router in (a, b):
+        assert store_of(router).sync(WAIT_S)
+        assert router.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
+    # Attaching with the configuration already in effect shares nothing.
+    length = store_of(a)._publisher.xlen(store_of(a).stream_key)
+    d = replica(server)
+    assert store_of(d)._publisher.xlen(store_of(d).stream_key) == length
+    close(a, b, c, d)
 
 
 class _SlowCopy:

@@ -293,7 +293,7 @@ class Router:
             if self._pending:
                 raise ConfigError("attach the store before routing: decisions are pending")
             checkpoint = store.load_checkpoint(self._policy.dim)
-            changed: list[ModelConfig] = []
+            configured = self._config.models
             if checkpoint is not None:
                 policy = checkpoint.policy
                 if policy.models != self._policy.models:
@@ -302,7 +302,6 @@ class Router:
                         f"{self._policy.models}"
                     )
                 _check_knobs(self._config, policy)
-                changed = self._keep_profiles(policy)
                 self._policy = policy
                 self._arms = dict(checkpoint.arms)
                 self._contexts.clear()
@@ -312,25 +311,23 @@ class Router:
         except BaseException:
             self._store = None
             raise
-        # The configured prices and speeds replace the checkpoint's on every replica.
-        with store.publishing():
-            for model in changed:
-                store.publish(PoolChange("update", store.replica, model))
+        # The configured models replace what the checkpoint and the stream said of them, on
+        # every replica: the configuration is what `config`, `describe_models` and `save` show.
+        for model in configured:
+            if not self._configured_as(model):
+                with contextlib.suppress(UnknownModelError):  # removed meanwhile, elsewhere
+                    self.update_model(model)
 
-    def _keep_profiles(self, policy: Policy) -> list[ModelConfig]:
-        """Gives ``policy`` (a checkpoint's) this Router's configured prices and speeds where
-        they differ; returns the models changed."""
-        changed = []
-        now = self._now()
-        for model in self._config.models:
-            profile = model.policy_kwargs()
-            wanted = {k: profile[k] for k in _PROFILE_FIELDS}
-            current = policy.inspect(model.name)["profile"]
-            if all(current[k] == wanted[k] for k in _PROFILE_FIELDS):
-                continue
-            policy.update_profile(model.name, **wanted, now_s=now)
-            changed.append(model)
-        return changed
+    def _configured_as(self, model: ModelConfig) -> bool:
+        """Whether the pool's model of that name has ``model``'s configuration and its arm the
+        same prices and speeds (True for a model no longer in the pool)."""
+        with self._lock:
+            if model.name not in self._policy:
+                return True
+            current = next((m for m in self._config.models if m.name == model.name), None)
+            profile = self._policy.inspect(model.name)["profile"]
+        wanted = model.policy_kwargs()
+        return current == model and all(profile[k] == wanted[k] for k in _PROFILE_FIELDS)
 
     def _arm_of(self, name: str) -> str:
         return self._arms.get(name, "")
