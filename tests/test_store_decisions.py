@@ -227,3 +227,12 @@ def test_a_checkpoint_holds_exactly_the_entries_up_to_the_position_it_records(
     in_stream = len(client.xrange(store_of(a).stream_key, "-", covered))
     assert sum(policy.inspect(m)["observations"] for m in policy.models) == in_stream
     close(a, b)
+
+
+def test_an_unreadable_decision_record_is_no_decision(server: RedisServer) -> None:
+    b = replica(server)
+    store_of(b)._publisher.set(f"{store_of(b).namespace}:decision:x-1", b"small\x00")
+    with pytest.raises(DecisionNotFoundError, match="no decision with id"):
+        b.feedback("x-1", quality=0.5)
+    assert all(b.policy.inspect(m)["observations"] == 0 for m in b.models)
+    close(b)

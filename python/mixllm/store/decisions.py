@@ -156,7 +156,12 @@ class DecisionRecords:
         data: Any = self._client.get(self._key(decision_id))
         if data is None:
             return None
-        record = DecisionRecord.from_bytes(data)
+        try:
+            record = DecisionRecord.from_bytes(data)
+        except (struct.error, ValueError) as err:
+            # Not a record this version writes: no decision this replica can learn.
+            log.warning("unreadable record of decision %s: %s", decision_id, err)
+            return None
         # Redis expires keys lazily to the millisecond; the deadline is exact.
         return None if record.expired() else record
 
