@@ -42,7 +42,8 @@ class HashEmbedder:
         return np.array(rows, dtype=np.float32)
 
 
-def build_router(**store: Any) -> Router:
+def build_router(*, store: RedisStore | None = None, **settings: Any) -> Router:
+    """The replicas' Router; ``settings`` change its configuration (``feedback_ttl_s``...)."""
     models = tuple(
         ModelConfig(
             name=name,
@@ -54,14 +55,14 @@ def build_router(**store: Any) -> Router:
         )
         for name, price in (("small", 0.1), ("medium", 1.0), ("large", 10.0))
     )
-    config = RouterConfig(models=models, dim=DIM, willingness_to_pay=WTP)
+    config = RouterConfig(models=models, dim=DIM, willingness_to_pay=WTP, **settings)
     q, _ = np.linalg.qr(np.random.default_rng(7).standard_normal((WIDTH, DIM)))
     projection = LinearProjection(q.T, np.zeros(WIDTH))
     return Router(
         config,
         embedder=HashEmbedder(),  # type: ignore[arg-type]
         projection=projection,
-        **store,
+        store=store,
     )
 
 

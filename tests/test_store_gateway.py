@@ -21,7 +21,7 @@ import redis
 from fake_upstream import FakeUpstream, ServerThread
 from gateway_harness import Harness, pool_model, running_gateway, tiny_router, wait_until
 from mixllm.config import ServeConfig
-from mixllm.serving import create_app
+from mixllm.serving import create_app, gateway_router
 from mixllm.store import RedisStore
 from redis_server import RedisServer, free_port, require_redis_server
 
@@ -297,3 +297,35 @@ def test_the_gateway_reports_the_store_in_its_metrics(server: RedisServer) -> No
     assert "mixllm_store_connected 1.0" in metrics
     assert "mixllm_store_dropped_total 0.0" in metrics
     router.store.close()  # type: ignore[union-attr]
+
+
+def _serve_config(path: Path, price: float) -> Path:
+    path.write_text(
+        "".join(
+            f'[[models]]\nname = "{name}"\nprice_in = {price}\nprice_out = {price}\n'
+            "ttft_s = 0.4\ntokens_per_s = 60.0\nconcurrency = 8\n"
+            'base_url = "http://127.0.0.1:9/v1"\n'
+            for name in ("claude-instant-v1", "claude-v1")
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_gateway_attaching_to_a_checkpoint_keeps_its_configured_prices(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    first, _ = gateway_router(_serve_config(tmp_path / "first.toml", 1.0))
+    first.attach_store(RedisStore(server.url, block_s=0.05))
+    # A checkpoint of the first replica's state, past the start of the stream.
+    first.update_model(first.config.models[0])
+    assert first.store is not None and first.store.checkpoint()
+    second, _ = gateway_router(_serve_config(tmp_path / "second.toml", 9.0))
+    second.attach_store(RedisStore(server.url, block_s=0.05))
+    for router in (second, first):
+        assert router.store is not None and router.store.sync(10.0)
+        for name in router.models:
+            assert router.policy.inspect(name)["profile"]["price_in"] == 9.0
+            assert next(m for m in router.config.models if m.name == name).price_in == 9.0
+    for router in (first, second):
+        router.store.close()  # type: ignore[union-attr]

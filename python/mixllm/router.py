@@ -80,6 +80,7 @@ from mixllm.projection import (
     TagProjection,
     projection_from_bytes,
 )
+from mixllm.store.decisions import DecisionRecord, deadline_ms
 from mixllm.store.observation import Observation
 from mixllm.store.pool import PoolChange
 from mixllm.tagging import DomainLabels, Tagger
@@ -189,6 +190,10 @@ class _Pending:
     output_tokens: float | None = None
     # The query, for the feedback log `Router.refit` learns from.
     text: str | None = None
+    # With a store: the id of the decision's arm as the replicas know it (`Router._arm_of`),
+    # and when its shared record expires (wall-clock ms).
+    arm: str = ""
+    deadline_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,10 @@ class Router:
             asyncio.AbstractEventLoop, Batcher[str, tuple[NDArray[np.float64], float]]
         ] = weakref.WeakKeyDictionary()
         self._store: RedisStore | None = None
+        # The id every replica knows each arm by: "" for the arms the replicas start with, a
+        # fresh one for an arm added while a store is attached (shared with the addition), so
+        # feedback for a decision made with a model's earlier arm is not learned by a later one.
+        self._arms: dict[str, str] = {}
         if store is not None:
             self.attach_store(store)
 
@@ -275,21 +284,26 @@ class Router:
         from now on every observation `feedback` accepts is in the store before it returns, and
         the other replicas' observations are learned as they arrive. When the store holds a
         checkpoint, this Router's arms are replaced by it first (its pool and settings must be
-        this Router's). Attach before routing: decisions already pending are refused."""
+        this Router's; its prices and speeds are this Router's configuration's, and the other
+        replicas take those too). Attach before routing: decisions already pending are
+        refused."""
         with self._lock:
             if self._store is not None:
                 raise ConfigError("this Router already has a store")
             if self._pending:
                 raise ConfigError("attach the store before routing: decisions are pending")
             checkpoint = store.load_checkpoint(self._policy.dim)
+            configured = self._config.models
             if checkpoint is not None:
-                if checkpoint.models != self._policy.models:
+                policy = checkpoint.policy
+                if policy.models != self._policy.models:
                     raise ConfigError(
-                        f"the store's checkpoint has models {checkpoint.models}, this Router "
+                        f"the store's checkpoint has models {policy.models}, this Router "
                         f"{self._policy.models}"
                     )
-                _check_knobs(self._config, checkpoint)
-                self._policy = checkpoint
+                _check_knobs(self._config, policy)
+                self._policy = policy
+                self._arms = dict(checkpoint.arms)
                 self._contexts.clear()
             self._store = store
         try:
@@ -297,6 +311,31 @@ class Router:
         except BaseException:
             self._store = None
             raise
+        # The configured models replace what the checkpoint and the stream said of them, on
+        # every replica: the configuration is what `config`, `describe_models` and `save` show.
+        for model in configured:
+            if not self._configured_as(model):
+                with contextlib.suppress(UnknownModelError):  # removed meanwhile, elsewhere
+                    self.update_model(model)
+
+    def _configured_as(self, model: ModelConfig) -> bool:
+        """Whether the pool's model of that name has ``model``'s configuration and its arm the
+        same prices and speeds (True for a model no longer in the pool)."""
+        with self._lock:
+            if model.name not in self._policy:
+                return True
+            current = next((m for m in self._config.models if m.name == model.name), None)
+            profile = self._policy.inspect(model.name)["profile"]
+        wanted = model.policy_kwargs()
+        return current == model and all(profile[k] == wanted[k] for k in _PROFILE_FIELDS)
+
+    def _arm_of(self, name: str) -> str:
+        return self._arms.get(name, "")
+
+    def _arm_ids(self) -> dict[str, str]:
+        """The arm ids that are not "" (what a checkpoint carries)."""
+        with self._lock:
+            return dict(self._arms)
 
     @property
     def store(self) -> RedisStore | None:
@@ -774,12 +813,13 @@ class Router:
             if model in self._policy:
                 self._policy.begin(model, service_s, now_s=now)
                 generation = self._policy.generation(model)
-            self._pending[decision_id] = _Pending(
-                model, generation, context, now, service_s, text=text
-            )
+            pending = _Pending(model, generation, context, now, service_s, text=text)
+            pending.arm = self._arm_of(model)
+            pending.deadline_ms = deadline_ms(self._config.feedback_ttl_s)
+            self._pending[decision_id] = pending
             self._expire(now)
         if self._store is not None:
-            self._store.record_decision(decision_id, model, context, self._config.feedback_ttl_s)
+            self._store.record_decision(decision_id, self._record(pending))
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
@@ -799,12 +839,21 @@ class Router:
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._drop(decision_id, oldest, reason, now)
 
+    def _record(self, pending: _Pending) -> DecisionRecord:
+        """What the other replicas need to take a decision's feedback."""
+        return DecisionRecord(
+            pending.model, pending.context, pending.arm, pending.deadline_ms, pending.output_tokens
+        )
+
     def _drop(self, decision_id: str, pending: _Pending, reason: str, now: float) -> None:
         """Closes a decision unanswered; its request leaves the queue (caller holds the lock)."""
         del self._pending[decision_id]
         if pending.in_flight and self._current(pending):
             self._leave_queue(pending, None, now)
         self._close(decision_id, reason)
+        if self._store is not None and reason != "expired":
+            # An expired decision's record expires by itself.
+            self._store.forget_decision(decision_id)
 
     def _current(self, pending: _Pending) -> bool:
         """Whether the decision's arm is still in the pool (caller holds the lock)."""
@@ -872,6 +921,9 @@ class Router:
             pending.output_tokens = output_tokens
             if self._current(pending):
                 self._leave_queue(pending, latency_s, now)
+            if self._store is not None and output_tokens is not None:
+                # Feedback may land on another replica: it learns the length from the record.
+                self._store.record_decision(decision_id, self._record(pending))
 
     def cancel(self, decision_id: str) -> None:
         """The request of decision ``decision_id`` was never answered (its model failed, or the
@@ -885,6 +937,8 @@ class Router:
                 with contextlib.suppress(InvalidInputError, UnknownModelError):
                     self._policy.cancel(pending.model, pending.predicted_service_s, now_s=now)
             self._close(decision_id, "cancelled (never answered)")
+            if self._store is not None:
+                self._store.forget_decision(decision_id)
 
     def feedback(
         self,
@@ -947,8 +1001,9 @@ class Router:
         weight: float,
         output_tokens: float | None,
     ) -> Observation | None:
-        """Learns the feedback for a decision made on another replica, from its shared record.
-        (Its latency, if given, is left out: the queue it describes is the other replica's.)"""
+        """Learns the feedback for a decision made on another replica, from its shared record
+        (with the answer's length `complete` measured there, unless the feedback gives one).
+        Its latency, if given, is left out: the queue it describes is the other replica's."""
         with self._lock:
             self._open_or_unknown(decision_id)
         try:
@@ -961,14 +1016,14 @@ class Router:
             raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
         if not store.claim(decision_id, self._config.feedback_ttl_s):
             raise DecisionNotFoundError(f"decision {decision_id!r} is already answered")
+        tokens = record.output_tokens if output_tokens is None else output_tokens
         with self._lock:
-            if record.model not in self._policy:
+            if record.model not in self._policy or self._arm_of(record.model) != record.arm:
                 self._close(decision_id, "answered (its model had been removed)")
                 return None
             self._policy.update(
-                record.model, record.context, quality=target, output_tokens=output_tokens,
-                weight=weight,
-            )  # fmt: skip
+                record.model, record.context, quality=target, output_tokens=tokens, weight=weight
+            )
             self._close(decision_id, "already answered")
         return Observation(
             id=decision_id,
@@ -976,8 +1031,9 @@ class Router:
             model=record.model,
             context=record.context,
             quality=target,
-            output_tokens=output_tokens,
+            output_tokens=tokens,
             weight=weight,
+            arm=record.arm,
         )
 
     def _open_or_unknown(self, decision_id: str) -> None:
@@ -1040,6 +1096,7 @@ class Router:
             quality=target,
             output_tokens=tokens,
             weight=weight,
+            arm=pending.arm,
         )
 
     def _feedback_target(
@@ -1073,15 +1130,28 @@ class Router:
                 "a warm-started arm cannot be shared with the other replicas: add the model "
                 "with its examples on every replica before attaching the store"
             )
+        self._add_model(model, examples)
+
+    def _add_model(
+        self, model: ModelConfig, examples: RoutingDataset | None, *, arm: str | None = None
+    ) -> None:
+        """`add_model`; ``arm``: the new arm's id, given by the replica that added it (None:
+        this Router adds it, with a fresh id when a store shares the addition)."""
         warm: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None] | None
         warm = None
         if examples is not None:
             warm = self._warm_start(model.name, examples)
-        with self._shared("add", model), self._lock:
+        if arm is None:
+            arm = secrets.token_hex(8) if self._store is not None else ""
+        with self._shared("add", model, arm), self._lock:
             self._policy.add_model(model.name, **model.policy_kwargs())
             if warm is not None:
                 self._policy.fit(model.name, *warm)
             self._config = self._config.with_models((*self._config.models, model))
+            if arm:
+                self._arms[model.name] = arm
+            else:
+                self._arms.pop(model.name, None)
 
     def _warm_start(
         self, name: str, examples: RoutingDataset
@@ -1104,6 +1174,7 @@ class Router:
         """Removes a model; feedback still pending for it becomes a no-op."""
         with self._shared("remove", name), self._lock:
             self._policy.remove_model(name)
+            self._arms.pop(name, None)
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
             )
@@ -1128,7 +1199,7 @@ class Router:
 
     @contextlib.contextmanager
     def _shared(
-        self, op: Literal["add", "remove", "update"], model: ModelConfig | str
+        self, op: Literal["add", "remove", "update"], model: ModelConfig | str, arm: str = ""
     ) -> Iterator[None]:
         """Around a pool change: with a store, the change is appended to it once made (unless
         it is another replica's, being applied here)."""
@@ -1138,7 +1209,7 @@ class Router:
             return
         with store.publishing():
             yield
-            store.publish(PoolChange(op, store.replica, model))
+            store.publish(PoolChange(op, store.replica, model, arm))
 
     def describe_models(self) -> list[dict[str, Any]]:
         """The pool with prices and speeds, and what the router has learned of each model: how
@@ -1259,7 +1330,14 @@ class Router:
 
     def with_config(self, **changes: Any) -> Router:
         """A Router sharing this one's learned state, with some decision settings changed
-        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``)."""
+        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``). Refused while a store
+        is attached: the store settles decisions and applies the other replicas' pool changes
+        on the Router it is attached to only, so change the settings before attaching."""
+        if self._store is not None:
+            raise ConfigError(
+                "with_config is refused while a store is attached: change the settings before "
+                "attach_store"
+            )
         allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending", *OPERATING_POINTS}
         unknown = sorted(set(changes) - allowed)
         if unknown:
@@ -1276,8 +1354,6 @@ class Router:
             clock=self._clock,
             calibration=self._calibration,
         )
-        # The same replica: its feedback is shared through this Router's store.
-        router._store = self._store
         return router
 
 

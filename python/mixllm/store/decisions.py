@@ -1,15 +1,21 @@
 """Decision records shared between replicas, so feedback for a decision made on one replica is
 accepted on any other, exactly once.
 
-Each decision is written under its own key with the decision's time to live (``SET ... EX``) by
-a background thread, so routing never waits on Redis; a feedback call claims its decision with
-``SET ... NX``, which only one call across all replicas can win.
+Each decision is written under its own key, expiring at the decision's deadline (``SET ...
+PXAT``, an absolute time on the wall clock: a record written late, behind a backlog, still
+expires when the decision does), by a background thread, so routing never waits on Redis. The
+same thread rewrites a record when its request completes (with the answer's length) and deletes
+it when the decision is cancelled or dropped, in the order they happened. A feedback call claims
+its decision with ``SET ... NX``, which only one call across all replicas can win.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +26,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["DecisionRecord", "DecisionRecords"]
+__all__ = ["DecisionRecord", "DecisionRecords", "deadline_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +36,26 @@ _WRITE_BATCH = 500
 # the decision path a thread switch each time.
 _FLUSH_EVERY_S = 0.005
 _SEPARATOR = b"\x00"
-# One command for a whole batch (ARGV: ttl, then key, value pairs): a pipeline of one SET per
-# record would cost the client far more than the server.
+# After the model and the arm: the deadline (ms since the epoch) and the answer's length (NaN:
+# not measured), then the context's raw bytes.
+_FIXED = struct.Struct("<qd")
+# One command for a whole batch (ARGV: key, value, deadline triples; an empty value deletes the
+# key): a pipeline of one SET per record would cost the client far more than the server.
 _SET_ALL = """
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl)
+for i = 1, #ARGV, 3 do
+    if ARGV[i + 1] == '' then
+        redis.call('DEL', ARGV[i])
+    else
+        redis.call('SET', ARGV[i], ARGV[i + 1], 'PXAT', ARGV[i + 2])
+    end
 end
-return (#ARGV - 1) / 2
-"""  # model names never hold it; the context's raw bytes follow the first one
+return #ARGV / 3
+"""  # model names and arm ids never hold it; the fixed fields and the context follow the second
+
+
+def deadline_ms(ttl_s: float) -> int:
+    """The wall-clock time, in milliseconds since the epoch, ``ttl_s`` seconds from now."""
+    return math.ceil((time.time() + ttl_s) * 1000)
 
 
 @dataclass(frozen=True)
@@ -47,15 +64,42 @@ class DecisionRecord:
 
     model: str
     context: NDArray[np.float64]
+    # The arm the decision was made with (`Router` arm ids): a model removed and added again has
+    # a new one, which must not learn this decision.
+    arm: str
+    # When the decision expires: wall-clock milliseconds since the epoch.
+    deadline_ms: int
+    # The answer's length as `complete` measured it.
+    output_tokens: float | None = None
+
+    def expired(self) -> bool:
+        return time.time() * 1000 > self.deadline_ms
 
     def to_bytes(self) -> bytes:
         context = np.ascontiguousarray(self.context, dtype="<f8").tobytes()
-        return self.model.encode() + _SEPARATOR + context
+        tokens = math.nan if self.output_tokens is None else float(self.output_tokens)
+        return (
+            self.model.encode()
+            + _SEPARATOR
+            + self.arm.encode()
+            + _SEPARATOR
+            + _FIXED.pack(self.deadline_ms, tokens)
+            + context
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DecisionRecord:
-        model, _, context = data.partition(_SEPARATOR)
-        return cls(model.decode(), np.frombuffer(context, dtype="<f8").astype(np.float64))
+        model, _, rest = data.partition(_SEPARATOR)
+        arm, _, rest = rest.partition(_SEPARATOR)
+        deadline, tokens = _FIXED.unpack_from(rest)
+        context = np.frombuffer(rest[_FIXED.size :], dtype="<f8").astype(np.float64)
+        return cls(
+            model.decode(),
+            context,
+            arm.decode(),
+            int(deadline),
+            None if math.isnan(tokens) else float(tokens),
+        )
 
 
 class DecisionRecords:
@@ -74,7 +118,8 @@ class DecisionRecords:
         self._client = client
         self._namespace = namespace
         self._redis_error = redis_error
-        self._queue: deque[tuple[str, DecisionRecord, int]] = deque(maxlen=capacity)
+        # (decision id, record or None to delete it, deadline in ms)
+        self._queue: deque[tuple[str, DecisionRecord | None, int]] = deque(maxlen=capacity)
         self._wake = threading.Condition()
         self._stop = False
         self.dropped = 0
@@ -89,18 +134,36 @@ class DecisionRecords:
     def _claim_key(self, decision_id: str) -> str:
         return f"{self._namespace}:claim:{decision_id}"
 
-    def put(self, decision_id: str, record: DecisionRecord, ttl_s: float) -> None:
-        """Queues a record for writing (within a few milliseconds); never waits on Redis."""
+    def put(self, decision_id: str, record: DecisionRecord) -> None:
+        """Queues a record for writing (within a few milliseconds), replacing any earlier one of
+        the decision; never waits on Redis."""
+        self._enqueue(decision_id, record, record.deadline_ms)
+
+    def delete(self, decision_id: str) -> None:
+        """Queues the deletion of a decision's record, after whatever was queued before it."""
+        self._enqueue(decision_id, None, 0)
+
+    def _enqueue(self, decision_id: str, record: DecisionRecord | None, deadline: int) -> None:
         with self._wake:
             if len(self._queue) == self._queue.maxlen:
                 self.dropped += 1
-            self._queue.append((decision_id, record, max(1, round(ttl_s))))
+            self._queue.append((decision_id, record, deadline))
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         """The record of a decision made on any replica, or None when there is none (never
-        made, expired, or not written yet). Raises the client's error when Redis is down."""
+        made, expired, ended, or not written yet). Raises the client's error when Redis is
+        down."""
         data: Any = self._client.get(self._key(decision_id))
-        return None if data is None else DecisionRecord.from_bytes(data)
+        if data is None:
+            return None
+        try:
+            record = DecisionRecord.from_bytes(data)
+        except (struct.error, ValueError) as err:
+            # Not a record this version writes: no decision this replica can learn.
+            log.warning("unreadable record of decision %s: %s", decision_id, err)
+            return None
+        # Redis expires keys lazily to the millisecond; the deadline is exact.
+        return None if record.expired() else record
 
     def claim(self, decision_id: str, replica: str, ttl_s: float) -> bool:
         """Whether this call is the first, across every replica, to give the decision feedback.
@@ -108,7 +171,7 @@ class DecisionRecords:
         others; a decision answered on two replicas during an outage is learned twice)."""
         try:
             won = self._client.set(
-                self._claim_key(decision_id), replica, nx=True, ex=max(1, round(ttl_s))
+                self._claim_key(decision_id), replica, nx=True, px=max(1, math.ceil(ttl_s * 1000))
             )
         except self._redis_error as err:
             log.debug("cannot claim decision %s, accepting it here: %s", decision_id, err)
@@ -132,10 +195,10 @@ class DecisionRecords:
                     continue
                 batch = [self._queue.popleft() for _ in range(min(_WRITE_BATCH, len(self._queue)))]
             try:
-                # Records of one batch share the longest time to live among them.
-                args: list[Any] = [max(ttl for _, _, ttl in batch)]
-                for decision_id, record, _ in batch:
-                    args += (self._key(decision_id), record.to_bytes())
+                args: list[Any] = []
+                for decision_id, record, deadline in batch:
+                    value = b"" if record is None else record.to_bytes()
+                    args += (self._key(decision_id), value, deadline)
                 self._set_all(args=args)
             except self._redis_error as err:
                 if not failing:

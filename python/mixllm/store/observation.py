@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from mixllm._core import InvalidInputError
 
 # The field names of a stream entry (short: every entry carries them).
-_REPLICA, _ID, _MODEL, _CONTEXT, _QUALITY, _TOKENS, _WEIGHT = (
+_REPLICA, _ID, _MODEL, _CONTEXT, _QUALITY, _TOKENS, _WEIGHT, _ARM = (
     b"r",
     b"o",
     b"m",
@@ -19,6 +19,7 @@ _REPLICA, _ID, _MODEL, _CONTEXT, _QUALITY, _TOKENS, _WEIGHT = (
     b"q",
     b"t",
     b"w",
+    b"a",
 )
 
 
@@ -35,6 +36,9 @@ class Observation:
     quality: float
     output_tokens: float | None
     weight: float
+    # The arm of ``model`` it was learned into (`Router` arm ids): a replica whose arm of that
+    # name is another (the model was removed and added again) does not learn it.
+    arm: str = ""
 
     def to_fields(self) -> dict[bytes, bytes]:
         """The stream entry: the context as raw little-endian float64 (exact), the numbers as
@@ -48,6 +52,7 @@ class Observation:
             _QUALITY: repr(float(self.quality)).encode(),
             _TOKENS: tokens,
             _WEIGHT: repr(float(self.weight)).encode(),
+            _ARM: self.arm.encode(),
         }
 
     @classmethod
@@ -65,6 +70,7 @@ class Observation:
                 quality=float(fields[_QUALITY]),
                 output_tokens=float(tokens) if tokens else None,
                 weight=float(fields[_WEIGHT]),
+                arm=fields.get(_ARM, b"").decode(),
             )
         except KeyError as err:
             raise InvalidInputError(f"stream entry lacks field {err.args[0]!r}") from err

@@ -15,17 +15,19 @@ from mixllm.config import ModelConfig
 __all__ = ["PoolChange"]
 
 KIND = b"pool"
-_KIND, _REPLICA, _OP, _MODEL = b"k", b"r", b"op", b"model"
+_KIND, _REPLICA, _OP, _MODEL, _ARM = b"k", b"r", b"op", b"model", b"arm"
 _OPS = ("add", "remove", "update")
 
 
 @dataclass(frozen=True)
 class PoolChange:
-    """``add`` and ``update`` carry the model's configuration; ``remove`` only its name."""
+    """``add`` and ``update`` carry the model's configuration; ``remove`` only its name. An
+    ``add`` carries the new arm's id, which every replica gives the arm it adds."""
 
     op: Literal["add", "remove", "update"]
     replica: str
     model: ModelConfig | str
+    arm: str = ""
 
     @property
     def name(self) -> str:
@@ -38,6 +40,7 @@ class PoolChange:
             _REPLICA: self.replica.encode(),
             _OP: self.op.encode(),
             _MODEL: json.dumps(model).encode(),
+            _ARM: self.arm.encode(),
         }
 
     @staticmethod
@@ -50,6 +53,7 @@ class PoolChange:
             op = fields[_OP].decode()
             raw = json.loads(fields[_MODEL])
             replica = fields[_REPLICA].decode()
+            arm = fields.get(_ARM, b"").decode()
         except KeyError as err:
             raise InvalidInputError(f"pool change lacks field {err.args[0]!r}") from err
         except (ValueError, UnicodeDecodeError) as err:
@@ -65,4 +69,4 @@ class PoolChange:
             model.validate("model")
         except (TypeError, ValueError) as err:
             raise InvalidInputError(f"pool change with a bad model: {err}") from err
-        return cls(op, replica, model)  # type: ignore[arg-type]
+        return cls(op, replica, model, arm)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ only the rest.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import secrets
@@ -22,9 +23,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-
-import numpy as np
-from numpy.typing import NDArray
 
 from mixllm._core import (
     DuplicateModelError,
@@ -54,6 +52,14 @@ _READ_BATCH = 1000
 # How long the reader waits before trying an unreachable Redis again, at first and at most.
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's policy, and the id of each arm added at run time (`Router` arm ids)."""
+
+    policy: Policy
+    arms: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ class RedisStore:
         self._skipped = 0
         self._checkpoints = 0
         self._checkpointed_id = "0-0"
+        # Whether attaching loaded a checkpoint.
+        self._loaded = False
         self._max_unwritten = max_unwritten_decisions
         self._queue_refresh_s = float(queue_refresh_s)
         self._queue_ttl_s = float(queue_ttl_s)
@@ -208,9 +216,9 @@ class RedisStore:
 
     # -- attaching ------------------------------------------------------------------------------
 
-    def load_checkpoint(self, dim: int) -> Policy | None:
-        """The latest checkpoint's policy (None when there is none yet), and reading resumes
-        after the position it covers. Called by `Router.attach_store`."""
+    def load_checkpoint(self, dim: int) -> Checkpoint | None:
+        """The latest checkpoint (None when there is none yet: `start` then writes the first),
+        and reading resumes after the position it covers. Called by `Router.attach_store`."""
         if self._router is not None:
             raise StoreError("this store is already attached to a Router")
         try:
@@ -224,6 +232,11 @@ class RedisStore:
             policy = Policy.from_bytes(raw[b"state"], dim=dim)
             covered = raw[b"id"].decode()
             _id_key(covered)
+            arms = json.loads(raw.get(b"arms", b"{}"))
+            if not isinstance(arms, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in arms.items()
+            ):
+                raise ValueError(f"arm ids {arms!r} are not a name -> id mapping")
         except (KeyError, ValueError) as err:
             raise StoreError(
                 f"the checkpoint under {self.checkpoint_key} is unreadable: {err}"
@@ -231,7 +244,8 @@ class RedisStore:
         with self._applied_cond:
             self._last_id = covered
             self._checkpointed_id = covered
-        return policy
+        self._loaded = True
+        return Checkpoint(policy, arms)
 
     def start(self, router: Router) -> None:
         """Catches up with the stream, then follows it in a background thread. Called by
@@ -240,7 +254,14 @@ class RedisStore:
             raise StoreError("this store is already attached to a Router")
         self._router = router
         try:
-            self._catch_up()
+            if self._loaded:
+                with self._read_lock:
+                    self._catch_up()
+            else:
+                # The first checkpoint, before anything is learned from the stream: a replica
+                # restarted from its own saved state then loads it and replays the stream after
+                # it, instead of learning its own earlier observations a second time.
+                self._checkpoint(first=True)
         except self._redis_error as err:
             self._router = None
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
@@ -320,12 +341,17 @@ class RedisStore:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    def record_decision(
-        self, decision_id: str, model: str, context: NDArray[np.float64], ttl_s: float
-    ) -> None:
-        """Shares a decision (written in the background: never waits on Redis)."""
+    def record_decision(self, decision_id: str, record: DecisionRecord) -> None:
+        """Shares a decision, or replaces what was shared of it (written in the background:
+        never waits on Redis)."""
         if self._decisions is not None:
-            self._decisions.put(decision_id, DecisionRecord(model, context), ttl_s)
+            self._decisions.put(decision_id, record)
+
+    def forget_decision(self, decision_id: str) -> None:
+        """A decision ended unanswered (cancelled, dropped): no replica may take its feedback
+        (deleted in the background, after what was queued before)."""
+        if self._decisions is not None:
+            self._decisions.delete(decision_id)
 
     def fetch_decision(self, decision_id: str) -> DecisionRecord | None:
         """A decision made on any replica (None when there is none, or it expired)."""
@@ -374,19 +400,24 @@ class RedisStore:
     def _read(self, *, block: bool) -> int:
         """Reads and applies one batch of entries after the last one read; returns how many."""
         with self._read_lock:
-            reply: Any = self._reader.xread(
-                {self.stream_key: self._last_id},
-                count=_READ_BATCH,
-                block=self._block_ms if block else None,
-            )
-            if not reply:
-                return 0
-            entries = reply[0][1]
-            self._apply(entries)
-            return len(entries)
+            return self._read_batch(block=block)
+
+    def _read_batch(self, *, block: bool) -> int:
+        """`_read` for a caller holding the read lock."""
+        reply: Any = self._reader.xread(
+            {self.stream_key: self._last_id},
+            count=_READ_BATCH,
+            block=self._block_ms if block else None,
+        )
+        if not reply:
+            return 0
+        entries = reply[0][1]
+        self._apply(entries)
+        return len(entries)
 
     def _catch_up(self) -> None:
-        while self._read(block=False) == _READ_BATCH:
+        """Reads to the end of the stream (caller holds the read lock)."""
+        while self._read_batch(block=False) == _READ_BATCH:
             pass
 
     def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -409,6 +440,15 @@ class RedisStore:
                 skipped += 1
                 continue
             self._seen.put(observation.id, True)
+            if (
+                observation.model in router.models
+                and router._arm_of(observation.model) != observation.arm
+            ):
+                # Learned into an arm this replica has since removed (and added afresh).
+                log.info("skipping observation %s: its arm was replaced", observation.id)
+                router._settle(observation.id)
+                skipped += 1
+                continue
             try:
                 router.policy.update(
                     observation.model,
@@ -447,7 +487,7 @@ class RedisStore:
             elif isinstance(change.model, str):
                 return False
             elif change.op == "add":
-                router.add_model(change.model)
+                router._add_model(change.model, None, arm=change.arm)
             else:
                 router.update_model(change.model)
         except (DuplicateModelError, UnknownModelError) as err:
@@ -483,7 +523,9 @@ class RedisStore:
         except self._redis_error as err:
             raise StoreError(f"cannot reach Redis at {self.url}: {err}") from err
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, *, first: bool = False) -> bool:
+        """Writes a checkpoint of what this replica has applied; ``first``: the one written at
+        attach when Redis has none, even of an empty stream."""
         router = self._router
         if router is None:
             raise StoreError("attach the store to a Router before writing a checkpoint")
@@ -492,18 +534,22 @@ class RedisStore:
             # now would have a replica loading it learn them twice once they are delivered.
             if len(self._outbox):
                 return False
-            self._catch_up()
-            state = router.policy.to_bytes()
-            covered = self._last_id
-        if _id_key(covered) <= _id_key(self._checkpointed_id):
+            # The reader thread must not apply entries between the catch-up and the copy: the
+            # checkpoint would hold entries past the position it claims to cover.
+            with self._read_lock:
+                self._catch_up()
+                state = router.policy.to_bytes()
+                arms = json.dumps(router._arm_ids()).encode()
+                covered = self._last_id
+        if not first and _id_key(covered) <= _id_key(self._checkpointed_id):
             return False
-        written = self._write_checkpoint(state, covered)
+        written = self._write_checkpoint(state, covered, arms)
         if written:
             self._checkpointed_id = covered
             self._checkpoints += 1
         return written
 
-    def _write_checkpoint(self, state: bytes, covered: str) -> bool:
+    def _write_checkpoint(self, state: bytes, covered: str, arms: bytes) -> bool:
         """Replaces the checkpoint unless a newer one is there, and trims the stream behind it
         (keeping ``retain_s`` of entries for replicas reading behind), in one transaction."""
         with self._reader.pipeline() as pipe:
@@ -516,7 +562,9 @@ class RedisStore:
                 retained = (seconds * 1000 + micros // 1000 - self._retain_ms, 0)
                 horizon = min(_id_key(covered), retained)
                 pipe.multi()
-                pipe.hset(self.checkpoint_key, mapping={"state": state, "id": covered})
+                pipe.hset(
+                    self.checkpoint_key, mapping={"state": state, "id": covered, "arms": arms}
+                )
                 pipe.xtrim(self.stream_key, minid=f"{horizon[0]}-{horizon[1]}", approximate=False)
                 pipe.execute()
             except self._watch_error:
