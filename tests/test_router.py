@@ -535,7 +535,7 @@ def test_many_threads_route_and_send_feedback(fitted: tuple[Router, RoutingDatas
     router = fresh(fitted)
     texts = fitted[1].prompts
     router.route_batch(texts)  # warm the context cache
-    for decision_id in list(router._pending):  # close the warm-up decisions
+    for decision_id in router._ledger.ids():  # close the warm-up decisions
         router.feedback(decision_id, quality=0.5)
     start = {m: router.policy.inspect(m)["observations"] for m in router.models}
     errors: list[BaseException] = []
@@ -634,7 +634,7 @@ def test_routing_and_feedback_survive_pool_changes_in_other_threads(
     router = fresh(fitted)
     texts = fitted[1].prompts
     router.route_batch(texts)  # warm the context cache
-    for decision_id in list(router._pending):
+    for decision_id in router._ledger.ids():
         router.feedback(decision_id, quality=0.5)
     spec = next(m for m in router.config.models if m.name == "gpt-3.5-turbo-1106")
     stop = threading.Event()

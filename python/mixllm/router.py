@@ -33,7 +33,7 @@ import secrets
 import threading
 import warnings
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -73,6 +73,7 @@ from mixllm.errors import (
     ProjectionError,
     UnusedDataWarning,
 )
+from mixllm.ledger import EXPIRE_PER_CALL, EXPIRED, DecisionLedger, PendingDecision
 from mixllm.progress import Progress
 from mixllm.projection import (
     MAX_PROJECTION_BYTES,
@@ -92,7 +93,7 @@ if TYPE_CHECKING:
     from mixllm.serving.batching import Batcher
     from mixllm.store import RedisStore
 
-__all__ = ["FitReport", "RouteDecision", "Router"]
+__all__ = ["EXPIRE_PER_CALL", "FitReport", "RouteDecision", "Router"]
 
 STATE_FORMAT = 1
 # The fewest queries `Router.fit` learns from: the projection needs a spread to centre.
@@ -106,8 +107,6 @@ _LOAD_ATTEMPTS = 3
 # The largest magnitude of a value the decision core learns from (its own bound): feedback
 # beyond it is refused up front, before anything is learned.
 MAX_MAGNITUDE = 1e100
-# Decisions dropped (expired, or over the cap) by one call at most; see `Router._expire`.
-EXPIRE_PER_CALL = 64
 # The routing-context cache's bound in bytes (besides its entry count, `cache_size`), with each
 # entry accounted as its key, its array and this allowance for the objects around them.
 CONTEXT_CACHE_BYTES = 16 << 20
@@ -169,31 +168,6 @@ class FitReport:
     tuning: tuple[KnobChoice, ...] = ()
     # λ → expected quality and cost on held-out folds (None: too few rows to measure it).
     calibration: Calibration | None = None
-
-
-@dataclass
-class _Pending:
-    model: str
-    # The arm the decision was made with (`Policy.generation`): a model removed and added again
-    # has a fresh arm, which must neither learn from nor dequeue this decision.
-    generation: int
-    context: NDArray[np.float64]
-    issued: float
-    # The service time the decision predicted for its model: what `Policy.begin` was given,
-    # and what `Policy.end` must give back.
-    predicted_service_s: float
-    # False once `complete` has taken the request out of its model's queue. A decision whose
-    # model was removed before its request could be counted is in flight too, with no arm
-    # (generation -1): it is answered like any decision for a removed model.
-    in_flight: bool = True
-    # The answer's length as `complete` measured it, learned with the feedback.
-    output_tokens: float | None = None
-    # The query, for the feedback log `Router.refit` learns from.
-    text: str | None = None
-    # With a store: the id of the decision's arm as the replicas know it (`Router._arm_of`),
-    # and when its shared record expires (wall-clock ms).
-    arm: str = ""
-    deadline_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,9 +232,10 @@ class Router:
         self._feedback_log: deque[_Feedback] = deque(maxlen=config.feedback_log_size)
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        # Ids that can no longer take feedback, and why; bounded like the pending ones.
-        self._closed: OrderedDict[str, str] = OrderedDict()
+        # The decisions awaiting feedback, guarded by `_lock` with the policy's queues.
+        self._ledger = DecisionLedger(
+            config.feedback_ttl_s, config.max_pending, on_drop=self._forget_dropped
+        )
         self._contexts: LruCache[bytes, tuple[NDArray[np.float64], float]] = LruCache(
             config.embedder.cache_size, max_bytes=CONTEXT_CACHE_BYTES
         )
@@ -290,7 +265,7 @@ class Router:
         with self._lock:
             if self._store is not None:
                 raise ConfigError("this Router already has a store")
-            if self._pending:
+            if self._ledger:
                 raise ConfigError("attach the store before routing: decisions are pending")
             checkpoint = store.load_checkpoint(self._policy.dim)
             configured = self._config.models
@@ -451,15 +426,11 @@ class Router:
         with self._lock:
             now = self._now()
             # Requests still in flight keep counting in the new arms' queues.
-            for pending in self._pending.values():
-                if pending.model not in policy or not self._current(pending):
+            for pending in self._ledger:
+                if pending.model not in policy or not pending.current(self._policy):
                     continue
                 # The new arms take over the decisions made with the old ones.
-                pending.generation = policy.generation(pending.model)
-                if pending.in_flight:
-                    # All of its predicted work counts again from now: the new arms do not
-                    # know how much of it is done.
-                    policy.begin(pending.model, pending.predicted_service_s, now_s=now)
+                pending.rebind(policy, now)
             self._projection = projection
             self._policy = policy
             self._config = config
@@ -809,94 +780,28 @@ class Router:
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
             # `remove_model` removed the model, since the decision (then nothing is queued).
-            generation = -1
-            if model in self._policy:
-                self._policy.begin(model, service_s, now_s=now)
-                generation = self._policy.generation(model)
-            pending = _Pending(model, generation, context, now, service_s, text=text)
+            pending = PendingDecision.begin(self._policy, model, service_s, context, now)
+            pending.text = text
             pending.arm = self._arm_of(model)
             pending.deadline_ms = deadline_ms(self._config.feedback_ttl_s)
-            self._pending[decision_id] = pending
-            self._expire(now)
+            self._ledger.add(decision_id, pending, self._policy, now)
         if self._store is not None:
             self._store.record_decision(decision_id, self._record(pending))
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
-    def _expire(self, now: float) -> None:
-        """Drops decisions past their time to live or beyond the cap, the oldest first and at
-        most `EXPIRE_PER_CALL` of them (caller holds the lock): each call that adds one
-        decision drops up to that many, so a backlog (a clock jump, a burst that was never
-        answered) drains over the next calls instead of stalling one of them. Feedback for a
-        decision past its time to live is refused even before it is dropped (`_open`)."""
-        ttl, cap = self._config.feedback_ttl_s, self._config.max_pending
-        for _ in range(EXPIRE_PER_CALL):
-            if not self._pending:
-                break
-            decision_id, oldest = next(iter(self._pending.items()))
-            expired = now - oldest.issued > ttl
-            if not expired and len(self._pending) <= cap:
-                break
-            reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
-            self._drop(decision_id, oldest, reason, now)
-
-    def _record(self, pending: _Pending) -> DecisionRecord:
+    def _record(self, pending: PendingDecision) -> DecisionRecord:
         """What the other replicas need to take a decision's feedback."""
         return DecisionRecord(
             pending.model, pending.context, pending.arm, pending.deadline_ms, pending.output_tokens
         )
 
-    def _drop(self, decision_id: str, pending: _Pending, reason: str, now: float) -> None:
-        """Closes a decision unanswered; its request leaves the queue (caller holds the lock)."""
-        del self._pending[decision_id]
-        if pending.in_flight and self._current(pending):
-            self._leave_queue(pending, None, now)
-        self._close(decision_id, reason)
-        if self._store is not None and reason != "expired":
+    def _forget_dropped(self, decision_id: str, reason: str) -> None:
+        """Takes a decision dropped unanswered out of the store (caller holds the lock)."""
+        if self._store is not None and reason != EXPIRED:
             # An expired decision's record expires by itself.
             self._store.forget_decision(decision_id)
 
-    def _current(self, pending: _Pending) -> bool:
-        """Whether the decision's arm is still in the pool (caller holds the lock)."""
-        try:
-            return self._policy.generation(pending.model) == pending.generation
-        except UnknownModelError:
-            return False
-
-    def _leave_queue(self, pending: _Pending, latency_s: float | None, now: float) -> None:
-        """Takes the decision's request out of its model's flight at ``now`` (caller holds the
-        lock). Without a latency (not reported, or the decision expired) it leaves as if served
-        as predicted: its work has been draining with the clock since it was sent. The count
-        can only be off if the policy was swapped under a pending decision by a load elsewhere,
-        and bookkeeping must never fail a call that has already learned, so that case is
-        ignored. A latency the core refuses to learn from (one too far from the prediction to
-        square) still takes the request out: it leaves as if served as predicted."""
-        try:
-            self._policy.end(pending.model, latency_s, pending.predicted_service_s, now_s=now)
-        except (InvalidInputError, UnknownModelError):
-            if latency_s is None:
-                return
-            with contextlib.suppress(InvalidInputError, UnknownModelError):
-                self._policy.end(pending.model, None, pending.predicted_service_s, now_s=now)
-
-    def _close(self, decision_id: str, reason: str) -> None:
-        self._closed[decision_id] = reason
-        while len(self._closed) > self._config.max_pending:
-            self._closed.popitem(last=False)
-
     # -- learning online ------------------------------------------------------------------------
-
-    def _open(self, decision_id: str, now: float) -> _Pending:
-        """The pending decision, or the reason it cannot take feedback (caller holds the lock).
-        A decision past its time to live is dropped here, if expiry has not reached it yet."""
-        pending = self._pending.get(decision_id)
-        if pending is not None:
-            if now - pending.issued <= self._config.feedback_ttl_s:
-                return pending
-            self._drop(decision_id, pending, "expired", now)
-        reason = self._closed.get(decision_id)
-        if reason is None:
-            raise DecisionNotFoundError(f"no decision with id {decision_id!r}")
-        raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
 
     def complete(
         self,
@@ -914,13 +819,13 @@ class Router:
         _check_optional("output_tokens", output_tokens)
         now = self._now()
         with self._lock:
-            pending = self._open(decision_id, now)
+            pending = self._ledger.open(decision_id, self._policy, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
             pending.in_flight = False
             pending.output_tokens = output_tokens
-            if self._current(pending):
-                self._leave_queue(pending, latency_s, now)
+            if pending.current(self._policy):
+                pending.leave_queue(self._policy, latency_s, now)
             if self._store is not None and output_tokens is not None:
                 # Feedback may land on another replica: it learns the length from the record.
                 self._store.record_decision(decision_id, self._record(pending))
@@ -931,12 +836,11 @@ class Router:
         takes no feedback."""
         now = self._now()
         with self._lock:
-            pending = self._open(decision_id, now)
-            del self._pending[decision_id]
-            if pending.in_flight and self._current(pending):
-                with contextlib.suppress(InvalidInputError, UnknownModelError):
-                    self._policy.cancel(pending.model, pending.predicted_service_s, now_s=now)
-            self._close(decision_id, "cancelled (never answered)")
+            pending = self._ledger.open(decision_id, self._policy, now)
+            self._ledger.take(decision_id)
+            if pending.in_flight and pending.current(self._policy):
+                pending.cancel(self._policy, now)
+            self._ledger.close(decision_id, "cancelled (never answered)")
             if self._store is not None:
                 self._store.forget_decision(decision_id)
 
@@ -973,7 +877,7 @@ class Router:
         # observation the stream lacks.
         with store.publishing():
             with self._lock:
-                pending = self._pending.get(decision_id)
+                pending = self._ledger.get(decision_id)
                 if pending is not None:
                     _check_latency_once(decision_id, pending, latency_s)
             if pending is not None:
@@ -1005,7 +909,8 @@ class Router:
         (with the answer's length `complete` measured there, unless the feedback gives one).
         Its latency, if given, is left out: the queue it describes is the other replica's."""
         with self._lock:
-            self._open_or_unknown(decision_id)
+            # One this replica never saw may be another replica's.
+            self._ledger.refuse_closed(decision_id)
         try:
             record = store.fetch_decision(decision_id)
         except MixllmError as err:
@@ -1019,12 +924,12 @@ class Router:
         tokens = record.output_tokens if output_tokens is None else output_tokens
         with self._lock:
             if record.model not in self._policy or self._arm_of(record.model) != record.arm:
-                self._close(decision_id, "answered (its model had been removed)")
+                self._ledger.close(decision_id, "answered (its model had been removed)")
                 return None
             self._policy.update(
                 record.model, record.context, quality=target, output_tokens=tokens, weight=weight
             )
-            self._close(decision_id, "already answered")
+            self._ledger.close(decision_id, "already answered")
         return Observation(
             id=decision_id,
             replica=store.replica,
@@ -1036,24 +941,17 @@ class Router:
             arm=record.arm,
         )
 
-    def _open_or_unknown(self, decision_id: str) -> None:
-        """Raises DecisionNotFoundError for a decision this replica has closed (caller holds
-        the lock); one it never saw may be another replica's."""
-        reason = self._closed.get(decision_id)
-        if reason is not None:
-            raise DecisionNotFoundError(f"decision {decision_id!r} is {reason}")
-
     def _settle(self, decision_id: str) -> None:
         """A decision of this replica's was answered on another: its request leaves the queue
         as if served as predicted, and it takes no more feedback."""
         now = self._now()
         with self._lock:
-            pending = self._pending.pop(decision_id, None)
+            pending = self._ledger.take(decision_id)
             if pending is None:
                 return
-            if pending.in_flight and self._current(pending):
-                self._leave_queue(pending, None, now)
-            self._close(decision_id, _ANSWERED_ELSEWHERE)
+            if pending.in_flight and pending.current(self._policy):
+                pending.leave_queue(self._policy, None, now)
+            self._ledger.close(decision_id, _ANSWERED_ELSEWHERE)
 
     def _learn(
         self,
@@ -1067,12 +965,12 @@ class Router:
         """Learns a decision's feedback; returns what was learned, or None for a decision
         whose model was removed."""
         with self._lock:
-            pending = self._open(decision_id, now)
+            pending = self._ledger.open(decision_id, self._policy, now)
             _check_latency_once(decision_id, pending, latency_s)
             policy = self._policy
-            if not self._current(pending):
-                del self._pending[decision_id]
-                self._close(decision_id, "answered (its model had been removed)")
+            if not pending.current(policy):
+                self._ledger.take(decision_id)
+                self._ledger.close(decision_id, "answered (its model had been removed)")
                 return None
             tokens = pending.output_tokens if output_tokens is None else output_tokens
             policy.update(
@@ -1082,10 +980,10 @@ class Router:
                 output_tokens=tokens,
                 weight=weight,
             )
-            del self._pending[decision_id]
+            self._ledger.take(decision_id)
             if pending.in_flight:
-                self._leave_queue(pending, latency_s, now)
-            self._close(decision_id, "already answered")
+                pending.leave_queue(policy, latency_s, now)
+            self._ledger.close(decision_id, "already answered")
             if pending.text is not None:
                 self._feedback_log.append(_Feedback(pending.text, pending.model, target, tokens))
         return Observation(
@@ -1114,7 +1012,7 @@ class Router:
     def pending(self) -> int:
         """Decisions awaiting feedback."""
         with self._lock:
-            return len(self._pending)
+            return len(self._ledger)
 
     # -- the pool -------------------------------------------------------------------------------
 
@@ -1465,7 +1363,9 @@ class _Limits:
         return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
 
 
-def _check_latency_once(decision_id: str, pending: _Pending, latency_s: float | None) -> None:
+def _check_latency_once(
+    decision_id: str, pending: PendingDecision, latency_s: float | None
+) -> None:
     if latency_s is not None and not pending.in_flight:
         raise InvalidInputError(
             f"decision {decision_id!r} was completed already, with its latency: "

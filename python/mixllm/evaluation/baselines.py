@@ -30,6 +30,7 @@ from mixllm.evaluation.simulator import (
     simulate_fixed,
 )
 from mixllm.frontier import fit_ridge
+from mixllm.ledger import PendingDecision
 
 __all__ = [
     "FeedbackMode",
@@ -114,8 +115,8 @@ class _PolicyListener:
         self.config = config
         self.binary_weight = binary_weight
         self.by_column = {c: i for i, c in enumerate(columns)}
-        # Per query in flight: the service time its decision predicted, given back on `end`.
-        self.predicted_service_s: dict[int, float] = {}
+        # Per query in flight: its decision's handshake with the policy, ended when served.
+        self.in_flight: dict[int, PendingDecision] = {}
 
     def choose(self, query: int, now: float) -> int:
         decision = self.policy.decide(
@@ -124,9 +125,9 @@ class _PolicyListener:
             willingness_to_pay=self.wtp,
             now_s=now,
         )
-        predicted = decision.chosen_service_s
-        self.policy.begin(decision.model, predicted, now_s=now)
-        self.predicted_service_s[query] = predicted
+        self.in_flight[query] = PendingDecision.begin(
+            self.policy, decision.model, decision.chosen_service_s, self.contexts[query], now
+        )
         return self.columns[decision.index]
 
     def finished(
@@ -135,7 +136,7 @@ class _PolicyListener:
         name = self.names[self.by_column[model]]
         # The service time (first token + generation), not the queue wait: the policy
         # predicts the wait itself from requests in flight and service times.
-        self.policy.end(name, service_s, self.predicted_service_s.pop(query), now_s=now)
+        self.in_flight.pop(query).end(self.policy, service_s, now)
         if self.feedback == "none":
             return
         quality = float(self.stream.quality[query, model])
