@@ -80,7 +80,7 @@ from mixllm.projection import (
     TagProjection,
     projection_from_bytes,
 )
-from mixllm.store.decisions import DecisionRecord, deadline_ms
+from mixllm.store.decisions import deadline_ms
 from mixllm.store.observation import Observation
 from mixllm.store.pool import PoolChange
 from mixllm.tagging import DomainLabels, Tagger
@@ -819,7 +819,7 @@ class Router:
             self._pending[decision_id] = pending
             self._expire(now)
         if self._store is not None:
-            self._store.record_decision(decision_id, self._record(pending))
+            self._store.record_decision(decision_id, *self._record(pending))
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
     def _expire(self, now: float) -> None:
@@ -839,10 +839,14 @@ class Router:
             reason = "expired" if expired else "dropped (too many decisions awaiting feedback)"
             self._drop(decision_id, oldest, reason, now)
 
-    def _record(self, pending: _Pending) -> DecisionRecord:
-        """What the other replicas need to take a decision's feedback."""
-        return DecisionRecord(
-            pending.model, pending.context, pending.arm, pending.deadline_ms, pending.output_tokens
+    def _record(self, pending: _Pending) -> tuple[str, NDArray[np.float64], str, int, float | None]:
+        """What the other replicas need to take a decision's feedback (`DecisionRecord`)."""
+        return (
+            pending.model,
+            pending.context,
+            pending.arm,
+            pending.deadline_ms,
+            pending.output_tokens,
         )
 
     def _drop(self, decision_id: str, pending: _Pending, reason: str, now: float) -> None:
@@ -923,7 +927,7 @@ class Router:
                 self._leave_queue(pending, latency_s, now)
             if self._store is not None and output_tokens is not None:
                 # Feedback may land on another replica: it learns the length from the record.
-                self._store.record_decision(decision_id, self._record(pending))
+                self._store.record_decision(decision_id, *self._record(pending))
 
     def cancel(self, decision_id: str) -> None:
         """The request of decision ``decision_id`` was never answered (its model failed, or the
