@@ -44,21 +44,26 @@ _FIXED = struct.Struct("<qd")
 # ids and the values each concatenated, and per record its deadline (ms since the epoch), the
 # length of its id and the length of its value (0: delete the key), as little-endian int64s.
 # Every argument costs the client its own encoding, under the interpreter lock the decision path
-# needs too.
+# needs too. A batch holds at most one write per key (the last one queued: only it decides what
+# the key holds once the script has run), so the deletions can all go in one DEL at the end.
 _SET_ALL = """
 local prefix, ids, meta, values = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local id_at, value_at = 1, 1
+local deleted = {}
 for at = 1, #meta, 24 do
     local deadline, id_length, value_length = struct.unpack('<i8i8i8', meta, at)
     local key = prefix .. string.sub(ids, id_at, id_at + id_length - 1)
     id_at = id_at + id_length
     if value_length == 0 then
-        redis.call('DEL', key)
+        deleted[#deleted + 1] = key
     else
         local value = string.sub(values, value_at, value_at + value_length - 1)
         value_at = value_at + value_length
         redis.call('SET', key, value, 'PXAT', string.format('%.0f', deadline))
     end
+end
+if #deleted > 0 then
+    redis.call('DEL', unpack(deleted))
 end
 return #meta / 24
 """
@@ -251,7 +256,9 @@ class DecisionRecords:
                     self.written += len(batch)
 
     def _pack(self, batch: list[_Entry]) -> list[bytes]:
-        """A batch as the arguments of the write script, in one pass."""
+        """A batch as the arguments of the write script, in one pass: of the writes of one
+        decision, only the last (the script runs as one command: no reader sees the others)."""
+        last = {entry[0]: entry for entry in batch}
         headers = self._headers
         if len(headers) > 4096:
             headers.clear()  # models and arms come and go: keep the cache to the pool's size
@@ -259,7 +266,7 @@ class DecisionRecords:
         values: list[bytes] = []
         meta: list[int] = []
         pack = _FIXED.pack
-        for decision_id, model, context, arm, deadline, tokens in batch:
+        for decision_id, model, context, arm, deadline, tokens in last.values():
             key = decision_id.encode()
             ids.append(key)
             if model is None or context is None:
