@@ -51,8 +51,8 @@ def shipped() -> Router:
     return Router.default(embedder=Embedder(quantized=True))
 
 
-def _copy(shipped: Router, **store: Any) -> Router:
-    config = replace(shipped.config, max_pending=1000)
+def _copy(shipped: Router, max_pending: int = 1000, **store: Any) -> Router:
+    config = replace(shipped.config, max_pending=max_pending)
     policy = type(shipped.policy).from_bytes(shipped.policy.to_bytes())
     return Router(
         config, embedder=shipped.embedder, projection=shipped.projection, policy=policy, **store
@@ -87,7 +87,8 @@ def test_feedback_and_apply_throughput(
     benchmark: Any, shipped: Router, server: RedisServer, summary: list[str]
 ) -> None:
     count = 3000
-    a = _copy(shipped, store=RedisStore(server.url, namespace="throughput"))
+    # Every decision awaits its feedback: none is dropped by the pending cap before it comes.
+    a = _copy(shipped, max_pending=count, store=RedisStore(server.url, namespace="throughput"))
     decisions = [a.route(QUERY) for _ in range(count)]
 
     def learn_all() -> None:

@@ -30,8 +30,9 @@ __all__ = ["DecisionRecord", "DecisionRecords", "deadline_ms"]
 
 log = logging.getLogger(__name__)
 
-# Records written per round trip.
-_WRITE_BATCH = 500
+# Records written per round trip, at most: a backlog is written in batches this large, one after
+# the other, without waiting between them.
+_WRITE_BATCH = 1000
 # How often the writer wakes to write what was queued: waking it for every decision would cost
 # the decision path a thread switch each time.
 _FLUSH_EVERY_S = 0.005
@@ -39,18 +40,53 @@ _SEPARATOR = b"\x00"
 # After the model and the arm: the deadline (ms since the epoch) and the answer's length (NaN:
 # not measured), then the context's raw bytes.
 _FIXED = struct.Struct("<qd")
-# One command for a whole batch (ARGV: key, value, deadline triples; an empty value deletes the
-# key): a pipeline of one SET per record would cost the client far more than the server.
+# One command for a whole batch, of four arguments whatever its size: the key prefix, the decision
+# ids and the values each concatenated, and per record its deadline (ms since the epoch), the
+# length of its id and the length of its value (0: delete the key), as little-endian int64s.
+# Every argument costs the client its own encoding, under the interpreter lock the decision path
+# needs too. A batch holds at most one write per key (the last one queued: only it decides what
+# the key holds once the script has run), so the deletions can all go in one DEL at the end.
 _SET_ALL = """
-for i = 1, #ARGV, 3 do
-    if ARGV[i + 1] == '' then
-        redis.call('DEL', ARGV[i])
+local prefix, ids, meta, values = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id_at, value_at = 1, 1
+local deleted = {}
+for at = 1, #meta, 24 do
+    local deadline, id_length, value_length = struct.unpack('<i8i8i8', meta, at)
+    local key = prefix .. string.sub(ids, id_at, id_at + id_length - 1)
+    id_at = id_at + id_length
+    if value_length == 0 then
+        deleted[#deleted + 1] = key
     else
-        redis.call('SET', ARGV[i], ARGV[i + 1], 'PXAT', ARGV[i + 2])
+        local value = string.sub(values, value_at, value_at + value_length - 1)
+        value_at = value_at + value_length
+        redis.call('SET', key, value, 'PXAT', string.format('%.0f', deadline))
     end
 end
-return #ARGV / 3
-"""  # model names and arm ids never hold it; the fixed fields and the context follow the second
+if #deleted > 0 then
+    redis.call('DEL', unpack(deleted))
+end
+return #meta / 24
+"""
+# A queued write: decision id, model (None: delete the record), context, arm, deadline (ms since
+# the epoch), the answer's length. A tuple, so that queueing a record allocates nothing more.
+_Entry = tuple[str, "str | None", "NDArray[np.float64] | None", str, int, "float | None"]
+
+
+def _value(
+    model: str, arm: str, deadline: int, output_tokens: float | None, context: NDArray[Any]
+) -> bytes:
+    """A record as it is stored (`DecisionRecord.from_bytes` reads it back)."""
+    tokens = math.nan if output_tokens is None else float(output_tokens)
+    return b"".join(
+        (
+            model.encode(),
+            _SEPARATOR,
+            arm.encode(),
+            _SEPARATOR,
+            _FIXED.pack(deadline, tokens),
+            np.ascontiguousarray(context, dtype="<f8").tobytes(),
+        )
+    )
 
 
 def deadline_ms(ttl_s: float) -> int:
@@ -76,16 +112,7 @@ class DecisionRecord:
         return time.time() * 1000 > self.deadline_ms
 
     def to_bytes(self) -> bytes:
-        context = np.ascontiguousarray(self.context, dtype="<f8").tobytes()
-        tokens = math.nan if self.output_tokens is None else float(self.output_tokens)
-        return (
-            self.model.encode()
-            + _SEPARATOR
-            + self.arm.encode()
-            + _SEPARATOR
-            + _FIXED.pack(self.deadline_ms, tokens)
-            + context
-        )
+        return _value(self.model, self.arm, self.deadline_ms, self.output_tokens, self.context)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DecisionRecord:
@@ -117,13 +144,18 @@ class DecisionRecords:
     ) -> None:
         self._client = client
         self._namespace = namespace
+        self._prefix = f"{namespace}:decision:".encode()
         self._redis_error = redis_error
-        # (decision id, record or None to delete it, deadline in ms)
-        self._queue: deque[tuple[str, DecisionRecord | None, int]] = deque(maxlen=capacity)
-        self._wake = threading.Condition()
-        self._stop = False
+        self._queue: deque[_Entry] = deque(maxlen=capacity)
+        self._capacity = capacity
+        # Guards the queue and the counters; a plain lock, cheaper on the decision path than a
+        # condition: the writer polls instead of being notified.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self.dropped = 0
         self.written = 0
+        # The stored prefix of each (model, arm) pair, so that a batch encodes each pair once.
+        self._headers: dict[tuple[str, str], bytes] = {}
         self._set_all = client.register_script(_SET_ALL)
         self._thread = threading.Thread(target=self._write, name="mixllm-decisions", daemon=True)
         self._thread.start()
@@ -134,20 +166,29 @@ class DecisionRecords:
     def _claim_key(self, decision_id: str) -> str:
         return f"{self._namespace}:claim:{decision_id}"
 
-    def put(self, decision_id: str, record: DecisionRecord) -> None:
-        """Queues a record for writing (within a few milliseconds), replacing any earlier one of
-        the decision; never waits on Redis."""
-        self._enqueue(decision_id, record, record.deadline_ms)
+    def put(
+        self,
+        decision_id: str,
+        model: str,
+        context: NDArray[np.float64],
+        arm: str,
+        deadline: int,
+        output_tokens: float | None = None,
+    ) -> None:
+        """Queues a decision's record for writing (within a few milliseconds), replacing any
+        earlier one of the decision; never waits on Redis. The context must not be changed
+        afterwards: it is serialised when the record is written."""
+        with self._lock:
+            if len(self._queue) == self._capacity:
+                self.dropped += 1
+            self._queue.append((decision_id, model, context, arm, deadline, output_tokens))
 
     def delete(self, decision_id: str) -> None:
         """Queues the deletion of a decision's record, after whatever was queued before it."""
-        self._enqueue(decision_id, None, 0)
-
-    def _enqueue(self, decision_id: str, record: DecisionRecord | None, deadline: int) -> None:
-        with self._wake:
-            if len(self._queue) == self._queue.maxlen:
+        with self._lock:
+            if len(self._queue) == self._capacity:
                 self.dropped += 1
-            self._queue.append((decision_id, record, deadline))
+            self._queue.append((decision_id, None, None, "", 0, None))
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         """The record of a decision made on any replica, or None when there is none (never
@@ -179,40 +220,69 @@ class DecisionRecords:
         return bool(won)
 
     def close(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
+        self._stop.set()
         self._thread.join()
 
     def _write(self) -> None:
         failing = False
-        while True:
-            with self._wake:
-                self._wake.wait_for(lambda: self._stop, timeout=_FLUSH_EVERY_S)
-                if self._stop:
-                    return
-                if not self._queue:
-                    continue
-                batch = [self._queue.popleft() for _ in range(min(_WRITE_BATCH, len(self._queue)))]
-            try:
-                args: list[Any] = []
-                for decision_id, record, deadline in batch:
-                    value = b"" if record is None else record.to_bytes()
-                    args += (self._key(decision_id), value, deadline)
-                self._set_all(args=args)
-            except self._redis_error as err:
-                if not failing:
-                    log.warning("cannot write decision records: %s", err)
-                failing = True
-                with self._wake:
-                    # Back in front of the newer ones, as far as the queue has room.
-                    room = (self._queue.maxlen or 0) - len(self._queue)
-                    kept = batch[max(0, len(batch) - room) :]
-                    self.dropped += len(batch) - len(kept)
-                    self._queue.extendleft(reversed(kept))
+        while not self._stop.wait(_FLUSH_EVERY_S):
+            # What is queued, in batches; a batch less than full is the last before sleeping
+            # again: writing the few queued meanwhile at once would take more round trips, each
+            # costing the interpreter lock far more than a record does.
+            count = _WRITE_BATCH
+            while count == _WRITE_BATCH:
+                with self._lock:
+                    count = min(_WRITE_BATCH, len(self._queue))
+                    batch = [self._queue.popleft() for _ in range(count)]
+                if not batch:
+                    break
+                try:
+                    self._set_all(args=self._pack(batch))
+                except self._redis_error as err:
+                    if not failing:
+                        log.warning("cannot write decision records: %s", err)
+                    failing = True
+                    with self._lock:
+                        # Back in front of the newer ones, as far as the queue has room.
+                        room = self._capacity - len(self._queue)
+                        kept = batch[max(0, len(batch) - room) :]
+                        self.dropped += len(batch) - len(kept)
+                        self._queue.extendleft(reversed(kept))
                     # A bounded wait before trying again.
-                    self._wake.wait_for(lambda: self._stop, timeout=0.2)
+                    self._stop.wait(0.2)
+                    break
+                failing = False
+                with self._lock:
+                    self.written += len(batch)
+
+    def _pack(self, batch: list[_Entry]) -> list[bytes]:
+        """A batch as the arguments of the write script, in one pass: of the writes of one
+        decision, only the last (the script runs as one command: no reader sees the others)."""
+        last = {entry[0]: entry for entry in batch}
+        headers = self._headers
+        if len(headers) > 4096:
+            headers.clear()  # models and arms come and go: keep the cache to the pool's size
+        ids: list[bytes] = []
+        values: list[bytes] = []
+        meta: list[int] = []
+        pack = _FIXED.pack
+        for decision_id, model, context, arm, deadline, tokens in last.values():
+            key = decision_id.encode()
+            ids.append(key)
+            if model is None or context is None:
+                meta += (deadline, len(key), 0)
                 continue
-            failing = False
-            with self._wake:
-                self.written += len(batch)
+            header = headers.get((model, arm))
+            if header is None:
+                header = model.encode() + _SEPARATOR + arm.encode() + _SEPARATOR
+                headers[model, arm] = header
+            data = np.ascontiguousarray(context, dtype="<f8").tobytes()
+            fixed = pack(deadline, math.nan if tokens is None else float(tokens))
+            values += (header, fixed, data)
+            meta += (deadline, len(key), len(header) + len(fixed) + len(data))
+        return [
+            self._prefix,
+            b"".join(ids),
+            struct.pack(f"<{len(meta)}q", *meta),
+            b"".join(values),
+        ]

@@ -39,7 +39,9 @@ from mixllm.store.pool import PoolChange
 from mixllm.store.queues import SharedQueues
 
 if TYPE_CHECKING:
+    import numpy as np
     import redis
+    from numpy.typing import NDArray
 
     from mixllm.router import Router
 
@@ -341,11 +343,19 @@ class RedisStore:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    def record_decision(self, decision_id: str, record: DecisionRecord) -> None:
-        """Shares a decision, or replaces what was shared of it (written in the background:
-        never waits on Redis)."""
+    def record_decision(
+        self,
+        decision_id: str,
+        model: str,
+        context: NDArray[np.float64],
+        arm: str,
+        deadline_ms: int,
+        output_tokens: float | None = None,
+    ) -> None:
+        """Shares a decision (what `DecisionRecord` holds), or replaces what was shared of it
+        (written in the background: never waits on Redis; the context must not change after)."""
         if self._decisions is not None:
-            self._decisions.put(decision_id, record)
+            self._decisions.put(decision_id, model, context, arm, deadline_ms, output_tokens)
 
     def forget_decision(self, decision_id: str) -> None:
         """A decision ended unanswered (cancelled, dropped): no replica may take its feedback
