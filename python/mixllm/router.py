@@ -647,15 +647,21 @@ class Router:
             budget_per_1000_usd=budget_per_1000_usd,
         )
         limits = _Limits.of(models, max_cost_usd, max_latency_s)
-        context, counted = self._context(text)
-        return self._decide(
-            context,
-            counted if prompt_tokens is None else prompt_tokens,
-            wtp,
-            self._now(),
-            limits,
-            text,
-        )
+        return self._decide_text(text, self._context(text), prompt_tokens, wtp, limits)
+
+    def _decide_text(
+        self,
+        text: str,
+        item: tuple[NDArray[np.float64], float],
+        prompt_tokens: float | None,
+        wtp: float,
+        limits: _Limits | None,
+    ) -> RouteDecision:
+        """`route`'s and `aroute`'s decision once the text's context and prompt tokens are
+        known: ``prompt_tokens`` when the caller gave it, else the counted ones."""
+        context, counted = item
+        tokens = counted if prompt_tokens is None else prompt_tokens
+        return self._decide(context, tokens, wtp, self._now(), limits, text)
 
     def route_batch(
         self,
@@ -732,15 +738,7 @@ class Router:
         item = self._contexts.get(_text_key(text))
         if item is None:
             item = await self._batcher().submit(text)
-        context, counted = item
-        return self._decide(
-            context,
-            counted if prompt_tokens is None else prompt_tokens,
-            wtp,
-            self._now(),
-            limits,
-            text,
-        )
+        return self._decide_text(text, item, prompt_tokens, wtp, limits)
 
     def _batcher(self) -> Batcher[str, tuple[NDArray[np.float64], float]]:
         """This event loop's batcher (created on first use)."""
