@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import csv
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from mixllm.data import RoutingDataset, load_routerbench_csv
+from redis_server import RedisServer
 
 PROFILE: dict[str, Any] = {
     "price_in": 1.0,
@@ -225,3 +226,10 @@ def token_table_encoder() -> Callable[[Path, int], np.ndarray]:
         return table
 
     return write
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, on a free loopback port, stopped afterwards."""
+    with RedisServer(tmp_path) as running:
+        yield running

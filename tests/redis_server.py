@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Generous: a busy machine may take a while to start a process; every wait is bounded by it.
@@ -105,3 +106,16 @@ def require_redis_server() -> str:
     if os.environ.get("MIXLLM_REQUIRE_REDIS"):
         raise RuntimeError("redis-server is not installed but MIXLLM_REQUIRE_REDIS is set")
     return "redis-server is not installed (apt-get install redis-server)"
+
+
+# Every wait in the store tests is bounded by this.
+WAIT_S = 20.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
+    """Polls ``condition`` until it holds; fails the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

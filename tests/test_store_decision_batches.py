@@ -12,12 +12,10 @@ import pytest
 import redis
 
 from mixllm.store.decisions import DecisionRecord, DecisionRecords, deadline_ms
-from redis_server import RedisServer, require_redis_server
+from redis_server import WAIT_S, RedisServer, require_redis_server
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
-
-WAIT_S = 20.0
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,11 @@ from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
 from mixllm.router import Router
 from mixllm.store import RedisStore
-from redis_server import RedisServer, require_redis_server
+from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
 from store_replica import arms, build_router, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
-
-# Every wait in these tests is bounded by this.
-WAIT_S = 20.0
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
 
 
 def replica(server: RedisServer, **settings: Any) -> Router:
@@ -40,14 +30,6 @@ def replica(server: RedisServer, **settings: Any) -> Router:
 def store_of(router: Router) -> RedisStore:
     assert router.store is not None
     return router.store
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def close(*routers: Router) -> None:

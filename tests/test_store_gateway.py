@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,6 @@ _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
 
 USER = [{"role": "user", "content": "Which is heavier, a kilogram of feathers or of iron?"}]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
 
 
 def test_feedback_given_to_one_gateway_teaches_the_other(server: RedisServer) -> None:

@@ -3,9 +3,6 @@ with the observations."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,30 +11,15 @@ from mixllm.config import ModelConfig
 from mixllm.errors import ConfigError
 from mixllm.router import Router
 from mixllm.store import RedisStore
-from redis_server import RedisServer, require_redis_server
+from redis_server import WAIT_S, RedisServer, require_redis_server
 from store_replica import build_router, outcome, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
 
-WAIT_S = 20.0
 EXTRA = ModelConfig(
     name="extra", price_in=0.5, price_out=1.5, ttft_s=0.2, tokens_per_s=80.0, concurrency=2
 )
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def replica(server: RedisServer) -> Router:

@@ -3,36 +3,15 @@ replica raise the wait another predicts, and a replica that stops refreshing lea
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from mixllm.router import Router
 from mixllm.store import RedisStore
-from redis_server import RedisServer, require_redis_server
+from redis_server import RedisServer, require_redis_server, wait_for
 from store_replica import build_router, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
-
-WAIT_S = 20.0
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def replica(server: RedisServer) -> Router:

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +18,13 @@ import pytest
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.router import Router
 from mixllm.store import Observation, RedisStore, StoreError
-from redis_server import RedisServer, require_redis_server
+from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
 from store_replica import DIM, arms, build_router, decisions, outcome, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
 
 REPLICA = str(Path(__file__).with_name("store_replica.py"))
-# Every wait in these tests is bounded by this.
-WAIT_S = 20.0
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as running:
-        yield running
 
 
 def store(server: RedisServer, **options: Any) -> RedisStore:
@@ -72,14 +62,6 @@ def assert_same_arms(got: dict[str, Any], want: dict[str, Any]) -> None:
         for key in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv"):
             a, b = np.asarray(got[model][key]), np.asarray(want[model][key])
             assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), (model, key)
-
-
-def wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_path: Path) -> None:
