@@ -115,13 +115,7 @@ def test_an_upstream_4xx_goes_back_to_the_client_without_fallback() -> None:
 def test_a_stream_dropped_by_its_upstream_ends_in_an_error_event() -> None:
     with running_gateway(settings=FAILS_FAST) as harness:
         harness.fake.behaviour("small-upstream").fail_mid_stream = True
-        with httpx.stream(
-            "POST",
-            harness.url + "/v1/chat/completions",
-            json={"model": "mixllm", "messages": USER, "stream": True},
-            timeout=10,
-        ) as response:
-            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        events = stream_events(harness, "mixllm")
         assert '"error"' in events[-1]
         assert harness.router.pending() == 0
         assert harness.router.policy.in_flight("small") == 0
@@ -169,13 +163,7 @@ def test_an_answer_outliving_its_decision_still_reaches_the_client() -> None:
 def test_a_stream_outliving_its_decision_still_ends_with_done() -> None:
     with running_gateway(feedback_ttl_s=SHORT_TTL_S) as harness:
         harness.fake.behaviour("small-upstream").ttft_s = SLOWER_THAN_TTL_S
-        with httpx.stream(
-            "POST",
-            harness.url + "/v1/chat/completions",
-            json={"model": "small", "messages": USER, "stream": True},
-            timeout=10,
-        ) as response:
-            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        events = stream_events(harness, "small")
         assert events[-1] == "data: [DONE]"
         assert all('"error"' not in event for event in events)
         assert metric(harness, 'mixllm_requests_total{model="small",outcome="ok"}') == 1
@@ -203,13 +191,18 @@ def test_a_stream_failing_after_its_decision_expired_ends_in_an_error_event() ->
     with running_gateway(feedback_ttl_s=SHORT_TTL_S) as harness:
         dropping = harness.fake.behaviour("small-upstream")
         dropping.fail_mid_stream, dropping.tokens_per_s = True, 1 / SLOWER_THAN_TTL_S
-        with httpx.stream(
-            "POST",
-            harness.url + "/v1/chat/completions",
-            json={"model": "small", "messages": USER, "stream": True},
-            timeout=10,
-        ) as response:
-            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        events = stream_events(harness, "small")
         assert '"error"' in events[-1]
         assert harness.router.policy.in_flight("small") == 0
         assert metric(harness, 'mixllm_requests_total{model="small",outcome="error"}') == 1
+
+
+def stream_events(harness: Harness, model: str) -> list[str]:
+    """The ``data:`` lines of one streamed completion of ``USER`` through the gateway."""
+    with httpx.stream(
+        "POST",
+        harness.url + "/v1/chat/completions",
+        json={"model": model, "messages": USER, "stream": True},
+        timeout=10,
+    ) as response:
+        return [line for line in response.iter_lines() if line.startswith("data:")]
