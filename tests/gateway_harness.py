@@ -3,7 +3,6 @@ tests where the real sentence encoder is not the point."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+import light_router
 from fake_upstream import FakeUpstream, ServerThread
 from mixllm.config import ModelConfig, RouterConfig, ServeConfig
 from mixllm.projection import LinearProjection
@@ -22,19 +22,11 @@ WIDTH = 8
 DIM = 4
 
 
-class HashEmbedder:
-    """The same vector for the same text, a different one for another: all a Router needs."""
+class HashEmbedder(light_router.HashEmbedder):
+    """The tests' stand-in encoder at the gateway routers' width."""
 
     def __init__(self) -> None:
-        self.batches: list[int] = []
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.batches.append(len(texts))
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            rows.append(np.random.default_rng(seed).normal(size=WIDTH))
-        return np.asarray(rows, dtype=np.float32).reshape(len(texts), WIDTH)
+        super().__init__(WIDTH, unit=False)
 
 
 def pool_model(name: str, url: str, **changes: Any) -> ModelConfig:

@@ -20,21 +20,28 @@ DIM = 6
 
 
 class HashEmbedder:
-    """Each text's vector is drawn from a generator seeded by the text's digest."""
+    """A stand-in sentence encoder of any width: each text's vector is drawn from a generator
+    seeded by the text's digest (scaled to unit length when ``unit``), so the same text always
+    gets the same vector and another text another one. It records the texts of every call."""
 
-    dim = INPUT_DIM
-
-    def __init__(self) -> None:
+    def __init__(self, width: int = INPUT_DIM, *, unit: bool = True) -> None:
+        self.dim = width
+        self.unit = unit
         self.calls: list[list[str]] = []
+
+    @property
+    def batches(self) -> list[int]:
+        """How many texts each call embedded."""
+        return [len(call) for call in self.calls]
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         items = list(texts)
         self.calls.append(items)
-        out = np.empty((len(items), INPUT_DIM), dtype=np.float32)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
         for row, text in enumerate(items):
             seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-            vector = np.random.default_rng(seed).normal(size=INPUT_DIM)
-            out[row] = vector / np.linalg.norm(vector)
+            vector = np.random.default_rng(seed).normal(size=self.dim)
+            out[row] = vector / np.linalg.norm(vector) if self.unit else vector
         return out
 
 

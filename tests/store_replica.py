@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from light_router import HashEmbedder
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.projection import LinearProjection
 from mixllm.router import Router
@@ -32,14 +33,6 @@ PROMPT_TOKENS = 100.0
 WTP = 0.05
 # Reading the arms from many processes: every wait is bounded.
 SYNC_TIMEOUT_S = 20.0
-
-
-class HashEmbedder:
-    """A stand-in sentence encoder: a fixed pseudo-random vector per text."""
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(WIDTH) for t in texts]
-        return np.array(rows, dtype=np.float32)
 
 
 def build_router(*, store: RedisStore | None = None, **settings: Any) -> Router:
@@ -60,7 +53,7 @@ def build_router(*, store: RedisStore | None = None, **settings: Any) -> Router:
     projection = LinearProjection(q.T, np.zeros(WIDTH))
     return Router(
         config,
-        embedder=HashEmbedder(),  # type: ignore[arg-type]
+        embedder=HashEmbedder(WIDTH, unit=False),
         projection=projection,
         store=store,
     )

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mixllm
-from light_router import HashEmbedder, ManualClock, light_router
+from light_router import INPUT_DIM, HashEmbedder, ManualClock, light_router
 from mixllm import data
 from mixllm import router as router_module
 from mixllm._lru import LruCache
@@ -154,7 +154,7 @@ class _ProjectingEmbedder:
         self.inner = inner
 
     def embed(self, texts: list[str]) -> Any:
-        vectors = self.inner.embed(texts)[:, : HashEmbedder.dim]
+        vectors = self.inner.embed(texts)[:, :INPUT_DIM]
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
