@@ -44,9 +44,10 @@ from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
+from mixllm.fitting import MIN_FIT_QUERIES
 from mixllm.progress import Progress, ProgressLine
 from mixllm.projection import LinearProjection, PcaProjection
-from mixllm.router import MIN_FIT_QUERIES, Router
+from mixllm.router import Router
 
 __all__ = ["EXPERIMENTS", "EvalSettings", "best_single_model", "run_evaluation"]
 
