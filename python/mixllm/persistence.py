@@ -12,7 +12,7 @@ from typing import Any
 from mixllm import state_folder
 from mixllm._core import MixllmError, Policy, StateFileError, __version__
 from mixllm.calibration import Calibration
-from mixllm.config import TUNED_KNOBS, RouterConfig, policy_tau_s
+from mixllm.config import RouterConfig
 from mixllm.errors import ConfigError, ProjectionError
 from mixllm.projection import MAX_PROJECTION_BYTES, LinearProjection, projection_from_bytes
 from mixllm.router_base import RouterBase
@@ -26,16 +26,6 @@ MAX_CONFIG_BYTES = 16 << 20
 _LOAD_ATTEMPTS = 3
 _CALIBRATION = "calibration.json"
 MAX_CALIBRATION_BYTES = 1 << 20
-# The decision knobs both config.json and policy.bin carry; a saved state has them agree.
-_POLICY_KNOBS = (
-    "alpha",
-    "beta",
-    "ridge",
-    "length_ridge",
-    "tau_s",
-    "tau_margin_sd",
-    "refactor_every",
-)
 # Knobs added after the first states were saved: a config.json without one continues with the
 # value its policy.bin carries (what that policy decided with when it was saved).
 _LATER_KNOBS = ("length_ridge", "tau_margin_sd")
@@ -149,12 +139,7 @@ def check_knobs(config: RouterConfig, policy: Policy) -> None:
     """Refuses a configuration and a policy that disagree on a decision knob: a policy decides
     with its own knobs, so a Router whose configuration said otherwise would save a state that
     does not describe itself."""
-    for knob in _POLICY_KNOBS:
-        configured = getattr(config, knob)
-        if knob == "tau_s":
-            configured = policy_tau_s(configured)
-        elif knob in TUNED_KNOBS:
-            configured = config.knob(knob)
+    for knob, configured in config.policy_knobs().items():
         if configured != getattr(policy, knob):
             raise ConfigError(
                 f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
