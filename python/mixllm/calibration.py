@@ -26,6 +26,7 @@ from mixllm._core import InvalidInputError
 from mixllm.config import RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.tuning import FOLDS, fold_ids
+from mixllm.validation import positive
 
 __all__ = ["LAMBDAS", "Calibration", "CalibrationPoint", "calibrate"]
 
@@ -63,7 +64,7 @@ class Calibration:
     def for_quality(self, quality_pct: float) -> float:
         """The λ of the cheapest point reaching ``quality_pct`` % of the reference's quality,
         or of the best quality reached when none does."""
-        _check_target("quality_pct", quality_pct)
+        positive("quality_pct", quality_pct)
         reached = [p for p in self.points if p.quality_pct >= quality_pct]
         if not reached:
             return max(self.points, key=lambda p: (p.quality_pct, -p.cost_pct)).willingness_to_pay
@@ -72,13 +73,13 @@ class Calibration:
     def for_cost(self, cost_pct: float) -> float:
         """The λ of the best quality at no more than ``cost_pct`` % of the reference's cost,
         or of the cheapest point when every point costs more."""
-        _check_target("cost_pct", cost_pct)
+        positive("cost_pct", cost_pct)
         return self._within(lambda p: p.cost_pct, cost_pct)
 
     def for_budget(self, usd_per_1000: float) -> float:
         """The λ of the best quality at no more than ``usd_per_1000`` dollars per 1,000
         queries, or of the cheapest point when every point costs more."""
-        _check_target("budget_per_1000_usd", usd_per_1000)
+        positive("budget_per_1000_usd", usd_per_1000)
         return self._within(lambda p: p.cost_per_1000_usd, usd_per_1000)
 
     def _within(self, cost: Any, limit: float) -> float:
@@ -129,13 +130,6 @@ class Calibration:
 def _lambda(value: Any) -> float:
     """A λ read back from JSON, where null stands for inf."""
     return math.inf if value is None else float(value)
-
-
-def _check_target(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name} must be a finite number > 0, got {value}")
 
 
 Totals = tuple[float, float]

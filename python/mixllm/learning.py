@@ -12,7 +12,7 @@ from mixllm.errors import DecisionNotFoundError
 from mixllm.ledger import EXPIRED, PendingDecision
 from mixllm.router_base import RouterBase
 from mixllm.store.observation import Observation
-from mixllm.validation import check_optional_number
+from mixllm.validation import optional_bounded
 
 if TYPE_CHECKING:
     from mixllm.store import RedisStore
@@ -52,8 +52,8 @@ class Learning(RouterBase):
         open for `feedback` until it expires, for services that learn the quality later;
         ``output_tokens``, the answer's length, is learned with that feedback when the feedback
         gives none."""
-        check_optional_number("latency_s", latency_s)
-        check_optional_number("output_tokens", output_tokens)
+        optional_bounded("latency_s", latency_s)
+        optional_bounded("output_tokens", output_tokens)
         now = self._now()
         with self._lock:
             pending = self._ledger.open(decision_id, self._policy, now)
@@ -102,8 +102,8 @@ class Learning(RouterBase):
         decision core applies, before anything changes); neither changes any state.
         """
         target, weight = self._feedback_target(quality, satisfied)
-        check_optional_number("output_tokens", output_tokens)
-        check_optional_number("latency_s", latency_s)
+        optional_bounded("output_tokens", output_tokens)
+        optional_bounded("latency_s", latency_s)
         now = self._now()
         store = self._store
         if store is None:
@@ -245,7 +245,7 @@ class Learning(RouterBase):
             if not isinstance(satisfied, (bool, np.bool_)):
                 raise InvalidInputError(f"satisfied must be True or False, got {satisfied!r}")
             return (1.0 if satisfied else 0.0), self._config.binary_feedback_weight
-        check_optional_number("quality", quality, minimum=None)
+        optional_bounded("quality", quality, minimum=None)
         return float(quality), 1.0  # type: ignore[arg-type]
 
     def pending(self) -> int:

@@ -16,8 +16,7 @@ from mixllm.data import RoutingDataset
 from mixllm.errors import ConfigError
 from mixllm.router_base import RouterBase
 from mixllm.store.pool import PoolChange
-
-PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
+from mixllm.validation import PROFILE_FIELDS
 
 
 class PoolChanges(RouterBase):

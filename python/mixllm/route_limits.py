@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixllm._core import Decision, InvalidInputError, UnknownModelError
-from mixllm.validation import check_optional_number
+from mixllm.validation import optional_bounded
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class RouteLimits:
             if not models:
                 raise InvalidInputError("models must name at least one model")
             allowed = frozenset(models)
-        check_optional_number("max_cost_usd", max_cost_usd)
-        check_optional_number("max_latency_s", max_latency_s)
+        optional_bounded("max_cost_usd", max_cost_usd)
+        optional_bounded("max_latency_s", max_latency_s)
         if max_latency_s is not None and max_latency_s <= 0:
             raise InvalidInputError(f"max_latency_s must be > 0, got {max_latency_s}")
         return cls(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import secrets
 import threading
 import time
@@ -37,6 +36,7 @@ from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
 from mixllm.store.pool import PoolChange
 from mixllm.store.queues import SharedQueues
+from mixllm.validation import non_negative, positive
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,13 +95,6 @@ def _id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
 class RedisStore:
     """Shares a Router's learning with the other replicas attached to the same Redis.
 
@@ -139,12 +132,12 @@ class RedisStore:
             raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
         if not isinstance(namespace, str) or not namespace:
             raise InvalidInputError(f"namespace must be a non-empty str, got {namespace!r}")
-        _check_positive("checkpoint_every_s", checkpoint_every_s)
-        _check_positive("retain_s", retain_s, allow_zero=True)
-        _check_positive("block_s", block_s)
-        _check_positive("timeout_s", timeout_s)
-        _check_positive("queue_refresh_s", queue_refresh_s)
-        _check_positive("queue_ttl_s", queue_ttl_s)
+        positive("checkpoint_every_s", checkpoint_every_s)
+        non_negative("retain_s", retain_s)
+        positive("block_s", block_s)
+        positive("timeout_s", timeout_s)
+        positive("queue_refresh_s", queue_refresh_s)
+        positive("queue_ttl_s", queue_ttl_s)
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_unwritten_decisions", max_unwritten_decisions),
@@ -510,7 +503,7 @@ class RedisStore:
     def sync(self, timeout_s: float = 5.0) -> bool:
         """Waits until this replica has applied every entry the stream holds now; returns
         whether it did within ``timeout_s``. Raises StoreError when Redis is unreachable."""
-        _check_positive("timeout_s", timeout_s)
+        positive("timeout_s", timeout_s)
         try:
             last: Any = self._publisher.xrevrange(self.stream_key, count=1)
         except self._redis_error as err:
