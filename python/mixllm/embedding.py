@@ -19,7 +19,11 @@ How a batch runs:
   only to its own longest member, so a long prompt does not make a hundred short ones pay for
   its padding. Results come back in input order.
 * One ONNX Runtime session per (model file, thread count) is shared by every Embedder in the
-  process; ``InferenceSession.run`` is thread-safe. ``intra_op_threads`` defaults to 1: a router
+  process; ``InferenceSession.run`` is thread-safe. Each session keeps ONNX Runtime's CPU
+  memory arena, which holds on to the largest batch's buffers for the next one: large batches
+  run faster with it. ``MIXLLM_ORT_ARENA=0`` in the environment turns it off for sessions
+  created afterwards, for a process that holds many sessions and must stay small (the test
+  suite does). ``intra_op_threads`` defaults to 1: a router
   embeds one short query at a time, where more threads cost more in handoff than they save.
 * An LRU cache maps a digest of the exact text (never the text itself) to its vector: at most
   ``cache_size`` entries (0 disables it) and at most ``CACHE_BYTES`` bytes, each entry
@@ -66,20 +70,34 @@ CACHE_BYTES = 32 << 20
 _CACHE_ENTRY_OVERHEAD = 256
 
 
+# The environment variable that turns ONNX Runtime's CPU memory arena off ("0") or on ("1").
+ARENA_VARIABLE = "MIXLLM_ORT_ARENA"
+
 _session_lock = threading.Lock()
-_sessions: dict[tuple[str, str, int], onnxruntime.InferenceSession] = {}
+_sessions: dict[tuple[str, str, int, bool], onnxruntime.InferenceSession] = {}
+
+
+def memory_arena() -> bool:
+    """Whether new sessions keep ONNX Runtime's CPU memory arena (`ARENA_VARIABLE`; default on)."""
+    value = os.environ.get(ARENA_VARIABLE, "1")
+    if value not in ("0", "1"):
+        raise EmbeddingError(f"{ARENA_VARIABLE} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def _shared_session(path: Path, sha256: str, threads: int) -> onnxruntime.InferenceSession:
-    """The process-wide ONNX Runtime session for a model file and intra-op thread count."""
+    """The process-wide ONNX Runtime session for a model file, intra-op thread count and
+    arena setting."""
     import onnxruntime
 
-    key = (str(path.resolve()), sha256, threads)
+    arena = memory_arena()
+    key = (str(path.resolve()), sha256, threads, arena)
     with _session_lock:
         session = _sessions.get(key)
         if session is None:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
+            options.enable_cpu_mem_arena = arena
             options.inter_op_num_threads = 1
             options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
