@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,27 @@ def _filled(values: F64, rows: NDArray[np.bool_]) -> F64:
     return np.where(np.isnan(values), means[None, :], values)
 
 
+def _refined(totals: dict[float, Totals], routed: Callable[[float], Totals]) -> dict[float, Totals]:
+    """``totals`` with more λ: where neighbouring λ route very differently, λ is bisected
+    (geometrically), so that a target falls between close points."""
+    top = (
+        max(q for q, _ in totals.values()) or 1.0,
+        max(c for _, c in totals.values()) or 1.0,
+    )
+    for _ in range(REFINE_ROUNDS):
+        finite = sorted(lam for lam in totals if math.isfinite(lam))
+        wide = [
+            math.sqrt(a * b)
+            for a, b in itertools.pairwise(finite)
+            if _apart(totals[a], totals[b], top)
+        ]
+        if not wide:
+            break
+        for lam in wide[:REFINE_POINTS]:
+            totals[lam] = routed(lam)
+    return totals
+
+
 def calibrate(
     config: RouterConfig,
     contexts: F64,
@@ -198,24 +219,7 @@ def calibrate(
             total_cost += float(cost[picked, chosen].sum())
         return total_quality, total_cost
 
-    totals = {float(lam): routed(float(lam)) for lam in lambdas}
-    # Where neighbouring λ route very differently, λ is bisected (geometrically), so that a
-    # target falls between close points.
-    top = (
-        max(q for q, _ in totals.values()) or 1.0,
-        max(c for _, c in totals.values()) or 1.0,
-    )
-    for _ in range(REFINE_ROUNDS):
-        finite = sorted(lam for lam in totals if math.isfinite(lam))
-        wide = [
-            math.sqrt(a * b)
-            for a, b in itertools.pairwise(finite)
-            if _apart(totals[a], totals[b], top)
-        ]
-        if not wide:
-            break
-        for lam in wide[:REFINE_POINTS]:
-            totals[lam] = routed(lam)
+    totals = _refined({float(lam): routed(float(lam)) for lam in lambdas}, routed)
     best = min(range(len(pool)), key=lambda j: (-quality[:, j].mean(), cost[:, j].mean()))
     ref_quality, ref_cost = float(quality[:, best].sum()), float(cost[:, best].sum())
     points = tuple(

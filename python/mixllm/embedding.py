@@ -152,6 +152,69 @@ def _cache_key(index: int, text: object) -> bytes:
     return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
+def _check_settings(
+    model_dir: object,
+    encoder: str | None,
+    hf_repo: str | None,
+    quantized: bool,
+    intra_op_threads: int,
+    cache_size: int,
+    max_tokens: int,
+    truncation: str,
+    batch_size: int,
+) -> None:
+    """Refuses an Embedder's settings before any file is read or written."""
+    if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
+        raise ValueError("give at most one of model_dir, encoder and hf_repo")
+    if encoder is not None and quantized:
+        raise ValueError(
+            f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
+            "(set quantized to false)"
+        )
+    if intra_op_threads < 1:
+        raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+    if cache_size < 0:
+        raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    if not MIN_TOKENS <= max_tokens <= MAX_TOKENS:
+        raise ValueError(
+            f"max_tokens must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {max_tokens}"
+        )
+    if truncation not in ("head", "tail"):
+        raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    memory_arena()  # a bad MIXLLM_ORT_ARENA is refused before any file is built
+
+
+def _model_files(
+    model_dir: str | os.PathLike[str] | None,
+    encoder: str | None,
+    hf_repo: str | None,
+    hf_revision: str | None,
+    hf_model_file: str,
+    hf_tokenizer_file: str,
+    model_sha256: str | None,
+) -> model_files.ModelFiles:
+    """The model and tokenizer files of the source given (the shipped model by default)."""
+    if encoder is not None:
+        from mixllm.encoder_fetch import fetched_encoder
+
+        files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
+    elif model_dir is not None:
+        files = model_files.directory_model(model_dir, model_sha256)
+    elif hf_repo is not None:
+        files = model_files.hub_model(
+            hf_repo,
+            revision=hf_revision,
+            model_file=hf_model_file,
+            tokenizer_file=hf_tokenizer_file,
+            model_sha256=model_sha256,
+        )
+    else:
+        files = model_files.shipped_model()
+    return files
+
+
 class Embedder:
     """Turns query texts into L2-normalised sentence vectors (float32, one row per text).
 
@@ -197,41 +260,20 @@ class Embedder:
         truncation: Truncation = "head",
         batch_size: int = 32,
     ) -> None:
-        if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
-            raise ValueError("give at most one of model_dir, encoder and hf_repo")
-        if encoder is not None and quantized:
-            raise ValueError(
-                f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
-                "(set quantized to false)"
-            )
-        if intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        if not MIN_TOKENS <= max_tokens <= MAX_TOKENS:
-            raise ValueError(
-                f"max_tokens must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {max_tokens}"
-            )
-        if truncation not in ("head", "tail"):
-            raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if encoder is not None:
-            from mixllm.encoder_fetch import fetched_encoder
-
-            files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
-        elif model_dir is not None:
-            files = model_files.directory_model(model_dir, model_sha256)
-        elif hf_repo is not None:
-            files = model_files.hub_model(
-                hf_repo,
-                revision=hf_revision,
-                model_file=hf_model_file,
-                tokenizer_file=hf_tokenizer_file,
-                model_sha256=model_sha256,
-            )
-        else:
-            files = model_files.shipped_model()
+        _check_settings(
+            model_dir,
+            encoder,
+            hf_repo,
+            quantized,
+            intra_op_threads,
+            cache_size,
+            max_tokens,
+            truncation,
+            batch_size,
+        )
+        files = _model_files(
+            model_dir, encoder, hf_repo, hf_revision, hf_model_file, hf_tokenizer_file, model_sha256
+        )
         self.source = files
         self.quantized = quantized
         if quantized:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import InvalidInputError
+from mixllm._core import InvalidInputError, Policy
 from mixllm.calibration import Calibration, calibrate
 from mixllm.clustering import choose_domains
 from mixllm.config import RouterConfig
@@ -59,24 +59,7 @@ class Fitting(RouterBase):
         keep their prior arm; models in the data but not in the pool are not learned from, with
         an `UnusedDataWarning` naming them. ``progress`` hears of each stage (embedding the
         prompts, choosing the ridges, calibrating, fitting the heads)."""
-        if self._store is not None:
-            raise ConfigError(
-                "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
-                "the router before attaching the store"
-            )
-        if len(dataset) < MIN_FIT_QUERIES:
-            raise InvalidInputError(
-                f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
-            )
-        pool = {model.name for model in self._config.models}
-        not_in_pool = tuple(name for name in dataset.models if name not in pool)
-        if not_in_pool:
-            warnings.warn(
-                f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
-                f"which this fit ignores: {', '.join(not_in_pool)}",
-                UnusedDataWarning,
-                stacklevel=2,
-            )
+        not_in_pool = self._check_fit_data(dataset)
         if progress is None:
             embedded = self.embedder.embed(dataset.prompts)
         else:
@@ -103,25 +86,7 @@ class Fitting(RouterBase):
         if len(dataset) >= MIN_ROWS:
             calibration = calibrate(config, contexts, dataset)
         step("fitting every model's heads", 3, 4)
-        policy = config.new_policy()
-        rows_per_model: dict[str, int] = {}
-        without: list[str] = []
-        for model in config.models:
-            if model.name not in dataset.models:
-                without.append(model.name)
-                continue
-            column = dataset.models.index(model.name)
-            seen = ~np.isnan(dataset.quality[:, column])
-            if not seen.any():
-                without.append(model.name)
-                continue
-            # NaN output tokens (a length not recorded) leave just those rows out of the
-            # length head.
-            tokens = None
-            if dataset.output_tokens is not None:
-                tokens = dataset.output_tokens[seen, column]
-            policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
-            rows_per_model[model.name] = int(seen.sum())
+        policy, rows_per_model, without = _fitted_heads(config, dataset, contexts)
         with self._lock:
             now = self._now()
             # Requests still in flight keep counting in the new arms' queues.
@@ -149,6 +114,29 @@ class Fitting(RouterBase):
             tuning=tuning,
             calibration=calibration,
         )
+
+    def _check_fit_data(self, dataset: RoutingDataset) -> tuple[str, ...]:
+        """Refuses a fit this Router cannot make; warns of (and returns) the data's models
+        that are not in the pool."""
+        if self._store is not None:
+            raise ConfigError(
+                "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
+                "the router before attaching the store"
+            )
+        if len(dataset) < MIN_FIT_QUERIES:
+            raise InvalidInputError(
+                f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
+            )
+        pool = {model.name for model in self._config.models}
+        not_in_pool = tuple(name for name in dataset.models if name not in pool)
+        if not_in_pool:
+            warnings.warn(
+                f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
+                f"which this fit ignores: {', '.join(not_in_pool)}",
+                UnusedDataWarning,
+                stacklevel=3,
+            )
+        return not_in_pool
 
     def _tune(
         self, dataset: RoutingDataset, contexts: NDArray[np.float64]
@@ -223,6 +211,33 @@ class Fitting(RouterBase):
         # No labels: the taxonomy, unless clusters learned from the data spread it far better.
         choice = choose_domains(vectors, tags.top)
         return choice.ids, choice.source, len(np.unique(choice.ids))
+
+
+def _fitted_heads(
+    config: RouterConfig, dataset: RoutingDataset, contexts: NDArray[np.float64]
+) -> tuple[Policy, dict[str, int], list[str]]:
+    """A new policy with every pool model's heads fitted on its observed rows, the rows each
+    learned from, and the models the data holds nothing of."""
+    policy = config.new_policy()
+    rows_per_model: dict[str, int] = {}
+    without: list[str] = []
+    for model in config.models:
+        if model.name not in dataset.models:
+            without.append(model.name)
+            continue
+        column = dataset.models.index(model.name)
+        seen = ~np.isnan(dataset.quality[:, column])
+        if not seen.any():
+            without.append(model.name)
+            continue
+        # NaN output tokens (a length not recorded) leave just those rows out of the
+        # length head.
+        tokens = None
+        if dataset.output_tokens is not None:
+            tokens = dataset.output_tokens[seen, column]
+        policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
+        rows_per_model[model.name] = int(seen.sum())
+    return policy, rows_per_model, without
 
 
 def feedback_dataset(logged: Sequence[LoggedFeedback], models: Sequence[str]) -> RoutingDataset:
