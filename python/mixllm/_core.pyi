@@ -18,6 +18,8 @@ __all__ = [
     "StateFileError",
     "UnknownModelError",
     "__version__",
+    "model_defaults",
+    "policy_defaults",
 ]
 
 __version__: str
