@@ -48,12 +48,13 @@ test:  ## the test suite (less the slow tests) and the stub check, against the i
 test-slow:  ## the slow tests: mixllm eval end to end, training on real data, reloads in new processes
 	$(VPY) -m pytest -q -m slow tests
 
-lint:  ## cargo fmt, clippy, ruff and mypy
+lint:  ## cargo fmt, clippy, ruff, mypy, and no function over 80 lines
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VPY) -m ruff check python tests benches testkit studies
-	$(VPY) -m ruff format --check python tests benches testkit studies
+	$(VPY) -m ruff check python tests benches testkit studies scripts
+	$(VPY) -m ruff format --check python tests benches testkit studies scripts
 	$(VPY) -m mypy
+	$(VPY) scripts/long_functions.py python rust benches
 
 # With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is
 # installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline and on

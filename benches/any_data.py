@@ -139,6 +139,28 @@ def online(
     return results
 
 
+def calibration_checks(calibration, routed) -> dict[str, Any]:
+    """For some targets: the held-out quality and cost % the calibration table promises at the
+    λ it picks, and the test split's at that λ."""
+    checks = {}
+    targets = [("target_quality_pct", q) for q in (95.0, 97.0, 100.0)]
+    targets += [("max_cost_pct", c) for c in (10.0, 30.0)]
+    for kind, value in targets:
+        pick = calibration.for_quality if kind == "target_quality_pct" else calibration.for_cost
+        lam = pick(value)
+        point = next(p for p in calibration.points if p.willingness_to_pay == lam)
+        test_cost, test_quality = routed(lam)
+        checks[f"{kind} = {value:g}"] = {
+            "lambda": lam,
+            "held_out_quality_cost_pct": [
+                round(point.quality_pct, 2),
+                round(point.cost_pct, 2),
+            ],
+            "test_quality_cost_pct": [round(test_quality, 2), round(test_cost, 2)],
+        }
+    return checks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
@@ -200,25 +222,8 @@ def main() -> None:
     out.update(summary([routed(lam) for lam in LAMBDAS]))
     if args.online:
         out["online"] = online(ds, tr, vectors, embedder, args.online, routed_by=frontier_of)
-    calibration = router.calibration
-    if calibration is not None:
-        checks = {}
-        targets = [("target_quality_pct", q) for q in (95.0, 97.0, 100.0)]
-        targets += [("max_cost_pct", c) for c in (10.0, 30.0)]
-        for kind, value in targets:
-            pick = calibration.for_quality if kind == "target_quality_pct" else calibration.for_cost
-            lam = pick(value)
-            point = next(p for p in calibration.points if p.willingness_to_pay == lam)
-            test_cost, test_quality = routed(lam)
-            checks[f"{kind} = {value:g}"] = {
-                "lambda": lam,
-                "held_out_quality_cost_pct": [
-                    round(point.quality_pct, 2),
-                    round(point.cost_pct, 2),
-                ],
-                "test_quality_cost_pct": [round(test_quality, 2), round(test_cost, 2)],
-            }
-        out["calibration"] = checks
+    if router.calibration is not None:
+        out["calibration"] = calibration_checks(router.calibration, routed)
     text = json.dumps(out, indent=1, allow_nan=True)
     print(text)
     if args.json:

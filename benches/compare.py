@@ -54,7 +54,35 @@ def main() -> int:
     policies = {dim: workload.trained_policy(dim) for dim in (64, 384)}
     queries = {dim: workload.query_list(dim, 1000) for dim in (64, 384)}
     references = {dim: NumpyPolicy(p) for dim, p in policies.items()}
+    if not reference_agrees(policies, references):
+        print("the numpy reference does not decide like Policy.decide; ratios are void")
+        return 1
+    timer_ns = workload.timer_overhead_ns()
+    rows = [
+        *decide_rows(policies, queries),
+        *update_rows(queries),
+        *batch_rows(policies),
+        *peer_rows(policies, queries, references),
+        *thread_rows(queries),
+        *breakdown(policies[64], queries[64]),
+    ]
 
+    print()
+    print(f"K = {workload.MODELS} models; machine: {workload.machine()}")
+    print(f"each per-call sample includes a perf_counter_ns pair ({timer_ns:.0f} ns)")
+    print("numpy (and MABWiser through it) runs BLAS on one thread, as Policy.decide uses one core")
+    print()
+    print("| measure | value | target | met |")
+    print("|---|---|---|---|")
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "no")
+        print(f"| {r.measure} | {r.value} | {r.target} | {met} |")
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def reference_agrees(policies, references) -> bool:
+    """Whether the numpy reference picks Policy.decide's model on random queries."""
     for dim in (64, 384):
         differ, ties = disagreements_on_random_queries(
             policies[dim], references[dim], CHECK_QUERIES, seed=dim
@@ -64,17 +92,18 @@ def main() -> int:
             f"{CHECK_QUERIES} same model ({ties} of the differences are near-ties)"
         )
         if differ:
-            print("the numpy reference does not decide like Policy.decide; ratios are void")
-            return 1
+            return False
+    return True
 
+
+def decide_rows(policies, queries) -> list[Row]:
+    """Policy.decide's latency percentiles against their targets."""
     rows: list[Row] = []
-    timer_ns = workload.timer_overhead_ns()
-    decide: dict[int, workload.Percentiles] = {}
     for dim, target in ((64, (5.0, 10.0)), (384, (150.0, None))):
         samples = workload.sample_ns(
             workload.decide_once(policies[dim]), queries[dim], DECIDE_CALLS[dim]
         )
-        decide[dim] = pc = workload.Percentiles.of(samples)
+        pc = workload.Percentiles.of(samples)
         rows.append(
             Row(
                 f"decide p50, d={dim}",
@@ -94,7 +123,12 @@ def main() -> int:
             )
         else:
             rows.append(Row(f"decide p99, d={dim}", fmt_us(pc.p99_us)))
+    return rows
 
+
+def update_rows(queries) -> list[Row]:
+    """Policy.update's latency, with the length head sharing the ridge and with its own."""
+    rows: list[Row] = []
     update = workload.Percentiles.of(
         workload.sample_ns(workload.update_once(workload.trained_policy(64)), queries[64], 20_000)
     )
@@ -109,7 +143,12 @@ def main() -> int:
         )
     )
     rows.append(Row("update p50, d=64, own length_ridge", fmt_us(own_length.p50_us)))
+    return rows
 
+
+def batch_rows(policies) -> list[Row]:
+    """decide_batch's throughput on all CPUs and on one thread."""
+    rows: list[Row] = []
     batch = workload.unit_rows(np.random.default_rng(3), BATCH_ROWS, 64)
     for threads, label in ((None, "threads: all CPUs, the default"), (1, "1 thread")):
         rate = workload.batch_rate(policies[64], batch, threads=threads)
@@ -121,7 +160,12 @@ def main() -> int:
                 rate >= 500_000 if threads is None else None,
             )
         )
+    return rows
 
+
+def peer_rows(policies, queries, references) -> list[Row]:
+    """Policy.decide against the numpy reference and MABWiser's LinUCB, as speed-ups."""
+    rows: list[Row] = []
     for dim in (64, 384):
         ref = references[dim]
 
@@ -152,7 +196,12 @@ def main() -> int:
                 peer / ours >= 100,
             )
         )
+    return rows
 
+
+def thread_rows(queries) -> list[Row]:
+    """Decisions/s on two threads against one, and beside a stream of updates."""
+    rows: list[Row] = []
     for dim in (64, 384):
         scaling = workload.thread_scaling(workload.trained_policy(dim), queries[dim])
         one, two = scaling.first, scaling.second
@@ -197,20 +246,7 @@ def main() -> int:
             )
         )
 
-    rows.extend(breakdown(policies[64], queries[64]))
-
-    print()
-    print(f"K = {workload.MODELS} models; machine: {workload.machine()}")
-    print(f"each per-call sample includes a perf_counter_ns pair ({timer_ns:.0f} ns)")
-    print("numpy (and MABWiser through it) runs BLAS on one thread, as Policy.decide uses one core")
-    print()
-    print("| measure | value | target | met |")
-    print("|---|---|---|---|")
-    for r in rows:
-        met = "" if r.met is None else ("yes" if r.met else "no")
-        print(f"| {r.measure} | {r.value} | {r.target} | {met} |")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
-    return 0
+    return rows
 
 
 def breakdown(policy, queries) -> list[Row]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,11 @@ import pytest
 
 from mixllm.data import RoutingDataset, load_routerbench_csv
 from redis_server import RedisServer
+
+# Many ONNX Runtime sessions live in one test process (every encoder, thread count and variant
+# the tests build), and each session's memory arena would keep its largest batch's buffers for
+# good: the tests run without it, as do the CLI processes they start (they inherit this).
+os.environ.setdefault("MIXLLM_ORT_ARENA", "0")
 
 PROFILE: dict[str, Any] = {
     "price_in": 1.0,

@@ -376,7 +376,7 @@ GOOD = {"id": "a", "query": "hi", "outcomes": {"m": {"quality": 1}}}
         ),
         (
             {"id": "b", "query": "q", "outcomes": {"m": {"cost_usd": -1}}},
-            r"line 2: field 'outcomes.m.cost_usd' must be a finite number >= 0",
+            r"line 2: field 'outcomes.m.cost_usd' must be >= 0",
         ),
         (
             {"id": "b", "query": "q", "outcomes": {"m": {"quality": 1, "tokens": 3}}},

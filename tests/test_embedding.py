@@ -192,6 +192,22 @@ def test_sessions_are_shared_per_model_file(embedder: Embedder) -> None:
     assert Embedder(cache_size=0, intra_op_threads=2)._session is not embedder._session
 
 
+def test_the_memory_arena_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXLLM_ORT_ARENA", "1")
+    with_arena = Embedder(cache_size=0)
+    monkeypatch.setenv("MIXLLM_ORT_ARENA", "0")
+    without = Embedder(cache_size=0)
+    assert with_arena._session.get_session_options().enable_cpu_mem_arena
+    assert not without._session.get_session_options().enable_cpu_mem_arena
+    np.testing.assert_allclose(with_arena.embed(TEXTS), without.embed(TEXTS), atol=1e-6)
+
+
+def test_a_bad_arena_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXLLM_ORT_ARENA", "off")
+    with pytest.raises(EmbeddingError, match="MIXLLM_ORT_ARENA must be 0 or 1, got 'off'"):
+        Embedder(cache_size=0)
+
+
 def test_bad_inputs(embedder: Embedder) -> None:
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         embedder.embed(["fine", 3])  # type: ignore[list-item]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import mixllm
 from light_router import INPUT_DIM, HashEmbedder, ManualClock, light_router
-from mixllm import data
+from mixllm import data, routing
 from mixllm import router as router_module
 from mixllm._lru import LruCache
 from mixllm.router import EXPIRE_PER_CALL, Router
@@ -161,7 +161,7 @@ class _ProjectingEmbedder:
 def test_the_context_cache_keeps_digests_within_its_byte_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    budget = 20 * (16 + (router_module.CACHE_ENTRY_OVERHEAD + 8 * 7))
+    budget = 20 * (16 + (routing.CACHE_ENTRY_OVERHEAD + 8 * 7))
     monkeypatch.setattr(router_module, "CONTEXT_CACHE_BYTES", budget)
     router = light_router()
     for i in range(100):
@@ -276,7 +276,7 @@ def test_a_context_computed_across_a_fit_is_not_cached() -> None:
     old_projection = router.projection
     router.route("the query")
     assert router.projection is not old_projection
-    key = router_module._text_key("the query")
+    key = routing.text_key("the query")
     assert router._contexts.get(key) is None
     # The next route computes the context with the projection now in place.
     router.route("the query")

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 
 import mixllm
 from light_router import light_router, model
-from mixllm.router import MAX_MANIFEST_BYTES, Router
+from mixllm.persistence import MAX_MANIFEST_BYTES
+from mixllm.router import Router
 
 STATE_FILES = ("config.json", "projection.npz", "policy.bin")
 

@@ -18,9 +18,20 @@ __all__ = [
     "StateFileError",
     "UnknownModelError",
     "__version__",
+    "model_defaults",
+    "policy_defaults",
 ]
 
 __version__: str
+
+def policy_defaults() -> dict[str, float | int]:
+    """The policy knobs a `Policy` takes when the constructor is not given them (``alpha``,
+    ``beta``, ``ridge``, ``length_ridge``, ``tau_s``, ``tau_margin_sd``, ``refactor_every``,
+    ``service_time_smoothing``)."""
+
+def model_defaults() -> dict[str, float]:
+    """The model fields `Policy.add_model` fills in when it is not given them (``fee``,
+    ``prior_quality``, ``prior_output_tokens``)."""
 
 class MixllmError(Exception):
     """Base class of every error mixllm raises."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from mixllm._core import InvalidInputError
 from mixllm.config import RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.tuning import FOLDS, fold_ids
+from mixllm.validation import positive
 
 __all__ = ["LAMBDAS", "Calibration", "CalibrationPoint", "calibrate"]
 
@@ -63,7 +64,7 @@ class Calibration:
     def for_quality(self, quality_pct: float) -> float:
         """The λ of the cheapest point reaching ``quality_pct`` % of the reference's quality,
         or of the best quality reached when none does."""
-        _check_target("quality_pct", quality_pct)
+        positive("quality_pct", quality_pct)
         reached = [p for p in self.points if p.quality_pct >= quality_pct]
         if not reached:
             return max(self.points, key=lambda p: (p.quality_pct, -p.cost_pct)).willingness_to_pay
@@ -72,13 +73,13 @@ class Calibration:
     def for_cost(self, cost_pct: float) -> float:
         """The λ of the best quality at no more than ``cost_pct`` % of the reference's cost,
         or of the cheapest point when every point costs more."""
-        _check_target("cost_pct", cost_pct)
+        positive("cost_pct", cost_pct)
         return self._within(lambda p: p.cost_pct, cost_pct)
 
     def for_budget(self, usd_per_1000: float) -> float:
         """The λ of the best quality at no more than ``usd_per_1000`` dollars per 1,000
         queries, or of the cheapest point when every point costs more."""
-        _check_target("budget_per_1000_usd", usd_per_1000)
+        positive("budget_per_1000_usd", usd_per_1000)
         return self._within(lambda p: p.cost_per_1000_usd, usd_per_1000)
 
     def _within(self, cost: Any, limit: float) -> float:
@@ -131,13 +132,6 @@ def _lambda(value: Any) -> float:
     return math.inf if value is None else float(value)
 
 
-def _check_target(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name} must be a finite number > 0, got {value}")
-
-
 Totals = tuple[float, float]
 
 
@@ -151,6 +145,27 @@ def _filled(values: F64, rows: NDArray[np.bool_]) -> F64:
     means = np.nanmean(np.where(rows[:, None], values, np.nan), axis=0)
     means = np.nan_to_num(means, nan=0.0)
     return np.where(np.isnan(values), means[None, :], values)
+
+
+def _refined(totals: dict[float, Totals], routed: Callable[[float], Totals]) -> dict[float, Totals]:
+    """``totals`` with more λ: where neighbouring λ route very differently, λ is bisected
+    (geometrically), so that a target falls between close points."""
+    top = (
+        max(q for q, _ in totals.values()) or 1.0,
+        max(c for _, c in totals.values()) or 1.0,
+    )
+    for _ in range(REFINE_ROUNDS):
+        finite = sorted(lam for lam in totals if math.isfinite(lam))
+        wide = [
+            math.sqrt(a * b)
+            for a, b in itertools.pairwise(finite)
+            if _apart(totals[a], totals[b], top)
+        ]
+        if not wide:
+            break
+        for lam in wide[:REFINE_POINTS]:
+            totals[lam] = routed(lam)
+    return totals
 
 
 def calibrate(
@@ -204,24 +219,7 @@ def calibrate(
             total_cost += float(cost[picked, chosen].sum())
         return total_quality, total_cost
 
-    totals = {float(lam): routed(float(lam)) for lam in lambdas}
-    # Where neighbouring λ route very differently, λ is bisected (geometrically), so that a
-    # target falls between close points.
-    top = (
-        max(q for q, _ in totals.values()) or 1.0,
-        max(c for _, c in totals.values()) or 1.0,
-    )
-    for _ in range(REFINE_ROUNDS):
-        finite = sorted(lam for lam in totals if math.isfinite(lam))
-        wide = [
-            math.sqrt(a * b)
-            for a, b in itertools.pairwise(finite)
-            if _apart(totals[a], totals[b], top)
-        ]
-        if not wide:
-            break
-        for lam in wide[:REFINE_POINTS]:
-            totals[lam] = routed(lam)
+    totals = _refined({float(lam): routed(float(lam)) for lam in lambdas}, routed)
     best = min(range(len(pool)), key=lambda j: (-quality[:, j].mean(), cost[:, j].mean()))
     ref_quality, ref_cost = float(quality[:, best].sum()), float(cost[:, best].sum())
     points = tuple(

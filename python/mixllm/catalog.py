@@ -31,6 +31,7 @@ import numpy as np
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
 from mixllm.config import DEFAULT_CONCURRENCY, ModelConfig
 from mixllm.cost import TOKENS_PER_PRICE_UNIT, call_cost_usd
+from mixllm.validation import model_profile
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
@@ -66,14 +67,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not self.name:
             raise InvalidInputError("a model needs a name")
-        for field_name in ("price_in", "price_out", "fee", "ttft_s"):
-            value = getattr(self, field_name)
-            if not np.isfinite(value) or value < 0:
-                raise InvalidInputError(f"{self.name}: {field_name} must be >= 0, got {value}")
-        if not np.isfinite(self.tokens_per_s) or self.tokens_per_s <= 0:
-            raise InvalidInputError(f"{self.name}: tokens_per_s must be > 0")
-        if self.concurrency < 1:
-            raise InvalidInputError(f"{self.name}: concurrency must be >= 1")
+        model_profile(f"{self.name}: ", self.profile(), InvalidInputError)
 
     def profile(self) -> dict[str, Any]:
         """The keyword arguments of :meth:`mixllm.Policy.add_model` for this model."""

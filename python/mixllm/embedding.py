@@ -19,7 +19,11 @@ How a batch runs:
   only to its own longest member, so a long prompt does not make a hundred short ones pay for
   its padding. Results come back in input order.
 * One ONNX Runtime session per (model file, thread count) is shared by every Embedder in the
-  process; ``InferenceSession.run`` is thread-safe. ``intra_op_threads`` defaults to 1: a router
+  process; ``InferenceSession.run`` is thread-safe. Each session keeps ONNX Runtime's CPU
+  memory arena, which holds on to the largest batch's buffers for the next one: large batches
+  run faster with it. ``MIXLLM_ORT_ARENA=0`` in the environment turns it off for sessions
+  created afterwards, for a process that holds many sessions and must stay small (the test
+  suite does). ``intra_op_threads`` defaults to 1: a router
   embeds one short query at a time, where more threads cost more in handoff than they save.
 * An LRU cache maps a digest of the exact text (never the text itself) to its vector: at most
   ``cache_size`` entries (0 disables it) and at most ``CACHE_BYTES`` bytes, each entry
@@ -66,20 +70,34 @@ CACHE_BYTES = 32 << 20
 _CACHE_ENTRY_OVERHEAD = 256
 
 
+# The environment variable that turns ONNX Runtime's CPU memory arena off ("0") or on ("1").
+ARENA_VARIABLE = "MIXLLM_ORT_ARENA"
+
 _session_lock = threading.Lock()
-_sessions: dict[tuple[str, str, int], onnxruntime.InferenceSession] = {}
+_sessions: dict[tuple[str, str, int, bool], onnxruntime.InferenceSession] = {}
+
+
+def memory_arena() -> bool:
+    """Whether new sessions keep ONNX Runtime's CPU memory arena (`ARENA_VARIABLE`; default on)."""
+    value = os.environ.get(ARENA_VARIABLE, "1")
+    if value not in ("0", "1"):
+        raise EmbeddingError(f"{ARENA_VARIABLE} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def _shared_session(path: Path, sha256: str, threads: int) -> onnxruntime.InferenceSession:
-    """The process-wide ONNX Runtime session for a model file and intra-op thread count."""
+    """The process-wide ONNX Runtime session for a model file, intra-op thread count and
+    arena setting."""
     import onnxruntime
 
-    key = (str(path.resolve()), sha256, threads)
+    arena = memory_arena()
+    key = (str(path.resolve()), sha256, threads, arena)
     with _session_lock:
         session = _sessions.get(key)
         if session is None:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
+            options.enable_cpu_mem_arena = arena
             options.inter_op_num_threads = 1
             options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -134,6 +152,69 @@ def _cache_key(index: int, text: object) -> bytes:
     return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
+def _check_settings(
+    model_dir: object,
+    encoder: str | None,
+    hf_repo: str | None,
+    quantized: bool,
+    intra_op_threads: int,
+    cache_size: int,
+    max_tokens: int,
+    truncation: str,
+    batch_size: int,
+) -> None:
+    """Refuses an Embedder's settings before any file is read or written."""
+    if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
+        raise ValueError("give at most one of model_dir, encoder and hf_repo")
+    if encoder is not None and quantized:
+        raise ValueError(
+            f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
+            "(set quantized to false)"
+        )
+    if intra_op_threads < 1:
+        raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+    if cache_size < 0:
+        raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+    if not MIN_TOKENS <= max_tokens <= MAX_TOKENS:
+        raise ValueError(
+            f"max_tokens must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {max_tokens}"
+        )
+    if truncation not in ("head", "tail"):
+        raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    memory_arena()  # a bad MIXLLM_ORT_ARENA is refused before any file is built
+
+
+def _model_files(
+    model_dir: str | os.PathLike[str] | None,
+    encoder: str | None,
+    hf_repo: str | None,
+    hf_revision: str | None,
+    hf_model_file: str,
+    hf_tokenizer_file: str,
+    model_sha256: str | None,
+) -> model_files.ModelFiles:
+    """The model and tokenizer files of the source given (the shipped model by default)."""
+    if encoder is not None:
+        from mixllm.encoder_fetch import fetched_encoder
+
+        files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
+    elif model_dir is not None:
+        files = model_files.directory_model(model_dir, model_sha256)
+    elif hf_repo is not None:
+        files = model_files.hub_model(
+            hf_repo,
+            revision=hf_revision,
+            model_file=hf_model_file,
+            tokenizer_file=hf_tokenizer_file,
+            model_sha256=model_sha256,
+        )
+    else:
+        files = model_files.shipped_model()
+    return files
+
+
 class Embedder:
     """Turns query texts into L2-normalised sentence vectors (float32, one row per text).
 
@@ -179,41 +260,20 @@ class Embedder:
         truncation: Truncation = "head",
         batch_size: int = 32,
     ) -> None:
-        if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
-            raise ValueError("give at most one of model_dir, encoder and hf_repo")
-        if encoder is not None and quantized:
-            raise ValueError(
-                f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
-                "(set quantized to false)"
-            )
-        if intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        if not MIN_TOKENS <= max_tokens <= MAX_TOKENS:
-            raise ValueError(
-                f"max_tokens must be in {MIN_TOKENS}..{MAX_TOKENS} (BERT's limit), got {max_tokens}"
-            )
-        if truncation not in ("head", "tail"):
-            raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if encoder is not None:
-            from mixllm.encoder_fetch import fetched_encoder
-
-            files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
-        elif model_dir is not None:
-            files = model_files.directory_model(model_dir, model_sha256)
-        elif hf_repo is not None:
-            files = model_files.hub_model(
-                hf_repo,
-                revision=hf_revision,
-                model_file=hf_model_file,
-                tokenizer_file=hf_tokenizer_file,
-                model_sha256=model_sha256,
-            )
-        else:
-            files = model_files.shipped_model()
+        _check_settings(
+            model_dir,
+            encoder,
+            hf_repo,
+            quantized,
+            intra_op_threads,
+            cache_size,
+            max_tokens,
+            truncation,
+            batch_size,
+        )
+        files = _model_files(
+            model_dir, encoder, hf_repo, hf_revision, hf_model_file, hf_tokenizer_file, model_sha256
+        )
         self.source = files
         self.quantized = quantized
         if quantized:

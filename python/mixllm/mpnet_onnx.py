@@ -204,116 +204,159 @@ def build_mpnet_onnx(weights: dict[str, NDArray[Any]], config: MpnetConfig) -> A
         ModelFileError: a weight the architecture needs is missing or has the wrong shape (the
             message names it), or the model would not fit in one ONNX file.
     """
-    from onnx import TensorProto, helper
+    builder = _MpnetBuilder(weights, config)
+    x = builder.embeddings()
+    attention_bias = builder.attention_bias()
+    builder.add_layer_constants()
+    for i in range(config.layers):
+        x = builder.layer(f"encoder.layer.{i}.", x, attention_bias)
+    return builder.model(x)
 
-    h, heads = config.hidden, config.heads
-    head_dim = h // heads
 
-    def weight(name: str, shape: tuple[int, ...]) -> NDArray[np.float32]:
-        if name not in weights:
+class _MpnetBuilder:
+    """MPNet's graph, built node by node from checked weights."""
+
+    def __init__(self, weights: dict[str, NDArray[Any]], config: MpnetConfig) -> None:
+        self.weights = weights
+        self.config = config
+        self.h = config.hidden
+        self.head_dim = config.hidden // config.heads
+        self.g = _Graph()
+        self._constants: dict[str, str] = {}
+
+    def weight(self, name: str, shape: tuple[int, ...]) -> NDArray[np.float32]:
+        if name not in self.weights:
             raise ModelFileError(f"the weights have no tensor {name}")
-        value = np.asarray(weights[name])
+        value = np.asarray(self.weights[name])
         if value.shape != shape:
             raise ModelFileError(f"tensor {name} has shape {value.shape}, expected {shape}")
         return value.astype(np.float32)
 
-    g = _Graph()
-    f32 = np.float32
-
-    def linear(x: str, prefix: str, n_in: int, n_out: int) -> str:
-        w = g.const(prefix + ".w", weight(prefix + ".weight", (n_out, n_in)).T)
-        b = g.const(prefix + ".b", weight(prefix + ".bias", (n_out,)))
+    def linear(self, x: str, prefix: str, n_in: int, n_out: int) -> str:
+        g = self.g
+        w = g.const(prefix + ".w", self.weight(prefix + ".weight", (n_out, n_in)).T)
+        b = g.const(prefix + ".b", self.weight(prefix + ".bias", (n_out,)))
         return g.op("Add", [g.op("MatMul", [x, w]), b])
 
-    def layer_norm(x: str, prefix: str) -> str:
-        scale = g.const(prefix + ".gamma", weight(prefix + ".weight", (h,)))
-        shift = g.const(prefix + ".beta", weight(prefix + ".bias", (h,)))
-        return g.op("LayerNormalization", [x, scale, shift], axis=-1, epsilon=config.eps)
+    def layer_norm(self, x: str, prefix: str) -> str:
+        g, h = self.g, self.h
+        scale = g.const(prefix + ".gamma", self.weight(prefix + ".weight", (h,)))
+        shift = g.const(prefix + ".beta", self.weight(prefix + ".bias", (h,)))
+        return g.op("LayerNormalization", [x, scale, shift], axis=-1, epsilon=self.config.eps)
 
-    # Embeddings: positions padding_idx + 1, + 2, ... over the real tokens.
-    mask = "attention_mask"
-    counted = g.op("Mul", [g.op("CumSum", [mask, g.const("axis1", np.array(1))]), mask])
-    positions = g.op("Add", [counted, g.const("padding_idx", np.array(config.padding_idx))])
-    word = g.op(
-        "Gather",
-        [g.const("word", weight("embeddings.word_embeddings.weight", (config.vocab, h))),
-         "input_ids"],
-    )  # fmt: skip
-    position = g.op(
-        "Gather",
-        [g.const("pos", weight("embeddings.position_embeddings.weight", (config.max_positions, h))),
-         positions],
-    )  # fmt: skip
-    x = layer_norm(g.op("Add", [word, position]), "embeddings.LayerNorm")
+    def embeddings(self) -> str:
+        """Word plus position embeddings: positions padding_idx + 1, + 2, ... over the real
+        tokens."""
+        g, h, config = self.g, self.h, self.config
+        mask = "attention_mask"
+        counted = g.op("Mul", [g.op("CumSum", [mask, g.const("axis1", np.array(1))]), mask])
+        positions = g.op("Add", [counted, g.const("padding_idx", np.array(config.padding_idx))])
+        word = g.op(
+            "Gather",
+            [g.const("word", self.weight("embeddings.word_embeddings.weight", (config.vocab, h))),
+             "input_ids"],
+        )  # fmt: skip
+        position = g.op(
+            "Gather",
+            [g.const("pos", self.weight("embeddings.position_embeddings.weight",
+                                        (config.max_positions, h))),
+             positions],
+        )  # fmt: skip
+        return self.layer_norm(g.op("Add", [word, position]), "embeddings.LayerNorm")
 
-    # Relative position bias (1, heads, s, s) plus the padding mask (batch, 1, 1, s).
-    shape = g.op("Shape", ["input_ids"])
-    length = g.op("Slice", [shape, g.const("one", np.array([1])), g.const("two", np.array([2]))])
-    ends = g.op("Concat", [length, length], axis=0)
-    table = relative_position_buckets(config.max_tokens, config.buckets)
-    window = g.op("Slice", [g.const("buckets", table), g.const("zeros", np.array([0, 0])), ends])
-    bias_table = weight("encoder.relative_attention_bias.weight", (config.buckets, heads))
-    per_pair = g.op("Gather", [g.const("relbias", bias_table), window])  # (s, s, heads)
-    position_bias = g.op(
-        "Unsqueeze", [g.op("Transpose", [per_pair], perm=[2, 0, 1]), g.const("ax0", np.array([0]))]
-    )
-    padding = g.op(
-        "Mul",
-        [g.op("Sub", [g.const("one_f", np.array(1.0, dtype=f32)),
-                      g.op("Cast", [mask], to=TensorProto.FLOAT)]),
-         g.const("min_f", np.array(np.finfo(f32).min, dtype=f32))],
-    )  # fmt: skip
-    padding = g.op("Unsqueeze", [padding, g.const("ax12", np.array([1, 2]))])
-    attention_bias = g.op("Add", [position_bias, padding])
+    def attention_bias(self) -> str:
+        """Relative position bias (1, heads, s, s) plus the padding mask (batch, 1, 1, s)."""
+        from onnx import TensorProto
 
-    split_heads = g.const("split", np.array([0, 0, heads, head_dim]))
-    merge_heads = g.const("merge", np.array([0, 0, h]))
-    scale = g.const("scale", np.array(1.0 / math.sqrt(head_dim), dtype=f32))
-    sqrt_half = g.const("sqrt_half", np.array(1.0 / math.sqrt(2.0), dtype=f32))
-    half = g.const("half", np.array(0.5, dtype=f32))
-    one = g.const("one_g", np.array(1.0, dtype=f32))
-    for i in range(config.layers):
-        p = f"encoder.layer.{i}."
+        g, config, f32 = self.g, self.config, np.float32
+        shape = g.op("Shape", ["input_ids"])
+        length = g.op(
+            "Slice", [shape, g.const("one", np.array([1])), g.const("two", np.array([2]))]
+        )
+        ends = g.op("Concat", [length, length], axis=0)
+        table = relative_position_buckets(config.max_tokens, config.buckets)
+        window = g.op(
+            "Slice", [g.const("buckets", table), g.const("zeros", np.array([0, 0])), ends]
+        )
+        bias_table = self.weight(
+            "encoder.relative_attention_bias.weight", (config.buckets, config.heads)
+        )
+        per_pair = g.op("Gather", [g.const("relbias", bias_table), window])  # (s, s, heads)
+        position_bias = g.op(
+            "Unsqueeze",
+            [g.op("Transpose", [per_pair], perm=[2, 0, 1]), g.const("ax0", np.array([0]))],
+        )
+        padding = g.op(
+            "Mul",
+            [g.op("Sub", [g.const("one_f", np.array(1.0, dtype=f32)),
+                          g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)]),
+             g.const("min_f", np.array(np.finfo(f32).min, dtype=f32))],
+        )  # fmt: skip
+        padding = g.op("Unsqueeze", [padding, g.const("ax12", np.array([1, 2]))])
+        return g.op("Add", [position_bias, padding])
+
+    def add_layer_constants(self) -> None:
+        """The constants every layer shares, added to the graph once."""
+        f32 = np.float32
+        for name, value in (
+            ("split", np.array([0, 0, self.config.heads, self.head_dim])),
+            ("merge", np.array([0, 0, self.h])),
+            ("scale", np.array(1.0 / math.sqrt(self.head_dim), dtype=f32)),
+            ("sqrt_half", np.array(1.0 / math.sqrt(2.0), dtype=f32)),
+            ("half", np.array(0.5, dtype=f32)),
+            ("one_g", np.array(1.0, dtype=f32)),
+        ):
+            self._constants[name] = self.g.const(name, value)
+
+    def layer(self, p: str, x: str, attention_bias: str) -> str:
+        """One transformer layer (attention, then the GELU feed-forward) on ``x``."""
+        g, h, config, c = self.g, self.h, self.config, self._constants
+        split_heads, merge_heads, scale = c["split"], c["merge"], c["scale"]
+        sqrt_half, half, one = c["sqrt_half"], c["half"], c["one_g"]
 
         def per_head(t: str, perm: list[int]) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, split_heads])], perm=perm)
 
-        q = per_head(linear(x, p + "attention.attn.q", h, h), [0, 2, 1, 3])
-        k = per_head(linear(x, p + "attention.attn.k", h, h), [0, 2, 3, 1])
-        v = per_head(linear(x, p + "attention.attn.v", h, h), [0, 2, 1, 3])
+        q = per_head(self.linear(x, p + "attention.attn.q", h, h), [0, 2, 1, 3])
+        k = per_head(self.linear(x, p + "attention.attn.k", h, h), [0, 2, 3, 1])
+        v = per_head(self.linear(x, p + "attention.attn.v", h, h), [0, 2, 1, 3])
         scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k]), scale]), attention_bias])
         context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
         context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_heads])
-        attended = linear(context, p + "attention.attn.o", h, h)
-        x = layer_norm(g.op("Add", [attended, x]), p + "attention.LayerNorm")
-        inner = linear(x, p + "intermediate.dense", h, config.intermediate)
+        attended = self.linear(context, p + "attention.attn.o", h, h)
+        x = self.layer_norm(g.op("Add", [attended, x]), p + "attention.LayerNorm")
+        inner = self.linear(x, p + "intermediate.dense", h, config.intermediate)
         erf = g.op("Erf", [g.op("Mul", [inner, sqrt_half])])
         gelu = g.op("Mul", [g.op("Mul", [inner, half]), g.op("Add", [erf, one])])
-        out = linear(gelu, p + "output.dense", config.intermediate, h)
-        x = layer_norm(g.op("Add", [out, x]), p + "output.LayerNorm")
-    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="output"))
+        out = self.linear(gelu, p + "output.dense", config.intermediate, h)
+        return self.layer_norm(g.op("Add", [out, x]), p + "output.LayerNorm")
 
-    graph = helper.make_graph(
-        g.nodes,
-        "mpnet",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-            helper.make_tensor_value_info(
-                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
-            ),
-        ],
-        [
-            helper.make_tensor_value_info(
-                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", h]
-            )
-        ],
-        g.initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mixllm"
-    )
-    model.ir_version = 8  # readable by every ONNX Runtime mixllm supports
-    helper.set_model_props(model, {MAX_TOKENS_KEY: str(config.max_tokens)})
-    if model.ByteSize() > _PROTOBUF_LIMIT:
-        raise ModelFileError("the model does not fit in one ONNX file (2 GiB)")
-    return model
+    def model(self, x: str) -> Any:
+        """The model whose output ``last_hidden_state`` is ``x``."""
+        from onnx import TensorProto, helper
+
+        g, h = self.g, self.h
+        g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="output"))
+        batch_sequence = ["batch", "sequence"]
+        graph = helper.make_graph(
+            g.nodes,
+            "mpnet",
+            [
+                helper.make_tensor_value_info("input_ids", TensorProto.INT64, batch_sequence),
+                helper.make_tensor_value_info("attention_mask", TensorProto.INT64, batch_sequence),
+            ],
+            [
+                helper.make_tensor_value_info(
+                    "last_hidden_state", TensorProto.FLOAT, [*batch_sequence, h]
+                )
+            ],
+            g.initializers,
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mixllm"
+        )
+        model.ir_version = 8  # readable by every ONNX Runtime mixllm supports
+        helper.set_model_props(model, {MAX_TOKENS_KEY: str(self.config.max_tokens)})
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            raise ModelFileError("the model does not fit in one ONNX file (2 GiB)")
+        return model

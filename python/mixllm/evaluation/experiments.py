@@ -44,9 +44,10 @@ from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
+from mixllm.fitting import MIN_FIT_QUERIES
 from mixllm.progress import Progress, ProgressLine
 from mixllm.projection import LinearProjection, PcaProjection
-from mixllm.router import MIN_FIT_QUERIES, Router
+from mixllm.router import Router
 
 __all__ = ["EXPERIMENTS", "EvalSettings", "best_single_model", "run_evaluation"]
 
@@ -892,11 +893,8 @@ def in_arrival_order(
     return dataset.select(order), vectors[order]
 
 
-def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str, Any]:
-    """Runs the experiments; returns everything `report.write_report` needs."""
-    from mixllm.data import TEST_SPLIT_SEED, split_train_test, validation_split
-
-    started = time.perf_counter()
+def _check_settings(dataset: RoutingDataset, settings: EvalSettings) -> None:
+    """Refuses settings that cannot run on ``dataset``, before anything is embedded."""
     unknown = [e for e in settings.experiments if e not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
@@ -916,6 +914,41 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
                 f"the configuration lists model(s) the data has no outcomes for: "
                 f"{', '.join(missing)}; the data has {', '.join(dataset.models)}"
             )
+
+
+def _run_description(
+    dataset: RoutingDataset, settings: EvalSettings, data: _Data
+) -> dict[str, Any]:
+    """The run's settings as used, its data and its reference model (the results' head)."""
+    return {
+        "settings": {
+            # The encoder settings as used (`embedder`), not the run's defaults they override.
+            **{
+                k: v
+                for k, v in asdict(settings).items()
+                if k not in ("lambdas", "router", "quantized", "max_tokens", "truncation")
+            },
+            "lambdas": [v if math.isfinite(v) else "inf" for v in settings.lambdas],
+            "router": settings.router.to_dict() if settings.router is not None else None,
+            "embedder": asdict(settings.embedder()),
+        },
+        "data": {
+            "queries": len(dataset),
+            "train": int(data.train.sum()),
+            "test": int(data.test.sum()),
+            "models": dataset.models,
+            "labels": sorted(set(dataset.labels)) if dataset.labels else [],
+        },
+        "reference_model": data.reference,
+    }
+
+
+def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str, Any]:
+    """Runs the experiments; returns everything `report.write_report` needs."""
+    from mixllm.data import TEST_SPLIT_SEED, split_train_test, validation_split
+
+    started = time.perf_counter()
+    _check_settings(dataset, settings)
     if settings.validation:
         dataset = validation_split(dataset, seed=settings.seed)
     elif dataset.split is None:
@@ -946,27 +979,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         reference=reference,
         learned=_learned_pool(dataset.select(train)),
     )
-    results: dict[str, Any] = {
-        "settings": {
-            # The encoder settings as used (`embedder`), not the run's defaults they override.
-            **{
-                k: v
-                for k, v in asdict(settings).items()
-                if k not in ("lambdas", "router", "quantized", "max_tokens", "truncation")
-            },
-            "lambdas": [v if math.isfinite(v) else "inf" for v in settings.lambdas],
-            "router": settings.router.to_dict() if settings.router is not None else None,
-            "embedder": asdict(settings.embedder()),
-        },
-        "data": {
-            "queries": len(dataset),
-            "train": int(data.train.sum()),
-            "test": int(data.test.sum()),
-            "models": dataset.models,
-            "labels": sorted(set(dataset.labels)) if dataset.labels else [],
-        },
-        "reference_model": reference,
-    }
+    results = _run_description(dataset, settings, data)
     runners = {
         "frontier": frontier_experiment,
         "continual": continual_experiment,

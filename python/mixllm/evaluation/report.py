@@ -78,89 +78,105 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _experiment_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    tables: list[tuple[str, list[str], list[list[str]]]] = []
+_Table = tuple[str, list[str], list[list[str]]]
+
+
+def _experiment_tables(results: dict[str, Any]) -> list[_Table]:
+    tables: list[_Table] = []
     if "continual" in results:
-        rows = []
-        for split, section in results["continual"].items():
-            row = [split]
-            for mode in ("none", "refined", "binary"):
-                row += [_fmt(section[mode]["mean_quality"]), _fmt(section[mode]["aiq"])]
-            rows.append(row)
-        header = ["offline:online"]
-        for mode in ("no online", "refined", "binary"):
-            header += [f"{mode}: mean Q %", f"{mode}: AIQ"]
-        tables.append(("Continual training (test split, mean over λ)", header, rows))
-        pairs = ("refined - none", "binary - none", "refined - binary")
-        resampled = [
-            [
-                split,
-                *(
-                    _with_interval(d["mean_quality"], d["mean_quality_interval"])
-                    for d in (section["differences"][pair] for pair in pairs)
-                ),
-            ]
-            for split, section in results["continual"].items()
-            if "differences" in section
-        ]
-        if resampled:
-            tables.append(
-                (
-                    "Continual training, differences in mean Q % (this run; central 95% over "
-                    "resamples of the test queries)",
-                    ["offline:online", *pairs],
-                    resampled,
-                )
-            )
+        tables += _continual_tables(results["continual"])
     if "new-models" in results:
-        nm = results["new-models"]
-        rows = []
-        for variant, per_lambda in nm["variants"].items():
-            for item in per_lambda:
-                rows.append(
-                    [
-                        variant,
-                        _fmt(item["willingness_to_pay"], 3),
-                        _fmt(100 * item["share_first_half"], 1),
-                        _fmt(100 * item["share_second_half"], 1),
-                        _fmt(100 * item["share_last_quarter"], 1),
-                        _fmt(item["second_half_quality_pct"]),
-                        _fmt(item["second_half_cost_pct"]),
-                    ]
-                )
-        header = [
-            "variant",
-            "λ",
-            "share 1st half %",
-            "share 2nd half %",
-            "share last quarter %",
-            "2nd half Q %",
-            "2nd half cost %",
-        ]
-        tables.append((f"Adding {', '.join(nm['added'])} halfway", header, rows))
+        tables.append(_new_models_table(results["new-models"]))
     if "out-of-domain" in results:
-        rows = []
-        for bench, section in results["out-of-domain"].items():
+        tables.append(_out_of_domain_table(results["out-of-domain"]))
+    return tables
+
+
+def _continual_tables(continual: dict[str, Any]) -> list[_Table]:
+    tables: list[_Table] = []
+    rows = []
+    for split, section in continual.items():
+        row = [split]
+        for mode in ("none", "refined", "binary"):
+            row += [_fmt(section[mode]["mean_quality"]), _fmt(section[mode]["aiq"])]
+        rows.append(row)
+    header = ["offline:online"]
+    for mode in ("no online", "refined", "binary"):
+        header += [f"{mode}: mean Q %", f"{mode}: AIQ"]
+    tables.append(("Continual training (test split, mean over λ)", header, rows))
+    pairs = ("refined - none", "binary - none", "refined - binary")
+    resampled = [
+        [
+            split,
+            *(
+                _with_interval(d["mean_quality"], d["mean_quality_interval"])
+                for d in (section["differences"][pair] for pair in pairs)
+            ),
+        ]
+        for split, section in continual.items()
+        if "differences" in section
+    ]
+    if resampled:
+        tables.append(
+            (
+                "Continual training, differences in mean Q % (this run; central 95% over "
+                "resamples of the test queries)",
+                ["offline:online", *pairs],
+                resampled,
+            )
+        )
+    return tables
+
+
+def _new_models_table(nm: dict[str, Any]) -> _Table:
+    rows = []
+    for variant, per_lambda in nm["variants"].items():
+        for item in per_lambda:
             rows.append(
                 [
-                    bench,
-                    _fmt(section["in-domain"]["mean_quality"]),
-                    _fmt(section["out-of-domain"]["mean_quality"]),
-                    _fmt(section["out-of-domain + online"]["mean_quality"]),
-                    _fmt(section["drop_pct"]),
-                    _fmt(section["drop_with_online_pct"]),
+                    variant,
+                    _fmt(item["willingness_to_pay"], 3),
+                    _fmt(100 * item["share_first_half"], 1),
+                    _fmt(100 * item["share_second_half"], 1),
+                    _fmt(100 * item["share_last_quarter"], 1),
+                    _fmt(item["second_half_quality_pct"]),
+                    _fmt(item["second_half_cost_pct"]),
                 ]
             )
-        header = [
-            "held-out benchmark",
-            "in-domain mean Q %",
-            "OOD mean Q %",
-            "OOD + online mean Q %",
-            "drop %",
-            "drop with online %",
-        ]
-        tables.append(("Out of domain (mean over λ)", header, rows))
-    return tables
+    header = [
+        "variant",
+        "λ",
+        "share 1st half %",
+        "share 2nd half %",
+        "share last quarter %",
+        "2nd half Q %",
+        "2nd half cost %",
+    ]
+    return (f"Adding {', '.join(nm['added'])} halfway", header, rows)
+
+
+def _out_of_domain_table(sections: dict[str, Any]) -> _Table:
+    rows = []
+    for bench, section in sections.items():
+        rows.append(
+            [
+                bench,
+                _fmt(section["in-domain"]["mean_quality"]),
+                _fmt(section["out-of-domain"]["mean_quality"]),
+                _fmt(section["out-of-domain + online"]["mean_quality"]),
+                _fmt(section["drop_pct"]),
+                _fmt(section["drop_with_online_pct"]),
+            ]
+        )
+    header = [
+        "held-out benchmark",
+        "in-domain mean Q %",
+        "OOD mean Q %",
+        "OOD + online mean Q %",
+        "drop %",
+        "drop with online %",
+    ]
+    return ("Out of domain (mean over λ)", header, rows)
 
 
 VALIDATION_NOTE = (

@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from mixllm._core import (
@@ -37,6 +37,7 @@ from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
 from mixllm.store.pool import PoolChange
 from mixllm.store.queues import SharedQueues
+from mixllm.validation import integer, non_negative, positive
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,11 +96,30 @@ def _id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InvalidInputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+def _connections(
+    url: str, timeout_s: float, block_s: float
+) -> tuple[ModuleType, redis.Redis, redis.Redis]:
+    """redis-py, and two clients of ``url``: one that publishes and one that reads."""
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError as err:
+        raise StoreError("RedisStore needs redis-py: pip install 'mixllm[redis]'") from err
+    # No retries inside redis-py: a failed call falls back to the local buffer at once, and
+    # the reader thread does the retrying, with its own bounded backoff.
+    common: dict[str, Any] = {
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    try:
+        publisher = redis.Redis.from_url(url, socket_timeout=timeout_s, **common)
+        # Its own connection: a blocking read must not hold up an append.
+        reader = redis.Redis.from_url(url, socket_timeout=block_s + timeout_s, **common)
+    except ValueError as err:
+        raise InvalidInputError(f"url {url!r} is not a Redis URL: {err}") from err
+    return redis, publisher, reader
 
 
 class RedisStore:
@@ -139,44 +159,24 @@ class RedisStore:
             raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
         if not isinstance(namespace, str) or not namespace:
             raise InvalidInputError(f"namespace must be a non-empty str, got {namespace!r}")
-        _check_positive("checkpoint_every_s", checkpoint_every_s)
-        _check_positive("retain_s", retain_s, allow_zero=True)
-        _check_positive("block_s", block_s)
-        _check_positive("timeout_s", timeout_s)
-        _check_positive("queue_refresh_s", queue_refresh_s)
-        _check_positive("queue_ttl_s", queue_ttl_s)
+        for name, seconds in (
+            ("checkpoint_every_s", checkpoint_every_s),
+            ("block_s", block_s),
+            ("timeout_s", timeout_s),
+            ("queue_refresh_s", queue_refresh_s),
+            ("queue_ttl_s", queue_ttl_s),
+        ):
+            positive(name, seconds)
+        non_negative("retain_s", retain_s)
         for name, count in (
             ("max_buffered", max_buffered),
             ("max_unwritten_decisions", max_unwritten_decisions),
             ("dedupe_window", dedupe_window),
         ):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise InvalidInputError(f"{name} must be an int >= 1, got {count!r}")
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError as err:
-            raise StoreError("RedisStore needs redis-py: pip install 'mixllm[redis]'") from err
-        self._redis_error: type[Exception] = redis.RedisError
-        self._watch_error: type[Exception] = redis.WatchError
-        # No retries inside redis-py: a failed call falls back to the local buffer at once, and
-        # the reader thread does the retrying, with its own bounded backoff.
-        common: dict[str, Any] = {
-            "socket_connect_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-        }
-        try:
-            self._publisher: redis.Redis = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, **common
-            )
-            # Its own connection: a blocking read must not hold up an append.
-            self._reader: redis.Redis = redis.Redis.from_url(
-                url, socket_timeout=block_s + timeout_s, **common
-            )
-        except ValueError as err:
-            raise InvalidInputError(f"url {url!r} is not a Redis URL: {err}") from err
+            integer(name, count, minimum=1)
+        client, self._publisher, self._reader = _connections(url, timeout_s, block_s)
+        self._redis_error: type[Exception] = client.RedisError
+        self._watch_error: type[Exception] = client.WatchError
         self.url = url
         self.namespace = namespace
         self.replica = secrets.token_hex(8)
@@ -510,7 +510,7 @@ class RedisStore:
     def sync(self, timeout_s: float = 5.0) -> bool:
         """Waits until this replica has applied every entry the stream holds now; returns
         whether it did within ``timeout_s``. Raises StoreError when Redis is unreachable."""
-        _check_positive("timeout_s", timeout_s)
+        positive("timeout_s", timeout_s)
         try:
             last: Any = self._publisher.xrevrange(self.stream_key, count=1)
         except self._redis_error as err:

@@ -324,6 +324,95 @@ fn rls_weights(theta: &[f64], x: &[f64], u: &[f64], gain: f64, residual: f64) ->
     next
 }
 
+/// The length head's step: with its own A⁻¹ (whose rank-1 update it then carries), or with
+/// the quality head's u and gain while the two share A; `None` when rounding calls for an
+/// exact refactorisation.
+fn length_step(
+    layout: SymLayout,
+    ledger: &ArmLedger,
+    theta: &[f64],
+    quality: &Option<HeadStep>,
+    x: &[f64],
+    w: f64,
+    residual: f64,
+) -> Option<LengthStep> {
+    match (&ledger.length, quality) {
+        (Some(own), _) => {
+            head_step(layout, &own.a_inv, theta, x, w, residual).map(|step| LengthStep {
+                theta: step.theta,
+                own_update: Some((step.u, step.gain)),
+            })
+        }
+        (None, Some(q)) => Some(LengthStep {
+            theta: rls_weights(theta, x, &q.u, q.gain, residual),
+            own_update: None,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
+/// and learned, the length head, each checked against the bounds of [`crate::bounds`] as it
+/// is written: the new quality A⁻¹ and the length head's own, or `None` when rounding took an
+/// inverse out of its bounds (which calls for the exact refactorisation instead). Changes
+/// nothing.
+fn sherman_morrison(
+    layout: SymLayout,
+    ledger: &ArmLedger,
+    a_inv: &[f64],
+    quality: &HeadStep,
+    length_update: Option<(Vec<f64>, f64)>,
+) -> Option<(Vec<f64>, Option<Vec<f64>>)> {
+    let mut next_a_inv = vec![0.0; a_inv.len()];
+    let mut within = rank1_into_within(
+        layout,
+        a_inv,
+        &quality.u,
+        quality.gain,
+        &mut next_a_inv,
+        &InverseBounds::new(ledger.ridge),
+    );
+    let own_a_inv = match (length_update, &ledger.length) {
+        (Some((u, gain)), Some(own)) => {
+            let mut next = vec![0.0; own.a_inv.len()];
+            within &= rank1_into_within(
+                layout,
+                &own.a_inv,
+                &u,
+                gain,
+                &mut next,
+                &InverseBounds::new(ledger.length_ridge),
+            );
+            Some(next)
+        }
+        _ => None,
+    };
+    within.then_some((next_a_inv, own_a_inv))
+}
+
+/// The exact refactorisation: the observation accumulated into a copy of the ledger, solved
+/// from scratch; the copy replaces the ledger only if it succeeds. `residuals` are the quality
+/// and (when seen) log-length residuals, `counts` the observations and weight sum after it.
+fn refactorised(
+    ledger: &mut ArmLedger,
+    a_inv: &[f64],
+    x: &[f64],
+    w: f64,
+    residuals: (f64, Option<f64>),
+    counts: (u64, f64),
+) -> Result<ArmStats> {
+    let (residual_quality, residual_log_length) = residuals;
+    let mut next = ledger.clone();
+    if residual_log_length.is_none() {
+        next.separate_length(a_inv);
+    }
+    next.accumulate(x, w, residual_quality, residual_log_length);
+    next.updates_since_refactor = 0;
+    let stats = next.solve(counts.0, counts.1)?;
+    *ledger = next;
+    Ok(stats)
+}
+
 /// Applies one observation (already validated) to the ledger and returns the next snapshot.
 /// `refactor_every` bounds how many rank-1 updates may pass before an exact re-inversion.
 /// On error the ledger is untouched.
@@ -345,47 +434,22 @@ pub fn learn(
     let observations = current.observations.saturating_add(1);
     let weight_sum = current.weight_sum + w;
 
-    let quality = head_step(
-        layout,
-        &current.a_inv,
-        &current.theta_quality,
-        x,
-        w,
-        residual_quality,
-    );
-    // The length head's step: with its own A⁻¹ (whose rank-1 update it then carries), or with
-    // the quality head's u and gain while the two share A.
-    let length =
-        residual_log_length.map(|r| match (&ledger.length, &quality) {
-            (Some(own), _) => head_step(layout, &own.a_inv, &current.theta_log_length, x, w, r)
-                .map(|step| LengthStep {
-                    theta: step.theta,
-                    own_update: Some((step.u, step.gain)),
-                }),
-            (None, Some(q)) => Some(LengthStep {
-                theta: rls_weights(&current.theta_log_length, x, &q.u, q.gain, r),
-                own_update: None,
-            }),
-            (None, None) => None,
-        });
+    let (a_inv, theta) = (&current.a_inv, &current.theta_quality);
+    let quality = head_step(layout, a_inv, theta, x, w, residual_quality);
+    let length = residual_log_length
+        .map(|r| length_step(layout, ledger, &current.theta_log_length, &quality, x, w, r));
     // Both rank-1 steps, unless rounding made one meaningless or an exact refactorisation is due.
     let steps = match (quality, length) {
         (Some(q), None) => Some((q, None)),
         (Some(q), Some(Some(l))) => Some((q, Some(l))),
         _ => None,
     };
-    // The exact refactorisation: on a copy, which replaces the ledger only if it succeeds.
-    let exact = |ledger: &mut ArmLedger| -> Result<ArmStats> {
-        let mut next = ledger.clone();
-        if residual_log_length.is_none() {
-            next.separate_length(&current.a_inv);
-        }
-        next.accumulate(x, w, residual_quality, residual_log_length);
-        next.updates_since_refactor = 0;
-        let stats = next.solve(observations, weight_sum)?;
-        *ledger = next;
-        Ok(stats)
-    };
+    let (residuals, counts) = (
+        (residual_quality, residual_log_length),
+        (observations, weight_sum),
+    );
+    let exact =
+        |ledger: &mut ArmLedger| refactorised(ledger, &current.a_inv, x, w, residuals, counts);
     let Some((quality, length)) =
         steps.filter(|_| ledger.updates_since_refactor.saturating_add(1) < refactor_every)
     else {
@@ -395,47 +459,16 @@ pub fn learn(
         Some(step) => (step.own_update, step.theta),
         None => (None, current.theta_log_length.clone()),
     };
-    if !(quality
-        .theta
-        .iter()
-        .chain(&theta_log_length)
-        .all(|v| v.is_finite()))
-    {
+    if !(quality.theta.iter().chain(&theta_log_length)).all(|v| v.is_finite()) {
         return Err(Error::InvalidValue(
             "the update would make the arm's heads non-finite; observation rejected".to_string(),
         ));
     }
-    // Sherman–Morrison: M⁻¹ ← M⁻¹ − gain·u·uᵀ, for the quality head and, when it has its own
-    // and learned, the length head, each checked against the bounds of [`crate::bounds`] as it
-    // is written. Before anything changes: rounding that took an inverse out of its bounds calls
-    // for the exact refactorisation instead.
-    let mut a_inv = vec![0.0; current.a_inv.len()];
-    let mut within = rank1_into_within(
-        layout,
-        &current.a_inv,
-        &quality.u,
-        quality.gain,
-        &mut a_inv,
-        &InverseBounds::new(ledger.ridge),
-    );
-    let own_a_inv = match (length_update, &ledger.length) {
-        (Some((u, gain)), Some(own)) => {
-            let mut next = vec![0.0; own.a_inv.len()];
-            within &= rank1_into_within(
-                layout,
-                &own.a_inv,
-                &u,
-                gain,
-                &mut next,
-                &InverseBounds::new(ledger.length_ridge),
-            );
-            Some(next)
-        }
-        _ => None,
-    };
-    if !within {
+    let Some((a_inv, own_a_inv)) =
+        sherman_morrison(layout, ledger, &current.a_inv, &quality, length_update)
+    else {
         return exact(ledger);
-    }
+    };
 
     // Nothing fails from here on. The first observation without a length parts the two heads'
     // systems for good: the length head keeps A and A⁻¹ as they were before it.

@@ -783,6 +783,35 @@ mod tests {
                         k::rank1(dim, stride, m.as_ptr(), &x, 0.3, got.as_mut_ptr());
                         portable::rank1_into(layout, &m, &x, 0.3, &mut want);
                         assert!(all_close(&got, &want), "{what} rank1 d={d}");
+                    }
+                }
+            }};
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            check!(avx2);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            check!(avx512);
+        }
+    }
+
+    /// Every intrinsics module's bounded rank-1 update against the portable one (see the
+    /// test above).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn every_supported_instruction_set_keeps_an_update_within_bounds_as_the_portable_kernels() {
+        macro_rules! check {
+            ($module:ident) => {{
+                use crate::simd::$module as k;
+                for d in DIMS {
+                    let layout = SymLayout::new(d);
+                    let (dim, stride) = (d, layout.stride());
+                    let close =
+                        |a: f64, b: f64| (a - b).abs() <= 1e-12 * (1.0 + a.abs().max(b.abs()));
+                    let what = stringify!($module);
+                    // SAFETY: the caller checked the CPU; the lengths follow the layout.
+                    unsafe {
                         let bounds = InverseBounds::new(1.0);
                         for (m, u, c, pushed) in within_cases(d) {
                             // The roots of the new diagonal, zero-padded, as the safe

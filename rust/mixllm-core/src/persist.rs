@@ -306,26 +306,7 @@ fn read_slot(
     let dim = config.dim;
     let layout = SymLayout::new(dim);
     let packed_len = dim * (dim + 1) / 2;
-    let name_bytes = d.bytes(MAX_MODEL_NAME_BYTES)?;
-    let name =
-        std::str::from_utf8(name_bytes).map_err(|_| "model name is not UTF-8".to_string())?;
-    if name.is_empty() {
-        return Err("empty model name".to_string());
-    }
-    let profile = ModelProfile {
-        price_in: d.f64()?,
-        price_out: d.f64()?,
-        fee: d.f64()?,
-        ttft_s: d.f64()?,
-        tokens_per_s: d.f64()?,
-        concurrency: u32::try_from(d.u64()?).map_err(|_| "concurrency out of range".to_string())?,
-    };
-    profile.validate().map_err(|e| format!("{name:?}: {e}"))?;
-    let priors = Priors {
-        quality: d.f64()?,
-        output_tokens: d.f64()?,
-    };
-    priors.validate().map_err(|e| format!("{name:?}: {e}"))?;
+    let (name, profile, priors) = read_identity(d)?;
     let observations = d.u64()?;
     let weight_sum = d.finite("weight_sum")?;
     if weight_sum < 0.0 {
@@ -340,29 +321,7 @@ fn read_slot(
     check_gram("A", layout, &a, config.ridge).map_err(named)?;
     let b_quality = d.finite_f64s("quality targets", dim)?;
     let b_log_length = d.finite_f64s("length targets", dim)?;
-    // Version 1's length head always shared the quality head's matrices.
-    let length = match if version >= 2 { d.u64()? } else { 0 } {
-        0 => None,
-        1 => {
-            let own_a = layout.from_packed(&d.finite_f64s("length A", packed_len)?);
-            check_gram("length A", layout, &own_a, config.length_ridge).map_err(named)?;
-            let own_a_inv = layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?);
-            check_gram_inverse("length A inverse", layout, &own_a_inv, config.length_ridge)
-                .map_err(named)?;
-            Some(LengthSystem {
-                a: own_a,
-                a_inv: own_a_inv,
-            })
-        }
-        flag => return Err(format!("{name:?}: invalid length-system flag {flag}")),
-    };
-    if length.is_none() && config.length_ridge != config.ridge {
-        return Err(format!(
-            "{name:?}: the length head shares the quality head's matrix A, but length_ridge \
-             {} differs from ridge {}",
-            config.length_ridge, config.ridge
-        ));
-    }
+    let length = read_length_system(d, config, version).map_err(named)?;
     let stats = ArmStats {
         observations,
         weight_sum,
@@ -385,15 +344,80 @@ fn read_slot(
             ledger.updates_since_refactor, config.refactor_every
         ));
     }
+    let live = read_live_stats(d, version).map_err(named)?;
+    Ok(ArmSlot::new(name, priors, profile, stats, ledger, live))
+}
+
+/// A slot's model name, profile and priors, each checked.
+fn read_identity<'a>(
+    d: &mut Decoder<'a>,
+) -> std::result::Result<(&'a str, ModelProfile, Priors), String> {
+    let name_bytes = d.bytes(MAX_MODEL_NAME_BYTES)?;
+    let name =
+        std::str::from_utf8(name_bytes).map_err(|_| "model name is not UTF-8".to_string())?;
+    if name.is_empty() {
+        return Err("empty model name".to_string());
+    }
+    let profile = ModelProfile {
+        price_in: d.f64()?,
+        price_out: d.f64()?,
+        fee: d.f64()?,
+        ttft_s: d.f64()?,
+        tokens_per_s: d.f64()?,
+        concurrency: u32::try_from(d.u64()?).map_err(|_| "concurrency out of range".to_string())?,
+    };
+    profile.validate().map_err(|e| format!("{name:?}: {e}"))?;
+    let priors = Priors {
+        quality: d.f64()?,
+        output_tokens: d.f64()?,
+    };
+    priors.validate().map_err(|e| format!("{name:?}: {e}"))?;
+    Ok((name, profile, priors))
+}
+
+/// The length head's own matrices, when the slot has them; refuses a slot without them whose
+/// configuration gives the length head a ridge of its own.
+fn read_length_system(
+    d: &mut Decoder<'_>,
+    config: &PolicyConfig,
+    version: u32,
+) -> std::result::Result<Option<LengthSystem>, String> {
+    let layout = SymLayout::new(config.dim);
+    let packed_len = config.dim * (config.dim + 1) / 2;
+    // Version 1's length head always shared the quality head's matrices.
+    let length = match if version >= 2 { d.u64()? } else { 0 } {
+        0 => None,
+        1 => {
+            let own_a = layout.from_packed(&d.finite_f64s("length A", packed_len)?);
+            check_gram("length A", layout, &own_a, config.length_ridge)?;
+            let own_a_inv = layout.from_packed(&d.finite_f64s("length A inverse", packed_len)?);
+            check_gram_inverse("length A inverse", layout, &own_a_inv, config.length_ridge)?;
+            Some(LengthSystem {
+                a: own_a,
+                a_inv: own_a_inv,
+            })
+        }
+        flag => return Err(format!("invalid length-system flag {flag}")),
+    };
+    if length.is_none() && config.length_ridge != config.ridge {
+        return Err(format!(
+            "the length head shares the quality head's matrix A, but length_ridge {} differs \
+             from ridge {}",
+            config.length_ridge, config.ridge
+        ));
+    }
+    Ok(length)
+}
+
+/// A slot's live service-time statistics (the fields each format version added).
+fn read_live_stats(d: &mut Decoder<'_>, version: u32) -> std::result::Result<LiveStats, String> {
     let mean_service = d.f64()?;
     let mean_service_s = if mean_service.is_nan() {
         None
     } else if mean_service.is_finite() && mean_service >= 0.0 {
         Some(mean_service)
     } else {
-        return Err(format!(
-            "{name:?}: invalid mean service time {mean_service}"
-        ));
+        return Err(format!("invalid mean service time {mean_service}"));
     };
     let completed = d.u64()?;
     let service_means_s = if version >= 3 {
@@ -402,7 +426,7 @@ fn read_slot(
             (p, o) if p.is_finite() && o.is_finite() && p >= 0.0 && o >= 0.0 => Some((p, o)),
             (p, o) => {
                 return Err(format!(
-                    "{name:?}: invalid service averages {p} (predicted) and {o} (observed)"
+                    "invalid service averages {p} (predicted) and {o} (observed)"
                 ))
             }
         }
@@ -413,18 +437,16 @@ fn read_slot(
         match d.f64()? {
             mse if mse.is_nan() => None,
             mse if mse.is_finite() && mse >= 0.0 => Some(mse),
-            mse => return Err(format!("{name:?}: invalid service error {mse} (s²)")),
+            mse => return Err(format!("invalid service error {mse} (s²)")),
         }
     } else {
         None
     };
-    Ok(ArmSlot::new(
-        name,
-        priors,
-        profile,
-        stats,
-        ledger,
-        LiveStats::restored(mean_service_s, completed, service_means_s, service_mse_s2),
+    Ok(LiveStats::restored(
+        mean_service_s,
+        completed,
+        service_means_s,
+        service_mse_s2,
     ))
 }
 

@@ -21,6 +21,9 @@ pub struct ModelProfile {
 }
 
 impl ModelProfile {
+    /// The per-request fee of a model whose operator states none.
+    pub const DEFAULT_FEE: f64 = 0.0;
+
     /// Checks every field, naming the first that is out of range.
     pub fn validate(&self) -> Result<()> {
         for (field, value) in [

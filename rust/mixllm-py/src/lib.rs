@@ -4,6 +4,7 @@
 mod args;
 mod arrays;
 mod decision;
+mod defaults;
 mod errors;
 mod policy;
 
@@ -15,5 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<policy::PyPolicy>()?;
     m.add_class::<decision::PyDecision>()?;
+    m.add_function(wrap_pyfunction!(defaults::policy_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(defaults::model_defaults, m)?)?;
     Ok(())
 }

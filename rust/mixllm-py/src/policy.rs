@@ -200,7 +200,7 @@ impl PyPolicy {
         let profile = ModelProfile {
             price_in: real(price_in, "price_in")?,
             price_out: real(price_out, "price_out")?,
-            fee: optional_real(fee, "fee")?.unwrap_or(0.0),
+            fee: optional_real(fee, "fee")?.unwrap_or(ModelProfile::DEFAULT_FEE),
             ttft_s: real(ttft_s, "ttft_s")?,
             tokens_per_s: real(tokens_per_s, "tokens_per_s")?,
             concurrency: concurrency_from(concurrency)?,
