@@ -1,4 +1,5 @@
-"""The decision of method.md section 3 written in numpy, from a `Policy`'s learned state.
+"""The decision rule (docs/design/how-it-decides.md) written in numpy, from a `Policy`'s
+learned state.
 
 For each model l, with no request in flight (so no queue wait):
 

@@ -1,7 +1,7 @@
 """`mixllm.Policy` against numpy oracles: online updates, batch fits and decisions.
 
 Every number the policy reports is recomputed here from first principles (numpy inverses and
-solves, and a short reference implementation of the decision rule of method.md section 3).
+solves, and a short reference implementation of the decision rule of docs/design/how-it-decides.md).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def reference_decide(
     queues: dict[str, QueueReplica],
     now_s: float,
 ) -> dict[str, Any]:
-    """The decision rule of method.md section 3, from the policy's inspected heads and the
+    """The decision rule of docs/design/how-it-decides.md, from the policy's inspected heads and the
     test's own replica of each model's queue, at ``now_s``."""
     columns: dict[str, list[Any]] = {
         k: []

@@ -3,13 +3,13 @@
 The routing context of a query vector e is ``x = [normalise(P · (e - μ)), 1]`` (length d + 1,
 float64): a dxD matrix P with orthonormal rows, applied after subtracting the training mean μ
 [ours: centring keeps the context from being dominated by the direction every MiniLM vector
-shares; method.md writes P·e], L2-normalised, plus a constant 1 for the heads' intercept. With
+shares; the paper writes P·e], L2-normalised, plus a constant 1 for the heads' intercept. With
 d = 64 every per-model matrix in the decision core is 64x64, which is what makes a decision take
 microseconds.
 
 Two ways to learn P, with the same interface:
 
-:class:`TagProjection` (the tag-enhanced embedding of MixLLM, method.md section 1). The paper
+:class:`TagProjection` (the tag-enhanced embedding of the MixLLM paper). The paper
 fine-tunes BERT with a loss that pulls each query towards its domain's centroid and pushes the
 domain centroids apart. Here the same loss shapes a linear map, with a regulariser that keeps
 the map informative and well conditioned: minimise over P with P Pᵀ = I

@@ -1,4 +1,4 @@
-"""The MixLLM paper's experiments (method.md section 5) on a RouterBench-shaped dataset.
+"""The MixLLM paper's experiments on a RouterBench-shaped dataset.
 
 :func:`run_evaluation` embeds every prompt once (cached on disk, :mod:`.vectors`), builds every
 router from the train split, and runs the experiments named in ``settings.experiments``:

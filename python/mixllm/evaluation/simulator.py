@@ -1,6 +1,7 @@
 """A discrete-event simulation of a query stream served by a pool of models.
 
-Queries arrive at fixed times (by default 100 every 10 s, evenly spaced: method.md section 5).
+Queries arrive at fixed times (by default 100 every 10 s, evenly spaced, as in the MixLLM
+paper's experiments).
 Each model serves at most ``concurrency`` requests at once, first come first served; a request
 takes ``ttft_s + output_tokens / tokens_per_s`` seconds once a slot is free (the output length is
 the data's output token count for that model and query). Time is simulated: nothing sleeps.

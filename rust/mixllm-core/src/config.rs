@@ -5,7 +5,7 @@ use crate::error::{ensure_finite, ensure_non_negative, Error, Result};
 /// Largest context dimension accepted: a d×d f64 matrix per model must stay reasonable.
 pub const MAX_DIM: usize = 4096;
 
-/// Hyper-parameters of the decision rule (method.md section 3) and of the online learner.
+/// Hyper-parameters of the decision rule (docs/design/how-it-decides.md) and of the online learner.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PolicyConfig {
     /// Length of the context vector x (including any constant bias entry).

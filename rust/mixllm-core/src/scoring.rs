@@ -1,4 +1,4 @@
-//! The decision rule of method.md section 3, for one query against one model:
+//! The decision rule of docs/design/how-it-decides.md, for one query against one model:
 //!
 //! ```text
 //! s = q̂ − ĉ/λ + α·sqrt(xᵀA⁻¹x) − β·(exp(L/τ) − 1)
