@@ -7,8 +7,8 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   so predicted waiting times are live (on a monotonic clock, or the one the Router is given);
 - `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
   satisfied/unsatisfied signal with the lower weight κ of the MixLLM paper's continual
-  training) and takes the
-  request out of flight, recording its latency; a service that learns the quality later calls
+  training) and takes the request out of flight, recording its latency; a service that learns
+  the quality later calls
   `complete(decision_id, latency_s=...)` when the answer arrives and `feedback` afterwards;
 - decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
