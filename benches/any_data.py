@@ -29,7 +29,7 @@ import numpy as np
 import mixllm
 from mixllm.cli import _train_config
 from mixllm.evaluation.vectors import embed_cached
-from mixllm.router import Router
+from mixllm.routing.router import Router
 
 LAMBDAS = (*(float(v) for v in np.logspace(-9, 6, 300)), float("inf"))
 

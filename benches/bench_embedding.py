@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 import workload
-from mixllm.embedding import Embedder
-from mixllm.projection import TagProjection
-from mixllm.tagging import Tagger
+from mixllm.encoders.embedding import Embedder
+from mixllm.understanding.projection import TagProjection
+from mixllm.understanding.tagging import Tagger
 
 SHORT_QUERIES = workload.SHORT_QUERIES
 BATCH = 64

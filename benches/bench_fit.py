@@ -20,7 +20,7 @@ from mixllm.cli import _train_config
 from mixllm.config import EmbedderConfig
 from mixllm.data import load_jsonl
 from mixllm.evaluation.vectors import embed_cached
-from mixllm.router import Router
+from mixllm.routing.router import Router
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval_math_routing"
 

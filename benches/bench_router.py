@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import workload
-from mixllm.embedding import Embedder
-from mixllm.router import Router
+from mixllm.encoders.embedding import Embedder
+from mixllm.routing.router import Router
 
 SHORT_QUERIES = workload.SHORT_QUERIES
 _MEDIANS: dict[str, float] = {}

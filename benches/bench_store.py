@@ -12,7 +12,6 @@ default; skipped without one).
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,12 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mixllm.embedding import Embedder
-from mixllm.router import Router
+from mixllm.encoders.embedding import Embedder
+from mixllm.routing.router import Router
 from mixllm.store import Observation, RedisStore
-
-# The tests' redis-server helper: one way to start a throwaway server.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from redis_server import RedisServer, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server not installed")

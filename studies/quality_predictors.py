@@ -46,14 +46,14 @@ from numpy.typing import NDArray
 
 from mixllm._core import Policy
 from mixllm.data import RoutingDataset, load_routerbench_csv
-from mixllm.embedding import Embedder
+from mixllm.encoders.embedding import Embedder
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import router_config, servers_for, sweep
 from mixllm.evaluation.metrics import aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import Stream, StreamConfig
 from mixllm.evaluation.vectors import embed_cached
-from mixllm.projection import TagProjection
-from mixllm.tagging import DomainLabels, Tagger
+from mixllm.understanding.projection import TagProjection
+from mixllm.understanding.tagging import DomainLabels, Tagger
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from mixllm.embedding import Embedder
-from mixllm.evaluation.vectors import encoder_fingerprint
-from mixllm.frontier import (
+from mixllm.encoders.embedding import Embedder
+from mixllm.encoders.model_files import cache_dir
+from mixllm.evaluation.frontier import (
     cost_to_reach,
     fit_ridge,
     normalised_mutual_information,
@@ -33,9 +33,9 @@ from mixllm.frontier import (
     quality_at_cost,
     routing_frontier,
 )
-from mixllm.model_files import cache_dir
-from mixllm.projection import PcaProjection, TagProjection
-from mixllm.tagging import DomainLabels, Tagger
+from mixllm.evaluation.vectors import encoder_fingerprint
+from mixllm.understanding.projection import PcaProjection, TagProjection
+from mixllm.understanding.tagging import DomainLabels, Tagger
 
 REFERENCE_MODEL = "gpt-4-1106-preview"
 DEFAULT_DATA = (

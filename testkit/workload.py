@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import Policy
-from mixllm.taxonomy import DOMAINS
+from mixllm.understanding.taxonomy import DOMAINS
 
 MODELS = 11
 FIT_ROWS = 200

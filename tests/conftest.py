@@ -222,7 +222,7 @@ def token_table_encoder() -> Callable[[Path, int], np.ndarray]:
     def write(folder: Path, width: int) -> np.ndarray:
         import tokenizers
 
-        from mixllm import model_files
+        from mixllm.encoders import model_files
 
         tokenizer = model_files.shipped_model().tokenizer
         vocab = tokenizers.Tokenizer.from_file(str(tokenizer)).get_vocab_size()

@@ -14,9 +14,9 @@ import numpy as np
 import light_router
 from fake_upstream import FakeUpstream, ServerThread
 from mixllm.config import ModelConfig, RouterConfig, ServeConfig
-from mixllm.projection import LinearProjection
-from mixllm.router import Router
+from mixllm.routing.router import Router
 from mixllm.serving import Gateway, create_app
+from mixllm.understanding.projection import LinearProjection
 
 WIDTH = 8
 DIM = 4

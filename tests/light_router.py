@@ -12,8 +12,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm.config import ModelConfig, RouterConfig
-from mixllm.projection import LinearProjection
-from mixllm.router import Router
+from mixllm.routing.router import Router
+from mixllm.understanding.projection import LinearProjection
 
 INPUT_DIM = 32
 DIM = 6

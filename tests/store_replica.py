@@ -23,9 +23,9 @@ import numpy as np
 
 from light_router import HashEmbedder
 from mixllm.config import ModelConfig, RouterConfig
-from mixllm.projection import LinearProjection
-from mixllm.router import Router
+from mixllm.routing.router import Router
 from mixllm.store import RedisStore
+from mixllm.understanding.projection import LinearProjection
 
 WIDTH = 16
 DIM = 6

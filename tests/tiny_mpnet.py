@@ -80,7 +80,7 @@ def write_safetensors(path: Path, tensors: dict[str, NDArray[Any]]) -> None:
 
 def write_folder(folder: Path, seed: int = 0) -> dict[str, NDArray[np.float32]]:
     """config.json, model.safetensors and tokenizer.json in ``folder``; returns the weights."""
-    from mixllm.model_files import shipped_model
+    from mixllm.encoders.model_files import shipped_model
 
     folder.mkdir(parents=True, exist_ok=True)
     w = weights(seed)

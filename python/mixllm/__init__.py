@@ -13,7 +13,6 @@ from mixllm._core import (
     UnknownModelError,
     __version__,
 )
-from mixllm.catalog import ROUTERBENCH_MODELS, ModelSpec
 from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig, TaggerConfig, load_config
 from mixllm.data import (
     DatasetUnavailableError,
@@ -26,7 +25,7 @@ from mixllm.data import (
     split_train_test,
     validation_split,
 )
-from mixllm.embedding import Embedder
+from mixllm.encoders.embedding import Embedder
 from mixllm.errors import (
     ConfigError,
     DecisionNotFoundError,
@@ -37,10 +36,16 @@ from mixllm.errors import (
     ProjectionError,
     UnusedDataWarning,
 )
-from mixllm.pricing import LearnedPrice, learn_prices
-from mixllm.projection import LinearProjection, PcaProjection, TagProjection, load_projection
-from mixllm.router import FitReport, RouteDecision, Router
-from mixllm.tagging import DomainLabels, Tagger, Tags
+from mixllm.routing.catalog import ROUTERBENCH_MODELS, ModelSpec
+from mixllm.routing.pricing import LearnedPrice, learn_prices
+from mixllm.routing.router import FitReport, RouteDecision, Router
+from mixllm.understanding.projection import (
+    LinearProjection,
+    PcaProjection,
+    TagProjection,
+    load_projection,
+)
+from mixllm.understanding.tagging import DomainLabels, Tagger, Tags
 
 __all__ = [
     "ROUTERBENCH_MODELS",

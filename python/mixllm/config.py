@@ -55,13 +55,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mixllm._core import model_defaults, policy_defaults
-from mixllm.embedding import MAX_TOKENS, MIN_TOKENS
+from mixllm.encoders.embedding import MAX_TOKENS, MIN_TOKENS
 from mixllm.errors import ConfigError
 from mixllm.validation import boolean, integer, model_profile, non_negative, positive
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
-    from mixllm.embedding import Embedder
+    from mixllm.encoders.embedding import Embedder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,7 +196,7 @@ class EmbedderConfig:
             raise ConfigError(f"{where}: give one of model_dir, encoder and hf_repo, not {given}")
         boolean(f"{where}.quantized", self.quantized, ConfigError)
         if self.encoder is not None:
-            from mixllm.encoder_fetch import ENCODERS
+            from mixllm.encoders.fetch import ENCODERS
 
             if self.encoder not in ENCODERS:
                 raise ConfigError(
@@ -222,7 +222,7 @@ class EmbedderConfig:
     def build(self, **overrides: Any) -> Embedder:
         """The `mixllm.Embedder` this configuration describes; ``overrides`` replace fields
         (``intra_op_threads=4``, ``cache_size=0``)."""
-        from mixllm.embedding import Embedder
+        from mixllm.encoders.embedding import Embedder
 
         settings = replace(self, **overrides)
         settings.validate()
@@ -273,8 +273,8 @@ class RouterConfig:
     # (docs/results/routerbench.md).
     willingness_to_pay: float = 0.05
     # The operating point in the user's words, instead of λ (at most one; see
-    # `mixllm.calibration`): the cheapest way to reach this % of the best model's quality, the
-    # best quality at this % of its cost, or at this many dollars per 1,000 queries.
+    # `mixllm.routing.calibration`): the cheapest way to reach this % of the best model's quality,
+    # the best quality at this % of its cost, or at this many dollars per 1,000 queries.
     target_quality_pct: float | None = None
     max_cost_pct: float | None = None
     budget_per_1000_usd: float | None = None
@@ -287,7 +287,7 @@ class RouterConfig:
     tau_margin_sd: float = float(_POLICY_DEFAULTS["tau_margin_sd"])
     dim: int = 64
     # The quality heads' ridge. None: chosen by cross-validation on the rows the Router is
-    # fitted on (`mixllm.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
+    # fitted on (`mixllm.routing.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
     ridge: float | None = None
     # The output-length head has its own ridge: lengths are far more predictable than quality,
     # and the shrinkage quality needs would pull long answers' predicted cost and service time

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import Policy
+from mixllm.evaluation.frontier import fit_ridge
 from mixllm.evaluation.simulator import (
     ServerProfile,
     SimulationResult,
@@ -29,8 +30,7 @@ from mixllm.evaluation.simulator import (
     simulate,
     simulate_fixed,
 )
-from mixllm.frontier import fit_ridge
-from mixllm.ledger import PendingDecision
+from mixllm.routing.ledger import PendingDecision
 
 __all__ = [
     "FeedbackMode",

@@ -33,10 +33,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError, Policy
-from mixllm.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
 from mixllm.config import TUNED_KNOBS, EmbedderConfig, ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
-from mixllm.embedding import Embedder, Truncation
+from mixllm.encoders.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.bootstrap import Outcomes, compare, paired_differences, resample_counts
@@ -44,10 +43,11 @@ from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
-from mixllm.fitting import MIN_FIT_QUERIES
 from mixllm.progress import Progress, ProgressLine
-from mixllm.projection import LinearProjection, PcaProjection
-from mixllm.router import Router
+from mixllm.routing.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
+from mixllm.routing.fitting import MIN_FIT_QUERIES
+from mixllm.routing.router import Router
+from mixllm.understanding.projection import LinearProjection, PcaProjection
 
 __all__ = ["EXPERIMENTS", "EvalSettings", "best_single_model", "run_evaluation"]
 
@@ -867,7 +867,7 @@ def best_single_model(dataset: RoutingDataset) -> str:
 
 def _learned_pool(train: RoutingDataset) -> dict[str, ModelConfig]:
     """The models whose prices the train rows' logged costs teach, at those prices."""
-    from mixllm.pricing import learn_prices
+    from mixllm.routing.pricing import learn_prices
 
     return {
         name: ModelConfig(name, price.price_in, price.price_out)

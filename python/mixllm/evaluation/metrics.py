@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm.frontier import cost_to_reach, quality_at_cost
+from mixllm.evaluation.frontier import cost_to_reach, quality_at_cost
 
 __all__ = [
     "GAP_TOLERANCE",

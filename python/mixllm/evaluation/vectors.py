@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm.embedding import Embedder
+from mixllm.encoders.embedding import Embedder
 
 __all__ = ["cache_dir", "embed_cached", "encoder_fingerprint"]
 

@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from mixllm._core import InvalidInputError, UnknownModelError
 from mixllm.config import ServeConfig
 from mixllm.errors import ConfigError, DecisionNotFoundError
-from mixllm.router import RouteDecision, Router
+from mixllm.routing.router import RouteDecision, Router
 from mixllm.serving.chat import (
     ROUTER_MODEL,
     ChatRequest,

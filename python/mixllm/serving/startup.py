@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mixllm.config import ServeConfig, load_config, load_serve_config
-from mixllm.router import Router
+from mixllm.routing.router import Router
 from mixllm.serving.upstream import Upstream, upstreams_of
 
 if sys.version_info >= (3, 11):

@@ -21,7 +21,7 @@ from mixllm._core import UnknownModelError
 if TYPE_CHECKING:
     import redis
 
-    from mixllm.router import Router
+    from mixllm.routing.router import Router
 
 __all__ = ["SharedQueues"]
 

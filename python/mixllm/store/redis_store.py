@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import redis
     from numpy.typing import NDArray
 
-    from mixllm.router import Router
+    from mixllm.routing.router import Router
 
 __all__ = ["RedisStore", "StoreError", "StoreStats"]
 

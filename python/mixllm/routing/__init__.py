@@ -1,0 +1,1 @@
+"""Routing: the Router, its decisions ledger, fitting, calibration, pool and prices."""

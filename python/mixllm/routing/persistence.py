@@ -1,0 +1,188 @@
+"""A Router's saved state: writing it, reading and checking it, and its compatibility rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mixllm._core import MixllmError, Policy, StateFileError, __version__
+from mixllm.config import RouterConfig
+from mixllm.errors import ConfigError, ProjectionError
+from mixllm.routing import state_folder
+from mixllm.routing.calibration import Calibration
+from mixllm.routing.router_base import RouterBase
+from mixllm.understanding.projection import (
+    MAX_PROJECTION_BYTES,
+    LinearProjection,
+    projection_from_bytes,
+)
+
+STATE_FORMAT = 1
+# The largest manifest and config.json a load reads (checked before reading): a manifest is
+# a few hundred bytes, a configuration some hundreds per model.
+MAX_MANIFEST_BYTES = 64 << 10
+MAX_CONFIG_BYTES = 16 << 20
+# How many times a load starts again when a save replaced the state it was reading.
+_LOAD_ATTEMPTS = 3
+_CALIBRATION = "calibration.json"
+MAX_CALIBRATION_BYTES = 1 << 20
+# Knobs added after the first states were saved: a config.json without one continues with the
+# value its policy.bin carries (what that policy decided with when it was saved).
+_LATER_KNOBS = ("length_ridge", "tau_margin_sd")
+
+
+class Persistence(RouterBase):
+    """The Router's `save`."""
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Saves configuration, projection and every arm under ``directory``.
+
+        The state is one snapshot, taken under the Router's lock (routing, feedback and pool
+        changes wait only for the copy, never for the disk). Saves into one folder, from threads
+        or processes, take turns. Each writes a complete new state folder, then switches the
+        ``CURRENT`` pointer to it with an atomic rename, then deletes older folders and whatever
+        crashed saves left: a crash at any point leaves the previous save loadable
+        (docs/guarantees.md). Returns the folder written.
+        """
+        with self._lock:
+            projection = self._require_projection()
+            config = self._config.to_dict()
+            policy = self._policy.to_bytes()
+            calibration = self._calibration
+        files = {
+            "config.json": json.dumps(config, indent=2, allow_nan=True).encode("utf-8"),
+            "projection.npz": projection.to_bytes(),
+            "policy.bin": policy,
+        }
+        if calibration is not None:
+            files[_CALIBRATION] = json.dumps(calibration.to_dict(), indent=2).encode("utf-8")
+        manifest = {
+            "format": STATE_FORMAT,
+            "mixllm": __version__,
+            "files": {f: hashlib.sha256(data).hexdigest() for f, data in files.items()},
+        }
+        files["manifest.json"] = json.dumps(manifest, indent=2).encode("utf-8")
+        return state_folder.write_state(Path(directory), files)
+
+
+def read_state_folder(
+    folder: Path,
+) -> tuple[RouterConfig, LinearProjection, Policy, Calibration | None]:
+    """The configuration, projection, policy and calibration table (optional: states saved
+    before it, or fitted on too few rows, have none) of one state folder, every file checked."""
+    manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
+    if manifest.get("format") != STATE_FORMAT:
+        raise StateFileError(
+            f"{folder}: state format {manifest.get('format')!r}, this mixllm reads {STATE_FORMAT}"
+        )
+    checksums = manifest.get("files")
+    if not isinstance(checksums, dict):
+        raise StateFileError(f"{folder}: the manifest lists no files")
+    raw_config = _json_object(folder, "config.json", MAX_CONFIG_BYTES, checksums)
+    try:
+        config = RouterConfig.from_dict(raw_config)
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as err:
+        raise StateFileError(f"{folder}: invalid configuration: {err}") from err
+    try:
+        projection = projection_from_bytes(
+            _checked_file(folder, "projection.npz", MAX_PROJECTION_BYTES, checksums),
+            str(folder / "projection.npz"),
+        )
+    except ProjectionError as err:
+        raise StateFileError(f"{folder}: {err}") from err
+    policy_bytes = _checked_file(folder, "policy.bin", _policy_bytes_bound(config), checksums)
+    try:
+        policy = Policy.from_bytes(policy_bytes, dim=config.dim + 1)
+    except MixllmError as err:
+        raise StateFileError(f"{folder / 'policy.bin'}: {err}") from err
+    saved_knobs = raw_config.get("router", {})
+    # Saved before the length head had its own ridge, or before the margin below τ: it
+    # continues with what its policy file carries (the quality ridge, no margin), and a
+    # refit keeps using it.
+    config = replace(
+        config,
+        **{k: getattr(policy, k) for k in _LATER_KNOBS if k not in saved_knobs},
+    )
+    calibration = None
+    if _CALIBRATION in checksums:
+        try:
+            calibration = Calibration.from_dict(
+                _json_object(folder, _CALIBRATION, MAX_CALIBRATION_BYTES, checksums)
+            )
+        except ValueError as err:
+            raise StateFileError(f"{folder}: invalid {_CALIBRATION}: {err}") from err
+    return config, projection, policy, calibration
+
+
+def read_current_state(
+    directory: Path,
+) -> tuple[Path, RouterConfig, LinearProjection, Policy, Calibration | None]:
+    """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`).
+    A save may switch CURRENT and delete the folder it named while this reads it: then the
+    reading starts again from the new CURRENT (a few times at most)."""
+    root = directory
+    for attempt in range(_LOAD_ATTEMPTS):
+        name = state_folder.current_state(root)
+        if name is None:
+            raise StateFileError(f"{root} holds no saved router (no {state_folder.CURRENT} file)")
+        folder = root / name
+        try:
+            return (folder, *read_state_folder(folder))
+        except StateFileError:
+            moved = state_folder.current_state(root) != name
+            if not moved or attempt == _LOAD_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt re-raises")
+
+
+def check_knobs(config: RouterConfig, policy: Policy) -> None:
+    """Refuses a configuration and a policy that disagree on a decision knob: a policy decides
+    with its own knobs, so a Router whose configuration said otherwise would save a state that
+    does not describe itself."""
+    for knob, configured in config.policy_knobs().items():
+        if configured != getattr(policy, knob):
+            raise ConfigError(
+                f"the configuration's {knob} is {getattr(config, knob)!r} but the policy's is "
+                f"{getattr(policy, knob)!r}"
+            )
+
+
+def _checked_file(
+    folder: Path, file: str, limit: int, checksums: dict[str, Any] | None = None
+) -> bytes:
+    """The bytes of a state file, at most ``limit`` of them, checked against the manifest's
+    sha256 when ``checksums`` is given. What is hashed is what is parsed: one read."""
+    try:
+        data = state_folder.read_bounded(folder / file, limit, what=file)
+    except FileNotFoundError:
+        raise StateFileError(f"{folder}: {file} is missing") from None
+    if checksums is not None and hashlib.sha256(data).hexdigest() != checksums.get(file):
+        raise StateFileError(f"{folder}: {file} does not match its checksum (damaged)")
+    return data
+
+
+def _json_object(
+    folder: Path, file: str, limit: int, checksums: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A state's JSON file, which must hold an object."""
+    data = _checked_file(folder, file, limit, checksums)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise StateFileError(f"{folder}: unreadable {file}: {err}") from None
+    if not isinstance(value, dict):
+        raise StateFileError(f"{folder}: {file} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def _policy_bytes_bound(config: RouterConfig) -> int:
+    """The most bytes the policy file of a pool like ``config``'s can take: per model four
+    packed symmetric matrices and four vectors of the context's size, a name of at most
+    4,096 bytes and its fixed fields, twice over to leave room for the format to grow."""
+    d = config.dim + 1
+    per_model = 8 * (4 * d * (d + 1) // 2 + 4 * d) + 4096 + 512
+    return 2 * (len(config.models) * per_model + 4096)

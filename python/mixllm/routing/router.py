@@ -1,0 +1,272 @@
+"""The Router: text in, model out, learning from feedback as it goes.
+
+It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
+(`TagProjection`) and the decision core (`Policy`), and keeps the bookkeeping a service needs:
+
+- every `route` issues a decision id and counts the request as in flight for the chosen model,
+  so predicted waiting times are live (on a monotonic clock, or the one the Router is given);
+- `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
+  satisfied/unsatisfied signal with the lower weight κ of the MixLLM paper's continual
+  training) and takes the request out of flight, recording its latency; a service that learns
+  the quality later calls
+  `complete(decision_id, latency_s=...)` when the answer arrives and `feedback` afterwards;
+- decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
+  them are kept; older ones are dropped (their requests leave the queue) and feedback for them
+  raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
+  is a documented no-op: it returns ``False`` and changes nothing;
+- `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
+  restarted service routes exactly as before; docs/guarantees.md states what a save and a load
+  guarantee, every bound on sizes and work, and which error each bad input gets.
+
+Thread-safe: many threads may route and send feedback through one Router.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mixllm._core import Policy, StateFileError, UnknownModelError
+from mixllm._lru import LruCache
+from mixllm.config import OPERATING_POINTS, TUNED_KNOBS, RouterConfig
+from mixllm.data import RoutingDataset
+from mixllm.encoders.embedding import Embedder
+from mixllm.errors import ConfigError
+from mixllm.routing.calibration import Calibration
+from mixllm.routing.fitting import FitReport, Fitting
+from mixllm.routing.introspection import Introspection
+from mixllm.routing.learning import Learning, LoggedFeedback
+from mixllm.routing.ledger import EXPIRE_PER_CALL, DecisionLedger
+from mixllm.routing.persistence import Persistence, check_knobs, read_current_state
+from mixllm.routing.pool_changes import PoolChanges
+from mixllm.routing.route import RouteDecision, Routing
+from mixllm.understanding.projection import LinearProjection
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from mixllm.serving.batching import Batcher
+    from mixllm.store import RedisStore
+
+
+__all__ = ["EXPIRE_PER_CALL", "FitReport", "RouteDecision", "Router"]
+
+# The routing-context cache's bound in bytes (besides its entry count, `cache_size`).
+CONTEXT_CACHE_BYTES = 16 << 20
+
+
+class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence):
+    """Routes queries to the models of a pool and learns from feedback.
+
+    Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a
+    `RoutingDataset`, or `Router.load` a saved state (`Router.default()` is the state shipped with
+    the package, trained on RouterBench for its 11 models).
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        embedder: Embedder | None = None,
+        projection: LinearProjection | None = None,
+        policy: Policy | None = None,
+        clock: Callable[[], float] | None = None,
+        store: RedisStore | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        """``clock`` is the time the queues and decision lifetimes run on, in seconds: by
+        default `Policy.clock_s`, a monotonic clock. A simulation passes its own. ``store``
+        shares learning with other replicas (see `attach_store`). ``calibration`` is the table
+        of operating points a fit measured (`calibration`)."""
+        config.validate()
+        # Knobs left to cross-validation: every fit chooses them again.
+        self._tuned = tuple(k for k in TUNED_KNOBS if getattr(config, k) is None)
+        resolved: dict[str, Any] = {
+            # A policy given decides with its own values: the configuration says so.
+            k: getattr(policy, k) if policy is not None else config.knob(k)
+            for k in self._tuned
+        }
+        config = replace(config, **resolved)
+        if projection is not None and projection.d != config.dim:
+            raise ConfigError(
+                f"router.dim is {config.dim} but the projection has d = {projection.d}"
+            )
+        if policy is None:
+            policy = config.new_policy()
+        elif policy.dim != config.dim + 1 or policy.models != [m.name for m in config.models]:
+            raise ConfigError("the policy's dimension or models do not match the configuration")
+        else:
+            check_knobs(config, policy)
+        self._config = config
+        self._embedder = embedder
+        self._projection = projection
+        self._calibration = calibration
+        self._policy = policy
+        # What `refit` relearns from: the rows of the last fit, and the feedback since.
+        self._training: RoutingDataset | None = None
+        self._feedback_log: deque[LoggedFeedback] = deque(maxlen=config.feedback_log_size)
+        self._clock = clock if clock is not None else Policy.clock_s
+        self._lock = threading.Lock()
+        # The decisions awaiting feedback, guarded by `_lock` with the policy's queues.
+        self._ledger = DecisionLedger(
+            config.feedback_ttl_s, config.max_pending, on_drop=self._forget_dropped
+        )
+        self._contexts: LruCache[bytes, tuple[NDArray[np.float64], float]] = LruCache(
+            config.embedder.cache_size, max_bytes=CONTEXT_CACHE_BYTES
+        )
+        self._id_prefix = secrets.token_hex(4)
+        self._counter = itertools.count()
+        # `aroute` embeds in one worker thread, a batch per event loop at a time.
+        self._embed_thread: ThreadPoolExecutor | None = None
+        self._batchers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, Batcher[str, tuple[NDArray[np.float64], float]]
+        ] = weakref.WeakKeyDictionary()
+        self._store: RedisStore | None = None
+        # The id every replica knows each arm by: "" for the arms the replicas start with, a
+        # fresh one for an arm added while a store is attached (shared with the addition), so
+        # feedback for a decision made with a model's earlier arm is not learned by a later one.
+        self._arms: dict[str, str] = {}
+        if store is not None:
+            self.attach_store(store)
+
+    def attach_store(self, store: RedisStore) -> None:
+        """Shares this Router's learning with the other replicas attached to the same store:
+        from now on every observation `feedback` accepts is in the store before it returns, and
+        the other replicas' observations are learned as they arrive. When the store holds a
+        checkpoint, this Router's arms are replaced by it first (its pool and settings must be
+        this Router's; its prices and speeds are this Router's configuration's, and the other
+        replicas take those too). Attach before routing: decisions already pending are
+        refused."""
+        with self._lock:
+            if self._store is not None:
+                raise ConfigError("this Router already has a store")
+            if self._ledger:
+                raise ConfigError("attach the store before routing: decisions are pending")
+            checkpoint = store.load_checkpoint(self._policy.dim)
+            configured = self._config.models
+            if checkpoint is not None:
+                policy = checkpoint.policy
+                if policy.models != self._policy.models:
+                    raise ConfigError(
+                        f"the store's checkpoint has models {policy.models}, this Router "
+                        f"{self._policy.models}"
+                    )
+                check_knobs(self._config, policy)
+                self._policy = policy
+                self._arms = dict(checkpoint.arms)
+                self._contexts.clear()
+            self._store = store
+        try:
+            store.start(self)
+        except BaseException:
+            self._store = None
+            raise
+        # The configured models replace what the checkpoint and the stream said of them, on
+        # every replica: the configuration is what `config`, `describe_models` and `save` show.
+        for model in configured:
+            if not self._configured_as(model):
+                with contextlib.suppress(UnknownModelError):  # removed meanwhile, elsewhere
+                    self.update_model(model)
+
+    def _arm_ids(self) -> dict[str, str]:
+        """The arm ids that are not "" (what a checkpoint carries)."""
+        with self._lock:
+            return dict(self._arms)
+
+    @property
+    def store(self) -> RedisStore | None:
+        return self._store
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._config
+
+    @property
+    def policy(self) -> Policy:
+        """The decision core (thread-safe; shared, not copied)."""
+        return self._policy
+
+    @property
+    def projection(self) -> LinearProjection | None:
+        return self._projection
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """λ → expected quality and cost, measured on held-out folds by the last fit."""
+        return self._calibration
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        embedder: Embedder | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Router:
+        """Loads a state written by `save` (checking every file against its manifest, and its
+        size before reading it); ``clock`` as in the constructor. Anything but a loadable state
+        raises `StateFileError` naming the file and the problem."""
+        folder, config, projection, policy, calibration = read_current_state(Path(directory))
+        try:
+            return cls(
+                config,
+                embedder=embedder,
+                projection=projection,
+                policy=policy,
+                clock=clock,
+                calibration=calibration,
+            )
+        except ConfigError as err:
+            raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
+
+    @classmethod
+    def default(
+        cls, *, embedder: Embedder | None = None, clock: Callable[[], float] | None = None
+    ) -> Router:
+        """The router shipped with the package: RouterBench's 11 models, trained on the
+        RouterBench subset (ARC-Challenge, MBPP, Winogrande) with `mixllm train`; ``clock``
+        as in the constructor."""
+        return cls.load(Path(__file__).parents[1] / "default_state", embedder=embedder, clock=clock)
+
+    def with_config(self, **changes: Any) -> Router:
+        """A Router sharing this one's learned state, with some decision settings changed
+        (``willingness_to_pay``, ``feedback_ttl_s``, ``max_pending``). Refused while a store
+        is attached: the store settles decisions and applies the other replicas' pool changes
+        on the Router it is attached to only, so change the settings before attaching."""
+        if self._store is not None:
+            raise ConfigError(
+                "with_config is refused while a store is attached: change the settings before "
+                "attach_store"
+            )
+        allowed = {"willingness_to_pay", "feedback_ttl_s", "max_pending", *OPERATING_POINTS}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ConfigError(f"with_config cannot change {', '.join(unknown)}")
+        if set(changes) & {"willingness_to_pay", *OPERATING_POINTS}:
+            # A new operating point replaces the old one, whichever form either takes.
+            changes = {**{k: None for k in OPERATING_POINTS}, **changes}
+        config = replace(self._config, **changes)
+        router = Router(
+            config,
+            embedder=self._embedder,
+            projection=self._projection,
+            policy=self._policy,
+            clock=self._clock,
+            calibration=self._calibration,
+        )
+        return router

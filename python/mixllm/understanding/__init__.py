@@ -1,0 +1,1 @@
+"""Query understanding: tags, domain taxonomy, clusters and the projection."""

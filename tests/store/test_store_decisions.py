@@ -1,0 +1,220 @@
+"""Decisions made on one replica and answered on another, through a real redis-server: the
+decision's time to live, its end (cancelled, dropped), the arm it was made with, and the answer's
+length measured by `complete`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mixllm import Policy
+from mixllm.errors import DecisionNotFoundError
+from mixllm.routing.router import Router
+from mixllm.store import RedisStore
+from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
+from store_replica import arms, build_router, text
+
+_SKIP = require_redis_server()
+pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
+
+
+def replica(server: RedisServer, **settings: Any) -> Router:
+    return build_router(store=RedisStore(server.url, block_s=0.05), **settings)
+
+
+def store_of(router: Router) -> RedisStore:
+    assert router.store is not None
+    return router.store
+
+
+def close(*routers: Router) -> None:
+    for router in routers:
+        store_of(router).close()
+
+
+def test_a_decision_past_its_time_to_live_is_refused_on_another_replica(
+    server: RedisServer,
+) -> None:
+    # A time to live under a second, which whole-second expiry would round up.
+    a, b = replica(server, feedback_ttl_s=0.3), replica(server, feedback_ttl_s=0.3)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
+    time.sleep(0.45)
+    with pytest.raises(DecisionNotFoundError):
+        b.feedback(decision.id, quality=0.5)
+    assert all(b.policy.inspect(m)["observations"] == 0 for m in b.models)
+    close(a, b)
+
+
+def test_a_cancelled_decision_is_refused_on_another_replica(server: RedisServer) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
+    a.cancel(decision.id)
+    wait_for(lambda: store_of(b).fetch_decision(decision.id) is None, "the record to go")
+    with pytest.raises(DecisionNotFoundError):
+        b.feedback(decision.id, quality=0.5)
+    close(a, b)
+
+
+def test_a_decision_dropped_by_the_pending_cap_is_refused_on_another_replica(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server, max_pending=1), replica(server, max_pending=1)
+    first = a.route(text(1), prompt_tokens=100.0)
+    a.route(text(2), prompt_tokens=100.0)  # over the cap: the first is dropped
+    wait_for(lambda: store_of(a).stats.decisions_written >= 1, "the decision records")
+    wait_for(lambda: store_of(b).fetch_decision(first.id) is None, "the dropped record to go")
+    with pytest.raises(DecisionNotFoundError):
+        b.feedback(first.id, quality=0.5)
+    close(a, b)
+
+
+def test_feedback_on_another_replica_for_a_model_removed_and_added_again_is_a_no_op(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
+    model = next(m for m in a.config.models if m.name == decision.model)
+    a.remove_model(model.name)
+    a.add_model(model)
+    assert store_of(b).sync(WAIT_S)
+    assert model.name in b.models
+    assert b.feedback(decision.id, quality=0.5) is False
+    assert store_of(a).sync(WAIT_S)
+    for router in (a, b):
+        assert router.policy.inspect(model.name)["observations"] == 0
+    close(a, b)
+
+
+def test_the_length_complete_measured_is_learned_with_feedback_on_another_replica(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
+    a.complete(decision.id, output_tokens=321.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 2, "the completed record")
+    assert b.feedback(decision.id, quality=0.5)
+    want = build_router()
+    assert want.projection is not None
+    context = want.projection.context(want.embedder.embed([text(1)]))[0]
+    want.policy.update(decision.model, context, quality=0.5, output_tokens=321.0)
+    assert store_of(a).sync(WAIT_S)
+    for router in (a, b):
+        got = arms(router)[decision.model]
+        assert got["observations"] == 1
+        assert got["theta_log_length"] == arms(want)[decision.model]["theta_log_length"]
+    close(a, b)
+
+
+def test_a_replica_restarted_from_its_own_state_learns_nothing_twice(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = replica(server)
+    for i in range(5):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    a.save(tmp_path / "state")
+    close(a)
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S)
+    assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
+    close(restarted)
+
+
+def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: RedisServer) -> None:
+    a = replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    assert a.feedback(decision.id, quality=0.5)
+    assert store_of(a).checkpoint()
+    b = build_router()
+    dearer = replace(b.config.models[0], price_in=7.0, price_out=21.0)
+    b.update_model(dearer)
+    b.attach_store(RedisStore(server.url, block_s=0.05))
+    assert b.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
+    assert b.config.models[0].price_in == 7.0
+    # The checkpoint's learning came with it.
+    assert sum(b.policy.inspect(m)["observations"] for m in b.models) == 1
+    # And the other replicas take the configured prices too.
+    assert store_of(a).sync(WAIT_S)
+    assert a.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
+    # A replica attaching later with the first prices keeps them (over the update in the
+    # stream after the checkpoint), and so do the others.
+    c = replica(server)
+    assert c.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
+    assert c.config.models[0].price_in == 0.1
+    for router in (a, b):
+        assert store_of(router).sync(WAIT_S)
+        assert router.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
+    # Attaching with the configuration already in effect shares nothing.
+    length = store_of(a)._publisher.xlen(store_of(a).stream_key)
+    d = replica(server)
+    assert store_of(d)._publisher.xlen(store_of(d).stream_key) == length
+    close(a, b, c, d)
+
+
+class _SlowCopy:
+    """A policy whose copy takes a while to return, as a large one's does, to widen the window
+    in which the reader thread could apply entries between a checkpoint's copy of the policy and
+    its reading of the stream position."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def to_bytes(self) -> bytes:
+        state = self._policy.to_bytes()
+        time.sleep(0.3)
+        return state
+
+
+def test_a_checkpoint_holds_exactly_the_entries_up_to_the_position_it_records(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replica(server), replica(server)
+    slow = property(lambda r: _SlowCopy(r._policy) if r is a else r._policy)
+    monkeypatch.setattr(Router, "policy", slow)
+    stop = threading.Event()
+
+    def feed_b() -> None:
+        for i in range(200):
+            if stop.is_set():
+                return
+            decision = b.route(text(i), prompt_tokens=100.0)
+            b.feedback(decision.id, quality=0.5)
+            time.sleep(0.005)
+
+    feeder = threading.Thread(target=feed_b)
+    feeder.start()
+    try:
+        wait_for(lambda: store_of(a).stats.applied >= 3, "a to apply b's first observations")
+        assert store_of(a).checkpoint()
+    finally:
+        stop.set()
+        feeder.join(WAIT_S)
+    client = store_of(a)._publisher
+    raw: Any = client.hgetall(store_of(a).checkpoint_key)
+    policy = Policy.from_bytes(raw[b"state"], dim=a.policy.dim)
+    covered = raw[b"id"].decode()
+    in_stream = len(client.xrange(store_of(a).stream_key, "-", covered))
+    assert sum(policy.inspect(m)["observations"] for m in policy.models) == in_stream
+    close(a, b)
+
+
+def test_an_unreadable_decision_record_is_no_decision(server: RedisServer) -> None:
+    b = replica(server)
+    store_of(b)._publisher.set(f"{store_of(b).namespace}:decision:x-1", b"small\x00")
+    with pytest.raises(DecisionNotFoundError, match="no decision with id"):
+        b.feedback("x-1", quality=0.5)
+    assert all(b.policy.inspect(m)["observations"] == 0 for m in b.models)
+    close(b)
