@@ -84,6 +84,7 @@ from mixllm.projection import (
 from mixllm.store.decisions import deadline_ms
 from mixllm.store.observation import Observation
 from mixllm.store.pool import PoolChange
+from mixllm.store.position import StreamPosition
 from mixllm.tagging import DomainLabels, Tagger
 from mixllm.tuning import MIN_ROWS, KnobChoice, choose_ridge
 
@@ -101,6 +102,8 @@ MIN_FIT_QUERIES = 2
 # The largest manifest and config.json a load reads (checked before reading): a manifest is
 # a few hundred bytes, a configuration some hundreds per model.
 MAX_MANIFEST_BYTES = 64 << 10
+# The stream position and the ids of the observations learned past it (a buffer's worth).
+MAX_STREAM_POSITION_BYTES = 64 << 20
 MAX_CONFIG_BYTES = 16 << 20
 # How many times a load starts again when a save replaced the state it was reading.
 _LOAD_ATTEMPTS = 3
@@ -113,6 +116,7 @@ CONTEXT_CACHE_BYTES = 16 << 20
 CACHE_ENTRY_OVERHEAD = 256
 # The optional table of operating points a fit measured, and the most bytes it may take.
 _CALIBRATION = "calibration.json"
+_STREAM_POSITION = "store.json"
 MAX_CALIBRATION_BYTES = 1 << 20
 # The decision knobs both config.json and policy.bin carry; a saved state has them agree.
 _POLICY_KNOBS = (
@@ -251,6 +255,8 @@ class Router:
         # fresh one for an arm added while a store is attached (shared with the addition), so
         # feedback for a decision made with a model's earlier arm is not learned by a later one.
         self._arms: dict[str, str] = {}
+        # The stream position a state saved with a store attached holds (`load`).
+        self._saved_position: StreamPosition | None = None
         if store is not None:
             self.attach_store(store)
 
@@ -267,7 +273,7 @@ class Router:
                 raise ConfigError("this Router already has a store")
             if self._ledger:
                 raise ConfigError("attach the store before routing: decisions are pending")
-            checkpoint = store.load_checkpoint(self._policy.dim)
+            checkpoint = store.load_checkpoint(self._policy.dim, self._saved_position)
             configured = self._config.models
             if checkpoint is not None:
                 policy = checkpoint.policy
@@ -292,6 +298,21 @@ class Router:
             if not self._configured_as(model):
                 with contextlib.suppress(UnknownModelError):  # removed meanwhile, elsewhere
                     self.update_model(model)
+
+    def _adopt_checkpoint(self, policy: Policy, arms: dict[str, str]) -> None:
+        """The store's checkpoint replaces the arms (this replica fell behind the stream's
+        trimming); the pending decisions made with arms it still has carry over to them."""
+        with self._lock:
+            now = self._now()
+            for pending in self._ledger:
+                if (
+                    pending.model in policy
+                    and pending.current(self._policy)
+                    and arms.get(pending.model, "") == pending.arm
+                ):
+                    pending.rebind(policy, now)
+            self._policy = policy
+            self._arms = dict(arms)
 
     def _configured_as(self, model: ModelConfig) -> bool:
         """Whether the pool's model of that name has ``model``'s configuration and its arm the
@@ -1161,7 +1182,11 @@ class Router:
         crashed saves left: a crash at any point leaves the previous save loadable
         (docs/guarantees.md). Returns the folder written.
         """
-        with self._lock:
+        store = self._store
+        with (
+            store.saving() if store is not None else contextlib.nullcontext() as position,
+            self._lock,
+        ):
             projection = self._require_projection()
             config = self._config.to_dict()
             policy = self._policy.to_bytes()
@@ -1173,6 +1198,8 @@ class Router:
         }
         if calibration is not None:
             files[_CALIBRATION] = json.dumps(calibration.to_dict(), indent=2).encode("utf-8")
+        if position is not None:
+            files[_STREAM_POSITION] = json.dumps(position.to_dict()).encode("utf-8")
         manifest = {
             "format": STATE_FORMAT,
             "mixllm": __version__,
@@ -1210,7 +1237,7 @@ class Router:
                 if not moved or attempt == _LOAD_ATTEMPTS - 1:
                     raise
         try:
-            return cls(
+            router = cls(
                 config,
                 embedder=embedder,
                 projection=projection,
@@ -1220,6 +1247,8 @@ class Router:
             )
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
+        router._saved_position = _saved_position(folder)
+        return router
 
     @classmethod
     def default(
@@ -1306,6 +1335,18 @@ def _read_state(
         except ValueError as err:
             raise StateFileError(f"{folder}: invalid {_CALIBRATION}: {err}") from err
     return config, projection, policy, calibration
+
+
+def _saved_position(folder: Path) -> StreamPosition | None:
+    """The store's stream position a state saved with a store attached records."""
+    checksums = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES).get("files")
+    if not isinstance(checksums, dict) or _STREAM_POSITION not in checksums:
+        return None
+    raw = _json_object(folder, _STREAM_POSITION, MAX_STREAM_POSITION_BYTES, checksums)
+    try:
+        return StreamPosition.from_dict(raw)
+    except ValueError as err:
+        raise StateFileError(f"{folder}: invalid {_STREAM_POSITION}: {err}") from err
 
 
 _ANSWERED_ELSEWHERE = "already answered (on another replica)"
