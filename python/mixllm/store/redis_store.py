@@ -65,8 +65,10 @@ class Checkpoint:
 
     policy: Policy
     arms: dict[str, str]
-    # The last stream entry the policy holds.
+    # The last stream entry the policy holds, and how many entries the stream had been given
+    # up to it (None in a checkpoint written before that was recorded).
     covered: str = "0-0"
+    seq: int | None = 0
 
 
 class _Behind(Exception):
@@ -201,6 +203,10 @@ class RedisStore:
         # Guards what the reader has applied: `_last_id` and the counters below.
         self._applied_cond = threading.Condition()
         self._last_id = "0-0"
+        # How many entries the stream had been given up to `_last_id` (its "entries-added"
+        # then; None: not known yet). The stream is only ever trimmed from its oldest end, so
+        # once it counts more entries deleted than this, some were never read here.
+        self._seq: int | None = 0
         # One reader at a time: the follower thread, or a checkpoint catching up.
         self._read_lock = threading.Lock()
         self._dedupe_window = dedupe_window
@@ -256,12 +262,14 @@ class RedisStore:
             if saved is not None and saved.namespace == self.namespace:
                 with self._applied_cond:
                     self._last_id = saved.last_id
+                self._seq = saved.seq
                 for observation_id in saved.learned:
                     self._seen.put(observation_id, True)
             return None
         with self._applied_cond:
             self._last_id = checkpoint.covered
             self._checkpointed_id = checkpoint.covered
+        self._seq = checkpoint.seq
         self._loaded = True
         return checkpoint
 
@@ -280,11 +288,14 @@ class RedisStore:
                 isinstance(k, str) and isinstance(v, str) for k, v in arms.items()
             ):
                 raise ValueError(f"arm ids {arms!r} are not a name -> id mapping")
+            seq = int(raw[b"seq"]) if b"seq" in raw else None
+            if seq is not None and seq < 0:
+                raise ValueError(f"entry count {seq} is negative")
         except (KeyError, ValueError) as err:
             raise StoreError(
                 f"the checkpoint under {self.checkpoint_key} is unreadable: {err}"
             ) from err
-        return Checkpoint(policy, arms, covered)
+        return Checkpoint(policy, arms, covered, seq)
 
     def start(self, router: Router) -> None:
         """Catches up with the stream, then follows it in a background thread. Called by
@@ -359,13 +370,14 @@ class RedisStore:
         unreachable it is buffered instead, for the reader thread to deliver once Redis is back;
         observations never wait behind a buffer, so they keep their order."""
         if self._online and not len(self._outbox):
+            read = self._last_id
             try:
                 appended: Any = self._publisher.xadd(self.stream_key, observation.to_fields())  # type: ignore[arg-type]
                 self._appended(observation, appended)
                 return
             except self._redis_error as err:
                 self._online = False
-                self._note_uncertain()
+                self._note_uncertain(read)
                 log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
         self._outbox.put(observation)
 
@@ -376,11 +388,12 @@ class RedisStore:
         if isinstance(entry, Observation):
             self._unread_own[entry.id] = None
 
-    def _note_uncertain(self) -> None:
+    def _note_uncertain(self, read: str) -> None:
         """An append failed, perhaps after Redis made it: the buffer's next delivery first
-        looks for what arrived, from the last position known before it."""
+        looks for what arrived, after the newest entry known before it (``read``: the last
+        one the reader had read when it was sent; the reader may since have read past it)."""
         if self._uncertain_from is None:
-            newest = max(self._appended_id, self._last_id, key=stream_id_key)
+            newest = max(self._appended_id, read, key=stream_id_key)
             self._uncertain_from = newest
 
     def _flush(self) -> None:
@@ -395,10 +408,11 @@ class RedisStore:
             pipe = self._publisher.pipeline(transaction=False)
             for entry in batch:
                 pipe.xadd(self.stream_key, entry.to_fields())  # type: ignore[arg-type]
+            read = self._last_id
             try:
                 replies: list[Any] = pipe.execute()
             except self._redis_error:
-                self._note_uncertain()
+                self._note_uncertain(read)
                 raise
             self._outbox.pop(len(batch))
             for entry, stream_id in zip(batch, replies, strict=True):
@@ -420,7 +434,7 @@ class RedisStore:
             low = f"({entries[-1][0].decode()}"
         if self._trimmed_past(since):
             log.warning(
-                "the stream was trimmed past entry %s: a buffered observation whose append "
+                "the stream no longer holds entry %s: a buffered observation whose append "
                 "seemed to fail but did not may be appended again",
                 since,
             )
@@ -538,32 +552,31 @@ class RedisStore:
             if reply:
                 raise info
             return 0  # no stream yet
-        if self._deleted_after(info, self._last_id):
+        # Redis 7 and Valkey count the entries ever added; older ones do not, and nothing is
+        # found missing by this account.
+        added: int | None = info.get("entries-added")
+        if added is not None and self._seq is not None and added - info["length"] > self._seq:
             raise _Behind
-        if not reply:
-            return 0
-        entries = reply[0][1]
-        self._apply(entries)
+        entries = reply[0][1] if reply else []
+        if entries:
+            self._apply(entries)
+        if self._seq is not None:
+            self._seq += len(entries)
+        elif added is not None and len(entries) < _READ_BATCH:
+            self._seq = added  # read to the end: the count is known from here on
         return len(entries)
 
-    @staticmethod
-    def _deleted_after(info: dict[str, Any], stream_id: str) -> bool:
-        """Whether the stream ``info`` describes (XINFO STREAM) has lost an entry after
-        ``stream_id`` (Redis 7 and Valkey say which was the newest deleted; older ones do not,
-        and lose nothing by this account)."""
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is None:
-            return False
-        text = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-        return stream_id_key(text) > stream_id_key(stream_id)
-
     def _trimmed_past(self, stream_id: str) -> bool:
-        """Whether the stream has lost an entry after ``stream_id``."""
+        """Whether the stream's oldest entry is newer than ``stream_id`` (then entries after
+        it may have been trimmed)."""
         try:
             info: Any = self._publisher.xinfo_stream(self.stream_key)
         except self._response_error:
             return False  # no stream
-        return self._deleted_after(info, stream_id)
+        first = info.get("first-entry")
+        if not first:
+            return bool(info.get("length", 0) == 0 and info.get("entries-added", 0))
+        return stream_id_key(first[0].decode()) > stream_id_key(stream_id)
 
     def _catch_up(self) -> None:
         """Reads to the end of the stream, starting again from the latest checkpoint when this
@@ -614,6 +627,7 @@ class RedisStore:
         router._adopt_checkpoint(checkpoint.policy, checkpoint.arms)
         with self._applied_cond:
             self._last_id = checkpoint.covered
+        self._seq = checkpoint.seq
         if stream_id_key(checkpoint.covered) > stream_id_key(self._checkpointed_id):
             self._checkpointed_id = checkpoint.covered
         self._seen = LruCache(self._dedupe_window)
@@ -742,7 +756,7 @@ class RedisStore:
             learned += [
                 e.id for e in self._outbox.peek(len(self._outbox)) if isinstance(e, Observation)
             ]
-            yield StreamPosition(self.namespace, self._last_id, tuple(learned))
+            yield StreamPosition(self.namespace, self._last_id, self._seq, tuple(learned))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -771,16 +785,16 @@ class RedisStore:
                 self._catch_up()
                 state = router.policy.to_bytes()
                 arms = json.dumps(router._arm_ids()).encode()
-                covered = self._last_id
+                covered, seq = self._last_id, self._seq
         if not first and stream_id_key(covered) <= stream_id_key(self._checkpointed_id):
             return False
-        written = self._write_checkpoint(state, covered, arms)
+        written = self._write_checkpoint(state, covered, seq, arms)
         if written:
             self._checkpointed_id = covered
             self._checkpoints += 1
         return written
 
-    def _write_checkpoint(self, state: bytes, covered: str, arms: bytes) -> bool:
+    def _write_checkpoint(self, state: bytes, covered: str, seq: int | None, arms: bytes) -> bool:
         """Replaces the checkpoint unless a newer one is there, and trims the stream behind it
         (keeping ``retain_s`` of entries for replicas reading behind), in one transaction."""
         with self._reader.pipeline() as pipe:
@@ -795,9 +809,12 @@ class RedisStore:
                 retained = (seconds * 1000 + micros // 1000 - self._retain_ms, 0)
                 horizon = min(stream_id_key(covered), retained)
                 pipe.multi()
-                pipe.hset(
-                    self.checkpoint_key, mapping={"state": state, "id": covered, "arms": arms}
-                )
+                fields: dict[str, bytes | str | int] = {"state": state, "id": covered, "arms": arms}
+                if seq is not None:
+                    fields["seq"] = seq
+                else:
+                    pipe.hdel(self.checkpoint_key, "seq")
+                pipe.hset(self.checkpoint_key, mapping=fields)  # type: ignore[arg-type]
                 pipe.xtrim(self.stream_key, minid=f"{horizon[0]}-{horizon[1]}", approximate=False)
                 pipe.execute()
             except self._watch_error:
