@@ -15,7 +15,7 @@ import pytest
 from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
 from mixllm.router import Router
-from mixllm.store import RedisStore
+from mixllm.store import RedisStore, StoreError
 from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
 from store_replica import arms, build_router, text
 
@@ -128,6 +128,50 @@ def test_a_replica_restarted_from_its_own_state_learns_nothing_twice(
     assert store_of(restarted).sync(WAIT_S)
     assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
     close(restarted)
+
+
+def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_nothing_twice(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, other = replica(server), replica(server)
+    for i in range(5):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(other).sync(WAIT_S)
+    a.save(tmp_path / "state")
+    close(a)
+    # Redis keeps the stream but loses the checkpoint; the others go on learning.
+    store_of(other)._publisher.delete(store_of(other).checkpoint_key)
+    for i in range(5, 8):
+        decision = other.route(text(i), prompt_tokens=100.0)
+        assert other.feedback(decision.id, quality=0.5)
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S) and store_of(other).sync(WAIT_S)
+    # Its own 5 once, and the 3 learned elsewhere since it saved.
+    assert arms(restarted) == arms(other)
+    assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 8
+    close(restarted, other)
+
+
+def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = build_router(store=RedisStore(server.url, block_s=0.05, retain_s=0.0))
+    decision = a.route(text(0), prompt_tokens=100.0)
+    assert a.feedback(decision.id, quality=0.5)
+    a.save(tmp_path / "state")
+    for i in range(1, 4):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(a).checkpoint()  # trims the stream behind the last entry
+    store_of(a)._publisher.delete(store_of(a).checkpoint_key)
+    close(a)
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    before = arms(restarted)
+    with pytest.raises(StoreError, match="trimmed away.*no checkpoint"):
+        restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert restarted.store is None and arms(restarted) == before
 
 
 def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: RedisServer) -> None:
