@@ -1231,6 +1231,7 @@ class Router:
             folder = root / name
             try:
                 config, projection, policy, calibration = _read_state(folder)
+                position = _saved_position(folder)
                 break
             except StateFileError:
                 moved = state_folder.current_state(root) != name
@@ -1247,7 +1248,7 @@ class Router:
             )
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
-        router._saved_position = _saved_position(folder)
+        router._saved_position = position
         return router
 
     @classmethod
