@@ -169,7 +169,7 @@ def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(
     close(a)
     restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
     before = arms(restarted)
-    with pytest.raises(StoreError, match="trimmed away.*no checkpoint"):
+    with pytest.raises(StoreError, match=r"trimmed away.*no checkpoint"):
         restarted.attach_store(RedisStore(server.url, block_s=0.05))
     assert restarted.store is None and arms(restarted) == before
 

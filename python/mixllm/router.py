@@ -805,20 +805,8 @@ class Router:
             pending.deadline_ms = deadline_ms(self._config.feedback_ttl_s)
             self._ledger.add(decision_id, pending, self._policy, now)
         if self._store is not None:
-            self._store.record_decision(decision_id, *self._record(pending))
+            self._store.record_decision(decision_id, pending)
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
-
-    def _record(
-        self, pending: PendingDecision
-    ) -> tuple[str, NDArray[np.float64], str, int, float | None]:
-        """What the other replicas need to take a decision's feedback (`DecisionRecord`)."""
-        return (
-            pending.model,
-            pending.context,
-            pending.arm,
-            pending.deadline_ms,
-            pending.output_tokens,
-        )
 
     def _forget_dropped(self, decision_id: str, reason: str) -> None:
         """Takes a decision dropped unanswered out of the store (caller holds the lock)."""
@@ -853,7 +841,7 @@ class Router:
                 pending.leave_queue(self._policy, latency_s, now)
             if self._store is not None and output_tokens is not None:
                 # Feedback may land on another replica: it learns the length from the record.
-                self._store.record_decision(decision_id, *self._record(pending))
+                self._store.record_decision(decision_id, pending)
 
     def cancel(self, decision_id: str) -> None:
         """The request of decision ``decision_id`` was never answered (its model failed, or the

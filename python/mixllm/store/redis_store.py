@@ -32,7 +32,7 @@ from mixllm._core import (
 )
 from mixllm._lru import LruCache
 from mixllm.errors import StoreError
-from mixllm.store.decisions import DecisionRecord, DecisionRecords
+from mixllm.store.decisions import DecisionRecord, DecisionRecords, Recorded
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
 from mixllm.store.pool import PoolChange
@@ -40,9 +40,7 @@ from mixllm.store.position import StreamPosition, stream_id_key
 from mixllm.store.queues import SharedQueues
 
 if TYPE_CHECKING:
-    import numpy as np
     import redis
-    from numpy.typing import NDArray
 
     from mixllm.router import Router
 
@@ -450,19 +448,13 @@ class RedisStore:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    def record_decision(
-        self,
-        decision_id: str,
-        model: str,
-        context: NDArray[np.float64],
-        arm: str,
-        deadline_ms: int,
-        output_tokens: float | None = None,
-    ) -> None:
-        """Shares a decision (what `DecisionRecord` holds), or replaces what was shared of it
-        (written in the background: never waits on Redis; the context must not change after)."""
+    def record_decision(self, decision_id: str, record: Recorded) -> None:
+        """Shares a decision (what `DecisionRecord` holds: its model, arm, context, deadline and
+        answer's length), or replaces what was shared of it. Written in the background, never
+        waiting on Redis; the fields are read when it is written, and the context must not
+        change."""
         if self._decisions is not None:
-            self._decisions.put(decision_id, model, context, arm, deadline_ms, output_tokens)
+            self._decisions.put(decision_id, record)
 
     def forget_decision(self, decision_id: str) -> None:
         """A decision ended unanswered (cancelled, dropped): no replica may take its feedback
