@@ -37,6 +37,9 @@ _WRITE_BATCH = 1000
 # How often the writer wakes to write what was queued: waking it for every decision would cost
 # the decision path a thread switch each time.
 _FLUSH_EVERY_S = 0.005
+# More threads than this appending decision records at once could take the queue past its
+# capacity by the difference.
+_APPENDERS = 256
 _SEPARATOR = b"\x00"
 # After the model and the arm: the deadline (ms since the epoch) and the answer's length (NaN:
 # not measured), then the context's raw bytes.
@@ -183,11 +186,14 @@ class DecisionRecords:
         self._namespace = namespace
         self._prefix = f"{namespace}:decision:".encode()
         self._redis_error = redis_error
-        self._queue: deque[_Entry] = deque(maxlen=capacity)
+        self._queue: deque[_Entry] = deque()
         self._capacity = capacity
-        # Guards the queue and the counters; a plain lock, cheaper on the decision path than a
-        # condition: the writer polls instead of being notified.
+        # Taken by the writer, and by a decision only when the queue is nearly full: appending
+        # to a deque is atomic, and a lock would cost the decision path more than the append.
+        # Below the capacity by more than the threads that could append at once, no append can
+        # take it past; the writer polls instead of being notified, for the same reason.
         self._lock = threading.Lock()
+        self._unlocked_below = capacity - _APPENDERS
         self._stop = threading.Event()
         self.dropped = 0
         self.written = 0
@@ -205,17 +211,25 @@ class DecisionRecords:
         """Queues a decision's record for writing (within a few milliseconds), replacing any
         earlier one of the decision; never waits on Redis. Its fields are read when it is
         written, and its context must not change."""
-        with self._lock:
-            if len(self._queue) == self._capacity:
-                self.dropped += 1
+        if len(self._queue) < self._unlocked_below:
             self._queue.append((decision_id, record))
+        else:
+            self._append_full((decision_id, record))
 
     def delete(self, decision_id: str) -> None:
         """Queues the deletion of a decision's record, after whatever was queued before it."""
-        with self._lock:
-            if len(self._queue) == self._capacity:
-                self.dropped += 1
+        if len(self._queue) < self._unlocked_below:
             self._queue.append((decision_id, None))
+        else:
+            self._append_full((decision_id, None))
+
+    def _append_full(self, entry: _Entry) -> None:
+        """Appends to a queue at or near its capacity, dropping (and counting) the oldest."""
+        with self._lock:
+            while len(self._queue) >= self._capacity:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(entry)
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         """The record of a decision made on any replica, or None when there is none (never

@@ -20,7 +20,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -99,6 +99,10 @@ class StoreStats:
     # Times this replica found entries it had not read trimmed away, and started again from
     # the latest checkpoint.
     recoveries: int = 0
+
+
+def _ignore(*_: object) -> None:
+    pass
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -236,6 +240,15 @@ class RedisStore:
         self._queue_ttl_s = float(queue_ttl_s)
         self._queues: SharedQueues | None = None
         self._decisions: DecisionRecords | None = None
+        # Called by the Router on its decision path, so bound to the record writer's own
+        # methods once it runs (one call fewer per decision), doing nothing before:
+        # `record_decision(id, record)` shares a decision (its model, arm, context, deadline and
+        # answer's length, read when it is written, in the background: it never waits on
+        # Redis; the context must not change), or replaces what was shared of it;
+        # `forget_decision(id)`: a decision ended unanswered (cancelled, dropped), and no
+        # replica may take its feedback (deleted in the background, after what was queued).
+        self.record_decision: Callable[[str, Recorded], None] = _ignore
+        self.forget_decision: Callable[[str], None] = _ignore
         self._router: Router | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -322,6 +335,8 @@ class RedisStore:
             capacity=self._max_unwritten,
             redis_error=self._redis_error,
         )
+        self.record_decision = self._decisions.put
+        self.forget_decision = self._decisions.delete
         self._queues = SharedQueues(
             self._publisher,
             self.namespace,
@@ -447,20 +462,6 @@ class RedisStore:
             )
 
     # -- decisions ------------------------------------------------------------------------------
-
-    def record_decision(self, decision_id: str, record: Recorded) -> None:
-        """Shares a decision (what `DecisionRecord` holds: its model, arm, context, deadline and
-        answer's length), or replaces what was shared of it. Written in the background, never
-        waiting on Redis; the fields are read when it is written, and the context must not
-        change."""
-        if self._decisions is not None:
-            self._decisions.put(decision_id, record)
-
-    def forget_decision(self, decision_id: str) -> None:
-        """A decision ended unanswered (cancelled, dropped): no replica may take its feedback
-        (deleted in the background, after what was queued before)."""
-        if self._decisions is not None:
-            self._decisions.delete(decision_id)
 
     def fetch_decision(self, decision_id: str) -> DecisionRecord | None:
         """A decision made on any replica (None when there is none, or it expired)."""
