@@ -4,6 +4,8 @@ length measured by `complete`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -262,3 +264,60 @@ def test_an_unreadable_decision_record_is_no_decision(server: RedisServer) -> No
         b.feedback("x-1", quality=0.5)
     assert all(b.policy.inspect(m)["observations"] == 0 for m in b.models)
     close(b)
+
+
+# A replica on a machine whose wall clock is `offset` seconds off: it makes two decisions,
+# prints their ids once their records are written, and waits for a line on stdin to end.
+SKEWED_REPLICA = """
+import sys, time
+offset = float(sys.argv[2])
+true_time = time.time
+time.time = lambda: true_time() + offset
+sys.path.insert(0, sys.argv[3])
+from mixllm.store import RedisStore
+from store_replica import build_router, text
+router = build_router(store=RedisStore(sys.argv[1], block_s=0.05), feedback_ttl_s=2.0)
+ids = [router.route(text(i), prompt_tokens=100.0).id for i in range(2)]
+while router.store.stats.decisions_written < 2:
+    time.sleep(0.01)
+print(" ".join(ids), flush=True)
+sys.stdin.readline()
+router.store.close()
+"""
+
+
+@pytest.mark.parametrize("offset_s", [-10.0, 10.0])
+def test_replicas_agree_on_a_deadline_whatever_their_clocks_say(
+    server: RedisServer, offset_s: float
+) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SKEWED_REPLICA,
+            server.url,
+            str(offset_s),
+            str(Path(__file__).parent),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        line = child.stdout.readline()
+        assert line, "the replica exited early"
+        early, late = line.split()
+        b = replica(server, feedback_ttl_s=2.0)
+        # Within its time to live, by Redis's clock: accepted here, though the deciding
+        # replica's clock says otherwise (10 s behind, its deadline was already past).
+        assert b.feedback(early, quality=0.5)
+        time.sleep(2.5)
+        # Past it: refused, though the deciding replica's clock, 10 s ahead, says it is not.
+        with pytest.raises(DecisionNotFoundError):
+            b.feedback(late, quality=0.5)
+        close(b)
+    finally:
+        child.stdin.write("done\n")
+        child.stdin.close()
+        child.wait(timeout=WAIT_S)

@@ -2,11 +2,13 @@
 accepted on any other, exactly once.
 
 Each decision is written under its own key, expiring at the decision's deadline (``SET ...
-PXAT``, an absolute time on the wall clock: a record written late, behind a backlog, still
-expires when the decision does), by a background thread, so routing never waits on Redis. The
-same thread rewrites a record when its request completes (with the answer's length) and deletes
-it when the decision is cancelled or dropped, in the order they happened. A feedback call claims
-its decision with ``SET ... NX``, which only one call across all replicas can win.
+PXAT``, an absolute time on Redis's clock, to which each replica converts its own wall clock's
+(`SharedClock`): a record written late, behind a backlog, still expires when the decision does,
+and replicas whose clocks disagree still agree on when that is), by a background thread, so
+routing never waits on Redis. The same thread rewrites a record when its request completes
+(with the answer's length) and deletes it when the decision is cancelled or dropped, in the
+order they happened. A feedback call claims its decision with ``SET ... NX``, which only one
+call across all replicas can win.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mixllm.store.clock import SharedClock
 
 if TYPE_CHECKING:
     import redis
@@ -181,8 +185,10 @@ class DecisionRecords:
         *,
         capacity: int,
         redis_error: type[Exception],
+        clock: SharedClock | None = None,
     ) -> None:
         self._client = client
+        self._clock = SharedClock() if clock is None else clock
         self._namespace = namespace
         self._prefix = f"{namespace}:decision:".encode()
         self._redis_error = redis_error
@@ -239,7 +245,8 @@ class DecisionRecords:
         if data is None:
             return None
         try:
-            record = DecisionRecord.from_bytes(data)
+            shared = DecisionRecord.from_bytes(data)
+            record = replace(shared, deadline_ms=self._clock.to_local(shared.deadline_ms))
         except (struct.error, ValueError) as err:
             # Not a record this version writes: no decision this replica can learn.
             log.warning("unreadable record of decision %s: %s", decision_id, err)
@@ -324,7 +331,7 @@ class DecisionRecords:
         headers = {pair: at for at, pair in enumerate(dict.fromkeys(pairs), start=1)}
         meta["header"][rows] = list(map(headers.__getitem__, pairs))
         meta["context"][rows] = [8 * len(context) for context in contexts]
-        meta["deadline"][rows] = deadlines
+        meta["deadline"][rows] = np.array(deadlines, dtype=np.float64) + self._clock.offset_ms
         # An answer's length not measured yet is stored as NaN (most are, when first written).
         if tokens.count(None) == len(tokens):
             meta["tokens"][rows] = math.nan

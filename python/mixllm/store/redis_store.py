@@ -32,6 +32,7 @@ from mixllm._core import (
 )
 from mixllm._lru import LruCache
 from mixllm.errors import StoreError
+from mixllm.store.clock import SharedClock
 from mixllm.store.decisions import DecisionRecord, DecisionRecords, Recorded
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
@@ -240,6 +241,8 @@ class RedisStore:
         self._queue_ttl_s = float(queue_ttl_s)
         self._queues: SharedQueues | None = None
         self._decisions: DecisionRecords | None = None
+        # Redis's clock, read by the queues' thread: decision deadlines are shared in it.
+        self._clock = SharedClock()
         # Called by the Router on its decision path, so bound to the record writer's own
         # methods once it runs (one call fewer per decision), doing nothing before:
         # `record_decision(id, record)` shares a decision (its model, arm, context, deadline and
@@ -315,6 +318,8 @@ class RedisStore:
             raise StoreError("this store is already attached to a Router")
         self._router = router
         try:
+            # Redis's clock before the first decision's deadline is converted to it.
+            self._clock.read(self._publisher)
             if self._loaded:
                 with self._publish_lock, self._read_lock:
                     self._catch_up()
@@ -334,6 +339,7 @@ class RedisStore:
             self.namespace,
             capacity=self._max_unwritten,
             redis_error=self._redis_error,
+            clock=self._clock,
         )
         self.record_decision = self._decisions.put
         self.forget_decision = self._decisions.delete
@@ -346,6 +352,7 @@ class RedisStore:
             ttl_s=self._queue_ttl_s,
             redis_error=self._redis_error,
             now=router._now,
+            clock=self._clock,
         )
         self._thread = threading.Thread(target=self._follow, name="mixllm-store", daemon=True)
         self._thread.start()
