@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 # Stream entries read per call: bounds the memory of one read and the time the apply lock is held.
 _READ_BATCH = 1000
+# How often the follower checks that no entry it had yet to read was trimmed away (a read that
+# does not block always checks).
+_GAP_CHECK_S = 0.1
 # Recoveries from the latest checkpoint tried one after the other before giving up for a while.
 _RECOVERIES_IN_A_ROW = 3
 # How long the reader waits before trying an unreachable Redis again, at first and at most.
@@ -210,6 +213,7 @@ class RedisStore:
         # then; None: not known yet). The stream is only ever trimmed from its oldest end, so
         # once it counts more entries deleted than this, some were never read here.
         self._seq: int | None = 0
+        self._next_gap_check = 0.0
         # One reader at a time: the follower thread, or a checkpoint catching up.
         self._read_lock = threading.Lock()
         self._dedupe_window = dedupe_window
@@ -531,17 +535,20 @@ class RedisStore:
 
     def _read_batch(self, *, block: bool) -> int:
         """`_read` for a caller holding the read lock. Raises `_Behind` when entries after the
-        last one read were trimmed away."""
-        if block:
-            # Waits for an entry after the last one read (returning as soon as there is one),
-            # then reads it with the others below.
-            woken: Any = self._reader.xread(
-                {self.stream_key: self._last_id}, count=1, block=self._block_ms
+        last one read were trimmed away: checked on every read that does not block (catching
+        up), and every `_GAP_CHECK_S` on the follower's."""
+        if block and time.monotonic() < self._next_gap_check:
+            reply: Any = self._reader.xread(
+                {self.stream_key: self._last_id}, count=_READ_BATCH, block=self._block_ms
             )
-            if not woken:
-                return 0
-        # The batch and what the stream has lost, in one transaction: an entry trimmed before
-        # this read is then one the batch lacks, and one trimmed after it is not.
+            entries = reply[0][1] if reply else []
+            if entries:
+                self._apply(entries)
+                if self._seq is not None:
+                    self._seq += len(entries)
+            return len(entries)
+        self._next_gap_check = time.monotonic() + _GAP_CHECK_S
+        # The batch and the stream's counts, in one transaction, so that they agree.
         pipe = self._reader.pipeline(transaction=True)
         pipe.xinfo_stream(self.stream_key)
         pipe.xread({self.stream_key: self._last_id}, count=_READ_BATCH)
@@ -552,19 +559,33 @@ class RedisStore:
             if reply:
                 raise info
             return 0  # no stream yet
+        entries = reply[0][1] if reply else []
         # Redis 7 and Valkey count the entries ever added; older ones do not, and nothing is
         # found missing by this account.
         added: int | None = info.get("entries-added")
-        if added is not None and self._seq is not None and added - info["length"] > self._seq:
-            raise _Behind
-        entries = reply[0][1] if reply else []
+        if added is not None:
+            if self._seq is None:
+                if len(entries) < _READ_BATCH:
+                    # Counted from here on (what came before is taken as read in full).
+                    self._seq = added - len(entries)
+            elif self._lost_entries(added, info["length"], len(entries)):
+                raise _Behind
         if entries:
             self._apply(entries)
-        if self._seq is not None:
-            self._seq += len(entries)
-        elif added is not None and len(entries) < _READ_BATCH:
-            self._seq = added  # read to the end: the count is known from here on
+            if self._seq is not None:
+                self._seq += len(entries)
         return len(entries)
+
+    def _lost_entries(self, added: int, length: int, after: int) -> bool:
+        """Whether entries after the last one read (``after`` of them still in the stream, up
+        to a batch) were trimmed before this replica read them, or were earlier: the stream is
+        only trimmed from its oldest end, so ``added - length`` entries are gone, all of the
+        oldest. Counting from `_seq` (the entries given up to the last one read, as if every
+        one of them was read): with nothing lost, the entries after it are all still there."""
+        assert self._seq is not None
+        if after < _READ_BATCH:
+            return after != added - self._seq
+        return added - length > self._seq
 
     def _trimmed_past(self, stream_id: str) -> bool:
         """Whether the stream's oldest entry is newer than ``stream_id`` (then entries after
