@@ -124,7 +124,8 @@ class RedisStore:
     saved Router, or the checkpoint already in Redis, which attaching loads).
 
     ``checkpoint_every_s``: how often this replica writes a checkpoint; ``retain_s``: how long
-    stream entries are kept after a checkpoint covers them, for replicas that read behind;
+    stream entries are kept after a checkpoint covers them, for replicas that read behind (one
+    that finds entries it had not read trimmed away starts again from the latest checkpoint);
     ``max_buffered``: observations kept while Redis is unreachable (beyond that the oldest are
     dropped and counted); ``max_unwritten_decisions``: decision records waiting to be written
     (the same); ``block_s``: how long one read waits for new entries (the replication
@@ -328,9 +329,10 @@ class RedisStore:
                 with self._publish_lock, self._read_lock:
                     self._catch_up()
             else:
-                # The first checkpoint, before anything is learned from the stream: a replica
-                # restarted from its own saved state then loads it and replays the stream after
-                # it, instead of learning its own earlier observations a second time.
+                # The first checkpoint, after replaying the stream from the position a saved
+                # state records (its start, without one): a replica restarted from its own
+                # saved state then loads it and replays the stream after it, instead of
+                # learning its own earlier observations a second time.
                 self._checkpoint(first=True)
         except self._redis_error as err:
             self._router = None
