@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
@@ -154,6 +155,33 @@ def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_noth
     assert arms(restarted) == arms(other)
     assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 8
     close(restarted, other)
+
+
+def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = replica(server)
+    for i in range(2):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    server.stop()
+    for i in range(2, 5):  # learned and buffered: in the saved state, not yet in the stream
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(a).stats.buffered == 3
+    a.save(tmp_path / "state")
+    server.start()
+    wait_for(lambda: store_of(a).stats.buffered == 0, "a to deliver what it buffered")
+    close(a)
+    client: Any = redis.Redis.from_url(server.url)
+    client.delete(f"{store_of(a).namespace}:checkpoint")
+    assert client.xlen(store_of(a).stream_key) == 5
+    client.close()
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S)
+    assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
+    close(restarted)
 
 
 def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(

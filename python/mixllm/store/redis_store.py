@@ -772,7 +772,9 @@ class RedisStore:
         replica's own observations in it that may lie past that position."""
         with self._publish_lock, self._read_lock:
             try:
-                self._catch_up()
+                # Not while Redis is known to be unreachable: the save would wait for a timeout.
+                if self._online:
+                    self._catch_up()
             except (self._redis_error, StoreError) as err:
                 log.warning("saving without catching up with the stream first: %s", err)
             learned = [*self._unread_own]
