@@ -631,8 +631,9 @@ class RedisStore:
         if checkpoint is None:
             raise StoreError(
                 f"entries of {self.stream_key} after {self._last_id}, which this replica had not "
-                f"read, were trimmed away, and there is no checkpoint under "
-                f"{self.checkpoint_key} to start again from"
+                "read, were trimmed away (or that position is another Redis's, where the state "
+                f"was saved), and there is no checkpoint under {self.checkpoint_key} to start "
+                "again from"
             )
         if checkpoint.policy.models != router.policy.models:
             raise StoreError(
