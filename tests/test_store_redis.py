@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_pa
     single = reference(learned)  # type: ignore[arg-type]
     want_decisions = decisions(single, range(1000, 1020))
     for result in results:
+        assert result["recoveries"] == 0
         assert_same_arms(result["arms"], arms(single))
         assert [d[0] for d in result["decisions"]] == [d[0] for d in want_decisions]
         np.testing.assert_allclose(
@@ -117,6 +119,8 @@ def test_a_replica_joining_late_starts_from_the_checkpoint_and_replays_the_rest(
     learned += feed(first, range(40, 45))
     assert late.store.sync(WAIT_S)
     assert_same_arms(arms(late), arms(reference(learned)))
+    # The trimming behind the checkpoint took nothing either had yet to read.
+    assert late.store.stats.recoveries == first.store.stats.recoveries == 0
     for router in (first, late):
         router.store.close()  # type: ignore[union-attr]
 
@@ -405,4 +409,24 @@ def test_an_append_whose_reply_was_lost_is_not_learned_twice_from_a_later_checkp
         assert_same_arms(arms(router), arms(reference(learned)))
     assert publisher.xlen(a.store.stream_key) == len(learned)
     for router in (a, b, late):
+        router.store.close()  # type: ignore[union-attr]
+
+
+def test_trimming_right_behind_the_readers_takes_nothing_they_had_yet_to_read(
+    server: RedisServer,
+) -> None:
+    # Checkpoints every 50 ms, each trimming the stream up to the entry it covers, while both
+    # replicas append and read: a reader just behind the trim point has lost nothing.
+    a = build_router(store=store(server, checkpoint_every_s=0.05, retain_s=0.0))
+    b = build_router(store=store(server))
+    assert a.store is not None and b.store is not None
+    learned = []
+    for i in range(60):
+        learned += feed(a if i % 2 else b, [i])
+        time.sleep(0.005)
+    assert a.store.stats.checkpoints > 1
+    assert a.store.sync(WAIT_S) and b.store.sync(WAIT_S)
+    assert a.store.stats.recoveries == b.store.stats.recoveries == 0
+    for router in (a, b):
+        assert_same_arms(arms(router), arms(reference(learned)))
         router.store.close()  # type: ignore[union-attr]
