@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -343,8 +344,10 @@ def test_a_replica_that_falls_behind_the_trimming_starts_again_from_the_checkpoi
     assert behind.store.sync(WAIT_S)
     waiting = behind.route(text(99), prompt_tokens=100.0)
     # The replica's reader is held back while the other appends, checkpoints and trims past it.
+    small = next(m for m in a.config.models if m.name == "small")
     with behind.store._read_lock:
         learned += feed(a, range(15, 30))
+        a.update_model(replace(small, price_in=0.2))  # a price change it will never read
         assert a.store.checkpoint()
         info: Any = a.store._publisher.xinfo_stream(a.store.stream_key)
         assert info["length"] <= 1  # what the held-back replica had not read is gone
@@ -360,6 +363,9 @@ def test_a_replica_that_falls_behind_the_trimming_starts_again_from_the_checkpoi
     assert behind.store.sync(WAIT_S) and a.store.sync(WAIT_S)
     assert_same_arms(arms(behind), arms(reference(learned)))
     assert_same_arms(arms(a), arms(reference(learned)))
+    # The price change it lost came with the checkpoint, to its arms and its configuration.
+    assert behind.policy.profile("small")["price_in"] == 0.2
+    assert next(m for m in behind.config.models if m.name == "small").price_in == 0.2
     # Its pending decision still counts in its model's queue, and still takes feedback.
     assert behind.policy.in_flight(waiting.model) == 1
     quality, tokens = outcome(99, waiting.model)

@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from mixllm._core import (
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # Stream entries read per call: bounds the memory of one read and the time the apply lock is held.
 _READ_BATCH = 1000
+# What a model's configuration and its arm both hold (`Policy.profile`).
+_PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
 # How often the follower checks that no entry it had yet to read was trimmed away (a read that
 # does not block always checks).
 _GAP_CHECK_S = 0.1
@@ -667,6 +669,7 @@ class RedisStore:
                     self._change_pool(router, entry)
         finally:
             self._replaying_own = False
+        self._configure_as_arms(router)
         self._must_recover = False
         with self._applied_cond:
             self._recoveries += 1
@@ -701,6 +704,23 @@ class RedisStore:
             self._applied += applied
             self._skipped += skipped
             self._applied_cond.notify_all()
+
+    def _configure_as_arms(self, router: Router) -> None:
+        """Price and speed changes lost with the trimmed entries are in the checkpoint's arms:
+        the Router's configuration follows them (each model keeping its upstream)."""
+        self._applying.active = True
+        try:
+            for model in router.config.models:
+                profile = router.policy.profile(model.name)
+                changed = {
+                    name: type(getattr(model, name))(profile[name])
+                    for name in _PROFILE_FIELDS
+                    if profile[name] != getattr(model, name)
+                }
+                if changed:
+                    router.update_model(replace(model, **changed))
+        finally:
+            self._applying.active = False
 
     def _learn(self, router: Router, observation: Observation) -> bool:
         """Learns an observation; returns whether it was learned."""
