@@ -331,7 +331,9 @@ class DecisionRecords:
         headers = {pair: at for at, pair in enumerate(dict.fromkeys(pairs), start=1)}
         meta["header"][rows] = list(map(headers.__getitem__, pairs))
         meta["context"][rows] = [8 * len(context) for context in contexts]
-        meta["deadline"][rows] = np.array(deadlines, dtype=np.float64) + self._clock.offset_ms
+        meta["deadline"][rows] = np.rint(
+            np.array(deadlines, dtype=np.float64) + self._clock.offset_ms
+        )
         # An answer's length not measured yet is stored as NaN (most are, when first written).
         if tokens.count(None) == len(tokens):
             meta["tokens"][rows] = math.nan
