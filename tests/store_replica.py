@@ -135,6 +135,7 @@ def main() -> None:
         "learned": learned,
         "arms": arms(router),
         "decisions": decisions(router, range(1000, 1020)),
+        "recoveries": store.stats.recoveries,
     }
     args.out.write_text(json.dumps(result))
     store.close()

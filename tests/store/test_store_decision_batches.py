@@ -56,15 +56,15 @@ def test_several_batches_of_writes_rewrites_and_deletions_end_as_the_last_write_
             context = context.astype(np.float32)
         if i % 4 == 2:
             context = rng.standard_normal(32)[::2]
-        writer.put(decision_id, model, context, f"a{i % 2}", deadline + i)
+        record = DecisionRecord(model, context, f"a{i % 2}", deadline + i)
+        writer.put(decision_id, record)
         writes += 1
-        expected[decision_id] = DecisionRecord(model, context, f"a{i % 2}", deadline + i)
+        expected[decision_id] = record
         if i % 5 == 0:
-            writer.put(decision_id, model, context, f"a{i % 2}", deadline + i, float(i))
+            record = DecisionRecord(model, context, f"a{i % 2}", deadline + i, float(i))
+            writer.put(decision_id, record)
             writes += 1
-            expected[decision_id] = DecisionRecord(
-                model, context, f"a{i % 2}", deadline + i, float(i)
-            )
+            expected[decision_id] = record
         if i % 11 == 0:
             writer.delete(decision_id)
             writes += 1
@@ -95,7 +95,7 @@ def test_a_full_queue_drops_the_oldest_writes_and_counts_them(client: redis.Redi
     writer._thread.join()
     context = np.ones(4)
     for i in range(5):
-        writer.put(f"d-{i}", "m", context, "a", deadline_ms(60.0))
+        writer.put(f"d-{i}", DecisionRecord("m", context, "a", deadline_ms(60.0)))
     writer.delete("d-4")
     assert writer.dropped == 3
     assert [entry[0] for entry in writer._queue] == ["d-3", "d-4", "d-4"]

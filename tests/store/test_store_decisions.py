@@ -4,6 +4,8 @@ length measured by `complete`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -11,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
 from mixllm.routing.router import Router
-from mixllm.store import RedisStore
+from mixllm.store import RedisStore, StoreError
 from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
 from store_replica import arms, build_router, text
 
@@ -130,6 +133,77 @@ def test_a_replica_restarted_from_its_own_state_learns_nothing_twice(
     close(restarted)
 
 
+def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_nothing_twice(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a, other = replica(server), replica(server)
+    for i in range(5):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(other).sync(WAIT_S)
+    a.save(tmp_path / "state")
+    close(a)
+    # Redis keeps the stream but loses the checkpoint; the others go on learning.
+    store_of(other)._publisher.delete(store_of(other).checkpoint_key)
+    for i in range(5, 8):
+        decision = other.route(text(i), prompt_tokens=100.0)
+        assert other.feedback(decision.id, quality=0.5)
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S) and store_of(other).sync(WAIT_S)
+    # Its own 5 once, and the 3 learned elsewhere since it saved.
+    assert arms(restarted) == arms(other)
+    assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 8
+    close(restarted, other)
+
+
+def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = replica(server)
+    for i in range(2):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    server.stop()
+    for i in range(2, 5):  # learned and buffered: in the saved state, not yet in the stream
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(a).stats.buffered == 3
+    a.save(tmp_path / "state")
+    server.start()
+    wait_for(lambda: store_of(a).stats.buffered == 0, "a to deliver what it buffered")
+    close(a)
+    client: Any = redis.Redis.from_url(server.url)
+    client.delete(f"{store_of(a).namespace}:checkpoint")
+    assert client.xlen(store_of(a).stream_key) == 5
+    client.close()
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S)
+    assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
+    close(restarted)
+
+
+def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = build_router(store=RedisStore(server.url, block_s=0.05, retain_s=0.0))
+    decision = a.route(text(0), prompt_tokens=100.0)
+    assert a.feedback(decision.id, quality=0.5)
+    a.save(tmp_path / "state")
+    for i in range(1, 4):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        assert a.feedback(decision.id, quality=0.5)
+    assert store_of(a).checkpoint()  # trims the stream behind the last entry
+    store_of(a)._publisher.delete(store_of(a).checkpoint_key)
+    close(a)
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    before = arms(restarted)
+    with pytest.raises(StoreError, match=r"trimmed away.*no checkpoint"):
+        restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert restarted.store is None and arms(restarted) == before
+
+
 def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: RedisServer) -> None:
     a = replica(server)
     decision = a.route(text(1), prompt_tokens=100.0)
@@ -218,3 +292,60 @@ def test_an_unreadable_decision_record_is_no_decision(server: RedisServer) -> No
         b.feedback("x-1", quality=0.5)
     assert all(b.policy.inspect(m)["observations"] == 0 for m in b.models)
     close(b)
+
+
+# A replica on a machine whose wall clock is `offset` seconds off: it makes two decisions,
+# prints their ids once their records are written, and waits for a line on stdin to end.
+SKEWED_REPLICA = """
+import sys, time
+offset = float(sys.argv[2])
+true_time = time.time
+time.time = lambda: true_time() + offset
+sys.path.insert(0, sys.argv[3])
+from mixllm.store import RedisStore
+from store_replica import build_router, text
+router = build_router(store=RedisStore(sys.argv[1], block_s=0.05), feedback_ttl_s=2.0)
+ids = [router.route(text(i), prompt_tokens=100.0).id for i in range(2)]
+while router.store.stats.decisions_written < 2:
+    time.sleep(0.01)
+print(" ".join(ids), flush=True)
+sys.stdin.readline()
+router.store.close()
+"""
+
+
+@pytest.mark.parametrize("offset_s", [-10.0, 10.0])
+def test_replicas_agree_on_a_deadline_whatever_their_clocks_say(
+    server: RedisServer, offset_s: float
+) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SKEWED_REPLICA,
+            server.url,
+            str(offset_s),
+            str(Path(__file__).parents[1]),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        line = child.stdout.readline()
+        assert line, "the replica exited early"
+        early, late = line.split()
+        b = replica(server, feedback_ttl_s=2.0)
+        # Within its time to live, by Redis's clock: accepted here, though the deciding
+        # replica's clock says otherwise (10 s behind, its deadline was already past).
+        assert b.feedback(early, quality=0.5)
+        time.sleep(2.5)
+        # Past it: refused, though the deciding replica's clock, 10 s ahead, says it is not.
+        with pytest.raises(DecisionNotFoundError):
+            b.feedback(late, quality=0.5)
+        close(b)
+    finally:
+        child.stdin.write("done\n")
+        child.stdin.close()
+        child.wait(timeout=WAIT_S)

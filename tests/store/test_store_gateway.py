@@ -289,6 +289,7 @@ def test_the_gateway_reports_the_store_in_its_metrics(server: RedisServer) -> No
     assert "mixllm_store_published_total 1.0" in metrics
     assert "mixllm_store_connected 1.0" in metrics
     assert "mixllm_store_dropped_total 0.0" in metrics
+    assert "mixllm_store_recoveries_total 0.0" in metrics
     router.store.close()  # type: ignore[union-attr]
 
 

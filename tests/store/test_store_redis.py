@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.routing.router import Router
@@ -91,6 +94,7 @@ def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_pa
     single = reference(learned)  # type: ignore[arg-type]
     want_decisions = decisions(single, range(1000, 1020))
     for result in results:
+        assert result["recoveries"] == 0
         assert_same_arms(result["arms"], arms(single))
         assert [d[0] for d in result["decisions"]] == [d[0] for d in want_decisions]
         np.testing.assert_allclose(
@@ -116,6 +120,8 @@ def test_a_replica_joining_late_starts_from_the_checkpoint_and_replays_the_rest(
     learned += feed(first, range(40, 45))
     assert late.store.sync(WAIT_S)
     assert_same_arms(arms(late), arms(reference(learned)))
+    # The trimming behind the checkpoint took nothing either had yet to read.
+    assert late.store.stats.recoveries == first.store.stats.recoveries == 0
     for router in (first, late):
         router.store.close()  # type: ignore[union-attr]
 
@@ -326,3 +332,107 @@ def test_a_store_serves_one_router(server: RedisServer) -> None:
     with pytest.raises(ConfigError, match="already has a store"):
         a.attach_store(store(server))
     shared.close()
+
+
+def test_a_replica_that_falls_behind_the_trimming_starts_again_from_the_checkpoint(
+    server: RedisServer,
+) -> None:
+    a = build_router(store=store(server, retain_s=0.0))
+    behind = build_router(store=store(server))
+    assert a.store is not None and behind.store is not None
+    learned = feed(a, range(10)) + feed(behind, range(10, 15))
+    assert behind.store.sync(WAIT_S)
+    waiting = behind.route(text(99), prompt_tokens=100.0)
+    # The replica's reader is held back while the other appends, checkpoints and trims past it.
+    small = next(m for m in a.config.models if m.name == "small")
+    with behind.store._read_lock:
+        learned += feed(a, range(15, 30))
+        a.update_model(replace(small, price_in=0.2))  # a price change it will never read
+        assert a.store.checkpoint()
+        info: Any = a.store._publisher.xinfo_stream(a.store.stream_key)
+        assert info["length"] <= 1  # what the held-back replica had not read is gone
+        learned += feed(a, range(30, 35))
+        learned += feed(behind, range(35, 40))  # its own, appended after the checkpoint
+        # And its own, accepted while Redis seemed unreachable: buffered, in no checkpoint.
+        behind.store._online = False
+        learned += feed(behind, range(40, 45))
+        assert behind.store.stats.buffered == 5
+    # It finds the gap within a check interval of reading past it, and starts again.
+    wait_for(lambda: behind.store.stats.recoveries == 1, "the replica to start again")  # type: ignore[union-attr]
+    wait_for(lambda: behind.store.stats.buffered == 0, "its buffer to be delivered")  # type: ignore[union-attr]
+    assert behind.store.sync(WAIT_S) and a.store.sync(WAIT_S)
+    assert_same_arms(arms(behind), arms(reference(learned)))
+    assert_same_arms(arms(a), arms(reference(learned)))
+    # The price change it lost came with the checkpoint, to its arms and its configuration.
+    assert behind.policy.profile("small")["price_in"] == 0.2
+    assert next(m for m in behind.config.models if m.name == "small").price_in == 0.2
+    # Its pending decision still counts in its model's queue, and still takes feedback.
+    assert behind.policy.in_flight(waiting.model) == 1
+    quality, tokens = outcome(99, waiting.model)
+    assert behind.feedback(waiting.id, quality=quality, output_tokens=tokens)
+    assert behind.policy.in_flight(waiting.model) == 0
+    learned.append((99, waiting.model))
+    assert a.store.sync(WAIT_S)
+    assert_same_arms(arms(a), arms(reference(learned)))
+    assert_same_arms(arms(behind), arms(reference(learned)))
+    assert a.store.stats.recoveries == 0
+    for router in (a, behind):
+        router.store.close()  # type: ignore[union-attr]
+
+
+def test_an_append_whose_reply_was_lost_is_not_learned_twice_from_a_later_checkpoint(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = build_router(store=store(server)), build_router(store=store(server))
+    assert a.store is not None and b.store is not None
+    learned = feed(a, range(5))
+    publisher = a.store._publisher
+    append, ping = publisher.xadd, publisher.ping
+    reconnect = threading.Event()
+
+    def reply_lost(*args: Any, **kwargs: Any) -> Any:
+        append(*args, **kwargs)
+        monkeypatch.setattr(publisher, "xadd", append)
+        raise redis.ConnectionError("connection reset before the reply")
+
+    def ping_when_told(*args: Any, **kwargs: Any) -> Any:
+        assert reconnect.wait(WAIT_S)
+        return ping(*args, **kwargs)
+
+    monkeypatch.setattr(publisher, "xadd", reply_lost)
+    monkeypatch.setattr(publisher, "ping", ping_when_told)
+    learned += feed(a, range(5, 6))  # appended, but a cannot know: buffered
+    assert a.store.stats.buffered == 1
+    # Another replica checkpoints the stream, first copy included, before a delivers it again.
+    assert b.store.sync(WAIT_S) and b.store.checkpoint()
+    reconnect.set()
+    wait_for(lambda: a.store.stats.buffered == 0, "a to deliver what it buffered")  # type: ignore[union-attr]
+    learned += feed(a, range(6, 8))
+    late = build_router(store=store(server))
+    assert late.store is not None
+    for router in (a, b, late):
+        assert router.store is not None and router.store.sync(WAIT_S)
+        assert_same_arms(arms(router), arms(reference(learned)))
+    assert publisher.xlen(a.store.stream_key) == len(learned)
+    for router in (a, b, late):
+        router.store.close()  # type: ignore[union-attr]
+
+
+def test_trimming_right_behind_the_readers_takes_nothing_they_had_yet_to_read(
+    server: RedisServer,
+) -> None:
+    # Checkpoints every 50 ms, each trimming the stream up to the entry it covers, while both
+    # replicas append and read: a reader just behind the trim point has lost nothing.
+    a = build_router(store=store(server, checkpoint_every_s=0.05, retain_s=0.0))
+    b = build_router(store=store(server))
+    assert a.store is not None and b.store is not None
+    learned = []
+    for i in range(60):
+        learned += feed(a if i % 2 else b, [i])
+        time.sleep(0.005)
+    assert a.store.stats.checkpoints > 1
+    assert a.store.sync(WAIT_S) and b.store.sync(WAIT_S)
+    assert a.store.stats.recoveries == b.store.stats.recoveries == 0
+    for router in (a, b):
+        assert_same_arms(arms(router), arms(reference(learned)))
+        router.store.close()  # type: ignore[union-attr]

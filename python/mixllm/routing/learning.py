@@ -65,7 +65,7 @@ class Learning(RouterBase):
                 pending.leave_queue(self._policy, latency_s, now)
             if self._store is not None and output_tokens is not None:
                 # Feedback may land on another replica: it learns the length from the record.
-                self._store.record_decision(decision_id, *self._record(pending))
+                self._store.record_decision(decision_id, pending)
 
     def cancel(self, decision_id: str) -> None:
         """The request of decision ``decision_id`` was never answered (its model failed, or the

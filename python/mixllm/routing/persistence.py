@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from mixllm.errors import ConfigError, ProjectionError
 from mixllm.routing import state_folder
 from mixllm.routing.calibration import Calibration
 from mixllm.routing.router_base import RouterBase
+from mixllm.store.position import StreamPosition
 from mixllm.understanding.projection import (
     MAX_PROJECTION_BYTES,
     LinearProjection,
@@ -25,10 +27,13 @@ STATE_FORMAT = 1
 # The largest manifest and config.json a load reads (checked before reading): a manifest is
 # a few hundred bytes, a configuration some hundreds per model.
 MAX_MANIFEST_BYTES = 64 << 10
+# The stream position and the ids of the observations learned past it (a buffer's worth).
+MAX_STREAM_POSITION_BYTES = 64 << 20
 MAX_CONFIG_BYTES = 16 << 20
 # How many times a load starts again when a save replaced the state it was reading.
 _LOAD_ATTEMPTS = 3
 _CALIBRATION = "calibration.json"
+_STREAM_POSITION = "store.json"
 MAX_CALIBRATION_BYTES = 1 << 20
 # Knobs added after the first states were saved: a config.json without one continues with the
 # value its policy.bin carries (what that policy decided with when it was saved).
@@ -48,7 +53,11 @@ class Persistence(RouterBase):
         crashed saves left: a crash at any point leaves the previous save loadable
         (docs/guarantees.md). Returns the folder written.
         """
-        with self._lock:
+        store = self._store
+        with (
+            store.saving() if store is not None else contextlib.nullcontext() as position,
+            self._lock,
+        ):
             projection = self._require_projection()
             config = self._config.to_dict()
             policy = self._policy.to_bytes()
@@ -60,6 +69,8 @@ class Persistence(RouterBase):
         }
         if calibration is not None:
             files[_CALIBRATION] = json.dumps(calibration.to_dict(), indent=2).encode("utf-8")
+        if position is not None:
+            files[_STREAM_POSITION] = json.dumps(position.to_dict()).encode("utf-8")
         manifest = {
             "format": STATE_FORMAT,
             "mixllm": __version__,
@@ -120,8 +131,9 @@ def read_state_folder(
 
 def read_current_state(
     directory: Path,
-) -> tuple[Path, RouterConfig, LinearProjection, Policy, Calibration | None]:
-    """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`).
+) -> tuple[Path, RouterConfig, LinearProjection, Policy, Calibration | None, StreamPosition | None]:
+    """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`,
+    and the store's stream position when it was saved with a store attached).
     A save may switch CURRENT and delete the folder it named while this reads it: then the
     reading starts again from the new CURRENT (a few times at most)."""
     root = directory
@@ -131,12 +143,24 @@ def read_current_state(
             raise StateFileError(f"{root} holds no saved router (no {state_folder.CURRENT} file)")
         folder = root / name
         try:
-            return (folder, *read_state_folder(folder))
+            return (folder, *read_state_folder(folder), saved_position(folder))
         except StateFileError:
             moved = state_folder.current_state(root) != name
             if not moved or attempt == _LOAD_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable: the last attempt re-raises")
+
+
+def saved_position(folder: Path) -> StreamPosition | None:
+    """The store's stream position a state saved with a store attached records."""
+    checksums = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES).get("files")
+    if not isinstance(checksums, dict) or _STREAM_POSITION not in checksums:
+        return None
+    raw = _json_object(folder, _STREAM_POSITION, MAX_STREAM_POSITION_BYTES, checksums)
+    try:
+        return StreamPosition.from_dict(raw)
+    except ValueError as err:
+        raise StateFileError(f"{folder}: invalid {_STREAM_POSITION}: {err}") from err
 
 
 def check_knobs(config: RouterConfig, policy: Policy) -> None:

@@ -299,7 +299,7 @@ class Routing(RouterBase):
             pending.deadline_ms = deadline_ms(self._config.feedback_ttl_s)
             self._ledger.add(decision_id, pending, self._policy, now)
         if self._store is not None:
-            self._store.record_decision(decision_id, *self._record(pending))
+            self._store.record_decision(decision_id, pending)
         return RouteDecision(decision_id, model, prompt_tokens, willingness_to_pay, detail)
 
 

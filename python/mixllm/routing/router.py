@@ -53,6 +53,7 @@ from mixllm.routing.ledger import EXPIRE_PER_CALL, DecisionLedger
 from mixllm.routing.persistence import Persistence, check_knobs, read_current_state
 from mixllm.routing.pool_changes import PoolChanges
 from mixllm.routing.route import RouteDecision, Routing
+from mixllm.store.position import StreamPosition
 from mixllm.understanding.projection import LinearProjection
 
 if TYPE_CHECKING:
@@ -139,6 +140,8 @@ class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence
         # fresh one for an arm added while a store is attached (shared with the addition), so
         # feedback for a decision made with a model's earlier arm is not learned by a later one.
         self._arms: dict[str, str] = {}
+        # The stream position a state saved with a store attached holds (`load`).
+        self._saved_position: StreamPosition | None = None
         if store is not None:
             self.attach_store(store)
 
@@ -155,7 +158,7 @@ class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence
                 raise ConfigError("this Router already has a store")
             if self._ledger:
                 raise ConfigError("attach the store before routing: decisions are pending")
-            checkpoint = store.load_checkpoint(self._policy.dim)
+            checkpoint = store.load_checkpoint(self._policy.dim, self._saved_position)
             configured = self._config.models
             if checkpoint is not None:
                 policy = checkpoint.policy
@@ -180,6 +183,21 @@ class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence
             if not self._configured_as(model):
                 with contextlib.suppress(UnknownModelError):  # removed meanwhile, elsewhere
                     self.update_model(model)
+
+    def _adopt_checkpoint(self, policy: Policy, arms: dict[str, str]) -> None:
+        """The store's checkpoint replaces the arms (this replica fell behind the stream's
+        trimming); the pending decisions made with arms it still has carry over to them."""
+        with self._lock:
+            now = self._now()
+            for pending in self._ledger:
+                if (
+                    pending.model in policy
+                    and pending.current(self._policy)
+                    and arms.get(pending.model, "") == pending.arm
+                ):
+                    pending.rebind(policy, now)
+            self._policy = policy
+            self._arms = dict(arms)
 
     def _arm_ids(self) -> dict[str, str]:
         """The arm ids that are not "" (what a checkpoint carries)."""
@@ -221,9 +239,11 @@ class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence
         """Loads a state written by `save` (checking every file against its manifest, and its
         size before reading it); ``clock`` as in the constructor. Anything but a loadable state
         raises `StateFileError` naming the file and the problem."""
-        folder, config, projection, policy, calibration = read_current_state(Path(directory))
+        folder, config, projection, policy, calibration, position = read_current_state(
+            Path(directory)
+        )
         try:
-            return cls(
+            router = cls(
                 config,
                 embedder=embedder,
                 projection=projection,
@@ -233,6 +253,8 @@ class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence
             )
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
+        router._saved_position = position
+        return router
 
     @classmethod
     def default(

@@ -21,7 +21,7 @@ from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import NotFittedError
 from mixllm.routing.calibration import Calibration
-from mixllm.routing.ledger import DecisionLedger, PendingDecision
+from mixllm.routing.ledger import DecisionLedger
 from mixllm.understanding.projection import LinearProjection
 
 if TYPE_CHECKING:
@@ -86,15 +86,3 @@ class RouterBase:
                 "this Router has no learned projection: call fit(dataset) or Router.load(dir)"
             )
         return self._projection
-
-    def _record(
-        self, pending: PendingDecision
-    ) -> tuple[str, NDArray[np.float64], str, int, float | None]:
-        """What the other replicas need to take a decision's feedback (`DecisionRecord`)."""
-        return (
-            pending.model,
-            pending.context,
-            pending.arm,
-            pending.deadline_ms,
-            pending.output_tokens,
-        )

@@ -2,26 +2,31 @@
 accepted on any other, exactly once.
 
 Each decision is written under its own key, expiring at the decision's deadline (``SET ...
-PXAT``, an absolute time on the wall clock: a record written late, behind a backlog, still
-expires when the decision does), by a background thread, so routing never waits on Redis. The
-same thread rewrites a record when its request completes (with the answer's length) and deletes
-it when the decision is cancelled or dropped, in the order they happened. A feedback call claims
-its decision with ``SET ... NX``, which only one call across all replicas can win.
+PXAT``, an absolute time on Redis's clock, to which each replica converts its own wall clock's
+(`SharedClock`): a record written late, behind a backlog, still expires when the decision does,
+and replicas whose clocks disagree still agree on when that is), by a background thread, so
+routing never waits on Redis. The same thread rewrites a record when its request completes
+(with the answer's length) and deletes it when the decision is cancelled or dropped, in the
+order they happened. A feedback call claims its decision with ``SET ... NX``, which only one
+call across all replicas can win.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import operator
 import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from mixllm.store.clock import SharedClock
 
 if TYPE_CHECKING:
     import redis
@@ -36,40 +41,79 @@ _WRITE_BATCH = 1000
 # How often the writer wakes to write what was queued: waking it for every decision would cost
 # the decision path a thread switch each time.
 _FLUSH_EVERY_S = 0.005
+# More threads than this appending decision records at once could take the queue past its
+# capacity by the difference.
+_APPENDERS = 256
 _SEPARATOR = b"\x00"
 # After the model and the arm: the deadline (ms since the epoch) and the answer's length (NaN:
 # not measured), then the context's raw bytes.
 _FIXED = struct.Struct("<qd")
-# One command for a whole batch, of four arguments whatever its size: the key prefix, the decision
-# ids and the values each concatenated, and per record its deadline (ms since the epoch), the
-# length of its id and the length of its value (0: delete the key), as little-endian int64s.
-# Every argument costs the client its own encoding, under the interpreter lock the decision path
-# needs too. A batch holds at most one write per key (the last one queued: only it decides what
-# the key holds once the script has run), so the deletions can all go in one DEL at the end.
+# One command for a whole batch, of six arguments whatever its size: the key prefix; the decision
+# ids concatenated; per record, as little-endian int64s, the length of its id, the 1-based index
+# of its header (model and arm; 0: delete the key) and the length of its context, then its
+# deadline (ms since the epoch) and the answer's length (float64) as the record stores them;
+# the contexts concatenated; the headers concatenated; and their lengths (int64s). Every
+# argument costs the client its own encoding, and every record its own Python work, under the
+# interpreter lock the decision path needs too: the batch is assembled column by column, by
+# numpy and the interpreter's own loops. A batch holds at most one write per key (the last one
+# queued: only it decides what the key holds once the script has run), so the deletions can all
+# go in one DEL at the end.
 _SET_ALL = """
-local prefix, ids, meta, values = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local id_at, value_at = 1, 1
+local prefix, ids, meta, contexts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local header_bytes, header_lengths = ARGV[5], ARGV[6]
+local headers, at = {}, 1
+for h = 1, #header_lengths, 8 do
+    local length = struct.unpack('<i8', header_lengths, h)
+    headers[#headers + 1] = string.sub(header_bytes, at, at + length - 1)
+    at = at + length
+end
+local id_at, context_at = 1, 1
 local deleted = {}
-for at = 1, #meta, 24 do
-    local deadline, id_length, value_length = struct.unpack('<i8i8i8', meta, at)
+for at = 1, #meta, _META_SIZE do
+    local id_length, header, context_length, deadline = struct.unpack('<i8i8i8i8', meta, at)
     local key = prefix .. string.sub(ids, id_at, id_at + id_length - 1)
     id_at = id_at + id_length
-    if value_length == 0 then
+    if header == 0 then
         deleted[#deleted + 1] = key
     else
-        local value = string.sub(values, value_at, value_at + value_length - 1)
-        value_at = value_at + value_length
+        local value = headers[header] .. string.sub(meta, at + 24, at + 39)
+            .. string.sub(contexts, context_at, context_at + context_length - 1)
+        context_at = context_at + context_length
         redis.call('SET', key, value, 'PXAT', string.format('%.0f', deadline))
     end
 end
 if #deleted > 0 then
     redis.call('DEL', unpack(deleted))
 end
-return #meta / 24
+return #meta / _META_SIZE
 """
-# A queued write: decision id, model (None: delete the record), context, arm, deadline (ms since
-# the epoch), the answer's length. A tuple, so that queueing a record allocates nothing more.
-_Entry = tuple[str, "str | None", "NDArray[np.float64] | None", str, int, "float | None"]
+# Per record of a batch: what the script above reads of it.
+_META = np.dtype(
+    [("id", "<i8"), ("header", "<i8"), ("context", "<i8"), ("deadline", "<i8"), ("tokens", "<f8")]
+)
+_SET_ALL = _SET_ALL.replace("_META_SIZE", str(_META.itemsize))
+
+
+class Recorded(Protocol):
+    """What a decision's record holds (a `PendingDecision`, or a `DecisionRecord`), read when
+    it is written."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def arm(self) -> str: ...
+    @property
+    def context(self) -> NDArray[Any]: ...
+    @property
+    def deadline_ms(self) -> int: ...
+    @property
+    def output_tokens(self) -> float | None: ...
+
+
+# A queued write: the decision's id and what its record holds (None: delete the record). Two
+# references, so that queueing a record allocates nothing more.
+_Entry = tuple[str, "Recorded | None"]
+_FIELDS = operator.attrgetter("model", "arm", "context", "deadline_ms", "output_tokens")
 
 
 def _value(
@@ -141,21 +185,24 @@ class DecisionRecords:
         *,
         capacity: int,
         redis_error: type[Exception],
+        clock: SharedClock | None = None,
     ) -> None:
         self._client = client
+        self._clock = SharedClock() if clock is None else clock
         self._namespace = namespace
         self._prefix = f"{namespace}:decision:".encode()
         self._redis_error = redis_error
-        self._queue: deque[_Entry] = deque(maxlen=capacity)
+        self._queue: deque[_Entry] = deque()
         self._capacity = capacity
-        # Guards the queue and the counters; a plain lock, cheaper on the decision path than a
-        # condition: the writer polls instead of being notified.
+        # Taken by the writer, and by a decision only when the queue is nearly full: appending
+        # to a deque is atomic, and a lock would cost the decision path more than the append.
+        # Below the capacity by more than the threads that could append at once, no append can
+        # take it past; the writer polls instead of being notified, for the same reason.
         self._lock = threading.Lock()
+        self._unlocked_below = capacity - _APPENDERS
         self._stop = threading.Event()
         self.dropped = 0
         self.written = 0
-        # The stored prefix of each (model, arm) pair, so that a batch encodes each pair once.
-        self._headers: dict[tuple[str, str], bytes] = {}
         self._set_all = client.register_script(_SET_ALL)
         self._thread = threading.Thread(target=self._write, name="mixllm-decisions", daemon=True)
         self._thread.start()
@@ -166,29 +213,29 @@ class DecisionRecords:
     def _claim_key(self, decision_id: str) -> str:
         return f"{self._namespace}:claim:{decision_id}"
 
-    def put(
-        self,
-        decision_id: str,
-        model: str,
-        context: NDArray[np.float64],
-        arm: str,
-        deadline: int,
-        output_tokens: float | None = None,
-    ) -> None:
+    def put(self, decision_id: str, record: Recorded) -> None:
         """Queues a decision's record for writing (within a few milliseconds), replacing any
-        earlier one of the decision; never waits on Redis. The context must not be changed
-        afterwards: it is serialised when the record is written."""
-        with self._lock:
-            if len(self._queue) == self._capacity:
-                self.dropped += 1
-            self._queue.append((decision_id, model, context, arm, deadline, output_tokens))
+        earlier one of the decision; never waits on Redis. Its fields are read when it is
+        written, and its context must not change."""
+        if len(self._queue) < self._unlocked_below:
+            self._queue.append((decision_id, record))
+        else:
+            self._append_full((decision_id, record))
 
     def delete(self, decision_id: str) -> None:
         """Queues the deletion of a decision's record, after whatever was queued before it."""
+        if len(self._queue) < self._unlocked_below:
+            self._queue.append((decision_id, None))
+        else:
+            self._append_full((decision_id, None))
+
+    def _append_full(self, entry: _Entry) -> None:
+        """Appends to a queue at or near its capacity, dropping (and counting) the oldest."""
         with self._lock:
-            if len(self._queue) == self._capacity:
+            while len(self._queue) >= self._capacity:
+                self._queue.popleft()
                 self.dropped += 1
-            self._queue.append((decision_id, None, None, "", 0, None))
+            self._queue.append(entry)
 
     def get(self, decision_id: str) -> DecisionRecord | None:
         """The record of a decision made on any replica, or None when there is none (never
@@ -198,7 +245,8 @@ class DecisionRecords:
         if data is None:
             return None
         try:
-            record = DecisionRecord.from_bytes(data)
+            shared = DecisionRecord.from_bytes(data)
+            record = replace(shared, deadline_ms=self._clock.to_local(shared.deadline_ms))
         except (struct.error, ValueError) as err:
             # Not a record this version writes: no decision this replica can learn.
             log.warning("unreadable record of decision %s: %s", decision_id, err)
@@ -256,33 +304,50 @@ class DecisionRecords:
                     self.written += len(batch)
 
     def _pack(self, batch: list[_Entry]) -> list[bytes]:
-        """A batch as the arguments of the write script, in one pass: of the writes of one
-        decision, only the last (the script runs as one command: no reader sees the others)."""
-        last = {entry[0]: entry for entry in batch}
-        headers = self._headers
-        if len(headers) > 4096:
-            headers.clear()  # models and arms come and go: keep the cache to the pool's size
-        ids: list[bytes] = []
-        values: list[bytes] = []
-        meta: list[int] = []
-        pack = _FIXED.pack
-        for decision_id, model, context, arm, deadline, tokens in last.values():
-            key = decision_id.encode()
-            ids.append(key)
-            if model is None or context is None:
-                meta += (deadline, len(key), 0)
-                continue
-            header = headers.get((model, arm))
-            if header is None:
-                header = model.encode() + _SEPARATOR + arm.encode() + _SEPARATOR
-                headers[model, arm] = header
-            data = np.ascontiguousarray(context, dtype="<f8").tobytes()
-            fixed = pack(deadline, math.nan if tokens is None else float(tokens))
-            values += (header, fixed, data)
-            meta += (deadline, len(key), len(header) + len(fixed) + len(data))
+        """A batch as the arguments of the write script: of the writes of one decision, only
+        the last (the script runs as one command: no reader sees the others)."""
+        last = dict(batch)
+        ids = list(last)
+        records = list(last.values())
+        meta = np.zeros(len(ids), dtype=_META)
+        joined = "".join(ids)
+        if joined.isascii():
+            id_bytes = joined.encode()
+            meta["id"] = list(map(len, ids))
+        else:
+            encoded = [decision_id.encode() for decision_id in ids]
+            id_bytes = b"".join(encoded)
+            meta["id"] = list(map(len, encoded))
+        deletions = records.count(None)
+        if deletions == len(records):
+            return [self._prefix, id_bytes, meta.tobytes(), b"", b"", b""]
+        # The rows of the writes: all of them, or those that are not deletions.
+        rows: slice | list[int] = slice(None)
+        if deletions:
+            rows = [at for at, record in enumerate(records) if record is not None]
+            records = [records[at] for at in rows]
+        models, arms, contexts, deadlines, tokens = zip(*map(_FIELDS, records), strict=True)
+        pairs = list(zip(models, arms, strict=True))
+        headers = {pair: at for at, pair in enumerate(dict.fromkeys(pairs), start=1)}
+        meta["header"][rows] = list(map(headers.__getitem__, pairs))
+        meta["context"][rows] = [8 * len(context) for context in contexts]
+        meta["deadline"][rows] = np.rint(
+            np.array(deadlines, dtype=np.float64) + self._clock.offset_ms
+        )
+        # An answer's length not measured yet is stored as NaN (most are, when first written).
+        if tokens.count(None) == len(tokens):
+            meta["tokens"][rows] = math.nan
+        else:
+            meta["tokens"][rows] = [math.nan if t is None else t for t in tokens]
+        data = np.concatenate(contexts).astype("<f8", copy=False).tobytes()
+        encoded_headers = [
+            model.encode() + _SEPARATOR + arm.encode() + _SEPARATOR for model, arm in headers
+        ]
         return [
             self._prefix,
-            b"".join(ids),
-            struct.pack(f"<{len(meta)}q", *meta),
-            b"".join(values),
+            id_bytes,
+            meta.tobytes(),
+            data,
+            b"".join(encoded_headers),
+            np.array(list(map(len, encoded_headers)), dtype="<i8").tobytes(),
         ]

@@ -27,6 +27,7 @@ class StoreCollector(Collector):
             ("checkpoints", stats.checkpoints, "Checkpoints this replica wrote"),
             ("decisions_written", stats.decisions_written, "Decision records shared"),
             ("decisions_dropped", stats.decisions_dropped, "Decision records dropped unwritten"),
+            ("recoveries", stats.recoveries, "Restarts from the checkpoint after a trimmed gap"),
         )
         for name, value, help_text in counters:
             yield CounterMetricFamily(f"mixllm_store_{name}", help_text, value=value)

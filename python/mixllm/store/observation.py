@@ -55,6 +55,15 @@ class Observation:
             _ARM: self.arm.encode(),
         }
 
+    @staticmethod
+    def identity(fields: Mapping[bytes, bytes]) -> tuple[str, str] | None:
+        """The replica and the id of the observation a stream entry holds (None for another
+        kind of entry), without reading the rest."""
+        replica, observation_id = fields.get(_REPLICA), fields.get(_ID)
+        if replica is None or observation_id is None:
+            return None
+        return replica.decode(errors="replace"), observation_id.decode(errors="replace")
+
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes]) -> Observation:
         """Reads a stream entry written by `to_fields`; anything else raises InvalidInputError

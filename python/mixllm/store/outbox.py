@@ -4,6 +4,7 @@ be delivered."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from mixllm.store.observation import Observation
 from mixllm.store.pool import PoolChange
@@ -35,6 +36,15 @@ class Outbox:
     def pop(self, count: int) -> None:
         for _ in range(min(count, len(self._items))):
             self._items.popleft()
+
+    def discard(self, matches: Callable[[Entry], bool]) -> list[Entry]:
+        """Takes out the entries that match (keeping the others' order); returns them."""
+        kept: deque[Entry] = deque()
+        taken: list[Entry] = []
+        for entry in self._items:
+            (taken if matches(entry) else kept).append(entry)
+        self._items = kept
+        return taken
 
     def __len__(self) -> int:
         return len(self._items)

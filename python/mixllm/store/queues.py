@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import redis
 
     from mixllm.routing.router import Router
+    from mixllm.store.clock import SharedClock
 
 __all__ = ["SharedQueues"]
 
@@ -44,7 +45,9 @@ class SharedQueues:
         ttl_s: float,
         redis_error: type[Exception],
         now: Callable[[], float],
+        clock: SharedClock,
     ) -> None:
+        self._clock = clock
         self._client = client
         self._replica = replica
         self._router = router
@@ -78,8 +81,7 @@ class SharedQueues:
     def refresh(self) -> None:
         """One round: publish, then read the others (raises the client's error when Redis is
         unreachable; the others' last loads then stay until it is back)."""
-        server_s, micros = self._client.time()
-        now_ms = server_s * 1000 + micros // 1000
+        now_ms = self._clock.read(self._client)
         pipe = self._client.pipeline(transaction=False)
         pipe.set(self._prefix + self._replica, json.dumps(self._own_load()), px=self._ttl_ms)
         pipe.zadd(self._members, {self._replica: now_ms})
