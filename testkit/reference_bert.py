@@ -140,7 +140,7 @@ def main() -> None:
     for text in REFERENCE_TEXTS:
         ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
         rows.append(forward(weights, ids, np.ones_like(ids))[0])
-    out = Path(__file__).parent / "data" / "minilm_reference.json"
+    out = Path(__file__).resolve().parents[1] / "tests" / "data" / "minilm_reference.json"
     out.parent.mkdir(exist_ok=True)
     source = "numpy forward pass of all-MiniLM-L6-v2 model.safetensors (float32 upstream)"
     vectors = ",\n".join(json.dumps([round(float(x), 7) for x in row]) for row in rows)

@@ -117,7 +117,7 @@ def main() -> None:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=256)
     rows = [sentence_vector(weights, config, tokenizer.encode(t).ids) for t in REFERENCE_TEXTS]
-    out = Path(__file__).resolve().parent / "data" / "mpnet_reference.json"
+    out = Path(__file__).resolve().parents[1] / "tests" / "data" / "mpnet_reference.json"
     source = "numpy forward pass of all-mpnet-base-v2 model.safetensors (float32 upstream)"
     vectors = ",\n".join(json.dumps([round(float(x), 7) for x in row]) for row in rows)
     out.write_text(

@@ -5,9 +5,9 @@ stand-in sentence encoder of any width.
 They are handed out as session fixtures because the test modules are imported by path
 (`--import-mode=importlib`) and cannot import each other. The helper modules beside them
 (`tiny_mpnet`; `light_router`, whose `HashEmbedder` stands in for the encoder everywhere;
-`gateway_harness`, `redis_server`, `store_replica`) and those
-shared with the benchmarks in `testkit/` (`numpy_reference`, `workload`, `reference_bert`,
-`reference_mpnet`, `fake_upstream`) import by name (`pythonpath`).
+`gateway_harness`, `store_replica`) and those shared with the benchmarks in `testkit/`
+(`numpy_reference`, `workload`, `reference_bert`, `reference_mpnet`, `fake_upstream`,
+`redis_server`) import by name (`pythonpath`).
 """
 
 from __future__ import annotations

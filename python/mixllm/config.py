@@ -287,7 +287,8 @@ class RouterConfig:
     tau_margin_sd: float = float(_POLICY_DEFAULTS["tau_margin_sd"])
     dim: int = 64
     # The quality heads' ridge. None: chosen by cross-validation on the rows the Router is
-    # fitted on (`mixllm.routing.tuning`), `DEFAULT_RIDGE` until then; a value given is kept.
+    # fitted on (`mixllm.routing.tuning`), `TUNED_DEFAULTS["ridge"]` until then; a value given
+    # is kept.
     ridge: float | None = None
     # The output-length head has its own ridge: lengths are far more predictable than quality,
     # and the shrinkage quality needs would pull long answers' predicted cost and service time

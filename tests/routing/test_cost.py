@@ -1,4 +1,4 @@
-"""The cost of a call, as the Python layer computes it (`mixllm.routing.cost`), is what the decision
+"""The cost of a call, as the Python layer computes it (`mixllm.cost`), is what the decision
 core predicts with the same prices and lengths."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mixllm
-from mixllm.routing.cost import call_cost_usd
+from mixllm.cost import call_cost_usd
 
 prices = st.floats(min_value=0.0, max_value=1e3)
 

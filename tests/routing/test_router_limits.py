@@ -19,7 +19,8 @@ from mixllm._lru import LruCache
 from mixllm.data import tokens
 from mixllm.routing import route as routing
 from mixllm.routing import router as router_module
-from mixllm.routing.router import EXPIRE_PER_CALL, Router
+from mixllm.routing.ledger import EXPIRE_PER_CALL
+from mixllm.routing.router import Router
 
 
 def in_flight(router: Router) -> int:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import redis
 
-from mixllm.store.decisions import DecisionRecord, DecisionRecords, deadline_ms
+from mixllm.routing.ledger import deadline_ms
+from mixllm.store.decisions import DecisionRecord, DecisionRecords
 from redis_server import WAIT_S, RedisServer, require_redis_server
 
 _SKIP = require_redis_server()

@@ -13,10 +13,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError
+from mixllm.cost import call_cost_usd
 from mixllm.data.dataset import _SPLITS, RoutingDataset
 from mixllm.data.tokens import _check_unicode, count_tokens
 from mixllm.errors import DatasetUnavailableError
-from mixllm.routing.cost import call_cost_usd
 from mixllm.validation import non_negative, shown
 
 __all__ = ["PriceLike", "load_jsonl", "save_jsonl"]

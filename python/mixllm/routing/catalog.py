@@ -30,7 +30,7 @@ import numpy as np
 
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
 from mixllm.config import DEFAULT_CONCURRENCY, ModelConfig
-from mixllm.routing.cost import TOKENS_PER_PRICE_UNIT, call_cost_usd
+from mixllm.cost import TOKENS_PER_PRICE_UNIT, call_cost_usd
 from mixllm.validation import model_profile
 
 if TYPE_CHECKING:

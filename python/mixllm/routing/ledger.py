@@ -18,6 +18,8 @@ the reason why.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +41,11 @@ OVER_CAP = "dropped (too many decisions awaiting feedback)"
 
 # The arm of a decision whose model had left the pool before its request could be counted.
 NO_ARM = -1
+
+
+def deadline_ms(ttl_s: float) -> int:
+    """The wall-clock time, in milliseconds since the epoch, ``ttl_s`` seconds from now."""
+    return math.ceil((time.time() + ttl_s) * 1000)
 
 
 @dataclass

@@ -21,8 +21,8 @@ from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError
 from mixllm.config import ModelConfig
+from mixllm.cost import TOKENS_PER_PRICE_UNIT
 from mixllm.data import RoutingDataset
-from mixllm.routing.cost import TOKENS_PER_PRICE_UNIT
 
 __all__ = ["LearnedPrice", "learn_prices", "priced_pool"]
 

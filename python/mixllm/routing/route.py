@@ -1,4 +1,4 @@
-"""Routing: a query's context (cached), its operating point and its decision."""
+"""Route: a query's context (cached), its operating point and its decision."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ from numpy.typing import NDArray
 from mixllm._core import Decision, InputTypeError, InvalidInputError
 from mixllm.data import estimate_tokens
 from mixllm.errors import NotFittedError
-from mixllm.routing.ledger import PendingDecision
+from mixllm.routing.ledger import PendingDecision, deadline_ms
 from mixllm.routing.route_limits import RouteLimits
 from mixllm.routing.router_base import RouterBase
 from mixllm.routing.tuning import MIN_ROWS
-from mixllm.store.decisions import deadline_ms
 from mixllm.understanding.projection import LinearProjection
 from mixllm.validation import check_text
 
 if TYPE_CHECKING:
-    from mixllm.serving.batching import Batcher
+    from mixllm.routing.batching import Batcher
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class RouteDecision:
 CACHE_ENTRY_OVERHEAD = 256
 
 
-class Routing(RouterBase):
+class Route(RouterBase):
     """The Router's decisions: `route`, `route_batch` and `aroute`."""
 
     def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
@@ -259,7 +258,7 @@ class Routing(RouterBase):
         """This event loop's batcher (created on first use)."""
         import asyncio
 
-        from mixllm.serving.batching import Batcher
+        from mixllm.routing.batching import Batcher
 
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(loop)

@@ -49,27 +49,27 @@ from mixllm.routing.calibration import Calibration
 from mixllm.routing.fitting import FitReport, Fitting
 from mixllm.routing.introspection import Introspection
 from mixllm.routing.learning import Learning, LoggedFeedback
-from mixllm.routing.ledger import EXPIRE_PER_CALL, DecisionLedger
+from mixllm.routing.ledger import DecisionLedger
 from mixllm.routing.persistence import Persistence, check_knobs, read_current_state
 from mixllm.routing.pool_changes import PoolChanges
-from mixllm.routing.route import RouteDecision, Routing
+from mixllm.routing.route import Route, RouteDecision
 from mixllm.store.position import StreamPosition
 from mixllm.understanding.projection import LinearProjection
 
 if TYPE_CHECKING:
     import asyncio
 
-    from mixllm.serving.batching import Batcher
+    from mixllm.routing.batching import Batcher
     from mixllm.store import RedisStore
 
 
-__all__ = ["EXPIRE_PER_CALL", "FitReport", "RouteDecision", "Router"]
+__all__ = ["FitReport", "RouteDecision", "Router"]
 
 # The routing-context cache's bound in bytes (besides its entry count, `cache_size`).
 CONTEXT_CACHE_BYTES = 16 << 20
 
 
-class Router(Routing, Learning, Fitting, PoolChanges, Introspection, Persistence):
+class Router(Route, Learning, Fitting, PoolChanges, Introspection, Persistence):
     """Routes queries to the models of a pool and learns from feedback.
 
     Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a

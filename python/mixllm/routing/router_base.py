@@ -27,8 +27,8 @@ from mixllm.understanding.projection import LinearProjection
 if TYPE_CHECKING:
     import asyncio
 
+    from mixllm.routing.batching import Batcher
     from mixllm.routing.learning import LoggedFeedback
-    from mixllm.serving.batching import Batcher
     from mixllm.store import RedisStore
 
 

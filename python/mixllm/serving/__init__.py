@@ -1,6 +1,6 @@
 """`mixllm serve`: an OpenAI-compatible gateway that routes live traffic and learns from it
 (docs/serving.md). The app needs the ``serve`` extra (``pip install "mixllm[serve]"``); it is
-imported on first use, so `mixllm.serving.batching` (which `Router.aroute` uses) does not."""
+imported on first use."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from mixllm.store.clock import SharedClock
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["DecisionRecord", "DecisionRecords", "deadline_ms"]
+__all__ = ["DecisionRecord", "DecisionRecords"]
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,6 @@ def _value(
             np.ascontiguousarray(context, dtype="<f8").tobytes(),
         )
     )
-
-
-def deadline_ms(ttl_s: float) -> int:
-    """The wall-clock time, in milliseconds since the epoch, ``ttl_s`` seconds from now."""
-    return math.ceil((time.time() + ttl_s) * 1000)
 
 
 @dataclass(frozen=True)

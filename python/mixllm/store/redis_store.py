@@ -39,7 +39,7 @@ from mixllm.store.outbox import Entry, Outbox
 from mixllm.store.pool import PoolChange
 from mixllm.store.position import StreamPosition, stream_id_key
 from mixllm.store.queues import SharedQueues
-from mixllm.validation import integer, non_negative, positive
+from mixllm.validation import PROFILE_FIELDS, integer, non_negative, positive
 
 if TYPE_CHECKING:
     import redis
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 # Stream entries read per call: bounds the memory of one read and the time the apply lock is held.
 _READ_BATCH = 1000
 # What a model's configuration and its arm both hold (`Policy.profile`).
-_PROFILE_FIELDS = ("price_in", "price_out", "fee", "ttft_s", "tokens_per_s", "concurrency")
 # How often the follower checks that no entry it had yet to read was trimmed away (a read that
 # does not block always checks).
 _GAP_CHECK_S = 0.1
@@ -138,6 +137,26 @@ def _connections(
     return redis, publisher, reader
 
 
+def _check_settings(
+    url: object,
+    namespace: object,
+    *,
+    seconds: dict[str, float],
+    retain_s: float,
+    counts: dict[str, int],
+) -> None:
+    """Refuses a store's settings before anything connects, naming the first bad one."""
+    if not isinstance(url, str) or not url:
+        raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidInputError(f"namespace must be a non-empty str, got {namespace!r}")
+    for name, value in seconds.items():
+        positive(name, value)
+    non_negative("retain_s", retain_s)
+    for name, count in counts.items():
+        integer(name, count, minimum=1)
+
+
 class RedisStore:
     """Shares a Router's learning with the other replicas attached to the same Redis.
 
@@ -172,25 +191,23 @@ class RedisStore:
         queue_refresh_s: float = 0.05,
         queue_ttl_s: float = 0.5,
     ) -> None:
-        if not isinstance(url, str) or not url:
-            raise InvalidInputError(f"url must be a redis:// URL, got {url!r}")
-        if not isinstance(namespace, str) or not namespace:
-            raise InvalidInputError(f"namespace must be a non-empty str, got {namespace!r}")
-        for name, seconds in (
-            ("checkpoint_every_s", checkpoint_every_s),
-            ("block_s", block_s),
-            ("timeout_s", timeout_s),
-            ("queue_refresh_s", queue_refresh_s),
-            ("queue_ttl_s", queue_ttl_s),
-        ):
-            positive(name, seconds)
-        non_negative("retain_s", retain_s)
-        for name, count in (
-            ("max_buffered", max_buffered),
-            ("max_unwritten_decisions", max_unwritten_decisions),
-            ("dedupe_window", dedupe_window),
-        ):
-            integer(name, count, minimum=1)
+        _check_settings(
+            url,
+            namespace,
+            seconds={
+                "checkpoint_every_s": checkpoint_every_s,
+                "block_s": block_s,
+                "timeout_s": timeout_s,
+                "queue_refresh_s": queue_refresh_s,
+                "queue_ttl_s": queue_ttl_s,
+            },
+            retain_s=retain_s,
+            counts={
+                "max_buffered": max_buffered,
+                "max_unwritten_decisions": max_unwritten_decisions,
+                "dedupe_window": dedupe_window,
+            },
+        )
         client, self._publisher, self._reader = _connections(url, timeout_s, block_s)
         self._redis_error: type[Exception] = client.RedisError
         self._watch_error: type[Exception] = client.WatchError
@@ -209,6 +226,33 @@ class RedisStore:
         self._publish_lock = threading.Lock()
         self._outbox = Outbox(max_buffered)
         self._online = True
+        self._init_reader_state(dedupe_window)
+        self._max_unwritten = max_unwritten_decisions
+        self._queue_refresh_s = float(queue_refresh_s)
+        self._queue_ttl_s = float(queue_ttl_s)
+        self._queues: SharedQueues | None = None
+        self._decisions: DecisionRecords | None = None
+        # Redis's clock, read by the queues' thread: decision deadlines are shared in it.
+        self._clock = SharedClock()
+        # Called by the Router on its decision path, so bound to the record writer's own
+        # methods once it runs (one call fewer per decision), doing nothing before:
+        # `record_decision(id, record)` shares a decision (its model, arm, context, deadline and
+        # answer's length, read when it is written, in the background: it never waits on
+        # Redis; the context must not change), or replaces what was shared of it;
+        # `forget_decision(id)`: a decision ended unanswered (cancelled, dropped), and no
+        # replica may take its feedback (deleted in the background, after what was queued).
+        self.record_decision: Callable[[str, Recorded], None] = _ignore
+        self.forget_decision: Callable[[str], None] = _ignore
+        self._router: Router | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Set in the thread applying another replica's pool change: the Router must not share
+        # it again.
+        self._applying = threading.local()
+
+    def _init_reader_state(self, dedupe_window: int) -> None:
+        """What the reader keeps: the position it has applied, its gap check, the duplicates it
+        skips and the counters `stats` reports."""
         # Guards what the reader has applied: `_last_id` and the counters below.
         self._applied_cond = threading.Condition()
         self._last_id = "0-0"
@@ -243,28 +287,6 @@ class RedisStore:
         self._checkpointed_id = "0-0"
         # Whether attaching loaded a checkpoint.
         self._loaded = False
-        self._max_unwritten = max_unwritten_decisions
-        self._queue_refresh_s = float(queue_refresh_s)
-        self._queue_ttl_s = float(queue_ttl_s)
-        self._queues: SharedQueues | None = None
-        self._decisions: DecisionRecords | None = None
-        # Redis's clock, read by the queues' thread: decision deadlines are shared in it.
-        self._clock = SharedClock()
-        # Called by the Router on its decision path, so bound to the record writer's own
-        # methods once it runs (one call fewer per decision), doing nothing before:
-        # `record_decision(id, record)` shares a decision (its model, arm, context, deadline and
-        # answer's length, read when it is written, in the background: it never waits on
-        # Redis; the context must not change), or replaces what was shared of it;
-        # `forget_decision(id)`: a decision ended unanswered (cancelled, dropped), and no
-        # replica may take its feedback (deleted in the background, after what was queued).
-        self.record_decision: Callable[[str, Recorded], None] = _ignore
-        self.forget_decision: Callable[[str], None] = _ignore
-        self._router: Router | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        # Set in the thread applying another replica's pool change: the Router must not share
-        # it again.
-        self._applying = threading.local()
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -714,7 +736,7 @@ class RedisStore:
                 profile = router.policy.profile(model.name)
                 changed = {
                     name: type(getattr(model, name))(profile[name])
-                    for name in _PROFILE_FIELDS
+                    for name in PROFILE_FIELDS
                     if profile[name] != getattr(model, name)
                 }
                 if changed:
