@@ -54,7 +54,7 @@ lint:  ## cargo fmt, clippy, ruff, mypy, and no function over 80 lines
 	$(VPY) -m ruff check python tests benches testkit studies scripts
 	$(VPY) -m ruff format --check python tests benches testkit studies scripts
 	$(VPY) -m mypy
-	$(VPY) scripts/long_functions.py python rust benches
+	$(VPY) scripts/long_functions.py python rust benches tests studies testkit
 
 # With the kernels this CPU selects, with the portable ones forced, and (where qemu-user is
 # installed, as CI does) on an emulated x86-64 CPU with no extension beyond the baseline and on

@@ -1,5 +1,5 @@
 """Lists the functions longer than a limit (80 lines by default) in the Python and Rust sources
-given (default: python/, rust/ and benches/), and exits 1 when there are any.
+given (default: every folder of code), and exits 1 when there are any.
 
 A function's length runs from its first decorator or attribute-free ``def``/``fn`` line to its
 last line, comments and docstrings included. Python functions are found with ``ast``; Rust ones
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LIMIT = 80
-ROOTS = ("python", "rust", "benches")
+ROOTS = ("python", "rust", "benches", "tests", "studies", "testkit")
 _RUST_FN = re.compile(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)")
 _RUST_STRING = re.compile(r'"(\\.|[^"\\])*"')
 

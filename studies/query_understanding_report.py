@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +29,11 @@ from mixllm.encoders.model_files import cache_dir
 from mixllm.evaluation.frontier import (
     cost_to_reach,
     fit_ridge,
-    normalised_mutual_information,
-    purity,
     quality_at_cost,
     routing_frontier,
 )
 from mixllm.evaluation.vectors import encoder_fingerprint
+from mixllm.understanding.agreement import normalised_mutual_information, purity
 from mixllm.understanding.projection import PcaProjection, TagProjection
 from mixllm.understanding.tagging import DomainLabels, Tagger
 
@@ -119,24 +119,9 @@ def upstream_agreement(embedder: Embedder, texts: list[str]) -> str | None:
     return percentiles(np.array(cos))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--d", type=int, default=64)
-    args = parser.parse_args()
-
-    df, models = load_routerbench(args.data)
-    texts = df["text"].tolist()
-    train = (df["split"] == "train").to_numpy()
-    test = ~train
-    print(f"rows: {len(df)} ({train.sum()} train, {test.sum()} test), models: {len(models)}\n")
-
-    embedder = Embedder(intra_op_threads=args.threads, cache_size=0)
-    emb = cached_embeddings(embedder, texts, "float").astype(np.float64)
-    int8 = Embedder(quantized=True, intra_op_threads=args.threads, cache_size=0)
-    emb8 = cached_embeddings(int8, texts, "int8").astype(np.float64)
-
+def print_embedding_accuracy(
+    embedder: Embedder, texts: list[str], emb: NDArray[np.float64], emb8: NDArray[np.float64]
+) -> None:
     print("## Embedding accuracy\n")
     print(
         f"- int8 variant vs shipped model, cosine over {len(texts)} prompts: "
@@ -147,15 +132,16 @@ def main() -> None:
     if upstream is not None:
         print(f"- shipped model vs upstream float32 (numpy reference), 40 prompts: {upstream}")
 
+
+def print_tags(embedder: Embedder, emb: NDArray[np.float64], df: pd.DataFrame) -> Any:
+    """The zero-shot tags against the benchmark names; returns the tags."""
     print("\n## Zero-shot tags vs eval_name\n")
-    tagger = Tagger(embedder)
-    tags = tagger.tag_vectors(emb)
-    zero_shot = tags.top
+    tags = Tagger(embedder).tag_vectors(emb)
     bench = df["eval_name"].to_numpy()
     print(
-        f"- purity {purity(zero_shot, bench):.4f} (each tag's majority benchmark), "
-        f"inverse purity {purity(bench, zero_shot):.4f} (each benchmark's majority tag), "
-        f"NMI {normalised_mutual_information(zero_shot, bench):.4f}, "
+        f"- purity {purity(tags.top, bench):.4f} (each tag's majority benchmark), "
+        f"inverse purity {purity(bench, tags.top):.4f} (each benchmark's majority tag), "
+        f"NMI {normalised_mutual_information(tags.top, bench):.4f}, "
         f"mean top-1 confidence {tags.confidences[:, 0].mean():.3f}\n"
     )
     table = pd.crosstab(pd.Series(tags.top_names(), name="zero-shot tag"), df["eval_name"])
@@ -163,55 +149,58 @@ def main() -> None:
     print("|---|" + "---|" * len(table.columns))
     for tag_name, row in table.iterrows():
         print(f"| {tag_name} | " + " | ".join(str(v) for v in row) + " |")
+    return tags
 
-    quality = df[models].to_numpy(dtype=np.float64)
-    cost = df[[f"{m}|total_cost" for m in models]].to_numpy(dtype=np.float64)
-    reference = models.index(REFERENCE_MODEL)
-    labels, label_ids = DomainLabels.from_labels(bench)
-    d = args.d
 
-    def raw_context(e: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.hstack([e, np.ones((len(e), 1))])
+Contexts = dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]]
 
-    representations = {
-        "raw 384-d": (raw_context(emb[train]), raw_context(emb[test])),
-    }
-    pca = PcaProjection.fit(emb[train], d)
-    representations[f"PCA {d}-d"] = (pca.context(emb[train]), pca.context(emb[test]))
+
+def representations(
+    emb: NDArray[np.float64],
+    emb8: NDArray[np.float64],
+    train: NDArray[np.bool_],
+    label_ids: NDArray[np.int64],
+    zero_shot: NDArray[np.int64],
+    d: int,
+) -> Contexts:
+    """Every representation compared: (train contexts, test contexts) by name."""
+    test = ~train
+
+    def both(fitted: Any, vectors: NDArray[np.float64]) -> tuple[Any, Any]:
+        return fitted.context(vectors[train]), fitted.context(vectors[test])
+
+    raw = np.hstack([emb, np.ones((len(emb), 1))])
+    out: Contexts = {"raw 384-d": (raw[train], raw[test])}
+    out[f"PCA {d}-d"] = both(PcaProjection.fit(emb[train], d), emb)
     for name, y in (("eval_name", label_ids), ("zero-shot", zero_shot)):
         for push, pull in ((4.0, 0.5), (1.0, 0.0), (9.0, 0.0), (99.0, 0.0)):
             tag = TagProjection.fit(emb[train], y[train], d, pull=pull, push=push)
-            label = f"tag {d}-d, {name} tags, pull {pull:g} push {push:g}"
-            representations[label] = (tag.context(emb[train]), tag.context(emb[test]))
+            out[f"tag {d}-d, {name} tags, pull {pull:g} push {push:g}"] = both(tag, emb)
     for small in (4, 8, 16, 32):
-        pca_small = PcaProjection.fit(emb[train], small)
-        representations[f"PCA {small}-d"] = (
-            pca_small.context(emb[train]),
-            pca_small.context(emb[test]),
-        )
+        out[f"PCA {small}-d"] = both(PcaProjection.fit(emb[train], small), emb)
         tag_small = TagProjection.fit(emb[train], label_ids[train], small)
-        representations[f"tag {small}-d, eval_name tags (defaults)"] = (
-            tag_small.context(emb[train]),
-            tag_small.context(emb[test]),
-        )
-    pca8 = PcaProjection.fit(emb8[train], d)
-    representations[f"PCA {d}-d, int8 embeddings"] = (
-        pca8.context(emb8[train]),
-        pca8.context(emb8[test]),
-    )
+        out[f"tag {small}-d, eval_name tags (defaults)"] = both(tag_small, emb)
+    out[f"PCA {d}-d, int8 embeddings"] = both(PcaProjection.fit(emb8[train], d), emb8)
     tag8 = TagProjection.fit(emb8[train], label_ids[train], d)
-    representations[f"tag {d}-d, eval_name tags (defaults), int8 embeddings"] = (
-        tag8.context(emb8[train]),
-        tag8.context(emb8[test]),
-    )
+    out[f"tag {d}-d, eval_name tags (defaults), int8 embeddings"] = both(tag8, emb8)
+    return out
 
+
+def print_frontiers(
+    contexts: Contexts,
+    quality: NDArray[np.float64],
+    cost: NDArray[np.float64],
+    train: NDArray[np.bool_],
+    reference: int,
+) -> None:
+    test = ~train
     print(f"\n## Routing frontier (test split, % of always {REFERENCE_MODEL})\n")
     header = ["representation", "ridge alpha"]
     header += [f"Q @ ≤{c:g}% cost" for c in COST_LEVELS]
     header += [f"cost for {q:g}% Q" for q in QUALITY_TARGETS] + ["max Q", "mean Q, 1-50% cost"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for name, (x_train, x_test) in representations.items():
+    for name, (x_train, x_test) in contexts.items():
         alpha = pick_alpha(x_train, quality[train])
         points = routing_frontier(
             x_train,
@@ -230,6 +219,32 @@ def main() -> None:
         budget_curve = [quality_at_cost(points, c) for c in range(1, 51)]
         cells += [f"{np.nanmean(budget_curve):.2f}"]
         print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--d", type=int, default=64)
+    args = parser.parse_args()
+
+    df, models = load_routerbench(args.data)
+    texts = df["text"].tolist()
+    train = (df["split"] == "train").to_numpy()
+    print(f"rows: {len(df)} ({train.sum()} train, {(~train).sum()} test), models: {len(models)}\n")
+
+    embedder = Embedder(intra_op_threads=args.threads, cache_size=0)
+    emb = cached_embeddings(embedder, texts, "float").astype(np.float64)
+    int8 = Embedder(quantized=True, intra_op_threads=args.threads, cache_size=0)
+    emb8 = cached_embeddings(int8, texts, "int8").astype(np.float64)
+    print_embedding_accuracy(embedder, texts, emb, emb8)
+    tags = print_tags(embedder, emb, df)
+
+    labels, label_ids = DomainLabels.from_labels(df["eval_name"].to_numpy())
+    contexts = representations(emb, emb8, train, label_ids, tags.top, args.d)
+    quality = df[models].to_numpy(dtype=np.float64)
+    cost = df[[f"{m}|total_cost" for m in models]].to_numpy(dtype=np.float64)
+    print_frontiers(contexts, quality, cost, train, models.index(REFERENCE_MODEL))
     print(f"\nLabels: {list(labels.names)}")
 
 

@@ -1,4 +1,5 @@
-"""A small thread-safe LRU map, shared by the embedding cache and the Router's context cache."""
+"""A small thread-safe LRU map: the embedding cache, the Router's context cache and the Redis
+store's record of the observations it has seen."""
 
 from __future__ import annotations
 

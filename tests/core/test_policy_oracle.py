@@ -467,6 +467,38 @@ def set_in_flight(
 WILLINGNESS = [1e-6, 1e-3, 0.5, 1.0, 30.0, 1e3, 1e6, float("inf")]
 
 
+def check_books(
+    policy: mixllm.Policy, replicas: dict[str, QueueReplica], now: float, seen: dict[str, int]
+) -> None:
+    """The policy's queue books agree with the replica's, model by model; counts which case of
+    the wait each model was in."""
+    for name in policy.models:
+        state, replica = policy.inspect(name), replicas[name]
+        # The policy's books agree with the replica's.
+        assert state["in_flight"] == replica.in_flight
+        assert state["service_ratio"] == pytest.approx(replica.ratio(), rel=1e-12)
+        if replica.mean_predicted is None:
+            assert state["service_means_s"] is None
+        else:
+            assert state["service_means_s"] == pytest.approx(
+                (replica.mean_predicted, replica.mean_observed), rel=1e-12
+            )
+        assert state["service_mse_s2"] == (
+            None
+            if replica.mean_squared_error is None
+            else pytest.approx(replica.mean_squared_error, rel=1e-12)
+        )
+        if replica.in_flight:
+            assert state["clears_at_s"] == pytest.approx(replica.clears_at, rel=1e-12)
+        seen["ratio > 1"] += int(replica.ratio() > 1.0)
+        if replica.in_flight < state["profile"]["concurrency"]:
+            seen["a slot free"] += 1
+        elif replica.clears_at > now:
+            seen["waiting"] += 1
+        else:
+            seen["all slots busy, work done"] += 1
+
+
 def test_decide_matches_the_reference_implementation() -> None:
     rng = np.random.default_rng(11)
     dim = 10
@@ -494,31 +526,7 @@ def test_decide_matches_the_reference_implementation() -> None:
                 x, prompt_tokens=prompt_tokens, willingness_to_pay=wtp, now_s=now
             )
             expected = reference_decide(policy, x, prompt_tokens, wtp, replicas, now)
-            for name in policy.models:
-                state, replica = policy.inspect(name), replicas[name]
-                # The policy's books agree with the replica's.
-                assert state["in_flight"] == replica.in_flight
-                assert state["service_ratio"] == pytest.approx(replica.ratio(), rel=1e-12)
-                if replica.mean_predicted is None:
-                    assert state["service_means_s"] is None
-                else:
-                    assert state["service_means_s"] == pytest.approx(
-                        (replica.mean_predicted, replica.mean_observed), rel=1e-12
-                    )
-                assert state["service_mse_s2"] == (
-                    None
-                    if replica.mean_squared_error is None
-                    else pytest.approx(replica.mean_squared_error, rel=1e-12)
-                )
-                if replica.in_flight:
-                    assert state["clears_at_s"] == pytest.approx(replica.clears_at, rel=1e-12)
-                seen["ratio > 1"] += int(replica.ratio() > 1.0)
-                if replica.in_flight < state["profile"]["concurrency"]:
-                    seen["a slot free"] += 1
-                elif replica.clears_at > now:
-                    seen["waiting"] += 1
-                else:
-                    seen["all slots busy, work done"] += 1
+            check_books(policy, replicas, now, seen)
 
             assert decision.models == policy.models
             for key in (

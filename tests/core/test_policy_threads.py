@@ -63,59 +63,66 @@ def run_concurrently(
         raise errors[0]
 
 
-def test_concurrent_deciders_updaters_queues_and_pool_changes() -> None:
-    policy = mixllm.Policy(DIM, **CONFIG)
-    owned = [f"own-{i}" for i in range(3)]
-    for i, name in enumerate(owned):
-        policy.add_model(name, **PROFILE, prior_quality=0.3 + 0.1 * i)
-    stop = threading.Event()
-    applied: dict[str, list[dict[str, Any]]] = {name: [] for name in owned}
-    counts = {"decisions": 0, "batches": 0, "churn": 0, "snapshots": 0}
+class _Workload:
+    """What the threads of the mixed stress test do to one policy, and what they count."""
 
-    def updater(name: str, seed: int) -> Callable[[], None]:
+    def __init__(self, policy: mixllm.Policy, owned: list[str]) -> None:
+        self.policy = policy
+        self.owned = owned
+        self.stop = threading.Event()
+        self.applied: dict[str, list[dict[str, Any]]] = {name: [] for name in owned}
+        self.counts = {"decisions": 0, "batches": 0, "churn": 0, "snapshots": 0}
+
+    def updater(self, name: str, seed: int) -> Callable[[], None]:
         def work() -> None:
             rng = np.random.default_rng(seed)
-            while not stop.is_set():
+            while not self.stop.is_set():
                 obs = {
                     "x": rng.normal(size=DIM),
                     "quality": float(rng.uniform()),
                     "output_tokens": None if rng.uniform() < 0.3 else float(rng.integers(0, 999)),
                     "weight": float(10 ** rng.uniform(-2, 2)),
                 }
-                policy.update(name, **obs)
-                applied[name].append(obs)
+                self.policy.update(name, **obs)
+                self.applied[name].append(obs)
 
         return work
 
-    def decider(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        while not stop.is_set():
-            d = policy.decide(rng.normal(size=DIM), prompt_tokens=500.0, willingness_to_pay=2.0)
-            assert 0 <= d.index < len(d.models)
-            assert d.model == d.models[d.index]
-            assert len(d.score) == len(d.models) == len(d.excluded)
-            assert set(owned) <= set(d.models)
-            assert np.isfinite(d.score).all()
-            counts["decisions"] += 1
+    def decider(self, seed: int) -> Callable[[], None]:
+        def work() -> None:
+            rng = np.random.default_rng(seed)
+            while not self.stop.is_set():
+                d = self.policy.decide(
+                    rng.normal(size=DIM), prompt_tokens=500.0, willingness_to_pay=2.0
+                )
+                assert 0 <= d.index < len(d.models)
+                assert d.model == d.models[d.index]
+                assert len(d.score) == len(d.models) == len(d.excluded)
+                assert set(self.owned) <= set(d.models)
+                assert np.isfinite(d.score).all()
+                self.counts["decisions"] += 1
 
-    def batch_decider() -> None:
+        return work
+
+    def batch_decider(self) -> None:
         rng = np.random.default_rng(99)
-        most = len(owned) + 2  # the owned models and at most two churning ones
-        while not stop.is_set():
+        most = len(self.owned) + 2  # the owned models and at most two churning ones
+        while not self.stop.is_set():
             n = 64
-            chosen = policy.decide_batch(
+            chosen = self.policy.decide_batch(
                 rng.normal(size=(n, DIM)),
                 prompt_tokens=rng.uniform(0, 1000, size=n),
                 willingness_to_pay=1.0,
             )
             assert chosen.shape == (n,)
             assert ((chosen >= 0) & (chosen < most)).all()
-            counts["batches"] += 1
+            self.counts["batches"] += 1
 
-    def queues() -> None:
+    def queues(self) -> None:
         rng = np.random.default_rng(7)
-        while not stop.is_set():
-            name = owned[rng.integers(len(owned))]
+        policy = self.policy
+        while not self.stop.is_set():
+            name = self.owned[rng.integers(len(self.owned))]
             for _ in range(int(rng.integers(1, 6))):
                 policy.begin(name)
             while policy.in_flight(name) > 0 and not rng.uniform() < 0.05:
@@ -123,11 +130,12 @@ def test_concurrent_deciders_updaters_queues_and_pool_changes() -> None:
             while policy.in_flight(name) > 0:
                 policy.end(name, 1.0)
 
-    def churn(prefix: str) -> Callable[[], None]:
+    def churn(self, prefix: str) -> Callable[[], None]:
         def work() -> None:
             rng = np.random.default_rng(len(prefix))
+            policy = self.policy
             i = 0
-            while not stop.is_set():
+            while not self.stop.is_set():
                 name = f"{prefix}-{i}"
                 policy.add_model(name, **PROFILE)
                 policy.update(name, rng.normal(size=DIM), quality=0.9)
@@ -137,44 +145,54 @@ def test_concurrent_deciders_updaters_queues_and_pool_changes() -> None:
                 with pytest.raises(mixllm.UnknownModelError):
                     policy.end(name, 1.0)
                 i += 1
-                counts["churn"] += 1
+                self.counts["churn"] += 1
 
         return work
 
-    def snapshots() -> None:
-        while not stop.is_set():
-            state = policy.inspect(owned[0])
+    def snapshots(self) -> None:
+        while not self.stop.is_set():
+            state = self.policy.inspect(self.owned[0])
             # A and A⁻¹ are reported from the same update, never from two different ones.
             np.testing.assert_allclose(state["a"] @ state["a_inv"], np.eye(DIM), atol=1e-8)
-            restored = mixllm.Policy.from_bytes(policy.to_bytes(), dim=DIM)
-            assert set(owned) <= set(restored.models)
-            counts["snapshots"] += 1
+            restored = mixllm.Policy.from_bytes(self.policy.to_bytes(), dim=DIM)
+            assert set(self.owned) <= set(restored.models)
+            self.counts["snapshots"] += 1
 
-    workers = [updater(name, seed) for seed, name in enumerate(owned)]
-    workers += [lambda: decider(10), lambda: decider(11), batch_decider, queues]
-    workers += [churn("churn-a"), churn("churn-b"), snapshots]
-    run_concurrently(workers, stop, seconds=2.0)
 
-    assert all(count > 0 for count in counts.values()), counts
-    assert policy.models[: len(owned)] == owned
-    assert len(policy.models) == len(owned)
-    for name in owned:
-        assert policy.in_flight(name) == 0
-        assert len(applied[name]) > 0
-
-    # Each owned model's state is what its updates, applied one by one in order, give.
+def _assert_replay_matches(workload: _Workload) -> None:
+    """Each owned model's state is what its updates, applied one by one in order, give."""
     replay = mixllm.Policy(DIM, **CONFIG)
-    for i, name in enumerate(owned):
+    for i, name in enumerate(workload.owned):
         replay.add_model(name, **PROFILE, prior_quality=0.3 + 0.1 * i)
-        for obs in applied[name]:
+        for obs in workload.applied[name]:
             replay.update(name, **obs)
-        got, expected = policy.inspect(name), replay.inspect(name)
-        assert got["observations"] == expected["observations"] == len(applied[name])
+        got, expected = workload.policy.inspect(name), replay.inspect(name)
+        assert got["observations"] == expected["observations"] == len(workload.applied[name])
         assert got["updates_since_refactor"] == expected["updates_since_refactor"]
         np.testing.assert_allclose(got["a"], expected["a"], rtol=1e-13)
         for key in ("a_inv", "theta_quality", "theta_log_length", "b_quality", "b_log_length"):
             scale = np.abs(expected[key]).max()
             np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-9 * scale)
+
+
+def test_concurrent_deciders_updaters_queues_and_pool_changes() -> None:
+    policy = mixllm.Policy(DIM, **CONFIG)
+    owned = [f"own-{i}" for i in range(3)]
+    for i, name in enumerate(owned):
+        policy.add_model(name, **PROFILE, prior_quality=0.3 + 0.1 * i)
+    work = _Workload(policy, owned)
+    workers = [work.updater(name, seed) for seed, name in enumerate(owned)]
+    workers += [work.decider(10), work.decider(11), work.batch_decider, work.queues]
+    workers += [work.churn("churn-a"), work.churn("churn-b"), work.snapshots]
+    run_concurrently(workers, work.stop, seconds=2.0)
+
+    assert all(count > 0 for count in work.counts.values()), work.counts
+    assert policy.models[: len(owned)] == owned
+    assert len(policy.models) == len(owned)
+    for name in owned:
+        assert policy.in_flight(name) == 0
+        assert len(work.applied[name]) > 0
+    _assert_replay_matches(work)
 
 
 def test_threads_updating_the_same_model_lose_no_update(arm_oracle: Any) -> None:

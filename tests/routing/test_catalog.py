@@ -10,7 +10,7 @@ import pytest
 
 import mixllm
 from mixllm.data import RoutingDataset
-from mixllm.routing import catalog
+from mixllm.routing import catalog, pricing
 from mixllm.routing.catalog import ROUTERBENCH_MODELS, ModelSpec
 
 # Implied price / list price must fall in this band. On the subset, counted with MiniLM's
@@ -36,7 +36,7 @@ def test_every_entry_has_sources_and_sane_values() -> None:
 
 
 def test_list_prices_agree_with_the_costs_in_the_data(routerbench: RoutingDataset) -> None:
-    implied = catalog.implied_prices(routerbench)
+    implied = pricing.implied_prices(routerbench)
     low, high = PRICE_BAND
     for spec in ROUTERBENCH_MODELS:
         price_in, price_out = implied[spec.name]
@@ -116,4 +116,4 @@ def test_implied_prices_recover_exact_prices() -> None:
         split=None,
         ids=[str(i) for i in range(50)],
     )
-    assert catalog.implied_prices(ds)["m"] == pytest.approx((3.0, 7.0))
+    assert pricing.implied_prices(ds)["m"] == pytest.approx((3.0, 7.0))

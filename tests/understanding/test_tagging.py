@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mixllm.encoders.embedding import Embedder
-from mixllm.evaluation.frontier import normalised_mutual_information, purity
+from mixllm.understanding.agreement import normalised_mutual_information, purity
 from mixllm.understanding.tagging import DomainLabels, Tagger
 from mixllm.understanding.taxonomy import DOMAINS, Domain
 

@@ -1,8 +1,10 @@
 """``mixllm eval``: the MixLLM paper's experiments on RouterBench, with baselines.
 
 A discrete-event stream simulator (:mod:`.simulator`), the routers compared (:mod:`.baselines`),
-the metrics (:mod:`.metrics`: % of GPT-4, frontier, AIQ), the experiments (:mod:`.experiments`)
-and the report writer (:mod:`.report`). ``docs/evaluation.md`` describes the method and results.
+the metrics (:mod:`.metrics`: % of GPT-4, frontier, AIQ), the offline quality-cost frontier of a
+representation (:mod:`.frontier`), bootstrap intervals (:mod:`.bootstrap`), the embedded
+vectors' cache (:mod:`.vectors`), the experiments (:mod:`.experiments`) and the report writer
+(:mod:`.report`). ``docs/evaluation.md`` describes the method and results.
 """
 
 from mixllm.evaluation.experiments import EXPERIMENTS, EvalSettings, run_evaluation

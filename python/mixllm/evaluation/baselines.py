@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import Policy
+from mixllm._core import InvalidInputError, Policy
 from mixllm.evaluation.frontier import fit_ridge
 from mixllm.evaluation.simulator import (
     ServerProfile,
@@ -209,7 +209,7 @@ def knn_quality(
     them."""
     available = len(train) - int(exclude_self)
     if available < 1:
-        raise ValueError("KNN needs at least one training query besides the query itself")
+        raise InvalidInputError("KNN needs at least one training query besides the query itself")
     k = min(k, available)
     a = train / np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
     b = test / np.maximum(np.linalg.norm(test, axis=1, keepdims=True), 1e-12)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm._core import InvalidInputError
 from mixllm.evaluation.metrics import GAP_TOLERANCE, aiq, hull_quality, shortfall
 from mixllm.evaluation.simulator import SimulationResult
 
@@ -65,7 +66,7 @@ class Outcomes:
 
     def __post_init__(self) -> None:
         if self.quality.ndim != 2 or self.quality.shape != self.cost.shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"quality and cost must be (points, queries) of one shape, got "
                 f"{self.quality.shape} and {self.cost.shape}"
             )
@@ -87,7 +88,7 @@ class Outcomes:
 def resample_counts(queries: int, resamples: int, seed: int) -> F64:
     """(resamples, queries): how many times each query is drawn in each resample."""
     if queries < 1 or resamples < 1:
-        raise ValueError(f"need queries and resamples, got {queries} and {resamples}")
+        raise InvalidInputError(f"need queries and resamples, got {queries} and {resamples}")
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(queries, np.full(queries, 1.0 / queries), size=resamples)
     drawn: F64 = counts.astype(np.float64)
@@ -99,7 +100,7 @@ def _usable(counts: F64, reference: tuple[F64, F64]) -> F64:
     by."""
     kept: F64 = counts[(counts @ reference[0] > 0.0) & (counts @ reference[1] > 0.0)]
     if len(kept) == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"none of {len(counts)} resamples drew a query the reference scored above 0 and "
             f"paid for: too few test queries to resample"
         )
@@ -137,12 +138,12 @@ def _interval(values: Sequence[float]) -> list[float]:
 
 def _check_queries(named: Mapping[str, Outcomes], reference: tuple[F64, F64]) -> None:
     if len(reference[0]) != len(reference[1]):
-        raise ValueError(
+        raise InvalidInputError(
             f"the reference has {len(reference[0])} qualities and {len(reference[1])} costs"
         )
     for name, outcomes in named.items():
         if outcomes.queries != len(reference[0]):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} has {outcomes.queries} queries, the reference {len(reference[0])}"
             )
 
@@ -164,7 +165,7 @@ def compare(
     ones measured, at their ``max_gap_at_pct``); ``c_range`` is the AIQ's cost range."""
     _check_queries({"mine": mine, **baselines}, reference)
     if set(shortfalls) != set(baselines):
-        raise ValueError(
+        raise InvalidInputError(
             f"shortfalls are for {sorted(shortfalls)}, the baselines {sorted(baselines)}"
         )
     counts = _usable(resample_counts(mine.queries, resamples, seed), reference)
@@ -222,13 +223,13 @@ def paired_differences(
     quality % over their points (``mean_quality`` and ``mean_quality_interval``) and the AIQ
     (``aiq``, ``aiq_interval``), with how many resamples the intervals rest on."""
     if first.quality.shape != second.quality.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"the two variants must have the same points and queries, got "
             f"{first.quality.shape} and {second.quality.shape}"
         )
     _check_queries({"first": first}, reference)
     if counts.ndim != 2 or counts.shape[1] != first.queries:
-        raise ValueError(f"counts must be (resamples, {first.queries}), got {counts.shape}")
+        raise InvalidInputError(f"counts must be (resamples, {first.queries}), got {counts.shape}")
     usable = _usable(counts, reference)
 
     def differences(a: list[Pairs], b: list[Pairs]) -> tuple[list[float], list[float]]:

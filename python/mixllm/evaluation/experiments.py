@@ -69,11 +69,11 @@ def check_continual_splits(splits: Sequence[tuple[int, int]]) -> None:
     to fit, or repeat a pair, naming the first such pair."""
     for i, (offline, online) in enumerate(splits):
         if offline < 1 or online < 0 or offline + online != 100:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{offline}:{online} must be percentages adding up to 100, with at least 1 offline"
             )
         if (offline, online) in splits[:i]:
-            raise ValueError(f"{offline}:{online} is given twice")
+            raise InvalidInputError(f"{offline}:{online} is given twice")
 
 
 ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
@@ -878,7 +878,9 @@ def _learned_pool(train: RoutingDataset) -> dict[str, ModelConfig]:
 def check_arrivals(arrivals: str) -> None:
     """Refuses an arrival order that is not one of `ARRIVAL_ORDERS`, naming it."""
     if arrivals not in ARRIVAL_ORDERS:
-        raise ValueError(f"arrivals must be one of {', '.join(ARRIVAL_ORDERS)}, got {arrivals!r}")
+        raise InvalidInputError(
+            f"arrivals must be one of {', '.join(ARRIVAL_ORDERS)}, got {arrivals!r}"
+        )
 
 
 def in_arrival_order(
@@ -897,9 +899,9 @@ def _check_settings(dataset: RoutingDataset, settings: EvalSettings) -> None:
     """Refuses settings that cannot run on ``dataset``, before anything is embedded."""
     unknown = [e for e in settings.experiments if e not in EXPERIMENTS]
     if unknown:
-        raise ValueError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
+        raise InvalidInputError(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}")
     if settings.resamples < 0:
-        raise ValueError(f"resamples must be 0 or more, got {settings.resamples}")
+        raise InvalidInputError(f"resamples must be 0 or more, got {settings.resamples}")
     check_continual_splits(settings.continual_splits)
     check_arrivals(settings.arrivals)
     if settings.reference is not None and settings.reference not in dataset.models:

@@ -7,9 +7,6 @@ argmax_l  q̂_l(x) - ĉ_l(x) / λ  for a sweep of λ (willingness to pay, USD pe
 Each λ gives one (cost, quality) point, both as % of sending every test query to a reference
 model (GPT-4 in the MixLLM paper). This isolates the representation: the heads, the sweep and
 the data are the same for every representation compared.
-
-Also: agreement between two labelings (purity and normalised mutual information), used to
-check zero-shot tags against a benchmark's own labels.
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ __all__ = [
     "FrontierPoint",
     "cost_to_reach",
     "fit_ridge",
-    "normalised_mutual_information",
-    "purity",
     "quality_at_cost",
     "routing_frontier",
 ]
@@ -109,30 +104,3 @@ def cost_to_reach(points: Sequence[CostQuality], quality_pct: float) -> float:
     """Least cost % among points reaching ``quality_pct`` (NaN when none does)."""
     eligible = [p.cost_pct for p in points if p.quality_pct >= quality_pct]
     return min(eligible) if eligible else float("nan")
-
-
-def _contingency(a: ArrayLike, b: ArrayLike) -> F64:
-    _, ia = np.unique(np.asarray(a), return_inverse=True)
-    _, ib = np.unique(np.asarray(b), return_inverse=True)
-    table = np.zeros((ia.max() + 1, ib.max() + 1))
-    np.add.at(table, (ia, ib), 1.0)
-    return table
-
-
-def purity(predicted: ArrayLike, truth: ArrayLike) -> float:
-    """Share of items whose predicted group's majority true label is their own label."""
-    table = _contingency(predicted, truth)
-    return float(table.max(axis=1).sum() / table.sum())
-
-
-def normalised_mutual_information(a: ArrayLike, b: ArrayLike) -> float:
-    """I(a; b) / sqrt(H(a) H(b)) in [0, 1] (1: each labeling determines the other)."""
-    joint = _contingency(a, b) / len(np.asarray(a))
-    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
-    nz = joint > 0
-    mutual = float((joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum())
-    ha = float(-(pa[pa > 0] * np.log(pa[pa > 0])).sum())
-    hb = float(-(pb[pb > 0] * np.log(pb[pb > 0])).sum())
-    if ha == 0.0 or hb == 0.0:
-        return 1.0 if ha == hb else 0.0
-    return mutual / float(np.sqrt(ha * hb))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm._core import InvalidInputError
 from mixllm.evaluation.frontier import cost_to_reach, quality_at_cost
 
 __all__ = [
@@ -96,7 +97,7 @@ def hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 def aiq(points: Sequence[tuple[float, float]], c_min: float, c_max: float) -> float:
     """Area under the non-decreasing convex hull over [c_min, c_max], divided by its width."""
     if not c_max > c_min:
-        raise ValueError(f"c_max ({c_max}) must exceed c_min ({c_min})")
+        raise InvalidInputError(f"c_max ({c_max}) must exceed c_min ({c_min})")
     vertices = hull(points)
     if not vertices:
         return 0.0
@@ -149,11 +150,11 @@ def shortfall(
     left end of a piece."""
     for name, points in (("mine", mine), ("other", other)):
         if not all(math.isfinite(c) and math.isfinite(q) for c, q in points):
-            raise ValueError(f"{name} has a non-finite point")
+            raise InvalidInputError(f"{name} has a non-finite point")
     if not mine:
-        raise ValueError("mine has no points")
+        raise InvalidInputError("mine has no points")
     if not math.isfinite(c_max):
-        raise ValueError(f"c_max must be finite, got {c_max}")
+        raise InvalidInputError(f"c_max must be finite, got {c_max}")
     start = min(c for c, _ in mine)
     end = max(start, c_max)
     mine_hull, other_hull = hull(mine), hull(other)

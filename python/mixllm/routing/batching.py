@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from mixllm._core import InvalidInputError
+
 __all__ = ["Batcher"]
 
 In = TypeVar("In")
@@ -33,7 +35,7 @@ class Batcher(Generic[In, Out]):
         max_batch: int = 64,
     ) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise InvalidInputError(f"max_batch must be >= 1, got {max_batch}")
         self._compute = compute
         self._executor = executor
         self._max_batch = max_batch

@@ -121,9 +121,9 @@ class Calibration:
             )
             calibration = cls(str(data["reference"]), int(data["rows"]), int(data["folds"]), points)
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"not a calibration table: {err!r}") from err
+            raise InvalidInputError(f"not a calibration table: {err!r}") from err
         if not points:
-            raise ValueError("a calibration table needs at least one point")
+            raise InvalidInputError("a calibration table needs at least one point")
         return calibration
 
 

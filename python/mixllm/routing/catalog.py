@@ -7,11 +7,11 @@ with sources and the check of the prices against the data.
 
 * **Prices** are the list prices RouterBench's costs were computed with (Hu et al. 2024,
   arXiv 2403.12031: OpenAI and Anthropic list prices for their models, Together AI's
-  serverless prices for the open models, as of late 2023). :func:`implied_prices` fits them
-  back from a dataset's costs and token counts; on the local RouterBench subset, counted with
-  MiniLM's tokenizer, every input price comes out at 1.05x the list price and every output
-  price at 0.90-0.95x, so the table is the one the costs were made with. No model charges a
-  per-request fee.
+  serverless prices for the open models, as of late 2023).
+  :func:`mixllm.routing.pricing.implied_prices` fits them back from a dataset's costs and token
+  counts; on the local RouterBench subset, counted with MiniLM's tokenizer, every input price comes
+  out at 1.05x the list price and every output price at 0.90-0.95x, so the table is the one the
+  costs were made with. No model charges a per-request fee.
 * **Latency** (``ttft_s``, ``tokens_per_s``) is the era's public measurement, median over
   a short prompt, single query: Artificial Analysis's comparison of API models in early 2024
   where it lists the model, approximate otherwise (each row says which). They are starting
@@ -22,20 +22,17 @@ with sources and the check of the prices against the data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mixllm._core import DuplicateModelError, InvalidInputError, UnknownModelError
 from mixllm.config import DEFAULT_CONCURRENCY, ModelConfig
-from mixllm.cost import TOKENS_PER_PRICE_UNIT, call_cost_usd
+from mixllm.cost import call_cost_usd
 from mixllm.validation import model_profile
 
 if TYPE_CHECKING:
     from mixllm._core import Policy
-    from mixllm.data import RoutingDataset
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -43,7 +40,6 @@ __all__ = [
     "ModelSpec",
     "add_to",
     "by_name",
-    "implied_prices",
     "names",
     "prices",
 ]
@@ -180,26 +176,3 @@ def add_to(
         raise DuplicateModelError(f"already in the pool: {present}; nothing was added")
     for spec in specs:
         policy.add_model(spec.name, **{**spec.profile(), **overrides})
-
-
-def implied_prices(dataset: RoutingDataset) -> Mapping[str, tuple[float, float]]:
-    """Per model, the (input, output) prices in USD per million tokens that best explain the
-    dataset's costs: least squares of ``cost_usd`` on ``prompt_tokens`` and ``output_tokens``
-    without intercept, over the rows where the model's cost and output tokens are observed.
-
-    The prices are in the dataset's token units: with ``tokens_counted`` they are per million
-    MiniLM tokens, which is how far a list price applied to MiniLM counts is off.
-    """
-    if dataset.output_tokens is None:
-        raise InvalidInputError("implied prices need output_tokens in the dataset")
-    fitted: dict[str, tuple[float, float]] = {}
-    for k, model in enumerate(dataset.models):
-        cost = dataset.cost_usd[:, k]
-        output = dataset.output_tokens[:, k]
-        rows = ~np.isnan(cost) & ~np.isnan(output)
-        if rows.sum() < 2:
-            continue
-        design = np.column_stack([dataset.prompt_tokens[rows], output[rows]])
-        solution = np.linalg.lstsq(design, cost[rows] * TOKENS_PER_PRICE_UNIT, rcond=None)[0]
-        fitted[model] = (float(solution[0]), float(solution[1]))
-    return fitted

@@ -41,7 +41,7 @@ _LATER_KNOBS = ("length_ridge", "tau_margin_sd")
 
 
 class Persistence(RouterBase):
-    """The Router's `save`."""
+    """The Router's `save` (`Router.load` reads what it writes: `read_current_state`)."""
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Saves configuration, projection and every arm under ``directory``.

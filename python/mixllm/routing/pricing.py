@@ -7,6 +7,9 @@ Without output tokens, the output side is priced at the model's prior answer len
 router predicts for it until it sees lengths), so the predicted cost per query still matches
 the log on average.
 
+`implied_prices` is the plain least-squares fit (prices may come out negative), which
+`docs/model-catalog.md` uses to compare list prices with what a log implies.
+
 The prices are in the data's token units: counted with the embedder's tokenizer when the data
 gave no counts (``RoutingDataset.tokens_counted``), which is also what the router counts at
 routing time, so the two agree.
@@ -14,6 +17,7 @@ routing time, so the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +28,7 @@ from mixllm.config import ModelConfig
 from mixllm.cost import TOKENS_PER_PRICE_UNIT
 from mixllm.data import RoutingDataset
 
-__all__ = ["LearnedPrice", "learn_prices", "priced_pool"]
+__all__ = ["LearnedPrice", "implied_prices", "learn_prices", "priced_pool"]
 
 # The fewest logged costs a price is learned from.
 MIN_PRICED_ROWS = 2
@@ -136,3 +140,26 @@ def priced_pool(
         for name in dataset.models
     )
     return pool, learned
+
+
+def implied_prices(dataset: RoutingDataset) -> Mapping[str, tuple[float, float]]:
+    """Per model, the (input, output) prices in USD per million tokens that best explain the
+    dataset's costs: least squares of ``cost_usd`` on ``prompt_tokens`` and ``output_tokens``
+    without intercept, over the rows where the model's cost and output tokens are observed.
+
+    The prices are in the dataset's token units: with ``tokens_counted`` they are per million
+    MiniLM tokens, which is how far a list price applied to MiniLM counts is off.
+    """
+    if dataset.output_tokens is None:
+        raise InvalidInputError("implied prices need output_tokens in the dataset")
+    fitted: dict[str, tuple[float, float]] = {}
+    for k, model in enumerate(dataset.models):
+        cost = dataset.cost_usd[:, k]
+        output = dataset.output_tokens[:, k]
+        rows = ~np.isnan(cost) & ~np.isnan(output)
+        if rows.sum() < MIN_PRICED_ROWS:
+            continue
+        design = np.column_stack([dataset.prompt_tokens[rows], output[rows]])
+        solution = np.linalg.lstsq(design, cost[rows] * TOKENS_PER_PRICE_UNIT, rcond=None)[0]
+        fitted[model] = (float(solution[0]), float(solution[1]))
+    return fitted

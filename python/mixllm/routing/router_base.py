@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mixllm.routing.batching import Batcher
     from mixllm.routing.learning import LoggedFeedback
     from mixllm.store import RedisStore
+    from mixllm.store.position import StreamPosition
 
 
 class RouterBase:
@@ -55,6 +56,7 @@ class RouterBase:
     ]
     _store: RedisStore | None
     _arms: dict[str, str]
+    _saved_position: StreamPosition | None
 
     def _arm_of(self, name: str) -> str:
         return self._arms.get(name, "")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm._core import InvalidInputError
+
 __all__ = ["FOLDS", "RIDGES", "KnobChoice", "choose_ridge", "fold_ids"]
 
 F64 = NDArray[np.float64]
@@ -102,7 +104,7 @@ def choose_ridge(
                 errors[float(candidate)][fold] += float(np.sum(residual**2))
             counts[fold] += int(held.sum()) * stacked.shape[1]
     if dim and sum(counts) == 0:
-        raise ValueError("no observed outcome to cross-validate on")
+        raise InvalidInputError("no observed outcome to cross-validate on")
     fold_scores = {
         c: tuple(e / k if k else math.nan for e, k in zip(per_fold, counts, strict=True))
         for c, per_fold in errors.items()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mixllm._core import InvalidInputError
+
 __all__ = ["StreamPosition", "stream_id_key"]
 
 
@@ -15,7 +17,7 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     key = int(ms), int(seq or 0)
     if min(key) < 0:
-        raise ValueError(f"{stream_id!r} is not a stream id")
+        raise InvalidInputError(f"{stream_id!r} is not a stream id")
     return key
 
 
@@ -46,12 +48,16 @@ class StreamPosition:
             raw.get(k) for k in ("namespace", "last_id", "seq", "learned")
         )
         if not isinstance(namespace, str) or not namespace:
-            raise ValueError(f"the store namespace must be a non-empty str, got {namespace!r}")
+            raise InvalidInputError(
+                f"the store namespace must be a non-empty str, got {namespace!r}"
+            )
         if not isinstance(last_id, str):
-            raise ValueError(f"the stream position must be a stream id, got {last_id!r}")
+            raise InvalidInputError(f"the stream position must be a stream id, got {last_id!r}")
         stream_id_key(last_id)
         if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
-            raise ValueError(f"the stream's entry count must be an int >= 0, got {seq!r}")
+            raise InvalidInputError(f"the stream's entry count must be an int >= 0, got {seq!r}")
         if not isinstance(learned, list) or not all(isinstance(i, str) for i in learned):
-            raise ValueError("the observations learned past the position must be a list of ids")
+            raise InvalidInputError(
+                "the observations learned past the position must be a list of ids"
+            )
         return cls(namespace, last_id, seq, tuple(learned))

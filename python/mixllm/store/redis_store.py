@@ -330,10 +330,10 @@ class RedisStore:
             if not isinstance(arms, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in arms.items()
             ):
-                raise ValueError(f"arm ids {arms!r} are not a name -> id mapping")
+                raise InvalidInputError(f"arm ids {arms!r} are not a name -> id mapping")
             seq = int(raw[b"seq"]) if b"seq" in raw else None
             if seq is not None and seq < 0:
-                raise ValueError(f"entry count {seq} is negative")
+                raise InvalidInputError(f"entry count {seq} is negative")
         except (KeyError, ValueError) as err:
             raise StoreError(
                 f"the checkpoint under {self.checkpoint_key} is unreadable: {err}"

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm._core import InvalidInputError
+
 __all__ = ["SPREAD_RATIO", "DomainChoice", "choose_domains", "explained_share", "kmeans"]
 
 F64 = NDArray[np.float64]
@@ -61,7 +63,7 @@ def kmeans(vectors: F64, k: int, *, seed: int = 0, iterations: int = 50) -> I64:
     deterministic for a given ``seed``."""
     n = vectors.shape[0]
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in 1..{n}, got {k}")
+        raise InvalidInputError(f"k must be in 1..{n}, got {k}")
     rng = np.random.default_rng(seed)
     centres = np.empty((k, vectors.shape[1]))
     centres[0] = vectors[rng.integers(n)]

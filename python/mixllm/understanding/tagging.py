@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm._core import InputTypeError, InvalidInputError
 from mixllm.encoders.embedding import Embedder
 from mixllm.understanding.taxonomy import DOMAINS, Domain
 
@@ -69,12 +70,12 @@ class Tagger:
         temperature: float = 0.05,
     ) -> None:
         if not domains:
-            raise ValueError("the taxonomy needs at least one domain")
+            raise InvalidInputError("the taxonomy needs at least one domain")
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise InvalidInputError(f"temperature must be > 0, got {temperature}")
         names = [d.name for d in domains]
         if len(set(names)) != len(names):
-            raise ValueError("domain names must be unique")
+            raise InvalidInputError("domain names must be unique")
         self.embedder = embedder if embedder is not None else Embedder()
         self.domains = tuple(domains)
         self.names = tuple(names)
@@ -97,7 +98,7 @@ class Tagger:
         if matrix.ndim == 1:
             matrix = matrix[None, :]
         if matrix.ndim != 2 or matrix.shape[1] != self.prototypes.shape[1]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"vectors must have shape (n, {self.prototypes.shape[1]}), got {matrix.shape}"
             )
         sims: NDArray[np.float64] = matrix @ self._prototypes_t
@@ -106,7 +107,7 @@ class Tagger:
     def tag_vectors(self, vectors: NDArray[np.floating], top_k: int = 1) -> Tags:
         """Tags for already embedded queries."""
         if not 1 <= top_k <= len(self.names):
-            raise ValueError(f"top_k must be in 1..{len(self.names)}, got {top_k}")
+            raise InvalidInputError(f"top_k must be in 1..{len(self.names)}, got {top_k}")
         probs = self.similarities(vectors)
         probs -= probs.max(axis=1, keepdims=True)
         probs *= 1.0 / self.temperature
@@ -134,10 +135,10 @@ class DomainLabels:
     def __init__(self, names: Iterable[str]) -> None:
         unique = sorted(set(names))
         if not unique:
-            raise ValueError("DomainLabels needs at least one label")
+            raise InvalidInputError("DomainLabels needs at least one label")
         for name in unique:
             if not isinstance(name, str):
-                raise TypeError(f"labels must be str, got {type(name).__name__}")
+                raise InputTypeError(f"labels must be str, got {type(name).__name__}")
         self.names: tuple[str, ...] = tuple(unique)
         self._index = {name: i for i, name in enumerate(unique)}
 
