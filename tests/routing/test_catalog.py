@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mixllm
+from mixllm import config
 from mixllm.data import RoutingDataset
 from mixllm.routing import catalog, pricing
 from mixllm.routing.catalog import ROUTERBENCH_MODELS, ModelSpec
@@ -32,7 +33,7 @@ def test_every_entry_has_sources_and_sane_values() -> None:
         assert 0 < spec.price_in <= spec.price_out <= 30
         assert spec.fee == 0.0
         assert 0 < spec.ttft_s < 5 and 5 < spec.tokens_per_s < 500
-        assert spec.concurrency == catalog.DEFAULT_CONCURRENCY
+        assert spec.concurrency == config.DEFAULT_CONCURRENCY
 
 
 def test_list_prices_agree_with_the_costs_in_the_data(routerbench: RoutingDataset) -> None:
@@ -65,7 +66,7 @@ def test_add_to_policy_uses_the_catalog_profiles() -> None:
     gpt4 = policy.profile("gpt-4-1106-preview")
     assert gpt4["price_in"] == 10.0 and gpt4["price_out"] == 30.0
     assert gpt4["tokens_per_s"] == catalog.by_name("gpt-4-1106-preview").tokens_per_s
-    assert gpt4["concurrency"] == catalog.DEFAULT_CONCURRENCY
+    assert gpt4["concurrency"] == config.DEFAULT_CONCURRENCY
 
 
 def test_add_to_subsets_overrides_and_duplicates() -> None:

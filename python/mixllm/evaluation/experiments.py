@@ -33,7 +33,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError, Policy
-from mixllm.config import TUNED_KNOBS, EmbedderConfig, ModelConfig, RouterConfig
+from mixllm.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TOKENS_PER_S,
+    DEFAULT_TTFT_S,
+    TUNED_KNOBS,
+    EmbedderConfig,
+    ModelConfig,
+    RouterConfig,
+)
 from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
@@ -44,7 +52,7 @@ from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream,
 from mixllm.evaluation.simulator import simulate as run_stream
 from mixllm.evaluation.vectors import embed_cached
 from mixllm.progress import Progress, ProgressLine
-from mixllm.routing.catalog import DEFAULT_CONCURRENCY, ROUTERBENCH_MODELS
+from mixllm.routing.catalog import ROUTERBENCH_MODELS
 from mixllm.routing.fitting import MIN_FIT_QUERIES
 from mixllm.routing.router import Router
 from mixllm.understanding.projection import LinearProjection, PcaProjection
@@ -168,7 +176,9 @@ def servers_for(models: Sequence[str]) -> list[ServerProfile]:
     for name in models:
         spec = known.get(name)
         if spec is None:
-            out.append(ServerProfile(name, 0.5, 50.0, DEFAULT_CONCURRENCY))
+            out.append(
+                ServerProfile(name, DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY)
+            )
         else:
             out.append(ServerProfile(name, spec.ttft_s, spec.tokens_per_s, spec.concurrency))
     return out
@@ -205,7 +215,11 @@ def router_config(
                 )
             configs.append(priced)
         elif spec is None:
-            configs.append(ModelConfig(name, 1.0, 1.0, 0.5, 50.0, DEFAULT_CONCURRENCY))
+            configs.append(
+                ModelConfig(
+                    name, 1.0, 1.0, DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY
+                )
+            )
         else:
             configs.append(spec.model_config())
     start = base if base is not None else RouterConfig(models=tuple(configs))

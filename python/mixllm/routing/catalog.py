@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from mixllm._core import Policy
 
 __all__ = [
-    "DEFAULT_CONCURRENCY",
     "ROUTERBENCH_MODELS",
     "ModelSpec",
     "add_to",

@@ -78,7 +78,7 @@ def _nonnegative_least_squares(
 
 
 def learn_prices(
-    dataset: RoutingDataset, *, prior_output_tokens: float = 256.0
+    dataset: RoutingDataset, *, prior_output_tokens: float = ModelConfig.prior_output_tokens
 ) -> dict[str, LearnedPrice]:
     """Per model with at least `MIN_PRICED_ROWS` logged costs, its learned prices (see the
     module's description). Models without enough logged costs are left out."""
@@ -117,7 +117,7 @@ def learn_prices(
 
 
 def priced_pool(
-    dataset: RoutingDataset, *, prior_output_tokens: float = 256.0
+    dataset: RoutingDataset, *, prior_output_tokens: float = ModelConfig.prior_output_tokens
 ) -> tuple[tuple[ModelConfig, ...], dict[str, LearnedPrice]]:
     """The data's models as a pool, each at prices learned from its logged costs and the
     default serving speeds (`mixllm.config.DEFAULT_TTFT_S` and the others), with the learned
