@@ -1,8 +1,9 @@
 """Exceptions raised by mixllm's Python layer (embedding, tagging, projection, configuration,
-data sources, the Router and its store), all in this one module. They join the tree the
-decision core defines (`mixllm.MixllmError` and its subclasses, created in the Rust extension),
-and each also subclasses the builtin that fits, so callers who catch ``ValueError`` or
-``KeyError`` keep working.
+data sources, the Router and its store): every exception a caller of mixllm can catch is here
+or in the tree the decision core defines (`mixllm.MixllmError` and its subclasses, created in
+the Rust extension), which these join. Each also subclasses the builtin that fits, so callers
+who catch ``ValueError`` or ``KeyError`` keep working. (The gateway's own request and upstream
+failures, in `mixllm.serving`, never leave it: they become HTTP error responses.)
 """
 
 from __future__ import annotations
