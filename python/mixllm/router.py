@@ -635,9 +635,11 @@ class Router:
         1,000 queries (λ from the `calibration` table); by default the configured one.
 
         Limits for this query alone: ``models`` (the models it may go to), ``max_cost_usd``
-        (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ).
-        The best-scoring model within all of them is chosen; when none is within both limits,
-        the fastest of the allowed models within the cost ceiling, or else the cheapest.
+        (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ),
+        applied by the decision core (`Policy.decide`): the model is chosen among those within
+        all of them by the usual rule, and ``decision.detail.ranking`` orders them for
+        fallback. With none: `UnknownModelError` when no allowed model is in the pool, else
+        `NoModelWithinLimitsError` naming the limit; neither changes any state.
         """
         _check_text("text", text)
         wtp = self._willingness(
@@ -767,13 +769,13 @@ class Router:
     ) -> RouteDecision:
         """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
-            context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
+            context,
+            prompt_tokens=prompt_tokens,
+            willingness_to_pay=willingness_to_pay,
+            now_s=now,
+            **({} if limits is None else limits.arguments()),
         )
-        if limits is None:
-            model, service_s = detail.model, detail.chosen_service_s
-        else:
-            index = limits.choose(detail)
-            model, service_s = detail.models[index], float(detail.service[index])
+        model, service_s = detail.model, detail.chosen_service_s
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or
@@ -816,9 +818,11 @@ class Router:
     ) -> None:
         """The request of decision ``decision_id`` has finished: it leaves its model's queue
         (recording ``latency_s`` in the model's service time when given). The decision stays
-        open for `feedback` until it expires, for services that learn the quality later;
-        ``output_tokens``, the answer's length, is learned with that feedback when the feedback
-        gives none."""
+        open for `feedback` until it expires, for services that learn the quality later.
+        ``output_tokens``, the answer's length, teaches the model's length head at once
+        (`Policy.update_length`), with no need for feedback, and the feedback then teaches
+        quality only (unless it gives a length of its own); with a store attached, the length
+        is learned with the feedback instead, which every replica replays."""
         _check_optional("latency_s", latency_s)
         _check_optional("output_tokens", output_tokens)
         now = self._now()
@@ -826,6 +830,13 @@ class Router:
             pending = self._ledger.open(decision_id, self._policy, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
+            if output_tokens is not None and self._store is None and pending.current(self._policy):
+                # Checked by the core before anything changes, so a refused length leaves the
+                # decision in flight.
+                self._policy.update_length(
+                    pending.model, pending.context, output_tokens=output_tokens
+                )
+                pending.length_learned = True
             pending.in_flight = False
             pending.output_tokens = output_tokens
             if pending.current(self._policy):
@@ -981,7 +992,8 @@ class Router:
                 pending.model,
                 pending.context,
                 quality=target,
-                output_tokens=tokens,
+                # A length learned at completion is not taught twice.
+                output_tokens=None if pending.length_learned and output_tokens is None else tokens,
                 weight=weight,
             )
             self._ledger.take(decision_id)
@@ -1347,24 +1359,13 @@ class _Limits:
             math.inf if max_latency_s is None else float(max_latency_s),
         )
 
-    def choose(self, detail: Decision) -> int:
-        """Index of the model chosen within the limits from a decision's assessments."""
-        names = detail.models
-        allowed = np.array([self.models is None or n in self.models for n in names])
-        if not allowed.any():
-            raise UnknownModelError(
-                f"none of the models {sorted(self.models or ())} is in the pool ({names})"
-            )
-        cost, latency = detail.cost, detail.latency
-        within_cost = allowed & (cost <= self.max_cost_usd)
-        within = within_cost & (latency <= self.max_latency_s)
-        admissible = within & ~detail.excluded
-        if admissible.any():
-            return int(np.flatnonzero(admissible)[np.argmax(detail.score[admissible])])
-        for candidates in (within, within_cost):
-            if candidates.any():
-                return int(np.flatnonzero(candidates)[np.argmin(latency[candidates])])
-        return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
+    def arguments(self) -> dict[str, Any]:
+        """The limits as `Policy.decide` takes them."""
+        return {
+            "models": None if self.models is None else sorted(self.models),
+            "max_cost_usd": self.max_cost_usd,
+            "max_latency_s": self.max_latency_s,
+        }
 
 
 def _check_latency_once(

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mixllm._core import InvalidInputError, UnknownModelError
+from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
 from mixllm.config import ServeConfig
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.router import RouteDecision, Router
@@ -337,9 +337,13 @@ class Gateway:
                 max_cost_usd=chat.max_cost_usd,
                 max_latency_s=chat.max_latency_s,
             )
+        except NoModelWithinLimitsError as err:
+            raise RequestError(400, str(err), code="no_model_within_limits") from None
         except (InvalidInputError, UnknownModelError) as err:
             raise RequestError(400, str(err)) from None
-        order = _fallback_order(decision, candidates, chat.max_cost_usd)
+        # The chosen model, then the decision's own fallbacks: the models within every limit
+        # of this request, by the rule that chose it.
+        order = decision.detail.ranking
         failures = []
         for attempt, model in enumerate(order[: self.settings.max_attempts]):
             if attempt > 0:
@@ -540,24 +544,6 @@ class _RelayedStream(StreamingResponse):
                 gateway._cancel(self._decision)
                 gateway.metrics.disconnects.labels(model).inc()
             gateway._request_ended()
-
-
-def _fallback_order(
-    decision: RouteDecision, candidates: list[str], max_cost_usd: float | None
-) -> list[str]:
-    """The chosen model, then the other candidates by the decision's scores, best first
-    (leaving out those over the request's cost ceiling)."""
-    detail = decision.detail
-    index = {name: i for i, name in enumerate(detail.models)}
-    others = [
-        m
-        for m in candidates
-        if m != decision.model
-        and m in index
-        and (max_cost_usd is None or detail.cost[index[m]] <= max_cost_usd)
-    ]
-    others.sort(key=lambda m: -float(detail.score[index[m]]))
-    return [decision.model, *others]
 
 
 def _completion_tokens(usage: Any) -> float | None:

@@ -18,6 +18,7 @@ pub struct Exceptions {
     pub unknown_model: Py<PyType>,
     pub duplicate_model: Py<PyType>,
     pub empty_pool: Py<PyType>,
+    pub no_model_within_limits: Py<PyType>,
     pub state_file: Py<PyType>,
 }
 
@@ -93,6 +94,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "A decision was asked of a pool with no models.",
         vec![b(), py.get_type::<PyLookupError>()],
     )?;
+    let no_model_within_limits = make_class(
+        py,
+        "NoModelWithinLimitsError",
+        "No model allowed for a request is predicted within its cost ceiling or its latency \
+         tolerance; the message names the limit.",
+        vec![b(), py.get_type::<PyLookupError>()],
+    )?;
     let state_file = make_class(
         py,
         "StateFileError",
@@ -107,6 +115,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         unknown_model,
         duplicate_model,
         empty_pool,
+        no_model_within_limits,
         state_file,
     };
     for class in [
@@ -117,6 +126,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &exceptions.unknown_model,
         &exceptions.duplicate_model,
         &exceptions.empty_pool,
+        &exceptions.no_model_within_limits,
         &exceptions.state_file,
     ] {
         let class = class.bind(py);
@@ -151,7 +161,8 @@ pub fn to_py(error: Error) -> PyErr {
     match error {
         Error::Dimension { .. } => dimension(message),
         Error::InvalidValue(_) | Error::NothingInFlight(_) => invalid_input(message),
-        Error::UnknownModel(_) => raise(|e| &e.unknown_model, message),
+        Error::UnknownModel(_) | Error::NoneAllowed(_) => raise(|e| &e.unknown_model, message),
+        Error::NoModelWithinLimits(_) => raise(|e| &e.no_model_within_limits, message),
         Error::DuplicateModel(_) => raise(|e| &e.duplicate_model, message),
         Error::EmptyPool => raise(|e| &e.empty_pool, message),
         Error::StateFile { .. } => raise(|e| &e.state_file, message),
