@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import threading
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,6 +49,7 @@ from mixllm.serving.upstream import (
     Upstream,
     UpstreamFailure,
     UpstreamRejection,
+    open_session,
     open_stream,
     post_completion,
     upstream_of,
@@ -137,7 +138,7 @@ class Gateway:
         )
         self.active = 0
         self._idle: asyncio.Event | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._save_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -146,11 +147,9 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self._idle = asyncio.Event()
         self._idle.set()
-        timeout = httpx.Timeout(
-            self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
+        self._client = open_session(
+            self.settings.connect_timeout_s, self.settings.read_timeout_s
         )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
         saver = None
         if self.state_dir is not None:
             saver = asyncio.create_task(self._snapshot_every(self.settings.snapshot_every_s))
@@ -161,7 +160,7 @@ class Gateway:
             if saver is not None:
                 saver.cancel()
                 await asyncio.to_thread(self.snapshot)
-            await self._client.aclose()
+            await self._client.close()
 
     async def drain(self, timeout_s: float) -> bool:
         """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
@@ -214,7 +213,7 @@ class Gateway:
         return found
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise RuntimeError("the gateway is not running (its lifespan has not started)")
         return self._client
@@ -402,7 +401,9 @@ class Gateway:
         self._completed(decision, latency, tokens, ttft_s=None)
         answer["model"] = model
         answer["mixllm"] = {"decision_id": decision.id, "model": model}
-        return JSONResponse(answer, headers=_decision_headers(decision))
+        return Response(
+            orjson.dumps(answer), media_type="application/json", headers=_decision_headers(decision)
+        )
 
     def _completed(
         self, decision: RouteDecision, latency_s: float, tokens: float | None, ttft_s: float | None
@@ -519,7 +520,7 @@ class _RelayedStream(StreamingResponse):
                 relay.finished = True
                 self._gateway._stream_failed(decision, err)
                 error = RequestError(502, str(err), kind="upstream_error", code="upstream_failed")
-                yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+                yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
                 return
         relay.finished = True
         self._gateway._stream_ended(relay, decision)
@@ -528,7 +529,7 @@ class _RelayedStream(StreamingResponse):
     def _event(self, chunk: dict[str, Any]) -> bytes:
         self._relay.count(chunk)
         chunk["model"] = self._decision.model
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway, relay, model = self._gateway, self._relay, self._decision.model
