@@ -1,14 +1,18 @@
 """The gateway's overhead and throughput against the fake upstream it fronts.
 
-    .venv/bin/python benches/bench_gateway.py          # prints the tables of docs/serving.md
-    pytest benches/bench_gateway.py --benchmark-only    # the same, in the benchmark suite
+    .venv/bin/python benches/bench_gateway.py [--config router.toml]  # docs/serving.md's tables
+    pytest benches/bench_gateway.py --benchmark-only                   # the same, in the suite
 
-Three processes on loopback: the fake upstream of the tests (answers at once, 5 tokens), the
-gateway (`mixllm serve`: the shipped router, the int8 encoder, no embedding cache, so every
-prompt is embedded) and, when it is installed, LiteLLM's proxy on the same upstream (from
-``$LITELLM``, default ``litellm`` on the PATH). This process sends the load with httpx. The
-reference is a direct call to the fake upstream, measured in the same run: on a shared 2-core
-machine absolute times are noisy, so overheads are read against it.
+Four processes on loopback: a bare fake upstream (`InstantUpstream`: answers at once with 5
+tokens, from bytes built once, so that the direct calls are not what limits a row), the gateway
+(`mixllm serve`: the shipped router, three pool models on the fake upstream, the encoder of the
+``[embedder]`` table of ``--config`` or else the int8 MiniLM, and no embedding cache whatever
+the table says, so every prompt is embedded), LiteLLM's proxy on the same upstream when it is
+installed (from ``$LITELLM``, default ``litellm`` on the PATH), and the load: `oha` (from
+``$OHA``, the PATH or ``~/.cargo/bin``; ``cargo install oha``), a compiled load generator that
+takes little of the machine from what it measures, else this process with httpx. The reference
+is a direct call to the fake upstream, measured in the same run: on a shared 2-core machine
+absolute times are noisy, so overheads are read against it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
+import math
 import os
 import shutil
 import signal
@@ -33,6 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERBENCH = ROOT.parent / "shared" / "data" / "routerbench_subset_routerdc"
@@ -92,16 +99,38 @@ def fake_upstream() -> Iterator[str]:
         import sys
         sys.path.insert(0, {str(ROOT / "testkit")!r})
         import uvicorn
-        from fake_upstream import FakeUpstream
-        uvicorn.run(FakeUpstream().app, host="127.0.0.1", port={port}, log_level="warning")
+        from fake_upstream import InstantUpstream
+        uvicorn.run(InstantUpstream(), host="127.0.0.1", port={port}, log_level="warning",
+                    access_log=False)
     """)
     url = f"http://127.0.0.1:{port}"
     with _process([sys.executable, "-c", code], url):
         yield url
 
 
+def embedder_table(config: Path | None) -> str:
+    """The ``[embedder]`` table the gateway runs with: ``config``'s (any router TOML), else the
+    int8 MiniLM; the embedding cache is always off, so every prompt is embedded."""
+    table: dict[str, Any] = {"quantized": True}
+    if config is not None:
+        table = dict(tomllib.loads(config.read_text(encoding="utf-8")).get("embedder", {}))
+    table["cache_size"] = 0
+    lines = [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "[embedder]\n" + "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise ValueError(f"cannot write {value!r} in the [embedder] table")
+
+
 @contextmanager
-def gateway(upstream: str, folder: Path) -> Iterator[str]:
+def gateway(upstream: str, folder: Path, embedder: str) -> Iterator[str]:
     port = _free_port()
     models = "".join(
         f'[[models]]\nname = "{name}"\nprice_in = {0.1 * 10**i}\nprice_out = {0.4 * 10**i}\n'
@@ -110,7 +139,7 @@ def gateway(upstream: str, folder: Path) -> Iterator[str]:
     )
     config = folder / "gateway.toml"
     config.write_text(
-        f"[serve]\nport = {port}\n[embedder]\nquantized = true\ncache_size = 0\n{models}",
+        f"[serve]\nport = {port}\n{embedder}{models}",
         encoding="utf-8",
     )
     url = f"http://127.0.0.1:{port}"
@@ -153,40 +182,121 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, load average {load}"
 
 
-def prompts(kind: str) -> list[str]:
+def prompts(kind: str, count: int = 8) -> list[str]:
+    """``count`` prompts of the kind: the short questions, or RouterBench test prompts at evenly
+    spaced quantiles of length (so a row sees the subset's spread of lengths, not one)."""
     if kind == "short":
-        return list(SHORT_PROMPTS)
+        return list(SHORT_PROMPTS)[:count]
     from mixllm.data import load_routerbench_csv
 
-    return list(load_routerbench_csv(ROUTERBENCH).test().prompts)
+    texts = sorted(load_routerbench_csv(ROUTERBENCH).test().prompts, key=len)
+    return [texts[(2 * k + 1) * len(texts) // (2 * count)] for k in range(count)]
 
 
 @dataclass
-class Run:
-    latencies: list[float]
+class Row:
+    """One target under one load: latency percentiles (ms), requests/s, failures by reason."""
+
+    p50_ms: float
+    p99_ms: float
+    per_s: float
     failures: collections.Counter[str]
-    seconds: float
 
     @property
     def errors(self) -> int:
         return sum(self.failures.values())
 
-    def p(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
-
-    @property
-    def per_s(self) -> float:
-        return len(self.latencies) / self.seconds
-
 
 Target = tuple[str, str, dict[str, str]]  # url, model, headers
 
 
-async def load(
+def _body(model: str, text: str, stream: bool, unique: int | None = None) -> dict[str, Any]:
+    content = text if unique is None else f"{text} #{unique}"
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
+
+
+def oha_executable() -> str | None:
+    found = os.environ.get("OHA") or shutil.which("oha")
+    cargo = Path.home() / ".cargo" / "bin" / "oha"
+    return found or (str(cargo) if cargo.exists() else None)
+
+
+def _oha_args(
+    oha: str, target: Target, text: str, clients: int, amount: str, stream: bool
+) -> list[str]:
+    url, model, headers = target
+    args = [oha, url + "/v1/chat/completions", "-m", "POST", "--no-tui", "--output-format",
+            "json", "-H", "content-type: application/json", "-c", str(clients),
+            "-d", json.dumps(_body(model, text, stream))]  # fmt: skip
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    kind, _, value = amount.partition("=")
+    return args + (["-n", value] if kind == "n" else ["-z", value])
+
+
+def _oha_rows(results: list[dict[str, Any]]) -> Row:
+    """Processes that ran side by side (one prompt each), or one after the other: requests/s
+    add up for the former; percentiles are each process's, averaged weighted by requests."""
+    failures: collections.Counter[str] = collections.Counter()
+    weights, p50, p99, rates = [], [], [], []
+    for result in results:
+        codes = result.get("statusCodeDistribution", {})
+        for code, count in codes.items():
+            if code != "200":
+                failures[f"HTTP {code}"] += count
+        for reason, count in result.get("errorDistribution", {}).items():
+            failures[reason] += count
+        done = codes.get("200", 0)
+        percentiles = result["latencyPercentiles"]
+        weights.append(max(done, 1))
+        p50.append((percentiles.get("p50") or math.nan) * 1e3)
+        p99.append((percentiles.get("p99") or math.nan) * 1e3)
+        rates.append(result["summary"]["requestsPerSec"])
+    return Row(
+        float(np.average(p50, weights=weights)),
+        float(np.average(p99, weights=weights)),
+        float(sum(rates)),
+        failures,
+    )
+
+
+def oha_load(
+    oha: str, target: Target, texts: list[str], clients: int, amount: str, *, stream: bool
+) -> Row:
+    """With one client, each prompt in turn (``amount`` split between them); with more, one
+    oha process per prompt side by side, the clients shared out, for ``amount`` each."""
+    if clients == 1:
+        kind, _, value = amount.partition("=")
+        each = f"n={max(int(value) // len(texts), 1)}" if kind == "n" else amount
+        results = [_oha_json(_oha_args(oha, target, t, 1, each, stream)) for t in texts]
+        row = _oha_rows(results)
+        # One after the other: the rate is that of the whole sequence.
+        row.per_s = float(np.mean([r["summary"]["requestsPerSec"] for r in results]))
+        return row
+    per_prompt = max(clients // len(texts), 1)
+    processes = [
+        subprocess.Popen(
+            _oha_args(oha, target, t, per_prompt, amount, stream),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for t in texts
+    ]
+    return _oha_rows([json.loads(p.communicate()[0]) for p in processes])
+
+
+def _oha_json(args: list[str]) -> dict[str, Any]:
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def httpx_load(
     target: Target, texts: list[str], clients: int, per_client: int, *, stream: bool
-) -> Run:
-    """``clients`` concurrent clients, each sending ``per_client`` requests in turn; every
-    prompt made unique so no cache answers it."""
+) -> Row:
+    """Without oha: ``clients`` concurrent clients in this process, each sending
+    ``per_client`` requests in turn, every prompt made unique."""
     url, model, headers = target
     counter = itertools.count()
     latencies: list[float] = []
@@ -197,11 +307,7 @@ async def load(
         async def one_client() -> None:
             for _ in range(per_client):
                 i = next(counter)
-                body = {
-                    "model": model,
-                    "stream": stream,
-                    "messages": [{"role": "user", "content": f"{texts[i % len(texts)]} #{i}"}],
-                }
+                body = _body(model, texts[i % len(texts)], stream, unique=i)
                 started = time.perf_counter()
                 failure = None
                 try:
@@ -225,25 +331,62 @@ async def load(
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
-        return Run(latencies, failures, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+    p50, p99 = (np.percentile(latencies, [50, 99]) * 1e3) if latencies else (math.nan, math.nan)
+    return Row(float(p50), float(p99), len(latencies) / seconds, failures)
 
 
-def measure(targets: dict[str, Target], kind: str, clients: int, per_client: int) -> dict[str, Run]:
-    """Each target under the same load, after a warm-up."""
+def _error_events(url: str) -> float:
+    """Requests the gateway answered with an error (a stream's error event included), from its
+    own metrics: a load generator sees only the stream's status."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mixllm_requests_total{") and 'outcome="error"' in line
+    )
+
+
+# (prompts, clients, oha amount per prompt process, httpx requests per client)
+ROWS = [
+    ("short", 1, "n=400", 200),
+    ("short", 64, "z=10s", 10),
+    ("routerbench", 1, "n=120", 50),
+    ("routerbench", 64, "z=10s", 5),
+]
+STREAMING = [("short", "z=15s", 15), ("routerbench", "z=15s", 15)]
+
+
+def run_row(
+    oha: str | None, target: Target, kind: str, clients: int, amount: str, per_client: int,
+    *, stream: bool,
+) -> Row:  # fmt: skip
     texts = prompts(kind)
-    runs = {}
-    for name, target in targets.items():
-        asyncio.run(load(target, texts, min(clients, 8), 4, stream=False))
-        runs[name] = asyncio.run(load(target, texts, clients, per_client, stream=False))
-    return runs
+    url = target[0]
+    mixllm = target[1] == "mixllm"
+    errors_before = _error_events(url) if mixllm else 0.0
+    if oha is not None:
+        oha_load(oha, target, texts, min(clients, 8), "n=16", stream=stream)  # warm-up
+        row = oha_load(oha, target, texts, clients, amount, stream=stream)
+    else:
+        asyncio.run(httpx_load(target, texts, min(clients, 8), 4, stream=stream))
+        row = asyncio.run(httpx_load(target, texts, clients, per_client, stream=stream))
+    if mixllm:
+        events = int(_error_events(url) - errors_before)
+        if events:
+            row.failures["answered with an error"] += events
+    return row
 
 
-def report() -> list[str]:
-    lines = [f"Machine: {machine()}", ""]
+def report(config: Path | None = None) -> list[str]:
+    oha = oha_executable()
+    loader = f"oha ({oha})" if oha else "httpx in the benchmark's process (oha not found)"
+    embedder = embedder_table(config)
+    lines = [f"Machine: {machine()}", f"Load: {loader}", f"Gateway {embedder}", ""]
     with (
         tempfile.TemporaryDirectory() as tmp,
         fake_upstream() as upstream,
-        gateway(upstream, Path(tmp)) as mixllm,
+        gateway(upstream, Path(tmp), embedder) as mixllm,
         litellm_proxy(upstream, Path(tmp)) as peer,
     ):
         targets: dict[str, Target] = {
@@ -260,41 +403,51 @@ def report() -> list[str]:
             "p99 overhead ms | req/s | errors |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
-        for kind, clients, per_client in [
-            ("short", 1, 200),
-            ("short", 64, 10),
-            ("routerbench", 1, 50),
-            ("routerbench", 64, 5),
-        ]:
-            runs = measure(targets, kind, clients, per_client)
-            direct = runs["direct"]
-            for name, run in runs.items():
+        for kind, clients, amount, per_client in ROWS:
+            rows = {
+                name: run_row(oha, target, kind, clients, amount, per_client, stream=False)
+                for name, target in targets.items()
+            }
+            direct = rows["direct"]
+            for name, row in rows.items():
                 lines.append(
-                    f"| {kind} | {clients} | {name} | {run.p(50):.2f} | {run.p(99):.2f} | "
-                    f"{run.p(50) - direct.p(50):.2f} | {run.p(99) - direct.p(99):.2f} | "
-                    f"{run.per_s:.0f} | {_errors(run)} |"
+                    f"| {kind} | {clients} | {name} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
+                    f"{row.p50_ms - direct.p50_ms:.2f} | {row.p99_ms - direct.p99_ms:.2f} | "
+                    f"{row.per_s:.0f} | {_errors(row)} |"
                 )
         lines.append("")
-        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
-        lines.append("|---|---|---|---|---|")
-        for kind in ("short", "routerbench"):
+        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | p99 ms | errors |")
+        lines.append("|---|---|---|---|---|---|")
+        for kind, amount, per_client in STREAMING:
             for name, target in targets.items():
-                run = asyncio.run(load(target, prompts(kind), 64, 15, stream=True))
+                row = run_row(oha, target, kind, 64, amount, per_client, stream=True)
                 lines.append(
-                    f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {_errors(run)} |"
+                    f"| {kind} | {name} | {row.per_s:.0f} | {row.p50_ms:.2f} | "
+                    f"{row.p99_ms:.2f} | {_errors(row)} |"
                 )
+        lines.append("")
+        lines.append(f"Machine after the run: {machine()}")
     return lines
 
 
-def _errors(run: Run) -> str:
-    reasons = ", ".join(f"{count} {reason}" for reason, count in run.failures.most_common())
-    return f"{run.errors} ({reasons})" if reasons else "0"
+def _errors(row: Row) -> str:
+    reasons = ", ".join(f"{count} {reason}" for reason, count in row.failures.most_common())
+    return f"{row.errors} ({reasons})" if reasons else "0"
 
 
 def test_gateway_report(benchmark: Any, summary: list[str]) -> None:
-    lines = benchmark.pedantic(report, rounds=1, iterations=1)
+    config = os.environ.get("MIXLLM_BENCH_CONFIG")
+    lines = benchmark.pedantic(
+        report, args=(Path(config) if config else None,), rounds=1, iterations=1
+    )
     summary.extend(lines)
 
 
 if __name__ == "__main__":
-    print("\n".join(report()))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, help="a router TOML whose [embedder] table the gateway uses"
+    )
+    print("\n".join(report(parser.parse_args().config)))

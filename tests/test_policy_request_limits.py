@@ -107,18 +107,29 @@ def test_a_decision_within_limits_matches_the_numpy_oracle(
         allowed_here = models is None or any(m in NAMES for m in models)
         if not allowed_here:
             with pytest.raises(mixllm.UnknownModelError, match="none of the models"):
-                policy.decide(context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits)
+                policy.decide(
+                    context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits
+                )
         else:
             cheapest_allowed = min(
-                c for n, c in zip(whole.models, whole.cost, strict=True)
+                c
+                for n, c in zip(whole.models, whole.cost, strict=True)
                 if models is None or n in models
             )
-            limit = "max_cost_usd" if max_cost is not None and cheapest_allowed > max_cost else "max_latency_s"
+            limit = (
+                "max_cost_usd"
+                if max_cost is not None and cheapest_allowed > max_cost
+                else "max_latency_s"
+            )
             with pytest.raises(mixllm.NoModelWithinLimitsError, match=limit):
-                policy.decide(context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits)
+                policy.decide(
+                    context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits
+                )
         assert policy.to_bytes() == state
         return
-    decision = policy.decide(context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits)
+    decision = policy.decide(
+        context, prompt_tokens=200.0, willingness_to_pay=0.05, now_s=1.0, **limits
+    )
     assert decision.ranking == expected
     assert decision.model == expected[0]
     assert list(np.array(decision.models)[decision.eligible]) == sorted(
@@ -149,7 +160,7 @@ def test_bad_limits_are_refused(limits: dict[str, object], says: str) -> None:
 def length_oracle(
     rows: list[tuple[np.ndarray, float, float]], length_ridge: float, prior_tokens: float
 ) -> np.ndarray:
-    """The length head's ridge solution: (ridge·I + Σ w·x·xᵀ)⁻¹ Σ w·(log(1 + t) − log(1 +
+    """The length head's ridge solution: (ridge·I + Σ w·x·xᵀ)⁻¹ Σ w·(log(1 + t) - log(1 +
     prior))·x over the rows whose length was seen."""
     a = length_ridge * np.eye(DIM)
     b = np.zeros(DIM)
@@ -179,7 +190,11 @@ def test_lengths_learned_alone_match_the_numpy_ridge_solution(
     probe = rng.normal(size=DIM)
     before = policy.decide(probe, prompt_tokens=10.0, willingness_to_pay=1.0)
     for _ in range(40):
-        x, tokens, w = rng.normal(size=DIM), float(rng.integers(0, 3000)), float(rng.uniform(0.2, 3))
+        x, tokens, w = (
+            rng.normal(size=DIM),
+            float(rng.integers(0, 3000)),
+            float(rng.uniform(0.2, 3)),
+        )
         policy.update_length("m", x, output_tokens=tokens, weight=w)
         rows.append((x, tokens, w))
     after = policy.decide(probe, prompt_tokens=10.0, willingness_to_pay=1.0)

@@ -37,8 +37,10 @@ def test_completion_teaches_the_length_and_feedback_the_quality(stream: bool) ->
         # (counted from the stream, or read from `usage`): its prior was 5. (The context's last
         # entry is the constant 1.)
         assert wait_until(
-            lambda: harness.router.policy.inspect("small")["b_log_length"][-1]
-            != start["b_log_length"][-1]
+            lambda: (
+                harness.router.policy.inspect("small")["b_log_length"][-1]
+                != start["b_log_length"][-1]
+            )
         )
         before = harness.router.policy.inspect("small")
         length_residual = before["b_log_length"] - start["b_log_length"]

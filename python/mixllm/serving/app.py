@@ -32,7 +32,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
-from mixllm.config import ServeConfig
+from mixllm.config import ModelConfig, ServeConfig
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.router import RouteDecision, Router
 from mixllm.serving.chat import (
@@ -121,6 +121,7 @@ class Gateway:
         self.router = router
         self.settings = settings
         self._given = dict(upstreams) if upstreams is not None else {}
+        self._upstreams: tuple[tuple[ModelConfig, ...], dict[str, Upstream]] | None = None
         if upstreams is None:
             upstreams_of(router.config.models)  # refuses a pool model without a base_url
         missing = [m for m in router.models if m not in self.upstreams()]
@@ -147,9 +148,7 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self._idle = asyncio.Event()
         self._idle.set()
-        self._client = open_session(
-            self.settings.connect_timeout_s, self.settings.read_timeout_s
-        )
+        self._client = open_session(self.settings.connect_timeout_s, self.settings.read_timeout_s)
         saver = None
         if self.state_dir is not None:
             saver = asyncio.create_task(self._snapshot_every(self.settings.snapshot_every_s))
@@ -205,11 +204,18 @@ class Gateway:
         gateway runs (`Router.add_model`, `update_model`, `remove_model`, or the same applied
         from another replica through a store), so it is read afresh; a model with no upstream
         is left out, and so cannot be chosen."""
+        models = self.router.config.models
+        known = self._upstreams
+        # The pool's tuple is replaced whenever a model is added, changed or removed, so the
+        # same tuple means the same upstreams: read them once per pool, not once per request.
+        if known is not None and known[0] is models:
+            return known[1]
         found = {}
-        for model in self.router.config.models:
+        for model in models:
             upstream = self._given.get(model.name) or upstream_of(model)
             if upstream is not None:
                 found[model.name] = upstream
+        self._upstreams = (models, found)
         return found
 
     @property
