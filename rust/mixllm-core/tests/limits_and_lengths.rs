@@ -54,7 +54,10 @@ fn pool(dim: usize, tau_s: f64, data: &[(Vec<f64>, f64, f64)], busy: &[usize]) -
     policy
 }
 
-fn case() -> impl Strategy<Value = (usize, Vec<(Vec<f64>, f64, f64)>, Vec<f64>)> {
+/// A dimension, observations (context, quality, output tokens) and a query of that dimension.
+type Case = (usize, Vec<(Vec<f64>, f64, f64)>, Vec<f64>);
+
+fn case() -> impl Strategy<Value = Case> {
     (1usize..8).prop_flat_map(|dim| {
         (
             Just(dim),

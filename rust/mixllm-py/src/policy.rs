@@ -304,8 +304,7 @@ impl PyPolicy {
         let limits = Limits {
             models: models.as_deref(),
             max_cost_usd: optional_real(max_cost_usd, "max_cost_usd")?.unwrap_or(f64::INFINITY),
-            max_latency_s: optional_real(max_latency_s, "max_latency_s")?
-                .unwrap_or(f64::INFINITY),
+            max_latency_s: optional_real(max_latency_s, "max_latency_s")?.unwrap_or(f64::INFINITY),
         };
         let inner = py
             .detach(|| {
