@@ -338,7 +338,8 @@ class Gateway:
             decision = await self.router.aroute(
                 chat.text,
                 willingness_to_pay=chat.willingness_to_pay,
-                models=candidates,
+                # Every model of the router's pool needs no list: the core allows them all.
+                models=None if len(candidates) == len(self.router.models) else candidates,
                 max_cost_usd=chat.max_cost_usd,
                 max_latency_s=chat.max_latency_s,
             )
