@@ -182,15 +182,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, load average {load}"
 
 
-def prompts(kind: str, count: int = 8) -> list[str]:
-    """``count`` prompts of the kind: the short questions, or RouterBench test prompts at evenly
-    spaced quantiles of length (so a row sees the subset's spread of lengths, not one)."""
+def prompts(kind: str) -> list[str]:
+    """The short questions, or every prompt of RouterBench's test split."""
     if kind == "short":
-        return list(SHORT_PROMPTS)[:count]
+        return list(SHORT_PROMPTS)
     from mixllm.data import load_routerbench_csv
 
-    texts = sorted(load_routerbench_csv(ROUTERBENCH).test().prompts, key=len)
-    return [texts[(2 * k + 1) * len(texts) // (2 * count)] for k in range(count)]
+    return list(load_routerbench_csv(ROUTERBENCH).test().prompts)
 
 
 @dataclass
@@ -221,75 +219,45 @@ def oha_executable() -> str | None:
     return found or (str(cargo) if cargo.exists() else None)
 
 
-def _oha_args(
-    oha: str, target: Target, text: str, clients: int, amount: str, stream: bool
-) -> list[str]:
-    url, model, headers = target
+def _oha_args(oha: str, target: Target, bodies: Path, clients: int, amount: str) -> list[str]:
+    url, _, headers = target
     args = [oha, url + "/v1/chat/completions", "-m", "POST", "--no-tui", "--output-format",
             "json", "-H", "content-type: application/json", "-c", str(clients),
-            "-d", json.dumps(_body(model, text, stream))]  # fmt: skip
+            "-Z", str(bodies)]  # fmt: skip
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     kind, _, value = amount.partition("=")
-    return args + (["-n", value] if kind == "n" else ["-z", value])
-
-
-def _oha_rows(results: list[dict[str, Any]]) -> Row:
-    """Processes that ran side by side (one prompt each), or one after the other: requests/s
-    add up for the former; percentiles are each process's, averaged weighted by requests."""
-    failures: collections.Counter[str] = collections.Counter()
-    weights, p50, p99, rates = [], [], [], []
-    for result in results:
-        codes = result.get("statusCodeDistribution", {})
-        for code, count in codes.items():
-            if code != "200":
-                failures[f"HTTP {code}"] += count
-        for reason, count in result.get("errorDistribution", {}).items():
-            failures[reason] += count
-        done = codes.get("200", 0)
-        percentiles = result["latencyPercentiles"]
-        weights.append(max(done, 1))
-        p50.append((percentiles.get("p50") or math.nan) * 1e3)
-        p99.append((percentiles.get("p99") or math.nan) * 1e3)
-        rates.append(result["summary"]["requestsPerSec"])
-    return Row(
-        float(np.average(p50, weights=weights)),
-        float(np.average(p99, weights=weights)),
-        float(sum(rates)),
-        failures,
-    )
+    # A duration's last requests are waited for, not cut and counted as failures.
+    return args + (["-n", value] if kind == "n" else ["-z", value, "-w"])
 
 
 def oha_load(
     oha: str, target: Target, texts: list[str], clients: int, amount: str, *, stream: bool
 ) -> Row:
-    """With one client, each prompt in turn (``amount`` split between them); with more, one
-    oha process per prompt side by side, the clients shared out, for ``amount`` each."""
-    if clients == 1:
-        kind, _, value = amount.partition("=")
-        each = f"n={max(int(value) // len(texts), 1)}" if kind == "n" else amount
-        results = [_oha_json(_oha_args(oha, target, t, 1, each, stream)) for t in texts]
-        row = _oha_rows(results)
-        # One after the other: the rate is that of the whole sequence.
-        row.per_s = float(np.mean([r["summary"]["requestsPerSec"] for r in results]))
-        return row
-    per_prompt = max(clients // len(texts), 1)
-    processes = [
-        subprocess.Popen(
-            _oha_args(oha, target, t, per_prompt, amount, stream),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for t in texts
-    ]
-    return _oha_rows([json.loads(p.communicate()[0]) for p in processes])
-
-
-def _oha_json(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    result: dict[str, Any] = json.loads(out)
-    return result
+    """One oha process, ``clients`` connections, for ``amount`` (``n=`` requests or ``z=`` a
+    duration); its bodies are the prompts, each made unique, one per line of a file it reads."""
+    _, model, _ = target
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8") as bodies:
+        for i in range(max(len(texts), 1024)):
+            bodies.write(json.dumps(_body(model, texts[i % len(texts)], stream, unique=i)) + "\n")
+        bodies.flush()
+        args = _oha_args(oha, target, Path(bodies.name), clients, amount)
+        result = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    failures: collections.Counter[str] = collections.Counter()
+    codes = result.get("statusCodeDistribution", {})
+    for code, count in codes.items():
+        if code != "200":
+            failures[f"HTTP {code}"] += count
+    for reason, count in result.get("errorDistribution", {}).items():
+        failures[reason] += count
+    percentiles = result["latencyPercentiles"]
+    return Row(
+        (percentiles.get("p50") or math.nan) * 1e3,
+        (percentiles.get("p99") or math.nan) * 1e3,
+        # Answered requests per second over the whole run: failures are counted, not rated.
+        codes.get("200", 0) / result["summary"]["total"],
+        failures,
+    )
 
 
 async def httpx_load(
@@ -366,7 +334,7 @@ def run_row(
     mixllm = target[1] == "mixllm"
     errors_before = _error_events(url) if mixllm else 0.0
     if oha is not None:
-        oha_load(oha, target, texts, min(clients, 8), "n=16", stream=stream)  # warm-up
+        oha_load(oha, target, texts, min(clients, 8), "n=64", stream=stream)  # warm-up
         row = oha_load(oha, target, texts, clients, amount, stream=stream)
     else:
         asyncio.run(httpx_load(target, texts, min(clients, 8), 4, stream=stream))
