@@ -33,7 +33,7 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +108,14 @@ def fake_upstream() -> Iterator[str]:
         yield url
 
 
-def embedder_table(config: Path | None) -> str:
+def embedder_table(config: Path | None, *, cached: bool = False) -> str:
     """The ``[embedder]`` table the gateway runs with: ``config``'s (any router TOML), else the
-    int8 MiniLM; the embedding cache is always off, so every prompt is embedded."""
+    int8 MiniLM; the embedding cache is off, so every prompt is embedded, unless ``cached``
+    (then it holds every prompt of a run)."""
     table: dict[str, Any] = {"quantized": True}
     if config is not None:
         table = dict(tomllib.loads(config.read_text(encoding="utf-8")).get("embedder", {}))
-    table["cache_size"] = 0
+    table["cache_size"] = 65536 if cached else 0
     lines = [f"{key} = {_toml_value(value)}" for key, value in table.items()]
     return "[embedder]\n" + "\n".join(lines) + "\n"
 
@@ -130,14 +131,14 @@ def _toml_value(value: Any) -> str:
 
 
 @contextmanager
-def gateway(upstream: str, folder: Path, embedder: str) -> Iterator[str]:
+def gateway(upstream: str, folder: Path, embedder: str, name: str = "gateway") -> Iterator[str]:
     port = _free_port()
     models = "".join(
         f'[[models]]\nname = "{name}"\nprice_in = {0.1 * 10**i}\nprice_out = {0.4 * 10**i}\n'
         f'ttft_s = 0.2\ntokens_per_s = 80.0\nconcurrency = 64\nbase_url = "{upstream}/v1"\n'
         for i, name in enumerate(MODELS)
     )
-    config = folder / "gateway.toml"
+    config = folder / f"{name}.toml"
     config.write_text(
         f"[serve]\nport = {port}\n{embedder}{models}",
         encoding="utf-8",
@@ -205,7 +206,14 @@ class Row:
         return sum(self.failures.values())
 
 
-Target = tuple[str, str, dict[str, str]]  # url, model, headers
+@dataclass(frozen=True)
+class Target:
+    url: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    # Each prompt made unique, so that no cache answers it; False: the same few prompts again
+    # and again, for a gateway whose embeddings are cached.
+    unique: bool = True
 
 
 def _body(model: str, text: str, stream: bool, unique: int | None = None) -> dict[str, Any]:
@@ -220,11 +228,10 @@ def oha_executable() -> str | None:
 
 
 def _oha_args(oha: str, target: Target, bodies: Path, clients: int, amount: str) -> list[str]:
-    url, _, headers = target
-    args = [oha, url + "/v1/chat/completions", "-m", "POST", "--no-tui", "--output-format",
+    args = [oha, target.url + "/v1/chat/completions", "-m", "POST", "--no-tui", "--output-format",
             "json", "-H", "content-type: application/json", "-c", str(clients),
             "-Z", str(bodies)]  # fmt: skip
-    for name, value in headers.items():
+    for name, value in target.headers.items():
         args += ["-H", f"{name}: {value}"]
     kind, _, value = amount.partition("=")
     # A duration's last requests are waited for, not cut and counted as failures.
@@ -236,10 +243,11 @@ def oha_load(
 ) -> Row:
     """One oha process, ``clients`` connections, for ``amount`` (``n=`` requests or ``z=`` a
     duration); its bodies are the prompts, each made unique, one per line of a file it reads."""
-    _, model, _ = target
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8") as bodies:
         for i in range(max(len(texts), 1024)):
-            bodies.write(json.dumps(_body(model, texts[i % len(texts)], stream, unique=i)) + "\n")
+            unique = i if target.unique else None
+            body = _body(target.model, texts[i % len(texts)], stream, unique)
+            bodies.write(json.dumps(body) + "\n")
         bodies.flush()
         args = _oha_args(oha, target, Path(bodies.name), clients, amount)
         result = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
@@ -265,17 +273,17 @@ async def httpx_load(
 ) -> Row:
     """Without oha: ``clients`` concurrent clients in this process, each sending
     ``per_client`` requests in turn, every prompt made unique."""
-    url, model, headers = target
+    url, model = target.url, target.model
     counter = itertools.count()
     latencies: list[float] = []
     failures: collections.Counter[str] = collections.Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=target.headers) as client:
 
         async def one_client() -> None:
             for _ in range(per_client):
                 i = next(counter)
-                body = _body(model, texts[i % len(texts)], stream, unique=i)
+                body = _body(model, texts[i % len(texts)], stream, i if target.unique else None)
                 started = time.perf_counter()
                 failure = None
                 try:
@@ -330,8 +338,8 @@ def run_row(
     *, stream: bool,
 ) -> Row:  # fmt: skip
     texts = prompts(kind)
-    url = target[0]
-    mixllm = target[1] == "mixllm"
+    url = target.url
+    mixllm = target.model == "mixllm"
     errors_before = _error_events(url) if mixllm else 0.0
     if oha is not None:
         oha_load(oha, target, texts, min(clients, 8), "n=64", stream=stream)  # warm-up
@@ -355,17 +363,20 @@ def report(config: Path | None = None) -> list[str]:
         tempfile.TemporaryDirectory() as tmp,
         fake_upstream() as upstream,
         gateway(upstream, Path(tmp), embedder) as mixllm,
+        gateway(upstream, Path(tmp), embedder_table(config, cached=True), "cached") as cached,
         litellm_proxy(upstream, Path(tmp)) as peer,
     ):
         targets: dict[str, Target] = {
-            "direct": (upstream, "small", {}),
-            "mixllm serve": (mixllm, "mixllm", {}),
+            "direct": Target(upstream, "small"),
+            "mixllm serve": Target(mixllm, "mixllm"),
+            # The same gateway with every embedding cached: what it costs apart from its encoder.
+            "mixllm serve, embeddings cached": Target(cached, "mixllm", unique=False),
         }
         if peer is None:
             lines.append("LiteLLM proxy: not installed (set $LITELLM to its executable)")
         else:
             auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
-            targets["LiteLLM proxy"] = (peer, "small", auth)
+            targets["LiteLLM proxy"] = Target(peer, "small", auth)
         lines.append(
             "| prompts | clients | target | p50 ms | p99 ms | p50 overhead ms | "
             "p99 overhead ms | req/s | errors |"
