@@ -516,22 +516,30 @@ class _RelayedStream(StreamingResponse):
 
     async def _events(self) -> AsyncIterator[bytes]:
         relay, decision = self._relay, self._decision
-        first = relay.first
+        stream, first = relay.stream, relay.first
+        # Events that have arrived go out together, in one write; none waits for a later one.
+        pending: list[bytes] = []
         if first is not None:
             first["mixllm"] = {"decision_id": decision.id, "model": decision.model}
-            yield self._event(first)
+            pending.append(self._event(first))
             try:
-                async for chunk in relay.stream.chunks():
-                    yield self._event(chunk)
+                while True:
+                    if pending and not stream.ready():
+                        yield b"".join(pending)
+                        pending.clear()
+                    chunk = await stream.next_chunk()
+                    if chunk is None:
+                        break
+                    pending.append(self._event(chunk))
             except UpstreamFailure as err:
                 relay.finished = True
                 self._gateway._stream_failed(decision, err)
                 error = RequestError(502, str(err), kind="upstream_error", code="upstream_failed")
-                yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
+                yield b"".join(pending) + b"data: " + orjson.dumps(error.body()) + b"\n\n"
                 return
         relay.finished = True
         self._gateway._stream_ended(relay, decision)
-        yield b"data: [DONE]\n\n"
+        yield b"".join(pending) + b"data: [DONE]\n\n"
 
     def _event(self, chunk: dict[str, Any]) -> bytes:
         self._relay.count(chunk)

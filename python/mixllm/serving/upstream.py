@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _JSON = {"Content-Type": "application/json"}
+# Longest server-sent event line taken from an upstream (a big tool call in one chunk fits).
+MAX_EVENT_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,6 @@ def open_session(connect_timeout_s: float, read_timeout_s: float) -> aiohttp.Cli
         timeout=timeout,
         trust_env=False,
         skip_auto_headers=("User-Agent",),
-        # Room for long server-sent events (a big tool call in one chunk) on one line.
-        read_bufsize=2**20,
     )
 
 
@@ -172,12 +172,43 @@ class Stream:
         self._upstream = upstream
         self._response = response
         self._ended = False
+        # Bytes received and not yet split into lines.
+        self._buffer = bytearray()
+
+    def ready(self) -> bool:
+        """Whether `next_chunk` can answer without waiting: the next event (or the end) has
+        arrived already. Relays send what has arrived together, in one write."""
+        if self._ended:
+            return True
+        try:
+            self._buffer += self._response.content.read_nowait()
+        except Exception:  # the connection failed: `next_chunk` says how, at once
+            return True
+        start = self._buffer.find(b"data:")
+        return (start >= 0 and self._buffer.find(b"\n", start) >= 0) or (
+            not self._buffer and self._response.content.at_eof()
+        )
+
+    async def _line(self) -> bytes | None:
+        """The next line (without its end), or None at the end of the stream."""
+        content = self._response.content
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > MAX_EVENT_BYTES:
+                raise ValueError("an event longer than the limit")
+            data = content.read_nowait() or await content.readany()
+            if not data:  # the end: a last line without its newline is still a line
+                last = bytes(self._buffer)
+                self._buffer.clear()
+                return last or None
+            self._buffer += data
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
 
     async def next_chunk(self) -> dict[str, Any] | None:
         """The next chunk, or None at the end of the stream (``data: [DONE]``, or EOF)."""
-        content = self._response.content
         try:
-            while line := await content.readline():
+            while (line := await self._line()) is not None:
                 if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 data = line[5:].strip()
