@@ -70,7 +70,7 @@ def serve(
     """Runs the gateway until SIGINT or SIGTERM; then requests in flight get
     ``settings.drain_timeout_s`` to finish and the state is saved (with ``state_dir``)."""
     import uvicorn
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from mixllm.serving.app import create_app
 
