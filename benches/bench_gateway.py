@@ -1,14 +1,18 @@
 """The gateway's overhead and throughput against the fake upstream it fronts.
 
-    .venv/bin/python benches/bench_gateway.py          # prints the tables of docs/serving.md
-    pytest benches/bench_gateway.py --benchmark-only    # the same, in the benchmark suite
+    .venv/bin/python benches/bench_gateway.py [--config router.toml]  # docs/serving.md's tables
+    pytest benches/bench_gateway.py --benchmark-only                   # the same, in the suite
 
-Three processes on loopback: the fake upstream of the tests (answers at once, 5 tokens), the
-gateway (`mixllm serve`: the shipped router, the int8 encoder, no embedding cache, so every
-prompt is embedded) and, when it is installed, LiteLLM's proxy on the same upstream (from
-``$LITELLM``, default ``litellm`` on the PATH). This process sends the load with httpx. The
-reference is a direct call to the fake upstream, measured in the same run: on a shared 2-core
-machine absolute times are noisy, so overheads are read against it.
+Four processes on loopback: a bare fake upstream (`InstantUpstream`: answers at once with 5
+tokens, from bytes built once, so that the direct calls are not what limits a row), the gateway
+(`mixllm serve`: the shipped router, three pool models on the fake upstream, the encoder of the
+``[embedder]`` table of ``--config`` or else the int8 MiniLM, and no embedding cache whatever
+the table says, so every prompt is embedded), LiteLLM's proxy on the same upstream when it is
+installed (from ``$LITELLM``, default ``litellm`` on the PATH), and the load: `oha` (from
+``$OHA``, the PATH or ``~/.cargo/bin``; ``cargo install oha``), a compiled load generator that
+takes little of the machine from what it measures, else this process with httpx. The reference
+is a direct call to the fake upstream, measured in the same run: on a shared 2-core machine
+absolute times are noisy, so overheads are read against it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
+import math
 import os
 import shutil
 import signal
@@ -27,12 +33,13 @@ import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERBENCH = ROOT.parent / "shared" / "data" / "routerbench_subset_routerdc"
@@ -92,25 +99,48 @@ def fake_upstream() -> Iterator[str]:
         import sys
         sys.path.insert(0, {str(ROOT / "testkit")!r})
         import uvicorn
-        from fake_upstream import FakeUpstream
-        uvicorn.run(FakeUpstream().app, host="127.0.0.1", port={port}, log_level="warning")
+        from fake_upstream import InstantUpstream
+        uvicorn.run(InstantUpstream(), host="127.0.0.1", port={port}, log_level="warning",
+                    access_log=False)
     """)
     url = f"http://127.0.0.1:{port}"
     with _process([sys.executable, "-c", code], url):
         yield url
 
 
+def embedder_table(config: Path | None, *, cached: bool = False) -> str:
+    """The ``[embedder]`` table the gateway runs with: ``config``'s (any router TOML), else the
+    int8 MiniLM; the embedding cache is off, so every prompt is embedded, unless ``cached``
+    (then it holds every prompt of a run)."""
+    table: dict[str, Any] = {"quantized": True}
+    if config is not None:
+        table = dict(tomllib.loads(config.read_text(encoding="utf-8")).get("embedder", {}))
+    table["cache_size"] = 65536 if cached else 0
+    lines = [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "[embedder]\n" + "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise ValueError(f"cannot write {value!r} in the [embedder] table")
+
+
 @contextmanager
-def gateway(upstream: str, folder: Path) -> Iterator[str]:
+def gateway(upstream: str, folder: Path, embedder: str, name: str = "gateway") -> Iterator[str]:
     port = _free_port()
     models = "".join(
         f'[[models]]\nname = "{name}"\nprice_in = {0.1 * 10**i}\nprice_out = {0.4 * 10**i}\n'
         f'ttft_s = 0.2\ntokens_per_s = 80.0\nconcurrency = 64\nbase_url = "{upstream}/v1"\n'
         for i, name in enumerate(MODELS)
     )
-    config = folder / "gateway.toml"
+    config = folder / f"{name}.toml"
     config.write_text(
-        f"[serve]\nport = {port}\n[embedder]\nquantized = true\ncache_size = 0\n{models}",
+        f"[serve]\nport = {port}\n{embedder}{models}",
         encoding="utf-8",
     )
     url = f"http://127.0.0.1:{port}"
@@ -154,6 +184,7 @@ def machine() -> str:
 
 
 def prompts(kind: str) -> list[str]:
+    """The short questions, or every prompt of RouterBench's test split."""
     if kind == "short":
         return list(SHORT_PROMPTS)
     from mixllm.data import load_routerbench_csv
@@ -162,46 +193,99 @@ def prompts(kind: str) -> list[str]:
 
 
 @dataclass
-class Run:
-    latencies: list[float]
+class Row:
+    """One target under one load: latency percentiles (ms), requests/s, failures by reason."""
+
+    p50_ms: float
+    p99_ms: float
+    per_s: float
     failures: collections.Counter[str]
-    seconds: float
 
     @property
     def errors(self) -> int:
         return sum(self.failures.values())
 
-    def p(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) * 1e3 if self.latencies else float("nan")
 
-    @property
-    def per_s(self) -> float:
-        return len(self.latencies) / self.seconds
+@dataclass(frozen=True)
+class Target:
+    url: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    # Each prompt made unique, so that no cache answers it; False: the same few prompts again
+    # and again, for a gateway whose embeddings are cached.
+    unique: bool = True
 
 
-Target = tuple[str, str, dict[str, str]]  # url, model, headers
+def _body(model: str, text: str, stream: bool, unique: int | None = None) -> dict[str, Any]:
+    content = text if unique is None else f"{text} #{unique}"
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
 
 
-async def load(
+def oha_executable() -> str | None:
+    found = os.environ.get("OHA") or shutil.which("oha")
+    cargo = Path.home() / ".cargo" / "bin" / "oha"
+    return found or (str(cargo) if cargo.exists() else None)
+
+
+def _oha_args(oha: str, target: Target, bodies: Path, clients: int, amount: str) -> list[str]:
+    args = [oha, target.url + "/v1/chat/completions", "-m", "POST", "--no-tui", "--output-format",
+            "json", "-H", "content-type: application/json", "-c", str(clients),
+            "-Z", str(bodies)]  # fmt: skip
+    for name, value in target.headers.items():
+        args += ["-H", f"{name}: {value}"]
+    kind, _, value = amount.partition("=")
+    # A duration's last requests are waited for, not cut and counted as failures.
+    return args + (["-n", value] if kind == "n" else ["-z", value, "-w"])
+
+
+def oha_load(
+    oha: str, target: Target, texts: list[str], clients: int, amount: str, *, stream: bool
+) -> Row:
+    """One oha process, ``clients`` connections, for ``amount`` (``n=`` requests or ``z=`` a
+    duration); its bodies are the prompts, each made unique, one per line of a file it reads."""
+    if not target.unique:
+        texts = texts[:8]  # few enough for the cache to hold them all from the warm-up on
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8") as bodies:
+        for i in range(max(len(texts), 1024)):
+            unique = i if target.unique else None
+            body = _body(target.model, texts[i % len(texts)], stream, unique)
+            bodies.write(json.dumps(body) + "\n")
+        bodies.flush()
+        args = _oha_args(oha, target, Path(bodies.name), clients, amount)
+        result = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    failures: collections.Counter[str] = collections.Counter()
+    codes = result.get("statusCodeDistribution", {})
+    for code, count in codes.items():
+        if code != "200":
+            failures[f"HTTP {code}"] += count
+    for reason, count in result.get("errorDistribution", {}).items():
+        failures[reason] += count
+    percentiles = result["latencyPercentiles"]
+    return Row(
+        (percentiles.get("p50") or math.nan) * 1e3,
+        (percentiles.get("p99") or math.nan) * 1e3,
+        # Answered requests per second over the whole run: failures are counted, not rated.
+        codes.get("200", 0) / result["summary"]["total"],
+        failures,
+    )
+
+
+async def httpx_load(
     target: Target, texts: list[str], clients: int, per_client: int, *, stream: bool
-) -> Run:
-    """``clients`` concurrent clients, each sending ``per_client`` requests in turn; every
-    prompt made unique so no cache answers it."""
-    url, model, headers = target
+) -> Row:
+    """Without oha: ``clients`` concurrent clients in this process, each sending
+    ``per_client`` requests in turn, every prompt made unique."""
+    url, model = target.url, target.model
     counter = itertools.count()
     latencies: list[float] = []
     failures: collections.Counter[str] = collections.Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=target.headers) as client:
 
         async def one_client() -> None:
             for _ in range(per_client):
                 i = next(counter)
-                body = {
-                    "model": model,
-                    "stream": stream,
-                    "messages": [{"role": "user", "content": f"{texts[i % len(texts)]} #{i}"}],
-                }
+                body = _body(model, texts[i % len(texts)], stream, i if target.unique else None)
                 started = time.perf_counter()
                 failure = None
                 try:
@@ -225,76 +309,126 @@ async def load(
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
-        return Run(latencies, failures, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+    p50, p99 = (np.percentile(latencies, [50, 99]) * 1e3) if latencies else (math.nan, math.nan)
+    return Row(float(p50), float(p99), len(latencies) / seconds, failures)
 
 
-def measure(targets: dict[str, Target], kind: str, clients: int, per_client: int) -> dict[str, Run]:
-    """Each target under the same load, after a warm-up."""
+def _error_events(url: str) -> float:
+    """Requests the gateway answered with an error (a stream's error event included), from its
+    own metrics: a load generator sees only the stream's status."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mixllm_requests_total{") and 'outcome="error"' in line
+    )
+
+
+# (prompts, clients, oha amount per prompt process, httpx requests per client)
+ROWS = [
+    ("short", 1, "n=400", 200),
+    ("short", 64, "z=10s", 10),
+    ("routerbench", 1, "n=120", 50),
+    ("routerbench", 64, "z=10s", 5),
+]
+STREAMING = [("short", "z=15s", 15), ("routerbench", "z=15s", 15)]
+
+
+def run_row(
+    oha: str | None, target: Target, kind: str, clients: int, amount: str, per_client: int,
+    *, stream: bool,
+) -> Row:  # fmt: skip
     texts = prompts(kind)
-    runs = {}
-    for name, target in targets.items():
-        asyncio.run(load(target, texts, min(clients, 8), 4, stream=False))
-        runs[name] = asyncio.run(load(target, texts, clients, per_client, stream=False))
-    return runs
+    url = target.url
+    mixllm = target.model == "mixllm"
+    errors_before = _error_events(url) if mixllm else 0.0
+    if oha is not None:
+        oha_load(oha, target, texts, min(clients, 8), "n=64", stream=stream)  # warm-up
+        row = oha_load(oha, target, texts, clients, amount, stream=stream)
+    else:
+        asyncio.run(httpx_load(target, texts, min(clients, 8), 4, stream=stream))
+        row = asyncio.run(httpx_load(target, texts, clients, per_client, stream=stream))
+    if mixllm:
+        events = int(_error_events(url) - errors_before)
+        if events:
+            row.failures["answered with an error"] += events
+    return row
 
 
-def report() -> list[str]:
-    lines = [f"Machine: {machine()}", ""]
+def report(config: Path | None = None) -> list[str]:
+    oha = oha_executable()
+    loader = f"oha ({oha})" if oha else "httpx in the benchmark's process (oha not found)"
+    embedder = embedder_table(config)
+    lines = [f"Machine: {machine()}", f"Load: {loader}", f"Gateway {embedder}", ""]
     with (
         tempfile.TemporaryDirectory() as tmp,
         fake_upstream() as upstream,
-        gateway(upstream, Path(tmp)) as mixllm,
+        gateway(upstream, Path(tmp), embedder) as mixllm,
+        gateway(upstream, Path(tmp), embedder_table(config, cached=True), "cached") as cached,
         litellm_proxy(upstream, Path(tmp)) as peer,
     ):
         targets: dict[str, Target] = {
-            "direct": (upstream, "small", {}),
-            "mixllm serve": (mixllm, "mixllm", {}),
+            "direct": Target(upstream, "small"),
+            "mixllm serve": Target(mixllm, "mixllm"),
+            # The same gateway with every embedding cached: what it costs apart from its encoder.
+            "mixllm serve, embeddings cached": Target(cached, "mixllm", unique=False),
         }
         if peer is None:
             lines.append("LiteLLM proxy: not installed (set $LITELLM to its executable)")
         else:
             auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
-            targets["LiteLLM proxy"] = (peer, "small", auth)
+            targets["LiteLLM proxy"] = Target(peer, "small", auth)
         lines.append(
             "| prompts | clients | target | p50 ms | p99 ms | p50 overhead ms | "
             "p99 overhead ms | req/s | errors |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
-        for kind, clients, per_client in [
-            ("short", 1, 200),
-            ("short", 64, 10),
-            ("routerbench", 1, 50),
-            ("routerbench", 64, 5),
-        ]:
-            runs = measure(targets, kind, clients, per_client)
-            direct = runs["direct"]
-            for name, run in runs.items():
+        for kind, clients, amount, per_client in ROWS:
+            rows = {
+                name: run_row(oha, target, kind, clients, amount, per_client, stream=False)
+                for name, target in targets.items()
+            }
+            direct = rows["direct"]
+            for name, row in rows.items():
                 lines.append(
-                    f"| {kind} | {clients} | {name} | {run.p(50):.2f} | {run.p(99):.2f} | "
-                    f"{run.p(50) - direct.p(50):.2f} | {run.p(99) - direct.p(99):.2f} | "
-                    f"{run.per_s:.0f} | {_errors(run)} |"
+                    f"| {kind} | {clients} | {name} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
+                    f"{row.p50_ms - direct.p50_ms:.2f} | {row.p99_ms - direct.p99_ms:.2f} | "
+                    f"{row.per_s:.0f} | {_errors(row)} |"
                 )
         lines.append("")
-        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | errors |")
-        lines.append("|---|---|---|---|---|")
-        for kind in ("short", "routerbench"):
+        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | p99 ms | errors |")
+        lines.append("|---|---|---|---|---|---|")
+        for kind, amount, per_client in STREAMING:
             for name, target in targets.items():
-                run = asyncio.run(load(target, prompts(kind), 64, 15, stream=True))
+                row = run_row(oha, target, kind, 64, amount, per_client, stream=True)
                 lines.append(
-                    f"| {kind} | {name} | {run.per_s:.0f} | {run.p(50):.2f} | {_errors(run)} |"
+                    f"| {kind} | {name} | {row.per_s:.0f} | {row.p50_ms:.2f} | "
+                    f"{row.p99_ms:.2f} | {_errors(row)} |"
                 )
+        lines.append("")
+        lines.append(f"Machine after the run: {machine()}")
     return lines
 
 
-def _errors(run: Run) -> str:
-    reasons = ", ".join(f"{count} {reason}" for reason, count in run.failures.most_common())
-    return f"{run.errors} ({reasons})" if reasons else "0"
+def _errors(row: Row) -> str:
+    reasons = ", ".join(f"{count} {reason}" for reason, count in row.failures.most_common())
+    return f"{row.errors} ({reasons})" if reasons else "0"
 
 
 def test_gateway_report(benchmark: Any, summary: list[str]) -> None:
-    lines = benchmark.pedantic(report, rounds=1, iterations=1)
+    config = os.environ.get("MIXLLM_BENCH_CONFIG")
+    lines = benchmark.pedantic(
+        report, args=(Path(config) if config else None,), rounds=1, iterations=1
+    )
     summary.extend(lines)
 
 
 if __name__ == "__main__":
-    print("\n".join(report()))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, help="a router TOML whose [embedder] table the gateway uses"
+    )
+    print("\n".join(report(parser.parse_args().config)))

@@ -136,6 +136,72 @@ class FakeUpstream:
                     record.streams_left += 1
 
 
+class InstantUpstream:
+    """The cheapest OpenAI-compatible upstream for throughput benchmarks: a bare ASGI app (no
+    framework, no routing) that answers every chat completion at once with ``output_tokens``
+    tokens, streamed or not, from bytes built once; so that calling it directly is never what
+    limits a benchmark of what sits in front of it."""
+
+    def __init__(self, output_tokens: int = 5) -> None:
+        self._completion = json.dumps(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "tok " * output_tokens},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 3,
+                    "completion_tokens": output_tokens,
+                    "total_tokens": 3 + output_tokens,
+                },
+            }
+        ).encode()
+        chunk = json.dumps(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "fake",
+                "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}],
+            }
+        )
+        self._stream = (f"data: {chunk}\n\n" * output_tokens + "data: [DONE]\n\n").encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        streamed = b'"stream":true' in body.replace(b" ", b"")
+        payload = self._stream if streamed else self._completion
+        kind = b"text/event-stream" if streamed else b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", kind),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
 class ServerThread:
     """Runs an ASGI app with uvicorn on 127.0.0.1 (a free port) in a daemon thread; a context
     manager that stops it on exit (in-flight requests get ``grace_s``)."""

@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension: the decision core."""
 
+from collections.abc import Sequence
 from os import PathLike
 from typing import Any, ClassVar, final
 
@@ -14,6 +15,7 @@ __all__ = [
     "InputTypeError",
     "InvalidInputError",
     "MixllmError",
+    "NoModelWithinLimitsError",
     "Policy",
     "StateFileError",
     "UnknownModelError",
@@ -53,6 +55,10 @@ class DuplicateModelError(MixllmError, ValueError):
 
 class EmptyPoolError(MixllmError, LookupError):
     """A decision was asked of a pool with no models."""
+
+class NoModelWithinLimitsError(MixllmError, LookupError):
+    """No model allowed for a request is predicted within its cost ceiling or its latency
+    tolerance; the message names the limit."""
 
 class StateFileError(MixllmError, ValueError):
     """A saved state is not mixllm's, is corrupt or truncated, or does not fit."""
@@ -114,6 +120,14 @@ class Decision:
     def excluded(self) -> npt.NDArray[np.bool_]:
         """Whether each model was excluded: its predicted latency, plus `tau_margin_sd`
         standard deviations of its error, above τ."""
+    @property
+    def eligible(self) -> npt.NDArray[np.bool_]:
+        """Whether each model was within the decision's limits (allowed, within the cost
+        ceiling and the latency tolerance); every model, for a decision without limits."""
+    @property
+    def ranking(self) -> list[str]:
+        """The eligible models, best first by the decision's own rule: the chosen one, then
+        the order to fall back in (the admissible by score, then the excluded by latency)."""
     def explain(self) -> dict[str, dict[str, float | bool]]:
         """Per model: a dict of its predictions and score, keyed by model name."""
 
@@ -210,10 +224,20 @@ class Policy:
         prompt_tokens: float,
         willingness_to_pay: float,
         now_s: float | None = None,
+        models: Sequence[str] | None = None,
+        max_cost_usd: float | None = None,
+        max_latency_s: float | None = None,
     ) -> Decision:
         """Picks a model for context `x`; `willingness_to_pay` is in USD per quality point
         (the price worth paying for one more point of expected quality; inf ignores cost).
         `now_s` is when, for the queues (default: `clock_s()`; see `begin`).
+
+        Limits for this decision alone: `models` (the models it may go to; names not in the
+        pool are ignored), `max_cost_usd` (a ceiling on the predicted cost) and
+        `max_latency_s` (a tolerance on the predicted latency). Only the models within all of
+        them are `eligible`, and the rule below picks among those; `ranking` orders them. With
+        none eligible: `UnknownModelError` when no allowed model is in the pool, else
+        `NoModelWithinLimitsError` naming the limit.
 
         At the extremes: costs, widths, penalties and each weighted term saturate at the
         largest float (so a weight of 0, or an infinite `willingness_to_pay`, zeroes its term
@@ -241,6 +265,17 @@ class Policy:
         weight: float = 1.0,
     ) -> None:
         """Learns one observed outcome of model `name` on context `x`."""
+    def update_length(
+        self,
+        name: str,
+        x: _Vector,
+        *,
+        output_tokens: float,
+        weight: float = 1.0,
+    ) -> None:
+        """Teaches model `name`'s output-length head that its answer on context `x` was
+        `output_tokens` long, without touching its quality head: what a finished request
+        tells before anyone rates it. O(d²), checked as `update` is."""
     def fit(
         self,
         name: str,

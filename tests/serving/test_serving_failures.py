@@ -206,3 +206,29 @@ def stream_events(harness: Harness, model: str) -> list[str]:
         timeout=10,
     ) as response:
         return [line for line in response.iter_lines() if line.startswith("data:")]
+
+
+def test_fallbacks_stay_within_the_requests_limits() -> None:
+    # "large" costs a thousand times more: "small" is chosen, "large" is its fallback.
+    dear = {"large": {"price_in": 1000.0, "price_out": 1000.0}}
+    with running_gateway(settings=FAILS_FAST, model_changes=dear) as harness:
+        harness.fake.behaviour("small-upstream").status = 500
+        url = harness.url + "/v1/chat/completions"
+        within = {"model": "mixllm", "messages": USER, "mixllm": {"max_cost_usd": 1e-3}}
+        refused = httpx.post(url, json=within, timeout=30)
+        # The only model within the ceiling failed; the dear one is not tried.
+        assert refused.status_code == 502
+        assert harness.fake.requests("small-upstream") == 1
+        assert harness.fake.requests("large-upstream") == 0
+        answered = httpx.post(url, json={"model": "mixllm", "messages": USER}, timeout=30)
+        assert answered.status_code == 200 and answered.json()["model"] == "large"
+        # Nothing within the ceiling: one answer, a 400 naming the limit, nothing counted.
+        pending = harness.router.pending()
+        none = {"model": "mixllm", "messages": USER, "mixllm": {"max_cost_usd": 1e-12}}
+        response = httpx.post(url, json=none, timeout=30)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "no_model_within_limits" and "max_cost_usd" in error["message"]
+        assert harness.router.pending() == pending
+        assert harness.fake.requests("small-upstream") == 2
+        assert all(harness.router.policy.in_flight(m) == 0 for m in harness.router.models)

@@ -23,16 +23,30 @@ def client(harness: Harness) -> openai.OpenAI:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_feedback_teaches_the_chosen_model_with_the_measured_length(stream: bool) -> None:
+def test_completion_teaches_the_length_and_feedback_the_quality(stream: bool) -> None:
     with running_gateway() as harness:
         harness.fake.behaviour("small-upstream").output_tokens = 40
+        start = harness.router.policy.inspect("small")
         raw = client(harness).chat.completions.with_raw_response.create(
             model="small", messages=USER, stream=stream
         )
         if stream:
             list(raw.parse())  # type: ignore[call-overload]
         decision_id = raw.headers["x-mixllm-decision-id"]
+        # With no feedback yet, the length head learned the 40 tokens the upstream produced
+        # (counted from the stream, or read from `usage`): its prior was 5. (The context's last
+        # entry is the constant 1.)
+        assert wait_until(
+            lambda: (
+                harness.router.policy.inspect("small")["b_log_length"][-1]
+                != start["b_log_length"][-1]
+            )
+        )
         before = harness.router.policy.inspect("small")
+        length_residual = before["b_log_length"] - start["b_log_length"]
+        assert length_residual[-1] == pytest.approx(np.log1p(40) - np.log1p(5))
+        assert before["observations"] == start["observations"]
+        np.testing.assert_array_equal(before["b_quality"], start["b_quality"])
         other = harness.router.policy.inspect("large")
         response = httpx.post(
             harness.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.9}
@@ -41,16 +55,40 @@ def test_feedback_teaches_the_chosen_model_with_the_measured_length(stream: bool
         after = harness.router.policy.inspect("small")
         assert after["observations"] == before["observations"] + 1
         assert not np.array_equal(after["b_quality"], before["b_quality"])
-        # The length head learned the 40 tokens the upstream produced: its prior was 5.
-        # (The context's last entry is the constant 1.)
-        length_residual = after["b_log_length"] - before["b_log_length"]
-        assert length_residual[-1] == pytest.approx(np.log1p(40) - np.log1p(5))
+        # The feedback teaches quality only: the length is not learned twice.
+        np.testing.assert_array_equal(after["b_log_length"], before["b_log_length"])
         assert harness.router.policy.inspect("large")["observations"] == other["observations"]
         # The same decision takes no second feedback.
         again = httpx.post(
             harness.url + "/v1/feedback", json={"decision_id": decision_id, "satisfied": True}
         )
         assert again.status_code == 404 and "already answered" in again.json()["error"]["message"]
+
+
+def test_the_learned_length_follows_the_traffic_without_feedback() -> None:
+    with running_gateway(("small",)) as harness:
+        harness.fake.behaviour("small-upstream").output_tokens = 200
+        texts = [f"Question number {i} about routers?" for i in range(12)]
+        probe = "Another question about routers?"
+
+        def predicted() -> float:
+            decision = harness.router.route(probe)
+            harness.router.cancel(decision.id)
+            return float(decision.detail.output_tokens[0])
+
+        before = predicted()
+        chat = client(harness).chat.completions
+        for i, text in enumerate(texts):
+            messages = [{"role": "user", "content": text}]
+            if i % 2:
+                list(chat.create(model="mixllm", messages=messages, stream=True))  # type: ignore[arg-type]
+            else:
+                chat.create(model="mixllm", messages=messages)  # type: ignore[arg-type]
+        after = predicted()
+        # The prior was 5 tokens; every answer was 200, none was rated.
+        assert before == pytest.approx(5.0, rel=0.5)
+        assert after > 4 * before
+        assert harness.router.policy.inspect("small")["observations"] == 0
 
 
 def test_binary_feedback_and_bad_feedback() -> None:

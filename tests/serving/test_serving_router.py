@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway_harness import HashEmbedder, tiny_router
-from mixllm._core import InvalidInputError, UnknownModelError
+from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
 from mixllm.config import ModelConfig
 from mixllm.errors import DecisionNotFoundError
 from mixllm.routing.router import Router
@@ -53,9 +53,14 @@ def test_a_cost_ceiling_rules_out_dear_models() -> None:
     detail = r.route("q").detail
     costs = dict(zip(detail.models, detail.cost, strict=True))
     ceiling = (costs["mid"] + costs["best"]) / 2
-    assert r.route("q", max_cost_usd=ceiling).model == "mid"
-    # Nothing within the ceiling: the cheapest allowed model.
-    assert r.route("q", max_cost_usd=costs["cheap"] / 2).model == "cheap"
+    decision = r.route("q", max_cost_usd=ceiling)
+    assert decision.model == "mid"
+    # The fallbacks respect the ceiling too.
+    assert decision.detail.ranking == ["mid", "cheap"]
+    # Nothing within the ceiling: one answer, an error naming it, and nothing counted.
+    with pytest.raises(NoModelWithinLimitsError, match="max_cost_usd"):
+        r.route("q", max_cost_usd=costs["cheap"] / 2)
+    assert r.pending() == 2
 
 
 def test_a_latency_tolerance_rules_out_slow_models() -> None:
@@ -66,8 +71,12 @@ def test_a_latency_tolerance_rules_out_slow_models() -> None:
     tolerance = (latency["mid"] + latency["best"]) / 2
     # The one request in flight for "best" (concurrency 1) makes it slower still.
     assert r.route("q", max_latency_s=tolerance).model == "mid"
-    # None fast enough: the fastest.
-    assert r.route("q", max_latency_s=1e-3).model == "cheap"
+    # None fast enough: an error naming the tolerance.
+    with pytest.raises(NoModelWithinLimitsError, match="max_latency_s"):
+        r.route("q", max_latency_s=1e-3)
+    with pytest.raises(NoModelWithinLimitsError, match="max_latency_s"):
+        asyncio.run(r.aroute("q", max_latency_s=1e-3))
+    assert r.pending() == 2
 
 
 @pytest.mark.parametrize(
@@ -156,16 +165,30 @@ def test_cancel_takes_the_request_out_and_closes_the_decision() -> None:
         r.feedback(decision.id, quality=1.0)
 
 
-def test_lengths_given_at_completion_are_learned_with_the_feedback() -> None:
+def test_lengths_given_at_completion_are_learned_at_once_and_only_once() -> None:
     r = router()
     decision = r.route("q")
+    start = r.policy.inspect(decision.model)
     r.complete(decision.id, latency_s=1.0, output_tokens=300.0)
-    before = r.policy.inspect(decision.model)["b_log_length"]
+    before = r.policy.inspect(decision.model)
+    assert before["b_log_length"][-1] - start["b_log_length"][-1] == pytest.approx(
+        np.log1p(300.0) - np.log1p(100.0)
+    )
+    np.testing.assert_array_equal(before["b_quality"], start["b_quality"])
+    assert before["observations"] == start["observations"]
     r.feedback(decision.id, quality=1.0)
-    after = r.policy.inspect(decision.model)["b_log_length"]
-    assert after[-1] - before[-1] == pytest.approx(np.log1p(300.0) - np.log1p(100.0))
+    after = r.policy.inspect(decision.model)
+    np.testing.assert_array_equal(after["b_log_length"], before["b_log_length"])
+    assert after["observations"] == before["observations"] + 1
+    # A refused length changes nothing: the decision stays in flight, nothing learned.
+    refused = r.route("q")
+    state = r.policy.to_bytes()
     with pytest.raises(InvalidInputError, match="output_tokens"):
-        r.complete(r.route("q").id, output_tokens=-1.0)
+        r.complete(refused.id, output_tokens=-1.0)
+    with pytest.raises(InvalidInputError, match="output_tokens"):
+        r.complete(refused.id, output_tokens=1e101)
+    assert r.policy.to_bytes() == state
+    assert r.policy.in_flight(refused.model) == 1
 
 
 def test_update_model_keeps_what_was_learned() -> None:

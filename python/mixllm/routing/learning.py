@@ -49,9 +49,11 @@ class Learning(RouterBase):
     ) -> None:
         """The request of decision ``decision_id`` has finished: it leaves its model's queue
         (recording ``latency_s`` in the model's service time when given). The decision stays
-        open for `feedback` until it expires, for services that learn the quality later;
-        ``output_tokens``, the answer's length, is learned with that feedback when the feedback
-        gives none."""
+        open for `feedback` until it expires, for services that learn the quality later.
+        ``output_tokens``, the answer's length, teaches the model's length head at once
+        (`Policy.update_length`), with no need for feedback, and the feedback then teaches
+        quality only (unless it gives a length of its own); with a store attached, the length
+        is learned with the feedback instead, which every replica replays."""
         optional_bounded("latency_s", latency_s)
         optional_bounded("output_tokens", output_tokens)
         now = self._now()
@@ -59,6 +61,13 @@ class Learning(RouterBase):
             pending = self._ledger.open(decision_id, self._policy, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
+            if output_tokens is not None and self._store is None and pending.current(self._policy):
+                # Checked by the core before anything changes, so a refused length leaves the
+                # decision in flight.
+                self._policy.update_length(
+                    pending.model, pending.context, output_tokens=output_tokens
+                )
+                pending.length_learned = True
             pending.in_flight = False
             pending.output_tokens = output_tokens
             if pending.current(self._policy):
@@ -214,7 +223,8 @@ class Learning(RouterBase):
                 pending.model,
                 pending.context,
                 quality=target,
-                output_tokens=tokens,
+                # A length learned at completion is not taught twice.
+                output_tokens=None if pending.length_learned and output_tokens is None else tokens,
                 weight=weight,
             )
             self._ledger.take(decision_id)

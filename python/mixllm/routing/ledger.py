@@ -66,8 +66,11 @@ class PendingDecision:
     # before its request could be counted is in flight too, with no arm (`NO_ARM`): it is
     # answered like any decision for a removed model.
     in_flight: bool = True
-    # The answer's length as measured when the request finished, learned with the feedback.
+    # The answer's length as measured when the request finished.
     output_tokens: float | None = None
+    # Whether the length head has learned it already (at completion), so the feedback does not
+    # teach it a second time.
+    length_learned: bool = False
     # The query, for a log of feedback to relearn from.
     text: str | None = None
     # With a shared store: the id of the decision's arm as the replicas know it, and when its

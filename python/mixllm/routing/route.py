@@ -149,9 +149,11 @@ class Route(RouterBase):
         1,000 queries (λ from the `calibration` table); by default the configured one.
 
         Limits for this query alone: ``models`` (the models it may go to), ``max_cost_usd``
-        (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ).
-        The best-scoring model within all of them is chosen; when none is within both limits,
-        the fastest of the allowed models within the cost ceiling, or else the cheapest.
+        (predicted cost) and ``max_latency_s`` (predicted latency, a tolerance tighter than τ),
+        applied by the decision core (`Policy.decide`): the model is chosen among those within
+        all of them by the usual rule, and ``decision.detail.ranking`` orders them for
+        fallback. With none: `UnknownModelError` when no allowed model is in the pool, else
+        `NoModelWithinLimitsError` naming the limit; neither changes any state.
         """
         check_text("text", text)
         wtp = self._willingness(
@@ -281,13 +283,13 @@ class Route(RouterBase):
     ) -> RouteDecision:
         """One decision at ``now``, a reading of the clock taken before any state changed."""
         detail = self._policy.decide(
-            context, prompt_tokens=prompt_tokens, willingness_to_pay=willingness_to_pay, now_s=now
+            context,
+            prompt_tokens=prompt_tokens,
+            willingness_to_pay=willingness_to_pay,
+            now_s=now,
+            **({} if limits is None else limits.arguments()),
         )
-        if limits is None:
-            model, service_s = detail.model, detail.chosen_service_s
-        else:
-            index = limits.choose(detail)
-            model, service_s = detail.models[index], float(detail.service[index])
+        model, service_s = detail.model, detail.chosen_service_s
         decision_id = f"{self._id_prefix}-{next(self._counter)}"
         with self._lock:
             # Count the request in the policy in place now: `fit` may have swapped it, or

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-
-from mixllm._core import Decision, InvalidInputError, UnknownModelError
+from mixllm._core import InvalidInputError
 from mixllm.validation import optional_bounded
 
 
@@ -47,21 +46,10 @@ class RouteLimits:
             math.inf if max_latency_s is None else float(max_latency_s),
         )
 
-    def choose(self, detail: Decision) -> int:
-        """Index of the model chosen within the limits from a decision's assessments."""
-        names = detail.models
-        allowed = np.array([self.models is None or n in self.models for n in names])
-        if not allowed.any():
-            raise UnknownModelError(
-                f"none of the models {sorted(self.models or ())} is in the pool ({names})"
-            )
-        cost, latency = detail.cost, detail.latency
-        within_cost = allowed & (cost <= self.max_cost_usd)
-        within = within_cost & (latency <= self.max_latency_s)
-        admissible = within & ~detail.excluded
-        if admissible.any():
-            return int(np.flatnonzero(admissible)[np.argmax(detail.score[admissible])])
-        for candidates in (within, within_cost):
-            if candidates.any():
-                return int(np.flatnonzero(candidates)[np.argmin(latency[candidates])])
-        return int(np.flatnonzero(allowed)[np.argmin(cost[allowed])])
+    def arguments(self) -> dict[str, Any]:
+        """The limits as `Policy.decide` takes them."""
+        return {
+            "models": None if self.models is None else sorted(self.models),
+            "max_cost_usd": self.max_cost_usd,
+            "max_latency_s": self.max_latency_s,
+        }

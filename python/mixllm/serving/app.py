@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import threading
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mixllm._core import InvalidInputError, UnknownModelError
-from mixllm.config import ServeConfig
+from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
+from mixllm.config import ModelConfig, ServeConfig
 from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.routing.router import RouteDecision, Router
 from mixllm.serving.chat import (
@@ -49,6 +49,7 @@ from mixllm.serving.upstream import (
     Upstream,
     UpstreamFailure,
     UpstreamRejection,
+    open_session,
     open_stream,
     post_completion,
     upstream_of,
@@ -120,6 +121,7 @@ class Gateway:
         self.router = router
         self.settings = settings
         self._given = dict(upstreams) if upstreams is not None else {}
+        self._upstreams: tuple[tuple[ModelConfig, ...], dict[str, Upstream]] | None = None
         if upstreams is None:
             upstreams_of(router.config.models)  # refuses a pool model without a base_url
         missing = [m for m in router.models if m not in self.upstreams()]
@@ -137,7 +139,7 @@ class Gateway:
         )
         self.active = 0
         self._idle: asyncio.Event | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._save_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -146,11 +148,7 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self._idle = asyncio.Event()
         self._idle.set()
-        timeout = httpx.Timeout(
-            self.settings.read_timeout_s, connect=self.settings.connect_timeout_s
-        )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._client = open_session(self.settings.connect_timeout_s, self.settings.read_timeout_s)
         saver = None
         if self.state_dir is not None:
             saver = asyncio.create_task(self._snapshot_every(self.settings.snapshot_every_s))
@@ -161,7 +159,7 @@ class Gateway:
             if saver is not None:
                 saver.cancel()
                 await asyncio.to_thread(self.snapshot)
-            await self._client.aclose()
+            await self._client.close()
 
     async def drain(self, timeout_s: float) -> bool:
         """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
@@ -206,15 +204,22 @@ class Gateway:
         gateway runs (`Router.add_model`, `update_model`, `remove_model`, or the same applied
         from another replica through a store), so it is read afresh; a model with no upstream
         is left out, and so cannot be chosen."""
+        models = self.router.config.models
+        known = self._upstreams
+        # The pool's tuple is replaced whenever a model is added, changed or removed, so the
+        # same tuple means the same upstreams: read them once per pool, not once per request.
+        if known is not None and known[0] is models:
+            return known[1]
         found = {}
-        for model in self.router.config.models:
+        for model in models:
             upstream = self._given.get(model.name) or upstream_of(model)
             if upstream is not None:
                 found[model.name] = upstream
+        self._upstreams = (models, found)
         return found
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise RuntimeError("the gateway is not running (its lifespan has not started)")
         return self._client
@@ -333,13 +338,18 @@ class Gateway:
             decision = await self.router.aroute(
                 chat.text,
                 willingness_to_pay=chat.willingness_to_pay,
-                models=candidates,
+                # Every model of the router's pool needs no list: the core allows them all.
+                models=None if len(candidates) == len(self.router.models) else candidates,
                 max_cost_usd=chat.max_cost_usd,
                 max_latency_s=chat.max_latency_s,
             )
+        except NoModelWithinLimitsError as err:
+            raise RequestError(400, str(err), code="no_model_within_limits") from None
         except (InvalidInputError, UnknownModelError) as err:
             raise RequestError(400, str(err)) from None
-        order = _fallback_order(decision, candidates, chat.max_cost_usd)
+        # The chosen model, then the decision's own fallbacks: the models within every limit
+        # of this request, by the rule that chose it.
+        order = decision.detail.ranking
         failures = []
         for attempt, model in enumerate(order[: self.settings.max_attempts]):
             if attempt > 0:
@@ -398,7 +408,9 @@ class Gateway:
         self._completed(decision, latency, tokens, ttft_s=None)
         answer["model"] = model
         answer["mixllm"] = {"decision_id": decision.id, "model": model}
-        return JSONResponse(answer, headers=_decision_headers(decision))
+        return Response(
+            orjson.dumps(answer), media_type="application/json", headers=_decision_headers(decision)
+        )
 
     def _completed(
         self, decision: RouteDecision, latency_s: float, tokens: float | None, ttft_s: float | None
@@ -504,27 +516,35 @@ class _RelayedStream(StreamingResponse):
 
     async def _events(self) -> AsyncIterator[bytes]:
         relay, decision = self._relay, self._decision
-        first = relay.first
+        stream, first = relay.stream, relay.first
+        # Events that have arrived go out together, in one write; none waits for a later one.
+        pending: list[bytes] = []
         if first is not None:
             first["mixllm"] = {"decision_id": decision.id, "model": decision.model}
-            yield self._event(first)
+            pending.append(self._event(first))
             try:
-                async for chunk in relay.stream.chunks():
-                    yield self._event(chunk)
+                while True:
+                    if pending and not stream.ready():
+                        yield b"".join(pending)
+                        pending.clear()
+                    chunk = await stream.next_chunk()
+                    if chunk is None:
+                        break
+                    pending.append(self._event(chunk))
             except UpstreamFailure as err:
                 relay.finished = True
                 self._gateway._stream_failed(decision, err)
                 error = RequestError(502, str(err), kind="upstream_error", code="upstream_failed")
-                yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+                yield b"".join(pending) + b"data: " + orjson.dumps(error.body()) + b"\n\n"
                 return
         relay.finished = True
         self._gateway._stream_ended(relay, decision)
-        yield b"data: [DONE]\n\n"
+        yield b"".join(pending) + b"data: [DONE]\n\n"
 
     def _event(self, chunk: dict[str, Any]) -> bytes:
         self._relay.count(chunk)
         chunk["model"] = self._decision.model
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway, relay, model = self._gateway, self._relay, self._decision.model
@@ -540,24 +560,6 @@ class _RelayedStream(StreamingResponse):
                 gateway._cancel(self._decision)
                 gateway.metrics.disconnects.labels(model).inc()
             gateway._request_ended()
-
-
-def _fallback_order(
-    decision: RouteDecision, candidates: list[str], max_cost_usd: float | None
-) -> list[str]:
-    """The chosen model, then the other candidates by the decision's scores, best first
-    (leaving out those over the request's cost ceiling)."""
-    detail = decision.detail
-    index = {name: i for i, name in enumerate(detail.models)}
-    others = [
-        m
-        for m in candidates
-        if m != decision.model
-        and m in index
-        and (max_cost_usd is None or detail.cost[index[m]] <= max_cost_usd)
-    ]
-    others.sort(key=lambda m: -float(detail.score[index[m]]))
-    return [decision.model, *others]
 
 
 def _completion_tokens(usage: Any) -> float | None:

@@ -4,11 +4,12 @@ body); nothing has changed when one is raised."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from mixllm.config import ServeConfig
 
@@ -69,8 +70,8 @@ class ChatRequest:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as err:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
         raise RequestError(400, f"the request body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")

@@ -70,6 +70,7 @@ def serve(
     """Runs the gateway until SIGINT or SIGTERM; then requests in flight get
     ``settings.drain_timeout_s`` to finish and the state is saved (with ``state_dir``)."""
     import uvicorn
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from mixllm.serving.app import create_app
 
@@ -83,4 +84,7 @@ def serve(
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         log_level="info",
     )
-    uvicorn.Server(config).run()
+    # One BLAS thread: the projections it computes are small, and on a machine with few cores
+    # its spinning helper threads take the cores the event loop and the encoder need.
+    with threadpool_limits(limits=1, user_api="blas"):
+        uvicorn.Server(config).run()

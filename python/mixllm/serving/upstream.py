@@ -1,4 +1,5 @@
-"""Calls to the models' own OpenAI-compatible endpoints, over one shared httpx client.
+"""Calls to the models' own OpenAI-compatible endpoints, over one shared aiohttp session
+(its C parser and connection pool keep the gateway's own cost per call small).
 
 A failure the next model could answer instead (no connection, a timeout, 429 or a 5xx) is an
 `UpstreamFailure`; any other 4xx is the caller's request at fault and goes back to it as it
@@ -8,13 +9,14 @@ never kept in an error message, a log line or a snapshot.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from mixllm.config import ModelConfig
 from mixllm.errors import ConfigError
@@ -23,11 +25,16 @@ __all__ = [
     "Upstream",
     "UpstreamFailure",
     "UpstreamRejection",
+    "open_session",
     "open_stream",
     "post_completion",
     "upstream_of",
     "upstreams_of",
 ]
+
+_JSON = {"Content-Type": "application/json"}
+# Longest server-sent event line taken from an upstream (a big tool call in one chunk fits).
+MAX_EVENT_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,28 @@ class Upstream:
 
     def headers(self) -> dict[str, str]:
         if self.api_key_env is None:
-            return {}
+            return _JSON
         key = os.environ.get(self.api_key_env)
         if not key:
             raise UpstreamFailure(self.name, "auth", f"${self.api_key_env} is not set")
-        return {"Authorization": f"Bearer {key}"}
+        return {**_JSON, "Authorization": f"Bearer {key}"}
+
+
+def open_session(connect_timeout_s: float, read_timeout_s: float) -> aiohttp.ClientSession:
+    """The session every upstream call goes through: connections kept alive and reused, no
+    limit on their number (the models' own concurrency is the router's business), a bound on
+    connecting and on the wait for each chunk of an answer, and no proxy or netrc settings read
+    from the environment."""
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+    )
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,
+        skip_auto_headers=("User-Agent",),
+    )
 
 
 def upstreams_of(models: tuple[ModelConfig, ...]) -> dict[str, Upstream]:
@@ -91,43 +115,50 @@ class UpstreamRejection(Exception):
         self.content_type = content_type
 
 
-def _request_body(upstream: Upstream, body: Mapping[str, Any]) -> dict[str, Any]:
-    return {**body, "model": upstream.model}
+def _request_body(upstream: Upstream, body: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({**body, "model": upstream.model})
 
 
-async def _check_status(upstream: Upstream, response: httpx.Response) -> None:
-    if response.status_code < 400:
+async def _check_status(upstream: Upstream, response: aiohttp.ClientResponse) -> None:
+    if response.status < 400:
         return
-    content = await response.aread()
-    if response.status_code == 429 or response.status_code >= 500:
-        kind = "status_429" if response.status_code == 429 else "status_5xx"
-        raise UpstreamFailure(upstream.name, kind, f"HTTP {response.status_code}")
+    content = await response.read()
+    if response.status == 429 or response.status >= 500:
+        kind = "status_429" if response.status == 429 else "status_5xx"
+        raise UpstreamFailure(upstream.name, kind, f"HTTP {response.status}")
     raise UpstreamRejection(
-        response.status_code, content, response.headers.get("content-type", "application/json")
+        response.status, content, response.headers.get("content-type", "application/json")
     )
 
 
-def _failure(upstream: Upstream, err: httpx.HTTPError) -> UpstreamFailure:
-    if isinstance(err, httpx.TimeoutException):
+def _failure(upstream: Upstream, err: Exception) -> UpstreamFailure:
+    if isinstance(err, asyncio.TimeoutError):
         return UpstreamFailure(upstream.name, "timeout", type(err).__name__)
-    if isinstance(err, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+    if isinstance(
+        err,
+        (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError),
+    ):
         return UpstreamFailure(upstream.name, "connect", type(err).__name__)
     return UpstreamFailure(upstream.name, "protocol", type(err).__name__)
 
 
+# What a call to an upstream can raise that another model could answer instead.
+_CALL_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
 async def post_completion(
-    client: httpx.AsyncClient, upstream: Upstream, body: Mapping[str, Any]
+    session: aiohttp.ClientSession, upstream: Upstream, body: Mapping[str, Any]
 ) -> dict[str, Any]:
     """A non-streaming chat completion, as the upstream's JSON."""
     try:
-        response = await client.post(
-            upstream.url, json=_request_body(upstream, body), headers=upstream.headers()
-        )
-        await _check_status(upstream, response)
-        answer = response.json()
-    except httpx.HTTPError as err:
+        async with session.post(
+            upstream.url, data=_request_body(upstream, body), headers=upstream.headers()
+        ) as response:
+            await _check_status(upstream, response)
+            answer = orjson.loads(await response.read())
+    except _CALL_ERRORS as err:
         raise _failure(upstream, err) from None
-    except ValueError:
+    except orjson.JSONDecodeError:
         raise UpstreamFailure(upstream.name, "protocol", "the answer is not JSON") from None
     if not isinstance(answer, dict):
         raise UpstreamFailure(upstream.name, "protocol", "the answer is not a JSON object")
@@ -137,30 +168,64 @@ async def post_completion(
 class Stream:
     """An open streaming completion: its server-sent events' data, one JSON chunk at a time."""
 
-    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+    def __init__(self, upstream: Upstream, response: aiohttp.ClientResponse) -> None:
         self._upstream = upstream
         self._response = response
-        self._lines = response.aiter_lines()
+        self._ended = False
+        # Bytes received and not yet split into lines.
+        self._buffer = bytearray()
+
+    def ready(self) -> bool:
+        """Whether `next_chunk` can answer without waiting: the next event (or the end) has
+        arrived already. Relays send what has arrived together, in one write."""
+        if self._ended:
+            return True
+        try:
+            self._buffer += self._response.content.read_nowait()
+        except Exception:  # the connection failed: `next_chunk` says how, at once
+            return True
+        start = self._buffer.find(b"data:")
+        return (start >= 0 and self._buffer.find(b"\n", start) >= 0) or (
+            not self._buffer and self._response.content.at_eof()
+        )
+
+    async def _line(self) -> bytes | None:
+        """The next line (without its end), or None at the end of the stream."""
+        content = self._response.content
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > MAX_EVENT_BYTES:
+                raise ValueError("an event longer than the limit")
+            data = content.read_nowait() or await content.readany()
+            if not data:  # the end: a last line without its newline is still a line
+                last = bytes(self._buffer)
+                self._buffer.clear()
+                return last or None
+            self._buffer += data
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line
 
     async def next_chunk(self) -> dict[str, Any] | None:
         """The next chunk, or None at the end of the stream (``data: [DONE]``, or EOF)."""
         try:
-            async for line in self._lines:
-                if not line.startswith("data:"):
+            while (line := await self._line()) is not None:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
+                    self._ended = True
                     return None
-                chunk = json.loads(data)
+                chunk = orjson.loads(data)
                 if not isinstance(chunk, dict):
                     raise ValueError("a chunk is not a JSON object")
                 if "error" in chunk:
                     raise UpstreamFailure(self._upstream.name, "protocol", "error event")
                 return chunk
-        except httpx.HTTPError as err:
+        except _CALL_ERRORS as err:
             raise _failure(self._upstream, err) from None
-        except ValueError:
+        except ValueError:  # orjson.JSONDecodeError is one
             raise UpstreamFailure(self._upstream.name, "protocol", "bad chunk") from None
+        self._ended = True
         return None
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -168,27 +233,30 @@ class Stream:
             yield chunk
 
     async def aclose(self) -> None:
-        """Closes the connection: an upstream still generating stops (for a client gone)."""
-        await self._response.aclose()
+        """Ends the call. A stream read to its end gives its connection back to the pool; one
+        cut short closes it, so an upstream still generating stops (for a client gone)."""
+        if self._ended:
+            self._response.release()
+        else:
+            self._response.close()
 
 
 async def open_stream(
-    client: httpx.AsyncClient, upstream: Upstream, body: Mapping[str, Any]
+    session: aiohttp.ClientSession, upstream: Upstream, body: Mapping[str, Any]
 ) -> Stream:
     """Starts a streaming completion and checks its status."""
-    request = client.build_request(
-        "POST", upstream.url, json=_request_body(upstream, body), headers=upstream.headers()
-    )
     try:
-        response = await client.send(request, stream=True)
-    except httpx.HTTPError as err:
+        response = await session.post(
+            upstream.url, data=_request_body(upstream, body), headers=upstream.headers()
+        )
+    except _CALL_ERRORS as err:
         raise _failure(upstream, err) from None
     try:
         await _check_status(upstream, response)
-    except httpx.HTTPError as err:
-        await response.aclose()
+    except _CALL_ERRORS as err:
+        response.close()
         raise _failure(upstream, err) from None
     except BaseException:
-        await response.aclose()
+        response.close()
         raise
     return Stream(upstream, response)

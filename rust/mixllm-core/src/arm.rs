@@ -200,6 +200,16 @@ impl ArmLedger {
         }
     }
 
+    /// Adds one weighted length alone (`x` padded): A_len += w·x·xᵀ, b_len += w·r_len·x. The
+    /// length head must have its own matrices (A does not take the observation).
+    fn accumulate_length(&mut self, x: &[f64], w: f64, residual_length: f64) {
+        let layout = SymLayout::new(self.b_quality.len());
+        axpy(w * residual_length, x, &mut self.b_log_length);
+        if let Some(own) = &mut self.length {
+            rank1_in_place(layout, &mut own.a, x, -w);
+        }
+    }
+
     /// The exact snapshot these statistics imply: the inverses by Cholesky, θ = A⁻¹·b. Also
     /// refreshes the length head's own A⁻¹, if it has one; on error nothing is changed.
     pub fn solve(&mut self, observations: u64, weight_sum: f64) -> Result<ArmStats> {
@@ -486,6 +496,79 @@ pub fn learn(
         theta_log_length,
         observations,
         weight_sum,
+    })
+}
+
+/// Applies one length observation alone (already validated: `tokens` a count, `w` > 0) to the
+/// ledger and returns the next snapshot: the length head learns the answer's length on `x`,
+/// the quality head and its LinUCB statistics stay as they are (the answer's quality is not
+/// known). The first such observation gives the length head its own matrices, as an
+/// observation without a length does. O(d²), with the bounds checks of [`learn`] and its
+/// exact refactorisation every `refactor_every` updates; on error the ledger is untouched.
+pub fn learn_length(
+    current: &ArmStats,
+    ledger: &mut ArmLedger,
+    priors: &Priors,
+    x: &[f64],
+    tokens: f64,
+    w: f64,
+    refactor_every: u64,
+) -> Result<ArmStats> {
+    let layout = SymLayout::new(x.len());
+    let x = &layout.pad(x)[..];
+    let residual = tokens.ln_1p() - priors.log_length();
+    ledger.check_growth(layout, x, w)?;
+    let exact = |ledger: &mut ArmLedger| -> Result<ArmStats> {
+        let mut next = ledger.clone();
+        next.separate_length(&current.a_inv);
+        next.accumulate_length(x, w, residual);
+        next.updates_since_refactor = 0;
+        let stats = next.solve(current.observations, current.weight_sum)?;
+        *ledger = next;
+        Ok(stats)
+    };
+    if ledger.updates_since_refactor.saturating_add(1) >= refactor_every {
+        return exact(ledger);
+    }
+    // While the heads share A, A⁻¹ is the snapshot's (and the ridges are equal).
+    let m_inv = ledger
+        .length
+        .as_ref()
+        .map_or(&current.a_inv[..], |own| &own.a_inv[..]);
+    let Some(step) = head_step(layout, m_inv, &current.theta_log_length, x, w, residual) else {
+        return exact(ledger);
+    };
+    if !step.theta.iter().all(|v| v.is_finite()) {
+        return Err(Error::InvalidValue(
+            "the update would make the arm's length head non-finite; observation rejected"
+                .to_string(),
+        ));
+    }
+    let mut next_inv = vec![0.0; m_inv.len()];
+    let within = rank1_into_within(
+        layout,
+        m_inv,
+        &step.u,
+        step.gain,
+        &mut next_inv,
+        &InverseBounds::new(ledger.length_ridge),
+    );
+    if !within {
+        return exact(ledger);
+    }
+    // Nothing fails from here on.
+    ledger.separate_length(&current.a_inv);
+    ledger.accumulate_length(x, w, residual);
+    if let Some(own) = &mut ledger.length {
+        own.a_inv = next_inv;
+    }
+    ledger.updates_since_refactor += 1;
+    Ok(ArmStats {
+        a_inv: current.a_inv.clone(),
+        theta_quality: current.theta_quality.clone(),
+        theta_log_length: step.theta,
+        observations: current.observations,
+        weight_sum: current.weight_sum,
     })
 }
 

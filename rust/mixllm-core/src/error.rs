@@ -22,6 +22,13 @@ pub enum Error {
     /// A model of that name is already in the pool.
     #[error("a model named {0:?} is already in the pool")]
     DuplicateModel(String),
+    /// None of the models a request may go to is in the pool.
+    #[error("none of the models {0} is in the pool")]
+    NoneAllowed(String),
+    /// Models a request may go to are in the pool, but none is within its cost ceiling or its
+    /// latency tolerance; the message names the limit.
+    #[error("{0}")]
+    NoModelWithinLimits(String),
     /// A decision was asked of an empty pool.
     #[error("the pool has no models: add one with add_model before deciding")]
     EmptyPool,

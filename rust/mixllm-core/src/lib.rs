@@ -24,6 +24,6 @@ pub mod simd;
 pub use arm::{ArmLedger, ArmStats, Observation};
 pub use config::PolicyConfig;
 pub use error::{Error, Result};
-pub use policy::{ArmReport, Decision, PerRow, Policy};
+pub use policy::{ArmReport, Decision, Limits, PerRow, Policy};
 pub use profile::{ModelProfile, Priors};
 pub use scoring::Assessment;

@@ -36,7 +36,7 @@ use crate::error::{
 use crate::kernels::{dot4, quadratic_form, quadratic_weights_into, SymLayout};
 use crate::live::{ratio_of, LiveStats};
 use crate::profile::{ModelProfile, Priors};
-use crate::scoring::{assess, assess_with_variance, choose, ArmView, Assessment};
+use crate::scoring::{assess, assess_with_variance, choose, rank, ArmView, Assessment};
 
 /// Inputs larger than this in magnitude are rejected: their squares would overflow A.
 const MAX_MAGNITUDE: f64 = 1e100;
@@ -189,6 +189,110 @@ pub struct Decision {
 impl Decision {
     pub fn model(&self) -> &str {
         &self.models[self.index]
+    }
+
+    /// The models within the request's limits, best first by the decision's own rule: the
+    /// chosen one, then the order to fall back in ([`crate::scoring::rank`]).
+    pub fn ranking(&self) -> Vec<usize> {
+        rank(&self.assessments)
+    }
+}
+
+/// One request's limits on the models it may go to. [`Limits::NONE`] leaves the pool whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// The models it may go to (names not in the pool are ignored); `None`: every model.
+    pub models: Option<&'a [String]>,
+    /// A ceiling on the predicted cost, in USD (`∞`: none).
+    pub max_cost_usd: f64,
+    /// A tolerance on the predicted latency, in seconds (`∞`: none; τ still applies).
+    pub max_latency_s: f64,
+}
+
+impl Limits<'_> {
+    pub const NONE: Limits<'static> = Limits {
+        models: None,
+        max_cost_usd: f64::INFINITY,
+        max_latency_s: f64::INFINITY,
+    };
+
+    fn validate(&self) -> Result<()> {
+        if self.max_cost_usd.is_nan() || self.max_cost_usd < 0.0 {
+            return Err(Error::InvalidValue(format!(
+                "max_cost_usd must be >= 0 (USD; inf for no ceiling), got {}",
+                self.max_cost_usd
+            )));
+        }
+        if self.max_latency_s.is_nan() || self.max_latency_s <= 0.0 {
+            return Err(Error::InvalidValue(format!(
+                "max_latency_s must be > 0 (seconds; inf for no tolerance), got {}",
+                self.max_latency_s
+            )));
+        }
+        if self.models.is_some_and(<[String]>::is_empty) {
+            return Err(Error::InvalidValue(
+                "models must name at least one model".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks each assessment eligible or not (`index` maps the pool's names to positions).
+    /// Allocates nothing: the marks are the assessments' own fields.
+    fn apply(&self, index: &HashMap<Arc<str>, usize>, assessments: &mut [Assessment]) {
+        if let Some(models) = self.models {
+            for a in assessments.iter_mut() {
+                a.eligible = false;
+            }
+            for name in models {
+                if let Some(&i) = index.get(name.as_str()) {
+                    assessments[i].eligible = true;
+                }
+            }
+        }
+        for a in assessments.iter_mut() {
+            a.eligible &= a.cost_usd <= self.max_cost_usd && a.latency_s <= self.max_latency_s;
+        }
+    }
+
+    /// Why no model is eligible, naming the limit that left none (built only on that path).
+    fn none_within(&self, names: &[Arc<str>], assessments: &[Assessment]) -> Error {
+        let allowed = |i: &usize| {
+            self.models
+                .is_none_or(|models| models.iter().any(|m| **m == *names[*i]))
+        };
+        let in_pool: Vec<usize> = (0..names.len()).filter(allowed).collect();
+        if in_pool.is_empty() {
+            let listed = self.models.unwrap_or_default();
+            return Error::NoneAllowed(format!("{listed:?}"));
+        }
+        let cheapest = in_pool
+            .iter()
+            .copied()
+            .min_by(|&i, &j| assessments[i].cost_usd.total_cmp(&assessments[j].cost_usd))
+            .unwrap_or(in_pool[0]);
+        if assessments[cheapest].cost_usd > self.max_cost_usd {
+            return Error::NoModelWithinLimits(format!(
+                "no allowed model is predicted to cost at most max_cost_usd = {} USD (the \
+                 cheapest, {:?}, is predicted at {:e} USD)",
+                self.max_cost_usd, &*names[cheapest], assessments[cheapest].cost_usd
+            ));
+        }
+        let fastest = in_pool
+            .iter()
+            .copied()
+            .filter(|&i| assessments[i].cost_usd <= self.max_cost_usd)
+            .min_by(|&i, &j| {
+                assessments[i]
+                    .latency_s
+                    .total_cmp(&assessments[j].latency_s)
+            })
+            .unwrap_or(cheapest);
+        Error::NoModelWithinLimits(format!(
+            "no allowed model within max_cost_usd is predicted to answer within max_latency_s = \
+             {} s (the fastest, {:?}, is predicted at {:.3} s)",
+            self.max_latency_s, &*names[fastest], assessments[fastest].latency_s
+        ))
     }
 }
 
@@ -413,13 +517,30 @@ impl Policy {
         willingness_to_pay: f64,
         now_s: f64,
     ) -> Result<Decision> {
+        self.decide_within(x, prompt_tokens, willingness_to_pay, now_s, &Limits::NONE)
+    }
+
+    /// [`Self::decide`] within one request's `limits`: only the models within all of them are
+    /// eligible, and the decision picks among those by the usual rule (the best admissible
+    /// score, else the smallest latency). With none eligible it is an error naming the limit:
+    /// [`Error::NoneAllowed`] when no allowed model is in the pool, else
+    /// [`Error::NoModelWithinLimits`] naming the cost ceiling or the latency tolerance.
+    pub fn decide_within(
+        &self,
+        x: &[f64],
+        prompt_tokens: f64,
+        willingness_to_pay: f64,
+        now_s: f64,
+        limits: &Limits<'_>,
+    ) -> Result<Decision> {
         self.check_context("x", x)?;
         Self::check_decision_args(&[prompt_tokens], &[willingness_to_pay])?;
         ensure_finite("now_s", now_s)?;
+        limits.validate()?;
         let layout = SymLayout::new(self.config.dim);
         let x = &layout.pad(x);
         let pool = self.pool.load();
-        let assessments: Vec<Assessment> = pool
+        let mut assessments: Vec<Assessment> = pool
             .slots
             .iter()
             .map(|slot| {
@@ -436,7 +557,12 @@ impl Policy {
                 )
             })
             .collect();
-        let index = choose(&assessments).ok_or(Error::EmptyPool)?;
+        if pool.slots.is_empty() {
+            return Err(Error::EmptyPool);
+        }
+        limits.apply(&pool.index, &mut assessments);
+        let index =
+            choose(&assessments).ok_or_else(|| limits.none_within(&pool.names, &assessments))?;
         Ok(Decision {
             index,
             models: pool.names.clone(),
@@ -625,6 +751,43 @@ impl Policy {
             &mut ledger,
             &slot.priors,
             obs,
+            self.config.refactor_every,
+        )?;
+        slot.stats.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Teaches model `name`'s length head that its answer on context `x` was `output_tokens`
+    /// long, with weight `weight`, leaving its quality head as it is ([`arm::learn_length`]):
+    /// what a request's completion tells before any feedback does. A rejected call changes
+    /// nothing.
+    pub fn update_length(
+        &self,
+        name: &str,
+        x: &[f64],
+        output_tokens: f64,
+        weight: f64,
+    ) -> Result<()> {
+        self.check_context("x", x)?;
+        ensure_non_negative("output_tokens", output_tokens)?;
+        ensure_not_huge("output_tokens", &[output_tokens])?;
+        ensure_finite("weight", weight)?;
+        ensure_not_huge("weight", &[weight])?;
+        if weight <= 0.0 {
+            return Err(Error::InvalidValue(format!(
+                "weight must be > 0, got {weight}"
+            )));
+        }
+        let slot = self.pool.load().get(name)?.clone();
+        let mut ledger = slot.ledger.lock();
+        let current = slot.stats.load_full();
+        let next = arm::learn_length(
+            &current,
+            &mut ledger,
+            &slot.priors,
+            x,
+            output_tokens,
+            weight,
             self.config.refactor_every,
         )?;
         slot.stats.store(Arc::new(next));

@@ -27,6 +27,14 @@
 //!
 //! So [`choose`] returns the best admissible score when any model is admissible, else the
 //! smallest latency (ties to the earlier model), and fails only for an empty pool.
+//!
+//! # Per-request limits
+//!
+//! A request may narrow the pool (`crate::policy::Limits`): the models it may go to, a ceiling
+//! on the predicted cost, a tolerance on the predicted latency. A model outside any of them is
+//! not [`Assessment::eligible`], and [`choose`] and [`rank`] consider only eligible models, by the
+//! same rule; with no eligible model there is no choice, and the policy says which limit left
+//! none.
 
 use crate::arm::ArmStats;
 use crate::config::PolicyConfig;
@@ -60,6 +68,8 @@ pub struct Assessment {
     /// Whether L (plus its margin) > τ, or an undefined score, took the model out of the
     /// running.
     pub excluded: bool,
+    /// Whether the model is within the request's limits (always, for a request without any).
+    pub eligible: bool,
 }
 
 /// Everything a decision reads about one model, borrowed from a consistent snapshot.
@@ -141,6 +151,7 @@ pub fn assess_with_variance(
                 let margined = latency_s + config.tau_margin_sd * latency.sd_s;
                 margined > config.tau_s || margined.is_nan()
             }),
+        eligible: true,
     }
 }
 
@@ -152,28 +163,51 @@ fn saturate(value: f64) -> f64 {
     value.min(f64::MAX)
 }
 
-/// Index of the chosen model: the best score among admissible models (ties go to the earlier
-/// model), or the smallest latency when none is admissible. `None` only for an empty slice.
+/// Index of the chosen model: among eligible models, the best score among admissible ones
+/// (ties go to the earlier model), or the smallest latency when none is admissible. `None` when
+/// no model is eligible (or the slice is empty).
 pub fn choose(assessments: &[Assessment]) -> Option<usize> {
-    let best_admissible = assessments
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| !a.excluded)
-        .fold(None::<(usize, f64)>, |best, (i, a)| match best {
+    let eligible = || assessments.iter().enumerate().filter(|(_, a)| a.eligible);
+    let best_admissible = eligible().filter(|(_, a)| !a.excluded).fold(
+        None::<(usize, f64)>,
+        |best, (i, a)| match best {
             Some((_, s)) if s >= a.score => best,
             _ => Some((i, a.score)),
-        });
+        },
+    );
     if let Some((i, _)) = best_admissible {
         return Some(i);
     }
-    assessments
-        .iter()
-        .enumerate()
+    eligible()
         .fold(None::<(usize, f64)>, |best, (i, a)| match best {
             Some((_, l)) if l <= a.latency_s => best,
             _ => Some((i, a.latency_s)),
         })
         .map(|(i, _)| i)
+}
+
+/// The eligible models in the order [`choose`] prefers them: the admissible ones by score, best
+/// first, then the excluded ones by latency, fastest first (ties to the earlier model). Its
+/// first entry is [`choose`]'s; the rest are the fallbacks, in order.
+pub fn rank(assessments: &[Assessment]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..assessments.len())
+        .filter(|&i| assessments[i].eligible)
+        .collect();
+    // A stable sort keeps ties in pool order, as `choose` breaks them. Admissible scores and
+    // latencies are never NaN (a NaN score excludes, a NaN latency counts as +∞), so the
+    // comparisons are total where they are made.
+    order.sort_by(|&i, &j| {
+        let (a, b) = (&assessments[i], &assessments[j]);
+        a.excluded.cmp(&b.excluded).then_with(|| {
+            let order = if a.excluded {
+                a.latency_s.partial_cmp(&b.latency_s)
+            } else {
+                b.score.partial_cmp(&a.score)
+            };
+            order.unwrap_or(std::cmp::Ordering::Equal)
+        })
+    });
+    order
 }
 
 #[cfg(test)]
@@ -192,6 +226,7 @@ mod tests {
             penalty: 0.0,
             score,
             excluded,
+            eligible: true,
         }
     }
 

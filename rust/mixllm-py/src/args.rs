@@ -50,6 +50,27 @@ impl<'py> FromPyObject<'_, 'py> for ModelName {
     }
 }
 
+/// The model names of a sequence of `str` (a `str` itself is refused: it would be read as
+/// one name per character).
+pub fn model_names(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<String>> {
+    if ob.is_instance_of::<PyString>() {
+        return Err(invalid_input(format!(
+            "{what} must be a sequence of model names, not a single str"
+        )));
+    }
+    let items = ob.try_iter().map_err(|_| {
+        input_type(format!(
+            "{what} must be a sequence of model names, got {}",
+            type_name(ob)
+        ))
+    })?;
+    let mut names = Vec::new();
+    for item in items {
+        names.push(item?.extract::<ModelName>()?.0);
+    }
+    Ok(names)
+}
+
 /// Whether `ob`, which must be a `str`, names a model in `models` (a `str` that cannot be a
 /// name is in no pool).
 pub fn names_one_of(ob: &Bound<'_, PyAny>, models: &[std::sync::Arc<str>]) -> PyResult<bool> {

@@ -123,6 +123,24 @@ impl PyDecision {
         self.column(py, |a| a.excluded)
     }
 
+    /// Whether each model was within the decision's limits (allowed, within the cost ceiling
+    /// and the latency tolerance); every model, for a decision without limits.
+    #[getter]
+    fn eligible<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
+        self.column(py, |a| a.eligible)
+    }
+
+    /// The eligible models, best first by the decision's own rule: the chosen one, then the
+    /// order to fall back in (the admissible by score, then the excluded by latency).
+    #[getter]
+    fn ranking(&self) -> Vec<String> {
+        self.inner
+            .ranking()
+            .into_iter()
+            .map(|i| self.inner.models[i].to_string())
+            .collect()
+    }
+
     /// Per model: a dict of its predictions and score, keyed by model name.
     fn explain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
@@ -138,6 +156,7 @@ impl PyDecision {
             row.set_item("penalty", a.penalty)?;
             row.set_item("score", a.score)?;
             row.set_item("excluded", a.excluded)?;
+            row.set_item("eligible", a.eligible)?;
             out.set_item(name.as_ref(), row)?;
         }
         Ok(out)

@@ -18,6 +18,7 @@ pub struct Exceptions {
     pub unknown_model: Py<PyType>,
     pub duplicate_model: Py<PyType>,
     pub empty_pool: Py<PyType>,
+    pub no_model_within_limits: Py<PyType>,
     pub state_file: Py<PyType>,
 }
 
@@ -50,6 +51,27 @@ fn make_class<'py>(
 /// Creates the classes and adds them to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    let exceptions = create_classes(py)?;
+    for class in [
+        &exceptions.base,
+        &exceptions.invalid_input,
+        &exceptions.dimension,
+        &exceptions.input_type,
+        &exceptions.unknown_model,
+        &exceptions.duplicate_model,
+        &exceptions.empty_pool,
+        &exceptions.no_model_within_limits,
+        &exceptions.state_file,
+    ] {
+        let class = class.bind(py);
+        m.add(class.name()?, class)?;
+    }
+    let _ = EXCEPTIONS.set(py, exceptions);
+    Ok(())
+}
+
+/// The classes, each under `MixllmError` and the builtin exception that fits it.
+fn create_classes(py: Python<'_>) -> PyResult<Exceptions> {
     let base = make_class(
         py,
         "MixllmError",
@@ -93,13 +115,20 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "A decision was asked of a pool with no models.",
         vec![b(), py.get_type::<PyLookupError>()],
     )?;
+    let no_model_within_limits = make_class(
+        py,
+        "NoModelWithinLimitsError",
+        "No model allowed for a request is predicted within its cost ceiling or its latency \
+         tolerance; the message names the limit.",
+        vec![b(), py.get_type::<PyLookupError>()],
+    )?;
     let state_file = make_class(
         py,
         "StateFileError",
         "A saved state is not mixllm's, is corrupt or truncated, or does not fit.",
         vec![b(), py.get_type::<PyValueError>()],
     )?;
-    let exceptions = Exceptions {
+    Ok(Exceptions {
         base,
         invalid_input,
         dimension,
@@ -107,23 +136,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         unknown_model,
         duplicate_model,
         empty_pool,
+        no_model_within_limits,
         state_file,
-    };
-    for class in [
-        &exceptions.base,
-        &exceptions.invalid_input,
-        &exceptions.dimension,
-        &exceptions.input_type,
-        &exceptions.unknown_model,
-        &exceptions.duplicate_model,
-        &exceptions.empty_pool,
-        &exceptions.state_file,
-    ] {
-        let class = class.bind(py);
-        m.add(class.name()?, class)?;
-    }
-    let _ = EXCEPTIONS.set(py, exceptions);
-    Ok(())
+    })
 }
 
 fn raise(class: impl FnOnce(&Exceptions) -> &Py<PyType>, message: String) -> PyErr {
@@ -151,7 +166,8 @@ pub fn to_py(error: Error) -> PyErr {
     match error {
         Error::Dimension { .. } => dimension(message),
         Error::InvalidValue(_) | Error::NothingInFlight(_) => invalid_input(message),
-        Error::UnknownModel(_) => raise(|e| &e.unknown_model, message),
+        Error::UnknownModel(_) | Error::NoneAllowed(_) => raise(|e| &e.unknown_model, message),
+        Error::NoModelWithinLimits(_) => raise(|e| &e.no_model_within_limits, message),
         Error::DuplicateModel(_) => raise(|e| &e.duplicate_model, message),
         Error::EmptyPool => raise(|e| &e.empty_pool, message),
         Error::StateFile { .. } => raise(|e| &e.state_file, message),

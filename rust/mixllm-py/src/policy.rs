@@ -6,13 +6,13 @@ use std::sync::OnceLock;
 
 use mixllm_core::kernels::SymLayout;
 use mixllm_core::{
-    clock, persist, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors,
+    clock, persist, Limits, ModelProfile, Observation, PerRow, Policy, PolicyConfig, Priors,
 };
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyType};
 
-use crate::args::{names_one_of, optional_dim, state_bytes, ModelName, StatePath};
+use crate::args::{model_names, names_one_of, optional_dim, state_bytes, ModelName, StatePath};
 use crate::arrays::{
     given, integer, matrix, optional_real, real, scalar_or_vector, vector, ScalarOrVector,
 };
@@ -270,11 +270,19 @@ impl PyPolicy {
     /// (the price worth paying for one more point of expected quality; inf ignores cost).
     /// `now_s` is when, for the queues (default: `Policy.clock_s()`; see `begin`).
     ///
+    /// Limits for this decision alone: `models` (the models it may go to; names not in the
+    /// pool are ignored), `max_cost_usd` (a ceiling on the predicted cost) and `max_latency_s`
+    /// (a tolerance on the predicted latency). Only the models within all of them are
+    /// `eligible`, and the rule below picks among those; `ranking` orders them. With none
+    /// eligible: `UnknownModelError` when no allowed model is in the pool, else
+    /// `NoModelWithinLimitsError` naming the limit.
+    ///
     /// At the extremes: costs, widths, penalties and each weighted term saturate at the largest
     /// float (so a weight of 0, or an infinite `willingness_to_pay`, zeroes its term whatever
     /// the factor); a NaN latency counts as infinite; a model whose score is NaN is excluded.
     /// The choice is the best admissible score, else the smallest latency.
-    #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay, now_s=None))]
+    #[pyo3(signature = (x, *, prompt_tokens, willingness_to_pay, now_s=None, models=None, max_cost_usd=None, max_latency_s=None))]
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
         py: Python<'_>,
@@ -282,15 +290,26 @@ impl PyPolicy {
         prompt_tokens: &Bound<'_, PyAny>,
         willingness_to_pay: &Bound<'_, PyAny>,
         now_s: Option<&Bound<'_, PyAny>>,
+        models: Option<&Bound<'_, PyAny>>,
+        max_cost_usd: Option<&Bound<'_, PyAny>>,
+        max_latency_s: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyDecision> {
         let x = vector(x, "x")?;
         let prompt_tokens = real(prompt_tokens, "prompt_tokens")?;
         let willingness_to_pay = real(willingness_to_pay, "willingness_to_pay")?;
         let now_s = now(now_s)?;
+        let models = given(models)
+            .map(|m| model_names(m, "models"))
+            .transpose()?;
+        let limits = Limits {
+            models: models.as_deref(),
+            max_cost_usd: optional_real(max_cost_usd, "max_cost_usd")?.unwrap_or(f64::INFINITY),
+            max_latency_s: optional_real(max_latency_s, "max_latency_s")?.unwrap_or(f64::INFINITY),
+        };
         let inner = py
             .detach(|| {
                 self.inner
-                    .decide(&x, prompt_tokens, willingness_to_pay, now_s)
+                    .decide_within(&x, prompt_tokens, willingness_to_pay, now_s, &limits)
             })
             .map_err(to_py)?;
         Ok(PyDecision { inner })
@@ -372,6 +391,28 @@ impl PyPolicy {
             self.inner.update(&name, &obs)
         })
         .map_err(to_py)
+    }
+
+    /// Teaches model `name`'s output-length head that its answer on context `x` was
+    /// `output_tokens` long, without touching its quality head: what a finished request tells
+    /// before anyone rates it. O(d²), checked as `update` is.
+    #[pyo3(
+        signature = (name, x, *, output_tokens, weight=None),
+        text_signature = "($self, name, x, *, output_tokens, weight=1.0)"
+    )]
+    fn update_length(
+        &self,
+        py: Python<'_>,
+        name: ModelName,
+        x: &Bound<'_, PyAny>,
+        output_tokens: &Bound<'_, PyAny>,
+        weight: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let x = vector(x, "x")?;
+        let output_tokens = real(output_tokens, "output_tokens")?;
+        let weight = optional_real(weight, "weight")?.unwrap_or(1.0);
+        py.detach(|| self.inner.update_length(&name, &x, output_tokens, weight))
+            .map_err(to_py)
     }
 
     /// Replaces model `name`'s arm with an exact ridge fit on a batch (rows of `X`). A NaN in
