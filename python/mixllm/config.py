@@ -182,10 +182,15 @@ class EmbedderConfig:
         _boolean(where, "quantized", self.quantized)
         if self.encoder is not None:
             from mixllm.encoder_fetch import ENCODERS
+            from mixllm.static_table import STATIC_ENCODER
 
-            if self.encoder not in ENCODERS:
+            known = sorted([*ENCODERS, STATIC_ENCODER])
+            if self.encoder not in known:
+                raise ConfigError(f"{where}.encoder must be one of {known}, got {self.encoder!r}")
+            if self.encoder == STATIC_ENCODER and self.quantized:
                 raise ConfigError(
-                    f"{where}.encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}"
+                    f"{where}.quantized must be false with encoder {self.encoder!r}: "
+                    "it is a token table, with no int8 copy"
                 )
             if self.quantized:
                 raise ConfigError(

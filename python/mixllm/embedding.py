@@ -39,15 +39,17 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import model_files
-from mixllm._core import InputTypeError
+from mixllm._core import InputTypeError, MixllmError, StaticEncoder, Tokenizer
 from mixllm._lru import LruCache
 from mixllm.errors import EmbeddingError, ModelFileError
+from mixllm.static_table import STATIC_ENCODER
+from mixllm.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
@@ -181,6 +183,11 @@ class Embedder:
     ) -> None:
         if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
             raise ValueError("give at most one of model_dir, encoder and hf_repo")
+        if encoder == STATIC_ENCODER and (quantized or model_sha256 is not None):
+            raise ValueError(
+                f"encoder {encoder!r} is a token table built from the shipped model: "
+                "quantized and model_sha256 do not apply to it"
+            )
         if encoder is not None and quantized:
             raise ValueError(
                 f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
@@ -198,7 +205,9 @@ class Embedder:
             raise ValueError(f'truncation must be "head" or "tail", got {truncation!r}')
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if encoder is not None:
+        if encoder == STATIC_ENCODER:
+            files = model_files.shipped_model()
+        elif encoder is not None:
             from mixllm.encoder_fetch import fetched_encoder
 
             files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
@@ -216,8 +225,35 @@ class Embedder:
             files = model_files.shipped_model()
         self.source = files
         self.quantized = quantized
+        self.tokenizer_sha256 = files.tokenizer_sha256
+        self.max_tokens = max_tokens
+        self.truncation: Truncation = truncation
+        self.batch_size = batch_size
+        self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
+        self._cache: LruCache[bytes, NDArray[np.float32]] = LruCache(
+            cache_size, max_bytes=CACHE_BYTES
+        )
+        cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
+        self._static: StaticEncoder | None = None
+        if encoder == STATIC_ENCODER:
+            from mixllm.static_table import load_static_table, static_table_path
+
+            table_path = static_table_path(cache)
+            # What the vectors depend on besides the settings: the table, and the tokenizer.
+            self.model_path = table_path
+            self.model_sha256 = model_files.memo_sha256(table_path)
+            try:
+                self._static = StaticEncoder(
+                    files.tokenizer,
+                    load_static_table(table_path),
+                    max_tokens=max_tokens,
+                    truncation=truncation,
+                )
+            except (OSError, MixllmError) as err:
+                raise ModelFileError(f"cannot use the token table {table_path}: {err}") from err
+            self.dim = self._static.dim
+            return
         if quantized:
-            cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
             run_path = model_files.int8_model_path(files, cache)
             run_sha = model_files.memo_sha256(run_path)
         else:
@@ -225,11 +261,6 @@ class Embedder:
         self.model_path = run_path
         # What the vectors depend on besides the settings: the file run, and the tokenizer.
         self.model_sha256 = run_sha
-        self.tokenizer_sha256 = files.tokenizer_sha256
-        self.max_tokens = max_tokens
-        self.truncation: Truncation = truncation
-        self.batch_size = batch_size
-        self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
         self._tokenizer = self._load_tokenizer(files.tokenizer, max_tokens, truncation)
         self._session = _shared_session(run_path, run_sha, intra_op_threads)
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -240,24 +271,11 @@ class Embedder:
             )
         self._output = _token_output(self._session)
         _check_window(self._session, run_path, max_tokens)
-        self._cache: LruCache[bytes, NDArray[np.float32]] = LruCache(
-            cache_size, max_bytes=CACHE_BYTES
-        )
-        self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
+        self.dim = int(self._run(self._tokenizer.encode_batch([""])).shape[1])
 
     @staticmethod
-    def _load_tokenizer(path: Path, max_tokens: int, truncation: Truncation) -> Any:
-        import tokenizers
-
-        try:
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as err:  # tokenizers raises a bare Exception for bad files
-            raise ModelFileError(f"cannot read tokenizer {path}: {err}") from err
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(
-            max_length=max_tokens, direction="left" if truncation == "tail" else "right"
-        )
-        return tokenizer
+    def _load_tokenizer(path: Path, max_tokens: int, truncation: Truncation) -> Tokenizer:
+        return load_tokenizer(path, max_tokens=max_tokens, truncation=truncation)
 
     @property
     def cache_len(self) -> int:
@@ -309,6 +327,28 @@ class Embedder:
         vector: NDArray[np.float32] = self.embed([text])[0]
         return vector
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids the model reads for each text: special tokens added, truncated to the
+        window."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} reads no token ids")
+        return self._tokenizer.encode_batch(texts)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many ids the tokenizer can produce."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} has no tokenizer of its own to expose")
+        return self._tokenizer.vocab_size
+
+    def embed_ids(self, ids: list[list[int]]) -> NDArray[np.float32]:
+        """Vectors of texts given as token ids (as `token_ids` gives them), uncached."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} runs no model on token ids")
+        if not ids or not all(ids):
+            raise EmbeddingError("ids must hold at least one non-empty list of token ids")
+        return self._run(ids)
+
     def _embed_uncached(
         self, texts: list[str], progress: Callable[[int, int], None] | None = None
     ) -> NDArray[np.float32]:
@@ -317,8 +357,12 @@ class Embedder:
             clipped = [t if len(t) <= limit else t[-limit:] for t in texts]
         else:
             clipped = [t if len(t) <= limit else t[:limit] for t in texts]
-        encodings = self._tokenizer.encode_batch(clipped, add_special_tokens=True)
-        ids = [list(e.ids) for e in encodings]
+        if self._static is not None:
+            vectors = self._static.encode(clipped)
+            if progress is not None:
+                progress(len(clipped), len(clipped))
+            return vectors
+        ids = self._tokenizer.encode_batch(clipped)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         result = np.empty((len(ids), self.dim), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):

@@ -6,6 +6,7 @@ mod arrays;
 mod decision;
 mod errors;
 mod policy;
+mod text;
 
 use pyo3::prelude::*;
 
@@ -15,5 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<policy::PyPolicy>()?;
     m.add_class::<decision::PyDecision>()?;
+    m.add_class::<text::PyTokenizer>()?;
+    m.add_class::<text::PyStaticEncoder>()?;
     Ok(())
 }
