@@ -1,4 +1,5 @@
-"""Sentence vectors for queries: all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch.
+"""Sentence vectors for queries: all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch, or a static
+token table distilled from it.
 
 ``Embedder().embed(texts)`` returns a float32 array (n, 384): the encoder's last hidden states
 mean-pooled over the real tokens (the attention mask) and L2-normalised, the recipe
@@ -25,6 +26,10 @@ How a batch runs:
   ``cache_size`` entries (0 disables it) and at most ``CACHE_BYTES`` bytes, each entry
   accounted as its key, its vector and a fixed allowance for the objects around them. Cached
   rows are copied into each result, so callers can never modify the cache.
+
+Tokenizing is done by the core (`mixllm._core.Tokenizer`, Rust, the GIL released).
+``encoder="minilm-static"`` runs no network at all: each text is the normalised weighted sum of
+its tokens' rows of a table distilled from this model (:mod:`mixllm.static_table`).
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
 :func:`mixllm.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
@@ -147,14 +152,19 @@ class Embedder:
             cache, where that command puts it by default (a copy fetched with ``--dir`` is a
             ``model_dir``). Runs in float32: ``quantized`` is refused, its int8 conversion
             loses too much of this encoder (cosine 0.83-0.92 to the float vectors); keep
-            ``quantized`` false for it as a ``model_dir`` too.
+            ``quantized`` false for it as a ``model_dir`` too. Or ``"minilm-static"``: the
+            static token-table encoder distilled from the shipped MiniLM
+            (:mod:`mixllm.static_table`), no network at query time, built into
+            ``int8_cache_dir`` on first use unless ``mixllm encoder fetch minilm-static`` built
+            it before.
         hf_repo: a Hugging Face repository to download the model from (needs
             ``huggingface_hub``); ``hf_revision``, ``hf_model_file`` and ``hf_tokenizer_file``
             pick what to fetch.
         model_sha256: when set, the model file must have this sha256 (the shipped model is
             always checked against its pinned hash).
         quantized: run a per-channel dynamic int8 copy of the model, built on first use and
-            cached under ``int8_cache_dir`` (default ``$MIXLLM_CACHE`` or ``~/.cache/mixllm``).
+            cached under ``int8_cache_dir`` (default ``$MIXLLM_CACHE`` or ``~/.cache/mixllm``),
+            where the static encoder's table is cached too.
         intra_op_threads: ONNX Runtime threads per call (default 1).
         cache_size: how many text -> vector entries to keep (0 disables the cache).
         max_tokens: tokens kept per text, [CLS] and [SEP] included (longer texts are cut).

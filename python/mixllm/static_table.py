@@ -50,7 +50,7 @@ __all__ = [
 
 STATIC_ENCODER = "minilm-static"
 # Chosen on training folds (docs/results/static-encoder.md).
-STATIC_DIM = 256
+STATIC_DIM = 128
 STATIC_SIF_A = 1e-3
 # Bumped whenever the recipe changes, so stale cached tables are never reused.
 _RECIPE = f"static-v1-pca{STATIC_DIM}-sif{STATIC_SIF_A:g}"
