@@ -31,7 +31,9 @@ from mixllm.tagging import Tagger
 
 SHORT_QUERIES = workload.SHORT_QUERIES
 BATCH = 64
-ROUTERBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+ROUTERBENCH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
 _MEDIANS: dict[str, float] = {}
 
 

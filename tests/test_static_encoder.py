@@ -76,7 +76,9 @@ def test_distil_centres_projects_weights_and_zeroes_the_special_tokens() -> None
 def test_the_core_encodes_as_the_numpy_oracle(fake_token_vectors: list[int]) -> None:
     tokenizers = pytest.importorskip("tokenizers")
     for truncation in ("head", "tail"):
-        embedder = Embedder(encoder=STATIC_ENCODER, cache_size=0, max_tokens=8, truncation=truncation)
+        embedder = Embedder(
+            encoder=STATIC_ENCODER, cache_size=0, max_tokens=8, truncation=truncation
+        )
         table = load_static_table(embedder.model_path)
         assert embedder.dim == table.shape[1] == DIM
         reference = tokenizers.Tokenizer.from_file(str(model_files.shipped_model().tokenizer))

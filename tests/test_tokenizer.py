@@ -5,6 +5,7 @@ Unicode text, with and without the encoders' truncation, for MiniLM's and mpnet'
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def shared_prompts() -> list[str]:
     return prompts
 
 
+@functools.cache
+def core_tokenizer(path: Path, max_tokens: int | None, truncation: str) -> Tokenizer:
+    return Tokenizer(path, max_tokens=max_tokens, truncation=truncation)  # type: ignore[arg-type]
+
+
+@functools.cache
 def reference(path: Path, max_tokens: int | None = None, truncation: str = "head") -> object:
     """The `tokenizers` package's tokenizer configured as the encoders configure the core's."""
     tokenizer = tokenizers.Tokenizer.from_file(str(path))
@@ -113,7 +120,7 @@ def test_ids_equal_the_reference_on_any_unicode_text(
     tokenizer_file: Path, texts: list[str], window: int | None
 ) -> None:
     for truncation in ("head", "tail"):
-        core = Tokenizer(tokenizer_file, max_tokens=window, truncation=truncation)  # type: ignore[arg-type]
+        core = core_tokenizer(tokenizer_file, window, truncation)
         expected = reference(tokenizer_file, window, truncation)
         assert core.encode_batch(texts) == reference_ids(expected, texts)
         assert core.encode_batch(texts, add_special_tokens=False) == reference_ids(
