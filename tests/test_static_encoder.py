@@ -67,7 +67,7 @@ def test_distil_centres_projects_weights_and_zeroes_the_special_tokens() -> None
     ratio = np.linalg.norm(weighted[:500], axis=1) / np.linalg.norm(full[:500], axis=1)
     assert np.all(np.diff(ratio) > 0) and ratio[-1] < 1.0
     np.testing.assert_allclose(weighted[500], full[500], rtol=1e-5)
-    with pytest.raises(ValueError, match="dim must be in 1..6"):
+    with pytest.raises(ValueError, match=r"dim must be in 1\.\.6"):
         distil(vectors, empty, [], dim=7, sif_a=None)
     with pytest.raises(ValueError, match="sif_a must be > 0"):
         distil(vectors, empty, [], dim=2, sif_a=0.0)
