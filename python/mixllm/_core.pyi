@@ -310,13 +310,13 @@ class Tokenizer:
     its last ones (`"tail"`). A missing file raises `OSError`, one that is not a tokenizer
     `InvalidInputError`; both name the file."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | PathLike[str],
         *,
         max_tokens: int | None = None,
         truncation: Literal["head", "tail"] = "head",
-    ) -> None: ...
+    ) -> Tokenizer: ...
     @property
     def vocab_size(self) -> int:
         """Ids the tokenizer can produce: its vocabulary and added tokens."""
@@ -335,14 +335,14 @@ class StaticEncoder:
     `table` (float32, one row per id of the tokenizer and a last row for a text without
     tokens), tokens as the tokenizer at `tokenizer_path` gives them, truncated to `max_tokens`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         tokenizer_path: str | PathLike[str],
         table: npt.NDArray[np.float32],
         *,
         max_tokens: int,
         truncation: Literal["head", "tail"] = "head",
-    ) -> None: ...
+    ) -> StaticEncoder: ...
     @property
     def dim(self) -> int:
         """The vector width."""
