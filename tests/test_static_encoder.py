@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gil_probe import python_runs_during
 from mixllm import Embedder, Router, model_files, static_table
+from mixllm._core import StaticEncoder
 from mixllm.config import EmbedderConfig, load_config
 from mixllm.errors import ConfigError, EmbeddingError, ModelFileError
 from mixllm.static_table import STATIC_ENCODER, distil, load_static_table, static_table_path
@@ -175,3 +177,15 @@ def test_the_distilled_table_keeps_minilms_neighbours(tmp_path: Path) -> None:
     ours, theirs = static.embed(texts), minilm.embed(texts)
     for similarities in (ours @ ours.T, theirs @ theirs.T):
         assert similarities[0, 1] > similarities[0, 2] and similarities[2, 3] > similarities[1, 2]
+
+
+def test_encoding_releases_the_gil(fake_token_vectors: list[int]) -> None:
+    encoder = StaticEncoder(
+        model_files.shipped_model().tokenizer,
+        load_static_table(static_table_path()),
+        max_tokens=512,
+    )
+    texts = [f"{i} " + "the quick brown fox jumps over the lazy dog " * 60 for i in range(3000)]
+    start, end, ticks = python_runs_during(lambda: encoder.encode(texts))
+    third = (end - start) / 3
+    assert sum(start + third < t < end - third for t in ticks) > 100

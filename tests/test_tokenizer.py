@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gil_probe import python_runs_during
 from mixllm import Embedder, data, model_files
 from mixllm._core import InputTypeError, InvalidInputError, Tokenizer
 from mixllm.errors import ModelFileError
@@ -209,3 +210,13 @@ def test_counts_are_int64_and_empty_texts_have_none() -> None:
     counts = Tokenizer(model_files.shipped_model().tokenizer).count(["", "hello world"])
     assert counts.dtype == np.int64
     assert counts.tolist() == [0, 2]
+
+
+def test_encoding_releases_the_gil(shared_prompts: list[str]) -> None:
+    """Python keeps running while the core encodes: a thread-held GIL would leave no
+    iteration of the loop inside the middle of the call."""
+    core = Tokenizer(model_files.shipped_model().tokenizer)
+    texts = shared_prompts * 2
+    start, end, ticks = python_runs_during(lambda: core.encode_batch(texts))
+    third = (end - start) / 3
+    assert sum(start + third < t < end - third for t in ticks) > 100
