@@ -28,7 +28,7 @@ How a batch runs:
   rows are copied into each result, so callers can never modify the cache.
 
 Tokenizing is done by the core (`mixllm._core.Tokenizer`, Rust, the GIL released).
-``encoder="minilm-static"`` runs no network at all: each text is the normalised weighted sum of
+``encoder="minilm-static"`` runs no neural network at all: each text is the normalised weighted sum of
 its tokens' rows of a table distilled from this model (:mod:`mixllm.static_table`).
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
@@ -154,7 +154,7 @@ class Embedder:
             loses too much of this encoder (cosine 0.83-0.92 to the float vectors); keep
             ``quantized`` false for it as a ``model_dir`` too. Or ``"minilm-static"``: the
             static token-table encoder distilled from the shipped MiniLM
-            (:mod:`mixllm.static_table`), no network at query time, built into
+            (:mod:`mixllm.static_table`), no neural network at query time, built into
             ``int8_cache_dir`` on first use unless ``mixllm encoder fetch minilm-static`` built
             it before.
         hf_repo: a Hugging Face repository to download the model from (needs
