@@ -28,8 +28,9 @@ How a batch runs:
   rows are copied into each result, so callers can never modify the cache.
 
 Tokenizing is done by the core (`mixllm._core.Tokenizer`, Rust, the GIL released).
-``encoder="minilm-static"`` runs no neural network at all: each text is the normalised weighted sum of
-its tokens' rows of a table distilled from this model (:mod:`mixllm.static_table`).
+``encoder="minilm-static"`` runs no neural network at all: each text is the normalised
+weighted sum of its tokens' rows of a table distilled from this model
+(:mod:`mixllm.static_table`).
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
 :func:`mixllm.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
