@@ -47,12 +47,16 @@ done
 pythons+=("$(python3 -c 'import sys; print(sys.executable)')")
 
 # What venv and pip put in bin/ themselves, and the commands allowed besides: mixllm's own,
-# and those of numpy (f2py, numpy-config) and onnxruntime (onnxruntime_test).
+# those of numpy (f2py, numpy-config) and onnxruntime (onnxruntime_test), and on Python 3.10,
+# where the newest onnxruntime is 1.23, those of the dependencies it still had: coloredlogs
+# (coloredlogs, humanfriendly) and sympy (isympy).
 own_commands='^(python[0-9.]*|pip[0-9.]*|activate.*|Activate\.ps1|__pycache__)$'
-allowed_commands='mixllm|f2py|numpy-config|onnxruntime_test'
-
 for python in "${pythons[@]}"; do
     echo "== fresh install with $("$python" --version)"
+    allowed_commands='mixllm|f2py|numpy-config|onnxruntime_test'
+    if "$python" -c 'import sys; sys.exit(sys.version_info >= (3, 11))'; then
+        allowed_commands="$allowed_commands|coloredlogs|humanfriendly|isympy"
+    fi
     venv="$work/venv-$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     # No cargo, rustc or maturin on the path: the wheel must not need them.
     env -i HOME="$HOME" PATH=/usr/bin:/bin "$python" -m venv "$venv"
