@@ -5,10 +5,12 @@ routed with no feedback, λ swept; quality and cost in % of the best single mode
 AUC = mean over cost % in [0, 100] of the best quality % reached at that cost or less.
 
     python benches/any_data.py FILE.jsonl [--state DIR] [--pin KNOB=VALUE ...] [--json OUT]
+        [--encoder NAME | --quantized]
 
 ``--pin ridge=1`` fits with a knob set as a configuration file would set it (not
 cross-validated). With ``--state DIR`` it routes with a router saved by ``mixllm train``
-(``Router.load``) instead of fitting one. Prompts are embedded with the router's encoder
+(``Router.load``) instead of fitting one. ``--encoder minilm-static`` or ``--quantized`` fits
+with that encoder instead of the float32 MiniLM. Prompts are embedded with the router's encoder
 through the evaluation's vector cache (``MIXLLM_CACHE``). It also checks the calibration
 table: the λ each operating point in the user's words maps to, what the held-out folds
 predicted, what the test split got.
@@ -168,6 +170,8 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--pin", action="append", default=[], metavar="KNOB=VALUE")
     parser.add_argument("--online", metavar="OFFLINE:ONLINE")
+    parser.add_argument("--encoder", help="the [embedder] encoder (default: the shipped MiniLM)")
+    parser.add_argument("--quantized", action="store_true", help="MiniLM's int8 copy")
     args = parser.parse_args()
     ds = mixllm.load_jsonl(args.data)
     if ds.split is None:
@@ -185,6 +189,9 @@ def main() -> None:
         config, _ = _train_config(None, train)
         pinned = {k: float(v) for k, v in (item.split("=") for item in args.pin)}
         config = replace(config, **pinned)
+        embedding = replace(config.embedder, encoder=args.encoder, quantized=args.quantized)
+        config = replace(config, embedder=embedding)
+        out["encoder"] = args.encoder or ("int8 MiniLM" if args.quantized else "MiniLM")
         out["pinned"] = pinned
         embedder = config.embedder.build(intra_op_threads=2, cache_size=0)
         vectors = embed_cached(ds.prompts, embedder)

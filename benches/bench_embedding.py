@@ -6,6 +6,11 @@ shipped and ≥ 400 int8; a cache hit ≤ 5 µs; tagging + projection ≤ 20 µs
 the embedding. A peer measured in the same run gives the ratios: the same model fed inputs
 padded to 128 tokens, which is what the shipped tokenizer file does by default.
 
+The "static" variant is ``minilm-static``, the token table distilled from the shipped model
+(built into mixllm's cache on first use); its rows give its time as a fraction of the int8
+model's in the same run, on short queries and on RouterBench-length prompts (the subset's test
+prompts, read through a 256-token window; skipped where the subset is not beside the repo).
+
 The "mpnet" variant is all-mpnet-base-v2 (float32), the stronger encoder ``mixllm encoder fetch
 all-mpnet-base-v2`` installs; its rows are skipped where it has not been fetched, and the
 summary gives its time as a multiple of the shipped model's in the same run.
@@ -14,6 +19,7 @@ summary gives its time as a multiple of the shipped model's in the same run.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +31,9 @@ from mixllm.understanding.tagging import Tagger
 
 SHORT_QUERIES = workload.SHORT_QUERIES
 BATCH = 64
+ROUTERBENCH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench_subset_routerdc"
+)
 _MEDIANS: dict[str, float] = {}
 
 
@@ -39,6 +48,20 @@ def int8() -> Embedder:
 
 
 @pytest.fixture(scope="module")
+def static() -> Embedder:
+    return Embedder(encoder="minilm-static", cache_size=0)
+
+
+@pytest.fixture(scope="module")
+def routerbench_prompts() -> list[str]:
+    if not ROUTERBENCH.is_dir():
+        pytest.skip(f"RouterBench subset not found at {ROUTERBENCH}")
+    from mixllm.data import load_routerbench_csv
+
+    return list(load_routerbench_csv(ROUTERBENCH).test().prompts)
+
+
+@pytest.fixture(scope="module")
 def mpnet() -> Embedder:
     from mixllm.errors import ModelFileError
 
@@ -49,6 +72,8 @@ def mpnet() -> Embedder:
 
 
 def _versus_shipped(label: str, variant: str, median: float) -> str:
+    if variant == "static":
+        return f" ({median / _MEDIANS.get(f'{label} int8', float('nan')):.4f}x int8)"
     if variant != "mpnet":
         return ""
     return f" ({median / _MEDIANS.get(f'{label} shipped', float('nan')):.1f}x shipped)"
@@ -66,7 +91,7 @@ def _one_at_a_time(embedder: Embedder) -> Any:
 
 
 @pytest.mark.benchmark(group="embed one short query")
-@pytest.mark.parametrize("variant", ["shipped", "int8", "mpnet"])
+@pytest.mark.parametrize("variant", ["shipped", "int8", "static", "mpnet"])
 def test_embed_one_short_query(benchmark: Any, request: Any, summary: list[str], variant: str):
     embedder = request.getfixturevalue(variant)
     benchmark.pedantic(_one_at_a_time(embedder), rounds=300, iterations=1, warmup_rounds=20)
@@ -84,7 +109,7 @@ def test_embed_one_short_query_padded_to_128(benchmark: Any, shipped: Embedder, 
     cycle = itertools.cycle(SHORT_QUERIES)
 
     def padded() -> Any:
-        ids = list(tokenizer.encode(next(cycle)).ids)
+        ids = tokenizer.encode_batch([next(cycle)])[0]
         return shipped._run([ids + [0] * (128 - len(ids))])
 
     benchmark.pedantic(padded, rounds=100, iterations=1, warmup_rounds=10)
@@ -98,7 +123,7 @@ def test_embed_one_short_query_padded_to_128(benchmark: Any, shipped: Embedder, 
 
 
 @pytest.mark.benchmark(group="embed a batch of 64 short queries")
-@pytest.mark.parametrize("variant", ["shipped", "int8", "mpnet"])
+@pytest.mark.parametrize("variant", ["shipped", "int8", "static", "mpnet"])
 def test_embed_batch_64(benchmark: Any, request: Any, summary: list[str], variant: str) -> None:
     embedder = request.getfixturevalue(variant)
     batch = SHORT_QUERIES[:BATCH]
@@ -107,6 +132,28 @@ def test_embed_batch_64(benchmark: Any, request: Any, summary: list[str], varian
     summary.append(
         f"embed a batch of 64 short queries, {variant}: {1 / per_query:.0f} queries/s"
         + _versus_shipped("batch", variant, per_query)
+    )
+
+
+@pytest.mark.benchmark(group="embed one RouterBench-length prompt")
+@pytest.mark.parametrize("variant", ["int8", "static"])
+def test_embed_one_routerbench_prompt(
+    benchmark: Any,
+    request: Any,
+    summary: list[str],
+    routerbench_prompts: list[str],
+    variant: str,
+) -> None:
+    embedder = request.getfixturevalue(variant)
+    cycle = itertools.cycle(routerbench_prompts)
+    rounds = 100 if variant == "int8" else 2000
+    benchmark.pedantic(
+        lambda: embedder.embed([next(cycle)]), rounds=rounds, iterations=1, warmup_rounds=5
+    )
+    median = _record(benchmark, f"routerbench {variant}")
+    summary.append(
+        f"embed one RouterBench-length prompt (256-token window), {variant}: "
+        f"median {median * 1e3:.3f} ms" + _versus_shipped("routerbench", variant, median)
     )
 
 

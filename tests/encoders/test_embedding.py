@@ -94,7 +94,7 @@ def test_checked_in_reference_vectors_come_from_the_numpy_forward_pass() -> None
     assert path is not None
     weights = reference_bert.load_safetensors(path)
     tokenizer = Embedder(cache_size=0)._tokenizer
-    ids = np.array([tokenizer.encode(REFERENCE["texts"][0]).ids], dtype=np.int64)
+    ids = np.array(tokenizer.encode_batch([REFERENCE["texts"][0]]), dtype=np.int64)
     vector = reference_bert.forward(weights, ids, np.ones_like(ids))[0]
     np.testing.assert_allclose(vector, REFERENCE["vectors"][0], atol=1e-5)
 
@@ -231,7 +231,7 @@ def single_token_words(embedder: Embedder, count: int) -> list[str]:
     text's last k tokens are exactly its last k words."""
     vocabulary = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house"]
     for word in vocabulary:
-        assert len(embedder._tokenizer.encode(word, add_special_tokens=False).ids) == 1
+        assert len(embedder._tokenizer.encode_batch([word], add_special_tokens=False)[0]) == 1
     return [vocabulary[(i * 7) % len(vocabulary)] for i in range(count)]
 
 

@@ -203,7 +203,7 @@ def test_fetch_builds_an_encoder_the_embedder_loads(
     embedder = Embedder(target, cache_size=0, max_tokens=tiny_mpnet.MAX_TOKENS)
     text = "Which gas do plants absorb from the air during photosynthesis?"
     want = reference_mpnet.sentence_vector(
-        upstream[1], tiny_mpnet.CONFIG, embedder._tokenizer.encode(text).ids
+        upstream[1], tiny_mpnet.CONFIG, embedder._tokenizer.encode_batch([text])[0]
     )
     np.testing.assert_allclose(embedder.embed_one(text), want, atol=2e-5)
 

@@ -120,7 +120,7 @@ def test_embedder_runs_a_built_model_directory(
     assert embedder.dim == tiny_mpnet.CONFIG["hidden_size"]
     got = embedder.embed(texts)
     for text, vector in zip(texts, got, strict=True):
-        ids = embedder._tokenizer.encode(text).ids
+        ids = embedder._tokenizer.encode_batch([text])[0]
         want = reference_mpnet.sentence_vector(weights, tiny_mpnet.CONFIG, ids)
         np.testing.assert_allclose(vector, want, atol=2e-5)
 

@@ -121,9 +121,9 @@ class CountingTokenizer:
         self.longest = max([self.longest, *(len(t) for t in texts)])
         return self.inner.encode_batch(texts, **kwargs)
 
-    def encode(self, text: str, **kwargs: Any) -> Any:
-        self.longest = max(self.longest, len(text))
-        return self.inner.encode(text, **kwargs)
+    def count(self, texts: list[str], **kwargs: Any) -> Any:
+        self.longest = max([self.longest, *(len(t) for t in texts)])
+        return self.inner.count(texts, **kwargs)
 
 
 def test_a_huge_text_is_tokenized_only_as_far_as_it_is_used(

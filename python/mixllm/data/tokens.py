@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import InvalidInputError
+from mixllm._core import InvalidInputError, Tokenizer
 
 __all__ = ["count_tokens", "estimate_tokens"]
 
@@ -18,27 +17,19 @@ _F64 = NDArray[np.float64]
 
 
 _tokenizer_lock = threading.Lock()
-_tokenizer: Any = None
+_tokenizer: Tokenizer | None = None
 
 
-def _counting_tokenizer() -> Any:
-    """The shipped MiniLM tokenizer with padding and truncation off, loaded once per process.
-
-    After loading it is only read (``encode_batch`` takes ``&self`` in Rust and releases the
-    GIL), so threads can share it.
-    """
+def _counting_tokenizer() -> Tokenizer:
+    """The shipped MiniLM tokenizer, without truncation, loaded once per process. After loading
+    it is only read (the core encodes with the GIL released), so threads can share it."""
     global _tokenizer
     with _tokenizer_lock:
         if _tokenizer is None:
-            import tokenizers
-
             from mixllm.encoders import model_files
+            from mixllm.encoders.tokenizer import load_tokenizer
 
-            path = model_files.shipped_model().tokenizer
-            loaded = tokenizers.Tokenizer.from_file(str(path))
-            loaded.no_padding()
-            loaded.no_truncation()
-            _tokenizer = loaded
+            _tokenizer = load_tokenizer(model_files.shipped_model().tokenizer)
         return _tokenizer
 
 
@@ -74,8 +65,7 @@ def count_tokens(texts: Sequence[str]) -> _F64:
     items = _text_list(texts)
     if not items:
         return np.zeros(0, dtype=np.float64)
-    encodings = _counting_tokenizer().encode_batch(items, add_special_tokens=False)
-    return np.array([len(e.ids) for e in encodings], dtype=np.float64)
+    return _counting_tokenizer().count(items).astype(np.float64)
 
 
 # The characters of a text `estimate_tokens` counts exactly: more than the longest window the

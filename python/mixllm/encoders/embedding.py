@@ -1,4 +1,5 @@
-"""Sentence vectors for queries: all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch.
+"""Sentence vectors for queries: all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch, or a static
+token table distilled from it.
 
 ``Embedder().embed(texts)`` returns a float32 array (n, 384): the encoder's last hidden states
 mean-pooled over the real tokens (the attention mask) and L2-normalised, the recipe
@@ -30,6 +31,11 @@ How a batch runs:
   accounted as its key, its vector and a fixed allowance for the objects around them. Cached
   rows are copied into each result, so callers can never modify the cache.
 
+Tokenizing is done by the core (`mixllm._core.Tokenizer`, Rust, the GIL released).
+``encoder="minilm-static"`` runs no neural network at all: each text is the normalised
+weighted sum of its tokens' rows of a table distilled from this model
+(:mod:`mixllm.encoders.static_table`).
+
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
 :func:`mixllm.encoders.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
 2x on batches, cosine 0.99 against the float vectors (docs/query-understanding.md has the
@@ -43,14 +49,16 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from mixllm._core import InputTypeError
+from mixllm._core import InputTypeError, MixllmError, StaticEncoder, Tokenizer
 from mixllm._lru import LruCache
 from mixllm.encoders import model_files
+from mixllm.encoders.static_table import STATIC_ENCODER
+from mixllm.encoders.tokenizer import load_tokenizer
 from mixllm.errors import EmbeddingError, ModelFileError
 
 if TYPE_CHECKING:
@@ -162,10 +170,16 @@ def _check_settings(
     max_tokens: int,
     truncation: str,
     batch_size: int,
+    model_sha256: str | None,
 ) -> None:
     """Refuses an Embedder's settings before any file is read or written."""
     if sum(source is not None for source in (model_dir, encoder, hf_repo)) > 1:
         raise ValueError("give at most one of model_dir, encoder and hf_repo")
+    if encoder == STATIC_ENCODER and (quantized or model_sha256 is not None):
+        raise ValueError(
+            f"encoder {encoder!r} is a token table built from the shipped model: "
+            "quantized and model_sha256 do not apply to it"
+        )
     if encoder is not None and quantized:
         raise ValueError(
             f"encoder {encoder!r} runs in float32: its int8 conversion is too lossy "
@@ -195,8 +209,11 @@ def _model_files(
     hf_tokenizer_file: str,
     model_sha256: str | None,
 ) -> model_files.ModelFiles:
-    """The model and tokenizer files of the source given (the shipped model by default)."""
-    if encoder is not None:
+    """The model and tokenizer files of the source given (the shipped model by default; the
+    static encoder's table is built from the shipped model too)."""
+    if encoder == STATIC_ENCODER:
+        files = model_files.shipped_model()
+    elif encoder is not None:
         from mixllm.encoders.fetch import fetched_encoder
 
         files = model_files.directory_model(fetched_encoder(encoder), model_sha256)
@@ -226,14 +243,19 @@ class Embedder:
             cache, where that command puts it by default (a copy fetched with ``--dir`` is a
             ``model_dir``). Runs in float32: ``quantized`` is refused, its int8 conversion
             loses too much of this encoder (cosine 0.83-0.92 to the float vectors); keep
-            ``quantized`` false for it as a ``model_dir`` too.
+            ``quantized`` false for it as a ``model_dir`` too. Or ``"minilm-static"``: the
+            static token-table encoder distilled from the shipped MiniLM
+            (:mod:`mixllm.encoders.static_table`), no neural network at query time, built into
+            ``int8_cache_dir`` on first use unless ``mixllm encoder fetch minilm-static`` built
+            it before.
         hf_repo: a Hugging Face repository to download the model from (needs
             ``huggingface_hub``); ``hf_revision``, ``hf_model_file`` and ``hf_tokenizer_file``
             pick what to fetch.
         model_sha256: when set, the model file must have this sha256 (the shipped model is
             always checked against its pinned hash).
         quantized: run a per-channel dynamic int8 copy of the model, built on first use and
-            cached under ``int8_cache_dir`` (default ``$MIXLLM_CACHE`` or ``~/.cache/mixllm``).
+            cached under ``int8_cache_dir`` (default ``$MIXLLM_CACHE`` or ``~/.cache/mixllm``),
+            where the static encoder's table is cached too.
         intra_op_threads: ONNX Runtime threads per call (default 1).
         cache_size: how many text -> vector entries to keep (0 disables the cache).
         max_tokens: tokens kept per text, [CLS] and [SEP] included (longer texts are cut).
@@ -270,14 +292,27 @@ class Embedder:
             max_tokens,
             truncation,
             batch_size,
+            model_sha256,
         )
         files = _model_files(
             model_dir, encoder, hf_repo, hf_revision, hf_model_file, hf_tokenizer_file, model_sha256
         )
         self.source = files
         self.quantized = quantized
+        self.tokenizer_sha256 = files.tokenizer_sha256
+        self.max_tokens = max_tokens
+        self.truncation: Truncation = truncation
+        self.batch_size = batch_size
+        self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
+        self._cache: LruCache[bytes, NDArray[np.float32]] = LruCache(
+            cache_size, max_bytes=CACHE_BYTES
+        )
+        cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
+        self._static: StaticEncoder | None = None
+        if encoder == STATIC_ENCODER:
+            self._open_static_table(files, cache)
+            return
         if quantized:
-            cache = Path(int8_cache_dir) if int8_cache_dir is not None else None
             run_path = model_files.int8_model_path(files, cache)
             run_sha = model_files.memo_sha256(run_path)
         else:
@@ -285,11 +320,6 @@ class Embedder:
         self.model_path = run_path
         # What the vectors depend on besides the settings: the file run, and the tokenizer.
         self.model_sha256 = run_sha
-        self.tokenizer_sha256 = files.tokenizer_sha256
-        self.max_tokens = max_tokens
-        self.truncation: Truncation = truncation
-        self.batch_size = batch_size
-        self._max_chars = _CHARS_PER_TOKEN_BOUND * max_tokens
         self._tokenizer = self._load_tokenizer(files.tokenizer, max_tokens, truncation)
         self._session = _shared_session(run_path, run_sha, intra_op_threads)
         self._input_names = {i.name for i in self._session.get_inputs()}
@@ -300,24 +330,30 @@ class Embedder:
             )
         self._output = _token_output(self._session)
         _check_window(self._session, run_path, max_tokens)
-        self._cache: LruCache[bytes, NDArray[np.float32]] = LruCache(
-            cache_size, max_bytes=CACHE_BYTES
-        )
-        self.dim = int(self._run([list(self._tokenizer.encode("").ids)]).shape[1])
+        self.dim = int(self._run(self._tokenizer.encode_batch([""])).shape[1])
+
+    def _open_static_table(self, files: model_files.ModelFiles, cache: Path | None) -> None:
+        """Runs the static encoder: its token table, built from ``files`` when missing."""
+        from mixllm.encoders.static_table import load_static_table, static_table_path
+
+        table_path = static_table_path(cache)
+        # What the vectors depend on besides the settings: the table, and the tokenizer.
+        self.model_path = table_path
+        self.model_sha256 = model_files.memo_sha256(table_path)
+        try:
+            self._static = StaticEncoder(
+                files.tokenizer,
+                load_static_table(table_path),
+                max_tokens=self.max_tokens,
+                truncation=self.truncation,
+            )
+        except (OSError, MixllmError) as err:
+            raise ModelFileError(f"cannot use the token table {table_path}: {err}") from err
+        self.dim = self._static.dim
 
     @staticmethod
-    def _load_tokenizer(path: Path, max_tokens: int, truncation: Truncation) -> Any:
-        import tokenizers
-
-        try:
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as err:  # tokenizers raises a bare Exception for bad files
-            raise ModelFileError(f"cannot read tokenizer {path}: {err}") from err
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(
-            max_length=max_tokens, direction="left" if truncation == "tail" else "right"
-        )
-        return tokenizer
+    def _load_tokenizer(path: Path, max_tokens: int, truncation: Truncation) -> Tokenizer:
+        return load_tokenizer(path, max_tokens=max_tokens, truncation=truncation)
 
     @property
     def cache_len(self) -> int:
@@ -369,6 +405,28 @@ class Embedder:
         vector: NDArray[np.float32] = self.embed([text])[0]
         return vector
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids the model reads for each text: special tokens added, truncated to the
+        window."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} reads no token ids")
+        return self._tokenizer.encode_batch(texts)
+
+    @property
+    def vocab_size(self) -> int:
+        """How many ids the tokenizer can produce."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} has no tokenizer of its own to expose")
+        return self._tokenizer.vocab_size
+
+    def embed_ids(self, ids: list[list[int]]) -> NDArray[np.float32]:
+        """Vectors of texts given as token ids (as `token_ids` gives them), uncached."""
+        if self._static is not None:
+            raise EmbeddingError(f"{STATIC_ENCODER} runs no model on token ids")
+        if not ids or not all(ids):
+            raise EmbeddingError("ids must hold at least one non-empty list of token ids")
+        return self._run(ids)
+
     def _embed_uncached(
         self, texts: list[str], progress: Callable[[int, int], None] | None = None
     ) -> NDArray[np.float32]:
@@ -377,8 +435,12 @@ class Embedder:
             clipped = [t if len(t) <= limit else t[-limit:] for t in texts]
         else:
             clipped = [t if len(t) <= limit else t[:limit] for t in texts]
-        encodings = self._tokenizer.encode_batch(clipped, add_special_tokens=True)
-        ids = [list(e.ids) for e in encodings]
+        if self._static is not None:
+            vectors = self._static.encode(clipped)
+            if progress is not None:
+                progress(len(clipped), len(clipped))
+            return vectors
+        ids = self._tokenizer.encode_batch(clipped)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         result = np.empty((len(ids), self.dim), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):

@@ -50,6 +50,7 @@ __all__ = [
     "int8_model_path",
     "memo_sha256",
     "shipped_model",
+    "write_text_atomically",
 ]
 
 SHIPPED_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -227,11 +228,12 @@ def int8_model_path(source: ModelFiles, directory: Path | None = None) -> Path:
             return target
         root.mkdir(parents=True, exist_ok=True)
         _build_int8(source.model, target)
-        _atomic_write_text(stamp, memo_sha256(target) + "\n")
+        write_text_atomically(stamp, memo_sha256(target) + "\n")
     return target
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Writes ``path`` through a temporary file renamed into place: readers see all or none."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)

@@ -38,6 +38,9 @@ pub enum Error {
     /// A state file that is not ours, damaged, truncated, or of another dimension.
     #[error("cannot load {path}: {reason}")]
     StateFile { path: PathBuf, reason: String },
+    /// A tokenizer or token-table file that cannot be read or does not fit its use.
+    #[error("cannot use {path}: {reason}")]
+    ModelFile { path: PathBuf, reason: String },
     /// An operating-system error while reading or writing a state file.
     #[error("{action} {path}: {source}")]
     Io {

@@ -165,7 +165,9 @@ pub fn to_py(error: Error) -> PyErr {
     let message = error.to_string();
     match error {
         Error::Dimension { .. } => dimension(message),
-        Error::InvalidValue(_) | Error::NothingInFlight(_) => invalid_input(message),
+        Error::InvalidValue(_) | Error::NothingInFlight(_) | Error::ModelFile { .. } => {
+            invalid_input(message)
+        }
         Error::UnknownModel(_) | Error::NoneAllowed(_) => raise(|e| &e.unknown_model, message),
         Error::NoModelWithinLimits(_) => raise(|e| &e.no_model_within_limits, message),
         Error::DuplicateModel(_) => raise(|e| &e.duplicate_model, message),

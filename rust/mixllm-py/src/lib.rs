@@ -7,6 +7,7 @@ mod decision;
 mod defaults;
 mod errors;
 mod policy;
+mod text;
 
 use pyo3::prelude::*;
 
@@ -18,5 +19,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<decision::PyDecision>()?;
     m.add_function(wrap_pyfunction!(defaults::policy_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(defaults::model_defaults, m)?)?;
+    m.add_class::<text::PyTokenizer>()?;
+    m.add_class::<text::PyStaticEncoder>()?;
     Ok(())
 }
