@@ -239,9 +239,14 @@ class Router(Route, Learning, Fitting, PoolChanges, Introspection, Persistence):
         """Loads a state written by `save` (checking every file against its manifest, and its
         size before reading it); ``clock`` as in the constructor. Anything but a loadable state
         raises `StateFileError` naming the file and the problem."""
-        folder, config, projection, policy, calibration, position = read_current_state(
+        folder, config, projection, policy, calibration, position, refit = read_current_state(
             Path(directory)
         )
+        if refit.tuned is not None:
+            # Knobs the saved Router chose by cross-validation: a refit chooses them again,
+            # as it would have; until then they run with the values the policy carries.
+            unset: dict[str, Any] = {k: None for k in refit.tuned}
+            config = replace(config, **unset)
         try:
             router = cls(
                 config,
@@ -254,6 +259,8 @@ class Router(Route, Learning, Fitting, PoolChanges, Introspection, Persistence):
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
         router._saved_position = position
+        router._training = refit.training
+        router._feedback_log.extend(refit.feedback)
         return router
 
     @classmethod
