@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway_harness import Harness, running_gateway, tiny_router, wait_until
-from mixllm.config import ServeConfig
+from mixllm.config import ServeConfig, load_serve_config
 from mixllm.errors import ConfigError
 from mixllm.routing.background_refit import BackgroundRefit
 
@@ -100,3 +100,13 @@ def test_refits_are_off_by_default_and_bad_settings_are_refused() -> None:
     router._store = object()  # type: ignore[assignment]
     with pytest.raises(ConfigError, match="refit without a store"):
         BackgroundRefit(router, every_s=1.0)
+
+
+def test_the_serve_table_sets_the_refits(tmp_path) -> None:
+    path = tmp_path / "mixllm.toml"
+    path.write_text("[serve]\nrefit_every_feedbacks = 500\nrefit_every_s = 600.0\n")
+    settings = load_serve_config(path)
+    assert (settings.refit_every_feedbacks, settings.refit_every_s) == (500, 600.0)
+    path.write_text("[serve]\nrefit_every_feedbacks = 1.5\n")
+    with pytest.raises(ConfigError, match=r"refit_every_feedbacks must be an integer"):
+        load_serve_config(path)
