@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.routing import persistence
 from mixllm.routing.router import Router
+from mixllm.serving.startup import gateway_router
 
 POOL = (ModelConfig("small", 0.1, 0.1), ModelConfig("big", 1.0, 9.9))
 
@@ -94,7 +96,11 @@ def test_a_loaded_router_refits_as_the_saved_one_would(tmp_path) -> None:
     saved.fit(dataset(24))
     feedback_on(saved, 8, offset=100)
     loaded = Router.load(saved.save(tmp_path / "s").parent)
-    assert loaded.refit().rows == saved.refit().rows == 32
+    mine, theirs = saved.refit(), loaded.refit()
+    assert mine.rows == theirs.rows == 32
+    # The ridges are cross-validated again, as the saved Router would: same folds, same choice.
+    assert {c.knob for c in mine.tuning} == {"ridge", "length_ridge"}
+    assert theirs.tuning == mine.tuning
     assert_same_arms(saved, loaded)
     # The log was learned into the rows: saved and loaded again, nothing is learned twice.
     again = Router.load(loaded.save(tmp_path / "s").parent)
@@ -217,3 +223,32 @@ def test_the_log_is_bounded() -> None:
     assert router.refit().rows == 4 + 3
     with pytest.raises(mixllm.ConfigError, match="feedback_log_size must be >= 0"):
         RouterConfig(models=POOL, feedback_log_size=-1)
+
+
+def test_a_router_with_new_settings_refits_on_the_same_rows_and_log() -> None:
+    router = Router(RouterConfig(models=POOL, dim=4))
+    router.fit(dataset(12))
+    feedback_on(router, 3, offset=50)
+    cheaper = router.with_config(willingness_to_pay=1e-6)
+    assert cheaper.refit().rows == 15
+
+
+def test_a_restarted_gateway_refits_on_what_was_saved(tmp_path) -> None:
+    urls = tuple(replace(m, base_url="http://127.0.0.1:1/v1") for m in POOL)
+    router = Router(RouterConfig(models=urls, dim=4))
+    router.fit(dataset(12))
+    feedback_on(router, 3, offset=50)
+    router.save(tmp_path / "state")
+    path = tmp_path / "serve.toml"
+    models = "".join(
+        f'[[models]]\nname = "{m.name}"\nprice_in = {m.price_in}\nprice_out = {m.price_out}\n'
+        f'base_url = "{m.base_url}"\n'
+        for m in urls
+    )
+    # Both a new operating point and an [embedder] table rebuild the Router at start.
+    path.write_text(
+        f'[router]\nwillingness_to_pay = 0.01\n[embedder]\ntruncation = "head"\n{models}',
+        encoding="utf-8",
+    )
+    restarted, _ = gateway_router(path, tmp_path / "state")
+    assert restarted.refit().rows == 15

@@ -298,4 +298,15 @@ class Router(Route, Learning, Fitting, PoolChanges, Introspection, Persistence):
             clock=self._clock,
             calibration=self._calibration,
         )
+        router.take_refit_inputs(self)
         return router
+
+    def take_refit_inputs(self, source: Router) -> None:
+        """What `refit` relearns from, taken from ``source`` (a Router this one was made from):
+        the rows of its last fit, its feedback log and the knobs its fits cross-validate."""
+        with source._lock:
+            training, logged, tuned = source._training, list(source._feedback_log), source._tuned
+        with self._lock:
+            self._training = training
+            self._feedback_log.extend(logged)
+            self._tuned = tuned
