@@ -455,6 +455,10 @@ class ServeConfig:
     snapshot_every_s: float = 300.0
     # Longest wait for requests in flight to finish at shutdown before the last snapshot.
     drain_timeout_s: float = 10.0
+    # Background refits (`BackgroundRefit`): after this many learned feedbacks, and/or every
+    # this many seconds when feedback arrived; both None (the default): never.
+    refit_every_feedbacks: int | None = None
+    refit_every_s: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -489,6 +493,12 @@ class ServeConfig:
             "drain_timeout_s",
         ):
             positive(f"{where}.{key}", getattr(self, key), ConfigError)
+        if self.refit_every_feedbacks is not None:
+            integer(
+                f"{where}.refit_every_feedbacks", self.refit_every_feedbacks, ConfigError, minimum=1
+            )
+        if self.refit_every_s is not None:
+            positive(f"{where}.refit_every_s", self.refit_every_s, ConfigError)
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

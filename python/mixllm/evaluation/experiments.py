@@ -50,6 +50,7 @@ from mixllm.evaluation.bootstrap import Outcomes, compare, paired_differences, r
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost, shortfall
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
 from mixllm.evaluation.simulator import simulate as run_stream
+from mixllm.evaluation.unobserved import unobserved_count, with_unobserved_filled
 from mixllm.evaluation.vectors import embed_cached
 from mixllm.progress import Progress, ProgressLine
 from mixllm.routing.catalog import ROUTERBENCH_MODELS
@@ -969,6 +970,14 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         dataset = validation_split(dataset, seed=settings.seed)
     elif dataset.split is None:
         dataset = split_train_test(dataset, 0.2, seed=TEST_SPLIT_SEED)
+    unobserved = unobserved_count(dataset)
+    if unobserved:
+        print(
+            f"{unobserved} outcome(s) not recorded in the data: scored as quality 0 at the "
+            "model's mean recorded cost",
+            file=sys.stderr,
+        )
+        dataset = with_unobserved_filled(dataset)
     progress = ProgressLine(settings.progress)
     embedder = settings.embedder().build()
     vectors = embed_cached(
@@ -996,6 +1005,7 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         learned=_learned_pool(dataset.select(train)),
     )
     results = _run_description(dataset, settings, data)
+    results["data"]["unrecorded_outcomes"] = unobserved
     runners = {
         "frontier": frontier_experiment,
         "continual": continual_experiment,

@@ -172,8 +172,10 @@ class Fitting(RouterBase):
         feedback improves the representation too, not only the heads. Routing goes on while
         it runs (in a background thread, say) and switches to the new state at once.
 
-        A Router that was loaded rather than fitted has no rows of its own: it refits on the
-        feedback alone. Raises `InvalidInputError` when there is nothing to fit on."""
+        `save` keeps both, so a loaded Router refits as the saved one would have; one loaded
+        from a state saved without them (an older mixllm's, or rows past the size a state
+        holds) refits on what it has. Raises `InvalidInputError` when there is nothing to fit
+        on."""
         with self._lock:
             training = self._training
             logged = list(self._feedback_log)

@@ -6,15 +6,28 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mixllm._core import MixllmError, Policy, StateFileError, __version__
-from mixllm.config import RouterConfig
-from mixllm.errors import ConfigError, ProjectionError
+from mixllm.config import TUNED_KNOBS, RouterConfig
+from mixllm.data import RoutingDataset
+from mixllm.errors import ConfigError, ProjectionError, UnusedDataWarning
 from mixllm.routing import state_folder
 from mixllm.routing.calibration import Calibration
+from mixllm.routing.learning import LoggedFeedback
+from mixllm.routing.refit_state import (
+    FEEDBACK_FILE,
+    MAX_FEEDBACK_BYTES,
+    MAX_TRAINING_BYTES,
+    TRAINING_FILE,
+    feedback_from_bytes,
+    feedback_to_bytes,
+    training_from_bytes,
+    training_to_bytes,
+)
 from mixllm.routing.router_base import RouterBase
 from mixllm.store.position import StreamPosition
 from mixllm.understanding.projection import (
@@ -40,6 +53,17 @@ MAX_CALIBRATION_BYTES = 1 << 20
 _LATER_KNOBS = ("length_ridge", "tau_margin_sd")
 
 
+@dataclass(frozen=True)
+class RefitInputs:
+    """What a saved state holds for `Router.refit`: the knobs each fit chooses again (the
+    manifest's ``tuned``), the rows of the last fit and the feedback logged since. States
+    saved before these were kept have none of them."""
+
+    tuned: tuple[str, ...] | None = None
+    training: RoutingDataset | None = None
+    feedback: tuple[LoggedFeedback, ...] = ()
+
+
 class Persistence(RouterBase):
     """The Router's `save` (`Router.load` reads what it writes: `read_current_state`)."""
 
@@ -62,6 +86,9 @@ class Persistence(RouterBase):
             config = self._config.to_dict()
             policy = self._policy.to_bytes()
             calibration = self._calibration
+            training = self._training
+            logged = list(self._feedback_log)
+            tuned = list(self._tuned)
         files = {
             "config.json": json.dumps(config, indent=2, allow_nan=True).encode("utf-8"),
             "projection.npz": projection.to_bytes(),
@@ -71,13 +98,55 @@ class Persistence(RouterBase):
             files[_CALIBRATION] = json.dumps(calibration.to_dict(), indent=2).encode("utf-8")
         if position is not None:
             files[_STREAM_POSITION] = json.dumps(position.to_dict()).encode("utf-8")
+        if training is not None:
+            _add_bounded(files, TRAINING_FILE, training_to_bytes(training), MAX_TRAINING_BYTES)
+        if logged:
+            _add_bounded(files, FEEDBACK_FILE, feedback_to_bytes(logged), MAX_FEEDBACK_BYTES)
         manifest = {
             "format": STATE_FORMAT,
             "mixllm": __version__,
             "files": {f: hashlib.sha256(data).hexdigest() for f, data in files.items()},
+            "tuned": tuned,
         }
         files["manifest.json"] = json.dumps(manifest, indent=2).encode("utf-8")
         return state_folder.write_state(Path(directory), files)
+
+
+def _add_bounded(files: dict[str, bytes], name: str, data: bytes, limit: int) -> None:
+    """Adds a file of what refit relearns from, unless it is past the size a load reads:
+    then the state is saved without it (a refit after loading learns from less), with a
+    warning that says so."""
+    if len(data) > limit:
+        warnings.warn(
+            f"{name} would be {len(data)} bytes, more than the {limit} a state holds: saved "
+            "without it, so a refit after loading this state does not learn from it",
+            UnusedDataWarning,
+            stacklevel=3,
+        )
+        return
+    files[name] = data
+
+
+def saved_refit_inputs(folder: Path, config: RouterConfig) -> RefitInputs:
+    """What a state folder holds for `Router.refit` (`RefitInputs`), every file checked."""
+    manifest = _json_object(folder, "manifest.json", MAX_MANIFEST_BYTES)
+    checksums = manifest.get("files")
+    if not isinstance(checksums, dict):
+        raise StateFileError(f"{folder}: the manifest lists no files")
+    tuned = manifest.get("tuned")
+    if tuned is not None and (not isinstance(tuned, list) or not set(tuned) <= set(TUNED_KNOBS)):
+        raise StateFileError(f"{folder}: the manifest's tuned is not a list of {TUNED_KNOBS}")
+    training = None
+    if TRAINING_FILE in checksums:
+        data = _checked_file(folder, TRAINING_FILE, MAX_TRAINING_BYTES, checksums)
+        training = training_from_bytes(data, str(folder / TRAINING_FILE))
+    feedback: tuple[LoggedFeedback, ...] = ()
+    if FEEDBACK_FILE in checksums:
+        data = _checked_file(folder, FEEDBACK_FILE, MAX_FEEDBACK_BYTES, checksums)
+        feedback = tuple(
+            feedback_from_bytes(data, str(folder / FEEDBACK_FILE), config.feedback_log_size)
+        )
+    return RefitInputs(None if tuned is None else tuple(tuned), training, feedback)
 
 
 def read_state_folder(
@@ -131,9 +200,18 @@ def read_state_folder(
 
 def read_current_state(
     directory: Path,
-) -> tuple[Path, RouterConfig, LinearProjection, Policy, Calibration | None, StreamPosition | None]:
+) -> tuple[
+    Path,
+    RouterConfig,
+    LinearProjection,
+    Policy,
+    Calibration | None,
+    StreamPosition | None,
+    RefitInputs,
+]:
     """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`,
-    and the store's stream position when it was saved with a store attached).
+    the store's stream position when it was saved with a store attached, and what a refit
+    relearns from).
     A save may switch CURRENT and delete the folder it named while this reads it: then the
     reading starts again from the new CURRENT (a few times at most)."""
     root = directory
@@ -143,7 +221,16 @@ def read_current_state(
             raise StateFileError(f"{root} holds no saved router (no {state_folder.CURRENT} file)")
         folder = root / name
         try:
-            return (folder, *read_state_folder(folder), saved_position(folder))
+            config, projection, policy, calibration = read_state_folder(folder)
+            return (
+                folder,
+                config,
+                projection,
+                policy,
+                calibration,
+                saved_position(folder),
+                saved_refit_inputs(folder, config),
+            )
         except StateFileError:
             moved = state_folder.current_state(root) != name
             if not moved or attempt == _LOAD_ATTEMPTS - 1:

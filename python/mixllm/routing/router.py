@@ -176,9 +176,14 @@ class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Pe
         """Loads a state written by `save` (checking every file against its manifest, and its
         size before reading it); ``clock`` as in the constructor. Anything but a loadable state
         raises `StateFileError` naming the file and the problem."""
-        folder, config, projection, policy, calibration, position = read_current_state(
+        folder, config, projection, policy, calibration, position, refit = read_current_state(
             Path(directory)
         )
+        if refit.tuned is not None:
+            # Knobs the saved Router chose by cross-validation: a refit chooses them again,
+            # as it would have; until then they run with the values the policy carries.
+            unset: dict[str, Any] = {k: None for k in refit.tuned}
+            config = replace(config, **unset)
         try:
             router = cls(
                 config,
@@ -191,6 +196,8 @@ class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Pe
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
         router._saved_position = position
+        router._training = refit.training
+        router._feedback_log.extend(refit.feedback)
         return router
 
     @classmethod
@@ -228,4 +235,15 @@ class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Pe
             clock=self._clock,
             calibration=self._calibration,
         )
+        router.take_refit_inputs(self)
         return router
+
+    def take_refit_inputs(self, source: Router) -> None:
+        """What `refit` relearns from, taken from ``source`` (a Router this one was made from):
+        the rows of its last fit, its feedback log and the knobs its fits cross-validate."""
+        with source._lock:
+            training, logged, tuned = source._training, list(source._feedback_log), source._tuned
+        with self._lock:
+            self._training = training
+            self._feedback_log.extend(logged)
+            self._tuned = tuned

@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
 from mixllm.config import ModelConfig, ServeConfig
 from mixllm.errors import ConfigError, DecisionNotFoundError
+from mixllm.routing.background_refit import BackgroundRefit
 from mixllm.routing.router import RouteDecision, Router
 from mixllm.serving.chat import (
     ROUTER_MODEL,
@@ -141,6 +142,14 @@ class Gateway:
         self._idle: asyncio.Event | None = None
         self._client: aiohttp.ClientSession | None = None
         self._save_lock = threading.Lock()
+        self.refitter: BackgroundRefit | None = None
+        if settings.refit_every_feedbacks is not None or settings.refit_every_s is not None:
+            self.refitter = BackgroundRefit(
+                router,
+                every_feedbacks=settings.refit_every_feedbacks,
+                every_s=settings.refit_every_s,
+                on_refit=lambda outcome: self.metrics.refits.labels(outcome).inc(),
+            )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -152,9 +161,12 @@ class Gateway:
         saver = None
         if self.state_dir is not None:
             saver = asyncio.create_task(self._snapshot_every(self.settings.snapshot_every_s))
+        refits = None if self.refitter is None else asyncio.create_task(self.refitter.run())
         try:
             yield
         finally:
+            if refits is not None:
+                refits.cancel()
             await self.drain(self.settings.drain_timeout_s)
             if saver is not None:
                 saver.cancel()
@@ -272,6 +284,8 @@ class Gateway:
             self.metrics.rejected.labels(str(err.status)).inc()
             return JSONResponse(err.body(), status_code=err.status)
         self.metrics.feedback.labels(kind, str(learned).lower()).inc()
+        if learned and self.refitter is not None:
+            self.refitter.feedback_learned()
         return JSONResponse({"decision_id": decision_id, "learned": learned})
 
     async def list_models(self, _request: Request) -> Response:

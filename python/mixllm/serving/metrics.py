@@ -43,6 +43,10 @@ class GatewayMetrics:
             "mixllm_feedback", "Feedback received, by kind and whether it was learned",
             ["kind", "learned"], registry=r,
         )  # fmt: skip
+        self.refits = Counter(
+            "mixllm_refits", "Background refits of the router, by outcome (ok, failed)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.disconnects = Counter(
             "mixllm_client_disconnects", "Streams the client left before their end",
             ["model"], registry=r,

@@ -41,11 +41,13 @@ def gateway_router(
     log.info("learned state from %s", state_dir if saved else "the router shipped with mixllm")
     raw = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
     if "embedder" in raw:
+        loaded = router
         router = Router(
             replace(router.config, embedder=config.embedder),
             projection=router.projection,
             policy=router.policy,
         )
+        router.take_refit_inputs(loaded)
     wanted = {m.name for m in config.models}
     for model in config.models:
         if model.name in router.models:
