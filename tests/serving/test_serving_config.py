@@ -103,3 +103,26 @@ def test_serve_starts_from_the_shipped_router_and_keeps_what_it_learned(tmp_path
     router.save(tmp_path / "state")
     again, _ = gateway_router(path, tmp_path / "state")
     assert again.policy.to_bytes() == router.policy.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("table", "refused"),
+    [('encoder = "minilm-static"', True), ("quantized = true\ncache_size = 0", False)],
+)
+def test_an_embedder_table_naming_another_encoder_than_the_state_is_refused_at_start(
+    tmp_path: Path, table: str, refused: bool
+) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(
+        f"[embedder]\n{table}\n"
+        '[[models]]\nname = "gpt-4-1106-preview"\nprice_in = 5.0\nprice_out = 15.0\n'
+        'ttft_s = 0.5\ntokens_per_s = 50.0\nconcurrency = 4\nbase_url = "http://127.0.0.1:1/v1"\n',
+        encoding="utf-8",
+    )
+    if refused:
+        # The shipped state's projection was fitted on MiniLM's vectors.
+        with pytest.raises(ConfigError, match=r"\[embedder\] encoder is 'minilm-static'.*--state"):
+            gateway_router(path)
+    else:
+        router, _ = gateway_router(path)
+        assert router.config.embedder.quantized and router.config.embedder.cache_size == 0

@@ -15,7 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from mixllm.config import ServeConfig, load_config, load_serve_config
+from mixllm.config import EmbedderConfig, ServeConfig, load_config, load_serve_config
+from mixllm.errors import ConfigError
 from mixllm.routing.router import Router
 from mixllm.serving.upstream import Upstream, upstreams_of
 
@@ -27,6 +28,26 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["gateway_router", "serve"]
 
 log = logging.getLogger("mixllm.serving")
+
+
+# What decides the vector space a learned projection works in: a different encoder (or
+# weights) gives vectors the projection was never fitted on. The rest (int8 or float32 of the
+# same model, threads, cache, window) only runs it differently.
+_ENCODER_IDENTITY = ("model_dir", "encoder", "hf_repo")
+
+
+def _check_same_encoder(
+    learned: EmbedderConfig, configured: EmbedderConfig, config_path: str | Path
+) -> None:
+    """Refuses an ``[embedder]`` table naming another encoder than the learned state's."""
+    for key in _ENCODER_IDENTITY:
+        if getattr(learned, key) != getattr(configured, key):
+            raise ConfigError(
+                f"{config_path}: [embedder] {key} is {getattr(configured, key)!r} but the learned "
+                f"state was fitted with {getattr(learned, key)!r}: its projection only works on "
+                "that encoder's vectors (train a state with this encoder: mixllm train --config "
+                "FILE --out DIR, then serve it with --state DIR)"
+            )
 
 
 def gateway_router(
@@ -41,6 +62,7 @@ def gateway_router(
     log.info("learned state from %s", state_dir if saved else "the router shipped with mixllm")
     raw = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
     if "embedder" in raw:
+        _check_same_encoder(router.config.embedder, config.embedder, config_path)
         loaded = router
         router = Router(
             replace(router.config, embedder=config.embedder),
