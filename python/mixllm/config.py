@@ -55,8 +55,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mixllm._core import model_defaults, policy_defaults
-from mixllm.encoders.embedding import MAX_TOKENS, MIN_TOKENS
+from mixllm.encoders.embedding import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_INTRA_OP_THREADS,
+    DEFAULT_MAX_TOKENS,
+    MAX_TOKENS,
+    MIN_TOKENS,
+    Truncation,
+)
 from mixllm.errors import ConfigError
+from mixllm.understanding.projection import DEFAULT_PULL, DEFAULT_PUSH
+from mixllm.understanding.tagging import DEFAULT_TEMPERATURE
 from mixllm.validation import boolean, integer, model_profile, non_negative, positive
 
 if TYPE_CHECKING:
@@ -180,10 +189,10 @@ class EmbedderConfig:
     encoder: str | None = None
     hf_repo: str | None = None
     quantized: bool = False
-    intra_op_threads: int = 1
-    cache_size: int = 4096
-    max_tokens: int = 256
-    truncation: Literal["head", "tail"] = "head"
+    intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+    cache_size: int = DEFAULT_CACHE_SIZE
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    truncation: Truncation = "head"
 
     def validate(self, where: str = "embedder") -> None:
         sources = ("model_dir", "encoder", "hf_repo")
@@ -253,9 +262,9 @@ class TaggerConfig:
     """
 
     mode: Literal["auto", "labels", "zero-shot"] = "auto"
-    pull: float = 0.5
-    push: float = 4.0
-    temperature: float = 0.05
+    pull: float = DEFAULT_PULL
+    push: float = DEFAULT_PUSH
+    temperature: float = DEFAULT_TEMPERATURE
 
     def validate(self, where: str = "tagger") -> None:
         if self.mode not in ("auto", "labels", "zero-shot"):

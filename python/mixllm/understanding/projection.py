@@ -61,6 +61,9 @@ FORMAT_VERSION = 1
 # The largest projection file read: d <= 384 rows of an input dimension up to 4,096 in
 # float64 is 12.6 MB, so this leaves room and still refuses anything absurd.
 MAX_PROJECTION_BYTES = 64 << 20
+# The loss weights `TagProjection.fit` uses unless told (`TaggerConfig` takes them from here).
+DEFAULT_PULL = 0.5
+DEFAULT_PUSH = 4.0
 F64 = NDArray[np.float64]
 
 
@@ -203,8 +206,8 @@ class TagProjection(LinearProjection):
         labels: ArrayLike,
         d: int = 64,
         *,
-        pull: float = 0.5,
-        push: float = 4.0,
+        pull: float = DEFAULT_PULL,
+        push: float = DEFAULT_PUSH,
     ) -> TagProjection:
         """Learn P from vectors (n, D) and integer domain labels (n,).
 

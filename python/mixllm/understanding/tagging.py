@@ -23,7 +23,10 @@ from mixllm._core import InputTypeError, InvalidInputError
 from mixllm.encoders.embedding import Embedder
 from mixllm.understanding.taxonomy import DOMAINS, Domain
 
-__all__ = ["DomainLabels", "Tagger", "Tags"]
+__all__ = ["DEFAULT_TEMPERATURE", "DomainLabels", "Tagger", "Tags"]
+
+# The softmax temperature of the zero-shot tagger (`TaggerConfig` takes it from here).
+DEFAULT_TEMPERATURE = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Tagger:
         self,
         embedder: Embedder | None = None,
         domains: Sequence[Domain] = DOMAINS,
-        temperature: float = 0.05,
+        temperature: float = DEFAULT_TEMPERATURE,
     ) -> None:
         if not domains:
             raise InvalidInputError("the taxonomy needs at least one domain")
