@@ -1,14 +1,26 @@
-"""A small thread-safe LRU map: the embedding cache, the Router's context cache and the Redis
-store's record of the observations it has seen."""
+"""A small thread-safe LRU map (the embedding cache, the Router's context cache and the Redis
+store's record of the observations it has seen), and what the two text caches share: how a text
+is keyed and what an entry costs besides its bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+# What an entry costs beyond its key and value bytes (the objects around them), counted
+# against a cache's byte budget.
+ENTRY_OVERHEAD = 256
+
+
+def text_key(encoded: bytes) -> bytes:
+    """The cache key of a text's UTF-8 bytes: a digest, so a cache never keeps texts."""
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 class LruCache(Generic[K, V]):

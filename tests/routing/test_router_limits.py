@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import mixllm
 from light_router import INPUT_DIM, HashEmbedder, ManualClock, light_router
-from mixllm import data
+from mixllm import _lru, data
 from mixllm._lru import LruCache
 from mixllm.data import tokens
 from mixllm.routing import route as routing
@@ -164,7 +164,7 @@ class _ProjectingEmbedder:
 def test_the_context_cache_keeps_digests_within_its_byte_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    budget = 20 * (16 + (routing.CACHE_ENTRY_OVERHEAD + 8 * 7))
+    budget = 20 * (16 + (_lru.ENTRY_OVERHEAD + 8 * 7))
     monkeypatch.setattr(router_module, "CONTEXT_CACHE_BYTES", budget)
     router = light_router()
     for i in range(100):

@@ -43,7 +43,6 @@ ones (docs/query-understanding.md and docs/results/speed.md have the measurement
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -54,7 +53,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InputTypeError, MixllmError, StaticEncoder, Tokenizer
-from mixllm._lru import LruCache
+from mixllm._lru import ENTRY_OVERHEAD, LruCache, text_key
 from mixllm.encoders import model_files
 from mixllm.encoders.static_table import STATIC_ENCODER
 from mixllm.encoders.tokenizer import load_tokenizer
@@ -87,7 +86,6 @@ _CHARS_PER_TOKEN_BOUND = 64
 # The text -> vector cache's bound in bytes (besides its entry count), and what each entry is
 # accounted as beyond its key and its vector.
 CACHE_BYTES = 32 << 20
-_CACHE_ENTRY_OVERHEAD = 256
 
 
 # The environment variable that turns ONNX Runtime's CPU memory arena off ("0") or on ("1").
@@ -169,7 +167,7 @@ def _cache_key(index: int, text: object) -> bytes:
         raise EmbeddingError(
             f"texts[{index}] is not valid Unicode: {err.reason} at position {err.start}"
         ) from None
-    return hashlib.blake2b(encoded, digest_size=16).digest()
+    return text_key(encoded)
 
 
 def _check_settings(
@@ -409,7 +407,7 @@ class Embedder:
                 out[missing[key]] = vector
                 cached = vector.copy()
                 cached.flags.writeable = False
-                self._cache.put(key, cached, len(key) + cached.nbytes + _CACHE_ENTRY_OVERHEAD)
+                self._cache.put(key, cached, len(key) + cached.nbytes + ENTRY_OVERHEAD)
         return out
 
     def embed_one(self, text: str) -> NDArray[np.float32]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from mixllm import _lru
 from mixllm._core import Decision, InputTypeError, InvalidInputError
 from mixllm.data import estimate_tokens
 from mixllm.errors import NotFittedError
@@ -44,10 +44,6 @@ class RouteDecision:
     def explain(self) -> dict[str, dict[str, float | bool]]:
         """Per model: predicted quality, cost (USD), latency (s), uncertainty, penalty, score."""
         return self.detail.explain()
-
-
-# The routing-context cache's allowance, per entry, for the objects around its key and array.
-CACHE_ENTRY_OVERHEAD = 256
 
 
 class Route(RouterBase):
@@ -305,11 +301,11 @@ class Route(RouterBase):
 
 
 def text_key(text: str) -> bytes:
-    """The cache key of a checked text: a digest, so a cache never keeps texts themselves."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    """The cache key of a checked text (`mixllm._lru.text_key`)."""
+    return _lru.text_key(text.encode("utf-8"))
 
 
 def context_bytes(key: bytes, context: NDArray[np.float64]) -> int:
     """What a context cache entry is accounted as: its key, its array and a fixed allowance
     for the Python objects around them."""
-    return len(key) + context.nbytes + CACHE_ENTRY_OVERHEAD
+    return len(key) + context.nbytes + _lru.ENTRY_OVERHEAD
