@@ -16,7 +16,6 @@ from mixllm._core import (
 )
 from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig, TaggerConfig, load_config
 from mixllm.data import (
-    DatasetUnavailableError,
     RoutingDataset,
     count_tokens,
     load_jsonl,
@@ -29,12 +28,14 @@ from mixllm.data import (
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import (
     ConfigError,
+    DatasetUnavailableError,
     DecisionNotFoundError,
     EmbeddingError,
     ModelFileError,
     ModelIntegrityError,
     NotFittedError,
     ProjectionError,
+    StoreError,
     UnusedDataWarning,
 )
 from mixllm.routing.catalog import ROUTERBENCH_MODELS, ModelSpec
@@ -81,6 +82,7 @@ __all__ = [
     "RouterConfig",
     "RoutingDataset",
     "StateFileError",
+    "StoreError",
     "TagProjection",
     "Tagger",
     "TaggerConfig",

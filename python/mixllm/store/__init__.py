@@ -7,7 +7,8 @@ or restarted replica catches up from it instead of from the stream's beginning.
 
 from __future__ import annotations
 
+from mixllm.errors import StoreError
 from mixllm.store.observation import Observation
-from mixllm.store.redis_store import RedisStore, StoreError, StoreStats
+from mixllm.store.redis_store import RedisStore, StoreStats
 
 __all__ = ["Observation", "RedisStore", "StoreError", "StoreStats"]
