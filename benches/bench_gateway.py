@@ -367,6 +367,10 @@ def run_row(
 
 
 def report(config: Path | None = None, state: Path | None = None) -> list[str]:
+    # `mixllm serve` starts from the shipped router when the folder holds no state: refused
+    # here, or the run would measure the wrong router under the name of this one.
+    if state is not None and not (state / "CURRENT").is_file():
+        raise ValueError(f"--state {state}: no learned state there (mixllm train --out DIR)")
     oha = oha_executable()
     loader = f"oha ({oha})" if oha else "httpx in the benchmark's process (oha not found)"
     embedder = embedder_table(config)
