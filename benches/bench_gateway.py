@@ -1,14 +1,15 @@
 """The gateway's overhead and throughput against the fake upstream it fronts.
 
-    .venv/bin/python benches/bench_gateway.py [--config router.toml]  # docs/serving.md's tables
-    pytest benches/bench_gateway.py --benchmark-only                   # the same, in the suite
+    .venv/bin/python benches/bench_gateway.py [--config TOML] [--state DIR]  # docs/serving.md
+    pytest benches/bench_gateway.py --benchmark-only                         # the same, in pytest
 
-Four processes on loopback: a bare fake upstream (`InstantUpstream`: answers at once with 5
+Five processes on loopback: a bare fake upstream (`InstantUpstream`: answers at once with 5
 tokens, from bytes built once, so that the direct calls are not what limits a row), the gateway
-(`mixllm serve`: the shipped router, three pool models on the fake upstream, the encoder of the
-``[embedder]`` table of ``--config`` or else the int8 MiniLM, and no embedding cache whatever
-the table says, so every prompt is embedded), LiteLLM's proxy on the same upstream when it is
-installed (from ``$LITELLM``, default ``litellm`` on the PATH), and the load: `oha` (from
+(`mixllm serve`: the shipped router or the learned state of ``--state``, three pool models
+on the fake upstream, the encoder of the ``[embedder]`` table of ``--config`` or else the int8
+MiniLM, and no embedding cache whatever the table says, so every prompt is embedded), the same
+gateway with every embedding cached, LiteLLM's proxy on the same upstream when it is installed
+(from ``$LITELLM``, default ``litellm`` on the PATH), and the load: `oha` (from
 ``$OHA``, the PATH or ``~/.cargo/bin``; ``cargo install oha``), a compiled load generator that
 takes little of the machine from what it measures, else this process with httpx. The reference
 is a direct call to the fake upstream, measured in the same run: on a shared 2-core machine
@@ -131,7 +132,11 @@ def _toml_value(value: Any) -> str:
 
 
 @contextmanager
-def gateway(upstream: str, folder: Path, embedder: str, name: str = "gateway") -> Iterator[str]:
+def gateway(
+    upstream: str, folder: Path, embedder: str, name: str = "gateway", state: Path | None = None
+) -> Iterator[str]:
+    """`mixllm serve` on the fake upstream; with ``state``, from a copy of that learned state
+    (each gateway snapshots into its own folder, and the trained one stays as it was)."""
     port = _free_port()
     models = "".join(
         f'[[models]]\nname = "{name}"\nprice_in = {0.1 * 10**i}\nprice_out = {0.4 * 10**i}\n'
@@ -144,7 +149,12 @@ def gateway(upstream: str, folder: Path, embedder: str, name: str = "gateway") -
         encoding="utf-8",
     )
     url = f"http://127.0.0.1:{port}"
-    with _process([sys.executable, "-m", "mixllm", "serve", "--config", str(config)], url):
+    args = [sys.executable, "-m", "mixllm", "serve", "--config", str(config)]
+    if state is not None:
+        copy = folder / f"{name}-state"
+        shutil.copytree(state, copy)
+        args += ["--state", str(copy)]
+    with _process(args, url):
         yield url
 
 
@@ -356,16 +366,24 @@ def run_row(
     return row
 
 
-def report(config: Path | None = None) -> list[str]:
+def report(config: Path | None = None, state: Path | None = None) -> list[str]:
+    # `mixllm serve` starts from the shipped router when the folder holds no state: refused
+    # here, or the run would measure the wrong router under the name of this one.
+    if state is not None and not (state / "CURRENT").is_file():
+        raise ValueError(f"--state {state}: no learned state there (mixllm train --out DIR)")
     oha = oha_executable()
     loader = f"oha ({oha})" if oha else "httpx in the benchmark's process (oha not found)"
     embedder = embedder_table(config)
-    lines = [f"Machine: {machine()}", f"Load: {loader}", f"Gateway {embedder}", ""]
+    learned = f"the learned state of {state}" if state is not None else "the shipped router"
+    lines = [f"Machine: {machine()}", f"Load: {loader}", f"Router: {learned}"]
+    lines += [f"Gateway {embedder}", ""]
     with (
         tempfile.TemporaryDirectory() as tmp,
         fake_upstream() as upstream,
-        gateway(upstream, Path(tmp), embedder) as mixllm,
-        gateway(upstream, Path(tmp), embedder_table(config, cached=True), "cached") as cached,
+        gateway(upstream, Path(tmp), embedder, state=state) as mixllm,
+        gateway(
+            upstream, Path(tmp), embedder_table(config, cached=True), "cached", state
+        ) as cached,
         litellm_proxy(upstream, Path(tmp)) as peer,
     ):
         targets: dict[str, Target] = {
@@ -418,9 +436,9 @@ def _errors(row: Row) -> str:
 
 def test_gateway_report(benchmark: Any, summary: list[str]) -> None:
     config = os.environ.get("MIXLLM_BENCH_CONFIG")
-    lines = benchmark.pedantic(
-        report, args=(Path(config) if config else None,), rounds=1, iterations=1
-    )
+    state = os.environ.get("MIXLLM_BENCH_STATE")
+    args = (Path(config) if config else None, Path(state) if state else None)
+    lines = benchmark.pedantic(report, args=args, rounds=1, iterations=1)
     summary.extend(lines)
 
 
@@ -431,4 +449,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--config", type=Path, help="a router TOML whose [embedder] table the gateway uses"
     )
-    print("\n".join(report(parser.parse_args().config)))
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="a learned state (mixllm train --out DIR) the gateway starts from, instead of the "
+        "shipped router: one trained with the --config encoder",
+    )
+    parsed = parser.parse_args()
+    print("\n".join(report(parsed.config, parsed.state)))
