@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import gc
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -119,6 +120,18 @@ class ArmOracle:
             )
         assert state["observations"] == self.observations
         assert state["weight_sum"] == pytest.approx(self.weight_sum, rel=1e-12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_encoder_sessions() -> Iterator[None]:
+    """After each test module, the process-wide cache of ONNX Runtime sessions lets go of what
+    it holds: the sessions still in use stay with their encoders, and the models only that
+    module loaded are freed instead of adding up over the run."""
+    yield
+    from mixllm.encoders import embedding
+
+    embedding._sessions.clear()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
