@@ -2,7 +2,7 @@
 of the reference's quality, AUC over cost % in [0, 100]), for every router of a
 ``mixllm eval --experiment frontier`` run, read from its ``results.json``.
 
-    python benches/eval_auc.py OUT/results.json [--tau]
+    python studies/eval_auc.py OUT/results.json [--tau]
 
 Without ``--tau`` the frontier without the time constraint, with it the one under τ.
 """

@@ -4,7 +4,7 @@ as ``mixllm train --data FILE --out DIR`` fits it (no configuration), then the t
 routed with no feedback, λ swept; quality and cost in % of the best single model on train;
 AUC = mean over cost % in [0, 100] of the best quality % reached at that cost or less.
 
-    python benches/any_data.py FILE.jsonl [--state DIR] [--pin KNOB=VALUE ...] [--json OUT]
+    python studies/any_data.py FILE.jsonl [--state DIR] [--pin KNOB=VALUE ...] [--json OUT]
         [--encoder NAME | --quantized]
 
 ``--pin ridge=1`` fits with a knob set as a configuration file would set it (not
