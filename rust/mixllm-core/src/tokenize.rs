@@ -122,7 +122,7 @@ pub(crate) mod tests {
 
     pub(crate) fn minilm() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../python/mixllm/encoder_files/all-MiniLM-L6-v2/tokenizer.json")
+            .join("../../python/mixllm/encoders/encoder_files/all-MiniLM-L6-v2/tokenizer.json")
     }
 
     #[test]
