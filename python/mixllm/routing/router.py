@@ -8,8 +8,8 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
 - `feedback(decision_id, ...)` teaches the chosen model's arm (refined quality, or a binary
   satisfied/unsatisfied signal with the lower weight κ of the MixLLM paper's continual
   training) and takes the request out of flight, recording its latency; a service that learns
-  the quality later calls
-  `complete(decision_id, latency_s=...)` when the answer arrives and `feedback` afterwards;
+  the quality later calls `complete(decision_id, latency_s=...)` when the answer arrives and
+  `feedback` afterwards;
 - decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
