@@ -177,19 +177,27 @@ def test_feedback_before_the_completion_leaves_the_completion_refused_as_without
     close(a, b)
 
 
-def test_a_length_for_a_model_removed_and_added_again_is_learned_nowhere(
-    server: RedisServer,
+@pytest.mark.parametrize("added_again", [False, True])
+def test_a_length_for_a_model_removed_meanwhile_is_learned_nowhere(
+    server: RedisServer, added_again: bool
 ) -> None:
     a, b = replica(server), replica(server)
     decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     model = next(m for m in a.config.models if m.name == decision.model)
     a.remove_model(model.name)
-    a.add_model(model)
+    if added_again:
+        a.add_model(model)
     a.complete(decision.id, output_tokens=length(1))
     delivered(a, b)
-    assert store_of(a).stats.published == 2  # the removal and the addition, no length
+    # The pool changes, and no length.
+    assert store_of(a).stats.published == 1 + added_again
+    want = prior_arms()
+    if not added_again:
+        del want[model.name]
     for router in (a, b):
-        assert_same_arms(arms(router), prior_arms())
+        assert_same_arms(arms(router), want)
+    assert b.feedback(decision.id, quality=0.5) is False
     close(a, b)
 
 
