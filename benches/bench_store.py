@@ -5,6 +5,9 @@ default; skipped without one).
 - `route` on an embedding-cache hit (the decision path) with and without a store attached,
   in alternating rounds of the same run, back to back and paced at a serving rate: the target
   is within 10%;
+- `complete` with an answer's length (the gateway's call when an upstream has answered) with and
+  without a store attached, in alternating rounds of the same run: with the store it only
+  queues the length, which a background thread learns and appends;
 - feedback with the store (learn + append to the stream) and applying another replica's
   observations: observations per second on this machine;
 - replication lag, p50/p99: the time from an observation's append to its being applied on
@@ -114,6 +117,59 @@ def test_route_with_and_without_the_store(
         f"({p50[1] / p50[0]:.2f}x; rounds {min(ratios50):.2f}-{max(ratios50):.2f}x), "
         f"p99 {p99[0] * 1e6:.1f} / {p99[1] * 1e6:.1f} µs ({p99[1] / p99[0]:.2f}x; "
         f"rounds {min(ratios99):.2f}-{max(ratios99):.2f}x)"
+    )
+
+
+def _complete_latencies(router: Router, calls: int) -> NDArray[np.float64]:
+    """The seconds each of ``calls`` completions takes, back to back, of decisions made first."""
+    decisions = [router.route(QUERY) for _ in range(calls)]
+    took = np.empty(calls)
+    clock = time.perf_counter
+    for i, decision in enumerate(decisions):
+        began = clock()
+        router.complete(decision.id, latency_s=0.5, output_tokens=100.0)
+        took[i] = clock() - began
+    return took
+
+
+@pytest.mark.benchmark(group="complete")
+def test_complete_with_and_without_the_store(
+    benchmark: Any, shipped: Router, server: RedisServer, summary: list[str]
+) -> None:
+    """`complete` with a length, alone (learning it at once) and with a store attached
+    (queueing it), in alternating rounds; p50 and p99 of each round, their ratios, and how long
+    the store's thread took after the round to learn and append what was queued."""
+    rounds, calls = 10, 2000
+    stats: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    drained: list[float] = []
+
+    def alternate() -> None:
+        for turn in range(rounds):
+            for with_store in (False, True):
+                store = RedisStore(server.url, namespace=f"complete-{turn}") if with_store else None
+                router = _copy(shipped, max_pending=calls + 1, store=store)
+                router.route(QUERY)  # fills the embedding cache
+                took = _complete_latencies(router, calls)
+                stats[with_store].append(
+                    (float(np.percentile(took, 50)), float(np.percentile(took, 99)))
+                )
+                if store is not None:
+                    start = time.perf_counter()
+                    while store.stats.buffered:
+                        time.sleep(0.001)
+                    drained.append(time.perf_counter() - start)
+                    store.close()
+
+    benchmark.pedantic(alternate, rounds=1, iterations=1)
+    p50 = [np.median([s[0] for s in stats[w]]) for w in (False, True)]
+    p99 = [np.median([s[1] for s in stats[w]]) for w in (False, True)]
+    benchmark.extra_info.update(p50_ratio=p50[1] / p50[0], p99_ratio=p99[1] / p99[0])
+    summary.append(
+        f"complete with a length, median of {rounds} alternating rounds of {calls:,}: "
+        f"p50 {p50[0] * 1e6:.1f} µs alone, {p50[1] * 1e6:.1f} µs with the store "
+        f"({p50[1] / p50[0]:.2f}x), p99 {p99[0] * 1e6:.1f} / {p99[1] * 1e6:.1f} µs "
+        f"({p99[1] / p99[0]:.2f}x); the queued lengths learned and appended "
+        f"{np.median(drained) * 1e3:.1f} ms after each round (median)"
     )
 
 

@@ -1,6 +1,6 @@
 """Decisions made on one replica and answered on another, through a real redis-server: the
-decision's time to live, its end (cancelled, dropped), the arm it was made with, and the answer's
-length measured by `complete`."""
+decision's time to live, its end (cancelled, dropped), the arm it was made with, and an answer's
+length a record of an earlier version carries."""
 
 from __future__ import annotations
 
@@ -96,13 +96,16 @@ def test_feedback_on_another_replica_for_a_model_removed_and_added_again_is_a_no
     close(a, b)
 
 
-def test_the_length_complete_measured_is_learned_with_feedback_on_another_replica(
+def test_a_length_in_a_record_of_an_earlier_version_is_learned_with_the_feedback(
     server: RedisServer,
 ) -> None:
+    # Replicas that shared a completed request's length only in its decision's record.
     a, b = replica(server), replica(server)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
-    a.complete(decision.id, output_tokens=321.0)
+    record = store_of(b).fetch_decision(decision.id)
+    assert record is not None and record.output_tokens is None
+    store_of(a).record_decision(decision.id, replace(record, output_tokens=321.0))
     wait_for(lambda: store_of(a).stats.decisions_written == 2, "the completed record")
     assert b.feedback(decision.id, quality=0.5)
     want = build_router()

@@ -173,6 +173,8 @@ def test_feedback_and_scrapes_waiting_on_redis_leave_the_gateway_answering(
             url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER}, timeout=30
         )
         decision_id = reply.headers["x-mixllm-decision-id"]
+        # The answer's length, appended in the background, is in the stream before the pause.
+        assert wait_until(lambda: store.stats.published == 1 and not store.stats.buffered, 5)
 
         admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
         stack.callback(admin.execute_command, "CLIENT", "UNPAUSE")
@@ -191,7 +193,8 @@ def test_feedback_and_scrapes_waiting_on_redis_leave_the_gateway_answering(
     assert health.status_code == 200
     assert waiting == (True, True)
     assert results["feedback"].json()["learned"] is True
-    assert "mixllm_store_published_total 1.0" in results["metrics"].text
+    # The answer's length and the feedback.
+    assert "mixllm_store_published_total 2.0" in results["metrics"].text
 
 
 def test_feedback_while_redis_is_unreachable_does_not_wait_on_a_claim(
@@ -282,11 +285,15 @@ def test_the_gateway_reports_the_store_in_its_metrics(server: RedisServer) -> No
                 timeout=30,
             )
             decision_id = reply.headers["x-mixllm-decision-id"]
+            store = router.store
+            assert store is not None
+            # The answer's length, appended in the background, then the feedback.
+            assert wait_until(lambda: store.stats.published == 1, 5)
             httpx.post(
                 gateway.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 1}
             )
             metrics = httpx.get(gateway.url + "/metrics").text
-    assert "mixllm_store_published_total 1.0" in metrics
+    assert "mixllm_store_published_total 2.0" in metrics
     assert "mixllm_store_connected 1.0" in metrics
     assert "mixllm_store_dropped_total 0.0" in metrics
     assert "mixllm_store_recoveries_total 0.0" in metrics

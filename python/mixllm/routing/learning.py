@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mixllm._core import InvalidInputError, MixllmError
+from mixllm._core import InvalidInputError, MixllmError, UnknownModelError
 from mixllm.errors import DecisionNotFoundError
 from mixllm.routing.ledger import EXPIRED, PendingDecision
 from mixllm.routing.router_base import RouterBase
-from mixllm.store.observation import Observation
+from mixllm.store.lengths import QueuedLength
+from mixllm.store.observation import Observation, length_id
 from mixllm.validation import optional_bounded
 
 if TYPE_CHECKING:
     from mixllm.store import RedisStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,31 +54,71 @@ class Learning(RouterBase):
         """The request of decision ``decision_id`` has finished: it leaves its model's queue
         (recording ``latency_s`` in the model's service time when given). The decision stays
         open for `feedback` until it expires, for services that learn the quality later.
-        ``output_tokens``, the answer's length, teaches the model's length head at once
+
+        ``output_tokens``, the answer's length, teaches the model's length head
         (`Policy.update_length`), with no need for feedback, and the feedback then teaches
-        quality only (unless it gives a length of its own); with a store attached, the length
-        is learned with the feedback instead, which every replica replays."""
+        quality only (unless it gives a length of its own). Without a store it is learned at
+        once. With a store attached it is queued, then learned within milliseconds by a
+        background thread and appended to the store's stream as an observation of its own,
+        which every other replica learns once, so `complete` never waits on Redis; feedback
+        for the decision, on any replica, then teaches quality only.
+
+        Raises `DecisionNotFoundError` for a decision never issued, expired or answered, and
+        `InvalidInputError` for one already completed or a bad value (checked against the
+        bounds the decision core applies); neither changes any state."""
         optional_bounded("latency_s", latency_s)
-        optional_bounded("output_tokens", output_tokens)
+        tokens = optional_bounded("output_tokens", output_tokens)
         now = self._now()
+        store = self._store
         with self._lock:
             pending = self._ledger.open(decision_id, self._policy, now)
             if not pending.in_flight:
                 raise InvalidInputError(f"decision {decision_id!r} was already completed")
-            if output_tokens is not None and self._store is None and pending.current(self._policy):
-                # Checked by the core before anything changes, so a refused length leaves the
-                # decision in flight.
-                self._policy.update_length(
-                    pending.model, pending.context, output_tokens=output_tokens
-                )
+            if tokens is not None and pending.current(self._policy):
+                if store is None:
+                    # Checked by the core before anything changes, so a refused length leaves
+                    # the decision in flight.
+                    self._policy.update_length(pending.model, pending.context, output_tokens=tokens)
+                else:
+                    # Its value passed the core's bounds above: it cannot be refused there.
+                    store.queue_length(QueuedLength(decision_id, pending, tokens))
                 pending.length_learned = True
             pending.in_flight = False
-            pending.output_tokens = output_tokens
+            pending.output_tokens = tokens
             if pending.current(self._policy):
                 pending.leave_queue(self._policy, latency_s, now)
-            if self._store is not None and output_tokens is not None:
-                # Feedback may land on another replica: it learns the length from the record.
-                self._store.record_decision(decision_id, pending)
+
+    def _learn_length(self, length: QueuedLength) -> Observation | None:
+        """Learns a length `complete` queued for the store; returns it as an observation to
+        share, or None when its decision's arm has left the pool since (called by the store's
+        thread, under its publish lock)."""
+        store = self._store
+        assert store is not None
+        pending = length.pending
+        with self._lock:
+            # Arm ids, not generations: a checkpoint adopted meanwhile has generations of its
+            # own, and carries the arm ids.
+            if pending.model not in self._policy or self._arm_of(pending.model) != pending.arm:
+                return None
+            try:
+                self._policy.update_length(
+                    pending.model, pending.context, output_tokens=length.output_tokens
+                )
+            except (InvalidInputError, UnknownModelError) as err:
+                # The value passed `complete`'s checks; what is left is the arm's own refusal
+                # (an update that would make it non-finite), which `complete` no longer hears.
+                log.warning("cannot learn the length of decision %s: %s", length.decision_id, err)
+                return None
+        return Observation(
+            id=length_id(length.decision_id),
+            replica=store.replica,
+            model=pending.model,
+            context=pending.context,
+            quality=None,
+            output_tokens=length.output_tokens,
+            weight=1.0,
+            arm=pending.arm,
+        )
 
     def cancel(self, decision_id: str) -> None:
         """The request of decision ``decision_id`` was never answered (its model failed, or the
@@ -219,13 +263,10 @@ class Learning(RouterBase):
                 self._ledger.close(decision_id, "answered (its model had been removed)")
                 return None
             tokens = pending.output_tokens if output_tokens is None else output_tokens
+            # A length learned at completion is not taught twice, here or on other replicas.
+            taught = None if pending.length_learned and output_tokens is None else tokens
             policy.update(
-                pending.model,
-                pending.context,
-                quality=target,
-                # A length learned at completion is not taught twice.
-                output_tokens=None if pending.length_learned and output_tokens is None else tokens,
-                weight=weight,
+                pending.model, pending.context, quality=target, output_tokens=taught, weight=weight
             )
             self._ledger.take(decision_id)
             if pending.in_flight:
@@ -241,7 +282,7 @@ class Learning(RouterBase):
             model=pending.model,
             context=pending.context,
             quality=target,
-            output_tokens=tokens,
+            output_tokens=taught,
             weight=weight,
             arm=pending.arm,
         )

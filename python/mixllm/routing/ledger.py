@@ -68,8 +68,8 @@ class PendingDecision:
     in_flight: bool = True
     # The answer's length as measured when the request finished.
     output_tokens: float | None = None
-    # Whether the length head has learned it already (at completion), so the feedback does not
-    # teach it a second time.
+    # Whether the length head has learned it already (at completion; with a store, queued to be
+    # learned and shared), so the feedback does not teach it a second time.
     length_learned: bool = False
     # The query, for a log of feedback to relearn from.
     text: str | None = None
@@ -94,6 +94,11 @@ class PendingDecision:
             policy.begin(model, predicted_service_s, now_s=now)
             generation = policy.generation(model)
         return cls(model, generation, context, now, predicted_service_s)
+
+    @property
+    def length_to_teach(self) -> float | None:
+        """The answer's length, when the feedback must teach it (what a shared record holds)."""
+        return None if self.length_learned else self.output_tokens
 
     def current(self, policy: Policy) -> bool:
         """Whether the decision's arm is still in ``policy``'s pool."""

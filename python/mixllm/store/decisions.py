@@ -5,10 +5,11 @@ Each decision is written under its own key, expiring at the decision's deadline 
 PXAT``, an absolute time on Redis's clock, to which each replica converts its own wall clock's
 (`SharedClock`): a record written late, behind a backlog, still expires when the decision does,
 and replicas whose clocks disagree still agree on when that is), by a background thread, so
-routing never waits on Redis. The same thread rewrites a record when its request completes
-(with the answer's length) and deletes it when the decision is cancelled or dropped, in the
-order they happened. A feedback call claims its decision with ``SET ... NX``, which only one
-call across all replicas can win.
+routing never waits on Redis. The same thread deletes a record when the decision is cancelled or
+dropped, in the order they happened. (An answer's length measured at completion travels in the
+stream on its own, so a record carries a length only when its feedback must still teach it.)
+A feedback call claims its decision with ``SET ... NX``, which only one call across all replicas
+can win.
 """
 
 from __future__ import annotations
@@ -107,13 +108,13 @@ class Recorded(Protocol):
     @property
     def deadline_ms(self) -> int: ...
     @property
-    def output_tokens(self) -> float | None: ...
+    def length_to_teach(self) -> float | None: ...
 
 
 # A queued write: the decision's id and what its record holds (None: delete the record). Two
 # references, so that queueing a record allocates nothing more.
 _Entry = tuple[str, "Recorded | None"]
-_FIELDS = operator.attrgetter("model", "arm", "context", "deadline_ms", "output_tokens")
+_FIELDS = operator.attrgetter("model", "arm", "context", "deadline_ms", "length_to_teach")
 
 
 def _value(
@@ -144,8 +145,13 @@ class DecisionRecord:
     arm: str
     # When the decision expires: wall-clock milliseconds since the epoch.
     deadline_ms: int
-    # The answer's length as `complete` measured it.
+    # The answer's length, for the feedback to teach: one `complete` measured but did not share
+    # on its own (as replicas of earlier versions did).
     output_tokens: float | None = None
+
+    @property
+    def length_to_teach(self) -> float | None:
+        return self.output_tokens
 
     def expired(self) -> bool:
         return time.time() * 1000 > self.deadline_ms

@@ -23,7 +23,7 @@ class StoreCollector(Collector):
             ("published", stats.published, "Observations this replica appended to the stream"),
             ("applied", stats.applied, "Other replicas' observations learned"),
             ("skipped", stats.skipped, "Stream entries not learned (duplicate, unknown model)"),
-            ("dropped", stats.dropped, "Observations lost to a full buffer while Redis was down"),
+            ("dropped", stats.dropped, "Observations and lengths lost to a full buffer"),
             ("checkpoints", stats.checkpoints, "Checkpoints this replica wrote"),
             ("decisions_written", stats.decisions_written, "Decision records shared"),
             ("decisions_dropped", stats.decisions_dropped, "Decision records dropped unwritten"),
@@ -33,7 +33,7 @@ class StoreCollector(Collector):
             yield CounterMetricFamily(f"mixllm_store_{name}", help_text, value=value)
         yield GaugeMetricFamily(
             "mixllm_store_buffered",
-            "Observations waiting for Redis to come back",
+            "Observations waiting for Redis to come back, and lengths not yet learned",
             value=stats.buffered,
         )
         yield GaugeMetricFamily(

@@ -34,6 +34,7 @@ from mixllm._lru import LruCache
 from mixllm.errors import StoreError
 from mixllm.store.clock import SharedClock
 from mixllm.store.decisions import DecisionRecord, DecisionRecords, Recorded
+from mixllm.store.lengths import LengthQueue, QueuedLength
 from mixllm.store.observation import Observation
 from mixllm.store.outbox import Entry, Outbox
 from mixllm.store.pool import PoolChange
@@ -85,9 +86,10 @@ class StoreStats:
 
     # Observations this replica appended to the stream.
     published: int
-    # Observations waiting in the local buffer for Redis to come back.
+    # Observations waiting in the local buffer for Redis to come back, and completed requests'
+    # lengths not yet learned (they wait a few milliseconds at most while Redis answers).
     buffered: int
-    # Observations lost because the local buffer was full (the oldest go first).
+    # Observations and lengths lost because their buffer was full (the oldest go first).
     dropped: int
     # Other replicas' observations learned from the stream.
     applied: int
@@ -225,6 +227,8 @@ class RedisStore:
         # (which a replica loading it would learn twice).
         self._publish_lock = threading.Lock()
         self._outbox = Outbox(max_buffered)
+        # Completed requests' lengths, learned and appended in the background.
+        self._lengths = LengthQueue(max_buffered, self._deliver_lengths)
         self._online = True
         self._init_reader_state(dedupe_window)
         self._max_unwritten = max_unwritten_decisions
@@ -243,6 +247,9 @@ class RedisStore:
         # replica may take its feedback (deleted in the background, after what was queued).
         self.record_decision: Callable[[str, Recorded], None] = _ignore
         self.forget_decision: Callable[[str], None] = _ignore
+        # `queue_length(QueuedLength(...))`: a completed request's length, which this replica
+        # learns and every other replica learns from the stream, once (never waits on Redis).
+        self.queue_length: Callable[[QueuedLength], None] = self._lengths.put
         self._router: Router | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -386,14 +393,17 @@ class RedisStore:
         )
         self._thread = threading.Thread(target=self._follow, name="mixllm-store", daemon=True)
         self._thread.start()
+        self._lengths.start()
 
     def close(self) -> None:
-        """Stops following the stream, delivers what is buffered if Redis is reachable, and
-        closes the connections."""
+        """Stops following the stream, learns the lengths still queued, delivers what is
+        buffered if Redis is reachable, and closes the connections."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._router is not None:
+            self._lengths.close()
         if self._decisions is not None:
             self._decisions.close()
         if self._queues is not None:
@@ -430,6 +440,25 @@ class RedisStore:
                 self._note_uncertain(read)
                 log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
         self._outbox.put(observation)
+
+    def _deliver_lengths(self, lengths: list[QueuedLength]) -> None:
+        """Learns completed requests' lengths and appends them to the stream, as `feedback`
+        learns and publishes an observation (under the publish lock): buffered, and delivered
+        by the reader thread, while Redis is unreachable."""
+        router = self._router
+        assert router is not None
+        with self._publish_lock:
+            for length in lengths:
+                observation = router._learn_length(length)
+                if observation is not None:
+                    self._outbox.put(observation)
+            if not self._online or not len(self._outbox):
+                return
+            try:
+                self._flush()
+            except self._redis_error as err:
+                self._online = False
+                log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
 
     def _appended(self, entry: Entry, stream_id: bytes) -> None:
         """Counts an entry the stream now holds (caller holds the publish lock)."""
@@ -746,28 +775,41 @@ class RedisStore:
 
     def _learn(self, router: Router, observation: Observation) -> bool:
         """Learns an observation; returns whether it was learned."""
+        # A length alone leaves the decision open: its feedback is still to come.
+        feedback = observation.quality is not None
         if (
             observation.model in router.models
             and router._arm_of(observation.model) != observation.arm
         ):
             # Learned into an arm this replica has since removed (and added afresh).
             log.info("skipping observation %s: its arm was replaced", observation.id)
-            router._settle(observation.id)
+            if feedback:
+                router._settle(observation.id)
             return False
         try:
-            router.policy.update(
-                observation.model,
-                observation.context,
-                quality=observation.quality,
-                output_tokens=observation.output_tokens,
-                weight=observation.weight,
-            )
+            if observation.quality is None:
+                assert observation.output_tokens is not None  # `Observation.from_fields`
+                router.policy.update_length(
+                    observation.model,
+                    observation.context,
+                    output_tokens=observation.output_tokens,
+                    weight=observation.weight,
+                )
+            else:
+                router.policy.update(
+                    observation.model,
+                    observation.context,
+                    quality=observation.quality,
+                    output_tokens=observation.output_tokens,
+                    weight=observation.weight,
+                )
         except (UnknownModelError, InvalidInputError) as err:
             log.warning("skipping observation %s: %s", observation.id, err)
             return False
-        # Feedback given on another replica for a decision made here: its request is done,
-        # and this replica must not accept feedback for it again.
-        router._settle(observation.id)
+        if feedback:
+            # Feedback given on another replica for a decision made here: its request is
+            # done, and this replica must not accept feedback for it again.
+            router._settle(observation.id)
         return True
 
     def _change_pool(self, router: Router, change: PoolChange) -> bool:
@@ -897,8 +939,8 @@ class RedisStore:
         with self._publish_lock:
             published, buffered, dropped = (
                 self._published,
-                len(self._outbox),
-                self._outbox.dropped,
+                len(self._outbox) + len(self._lengths),
+                self._outbox.dropped + self._lengths.dropped,
             )
         with self._applied_cond:
             return StoreStats(

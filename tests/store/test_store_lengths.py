@@ -1,0 +1,354 @@
+"""Answers' lengths measured by `complete` on one replica, learned by every replica exactly once,
+through a real redis-server: without feedback, with feedback afterwards on either replica, across
+a restart, a recovery from the checkpoint and a lost append reply; and refused when bad."""
+
+from __future__ import annotations
+
+import math
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from mixllm._core import InvalidInputError
+from mixllm.errors import DecisionNotFoundError
+from mixllm.routing.router import Router
+from mixllm.store import RedisStore
+from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
+from store_replica import arms, build_router, text
+
+_SKIP = require_redis_server()
+pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
+
+
+def replica(server: RedisServer, **options: Any) -> Router:
+    options.setdefault("block_s", 0.05)
+    return build_router(store=RedisStore(server.url, **options))
+
+
+def store_of(router: Router) -> RedisStore:
+    assert router.store is not None
+    return router.store
+
+
+def close(*routers: Router) -> None:
+    for router in routers:
+        store_of(router).close()
+
+
+def length(i: int) -> float:
+    return float(10 + zlib.crc32(f"length {i}".encode()) % 490)
+
+
+@dataclass
+class Oracle:
+    """A Router without a store, fed the same requests: each routed to the model a replica
+    chose, completed with the same length, and given the same feedback."""
+
+    router: Router
+
+    @classmethod
+    def new(cls) -> Oracle:
+        return cls(build_router())
+
+    def complete(self, i: int, model: str) -> str:
+        decision = self.router.route(text(i), prompt_tokens=100.0, models=[model])
+        self.router.complete(decision.id, output_tokens=length(i))
+        return decision.id
+
+    def learned(self, completed: dict[int, str]) -> dict[str, Any]:
+        for i, model in sorted(completed.items()):
+            self.complete(i, model)
+        return arms(self.router)
+
+
+def complete(router: Router, indices: range | list[int]) -> dict[int, str]:
+    """Routes each query and completes it with its length; returns index -> model chosen."""
+    chosen = {}
+    for i in indices:
+        decision = router.route(text(i), prompt_tokens=100.0)
+        router.complete(decision.id, output_tokens=length(i))
+        chosen[i] = decision.model
+    return chosen
+
+
+def delivered(*routers: Router) -> None:
+    """Waits until every replica has learned and appended its lengths, and read the others'."""
+    for router in routers:
+        wait_for(lambda r=router: store_of(r).stats.buffered == 0, "the lengths to be appended")  # type: ignore[misc]
+    for router in routers:
+        assert store_of(router).sync(WAIT_S)
+
+
+def assert_same_arms(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Equal within 1e-9 relative (norm-wise): the same sums, added in another order."""
+    assert got.keys() == want.keys()
+    for model in want:
+        assert got[model]["observations"] == want[model]["observations"], model
+        for key in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv"):
+            a, b = np.asarray(got[model][key]), np.asarray(want[model][key])
+            assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), (model, key)
+
+
+def prior_arms() -> dict[str, Any]:
+    return arms(build_router())
+
+
+def test_lengths_completed_on_one_replica_reach_every_replica_once(server: RedisServer) -> None:
+    a, b = replica(server), replica(server)
+    completed = complete(a, range(20))
+    delivered(a, b)
+    want = Oracle.new().learned(completed)
+    for model in set(completed.values()):  # learned, not left at the prior
+        assert arms(b)[model]["theta_log_length"] != prior_arms()[model]["theta_log_length"]
+    assert_same_arms(arms(a), want)
+    assert_same_arms(arms(b), want)
+    # Lengths teach no quality: no model has an observation yet.
+    assert all(arms(b)[m]["observations"] == 0 for m in b.models)
+    assert store_of(a).stats.published == 20 and store_of(b).stats.applied == 20
+    close(a, b)
+
+
+def test_feedback_after_the_length_teaches_quality_only_on_either_replica(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server), replica(server)
+    oracle = Oracle.new()
+    for i in range(12):
+        decision = a.route(text(i), prompt_tokens=100.0)
+        a.complete(decision.id, output_tokens=length(i))
+        oracle_id = oracle.complete(i, decision.model)
+        quality = 0.3 + 0.05 * i
+        if i % 3 == 0:
+            continue  # no feedback: the length alone
+        if i % 3 == 1:
+            assert a.feedback(decision.id, quality=quality)
+        else:
+            # On the other replica, once the record is there.
+            wait_for(lambda d=decision.id: store_of(b).fetch_decision(d) is not None, "the record")  # type: ignore[misc]
+            assert b.feedback(decision.id, quality=quality)
+        assert oracle.router.feedback(oracle_id, quality=quality)
+    delivered(a, b)
+    want = arms(oracle.router)
+    assert sum(want[m]["observations"] for m in want) == 8
+    assert_same_arms(arms(a), want)
+    assert_same_arms(arms(b), want)
+    close(a, b)
+
+
+def test_feedback_giving_its_own_length_teaches_it_again_as_without_a_store(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server), replica(server)
+    oracle = Oracle.new()
+    decision = a.route(text(1), prompt_tokens=100.0)
+    a.complete(decision.id, output_tokens=length(1))
+    oracle_id = oracle.complete(1, decision.model)
+    wait_for(lambda: store_of(b).fetch_decision(decision.id) is not None, "the record")
+    assert b.feedback(decision.id, quality=0.7, output_tokens=55.0)
+    assert oracle.router.feedback(oracle_id, quality=0.7, output_tokens=55.0)
+    delivered(a, b)
+    assert_same_arms(arms(a), arms(oracle.router))
+    assert_same_arms(arms(b), arms(oracle.router))
+    close(a, b)
+
+
+def test_feedback_before_the_completion_leaves_the_completion_refused_as_without_a_store(
+    server: RedisServer,
+) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    assert a.feedback(decision.id, quality=0.6)
+    with pytest.raises(DecisionNotFoundError, match="already answered"):
+        a.complete(decision.id, output_tokens=length(1))
+    oracle = build_router()
+    first = oracle.route(text(1), prompt_tokens=100.0, models=[decision.model])
+    assert oracle.feedback(first.id, quality=0.6)
+    with pytest.raises(DecisionNotFoundError, match="already answered"):
+        oracle.complete(first.id, output_tokens=length(1))
+    delivered(a, b)
+    assert_same_arms(arms(a), arms(oracle))
+    assert_same_arms(arms(b), arms(oracle))
+    close(a, b)
+
+
+@pytest.mark.parametrize("added_again", [False, True])
+def test_a_length_for_a_model_removed_meanwhile_is_learned_nowhere(
+    server: RedisServer, added_again: bool
+) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
+    model = next(m for m in a.config.models if m.name == decision.model)
+    a.remove_model(model.name)
+    if added_again:
+        a.add_model(model)
+    a.complete(decision.id, output_tokens=length(1))
+    delivered(a, b)
+    # The pool changes, and no length.
+    assert store_of(a).stats.published == 1 + added_again
+    want = prior_arms()
+    if not added_again:
+        del want[model.name]
+    for router in (a, b):
+        assert_same_arms(arms(router), want)
+    assert b.feedback(decision.id, quality=0.5) is False
+    close(a, b)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, 1e300, "many"])
+def test_a_refused_length_changes_nothing(server: RedisServer, bad: Any) -> None:
+    a, b = replica(server), replica(server)
+    decision = a.route(text(1), prompt_tokens=100.0)
+    with pytest.raises(InvalidInputError, match="output_tokens"):
+        a.complete(decision.id, output_tokens=bad)
+    # Still in flight, still to complete, with nothing queued, appended or learned.
+    assert a.policy.in_flight(decision.model) == 1
+    assert store_of(a).stats.buffered == 0
+    delivered(a, b)
+    assert store_of(a)._publisher.xlen(store_of(a).stream_key) == 0
+    for router in (a, b):
+        assert_same_arms(arms(router), prior_arms())
+    a.complete(decision.id, output_tokens=length(1))
+    assert a.policy.in_flight(decision.model) == 0
+    delivered(a, b)
+    want = Oracle.new().learned({1: decision.model})
+    assert_same_arms(arms(b), want)
+    close(a, b)
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_a_replica_restarted_from_its_own_state_learns_each_length_once(
+    server: RedisServer, tmp_path: Path, checkpoint: bool
+) -> None:
+    a, other = replica(server), replica(server)
+    completed = complete(a, range(6))
+    delivered(a, other)
+    a.save(tmp_path / "state")
+    close(a)
+    if not checkpoint:
+        # Redis keeps the stream but loses the checkpoint: the saved position is replayed from.
+        store_of(other)._publisher.delete(store_of(other).checkpoint_key)
+    completed |= complete(other, range(6, 9))
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    delivered(restarted, other)
+    want = Oracle.new().learned(completed)
+    assert_same_arms(arms(restarted), want)
+    assert_same_arms(arms(other), want)
+    close(restarted, other)
+
+
+def test_a_state_saved_while_redis_was_down_holds_its_buffered_lengths_once(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    a = replica(server)
+    completed = complete(a, range(2))
+    delivered(a)
+    server.stop()
+    completed |= complete(a, range(2, 5))  # learned and buffered: saved, not yet in the stream
+    wait_for(lambda: store_of(a).stats.buffered == 3, "the lengths to be learned and buffered")
+    assert store_of(a).stats.published == 2
+    a.save(tmp_path / "state")
+    server.start()
+    wait_for(lambda: store_of(a).stats.buffered == 0, "a to deliver what it buffered")
+    close(a)
+    client: Any = redis.Redis.from_url(server.url)
+    client.delete(f"{store_of(a).namespace}:checkpoint")
+    assert client.xlen(store_of(a).stream_key) == 5
+    client.close()
+    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
+    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    assert store_of(restarted).sync(WAIT_S)
+    assert_same_arms(arms(restarted), Oracle.new().learned(completed))
+    close(restarted)
+
+
+def test_a_replica_recovering_from_the_checkpoint_learns_each_length_once(
+    server: RedisServer,
+) -> None:
+    a = replica(server, retain_s=0.0)
+    behind = replica(server)
+    completed = complete(a, range(5)) | complete(behind, range(5, 8))
+    delivered(a, behind)
+    waiting = behind.route(text(99), prompt_tokens=100.0)
+    # The replica's reader is held back while the other appends, checkpoints and trims past it.
+    with store_of(behind)._read_lock:
+        completed |= complete(a, range(8, 15))
+        wait_for(lambda: store_of(a).stats.buffered == 0, "a's lengths to be appended")
+        assert store_of(a).checkpoint()
+        completed |= complete(a, range(15, 18))
+        completed |= complete(behind, range(18, 21))  # its own, after the checkpoint
+        wait_for(lambda: store_of(behind).stats.published == 6, "its own lengths")
+        # And its own, learned while Redis seemed unreachable: buffered, in no checkpoint.
+        store_of(behind)._online = False
+        completed |= complete(behind, range(21, 24))
+        wait_for(lambda: store_of(behind).stats.buffered == 3, "its lengths to be buffered")
+    wait_for(lambda: store_of(behind).stats.recoveries == 1, "the replica to start again")
+    delivered(a, behind)
+    # Its decision pending across the recovery completes into the new arms, once.
+    behind.complete(waiting.id, output_tokens=length(99))
+    completed[99] = waiting.model
+    delivered(a, behind)
+    want = Oracle.new().learned(completed)
+    assert_same_arms(arms(behind), want)
+    assert_same_arms(arms(a), want)
+    close(a, behind)
+
+
+def test_a_length_whose_append_reply_was_lost_is_learned_once(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replica(server), replica(server)
+    completed = complete(a, range(3))
+    delivered(a, b)
+    publisher = store_of(a)._publisher
+    pipeline, ping = publisher.pipeline, publisher.ping
+    reconnect = threading.Event()
+
+    def reply_lost(*args: Any, **kwargs: Any) -> Any:
+        # The appends' pipeline only: the queues' thread shares the client.
+        pipe = pipeline(*args, **kwargs)
+        execute, xadd = pipe.execute, pipe.xadd
+        appends: list[object] = []
+
+        def counted(*a: Any, **k: Any) -> Any:
+            appends.append(a)
+            return xadd(*a, **k)
+
+        def appended_then_lost(*a: Any, **k: Any) -> Any:
+            replies = execute(*a, **k)
+            if not appends:
+                return replies
+            monkeypatch.setattr(publisher, "pipeline", pipeline)
+            raise redis.ConnectionError("connection reset before the reply")
+
+        pipe.xadd = counted  # type: ignore[method-assign]
+        pipe.execute = appended_then_lost  # type: ignore[method-assign]
+        return pipe
+
+    def ping_when_told(*args: Any, **kwargs: Any) -> Any:
+        assert reconnect.wait(WAIT_S)
+        return ping(*args, **kwargs)
+
+    monkeypatch.setattr(publisher, "pipeline", reply_lost)
+    monkeypatch.setattr(publisher, "ping", ping_when_told)
+    completed |= complete(a, [3])  # appended, but a cannot know: buffered
+    wait_for(lambda: store_of(a).stats.buffered == 1, "the length to be buffered")
+    # Another replica checkpoints the stream, first copy included, before a delivers it again.
+    assert store_of(b).sync(WAIT_S) and store_of(b).checkpoint()
+    reconnect.set()
+    completed |= complete(a, range(4, 6))
+    delivered(a, b)
+    late = replica(server)
+    delivered(late)
+    want = Oracle.new().learned(completed)
+    for router in (a, b, late):
+        assert_same_arms(arms(router), want)
+    assert publisher.xlen(store_of(a).stream_key) == len(completed)
+    close(a, b, late)
