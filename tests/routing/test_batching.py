@@ -30,7 +30,10 @@ class RecordingExecutor(Executor):
 
         def run() -> None:
             self.gate.wait()
-            future.set_result(fn(*args, **kwargs))
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except Exception as err:
+                future.set_exception(err)
 
         threading.Thread(target=run, daemon=True).start()
         return future
@@ -105,14 +108,18 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_run
             raise ValueError("odd")
         return list(items)
 
+    executor = RecordingExecutor()
+    executor.gate.clear()
+    batcher: Batcher[int, int] = Batcher(fails_on_odd, executor)
+
     async def run() -> tuple[list[Any], int]:
-        with ThreadPoolExecutor(1) as pool:
-            batcher: Batcher[int, int] = Batcher(fails_on_odd, pool)
-            first = asyncio.create_task(batcher.submit(1))
-            await asyncio.sleep(0)
-            both = [asyncio.create_task(batcher.submit(i)) for i in (3, 5)]
-            outcomes = await asyncio.gather(first, *both, return_exceptions=True)
-            return outcomes, await batcher.submit(4)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0)
+        both = [asyncio.create_task(batcher.submit(i)) for i in (3, 5)]
+        await asyncio.sleep(0)
+        executor.gate.set()
+        outcomes = await asyncio.gather(first, *both, return_exceptions=True)
+        return outcomes, await batcher.submit(4)
 
     outcomes, after = asyncio.run(run())
     assert all(isinstance(o, ValueError) for o in outcomes), outcomes
