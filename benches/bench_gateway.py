@@ -1,6 +1,7 @@
 """The gateway's overhead and throughput against the fake upstream it fronts.
 
     .venv/bin/python benches/bench_gateway.py [--config TOML] [--state DIR]  # docs/serving.md
+    .venv/bin/python benches/bench_gateway.py --prompts short --clients 1  # chosen rows only
     pytest benches/bench_gateway.py --benchmark-only                         # the same, in pytest
 
 Five processes on loopback: a bare fake upstream (`InstantUpstream`: answers at once with 5
@@ -366,11 +367,20 @@ def run_row(
     return row
 
 
-def report(config: Path | None = None, state: Path | None = None) -> list[str]:
+def report(
+    config: Path | None = None,
+    state: Path | None = None,
+    kinds: Sequence[str] | None = None,
+    clients: Sequence[int] | None = None,
+) -> list[str]:
+    """The tables, or only the rows of the prompt ``kinds`` and client counts given (the
+    streaming rows run at 64 clients)."""
     # `mixllm serve` starts from the shipped router when the folder holds no state: refused
     # here, or the run would measure the wrong router under the name of this one.
     if state is not None and not (state / "CURRENT").is_file():
         raise ValueError(f"--state {state}: no learned state there (mixllm train --out DIR)")
+    rows = [row for row in ROWS if _chosen(row[0], row[1], kinds, clients)]
+    streaming = [row for row in STREAMING if _chosen(row[0], 64, kinds, clients)]
     oha = oha_executable()
     loader = f"oha ({oha})" if oha else "httpx in the benchmark's process (oha not found)"
     embedder = embedder_table(config)
@@ -402,22 +412,23 @@ def report(config: Path | None = None, state: Path | None = None) -> list[str]:
             "p99 overhead ms | req/s | errors |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|")
-        for kind, clients, amount, per_client in ROWS:
-            rows = {
-                name: run_row(oha, target, kind, clients, amount, per_client, stream=False)
+        for kind, count, amount, per_client in rows:
+            measured = {
+                name: run_row(oha, target, kind, count, amount, per_client, stream=False)
                 for name, target in targets.items()
             }
-            direct = rows["direct"]
-            for name, row in rows.items():
+            direct = measured["direct"]
+            for name, row in measured.items():
                 lines.append(
-                    f"| {kind} | {clients} | {name} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
+                    f"| {kind} | {count} | {name} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
                     f"{row.p50_ms - direct.p50_ms:.2f} | {row.p99_ms - direct.p99_ms:.2f} | "
                     f"{row.per_s:.0f} | {_errors(row)} |"
                 )
-        lines.append("")
-        lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | p99 ms | errors |")
-        lines.append("|---|---|---|---|---|---|")
-        for kind, amount, per_client in STREAMING:
+        if streaming:
+            lines.append("")
+            lines.append("| prompts | streaming, 64 clients | req/s | p50 ms | p99 ms | errors |")
+            lines.append("|---|---|---|---|---|---|")
+        for kind, amount, per_client in streaming:
             for name, target in targets.items():
                 row = run_row(oha, target, kind, 64, amount, per_client, stream=True)
                 lines.append(
@@ -427,6 +438,13 @@ def report(config: Path | None = None, state: Path | None = None) -> list[str]:
         lines.append("")
         lines.append(f"Machine after the run: {machine()}")
     return lines
+
+
+def _chosen(
+    kind: str, clients: int, kinds: Sequence[str] | None, counts: Sequence[int] | None
+) -> bool:
+    """Whether a row is among those asked for (every row when nothing is asked)."""
+    return (kinds is None or kind in kinds) and (counts is None or clients in counts)
 
 
 def _errors(row: Row) -> str:
@@ -455,5 +473,19 @@ if __name__ == "__main__":
         help="a learned state (mixllm train --out DIR) the gateway starts from, instead of the "
         "shipped router: one trained with the --config encoder",
     )
+    parser.add_argument(
+        "--prompts",
+        choices=sorted({kind for kind, *_ in ROWS}),
+        action="append",
+        help="run only the rows of these prompts (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        choices=sorted({clients for _, clients, *_ in ROWS}),
+        action="append",
+        help="run only the rows at these client counts (repeatable; default: all; the "
+        "streaming rows run at 64)",
+    )
     parsed = parser.parse_args()
-    print("\n".join(report(parsed.config, parsed.state)))
+    print("\n".join(report(parsed.config, parsed.state, parsed.prompts, parsed.clients)))

@@ -463,17 +463,28 @@ class Embedder:
     def _run(self, ids: list[list[int]]) -> NDArray[np.float32]:
         """Pooled, normalised vectors for token id lists, padded to the longest of them."""
         width = max(len(row) for row in ids)
-        input_ids = np.zeros((len(ids), width), dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for row, tokens in enumerate(ids):
-            input_ids[row, : len(tokens)] = tokens
-            mask[row, : len(tokens)] = 1
+        padded = any(len(row) != width for row in ids)
+        if padded:
+            input_ids = np.zeros((len(ids), width), dtype=np.int64)
+            mask = np.zeros((len(ids), width), dtype=np.int64)
+            for row, tokens in enumerate(ids):
+                input_ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
+        else:
+            # Rows of one length (a lone query always): nothing to pad or mask out, so the
+            # arrays are built in one step and the mean needs no weights. The sums are the
+            # same as the weighted ones, so the vectors are too.
+            input_ids = np.array(ids, dtype=np.int64)
+            mask = np.ones_like(input_ids)
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         hidden = np.asarray(self._session.run([self._output], feeds)[0], dtype=np.float32)
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        if padded:
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        else:
+            pooled = hidden.sum(axis=1) / np.float32(width)
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         vectors: NDArray[np.float32] = (pooled / norms).astype(np.float32)
         return vectors

@@ -5,11 +5,17 @@ milliseconds, and every other request would wait for it. `Batcher` runs the work
 and while one batch is being computed the items that arrive queue up and go together in the
 next: under load the encoder sees batches (cheaper per item), and when idle an item starts at
 once, with no timer to wait out.
+
+The hand-off is as short as a thread hand-off can be, since it is paid by every request of an
+idle service: an item that finds the worker idle is handed to it by `submit` itself, and the
+worker hands the results back in one callback on the loop that sets every caller's future and
+starts the next batch. No task sits in between to be woken on the way in or out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -25,7 +31,8 @@ Out = TypeVar("Out")
 
 class Batcher(Generic[In, Out]):
     """Calls ``compute(items) -> results`` (one result per item, in order) in ``executor`` on
-    batches of at most ``max_batch`` items. Bound to the event loop it is first awaited in."""
+    batches of at most ``max_batch`` items, one batch at a time. Bound to the event loop it is
+    first awaited in."""
 
     def __init__(
         self,
@@ -40,47 +47,64 @@ class Batcher(Generic[In, Out]):
         self._executor = executor
         self._max_batch = max_batch
         self._queue: deque[tuple[In, asyncio.Future[Out]]] = deque()
-        self._draining: asyncio.Task[None] | None = None
+        # Whether a batch is with the worker: items that arrive meanwhile wait for the next.
+        self._busy = False
 
     async def submit(self, item: In) -> Out:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
         self._queue.append((item, future))
-        if self._draining is None:
-            self._draining = loop.create_task(self._drain())
+        if not self._busy:
+            self._start(loop)
         return await future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hands the queued items (up to ``max_batch``) to the worker; on the loop."""
+        batch: list[tuple[In, asyncio.Future[Out]]] = []
+        while self._queue and len(batch) < self._max_batch:
+            item, future = self._queue.popleft()
+            if not future.done():  # a caller that went away needs no result
+                batch.append((item, future))
+        if not batch:
+            return
         try:
-            while self._queue:
-                batch: list[tuple[In, asyncio.Future[Out]]] = []
-                while self._queue and len(batch) < self._max_batch:
-                    item, future = self._queue.popleft()
-                    if not future.done():  # a caller that went away needs no result
-                        batch.append((item, future))
-                if not batch:
-                    continue
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._compute, [item for item, _ in batch]
-                    )
-                except asyncio.CancelledError:
-                    for _, future in batch:
-                        future.cancel()
-                    raise
-                except Exception as err:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(err)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self._draining = None
-            # Whatever is still queued (the loop is shutting down) fails rather than hangs.
-            while self._queue:
-                _, future = self._queue.popleft()
-                if not future.done():
-                    future.cancel()
+            self._executor.submit(self._work, loop, batch)
+        except RuntimeError as err:  # the executor is shut down: these callers get the error
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        self._busy = True
+
+    def _work(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[In, asyncio.Future[Out]]]
+    ) -> None:
+        """Computes a batch; in the worker thread."""
+        outcome: Sequence[Out] | Exception
+        try:
+            outcome = self._compute([item for item, _ in batch])
+        except Exception as err:
+            outcome = err
+        # A closed loop has cancelled its callers with it: no one is left to deliver to.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._deliver, loop, batch, outcome)
+
+    def _deliver(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[In, asyncio.Future[Out]]],
+        outcome: Sequence[Out] | Exception,
+    ) -> None:
+        """Gives each caller of a batch its result (or the batch's error), then starts the
+        next batch with what has queued up meanwhile; on the loop."""
+        self._busy = False
+        if not isinstance(outcome, Exception) and len(outcome) != len(batch):
+            outcome = RuntimeError(f"a batch of {len(batch)} items gave {len(outcome)} results")
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[index])
+        if self._queue:
+            self._start(loop)
