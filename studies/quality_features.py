@@ -44,7 +44,7 @@ import mixllm
 from mixllm.cli import _train_config
 from mixllm.evaluation.vectors import embed_cached
 from mixllm.routing.router import Router
-from mixllm.routing.tuning import fold_ids
+from mixllm.routing.tuning import choose_ridge, choose_ridge_by_routing, fold_ids
 
 F64 = NDArray[np.float64]
 FOLDS = 5
@@ -185,6 +185,92 @@ def cross_validated(
     return {**summary(points), "mse": squared / count}
 
 
+def selection_rules(config: Any, ctx: F64, ds: Any, seeds: int) -> dict[str, Any]:
+    """Nested cross-validation of the rules that choose the quality ridge: on each outer fold
+    of the train rows, each rule chooses on the other four folds (its own five inner folds),
+    then heads with that ridge route the outer fold; the outer folds' frontier gives the AUC."""
+    pool = [m for m in config.models if m.name in ds.models]
+    columns = [ds.models.index(m.name) for m in pool]
+    quality, cost = ds.quality[:, columns], ds.cost_usd[:, columns]
+    tokens = None if ds.output_tokens is None else ds.output_tokens[:, columns]
+    with_pool = config.with_models(tuple(pool))
+
+    def new_policy(ridge: float) -> Any:
+        return replace(with_pool, ridge=ridge).new_policy(ctx.shape[1])
+
+    def by_mse(rows: NDArray[np.int64]) -> float:
+        targets = [quality[rows, j] - m.prior_quality for j, m in enumerate(pool)]
+        return choose_ridge("ridge", ctx[rows], targets).chosen
+
+    def by_auc(pooled: bool) -> Callable[[NDArray[np.int64]], float]:
+        def rule(rows: NDArray[np.int64]) -> float:
+            return choose_ridge_by_routing(
+                new_policy,
+                [m.name for m in pool],
+                ctx[rows],
+                quality[rows],
+                cost[rows],
+                None if tokens is None else tokens[rows],
+                ds.prompt_tokens[rows],
+                pooled=pooled,
+            ).chosen
+
+        return rule
+
+    rules = {
+        "held-out quality MSE": by_mse,
+        "routing AUC, mean of folds": by_auc(False),
+        "routing AUC, folds pooled": by_auc(True),
+    }
+    out: dict[str, Any] = {}
+    for name, rule in rules.items():
+        aucs, chosen = [], []
+        for seed in range(seeds):
+            outer = fold_ids(len(ctx), FOLDS, seed=100 + seed)
+            ridges = [rule(np.flatnonzero(outer != fold)) for fold in range(FOLDS)]
+            chosen.append(ridges)
+            # The outer folds routed with their own choice, as one held-out set.
+            parts = []
+            for fold, ridge in enumerate(ridges):
+                rows = np.flatnonzero(outer != fold)
+                held = np.flatnonzero(outer == fold)
+                parts.append((held, _fitted(new_policy(ridge), pool, ctx, quality, tokens, rows)))
+            aucs.append(_routed_auc(parts, ctx, quality, cost, ds.prompt_tokens))
+        out[name] = {"auc": float(np.mean(aucs)), "aucs": aucs, "ridges": chosen}
+        print(f"{name:30s} nested AUC {np.mean(aucs):7.3f} {np.round(aucs, 3)} ridges {chosen}")
+    return out
+
+
+def _fitted(
+    policy: Any, pool: Any, ctx: F64, quality: F64, tokens: F64 | None, rows: NDArray[np.int64]
+) -> Any:
+    for j, model in enumerate(pool):
+        seen = rows[~np.isnan(quality[rows, j])]
+        policy.fit(
+            model.name, ctx[seen], quality[seen, j], None if tokens is None else tokens[seen, j]
+        )
+    return policy
+
+
+def _routed_auc(parts: Any, ctx: F64, quality: F64, cost: F64, prompt_tokens: F64) -> float:
+    q = np.where(np.isnan(quality), np.nanmean(quality, axis=0), quality)
+    c = np.where(np.isnan(cost), np.nanmean(cost, axis=0), cost)
+    best = int(np.argmax(q.mean(axis=0)))
+    held_all = np.concatenate([held for held, _ in parts])
+    ref_q, ref_c = q[held_all, best].sum(), c[held_all, best].sum()
+    points = []
+    for lam in LAMBDAS:
+        total_q = total_c = 0.0
+        for held, policy in parts:
+            chosen = policy.decide_batch(
+                ctx[held], prompt_tokens=prompt_tokens[held], willingness_to_pay=lam, now_s=0.0
+            )
+            total_q += float(q[held, chosen].sum())
+            total_c += float(c[held, chosen].sum())
+        points.append((100 * total_c / ref_c, 100 * total_q / ref_q))
+    return summary(points)["auc"]
+
+
 def variants() -> dict[str, Maker | None]:
     out: dict[str, Maker | None] = {"plain": None}
     for k in (10, 20, 40):
@@ -213,6 +299,9 @@ def main() -> None:
     parser.add_argument("--scales", default="1,3")
     parser.add_argument("--ridges", default="", help="head ridges besides the CV choice")
     parser.add_argument("--seeds", type=int, default=1, help="fold assignments averaged over")
+    parser.add_argument(
+        "--selection", action="store_true", help="compare the rules that choose the ridge"
+    )
     args = parser.parse_args()
     ds = load(args.data)
     train = ds.select(np.flatnonzero(np.array(ds.split) == "train"))
@@ -234,6 +323,13 @@ def main() -> None:
     assert router.projection is not None
     ctx = router.projection.context(vectors)
     fitted_config = router.config
+    if args.selection:
+        results = {"data": args.data, "rows": len(train)}
+        results["selection"] = selection_rules(fitted_config, ctx, train, args.seeds)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump(results, handle, indent=1)
+        return
     ridges = [fitted_config.ridge, *(float(r) for r in args.ridges.split(",") if r)]
     chosen = variants()
     if args.only:
