@@ -284,6 +284,18 @@ def variants() -> dict[str, Maker | None]:
     return out
 
 
+class CachedVectors:
+    """Stands in for the Embedder while fitting: the train prompts' vectors, computed once."""
+
+    def __init__(self, texts: Any, vectors: F64) -> None:
+        self._rows = {text: i for i, text in enumerate(texts)}
+        self._vectors = vectors.astype(np.float32)
+        self.dim = vectors.shape[1]
+
+    def embed(self, texts: Any, **_: Any) -> Any:
+        return self._vectors[[self._rows[t] for t in texts]]
+
+
 def load(path: str) -> Any:
     if os.path.isdir(path):
         return mixllm.load_routerbench_csv(path)
@@ -309,14 +321,7 @@ def main() -> None:
     embedder = config.embedder.build(intra_op_threads=2, cache_size=0)
     vectors = np.asarray(embed_cached(train.prompts, embedder), dtype=np.float64)
 
-    class Cached:
-        dim = vectors.shape[1]
-        rows = {text: i for i, text in enumerate(train.prompts)}
-
-        def embed(self, texts: Any, **_: Any) -> Any:
-            return vectors[[self.rows[t] for t in texts]].astype(np.float32)
-
-    router = Router(config, embedder=Cached())  # type: ignore[arg-type]
+    router = Router(config, embedder=CachedVectors(train.prompts, vectors))  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mixllm.UnusedDataWarning)
         router.fit(train)

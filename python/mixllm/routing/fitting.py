@@ -224,13 +224,12 @@ def _quality_ridge(
     trade-off to route by) by held-out quality error."""
     quality = dataset.quality[:, columns]
     cost = dataset.cost_usd[:, columns]
-    observed = (~np.isnan(quality)).any(axis=0)
-    logged = (~np.isnan(cost)).any(axis=0)
-    if observed.sum() >= 2 and logged[observed].all():
-        spent = np.where(np.isnan(cost), 0.0, cost)[:, observed].sum(axis=0)
-        trade_off = bool(np.ptp(spent / (~np.isnan(cost))[:, observed].sum(axis=0)) > 0)
-    else:
-        trade_off = False
+    observed = np.flatnonzero((~np.isnan(quality)).any(axis=0))
+    logged = ~np.isnan(cost[:, observed])
+    trade_off = False
+    if len(observed) >= 2 and bool(logged.any(axis=0).all()):
+        mean_cost = np.where(logged, cost[:, observed], 0.0).sum(axis=0) / logged.sum(axis=0)
+        trade_off = bool(np.ptp(mean_cost) > 0)
     if trade_off:
         tokens = None if dataset.output_tokens is None else dataset.output_tokens[:, columns]
         with_pool = config.with_models(tuple(pool))

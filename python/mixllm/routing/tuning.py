@@ -212,32 +212,16 @@ def choose_ridge_by_routing(
                 if seen.any():
                     lengths = None if output_tokens is None else output_tokens[seen, j]
                     policy.fit(name, contexts[seen], quality[seen, j], lengths)
-            routed = np.empty((len(lambdas), 2))
-            for i, lam in enumerate(lambdas):
-                chosen = policy.decide_batch(
-                    contexts[rows],
-                    prompt_tokens=prompt_tokens[rows],
-                    willingness_to_pay=lam,
-                    now_s=0.0,
-                    threads=1,
-                )
-                routed[i] = filled_quality[rows, chosen].sum(), filled_cost[rows, chosen].sum()
+            routed = _routed_totals(
+                policy, contexts[rows], prompt_tokens[rows], lambdas, filled_quality[rows],
+                filled_cost[rows],
+            )  # fmt: skip
             totals[float(candidate)].append((routed, *ref_totals))
     if not any(totals.values()):
         raise InvalidInputError("too few rows to cross-validate routing on")
-
-    def area(parts: Sequence[tuple[F64, float, float]]) -> float:
-        routed = np.sum([p[0] for p in parts], axis=0)
-        ref_quality = sum(p[1] for p in parts)
-        ref_cost = sum(p[2] for p in parts)
-        return routing_auc(
-            100.0 * routed[:, 0] / max(ref_quality, 1e-12),
-            100.0 * routed[:, 1] / max(ref_cost, 1e-300),
-        )
-
-    fold_scores = {c: tuple(area([part]) for part in parts) for c, parts in totals.items()}
+    fold_scores = {c: tuple(_area([part]) for part in parts) for c, parts in totals.items()}
     if pooled:
-        scores = {c: area(parts) for c, parts in totals.items()}
+        scores = {c: _area(parts) for c, parts in totals.items()}
     else:
         scores = {c: float(np.mean(s)) for c, s in fold_scores.items()}
     chosen_ridge = max(scores, key=lambda c: (scores[c], c))
@@ -248,6 +232,37 @@ def choose_ridge_by_routing(
         fold_scores,
         criterion=AUC,
         overall=scores,
+    )
+
+
+def _routed_totals(
+    policy: Policy,
+    contexts: F64,
+    prompt_tokens: F64,
+    lambdas: Sequence[float],
+    quality: F64,
+    cost: F64,
+) -> F64:
+    """(len(lambdas), 2): the total quality and cost of the queries routed at each λ."""
+    routed = np.empty((len(lambdas), 2))
+    for i, lam in enumerate(lambdas):
+        chosen = policy.decide_batch(
+            contexts, prompt_tokens=prompt_tokens, willingness_to_pay=lam, now_s=0.0, threads=1
+        )
+        rows = np.arange(len(chosen))
+        routed[i] = quality[rows, chosen].sum(), cost[rows, chosen].sum()
+    return routed
+
+
+def _area(parts: Sequence[tuple[F64, float, float]]) -> float:
+    """The `routing_auc` of folds' routed totals (each with its reference's quality and cost)
+    taken as one held-out set."""
+    routed = np.sum([p[0] for p in parts], axis=0)
+    ref_quality = sum(p[1] for p in parts)
+    ref_cost = sum(p[2] for p in parts)
+    return routing_auc(
+        100.0 * routed[:, 0] / max(ref_quality, 1e-12),
+        100.0 * routed[:, 1] / max(ref_cost, 1e-300),
     )
 
 
