@@ -1,6 +1,7 @@
 """The quality ridge chosen by how held-out queries are routed (the frontier's area), not by the
 heads' squared error: the area against an oracle, the choice on data where a strong ridge must
-win and where it must not, and `Router.fit` using it whenever the data shows costs."""
+win and where it must not, and `Router.fit` using it whenever the data has the rows and the
+costs to show it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from mixllm import InvalidInputError
 from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.routing.router import Router
-from mixllm.routing.tuning import AUC, MSE, RIDGES, choose_ridge_by_routing, routing_auc
+from mixllm.routing.tuning import (
+    AUC,
+    MIN_ROUTING_ROWS,
+    MSE,
+    RIDGES,
+    choose_ridge_by_routing,
+    routing_auc,
+)
 
 POOL = (ModelConfig("strong", 10.0, 10.0), ModelConfig("cheap", 0.1, 0.1))
 
@@ -124,7 +132,7 @@ def dataset(n: int, costs: bool) -> RoutingDataset:
 
 def test_fit_chooses_the_quality_ridge_by_routing_when_costs_are_logged(tmp_path: Path) -> None:
     router = Router(RouterConfig(models=POOL, dim=8))
-    report = router.fit(dataset(60, costs=True))
+    report = router.fit(dataset(MIN_ROUTING_ROWS, costs=True))
     ridge = next(c for c in report.tuning if c.knob == "ridge")
     length = next(c for c in report.tuning if c.knob == "length_ridge")
     assert (ridge.criterion, length.criterion) == (AUC, MSE)
@@ -142,7 +150,15 @@ def test_fit_without_costs_chooses_by_squared_error() -> None:
     router = Router(RouterConfig(models=POOL, dim=8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = router.fit(dataset(60, costs=False))
+        report = router.fit(dataset(MIN_ROUTING_ROWS, costs=False))
+    ridge = next(c for c in report.tuning if c.knob == "ridge")
+    assert ridge.criterion == MSE
+
+
+def test_fit_on_few_rows_chooses_by_squared_error() -> None:
+    # Folds of a few queries each trace frontiers too coarse to rank the ridges by.
+    router = Router(RouterConfig(models=POOL, dim=8))
+    report = router.fit(dataset(MIN_ROUTING_ROWS - 1, costs=True))
     ridge = next(c for c in report.tuning if c.knob == "ridge")
     assert ridge.criterion == MSE
 

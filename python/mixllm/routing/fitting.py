@@ -20,7 +20,13 @@ from mixllm.progress import Progress
 from mixllm.routing.calibration import Calibration, calibrate
 from mixllm.routing.learning import LoggedFeedback
 from mixllm.routing.router_base import RouterBase
-from mixllm.routing.tuning import MIN_ROWS, KnobChoice, choose_ridge, choose_ridge_by_routing
+from mixllm.routing.tuning import (
+    MIN_ROUTING_ROWS,
+    MIN_ROWS,
+    KnobChoice,
+    choose_ridge,
+    choose_ridge_by_routing,
+)
 from mixllm.understanding.clustering import choose_domains
 from mixllm.understanding.projection import TagProjection
 from mixllm.understanding.tagging import DomainLabels, Tagger
@@ -220,14 +226,15 @@ def _quality_ridge(
     contexts: NDArray[np.float64],
 ) -> KnobChoice:
     """The quality ridge by how the held-out queries are routed, when the data can show it:
-    two models or more with outcomes, all with logged costs, not all the same. Otherwise (no
-    trade-off to route by) by held-out quality error."""
+    at least `MIN_ROUTING_ROWS` rows, two models or more with outcomes, all with logged costs,
+    not all the same. Otherwise (too few rows, or no trade-off to route by) by held-out quality
+    error."""
     quality = dataset.quality[:, columns]
     cost = dataset.cost_usd[:, columns]
     observed = np.flatnonzero((~np.isnan(quality)).any(axis=0))
     logged = ~np.isnan(cost[:, observed])
     trade_off = False
-    if len(observed) >= 2 and bool(logged.any(axis=0).all()):
+    if len(dataset) >= MIN_ROUTING_ROWS and len(observed) >= 2 and bool(logged.any(axis=0).all()):
         mean_cost = np.where(logged, cost[:, observed], 0.0).sum(axis=0) / logged.sum(axis=0)
         trade_off = bool(np.ptp(mean_cost) > 0)
     if trade_off:

@@ -31,6 +31,7 @@ from mixllm._core import InvalidInputError, Policy
 __all__ = [
     "AUC",
     "FOLDS",
+    "MIN_ROUTING_ROWS",
     "MSE",
     "RIDGES",
     "KnobChoice",
@@ -48,6 +49,10 @@ FOLDS = 5
 RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 # The fewest rows cross-validation is run on: fewer, and each fold is too small to score.
 MIN_ROWS = 2 * FOLDS
+# The fewest rows the quality ridge is chosen by routing on: a fold of fewer queries traces
+# a frontier too coarse to rank the ridges (its scores jump between neighbouring ridges), and
+# the squared error, smoother, chooses instead.
+MIN_ROUTING_ROWS = 50 * FOLDS
 # What a choice's fold scores measure.
 MSE = "held-out squared error"
 AUC = "held-out routing AUC"
