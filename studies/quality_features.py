@@ -1,7 +1,13 @@
-"""Which context features predict quality best, measured by 5-fold cross-validation on a routing
-file's train split alone (the test split is never read).
+"""Which context features and head ridges route best, measured by 5-fold cross-validation on a
+routing file's train split alone (the test split is never read).
 
-    MIXLLM_CACHE=DIR python studies/quality_features.py DATA [--json OUT]
+    MIXLLM_CACHE=DIR python studies/quality_features.py DATA [--only NAME,...] [--scales 1,3]
+        [--ridges 3,30,...] [--seeds N] [--json OUT]
+    MIXLLM_CACHE=DIR python studies/quality_features.py DATA --selection [--seeds N]
+
+``--ridges`` adds head ridges to the one `Router.fit` chose; ``--seeds`` averages over that many
+fold assignments. ``--selection`` compares the rules that choose the quality ridge (held-out
+squared error, held-out routing AUC) by nested cross-validation instead (`selection_rules`).
 
 DATA is a routing JSON Lines file or a folder of RouterBench CSV files
 (``<bench>_{train,test}.csv``). The router is set up as ``mixllm train --data DATA`` sets it
@@ -17,7 +23,7 @@ best quality % reached at that cost or less, % of the best single model on those
 held-out quality MSE of the heads.
 
 Variants:
-- ``plain``: the context alone (what mixllm fits today).
+- ``plain``: the context alone (what mixllm fits).
 - ``knn-ctx K`` / ``knn-raw K``: per model, the mean quality of the K most similar training
   queries (cosine on the context or on the encoder's vectors), a training row's own label left
   out; ``pooled-knn-raw K``: their mean over the models (one feature).
