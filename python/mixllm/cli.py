@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         folds = ", ".join(f"{v:.4g}" for v in choice.fold_scores[choice.chosen])
         print(
             f"{choice.knob}: {choice.chosen:g}, chosen by {len(choice.fold_scores[choice.chosen])}"
-            f"-fold cross-validation (held-out squared error {scores[choice.chosen]:.4g}; "
+            f"-fold cross-validation ({choice.criterion} {scores[choice.chosen]:.4g}; "
             f"per fold {folds})"
         )
         print("  candidates: " + ", ".join(f"{c:g}: {v:.4g}" for c, v in scores.items()))

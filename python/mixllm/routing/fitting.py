@@ -13,14 +13,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError, Policy
-from mixllm.config import RouterConfig
+from mixllm.config import ModelConfig, RouterConfig
 from mixllm.data import RoutingDataset, count_tokens
 from mixllm.errors import ConfigError, UnusedDataWarning
 from mixllm.progress import Progress
 from mixllm.routing.calibration import Calibration, calibrate
 from mixllm.routing.learning import LoggedFeedback
 from mixllm.routing.router_base import RouterBase
-from mixllm.routing.tuning import MIN_ROWS, KnobChoice, choose_ridge
+from mixllm.routing.tuning import (
+    MIN_ROUTING_ROWS,
+    MIN_ROWS,
+    KnobChoice,
+    choose_ridge,
+    choose_ridge_by_routing,
+)
 from mixllm.understanding.clustering import choose_domains
 from mixllm.understanding.projection import TagProjection
 from mixllm.understanding.tagging import DomainLabels, Tagger
@@ -150,10 +156,7 @@ class Fitting(RouterBase):
         columns = [dataset.models.index(m.name) for m in pool]
         choices = []
         if "ridge" in self._tuned:
-            targets = [
-                dataset.quality[:, k] - m.prior_quality for m, k in zip(pool, columns, strict=True)
-            ]
-            choices.append(choose_ridge("ridge", contexts, targets))
+            choices.append(_quality_ridge(config, pool, columns, dataset, contexts))
         if "length_ridge" in self._tuned and dataset.output_tokens is not None:
             lengths = dataset.output_tokens
             targets = [
@@ -213,6 +216,41 @@ class Fitting(RouterBase):
         # No labels: the taxonomy, unless clusters learned from the data spread it far better.
         choice = choose_domains(vectors, tags.top)
         return choice.ids, choice.source, len(np.unique(choice.ids))
+
+
+def _quality_ridge(
+    config: RouterConfig,
+    pool: Sequence[ModelConfig],
+    columns: Sequence[int],
+    dataset: RoutingDataset,
+    contexts: NDArray[np.float64],
+) -> KnobChoice:
+    """The quality ridge by how the held-out queries are routed, when the data can show it:
+    at least `MIN_ROUTING_ROWS` rows, two models or more with outcomes, all with logged costs,
+    not all the same. Otherwise (too few rows, or no trade-off to route by) by held-out quality
+    error."""
+    quality = dataset.quality[:, columns]
+    cost = dataset.cost_usd[:, columns]
+    observed = np.flatnonzero((~np.isnan(quality)).any(axis=0))
+    logged = ~np.isnan(cost[:, observed])
+    trade_off = False
+    if len(dataset) >= MIN_ROUTING_ROWS and len(observed) >= 2 and bool(logged.any(axis=0).all()):
+        mean_cost = np.where(logged, cost[:, observed], 0.0).sum(axis=0) / logged.sum(axis=0)
+        trade_off = bool(np.ptp(mean_cost) > 0)
+    if trade_off:
+        tokens = None if dataset.output_tokens is None else dataset.output_tokens[:, columns]
+        with_pool = config.with_models(tuple(pool))
+        return choose_ridge_by_routing(
+            lambda ridge: replace(with_pool, ridge=ridge).new_policy(contexts.shape[1]),
+            [m.name for m in pool],
+            contexts,
+            quality,
+            cost,
+            tokens,
+            dataset.prompt_tokens,
+        )
+    targets = [dataset.quality[:, k] - m.prior_quality for m, k in zip(pool, columns, strict=True)]
+    return choose_ridge("ridge", contexts, targets)
 
 
 def _fitted_heads(
