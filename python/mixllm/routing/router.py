@@ -44,6 +44,7 @@ from mixllm.config import OPERATING_POINTS, TUNED_KNOBS, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import ConfigError
+from mixllm.routing.auto_refit import AutoRefit
 from mixllm.routing.calibration import Calibration
 from mixllm.routing.fitting import FitReport, Fitting
 from mixllm.routing.introspection import Introspection
@@ -69,7 +70,7 @@ __all__ = ["FitReport", "RouteDecision", "Router"]
 CONTEXT_CACHE_BYTES = 16 << 20
 
 
-class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Persistence):
+class Router(Route, Learning, AutoRefit, Fitting, StoreLink, PoolChanges, Introspection, Persistence):
     """Routes queries to the models of a pool and learns from feedback.
 
     Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a
@@ -119,6 +120,10 @@ class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Pe
         # What `refit` relearns from: the rows of the last fit, and the feedback since.
         self._training: RoutingDataset | None = None
         self._feedback_log: deque[LoggedFeedback] = deque(maxlen=config.feedback_log_size)
+        # The automatic refit running or last run (`refit_growth`).
+        self._refit_thread: threading.Thread | None = None
+        self._refit_lock = threading.Lock()
+        self.automatic_refits = 0
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         # The decisions awaiting feedback, guarded by `_lock` with the policy's queues.
