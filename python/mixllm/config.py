@@ -316,9 +316,9 @@ class RouterConfig:
     # Feedback kept for `Router.refit` (the newest; 0: none).
     feedback_log_size: int = 10_000
     # The Router refits itself in the background (`Router.refit`) once the feedback logged
-    # since its last fit reaches this share of that fit's rows (1.0: when its rows have
-    # doubled); 0: only when `refit` is called.
-    refit_growth: float = 1.0
+    # since its last fit reaches this share of that fit's rows (0.5: when its rows have grown
+    # by half; docs/results/any-data.md, "Learning online"); 0: only when `refit` is called.
+    refit_growth: float = 0.5
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
 

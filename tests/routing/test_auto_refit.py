@@ -55,31 +55,33 @@ def arms(router: Router) -> dict[str, dict[str, object]]:
     return {name: router.policy.inspect(name) for name in router.models}
 
 
-def test_the_router_refits_once_its_rows_have_doubled() -> None:
+def test_the_router_refits_once_its_rows_have_grown_by_half() -> None:
     router = fitted(12)
-    assert router.config.refit_growth == 1.0
-    give_feedback(router, 11, offset=100)
+    assert router.config.refit_growth == 0.5
+    give_feedback(router, 5, offset=100)
     assert router.automatic_refits == 0
     assert not router.refit_due()
-    give_feedback(router, 1, offset=111)
-    # The 12 rows plus 12 answers, learned again; nothing is left in the log to relearn.
+    give_feedback(router, 1, offset=105)
+    # The 12 rows plus 6 answers, learned again; nothing is left in the log to relearn.
     assert router.automatic_refits == 1
-    assert router.refit().rows == 24
-    # The next refit waits for the rows to double again.
-    give_feedback(router, 23, offset=200)
+    assert router.refit().rows == 18
+    # The next refit waits for the rows to grow by half again.
+    give_feedback(router, 8, offset=200)
     assert router.automatic_refits == 1
-    give_feedback(router, 1, offset=223)
+    give_feedback(router, 1, offset=208)
     assert router.automatic_refits == 2
 
 
-def test_a_smaller_growth_refits_sooner() -> None:
-    router = fitted(12, refit_growth=0.5)
-    give_feedback(router, 6, offset=100)
+def test_a_larger_growth_refits_later() -> None:
+    router = fitted(12, refit_growth=1.0)
+    give_feedback(router, 11, offset=100)
+    assert router.automatic_refits == 0
+    give_feedback(router, 1, offset=111)
     assert router.automatic_refits == 1
 
 
 def test_an_automatic_refit_learns_what_a_manual_one_does() -> None:
-    automatic = fitted(12)
+    automatic = fitted(12, refit_growth=1.0)
     manual = fitted(12, refit_growth=0.0)
     give_feedback(automatic, 12, offset=100)
     give_feedback(manual, 12, offset=100)
@@ -119,7 +121,7 @@ class HeldEmbedder:
 
 
 def test_routing_goes_on_while_the_router_refits_itself() -> None:
-    router = fitted(40)
+    router = fitted(40, refit_growth=1.0)
     held = HeldEmbedder(router.embedder, held=80)
     router._embedder = held  # type: ignore[assignment]
     for text in dataset(40, offset=100).prompts:

@@ -70,7 +70,9 @@ __all__ = ["FitReport", "RouteDecision", "Router"]
 CONTEXT_CACHE_BYTES = 16 << 20
 
 
-class Router(Route, Learning, AutoRefit, Fitting, StoreLink, PoolChanges, Introspection, Persistence):
+class Router(
+    Route, Learning, AutoRefit, Fitting, StoreLink, PoolChanges, Introspection, Persistence
+):
     """Routes queries to the models of a pool and learns from feedback.
 
     Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a
