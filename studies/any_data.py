@@ -6,6 +6,8 @@ AUC = mean over cost % in [0, 100] of the best quality % reached at that cost or
 
     python studies/any_data.py FILE.jsonl [--state DIR] [--pin KNOB=VALUE ...] [--json OUT]
         [--encoder NAME | --quantized]
+        [--online OFFLINE:ONLINE [--online-seeds 0,1,...] [--online-scored-on "held-out train"]
+         [--refit-growth G]]
 
 ``--pin ridge=1`` fits with a knob set as a configuration file would set it (not
 cross-validated). With ``--state DIR`` it routes with a router saved by ``mixllm train``
@@ -14,6 +16,12 @@ with that encoder instead of the float32 MiniLM. Prompts are embedded with the r
 through the evaluation's vector cache (``MIXLLM_CACHE``). It also checks the calibration
 table: the λ each operating point in the user's words maps to, what the held-out folds
 predicted, what the test split got.
+
+``--online 50:300`` also learns online: a router fitted on 50 train rows routes 300 more and
+learns the chosen model's quality only, against one fitted on all 350 (see `online`), for each
+draw of ``--online-seeds``; ``--online-scored-on "held-out train"`` scores on the train rows
+not drawn instead of the test split, to choose settings on train alone; ``--refit-growth``
+sets the Router's automatic refits (0: none).
 """
 
 from __future__ import annotations
@@ -101,44 +109,74 @@ def frontier_of(router: Router, ds: Any, te: np.ndarray, vectors: np.ndarray) ->
 
 
 def online(
-    ds: Any, tr: np.ndarray, vectors: np.ndarray, embedder: Any, shares: str, routed_by: Any
+    ds: Any,
+    tr: np.ndarray,
+    vectors: np.ndarray,
+    embedder: Any,
+    shares: str,
+    routed_by: Any,
+    *,
+    seed: int = 0,
+    scored_on: str = "test",
+    refit_growth: float | None = None,
 ) -> dict[str, Any]:
-    """A router fitted on OFFLINE train rows that then routes ONLINE more and learns the
-    chosen model's quality only (`Router.route`, `Router.feedback`), against one fitted on all
-    OFFLINE + ONLINE rows offline; both scored on the test split."""
+    """A router fitted on OFFLINE train rows (drawn with ``seed``) that then routes ONLINE more
+    and learns the chosen model's quality only (`Router.route`, `Router.feedback`, refitting
+    itself as its configuration says), against one fitted on all OFFLINE + ONLINE rows
+    offline; both scored on the test split, or with ``scored_on="held-out train"`` on the
+    train rows not drawn (to choose a setting without looking at the test split).
+    ``refit_growth`` overrides the configuration's. Each automatic refit is waited for before
+    the next query, so that a run does not depend on the machine's speed."""
     offline_n, online_n = (int(part) for part in shares.split(":"))
-    order = np.random.default_rng(0).permutation(tr)[: offline_n + online_n]
+    order = np.random.default_rng(seed).permutation(tr)[: offline_n + online_n]
     stand_in: Any = CachedVectors(ds.prompts, vectors, embedder)
-    te = np.flatnonzero(np.array(ds.split) == "test")
-    results: dict[str, Any] = {}
+    if scored_on == "test":
+        scored = np.flatnonzero(np.array(ds.split) == "test")
+    else:
+        scored = np.setdiff1d(tr, order)
+    results: dict[str, Any] = {"seed": seed, "scored_on": scored_on}
+    aucs = []
     for name, rows in (("offline only", order[:offline_n]), ("all offline", order)):
         config, _ = _train_config(None, ds.select(rows))
+        if refit_growth is not None:
+            config = replace(config, refit_growth=refit_growth)
+        results["refit_growth"] = config.refit_growth
         router = Router(config, embedder=stand_in)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", mixllm.UnusedDataWarning)
             router.fit(ds.select(rows))
+            if name == "offline only":
+                results["automatic_refits"] = stream(router, ds, order[offline_n:])
         if name == "offline only":
-            for i in order[offline_n:]:
-                decision = router.route(ds.prompts[i])
-                k = ds.models.index(decision.model)
-                tokens = None if ds.output_tokens is None else ds.output_tokens[i, k]
-                if np.isnan(ds.quality[i, k]):
-                    continue
-                router.feedback(
-                    decision.id,
-                    quality=float(ds.quality[i, k]),
-                    output_tokens=None if tokens is None or np.isnan(tokens) else float(tokens),
-                )
             name = f"{offline_n} offline + {online_n} feedbacks"
-            results[name] = routed_by(router, ds, te, vectors)
+            results[name] = routed_by(router, ds, scored, vectors)
+            aucs.append(results[name]["auc_0_100"])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", mixllm.UnusedDataWarning)
                 router.refit()
             name = f"{name}, then Router.refit()"
-        results[name] = routed_by(router, ds, te, vectors)
-    aucs = [r["auc_0_100"] for r in results.values()]
+        results[name] = routed_by(router, ds, scored, vectors)
+        aucs.append(results[name]["auc_0_100"])
     results["ratio_pct"] = [100 * auc / aucs[-1] for auc in aucs[:-1]]
     return results
+
+
+def stream(router: Router, ds: Any, rows: np.ndarray) -> int:
+    """Routes ``rows`` one by one and gives the chosen model's quality as feedback; returns
+    how many automatic refits ran."""
+    for i in rows:
+        decision = router.route(ds.prompts[i])
+        k = ds.models.index(decision.model)
+        tokens = None if ds.output_tokens is None else ds.output_tokens[i, k]
+        if np.isnan(ds.quality[i, k]):
+            continue
+        router.feedback(
+            decision.id,
+            quality=float(ds.quality[i, k]),
+            output_tokens=None if tokens is None or np.isnan(tokens) else float(tokens),
+        )
+        router.wait_for_refit()
+    return router.automatic_refits
 
 
 def calibration_checks(calibration, routed) -> dict[str, Any]:
@@ -163,16 +201,25 @@ def calibration_checks(calibration, routed) -> dict[str, Any]:
     return checks
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
     parser.add_argument("--state")
     parser.add_argument("--json")
     parser.add_argument("--pin", action="append", default=[], metavar="KNOB=VALUE")
     parser.add_argument("--online", metavar="OFFLINE:ONLINE")
+    parser.add_argument(
+        "--online-seeds", default="0", help="draws of the online rows, e.g. 0,1,2 (default 0)"
+    )
+    parser.add_argument("--online-scored-on", choices=("test", "held-out train"), default="test")
+    parser.add_argument("--refit-growth", type=float, help="overrides the configuration's")
     parser.add_argument("--encoder", help="the [embedder] encoder (default: the shipped MiniLM)")
     parser.add_argument("--quantized", action="store_true", help="MiniLM's int8 copy")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     ds = mixllm.load_jsonl(args.data)
     if ds.split is None:
         ds = mixllm.split_train_test(ds, test_fraction=0.3, seed=0)
@@ -228,7 +275,20 @@ def main() -> None:
 
     out.update(summary([routed(lam) for lam in LAMBDAS]))
     if args.online:
-        out["online"] = online(ds, tr, vectors, embedder, args.online, routed_by=frontier_of)
+        out["online"] = [
+            online(
+                ds,
+                tr,
+                vectors,
+                embedder,
+                args.online,
+                routed_by=frontier_of,
+                seed=int(seed),
+                scored_on=args.online_scored_on,
+                refit_growth=args.refit_growth,
+            )
+            for seed in args.online_seeds.split(",")
+        ]
     if router.calibration is not None:
         out["calibration"] = calibration_checks(router.calibration, routed)
     text = json.dumps(out, indent=1, allow_nan=True)

@@ -315,6 +315,10 @@ class RouterConfig:
     max_pending: int = 100_000
     # Feedback kept for `Router.refit` (the newest; 0: none).
     feedback_log_size: int = 10_000
+    # The Router refits itself in the background (`Router.refit`) once the feedback logged
+    # since its last fit reaches this share of that fit's rows (0.5: when its rows have grown
+    # by half; docs/results/any-data.md, "Learning online"); 0: only when `refit` is called.
+    refit_growth: float = 0.5
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
 
@@ -346,6 +350,7 @@ class RouterConfig:
         positive(f"{where}.feedback_ttl_s", self.feedback_ttl_s, ConfigError)
         integer(f"{where}.max_pending", self.max_pending, ConfigError, minimum=1)
         integer(f"{where}.feedback_log_size", self.feedback_log_size, ConfigError, minimum=0)
+        non_negative(f"{where}.refit_growth", self.refit_growth, ConfigError)
         if not isinstance(self.models, tuple):
             raise ConfigError("models must be a tuple of ModelConfig")
         seen: set[str] = set()

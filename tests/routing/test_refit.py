@@ -1,5 +1,6 @@
 """Router.refit: projection, domains and heads learned again from the rows of the last fit
-plus the feedback received since."""
+plus the feedback received since. The Routers here refit only when told to (``refit_growth``
+0), so that what each refit learns is known; test_auto_refit.py covers the automatic ones."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def dataset(n: int, offset: int = 0) -> RoutingDataset:
 
 
 def test_refit_learns_from_the_fit_rows_and_the_feedback() -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     before = router.policy.inspect("small")["observations"]
     assert before == 12
@@ -63,7 +64,7 @@ def test_refit_learns_from_the_fit_rows_and_the_feedback() -> None:
 
 
 def test_binary_feedback_is_relearned_as_one_or_zero() -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(4))
     decision = router.route("Prove the Riemann hypothesis, case 7?", willingness_to_pay=1e-9)
     router.feedback(decision.id, satisfied=False)
@@ -92,7 +93,7 @@ def assert_same_arms(first: Router, second: Router) -> None:
 
 def test_a_loaded_router_refits_as_the_saved_one_would(tmp_path) -> None:
     # Enough rows for the ridges to be cross-validated: the loaded Router chooses them again.
-    saved = Router(RouterConfig(models=POOL, dim=4))
+    saved = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     saved.fit(dataset(24))
     feedback_on(saved, 8, offset=100)
     loaded = Router.load(saved.save(tmp_path / "s").parent)
@@ -109,7 +110,7 @@ def test_a_loaded_router_refits_as_the_saved_one_would(tmp_path) -> None:
 
 
 def test_the_feedback_log_survives_a_restart(tmp_path) -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     feedback_on(router, 5, offset=50)
     loaded = Router.load(router.save(tmp_path / "s").parent)
@@ -128,7 +129,7 @@ def without_refit_files(state: Path) -> None:
 
 
 def test_a_state_saved_without_the_rows_refits_on_its_feedback_alone(tmp_path) -> None:
-    fitted = Router(RouterConfig(models=POOL, dim=4))
+    fitted = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     fitted.fit(dataset(12))
     state = fitted.save(tmp_path / "s")
     without_refit_files(state)
@@ -158,7 +159,7 @@ def rewritten(state: Path, name: str, data: bytes) -> None:
     ],
 )
 def test_a_bad_refit_file_is_refused_naming_it(tmp_path, name, data, message) -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     feedback_on(router, 2, offset=50)
     state = router.save(tmp_path / "s")
@@ -168,7 +169,7 @@ def test_a_bad_refit_file_is_refused_naming_it(tmp_path, name, data, message) ->
 
 
 def test_too_many_logged_feedbacks_or_rows_too_large_are_refused(tmp_path, monkeypatch) -> None:
-    router = Router(RouterConfig(models=POOL, dim=4, feedback_log_size=3))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0, feedback_log_size=3))
     router.fit(dataset(12))
     feedback_on(router, 2, offset=50)
     state = router.save(tmp_path / "s")
@@ -183,7 +184,7 @@ def test_too_many_logged_feedbacks_or_rows_too_large_are_refused(tmp_path, monke
 
 
 def test_rows_past_the_bound_are_saved_without_with_a_warning(tmp_path, monkeypatch) -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     feedback_on(router, 2, offset=50)
     monkeypatch.setattr(persistence, "MAX_TRAINING_BYTES", 100)
@@ -194,7 +195,7 @@ def test_rows_past_the_bound_are_saved_without_with_a_warning(tmp_path, monkeypa
 
 
 def test_routing_goes_on_during_a_refit() -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(40))
     for text in dataset(40, offset=100).prompts:
         router.feedback(router.route(text).id, quality=1.0)
@@ -216,7 +217,7 @@ def test_routing_goes_on_during_a_refit() -> None:
 
 
 def test_the_log_is_bounded() -> None:
-    router = Router(RouterConfig(models=POOL, dim=4, feedback_log_size=3))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0, feedback_log_size=3))
     router.fit(dataset(4))
     for text in dataset(10, offset=10).prompts:
         router.feedback(router.route(text).id, quality=1.0)
@@ -226,7 +227,7 @@ def test_the_log_is_bounded() -> None:
 
 
 def test_a_router_with_new_settings_refits_on_the_same_rows_and_log() -> None:
-    router = Router(RouterConfig(models=POOL, dim=4))
+    router = Router(RouterConfig(models=POOL, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     feedback_on(router, 3, offset=50)
     cheaper = router.with_config(willingness_to_pay=1e-6)
@@ -235,7 +236,7 @@ def test_a_router_with_new_settings_refits_on_the_same_rows_and_log() -> None:
 
 def test_a_restarted_gateway_refits_on_what_was_saved(tmp_path) -> None:
     urls = tuple(replace(m, base_url="http://127.0.0.1:1/v1") for m in POOL)
-    router = Router(RouterConfig(models=urls, dim=4))
+    router = Router(RouterConfig(models=urls, dim=4, refit_growth=0.0))
     router.fit(dataset(12))
     feedback_on(router, 3, offset=50)
     router.save(tmp_path / "state")

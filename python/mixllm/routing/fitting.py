@@ -179,6 +179,11 @@ class Fitting(RouterBase):
         from a state saved without them (an older mixllm's, or rows past the size a state
         holds) refits on what it has. Raises `InvalidInputError` when there is nothing to fit
         on."""
+        # One refit at a time: each relearns what the one before it left logged.
+        with self._refit_lock:
+            return self._refit()
+
+    def _refit(self) -> FitReport:
         with self._lock:
             training = self._training
             logged = list(self._feedback_log)

@@ -160,9 +160,9 @@ class Learning(RouterBase):
         now = self._now()
         store = self._store
         if store is None:
-            return (
-                self._learn(decision_id, target, weight, output_tokens, latency_s, now) is not None
-            )
+            learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            self._after_feedback()
+            return learned is not None
         # Learned and appended under the store's lock, so a checkpoint never holds an
         # observation the stream lacks.
         with store.publishing():

@@ -14,6 +14,9 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
   is a documented no-op: it returns ``False`` and changes nothing;
+- feedback is logged, and once the log reaches ``refit_growth`` times the rows of the last fit
+  the Router refits itself in a background thread (`refit`: projection, domains and heads
+  learned again), routing on with the state it has until the new one swaps in;
 - `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
   restarted service routes exactly as before; docs/guarantees.md states what a save and a load
   guarantee, every bound on sizes and work, and which error each bad input gets.
@@ -44,6 +47,7 @@ from mixllm.config import OPERATING_POINTS, TUNED_KNOBS, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import ConfigError
+from mixllm.routing.auto_refit import AutoRefit
 from mixllm.routing.calibration import Calibration
 from mixllm.routing.fitting import FitReport, Fitting
 from mixllm.routing.introspection import Introspection
@@ -69,7 +73,9 @@ __all__ = ["FitReport", "RouteDecision", "Router"]
 CONTEXT_CACHE_BYTES = 16 << 20
 
 
-class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Persistence):
+class Router(
+    Route, Learning, AutoRefit, Fitting, StoreLink, PoolChanges, Introspection, Persistence
+):
     """Routes queries to the models of a pool and learns from feedback.
 
     Build one from a `RouterConfig` (or `mixllm.load_config(path)`), then `fit` it on a
@@ -119,6 +125,10 @@ class Router(Route, Learning, Fitting, StoreLink, PoolChanges, Introspection, Pe
         # What `refit` relearns from: the rows of the last fit, and the feedback since.
         self._training: RoutingDataset | None = None
         self._feedback_log: deque[LoggedFeedback] = deque(maxlen=config.feedback_log_size)
+        # The automatic refit running or last run (`refit_growth`).
+        self._refit_thread: threading.Thread | None = None
+        self._refit_lock = threading.Lock()
+        self.automatic_refits = 0
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         # The decisions awaiting feedback, guarded by `_lock` with the policy's queues.

@@ -46,6 +46,7 @@ class RouterBase:
     _feedback_log: deque[LoggedFeedback]
     _clock: Callable[[], float]
     _lock: threading.Lock
+    _refit_lock: threading.Lock
     _ledger: DecisionLedger
     _contexts: LruCache[bytes, tuple[NDArray[np.float64], float]]
     _id_prefix: str
@@ -57,6 +58,9 @@ class RouterBase:
     _store: RedisStore | None
     _arms: dict[str, str]
     _saved_position: StreamPosition | None
+
+    def _after_feedback(self) -> None:
+        """Called after each feedback learned without a store (automatic refits hook in)."""
 
     def _arm_of(self, name: str) -> str:
         return self._arms.get(name, "")
