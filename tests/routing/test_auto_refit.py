@@ -56,8 +56,8 @@ def arms(router: Router) -> dict[str, dict[str, object]]:
 
 
 def test_the_router_refits_once_its_rows_have_grown_by_half() -> None:
-    router = fitted(12)
-    assert router.config.refit_growth == 0.5
+    assert RouterConfig(models=POOL).refit_growth == 0.0  # opt-in
+    router = fitted(12, refit_growth=0.5)
     give_feedback(router, 5, offset=100)
     assert router.automatic_refits == 0
     assert not router.refit_due()
@@ -141,10 +141,30 @@ def test_routing_goes_on_while_the_router_refits_itself() -> None:
     assert router.refit().rows == 100
 
 
+def test_feedback_during_a_refit_stays_logged_when_the_log_is_full() -> None:
+    router = fitted(40, refit_growth=0.0, feedback_log_size=4)
+    held = HeldEmbedder(router.embedder, held=44)
+    router._embedder = held  # type: ignore[assignment]
+    give_feedback(router, 4, offset=100)  # the log is full: 4 answers
+    worker = threading.Thread(target=router.refit)
+    worker.start()
+    assert held.started.wait(30)
+    # Two answers during the refit push the two oldest copied ones out of the log.
+    give_feedback(router, 2, offset=200)
+    held.release.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    # The refit learned the 40 rows and the 4 answers it copied; the 2 answers given during it
+    # are still logged for the next one (not dropped in place of the copied ones).
+    assert router.refit().rows == 40 + 4 + 2
+
+
 def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
-    router = fitted(12)
+    router = fitted(12, refit_growth=0.5)
+    attempts = []
 
     def failing() -> mixllm.FitReport:
+        attempts.append(1)
         raise RuntimeError("no memory left")
 
     router.refit = failing  # type: ignore[method-assign]
@@ -152,9 +172,12 @@ def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
     give_feedback(router, 12, offset=100)
     assert router.automatic_refits == 0
     assert router.projection is projection and router.policy is policy
+    tried = len(attempts)
+    assert tried >= 1
     # It goes on routing and learning, and tries again at the next feedback.
     give_feedback(router, 1, offset=200)
     assert router.pending() == 0
+    assert len(attempts) == tried + 1
 
 
 def test_no_automatic_refit_when_turned_off_or_without_rows_of_a_fit() -> None:

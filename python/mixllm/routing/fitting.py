@@ -200,7 +200,11 @@ class Fitting(RouterBase):
             report = self.fit(combined)
         with self._lock:
             # What was learned is in the new rows now; feedback during the refit stays logged.
-            for _ in range(min(len(logged), len(self._feedback_log))):
+            # The log is bounded, so feedback during the refit may have pushed some of what
+            # was copied out already: drop only the copied entries still at its front, never
+            # a count of entries (which would drop the new feedback instead).
+            copied = {id(entry) for entry in logged}
+            while self._feedback_log and id(self._feedback_log[0]) in copied:
                 self._feedback_log.popleft()
             self._training = combined
         return report

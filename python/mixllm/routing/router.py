@@ -14,9 +14,10 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since
   is a documented no-op: it returns ``False`` and changes nothing;
-- feedback is logged, and once the log reaches ``refit_growth`` times the rows of the last fit
-  the Router refits itself in a background thread (`refit`: projection, domains and heads
-  learned again), routing on with the state it has until the new one swaps in;
+- feedback is logged for `refit`; with ``refit_growth`` set (off by default), once the log
+  reaches that many times the rows of the last fit the Router refits itself in a background
+  thread (`refit`: projection, domains and heads learned again), routing on with the state it
+  has until the new one swaps in;
 - `save(dir)` / `Router.load(dir)` keep the configuration, the projection and every arm, so a
   restarted service routes exactly as before; docs/guarantees.md states what a save and a load
   guarantee, every bound on sizes and work, and which error each bad input gets.
