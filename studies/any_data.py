@@ -40,6 +40,7 @@ import mixllm
 from mixllm.cli import _train_config
 from mixllm.evaluation.vectors import embed_cached
 from mixllm.routing.router import Router
+from mixllm.routing.tuning import routing_auc
 
 LAMBDAS = (*(float(v) for v in np.logspace(-9, 6, 300)), float("inf"))
 
@@ -63,9 +64,6 @@ class CachedVectors:
 def summary(points: list[tuple[float, float]]) -> dict[str, float]:
     """As reference_routers.py summarises a frontier."""
     pts = np.array(sorted(set(points)))
-    xs = np.linspace(0, 100, 401)
-    ys = np.array([pts[pts[:, 0] <= x, 1].max() if (pts[:, 0] <= x).any() else 0.0 for x in xs])
-    running = np.maximum.accumulate(ys)
 
     def cost_for(target: float) -> float:
         ok = pts[pts[:, 1] >= target]
@@ -75,7 +73,7 @@ def summary(points: list[tuple[float, float]]) -> dict[str, float]:
         "maxq": float(pts[:, 1].max()),
         "cost_for_100": cost_for(100.0),
         "cost_for_97": cost_for(97.0),
-        "auc_0_100": float(np.trapezoid(running, xs) / 100),
+        "auc_0_100": routing_auc(pts[:, 1], pts[:, 0]),
     }
 
 

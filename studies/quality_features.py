@@ -47,6 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 import mixllm
+from any_data import summary as frontier_summary
 from mixllm.cli import _train_config
 from mixllm.evaluation.vectors import embed_cached
 from mixllm.routing.router import Router
@@ -62,16 +63,11 @@ Maker = Callable[[F64, F64, F64, F64, F64], tuple[F64, F64]]
 
 
 def summary(points: list[tuple[float, float]]) -> dict[str, float]:
-    """As reference_routers.py summarises a frontier."""
-    pts = np.array(sorted(set(points)))
-    xs = np.linspace(0, 100, 401)
-    ys = np.array([pts[pts[:, 0] <= x, 1].max() if (pts[:, 0] <= x).any() else 0.0 for x in xs])
-    running = np.maximum.accumulate(ys)
-    reached = pts[pts[:, 1] >= 100.0]
+    """The AUC, max quality and cost for 100% of a frontier, as `any_data.summary` gives them."""
+    whole = frontier_summary(points)
     return {
-        "auc": float(np.trapezoid(running, xs) / 100),
-        "maxq": float(pts[:, 1].max()),
-        "cost_for_100": float(reached[:, 0].min()) if len(reached) else float("nan"),
+        k: whole[v]
+        for k, v in (("auc", "auc_0_100"), ("maxq", "maxq"), ("cost_for_100", "cost_for_100"))
     }
 
 
