@@ -14,32 +14,11 @@ import numpy as np
 import pytest
 
 import mixllm
-from mixllm.config import ModelConfig, RouterConfig
-from mixllm.data import RoutingDataset
+from mixllm.config import RouterConfig
 from mixllm.routing import persistence
 from mixllm.routing.router import Router
 from mixllm.serving.startup import gateway_router
-
-POOL = (ModelConfig("small", 0.1, 0.1), ModelConfig("big", 1.0, 9.9))
-
-
-def dataset(n: int, offset: int = 0) -> RoutingDataset:
-    easy = (np.arange(n) + offset) % 2 == 0
-    return RoutingDataset(
-        prompts=[
-            f"{'What is two plus two' if e else 'Prove the Riemann hypothesis'}, case {i + offset}?"
-            for i, e in enumerate(easy)
-        ],
-        models=["small", "big"],
-        quality=np.column_stack([easy.astype(float), np.ones(n)]),
-        cost_usd=np.column_stack([np.full(n, 1e-5), np.full(n, 1e-3)]),
-        prompt_tokens=np.full(n, 10.0),
-        output_tokens=np.full((n, 2), 100.0),
-        latency_s=None,
-        labels=None,
-        split=None,
-        ids=[str(i + offset) for i in range(n)],
-    )
+from refit_data import POOL, dataset
 
 
 def test_refit_learns_from_the_fit_rows_and_the_feedback() -> None:
