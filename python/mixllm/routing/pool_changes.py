@@ -63,6 +63,7 @@ class PoolChanges(RouterBase):
             if warm is not None:
                 self._policy.fit(model.name, *warm)
             self._config = self._config.with_models((*self._config.models, model))
+            self._pool_generation += 1
             if arm:
                 self._arms[model.name] = arm
             else:
@@ -93,6 +94,7 @@ class PoolChanges(RouterBase):
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
             )
+            self._pool_generation += 1
 
     def update_model(self, model: ModelConfig) -> None:
         """Replaces a pool model's configuration (prices, speeds, upstream) keeping everything
@@ -111,6 +113,7 @@ class PoolChanges(RouterBase):
             self._config = self._config.with_models(
                 tuple(model if m.name == model.name else m for m in self._config.models)
             )
+            self._pool_generation += 1
 
     @contextlib.contextmanager
     def _shared(
