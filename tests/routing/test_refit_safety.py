@@ -5,6 +5,7 @@ is known; every wait has a timeout, so a deadlock fails the test instead of hang
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -23,6 +24,7 @@ import mixllm
 from light_router import HashEmbedder
 from mixllm.config import ModelConfig, RouterConfig, TaggerConfig
 from mixllm.routing import persistence, refit_state
+from mixllm.routing.background_refit import BackgroundRefit
 from mixllm.routing.router import Router
 from refit_data import POOL, dataset
 
@@ -125,6 +127,29 @@ def test_a_manual_fit_during_an_automatic_refit_is_kept() -> None:
     # The rows of the manual fit (and the feedback logged) are what the next refit learns.
     embedder.gate_at = None
     assert router.refit().rows == 30 + 20
+
+
+def test_a_scheduled_refit_discarded_by_a_pool_change_runs_again_at_once() -> None:
+    router, embedder = fitted(20, refit_growth=0.0)
+    feedback_on(router, 20, offset=100)
+    embedder.gate_at = 40
+    outcomes: list[str] = []
+    refitter = BackgroundRefit(router, every_feedbacks=1, on_refit=outcomes.append)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(refitter.run())
+        refitter.feedback_learned()
+        assert await asyncio.to_thread(embedder.started.wait, WAIT_S)
+        router.add_model(MID)
+        embedder.release.set()
+        while len(outcomes) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_S))
+    assert outcomes == ["discarded", "ok"]
+    assert (refitter.discarded, refitter.refits) == (1, 1)
+    assert "mid" in router.models and router.refit().rows == 40
 
 
 def test_a_manual_refit_during_a_pool_change_is_refused_and_changes_nothing() -> None:
