@@ -38,12 +38,14 @@ class GatedEmbedder(HashEmbedder):
     def __init__(self) -> None:
         super().__init__(16)
         self.gate_at: int | None = None
+        self.gate_only: int | None = None  # gates calls of exactly this size instead
         self.started = threading.Event()
         self.release = threading.Event()
 
     def embed(self, texts: Sequence[str], **_: Any) -> NDArray[np.float32]:
         items = list(texts)
-        if self.gate_at is not None and len(items) >= self.gate_at:
+        gated = self.gate_at is not None and len(items) >= self.gate_at
+        if gated or len(items) == self.gate_only:
             self.started.set()
             assert self.release.wait(WAIT_S), "the test never released the refit"
         return super().embed(items)
@@ -177,6 +179,31 @@ def test_a_manual_refit_during_a_pool_change_is_refused_and_changes_nothing() ->
     assert router.projection is projection and "mid" in router.models
     # Nothing was taken out of the log: the refit, run again, learns all of it.
     assert router.refit().rows == 40
+
+
+def test_a_warm_start_overtaken_by_a_refit_adds_nothing() -> None:
+    router, embedder = fitted(20, refit_growth=0.0)
+    feedback_on(router, 20, offset=100)
+    examples = replace(dataset(7, offset=700), models=["mid", "other"])
+    embedder.gate_only = 7
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            router.add_model(MID, examples=examples)
+        except BaseException as err:
+            errors.append(err)
+
+    worker = threading.Thread(target=add)
+    worker.start()
+    assert embedder.started.wait(WAIT_S)
+    router.refit()  # swaps in a new projection while the examples are embedded
+    embedder.release.set()
+    worker.join(WAIT_S)
+    assert len(errors) == 1 and isinstance(errors[0], mixllm.StateChangedError)
+    assert "mid" not in router.models
+    router.add_model(MID, examples=examples)
+    assert router.policy.inspect("mid")["observations"] == 7
 
 
 def labelled(n: int, offset: int = 0) -> mixllm.RoutingDataset:
