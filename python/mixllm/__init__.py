@@ -35,6 +35,7 @@ from mixllm.errors import (
     ModelIntegrityError,
     NotFittedError,
     ProjectionError,
+    StateChangedError,
     StoreError,
     UnusedDataWarning,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingDataset",
+    "StateChangedError",
     "StateFileError",
     "StoreError",
     "TagProjection",

@@ -19,6 +19,7 @@ __all__ = [
     "ModelIntegrityError",
     "NotFittedError",
     "ProjectionError",
+    "StateChangedError",
     "StoreError",
     "UnusedDataWarning",
 ]
@@ -67,3 +68,9 @@ class StoreError(MixllmError, RuntimeError):
 class UnusedDataWarning(UserWarning):
     """Data a Router was given holds outcomes it does not learn from: models not in its pool
     (the message names them)."""
+
+
+class StateChangedError(MixllmError, RuntimeError):
+    """A fit or refit finished after what it started from changed (the pool, or, for a refit,
+    the fitted state): its result was discarded and the Router left as it was (the message
+    says what changed); run it again."""

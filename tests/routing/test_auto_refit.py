@@ -146,17 +146,18 @@ def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
         attempts.append(1)
         raise RuntimeError("no memory left")
 
-    router.refit = failing  # type: ignore[method-assign]
+    router._refit_locked = failing  # type: ignore[method-assign]
     projection, policy = router.projection, router.policy
-    give_feedback(router, 12, offset=100)
-    assert router.automatic_refits == 0
+    give_feedback(router, 6, offset=100)
+    assert attempts == [1]
+    assert router.automatic_refits == 0 and router.automatic_refits_failed == 1
     assert router.projection is projection and router.policy is policy
-    tried = len(attempts)
-    assert tried >= 1
-    # It goes on routing and learning, and tries again at the next feedback.
-    give_feedback(router, 1, offset=200)
+    # It goes on routing and learning; the next attempt waits for 6 more feedbacks.
+    give_feedback(router, 5, offset=200)
     assert router.pending() == 0
-    assert len(attempts) == tried + 1
+    assert attempts == [1]
+    give_feedback(router, 1, offset=300)
+    assert attempts == [1, 1]
 
 
 def test_no_automatic_refit_when_turned_off_or_without_rows_of_a_fit() -> None:

@@ -4,6 +4,7 @@ worker thread, whose new state routes afterwards while requests keep being answe
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from gateway_harness import Harness, running_gateway, tiny_router, wait_until
 from mixllm.config import ServeConfig, load_serve_config
 from mixllm.errors import ConfigError
 from mixllm.routing.background_refit import BackgroundRefit
+from refit_data import dataset
 
 
 def chat(harness: Harness, text: str) -> httpx.Response:
@@ -19,10 +21,10 @@ def chat(harness: Harness, text: str) -> httpx.Response:
     return httpx.post(harness.url + "/v1/chat/completions", json=body, timeout=30)
 
 
-def refits(harness: Harness, outcome: str = "ok") -> float:
+def refits(harness: Harness, outcome: str = "ok", trigger: str = "scheduled") -> float:
     text = httpx.get(harness.url + "/metrics").text
     for line in text.splitlines():
-        if line.startswith(f'mixllm_refits_total{{outcome="{outcome}"}}'):
+        if line.startswith(f'mixllm_refits_total{{outcome="{outcome}",trigger="{trigger}"}}'):
             return float(line.split()[-1])
     return 0.0
 
@@ -83,6 +85,19 @@ def test_a_refit_every_few_seconds_waits_for_feedback() -> None:
             httpx.post(harness.url + "/v1/feedback", json={"decision_id": decision, "quality": 1})
         assert wait_until(lambda: refits(harness) == 1, timeout_s=60)
         assert harness.router.policy is not policy
+
+
+def test_the_router_s_own_refits_are_counted_apart() -> None:
+    with running_gateway(refit_growth=1.0) as harness:
+        rows = dataset(8)
+        harness.router.fit(replace(rows, models=["small", "large"]))
+        for i in range(8):
+            decision = chat(harness, f"question {i}").headers["x-mixllm-decision-id"]
+            httpx.post(harness.url + "/v1/feedback", json={"decision_id": decision, "quality": 1})
+        assert harness.router.wait_for_refit(60)
+        assert harness.router.automatic_refits == 1
+        assert refits(harness, trigger="automatic") == 1
+        assert refits(harness, trigger="scheduled") == 0
 
 
 def test_refits_are_off_by_default_and_bad_settings_are_refused() -> None:

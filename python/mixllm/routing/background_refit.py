@@ -9,7 +9,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from mixllm.errors import ConfigError
+from mixllm.errors import ConfigError, StateChangedError
+from mixllm.routing.auto_refit import DISCARDED, FAILED, OK
 from mixllm.routing.router import Router
 from mixllm.validation import integer, positive
 
@@ -23,8 +24,9 @@ class BackgroundRefit:
     refit began, and every ``every_s`` seconds when any feedback arrived in between (give one
     or both). For an asyncio service: call `feedback_learned` from the event loop after each
     feedback the Router learned, and run `run` as a task for as long as the service lives.
-    ``on_refit`` hears ``"ok"`` or ``"failed"`` after each refit; a failed refit is logged and
-    leaves the Router as it was."""
+    ``on_refit`` hears ``"ok"``, ``"failed"`` or ``"discarded"`` after each refit; a failed or
+    discarded refit is logged and leaves the Router as it was, and a discarded one (the pool
+    changed, or the Router was fitted, while it ran) runs again at once."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class BackgroundRefit:
         self._due = asyncio.Event()
         self.refits = 0
         self.failures = 0
+        self.discarded = 0
 
     def feedback_learned(self) -> None:
         """Counts one learned feedback; wakes the refit when enough have arrived."""
@@ -70,22 +73,32 @@ class BackgroundRefit:
             if self._since == 0:
                 continue
             # Feedback learned while this refit runs counts towards the next one.
-            self._since = 0
-            await self.refit_now()
+            since, self._since = self._since, 0
+            if await self.refit_now() == DISCARDED:
+                # Still due: it runs again at once, on the pool as it is now.
+                self._since += since
+                self._due.set()
 
-    async def refit_now(self) -> bool:
-        """One refit in a worker thread; True when it succeeded."""
+    async def refit_now(self) -> str:
+        """One refit in a worker thread; returns its outcome: ``"ok"``, ``"failed"``, or
+        ``"discarded"`` when the pool changed or the Router was fitted while it ran (the
+        change is kept, and the Router as it was)."""
         try:
             report = await asyncio.to_thread(self.router.refit)
+        except StateChangedError as err:
+            self.discarded += 1
+            log.warning("the background refit was discarded: %s", err)
+            self._notify(DISCARDED)
+            return DISCARDED
         except Exception:
             self.failures += 1
             log.exception("the background refit failed; the router keeps its state")
-            self._notify("failed")
-            return False
+            self._notify(FAILED)
+            return FAILED
         self.refits += 1
         log.info("refitted on %d rows", report.rows)
-        self._notify("ok")
-        return True
+        self._notify(OK)
+        return OK
 
     def _notify(self, outcome: str) -> None:
         if self._on_refit is not None:

@@ -1,11 +1,12 @@
-"""Learning offline: `Router.fit` and `Router.refit`."""
+"""Learning offline: `Router.fit`, and what `Router.refit` shares with it (learning a fit
+without swapping it in, and swapping it in)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,9 +15,10 @@ from numpy.typing import NDArray
 
 from mixllm._core import InvalidInputError, Policy
 from mixllm.config import ModelConfig, RouterConfig
-from mixllm.data import RoutingDataset, count_tokens
-from mixllm.errors import ConfigError, UnusedDataWarning
+from mixllm.data import RoutingDataset
+from mixllm.errors import ConfigError, StateChangedError, UnusedDataWarning
 from mixllm.progress import Progress
+from mixllm.routing import refit_state
 from mixllm.routing.calibration import Calibration, calibrate
 from mixllm.routing.learning import LoggedFeedback
 from mixllm.routing.router_base import RouterBase
@@ -56,6 +58,29 @@ class FitReport:
     calibration: Calibration | None = None
 
 
+@dataclass(frozen=True)
+class FitStart:
+    """What a fit or refit starts from, read in one lock section: the configuration it fits
+    with, the generations it checks at its swap, and what a refit relearns."""
+
+    config: RouterConfig
+    pool_generation: int
+    fit_generation: int
+    training: RoutingDataset | None
+    logged: tuple[LoggedFeedback, ...]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a fit learned, not yet swapped in."""
+
+    projection: TagProjection
+    policy: Policy
+    config: RouterConfig
+    calibration: Calibration | None
+    report: FitReport
+
+
 class Fitting(RouterBase):
     """The Router's fits: projection, domains, tuned knobs, calibration and heads."""
 
@@ -64,8 +89,64 @@ class Fitting(RouterBase):
         outcome on each query (RouterBench's layout). Models of the pool missing from the data
         keep their prior arm; models in the data but not in the pool are not learned from, with
         an `UnusedDataWarning` naming them. ``progress`` hears of each stage (embedding the
-        prompts, choosing the ridges, calibrating, fitting the heads)."""
-        not_in_pool = self._check_fit_data(dataset)
+        prompts, choosing the ridges, calibrating, fitting the heads).
+
+        A fit replaces any refit running meanwhile (whose result is then discarded). A pool
+        change made while the fit runs is kept: the fit is then discarded instead, raising
+        `StateChangedError` and leaving the Router as it was."""
+        with self._fitting() as start:
+            fitted = self._learn_fit(dataset, start.config, progress, warn_unused=True)
+            with self._lock:
+                if self._pool_generation != start.pool_generation:
+                    raise StateChangedError(
+                        "the pool changed (add_model, remove_model or update_model) while this "
+                        "fit ran: its result was discarded and the router left as it was; fit "
+                        "again"
+                    )
+                self._swap(fitted, dataset)
+        if progress is not None:
+            progress("fitted", 4, 4)
+        return fitted.report
+
+    @contextlib.contextmanager
+    def _fitting(self, check: Callable[[FitStart], None] | None = None) -> Iterator[FitStart]:
+        """Around a fit or refit: reads what it starts from, refuses it (with ``check`` too)
+        in the same lock section, and counts it as running meanwhile (`attach_store` waits for
+        none)."""
+        with self._lock:
+            if self._store is not None:
+                raise ConfigError(
+                    "fit replaces every arm, which the other replicas cannot follow: fit (or "
+                    "load) the router before attaching the store"
+                )
+            start = FitStart(
+                self._config,
+                self._pool_generation,
+                self._fit_generation,
+                self._training,
+                tuple(self._feedback_log),
+            )
+            if check is not None:
+                check(start)
+            self._fits_running += 1
+        try:
+            yield start
+        finally:
+            with self._lock:
+                self._fits_running -= 1
+
+    def _learn_fit(
+        self,
+        dataset: RoutingDataset,
+        config: RouterConfig,
+        progress: Progress | None,
+        *,
+        warn_unused: bool,
+    ) -> Fitted:
+        """Everything `fit` learns from ``dataset`` with ``config``, without swapping it in.
+        ``warn_unused``: warn of the data's models not in the pool (the report names them
+        either way)."""
+        not_in_pool = _check_fit_data(dataset, config, warn=warn_unused)
         if progress is None:
             embedded = self.embedder.embed(dataset.prompts)
         else:
@@ -76,39 +157,20 @@ class Fitting(RouterBase):
         vectors = embedded.astype(np.float64)
         step = progress if progress is not None else (lambda _label, _done, _total: None)
         step("projection and domains", 0, 4)
-        tag_ids, tag_source, domains = self._domain_ids(dataset, vectors)
+        tag_ids, tag_source, domains = self._domain_ids(dataset, vectors, config)
         projection = TagProjection.fit(
-            vectors,
-            tag_ids,
-            d=self._config.dim,
-            pull=self._config.tagger.pull,
-            push=self._config.tagger.push,
+            vectors, tag_ids, d=config.dim, pull=config.tagger.pull, push=config.tagger.push
         )
         contexts = projection.context(vectors)
         step("choosing the ridges (cross-validation)", 1, 4)
-        config, tuning = self._tune(dataset, contexts)
+        config, tuning = self._tune(dataset, contexts, config)
         step("calibrating the operating points", 2, 4)
         calibration = None
         if len(dataset) >= MIN_ROWS:
             calibration = calibrate(config, contexts, dataset)
         step("fitting every model's heads", 3, 4)
         policy, rows_per_model, without = _fitted_heads(config, dataset, contexts)
-        with self._lock:
-            now = self._now()
-            # Requests still in flight keep counting in the new arms' queues.
-            for pending in self._ledger:
-                if pending.model not in policy or not pending.current(self._policy):
-                    continue
-                # The new arms take over the decisions made with the old ones.
-                pending.rebind(policy, now)
-            self._projection = projection
-            self._policy = policy
-            self._config = config
-            self._calibration = calibration
-            self._training = dataset
-            self._contexts.clear()
-        step("fitted", 4, 4)
-        return FitReport(
+        report = FitReport(
             rows=len(dataset),
             tag_source=tag_source,
             domains=domains,
@@ -120,36 +182,31 @@ class Fitting(RouterBase):
             tuning=tuning,
             calibration=calibration,
         )
+        return Fitted(projection, policy, config, calibration, report)
 
-    def _check_fit_data(self, dataset: RoutingDataset) -> tuple[str, ...]:
-        """Refuses a fit this Router cannot make; warns of (and returns) the data's models
-        that are not in the pool."""
-        if self._store is not None:
-            raise ConfigError(
-                "fit replaces every arm, which the other replicas cannot follow: fit (or load) "
-                "the router before attaching the store"
-            )
-        if len(dataset) < MIN_FIT_QUERIES:
-            raise InvalidInputError(
-                f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}"
-            )
-        pool = {model.name for model in self._config.models}
-        not_in_pool = tuple(name for name in dataset.models if name not in pool)
-        if not_in_pool:
-            warnings.warn(
-                f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
-                f"which this fit ignores: {', '.join(not_in_pool)}",
-                UnusedDataWarning,
-                stacklevel=3,
-            )
-        return not_in_pool
+    def _swap(self, fitted: Fitted, rows: RoutingDataset) -> None:
+        """Puts a fit's state in place (the caller holds the lock), keeping the newest
+        `MAX_TRAINING_ROWS` of the rows it learned from for the next refit."""
+        now = self._now()
+        # Requests still in flight keep counting in the new arms' queues.
+        for pending in self._ledger:
+            if pending.model not in fitted.policy or not pending.current(self._policy):
+                continue
+            # The new arms take over the decisions made with the old ones.
+            pending.rebind(fitted.policy, now)
+        self._projection = fitted.projection
+        self._policy = fitted.policy
+        self._config = fitted.config
+        self._calibration = fitted.calibration
+        self._training = newest_rows(rows, refit_state.MAX_TRAINING_ROWS)
+        self._contexts.clear()
+        self._fit_generation += 1
 
     def _tune(
-        self, dataset: RoutingDataset, contexts: NDArray[np.float64]
+        self, dataset: RoutingDataset, contexts: NDArray[np.float64], config: RouterConfig
     ) -> tuple[RouterConfig, tuple[KnobChoice, ...]]:
         """The configuration to fit with: the knobs left to cross-validation chosen on these
         rows (`mixllm.routing.tuning`), when there are enough of them; the others as they are."""
-        config = self._config
         if len(dataset) < MIN_ROWS:
             return config, ()
         pool = [m for m in config.models if m.name in dataset.models]
@@ -168,63 +225,47 @@ class Fitting(RouterBase):
         chosen: dict[str, Any] = {choice.knob: choice.chosen for choice in choices}
         return replace(config, **chosen), tuple(choices)
 
-    def refit(self) -> FitReport:
-        """Fits projection, domains and heads again (`fit`) on the rows of the last fit plus
-        the feedback learned since (the last ``feedback_log_size`` of them: each its query,
-        the chosen model's quality, or 1/0 for binary feedback, and output tokens), so that
-        feedback improves the representation too, not only the heads. Routing goes on while
-        it runs (in a background thread, say) and switches to the new state at once.
-
-        `save` keeps both, so a loaded Router refits as the saved one would have; one loaded
-        from a state saved without them (an older mixllm's, or rows past the size a state
-        holds) refits on what it has. Raises `InvalidInputError` when there is nothing to fit
-        on."""
-        # One refit at a time: each relearns what the one before it left logged.
-        with self._refit_lock:
-            return self._refit()
-
-    def _refit(self) -> FitReport:
-        with self._lock:
-            training = self._training
-            logged = list(self._feedback_log)
-        parts = [] if training is None else [training]
-        if logged:
-            parts.append(feedback_dataset(logged, self.models))
-        if not parts:
-            raise InvalidInputError("refit has nothing to learn from: no fit and no feedback")
-        combined = parts[0] if len(parts) == 1 else concatenated(parts[0], parts[1])
-        with warnings.catch_warnings():
-            # The feedback names the pool's own models; the rows of the last fit were checked
-            # then.
-            warnings.simplefilter("ignore", UnusedDataWarning)
-            report = self.fit(combined)
-        with self._lock:
-            # What was learned is in the new rows now; feedback during the refit stays logged.
-            # The log is bounded, so feedback during the refit may have pushed some of what
-            # was copied out already: drop only the copied entries still at its front, never
-            # a count of entries (which would drop the new feedback instead).
-            copied = {id(entry) for entry in logged}
-            while self._feedback_log and id(self._feedback_log[0]) in copied:
-                self._feedback_log.popleft()
-            self._training = combined
-        return report
-
     def _domain_ids(
-        self, dataset: RoutingDataset, vectors: NDArray[np.float64]
+        self, dataset: RoutingDataset, vectors: NDArray[np.float64], config: RouterConfig
     ) -> tuple[NDArray[np.int64], str, int]:
-        mode = self._config.tagger.mode
+        mode = config.tagger.mode
         if mode == "labels" and dataset.labels is None:
             raise ConfigError('tagger.mode is "labels" but the data set carries no labels')
         if mode != "zero-shot" and dataset.labels is not None:
             mapping, ids = DomainLabels.from_labels(dataset.labels)
             return ids, "dataset labels", len(mapping.names)
-        tagger = Tagger(self.embedder, temperature=self._config.tagger.temperature)
+        tagger = Tagger(self.embedder, temperature=config.tagger.temperature)
         tags = tagger.tag_vectors(vectors)
         if mode == "zero-shot":
             return tags.top, "zero-shot tagger (as configured)", len(np.unique(tags.top))
         # No labels: the taxonomy, unless clusters learned from the data spread it far better.
         choice = choose_domains(vectors, tags.top)
         return choice.ids, choice.source, len(np.unique(choice.ids))
+
+
+def _check_fit_data(
+    dataset: RoutingDataset, config: RouterConfig, *, warn: bool
+) -> tuple[str, ...]:
+    """Refuses data a fit cannot learn from; returns (and, with ``warn``, warns of) the data's
+    models that are not in the pool."""
+    if len(dataset) < MIN_FIT_QUERIES:
+        raise InvalidInputError(f"fit needs at least {MIN_FIT_QUERIES} queries, got {len(dataset)}")
+    pool = {model.name for model in config.models}
+    not_in_pool = tuple(name for name in dataset.models if name not in pool)
+    if not_in_pool and warn:
+        warnings.warn(
+            f"the data holds outcomes of {len(not_in_pool)} model(s) not in the pool, "
+            f"which this fit ignores: {', '.join(not_in_pool)}",
+            UnusedDataWarning,
+            stacklevel=4,
+        )
+    return not_in_pool
+
+
+def newest_rows(rows: RoutingDataset, limit: int) -> RoutingDataset:
+    """The last ``limit`` rows (the newest: a refit appends the feedback after the rows it
+    had), or all of them when there are no more."""
+    return rows if len(rows) <= limit else rows.select(slice(len(rows) - limit, None))
 
 
 def _quality_ridge(
@@ -287,67 +328,3 @@ def _fitted_heads(
         policy.fit(model.name, contexts[seen], dataset.quality[seen, column], tokens)
         rows_per_model[model.name] = int(seen.sum())
     return policy, rows_per_model, without
-
-
-def feedback_dataset(logged: Sequence[LoggedFeedback], models: Sequence[str]) -> RoutingDataset:
-    """Logged feedback as rows of a data set: each row observes the chosen model alone."""
-    names = list(dict.fromkeys([*models, *(f.model for f in logged)]))
-    n, k = len(logged), len(names)
-    quality = np.full((n, k), np.nan)
-    tokens = np.full((n, k), np.nan)
-    for row, item in enumerate(logged):
-        column = names.index(item.model)
-        quality[row, column] = item.quality
-        if item.output_tokens is not None:
-            tokens[row, column] = item.output_tokens
-    texts = [f.text for f in logged]
-    return RoutingDataset(
-        prompts=texts,
-        models=names,
-        quality=quality,
-        cost_usd=np.full((n, k), np.nan),
-        prompt_tokens=count_tokens(texts),
-        output_tokens=tokens,
-        latency_s=None,
-        labels=None,
-        split=None,
-        ids=[f"feedback-{secrets.token_hex(6)}-{i}" for i in range(n)],
-        tokens_counted=True,
-    )
-
-
-def concatenated(first: RoutingDataset, second: RoutingDataset) -> RoutingDataset:
-    """The rows of both, over the union of their models (unobserved cells NaN). Labels are
-    kept only when both have them; ids of the second that repeat the first's are renamed."""
-    names = list(dict.fromkeys([*first.models, *second.models]))
-
-    def widened(ds: RoutingDataset, array: NDArray[np.float64] | None) -> NDArray[np.float64]:
-        out = np.full((len(ds), len(names)), np.nan)
-        if array is not None:
-            for k, name in enumerate(ds.models):
-                out[:, names.index(name)] = array[:, k]
-        return out
-
-    def stacked(name: str) -> NDArray[np.float64]:
-        parts = [widened(ds, getattr(ds, name)) for ds in (first, second)]
-        return np.vstack(parts)
-
-    no_latencies = first.latency_s is None and second.latency_s is None
-    taken = set(first.ids)
-    ids = [*first.ids, *(i if i not in taken else f"{i}@refit" for i in second.ids)]
-    labels = None
-    if first.labels is not None and second.labels is not None:
-        labels = [*first.labels, *second.labels]
-    return RoutingDataset(
-        prompts=[*first.prompts, *second.prompts],
-        models=names,
-        quality=stacked("quality"),
-        cost_usd=stacked("cost_usd"),
-        prompt_tokens=np.concatenate([first.prompt_tokens, second.prompt_tokens]),
-        output_tokens=stacked("output_tokens"),
-        latency_s=None if no_latencies else stacked("latency_s"),
-        labels=labels,
-        split=None,
-        ids=ids,
-        tokens_counted=first.tokens_counted or second.tokens_counted,
-    )

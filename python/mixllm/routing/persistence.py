@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,7 @@ class Persistence(RouterBase):
         if position is not None:
             files[_STREAM_POSITION] = json.dumps(position.to_dict()).encode("utf-8")
         if training is not None:
-            _add_bounded(files, TRAINING_FILE, training_to_bytes(training), MAX_TRAINING_BYTES)
+            _add_training(files, training)
         if logged:
             _add_bounded(files, FEEDBACK_FILE, feedback_to_bytes(logged), MAX_FEEDBACK_BYTES)
         manifest = {
@@ -125,6 +127,38 @@ def _add_bounded(files: dict[str, bytes], name: str, data: bytes, limit: int) ->
         )
         return
     files[name] = data
+
+
+def _add_training(files: dict[str, bytes], training: RoutingDataset) -> None:
+    """Adds the rows of the last fit, or as many of the newest as fit within the size a load
+    reads (packed and unpacked), with a warning naming how many of the oldest it left out."""
+    kept, data = training, training_to_bytes(training)
+    size = _training_size(data)
+    while size > MAX_TRAINING_BYTES and len(kept) > 1:
+        # The rows' bytes grow about linearly with their count: aim a little below the bound.
+        rows = min(len(kept) - 1, int(len(kept) * 0.95 * MAX_TRAINING_BYTES / size))
+        kept = kept.select(slice(len(kept) - max(rows, 1), None))
+        data = training_to_bytes(kept)
+        size = _training_size(data)
+    if size > MAX_TRAINING_BYTES:
+        _add_bounded(files, TRAINING_FILE, data, MAX_TRAINING_BYTES)
+        return
+    if len(kept) < len(training):
+        warnings.warn(
+            f"{TRAINING_FILE} would be more than the {MAX_TRAINING_BYTES} bytes a state holds: "
+            f"saved with the newest {len(kept)} rows, leaving out the oldest "
+            f"{len(training) - len(kept)} rows, which a refit after loading does not learn from",
+            UnusedDataWarning,
+            stacklevel=3,
+        )
+    files[TRAINING_FILE] = data
+
+
+def _training_size(data: bytes) -> int:
+    """A rows file's size as a load bounds it: the larger of its packed and unpacked sizes."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    return max(len(data), unpacked)
 
 
 def saved_refit_inputs(folder: Path, config: RouterConfig) -> RefitInputs:

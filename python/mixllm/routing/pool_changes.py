@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from mixllm._core import InvalidInputError, UnknownModelError
 from mixllm.config import ModelConfig
 from mixllm.data import RoutingDataset
-from mixllm.errors import ConfigError
+from mixllm.errors import ConfigError, StateChangedError
 from mixllm.routing.router_base import RouterBase
 from mixllm.store.pool import PoolChange
 from mixllm.validation import PROFILE_FIELDS
@@ -38,7 +38,9 @@ class PoolChanges(RouterBase):
         it is tried: the exploration bonus alone is small at the paper's alpha = 0.01), or, with
         ``examples`` (a data set holding outcomes of a model of this name), an arm warm-started
         by an exact fit on them. With a store, the other replicas add it too (at its priors: a
-        warm start cannot be shared, so it is refused then)."""
+        warm start cannot be shared, so it is refused then). A warm start that a fit or refit
+        overtook (its contexts are the old projection's) raises `StateChangedError`, adding
+        nothing."""
         model.validate("model")
         if examples is not None and self._store is not None:
             raise ConfigError(
@@ -54,15 +56,24 @@ class PoolChanges(RouterBase):
         this Router adds it, with a fresh id when a store shares the addition)."""
         warm: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None] | None
         warm = None
+        with self._lock:
+            fitted = self._fit_generation
         if examples is not None:
             warm = self._warm_start(model.name, examples)
         if arm is None:
             arm = secrets.token_hex(8) if self._store is not None else ""
         with self._shared("add", model, arm), self._lock:
+            if warm is not None and self._fit_generation != fitted:
+                # Its contexts are the old projection's, which the new arms do not use.
+                raise StateChangedError(
+                    f"the router was refitted while the examples of {model.name!r} were "
+                    "embedded: the model was not added; add it again"
+                )
             self._policy.add_model(model.name, **model.policy_kwargs())
             if warm is not None:
                 self._policy.fit(model.name, *warm)
             self._config = self._config.with_models((*self._config.models, model))
+            self._pool_generation += 1
             if arm:
                 self._arms[model.name] = arm
             else:
@@ -93,6 +104,7 @@ class PoolChanges(RouterBase):
             self._config = self._config.with_models(
                 tuple(m for m in self._config.models if m.name != name)
             )
+            self._pool_generation += 1
 
     def update_model(self, model: ModelConfig) -> None:
         """Replaces a pool model's configuration (prices, speeds, upstream) keeping everything
@@ -111,6 +123,7 @@ class PoolChanges(RouterBase):
             self._config = self._config.with_models(
                 tuple(model if m.name == model.name else m for m in self._config.models)
             )
+            self._pool_generation += 1
 
     @contextlib.contextmanager
     def _shared(

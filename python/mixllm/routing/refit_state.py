@@ -21,8 +21,14 @@ from mixllm.routing.learning import LoggedFeedback
 TRAINING_FILE = "training.npz"
 FEEDBACK_FILE = "feedback.json"
 FORMAT_VERSION = 1
+# The most rows of a fit kept for the next refit: a fit or refit on more keeps the newest
+# (a refit appends the feedback it learned after the rows it had, so the oldest rows of the
+# first fit go first). Without a bound they would grow with every refit, and so would each
+# refit's work and the saved state.
+MAX_TRAINING_ROWS = 50_000
 # The largest rows file a save writes and a load reads, on disk and once unpacked (checked
-# before numpy unpacks a member): rows past it are left out of the save, with a warning.
+# before numpy unpacks a member): a save keeps the newest rows that fit within it, with a
+# warning naming how many it left out.
 MAX_TRAINING_BYTES = 256 << 20
 # The largest feedback log a save writes and a load reads.
 MAX_FEEDBACK_BYTES = 256 << 20

@@ -126,10 +126,7 @@ class Router(
         # What `refit` relearns from: the rows of the last fit, and the feedback since.
         self._training: RoutingDataset | None = None
         self._feedback_log: deque[LoggedFeedback] = deque(maxlen=config.feedback_log_size)
-        # The automatic refit running or last run (`refit_growth`).
-        self._refit_thread: threading.Thread | None = None
-        self._refit_lock = threading.Lock()
-        self.automatic_refits = 0
+        self._init_refits()
         self._clock = clock if clock is not None else Policy.clock_s
         self._lock = threading.Lock()
         # The decisions awaiting feedback, guarded by `_lock` with the policy's queues.

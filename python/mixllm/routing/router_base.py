@@ -47,6 +47,14 @@ class RouterBase:
     _clock: Callable[[], float]
     _lock: threading.Lock
     _refit_lock: threading.Lock
+    # Bumped by every pool change, and by every fit or refit swapped in: a fit or refit checks
+    # at its swap that neither changed under it (what changed is kept, the fit discarded).
+    _pool_generation: int
+    _fit_generation: int
+    # Fits and refits learning now, and whether an automatic refit is scheduled: a store is
+    # not attached meanwhile.
+    _fits_running: int
+    _refit_scheduled: bool
     _ledger: DecisionLedger
     _contexts: LruCache[bytes, tuple[NDArray[np.float64], float]]
     _id_prefix: str

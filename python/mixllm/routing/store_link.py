@@ -32,6 +32,11 @@ class StoreLink(PoolChanges):
                 raise ConfigError("this Router already has a store")
             if self._ledger:
                 raise ConfigError("attach the store before routing: decisions are pending")
+            if self._fits_running or self._refit_scheduled:
+                raise ConfigError(
+                    "attach_store is refused while a refit runs (or a fit): its new arms would "
+                    "replace the ones the store shares; attach once it is done (wait_for_refit)"
+                )
             checkpoint = store.load_checkpoint(self._policy.dim, self._saved_position)
             configured = self._config.models
             if checkpoint is not None:
@@ -45,6 +50,7 @@ class StoreLink(PoolChanges):
                 self._policy = policy
                 self._arms = dict(checkpoint.arms)
                 self._contexts.clear()
+                self._pool_generation += 1
             self._store = store
         try:
             store.start(cast("Router", self))  # the Router is the one class using this part
@@ -72,6 +78,7 @@ class StoreLink(PoolChanges):
                     pending.rebind(policy, now)
             self._policy = policy
             self._arms = dict(arms)
+            self._pool_generation += 1
 
     def _arm_ids(self) -> dict[str, str]:
         """The arm ids that are not "" (what a checkpoint carries)."""

@@ -148,8 +148,12 @@ class Gateway:
                 router,
                 every_feedbacks=settings.refit_every_feedbacks,
                 every_s=settings.refit_every_s,
-                on_refit=lambda outcome: self.metrics.refits.labels(outcome).inc(),
+                on_refit=lambda outcome: self._count_refit(outcome, "scheduled"),
             )
+        router.add_refit_listener(lambda outcome: self._count_refit(outcome, "automatic"))
+
+    def _count_refit(self, outcome: str, trigger: str) -> None:
+        self.metrics.refits.labels(outcome=outcome, trigger=trigger).inc()
 
     # -- lifecycle ------------------------------------------------------------------------------
 

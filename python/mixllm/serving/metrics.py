@@ -43,9 +43,11 @@ class GatewayMetrics:
             "mixllm_feedback", "Feedback received, by kind and whether it was learned",
             ["kind", "learned"], registry=r,
         )  # fmt: skip
+        # trigger: "scheduled" (the gateway's refit_every_feedbacks / refit_every_s) or
+        # "automatic" (the router's own, refit_growth).
         self.refits = Counter(
-            "mixllm_refits", "Background refits of the router, by outcome (ok, failed)",
-            ["outcome"], registry=r,
+            "mixllm_refits", "Background refits of the router, by outcome (ok, failed, "
+            "discarded) and trigger (scheduled, automatic)", ["outcome", "trigger"], registry=r,
         )  # fmt: skip
         self.disconnects = Counter(
             "mixllm_client_disconnects", "Streams the client left before their end",
