@@ -173,13 +173,20 @@ def test_pca_routes_as_mixllm_when_the_domains_lead_the_variance(tau: str) -> No
 
 
 def test_pca_routes_otherwise_when_the_domains_lie_along_little_variance() -> None:
-    section = _frontier(_data(domains_lead=False))["no_time_constraint"]
+    frontier = _frontier(_data(domains_lead=False))
+    section = frontier["no_time_constraint"]
     found = section["variants"][NO_TAGS]
     assert found["subspace_cosine"] < 0.5
     assert found["decisions_differing_pct"] > 10.0
     # PCA drops the directions that tell the domains apart, and with them the cheap answers.
     routers = section["routers"]
     assert routers["mixllm"]["aiq"] > routers[NO_TAGS]["aiq"] + 1.0
+    printed = format_table(
+        {"frontier": frontier, "reference_model": MODELS[2], "data": {"models": list(MODELS)}}
+    )
+    share = found["decisions_differing_pct"]
+    assert f"{NO_TAGS} sends {share:.2f}% of the decisions elsewhere than mixllm" in printed
+    assert "the tags change nothing" not in printed
 
 
 def test_the_report_says_which_ablation_routes_as_mixllm_and_why() -> None:

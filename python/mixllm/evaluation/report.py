@@ -279,26 +279,30 @@ def _variant_note(name: str, found: dict[str, Any]) -> str:
     compared = found["points_compared"]
     share = found["decisions_differing_pct"]
     cosine = found.get("subspace_cosine")
-    subspace = (
-        f"the smallest cosine of the principal angles between its PCA subspace and the "
-        f"tag-enhanced projection's is {cosine:.7f}"
-        if cosine is not None
-        else ""
-    )
     if share is None:
         return f"{name}: no λ swept in common with mixllm to compare decisions at."
+    angles = (
+        ""
+        if cosine is None
+        else f" (PCA's and the tag-enhanced projection's subspaces: smallest principal-angle "
+        f"cosine {cosine:.7f})"
+    )
     if share > 0:
-        text = f"{name} sends {share:.2f}% of the decisions elsewhere than mixllm ({compared} λ)"
-        return text + (f"; {subspace}." if subspace else ".")
+        return (
+            f"{name} sends {share:.2f}% of the decisions elsewhere than mixllm, at the "
+            f"{compared} λ both swept{angles}."
+        )
     text = f"{name} routes every query as mixllm at each of the {compared} λ both swept"
     if found.get("latency_penalty_off"):
         return text + ": without the time constraint the latency penalty β weighs is nil."
     if cosine is not None and cosine >= SAME_SUBSPACE_COSINE:
         return (
-            f"{text}: {subspace}, one subspace, and a rotation of the context changes neither "
-            "the heads nor the exploration bonus, so on this data the tags change nothing."
+            f"{text}: its PCA subspace is the tag-enhanced projection's (smallest "
+            f"principal-angle cosine {cosine:.7f}), and a rotation of the context within it "
+            "changes neither the heads nor the exploration bonus, so on this data the tags "
+            "change nothing."
         )
-    return text + (f"; {subspace}." if subspace else ".")
+    return text + angles + "."
 
 
 def _with_interval(value: float, interval: Sequence[float]) -> str:
