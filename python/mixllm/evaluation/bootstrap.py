@@ -59,16 +59,23 @@ _INTERVAL = (2.5, 97.5)
 @dataclass(frozen=True)
 class Outcomes:
     """What every test query got at each point of one router's sweep: ``quality`` as scored
-    (0 over τ) and ``cost`` (USD), both (points, queries)."""
+    (0 over τ) and ``cost`` (USD), both (points, queries), and the model column it was sent to
+    (``choice``, the same shape, when the sweep's runs give it)."""
 
     quality: F64
     cost: F64
+    choice: NDArray[np.int64] | None = None
 
     def __post_init__(self) -> None:
         if self.quality.ndim != 2 or self.quality.shape != self.cost.shape:
             raise InvalidInputError(
                 f"quality and cost must be (points, queries) of one shape, got "
                 f"{self.quality.shape} and {self.cost.shape}"
+            )
+        if self.choice is not None and self.choice.shape != self.quality.shape:
+            raise InvalidInputError(
+                f"choice must be (points, queries) as quality is, {self.quality.shape}, got "
+                f"{self.choice.shape}"
             )
 
     @classmethod
@@ -78,6 +85,7 @@ class Outcomes:
         return cls(
             np.array([r.quality[queries] for r in results], dtype=np.float64),
             np.array([r.cost[queries] for r in results], dtype=np.float64),
+            np.array([r.choice[queries] for r in results], dtype=np.int64),
         )
 
     @property

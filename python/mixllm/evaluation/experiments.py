@@ -46,6 +46,7 @@ from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder, Truncation
 from mixllm.errors import ConfigError
 from mixllm.evaluation import baselines as bl
+from mixllm.evaluation.ablations import decisions_differing, subspace_cosine
 from mixllm.evaluation.bootstrap import Outcomes, compare, paired_differences, resample_counts
 from mixllm.evaluation.metrics import Point, aiq, cost_to_reach, quality_at_cost, shortfall
 from mixllm.evaluation.simulator import ServerProfile, SimulationResult, Stream, StreamConfig
@@ -86,6 +87,10 @@ def check_continual_splits(splits: Sequence[tuple[int, int]]) -> None:
 
 
 ADDED_MODELS = ("zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat")
+# mixllm's ablations in the frontier: without the latency penalty, and PCA for the
+# tag-enhanced projection.
+NO_BETA = "mixllm β=0"
+NO_TAGS = "mixllm no tags (PCA)"
 
 # The order the queries arrive in: shuffled with the run's seed, as a service's mixed traffic
 # would come (the paper split the whole benchmark 80/20, not file by file); or the
@@ -338,9 +343,11 @@ def _stream(data: _Data, rows: NDArray[np.bool_] | I64, config: StreamConfig) ->
 
 def _policy_routers(
     data: _Data, tau_s: float | None, settings: EvalSettings
-) -> tuple[list[Any], list[Any]]:
+) -> tuple[list[Any], list[Any], dict[str, dict[str, Any]]]:
     """The routers built on a Policy, whose τ (the decision's and the stream's) is the run's:
-    mixllm and its variants, and the rivals (MetaLLM-style LinUCB on raw embeddings)."""
+    mixllm and its variants, and the rivals (MetaLLM-style LinUCB on raw embeddings); and per
+    variant, what decides whether it can route otherwise than mixllm (`.ablations`): whether
+    the latency penalty is off, how far PCA's subspace is from the tag-enhanced projection's."""
     ds, train, test = data.dataset, data.train, data.test
     models = data.models
     policy_tau = tau_s if tau_s is not None else NO_CONSTRAINT_TAU_S
@@ -369,16 +376,14 @@ def _policy_routers(
     )
     no_beta = replace(no_beta, **tuned)
     ctx_all = projection.context(data.vectors)
-    routers.append(
-        policy_router("mixllm β=0", _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test])
-    )
+    routers.append(policy_router(NO_BETA, _fit_policy(ctx_all, ds, train, no_beta), ctx_all[test]))
     pca = PcaProjection.fit(data.vectors[train], d=config.dim)
     ctx_pca = pca.context(data.vectors)
-    routers.append(
-        policy_router(
-            "mixllm no tags (PCA)", _fit_policy(ctx_pca, ds, train, config), ctx_pca[test]
-        )
-    )
+    routers.append(policy_router(NO_TAGS, _fit_policy(ctx_pca, ds, train, config), ctx_pca[test]))
+    facts: dict[str, dict[str, Any]] = {
+        NO_BETA: {"latency_penalty_off": tau_s is None},
+        NO_TAGS: {"subspace_cosine": subspace_cosine(projection, pca)},
+    }
     raw = np.column_stack([data.vectors, np.ones(len(ds))])
     linucb = router_config(models, tau_s=NO_CONSTRAINT_TAU_S, beta=0.0, learned=data.learned)
     rivals = [
@@ -386,7 +391,7 @@ def _policy_routers(
             f"LinUCB raw {data.vectors.shape[1]}-d", _fit_policy(raw, ds, train, linucb), raw[test]
         )
     ]
-    return routers, rivals
+    return routers, rivals, facts
 
 
 def _fixed_routers(data: _Data, settings: EvalSettings) -> list[Any]:
@@ -467,7 +472,7 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: Progress)
     g = data.models.index(data.reference)
     fixed = _fixed_routers(data, settings)
     for key, tau in (("no_time_constraint", None), ("time_constraint", settings.tau_s)):
-        variants, rivals = _policy_routers(data, tau, settings)
+        variants, rivals, facts = _policy_routers(data, tau, settings)
         routers = variants + rivals + fixed
         stream = _stream(data, data.test, settings.stream(tau))
         queued = bl.FixedRouter(
@@ -487,13 +492,20 @@ def frontier_experiment(data: _Data, settings: EvalSettings, progress: Progress)
             "routers": {},
         }
         outcomes: dict[str, Outcomes] = {}
+        swept: dict[str, tuple[list[Point], Outcomes]] = {}
         for i, router in enumerate(routers):
             progress(f"frontier {key}: {router.name}", i, len(routers))
             points, outcomes[router.name] = sweep(
                 router, stream, settings.lambdas, reference, refine_rounds=settings.refine_rounds
             )
+            swept[router.name] = (points, outcomes[router.name])
             section["routers"][router.name] = _summary(points, c_range)
         progress(f"frontier {key}", len(routers), len(routers))
+        # Each variant beside mixllm: how much of its routing differs, and why it may not.
+        section["variants"] = {
+            name: {**decisions_differing(swept["mixllm"], swept[name]), **found}
+            for name, found in facts.items()
+        }
         # Every router but mixllm's own variants and the oracle (an upper bound, not a rival).
         baselines = [r.name for r in fixed if r.name != "oracle"] + [r.name for r in rivals]
         shortfalls = _shortfalls(section["routers"], baselines, c_range[1])

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mixllm.evaluation.ablations import SAME_SUBSPACE_COSINE
+
 __all__ = ["format_table", "machine", "write_report"]
 
 _FRONTIER_TITLES = {
@@ -268,7 +270,39 @@ def _frontier_notes(section: dict[str, Any], models: Sequence[str]) -> list[str]
             f"{nearest['quality_pct']:.2f}% at {nearest['cost_pct']:.2f}% "
             f"(λ = {nearest['willingness_to_pay']})"
         )
-    return notes
+    return notes + [_variant_note(n, v) for n, v in section.get("variants", {}).items()]
+
+
+def _variant_note(name: str, found: dict[str, Any]) -> str:
+    """How much of an ablation's routing differs from mixllm's, and, when none does, why (see
+    `mixllm.evaluation.ablations`)."""
+    compared = found["points_compared"]
+    share = found["decisions_differing_pct"]
+    cosine = found.get("subspace_cosine")
+    if share is None:
+        return f"{name}: no λ swept in common with mixllm to compare decisions at."
+    angles = (
+        ""
+        if cosine is None
+        else f" (PCA's and the tag-enhanced projection's subspaces: smallest principal-angle "
+        f"cosine {cosine:.7f})"
+    )
+    if share > 0:
+        return (
+            f"{name} sends {share:.2f}% of the decisions elsewhere than mixllm, at the "
+            f"{compared} λ both swept{angles}."
+        )
+    text = f"{name} routes every query as mixllm at each of the {compared} λ both swept"
+    if found.get("latency_penalty_off"):
+        return text + ": without the time constraint the latency penalty β weighs is nil."
+    if cosine is not None and cosine >= SAME_SUBSPACE_COSINE:
+        return (
+            f"{text}: its PCA subspace is the tag-enhanced projection's (smallest "
+            f"principal-angle cosine {cosine:.7f}), and a rotation of the context within it "
+            "changes neither the heads nor the exploration bonus, so on this data the tags "
+            "change nothing."
+        )
+    return text + angles + "."
 
 
 def _with_interval(value: float, interval: Sequence[float]) -> str:
