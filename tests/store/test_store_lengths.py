@@ -352,3 +352,56 @@ def test_a_length_whose_append_reply_was_lost_is_learned_once(
         assert_same_arms(arms(router), want)
     assert publisher.xlen(store_of(a).stream_key) == len(completed)
     close(a, b, late)
+
+
+def store_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("mixllm-")}
+
+
+def closed_in_a_thread(router: Router) -> list[BaseException]:
+    """Closes the replica's store in a thread of its own, failing the test if it hangs; returns
+    what close raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            store_of(router).close()
+        except BaseException as err:
+            errors.append(err)
+
+    closing = threading.Thread(target=run, daemon=True)
+    closing.start()
+    closing.join(WAIT_S)
+    assert not closing.is_alive(), "closing the store hung"
+    return errors
+
+
+def test_closing_with_redis_gone_raises_nothing_and_names_what_was_not_sent(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = store_threads()
+    a = replica(server, timeout_s=0.2)
+    complete(a, range(2))
+    delivered(a)
+    server.stop()
+    complete(a, range(2, 5))
+    assert closed_in_a_thread(a) == []
+    assert store_threads() == before  # every thread of its own stopped
+    # Learned here, never appended: still counted, and said.
+    assert store_of(a).stats.buffered == 3 and store_of(a).stats.published == 2
+    assert "closing with 3 observations never appended to the stream" in caplog.text
+
+
+def test_closing_gives_up_on_lengths_it_cannot_hand_over_in_time(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = replica(server, timeout_s=0.05)
+    complete(a, range(2))
+    delivered(a)
+    server.stop()
+    # Learning and appending a length waits for the publish lock: a feedback holding it and
+    # never letting go keeps the lengths from being learned.
+    with store_of(a).publishing():
+        complete(a, range(2, 5))
+        assert closed_in_a_thread(a) == []
+    assert "the lengths of 3 completed requests were not learned" in caplog.text

@@ -9,7 +9,9 @@ under the same lock (so a checkpoint or a saved state never holds a length the s
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -39,12 +41,20 @@ class QueuedLength(NamedTuple):
 class LengthQueue:
     """A bounded queue of lengths (when full, the oldest is dropped and counted) and the thread
     that hands them to ``deliver``, oldest first. Appending takes no lock: a deque's append is
-    atomic, and the serving path must not wait behind the thread."""
+    atomic, and the serving path must not wait behind the thread.
+
+    A hand-over that raises loses its batch: it is logged and counted in ``unsent``, and the
+    rest still goes."""
 
     def __init__(self, capacity: int, deliver: Callable[[list[QueuedLength]], None]) -> None:
         self._queue: deque[QueuedLength] = deque(maxlen=capacity)
         self._deliver = deliver
         self.dropped = 0
+        self.unsent = 0
+        # How many lengths the hand-over in progress holds.
+        self._in_hand = 0
+        # Both the thread and `close` may count a failed hand-over.
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,23 +70,49 @@ class LengthQueue:
         self._thread = threading.Thread(target=self._run, name="mixllm-lengths", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stops the thread, then hands over what is still queued."""
+    def close(self, timeout_s: float) -> None:
+        """Stops the thread, then hands over what is still queued, taking about ``timeout_s`` at
+        most. Never raises: a hand-over that fails is logged and counted in ``unsent``, and
+        what could not be handed over in time stays queued (its count is logged)."""
+        deadline = time.monotonic() + timeout_s
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                # Stuck in a hand-over: another one from here would wait behind it.
+                log.warning(
+                    "the lengths of %d completed requests were not learned: the thread handing "
+                    "them over did not stop within %.1f s",
+                    len(self._queue) + self._in_hand,
+                    timeout_s,
+                )
+                return
             self._thread = None
-        self.drain()
+        self.drain(until=deadline)
+        if self._queue:
+            log.warning(
+                "the lengths of %d completed requests were not learned: closing took longer "
+                "than %.1f s",
+                len(self._queue),
+                timeout_s,
+            )
 
-    def drain(self) -> None:
-        """Hands over everything queued now, in batches."""
-        while self._queue:
+    def drain(self, until: float = math.inf) -> None:
+        """Hands over everything queued now, in batches, while the monotonic clock is before
+        ``until``."""
+        while self._queue and time.monotonic() < until:
             batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            self._deliver(batch)
+            self._in_hand = len(batch)
+            try:
+                self._deliver(batch)
+            except Exception:  # one bad batch must not keep the rest from going
+                with self._count_lock:
+                    self.unsent += len(batch)
+                log.exception("cannot learn the lengths of %d completed requests", len(batch))
+            finally:
+                self._in_hand = 0
 
     def _run(self) -> None:
         while not self._stop.wait(_DELIVER_EVERY_S):
-            try:
-                self.drain()
-            except Exception:  # the thread must outlive one bad batch; the rest still goes
-                log.exception("cannot learn the lengths of completed requests")
+            self.drain()
