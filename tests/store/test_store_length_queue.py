@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mixllm.store.lengths import LengthQueue, QueuedLength
-from redis_server import WAIT_S, wait_for
+from redis_server import WAIT_S, raised_by, wait_for
 
 
 def length(i: int) -> QueuedLength:
@@ -31,19 +31,7 @@ class FailingDeliver:
 
 
 def closed_within_the_deadlock_timeout(queue: LengthQueue, timeout_s: float) -> None:
-    errors: list[BaseException] = []
-
-    def close() -> None:
-        try:
-            queue.close(timeout_s)
-        except BaseException as err:
-            errors.append(err)
-
-    closing = threading.Thread(target=close, daemon=True)
-    closing.start()
-    closing.join(WAIT_S)
-    assert not closing.is_alive(), "close hung"
-    assert not errors, errors
+    assert raised_by(lambda: queue.close(timeout_s), "close") == []
 
 
 def test_a_failing_hand_over_at_close_is_logged_and_counted_and_raises_nothing(
@@ -115,9 +103,9 @@ def test_close_stops_handing_over_when_its_time_is_up(
         queue.put(length(i))
     try:
         closed_within_the_deadlock_timeout(queue, 0.1)
-        # The first hand-over (if close got to it at all) outlasts the time close has: the
-        # others are left queued, and named.
+        # The first hand-over (if the thread got to it at all) outlasts the time close has: the
+        # others are left queued, and all three named.
         assert seen in ([], [0.0]) and len(queue) == 3 - len(seen)
-        assert f"the lengths of {len(queue)} completed requests were not learned" in caplog.text
+        assert "the lengths of 3 completed requests were not learned" in caplog.text
     finally:
         release.set()

@@ -53,6 +53,8 @@ class LengthQueue:
         self.unsent = 0
         # How many lengths the hand-over in progress holds.
         self._in_hand = 0
+        # Until when the thread hands over what is left once told to stop (set by `close`).
+        self._final_until = math.inf
         # Both the thread and `close` may count a failed hand-over.
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
@@ -71,30 +73,23 @@ class LengthQueue:
         self._thread.start()
 
     def close(self, timeout_s: float) -> None:
-        """Stops the thread, then hands over what is still queued, taking about ``timeout_s`` at
-        most. Never raises: a hand-over that fails is logged and counted in ``unsent``, and
-        what could not be handed over in time stays queued (its count is logged)."""
-        deadline = time.monotonic() + timeout_s
+        """Stops the thread once it has handed over what is still queued, waiting ``timeout_s``
+        at most. Never raises: a hand-over that fails is logged and counted in ``unsent``, and
+        what was not handed over in time (the thread may still be at it) is logged."""
+        self._final_until = time.monotonic() + timeout_s
+        if self._thread is None:
+            self.start()  # the last hand-over is always the thread's: close never waits on one
         self._stop.set()
         thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                # Stuck in a hand-over: another one from here would wait behind it.
-                log.warning(
-                    "the lengths of %d completed requests were not learned: the thread handing "
-                    "them over did not stop within %.1f s",
-                    len(self._queue) + self._in_hand,
-                    timeout_s,
-                )
-                return
+        assert thread is not None
+        thread.join(timeout_s)
+        left = len(self._queue) + self._in_hand if thread.is_alive() else len(self._queue)
+        if not thread.is_alive():
             self._thread = None
-        self.drain(until=deadline)
-        if self._queue:
+        if left:
             log.warning(
-                "the lengths of %d completed requests were not learned: closing took longer "
-                "than %.1f s",
-                len(self._queue),
+                "the lengths of %d completed requests were not learned within %.1f s of closing",
+                left,
                 timeout_s,
             )
 
@@ -116,3 +111,4 @@ class LengthQueue:
     def _run(self) -> None:
         while not self._stop.wait(_DELIVER_EVERY_S):
             self.drain()
+        self.drain(until=self._final_until)
