@@ -62,7 +62,9 @@ _RECOVERIES_IN_A_ROW = 3
 # How long the reader waits before trying an unreachable Redis again, at first and at most.
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
-# Closing waits this many of the store's timeouts at most for the lengths still queued.
+# Closing waits this many of the store's timeouts at most for the lengths still queued (a
+# hand-over makes a few calls to Redis, each bounded by the timeout), and again for its own
+# last delivery.
 _CLOSE_CALLS = 4
 
 
@@ -214,8 +216,6 @@ class RedisStore:
             },
         )
         client, self._publisher, self._reader = _connections(url, timeout_s, block_s)
-        # How long closing waits for the lengths still queued: a hand-over makes a few calls to
-        # Redis, each bounded by the timeout.
         self._close_wait_s = _CLOSE_CALLS * float(timeout_s)
         self._redis_error: type[Exception] = client.RedisError
         self._watch_error: type[Exception] = client.WatchError
