@@ -38,6 +38,24 @@ class Behaviour:
     fail_mid_stream: bool = False  # drops the connection after the first token
 
 
+class VirtualClock:
+    """A ``time``-like clock (``perf_counter`` only) that moves only when a `FakeUpstream`
+    given it makes a request wait, by exactly that wait: what a server under test measures
+    with it is the upstream's behaviour, never how busy the machine running the test is."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._lock = threading.Lock()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+    def perf_counter(self) -> float:
+        with self._lock:
+            return self._now
+
+
 @dataclass
 class Record:
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -50,6 +68,8 @@ class FakeUpstream:
     """Per model (the request's ``model``): a `Behaviour` to set and a `Record` to read."""
 
     def __init__(self, seed: int = 0) -> None:
+        # Advanced by every wait the models make, when set.
+        self.clock: VirtualClock | None = None
         self.behaviours: dict[str, Behaviour] = {}
         self.records: dict[str, Record] = {}
         self._random = random.Random(seed)
@@ -85,7 +105,7 @@ class FakeUpstream:
             return StreamingResponse(
                 self._stream(model, how, record, created), media_type="text/event-stream"
             )
-        await asyncio.sleep(how.ttft_s + how.output_tokens / how.tokens_per_s)
+        await self._wait(how.ttft_s + how.output_tokens / how.tokens_per_s)
         return JSONResponse(
             {
                 "id": "chatcmpl-fake",
@@ -107,15 +127,20 @@ class FakeUpstream:
             }
         )
 
+    async def _wait(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        await asyncio.sleep(seconds)
+
     async def _stream(
         self, model: str, how: Behaviour, record: Record, created: int
     ) -> AsyncIterator[bytes]:
         finished = False
         try:
-            await asyncio.sleep(how.ttft_s)
+            await self._wait(how.ttft_s)
             for i in range(how.output_tokens):
                 if i > 0:
-                    await asyncio.sleep(1 / how.tokens_per_s)
+                    await self._wait(1 / how.tokens_per_s)
                 if i == 1 and how.fail_mid_stream:
                     raise ConnectionAbortedError("the fake upstream drops the stream")
                 chunk = {

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,3 +120,24 @@ def wait_for(condition: Callable[[], object], what: str, timeout_s: float = WAIT
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def raised_by(
+    call: Callable[[], object], what: str, timeout_s: float = WAIT_S
+) -> list[BaseException]:
+    """Runs ``call`` in a thread of its own and returns what it raised (nothing: []); fails the
+    test naming ``what`` when it has not returned after ``timeout_s``: it hangs."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=run, name=f"calling {what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise AssertionError(f"{what} hung")
+    return raised

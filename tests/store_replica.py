@@ -7,6 +7,9 @@ routes query i and sends its feedback for each index given, waits until every on
 observations (its own and the other replicas') is learned, and writes to OUT (JSON) what it
 learned from (index, model) and its arms. The test process builds the same Router (`build_router`)
 to compare with one Router fed every observation.
+
+The store tests build their replicas in the test process with the same pieces: `replica`,
+`replica_store`, `restart`, `store_of`, `close` and `assert_same_arms`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,45 @@ def build_router(*, store: RedisStore | None = None, **settings: Any) -> Router:
         projection=projection,
         store=store,
     )
+
+
+def replica_store(url: str, **options: Any) -> RedisStore:
+    """A store of ``url`` (``options`` as `RedisStore`'s) reading the stream in short blocks:
+    closing a store waits for its read to end."""
+    options.setdefault("block_s", 0.05)
+    return RedisStore(url, **options)
+
+
+def replica(url: str, **settings: Any) -> Router:
+    """`build_router` with ``settings``, attached to a `replica_store` of ``url``."""
+    return build_router(store=replica_store(url), **settings)
+
+
+def restart(state: Path, url: str) -> Router:
+    """A replica loaded from the state saved in ``state``, attached to ``url`` again."""
+    router = Router.load(state, embedder=build_router().embedder)
+    router.attach_store(replica_store(url))
+    return router
+
+
+def store_of(router: Router) -> RedisStore:
+    assert router.store is not None
+    return router.store
+
+
+def close(*routers: Router) -> None:
+    for router in routers:
+        store_of(router).close()
+
+
+def assert_same_arms(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Equal within 1e-9 relative (norm-wise): the same sums, added in another order."""
+    assert got.keys() == want.keys()
+    for model in want:
+        assert got[model]["observations"] == want[model]["observations"], model
+        for key in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv"):
+            a, b = np.asarray(got[model][key]), np.asarray(want[model][key])
+            assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), (model, key)
 
 
 def text(i: int) -> str:

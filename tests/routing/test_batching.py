@@ -14,25 +14,31 @@ import pytest
 from mixllm._core import InvalidInputError
 from mixllm.routing.batching import Batcher
 
+# Every wait on a caller is bounded by this: a caller left unanswered fails the test instead of
+# hanging it.
+WAIT_S = 20.0
+
 
 class RecordingExecutor(Executor):
     """Runs each call in a thread of its own once the test opens the gate, and records when the
-    call was handed over."""
+    call was handed over and what it gave (whatever it raised, as `ThreadPoolExecutor` does)."""
 
     def __init__(self) -> None:
         self.handed: list[Callable[..., Any]] = []
+        self.futures: list[Future[Any]] = []
         self.gate = threading.Event()
         self.gate.set()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self.handed.append(fn)
         future: Future[Any] = Future()
+        self.futures.append(future)
 
         def run() -> None:
             self.gate.wait()
             try:
                 future.set_result(fn(*args, **kwargs))
-            except Exception as err:
+            except BaseException as err:
                 future.set_exception(err)
 
         threading.Thread(target=run, daemon=True).start()
@@ -125,6 +131,63 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_run
     assert all(isinstance(o, ValueError) for o in outcomes), outcomes
     assert after == 4
     assert calls == [[1], [3, 5], [4]]
+
+
+class Interrupted(BaseException):
+    """Raised by the computation, and more than an error: `except Exception` lets it through."""
+
+
+def failing_with(raised: BaseException) -> Callable[[Sequence[int]], list[int]]:
+    def compute(items: Sequence[int]) -> list[int]:
+        if items[0] > 0:
+            raise raised
+        return [2 * item for item in items]
+
+    return compute
+
+
+async def three_callers(batcher: Batcher[int, int], executor: RecordingExecutor) -> list[Any]:
+    """The outcomes of three callers (one batch of one, then one of two), bounded by a deadlock
+    timeout."""
+    executor.gate.clear()
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    both = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    executor.gate.set()
+    gathered = asyncio.gather(first, *both, return_exceptions=True)
+    return await asyncio.wait_for(gathered, WAIT_S)
+
+
+@pytest.mark.parametrize("raised", [Interrupted("stop"), asyncio.CancelledError("stop")])
+def test_more_than_an_error_from_the_computation_reaches_every_caller(
+    raised: BaseException,
+) -> None:
+    executor = RecordingExecutor()
+    batcher: Batcher[int, int] = Batcher(failing_with(raised), executor)
+
+    async def run() -> tuple[list[Any], int]:
+        outcomes = await three_callers(batcher, executor)
+        # The batcher is not left busy: the next batch runs.
+        return outcomes, await asyncio.wait_for(batcher.submit(0), WAIT_S)
+
+    outcomes, after = asyncio.run(run())
+    assert [type(o) for o in outcomes] == [type(raised)] * 3, outcomes
+    assert after == 0
+    # Raised again in the worker, for the executor to see.
+    assert [f.exception(WAIT_S) for f in executor.futures[:2]] == [raised, raised]
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), SystemExit(3)])
+def test_an_interrupt_from_the_computation_reaches_the_callers_and_stops_the_loop(
+    raised: BaseException,
+) -> None:
+    executor = RecordingExecutor()
+    batcher: Batcher[int, int] = Batcher(failing_with(raised), executor)
+    # As when a coroutine itself raises it: asyncio ends the loop with it.
+    with pytest.raises(type(raised)):
+        asyncio.run(three_callers(batcher, executor))
+    assert executor.futures[0].exception(WAIT_S) is raised
 
 
 def test_a_caller_that_left_while_queued_is_not_computed() -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 import mixllm
 from light_router import light_router, model
+from mixllm.routing import persistence
 from mixllm.routing.persistence import MAX_MANIFEST_BYTES
 from mixllm.routing.router import Router
 
@@ -102,6 +104,32 @@ def test_loads_beside_saves_see_one_state_or_the_next(tmp_path: Path) -> None:
         stop.set()
         saver.join(timeout=60)
     assert not errors, errors
+
+
+def test_a_load_reads_the_state_it_started_on_however_many_saves_replace_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saves that replace the state while a load reads it, as a loaded machine interleaves
+    them, each time the load starts reading a state: it still reads that one whole."""
+    router = light_router()
+    router.save(tmp_path)
+    read = persistence.read_state_folder
+    started_on: list[str] = []
+
+    def saves_beside(folder: Path) -> Any:
+        started_on.append(folder.name)
+        for _ in range(4):
+            router.save(tmp_path)
+        return read(folder)
+
+    monkeypatch.setattr(persistence, "read_state_folder", saves_beside)
+    assert Router.load(tmp_path).models == router.models
+    assert started_on == ["state-000001"]
+    # The state it read outlived the saves; the next save deletes it.
+    assert entries(tmp_path) == [".lock", "CURRENT", "state-000001", "state-000005"]
+    monkeypatch.undo()
+    router.save(tmp_path)
+    assert entries(tmp_path) == [".lock", "CURRENT", "state-000006"]
 
 
 SAVE_LOOP = """

@@ -11,9 +11,11 @@ import numpy as np
 import openai
 import pytest
 
+from fake_upstream import VirtualClock
 from gateway_harness import Harness, HashEmbedder, running_gateway, wait_until
 from mixllm.config import ServeConfig
 from mixllm.routing.router import Router
+from mixllm.serving import app as serving_app
 
 USER = [{"role": "user", "content": "Write a haiku about routers."}]
 
@@ -121,9 +123,16 @@ def test_binary_feedback_and_bad_feedback() -> None:
         assert 'mixllm_feedback_total{kind="satisfied",learned="true"} 1.0' in metrics
 
 
-def test_a_slowed_upstream_loses_traffic_within_a_few_requests() -> None:
+def test_a_slowed_upstream_loses_traffic_within_a_few_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gateway times its upstreams on a clock that only the upstream's waits move: the
+    # latencies it learns are the upstream's own, however busy the machine running the test.
+    clock = VirtualClock()
+    monkeypatch.setattr(serving_app, "time", clock)
     # τ = 1 s and β = 1: a model a few hundred milliseconds slower than its peer scores lower.
     with running_gateway(tau_s=1.0, beta=1.0) as harness:
+        harness.fake.clock = clock
 
         async def models_chosen(count: int) -> list[str]:
             async_client = openai.AsyncOpenAI(

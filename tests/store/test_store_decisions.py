@@ -18,33 +18,28 @@ import redis
 from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
 from mixllm.routing.router import Router
-from mixllm.store import RedisStore, StoreError
+from mixllm.store import StoreError
 from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
-from store_replica import arms, build_router, text
+from store_replica import (
+    arms,
+    build_router,
+    close,
+    replica,
+    replica_store,
+    restart,
+    store_of,
+    text,
+)
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
-
-
-def replica(server: RedisServer, **settings: Any) -> Router:
-    return build_router(store=RedisStore(server.url, block_s=0.05), **settings)
-
-
-def store_of(router: Router) -> RedisStore:
-    assert router.store is not None
-    return router.store
-
-
-def close(*routers: Router) -> None:
-    for router in routers:
-        store_of(router).close()
 
 
 def test_a_decision_past_its_time_to_live_is_refused_on_another_replica(
     server: RedisServer,
 ) -> None:
     # A time to live under a second, which whole-second expiry would round up.
-    a, b = replica(server, feedback_ttl_s=0.3), replica(server, feedback_ttl_s=0.3)
+    a, b = replica(server.url, feedback_ttl_s=0.3), replica(server.url, feedback_ttl_s=0.3)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     time.sleep(0.45)
@@ -55,7 +50,7 @@ def test_a_decision_past_its_time_to_live_is_refused_on_another_replica(
 
 
 def test_a_cancelled_decision_is_refused_on_another_replica(server: RedisServer) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     a.cancel(decision.id)
@@ -68,7 +63,7 @@ def test_a_cancelled_decision_is_refused_on_another_replica(server: RedisServer)
 def test_a_decision_dropped_by_the_pending_cap_is_refused_on_another_replica(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server, max_pending=1), replica(server, max_pending=1)
+    a, b = replica(server.url, max_pending=1), replica(server.url, max_pending=1)
     first = a.route(text(1), prompt_tokens=100.0)
     a.route(text(2), prompt_tokens=100.0)  # over the cap: the first is dropped
     wait_for(lambda: store_of(a).stats.decisions_written >= 1, "the decision records")
@@ -81,7 +76,7 @@ def test_a_decision_dropped_by_the_pending_cap_is_refused_on_another_replica(
 def test_feedback_on_another_replica_for_a_model_removed_and_added_again_is_a_no_op(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     model = next(m for m in a.config.models if m.name == decision.model)
@@ -100,7 +95,7 @@ def test_a_length_in_a_record_of_an_earlier_version_is_learned_with_the_feedback
     server: RedisServer,
 ) -> None:
     # Replicas that shared a completed request's length only in its decision's record.
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     record = store_of(b).fetch_decision(decision.id)
@@ -123,14 +118,13 @@ def test_a_length_in_a_record_of_an_earlier_version_is_learned_with_the_feedback
 def test_a_replica_restarted_from_its_own_state_learns_nothing_twice(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    a = replica(server)
+    a = replica(server.url)
     for i in range(5):
         decision = a.route(text(i), prompt_tokens=100.0)
         assert a.feedback(decision.id, quality=0.5)
     a.save(tmp_path / "state")
     close(a)
-    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
-    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    restarted = restart(tmp_path / "state", server.url)
     assert store_of(restarted).sync(WAIT_S)
     assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
     close(restarted)
@@ -139,7 +133,7 @@ def test_a_replica_restarted_from_its_own_state_learns_nothing_twice(
 def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_nothing_twice(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    a, other = replica(server), replica(server)
+    a, other = replica(server.url), replica(server.url)
     for i in range(5):
         decision = a.route(text(i), prompt_tokens=100.0)
         assert a.feedback(decision.id, quality=0.5)
@@ -151,8 +145,7 @@ def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_noth
     for i in range(5, 8):
         decision = other.route(text(i), prompt_tokens=100.0)
         assert other.feedback(decision.id, quality=0.5)
-    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
-    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    restarted = restart(tmp_path / "state", server.url)
     assert store_of(restarted).sync(WAIT_S) and store_of(other).sync(WAIT_S)
     # Its own 5 once, and the 3 learned elsewhere since it saved.
     assert arms(restarted) == arms(other)
@@ -163,7 +156,7 @@ def test_a_replica_restarted_from_its_own_state_without_a_checkpoint_learns_noth
 def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    a = replica(server)
+    a = replica(server.url)
     for i in range(2):
         decision = a.route(text(i), prompt_tokens=100.0)
         assert a.feedback(decision.id, quality=0.5)
@@ -180,8 +173,7 @@ def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once
     client.delete(f"{store_of(a).namespace}:checkpoint")
     assert client.xlen(store_of(a).stream_key) == 5
     client.close()
-    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
-    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    restarted = restart(tmp_path / "state", server.url)
     assert store_of(restarted).sync(WAIT_S)
     assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
     close(restarted)
@@ -190,7 +182,7 @@ def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once
 def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    a = build_router(store=RedisStore(server.url, block_s=0.05, retain_s=0.0))
+    a = build_router(store=replica_store(server.url, retain_s=0.0))
     decision = a.route(text(0), prompt_tokens=100.0)
     assert a.feedback(decision.id, quality=0.5)
     a.save(tmp_path / "state")
@@ -203,19 +195,19 @@ def test_a_saved_position_trimmed_away_with_no_checkpoint_is_refused_at_attach(
     restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
     before = arms(restarted)
     with pytest.raises(StoreError, match=r"trimmed away.*no checkpoint"):
-        restarted.attach_store(RedisStore(server.url, block_s=0.05))
+        restarted.attach_store(replica_store(server.url))
     assert restarted.store is None and arms(restarted) == before
 
 
 def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: RedisServer) -> None:
-    a = replica(server)
+    a = replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     assert a.feedback(decision.id, quality=0.5)
     assert store_of(a).checkpoint()
     b = build_router()
     dearer = replace(b.config.models[0], price_in=7.0, price_out=21.0)
     b.update_model(dearer)
-    b.attach_store(RedisStore(server.url, block_s=0.05))
+    b.attach_store(replica_store(server.url))
     assert b.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
     assert b.config.models[0].price_in == 7.0
     # The checkpoint's learning came with it.
@@ -225,7 +217,7 @@ def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: Redi
     assert a.policy.inspect(dearer.name)["profile"]["price_in"] == 7.0
     # A replica attaching later with the first prices keeps them (over the update in the
     # stream after the checkpoint), and so do the others.
-    c = replica(server)
+    c = replica(server.url)
     assert c.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
     assert c.config.models[0].price_in == 0.1
     for router in (a, b):
@@ -233,7 +225,7 @@ def test_attaching_keeps_the_configured_prices_over_the_checkpoints(server: Redi
         assert router.policy.inspect(dearer.name)["profile"]["price_in"] == 0.1
     # Attaching with the configuration already in effect shares nothing.
     length = store_of(a)._publisher.xlen(store_of(a).stream_key)
-    d = replica(server)
+    d = replica(server.url)
     assert store_of(d)._publisher.xlen(store_of(d).stream_key) == length
     close(a, b, c, d)
 
@@ -258,7 +250,7 @@ class _SlowCopy:
 def test_a_checkpoint_holds_exactly_the_entries_up_to_the_position_it_records(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     slow = property(lambda r: _SlowCopy(r._policy) if r is a else r._policy)
     monkeypatch.setattr(Router, "policy", slow)
     stop = threading.Event()
@@ -289,7 +281,7 @@ def test_a_checkpoint_holds_exactly_the_entries_up_to_the_position_it_records(
 
 
 def test_an_unreadable_decision_record_is_no_decision(server: RedisServer) -> None:
-    b = replica(server)
+    b = replica(server.url)
     store_of(b)._publisher.set(f"{store_of(b).namespace}:decision:x-1", b"small\x00")
     with pytest.raises(DecisionNotFoundError, match="no decision with id"):
         b.feedback("x-1", quality=0.5)
@@ -305,9 +297,8 @@ offset = float(sys.argv[2])
 true_time = time.time
 time.time = lambda: true_time() + offset
 sys.path.insert(0, sys.argv[3])
-from mixllm.store import RedisStore
-from store_replica import build_router, text
-router = build_router(store=RedisStore(sys.argv[1], block_s=0.05), feedback_ttl_s=2.0)
+from store_replica import replica, text
+router = replica(sys.argv[1], feedback_ttl_s=2.0)
 ids = [router.route(text(i), prompt_tokens=100.0).id for i in range(2)]
 while router.store.stats.decisions_written < 2:
     time.sleep(0.01)
@@ -339,7 +330,7 @@ def test_replicas_agree_on_a_deadline_whatever_their_clocks_say(
         line = child.stdout.readline()
         assert line, "the replica exited early"
         early, late = line.split()
-        b = replica(server, feedback_ttl_s=2.0)
+        b = replica(server.url, feedback_ttl_s=2.0)
         # Within its time to live, by Redis's clock: accepted here, though the deciding
         # replica's clock says otherwise (10 s behind, its deadline was already past).
         assert b.feedback(early, quality=0.5)

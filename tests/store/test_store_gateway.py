@@ -21,8 +21,8 @@ from fake_upstream import FakeUpstream, ServerThread
 from gateway_harness import Harness, pool_model, running_gateway, tiny_router, wait_until
 from mixllm.config import ServeConfig
 from mixllm.serving import create_app, gateway_router
-from mixllm.store import RedisStore
 from redis_server import RedisServer, free_port, require_redis_server
+from store_replica import replica_store
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
@@ -35,7 +35,7 @@ def test_feedback_given_to_one_gateway_teaches_the_other(server: RedisServer) ->
         a = stack.enter_context(running_gateway())
         b = stack.enter_context(running_gateway())
         for harness in (a, b):
-            harness.router.attach_store(RedisStore(server.url, block_s=0.05))
+            harness.router.attach_store(replica_store(server.url))
             stack.callback(harness.router.store.close)  # type: ignore[union-attr]
         reply = httpx.post(
             a.url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER}, timeout=30
@@ -60,7 +60,7 @@ def _replicas(
     replicas = []
     for _ in range(2):
         harness = stack.enter_context(running_gateway(names, **options))
-        harness.router.attach_store(RedisStore(server.url, block_s=0.05))
+        harness.router.attach_store(replica_store(server.url))
         stack.callback(harness.router.store.close)  # type: ignore[union-attr]
         replicas.append(harness)
     return replicas[0], replicas[1]
@@ -163,7 +163,7 @@ def test_feedback_and_scrapes_waiting_on_redis_leave_the_gateway_answering(
     with ExitStack() as stack:
         upstream = stack.enter_context(ServerThread(FakeUpstream().app))
         router = tiny_router(tuple(pool_model(name, upstream.url) for name in ("small", "large")))
-        store = RedisStore(server.url, block_s=0.05, timeout_s=5.0)
+        store = replica_store(server.url, timeout_s=5.0)
         router.attach_store(store)
         stack.callback(store.close)
         url = stack.enter_context(
@@ -207,7 +207,7 @@ def test_feedback_while_redis_is_unreachable_does_not_wait_on_a_claim(
         upstream = stack.enter_context(ServerThread(FakeUpstream().app))
         router = tiny_router(tuple(pool_model(name, upstream.url) for name in ("small", "large")))
         # No queue refreshes during the test: every held SET is then a claim.
-        store = RedisStore(server.url, block_s=0.05, timeout_s=0.5, queue_refresh_s=3600.0)
+        store = replica_store(server.url, timeout_s=0.5, queue_refresh_s=3600.0)
         router.attach_store(store)
         stack.callback(store.close)
         url = stack.enter_context(
@@ -276,7 +276,7 @@ def test_the_gateway_reports_the_store_in_its_metrics(server: RedisServer) -> No
     with ServerThread(fake.app) as upstream:
         models = tuple(pool_model(name, upstream.url) for name in ("small", "large"))
         router = tiny_router(models)
-        router.attach_store(RedisStore(server.url, block_s=0.05))
+        router.attach_store(replica_store(server.url))
         app = create_app(router, settings=ServeConfig())
         with ServerThread(app, grace_s=2) as gateway:
             reply = httpx.post(
@@ -317,12 +317,12 @@ def test_a_gateway_attaching_to_a_checkpoint_keeps_its_configured_prices(
     server: RedisServer, tmp_path: Path
 ) -> None:
     first, _ = gateway_router(_serve_config(tmp_path / "first.toml", 1.0))
-    first.attach_store(RedisStore(server.url, block_s=0.05))
+    first.attach_store(replica_store(server.url))
     # A checkpoint of the first replica's state, past the start of the stream.
     first.update_model(first.config.models[0])
     assert first.store is not None and first.store.checkpoint()
     second, _ = gateway_router(_serve_config(tmp_path / "second.toml", 9.0))
-    second.attach_store(RedisStore(server.url, block_s=0.05))
+    second.attach_store(replica_store(server.url))
     for router in (second, first):
         assert router.store is not None and router.store.sync(10.0)
         for name in router.models:

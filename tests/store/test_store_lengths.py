@@ -11,34 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 
 from mixllm._core import InvalidInputError
 from mixllm.errors import DecisionNotFoundError
 from mixllm.routing.router import Router
-from mixllm.store import RedisStore
-from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
-from store_replica import arms, build_router, text
+from redis_server import WAIT_S, RedisServer, raised_by, require_redis_server, wait_for
+from store_replica import (
+    arms,
+    assert_same_arms,
+    build_router,
+    close,
+    replica,
+    replica_store,
+    restart,
+    store_of,
+    text,
+)
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
-
-
-def replica(server: RedisServer, **options: Any) -> Router:
-    options.setdefault("block_s", 0.05)
-    return build_router(store=RedisStore(server.url, **options))
-
-
-def store_of(router: Router) -> RedisStore:
-    assert router.store is not None
-    return router.store
-
-
-def close(*routers: Router) -> None:
-    for router in routers:
-        store_of(router).close()
 
 
 def length(i: int) -> float:
@@ -85,22 +78,12 @@ def delivered(*routers: Router) -> None:
         assert store_of(router).sync(WAIT_S)
 
 
-def assert_same_arms(got: dict[str, Any], want: dict[str, Any]) -> None:
-    """Equal within 1e-9 relative (norm-wise): the same sums, added in another order."""
-    assert got.keys() == want.keys()
-    for model in want:
-        assert got[model]["observations"] == want[model]["observations"], model
-        for key in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv"):
-            a, b = np.asarray(got[model][key]), np.asarray(want[model][key])
-            assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), (model, key)
-
-
 def prior_arms() -> dict[str, Any]:
     return arms(build_router())
 
 
 def test_lengths_completed_on_one_replica_reach_every_replica_once(server: RedisServer) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     completed = complete(a, range(20))
     delivered(a, b)
     want = Oracle.new().learned(completed)
@@ -117,7 +100,7 @@ def test_lengths_completed_on_one_replica_reach_every_replica_once(server: Redis
 def test_feedback_after_the_length_teaches_quality_only_on_either_replica(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     oracle = Oracle.new()
     for i in range(12):
         decision = a.route(text(i), prompt_tokens=100.0)
@@ -144,7 +127,7 @@ def test_feedback_after_the_length_teaches_quality_only_on_either_replica(
 def test_feedback_giving_its_own_length_teaches_it_again_as_without_a_store(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     oracle = Oracle.new()
     decision = a.route(text(1), prompt_tokens=100.0)
     a.complete(decision.id, output_tokens=length(1))
@@ -161,7 +144,7 @@ def test_feedback_giving_its_own_length_teaches_it_again_as_without_a_store(
 def test_feedback_before_the_completion_leaves_the_completion_refused_as_without_a_store(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     assert a.feedback(decision.id, quality=0.6)
     with pytest.raises(DecisionNotFoundError, match="already answered"):
@@ -181,7 +164,7 @@ def test_feedback_before_the_completion_leaves_the_completion_refused_as_without
 def test_a_length_for_a_model_removed_meanwhile_is_learned_nowhere(
     server: RedisServer, added_again: bool
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     wait_for(lambda: store_of(a).stats.decisions_written == 1, "the decision record")
     model = next(m for m in a.config.models if m.name == decision.model)
@@ -203,7 +186,7 @@ def test_a_length_for_a_model_removed_meanwhile_is_learned_nowhere(
 
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, 1e300, "many"])
 def test_a_refused_length_changes_nothing(server: RedisServer, bad: Any) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     decision = a.route(text(1), prompt_tokens=100.0)
     with pytest.raises(InvalidInputError, match="output_tokens"):
         a.complete(decision.id, output_tokens=bad)
@@ -226,7 +209,7 @@ def test_a_refused_length_changes_nothing(server: RedisServer, bad: Any) -> None
 def test_a_replica_restarted_from_its_own_state_learns_each_length_once(
     server: RedisServer, tmp_path: Path, checkpoint: bool
 ) -> None:
-    a, other = replica(server), replica(server)
+    a, other = replica(server.url), replica(server.url)
     completed = complete(a, range(6))
     delivered(a, other)
     a.save(tmp_path / "state")
@@ -235,8 +218,7 @@ def test_a_replica_restarted_from_its_own_state_learns_each_length_once(
         # Redis keeps the stream but loses the checkpoint: the saved position is replayed from.
         store_of(other)._publisher.delete(store_of(other).checkpoint_key)
     completed |= complete(other, range(6, 9))
-    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
-    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    restarted = restart(tmp_path / "state", server.url)
     delivered(restarted, other)
     want = Oracle.new().learned(completed)
     assert_same_arms(arms(restarted), want)
@@ -247,7 +229,7 @@ def test_a_replica_restarted_from_its_own_state_learns_each_length_once(
 def test_a_state_saved_while_redis_was_down_holds_its_buffered_lengths_once(
     server: RedisServer, tmp_path: Path
 ) -> None:
-    a = replica(server)
+    a = replica(server.url)
     completed = complete(a, range(2))
     delivered(a)
     server.stop()
@@ -262,8 +244,7 @@ def test_a_state_saved_while_redis_was_down_holds_its_buffered_lengths_once(
     client.delete(f"{store_of(a).namespace}:checkpoint")
     assert client.xlen(store_of(a).stream_key) == 5
     client.close()
-    restarted = Router.load(tmp_path / "state", embedder=build_router().embedder)
-    restarted.attach_store(RedisStore(server.url, block_s=0.05))
+    restarted = restart(tmp_path / "state", server.url)
     assert store_of(restarted).sync(WAIT_S)
     assert_same_arms(arms(restarted), Oracle.new().learned(completed))
     close(restarted)
@@ -272,8 +253,8 @@ def test_a_state_saved_while_redis_was_down_holds_its_buffered_lengths_once(
 def test_a_replica_recovering_from_the_checkpoint_learns_each_length_once(
     server: RedisServer,
 ) -> None:
-    a = replica(server, retain_s=0.0)
-    behind = replica(server)
+    a = build_router(store=replica_store(server.url, retain_s=0.0))
+    behind = replica(server.url)
     completed = complete(a, range(5)) | complete(behind, range(5, 8))
     delivered(a, behind)
     waiting = behind.route(text(99), prompt_tokens=100.0)
@@ -304,7 +285,7 @@ def test_a_replica_recovering_from_the_checkpoint_learns_each_length_once(
 def test_a_length_whose_append_reply_was_lost_is_learned_once(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     completed = complete(a, range(3))
     delivered(a, b)
     publisher = store_of(a)._publisher
@@ -345,10 +326,45 @@ def test_a_length_whose_append_reply_was_lost_is_learned_once(
     reconnect.set()
     completed |= complete(a, range(4, 6))
     delivered(a, b)
-    late = replica(server)
+    late = replica(server.url)
     delivered(late)
     want = Oracle.new().learned(completed)
     for router in (a, b, late):
         assert_same_arms(arms(router), want)
     assert publisher.xlen(store_of(a).stream_key) == len(completed)
     close(a, b, late)
+
+
+def store_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("mixllm-")}
+
+
+def test_closing_with_redis_gone_raises_nothing_and_names_what_was_not_sent(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = store_threads()
+    a = build_router(store=replica_store(server.url, timeout_s=0.2))
+    complete(a, range(2))
+    delivered(a)
+    server.stop()
+    complete(a, range(2, 5))
+    assert raised_by(store_of(a).close, "closing the store") == []
+    assert store_threads() == before  # every thread of its own stopped
+    # Learned here, never appended: still counted, and said.
+    assert store_of(a).stats.buffered == 3 and store_of(a).stats.published == 2
+    assert "closing with 3 observations never appended to the stream" in caplog.text
+
+
+def test_closing_gives_up_on_lengths_it_cannot_hand_over_in_time(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = build_router(store=replica_store(server.url, timeout_s=0.05))
+    complete(a, range(2))
+    delivered(a)
+    server.stop()
+    # Learning and appending a length waits for the publish lock: a feedback holding it and
+    # never letting go keeps the lengths from being learned.
+    with store_of(a).publishing():
+        complete(a, range(2, 5))
+        assert raised_by(store_of(a).close, "closing the store") == []
+    assert "the lengths of 3 completed requests were not learned" in caplog.text

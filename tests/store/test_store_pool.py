@@ -9,10 +9,8 @@ import pytest
 
 from mixllm.config import ModelConfig
 from mixllm.errors import ConfigError
-from mixllm.routing.router import Router
-from mixllm.store import RedisStore
 from redis_server import WAIT_S, RedisServer, require_redis_server
-from store_replica import build_router, outcome, text
+from store_replica import close, outcome, replica, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
@@ -22,14 +20,10 @@ EXTRA = ModelConfig(
 )
 
 
-def replica(server: RedisServer) -> Router:
-    return build_router(store=RedisStore(server.url, block_s=0.05))
-
-
 def test_a_model_added_updated_and_removed_on_one_replica_changes_every_pool(
     server: RedisServer,
 ) -> None:
-    a, b = replica(server), replica(server)
+    a, b = replica(server.url), replica(server.url)
     assert a.store is not None and b.store is not None
     a.add_model(EXTRA)
     # Learned on a right after adding it: b must add the model before learning this.
@@ -51,21 +45,21 @@ def test_a_model_added_updated_and_removed_on_one_replica_changes_every_pool(
     # None of it came back to a, and b shared none of it again.
     assert a.models == b.models and a.store.stats.skipped == 0
     for router in (a, b):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_a_warm_start_is_refused_with_a_store(server: RedisServer, routerbench: Any) -> None:
-    a = replica(server)
+    a = replica(server.url)
     with pytest.raises(ConfigError, match="warm-started"):
         a.add_model(EXTRA, examples=routerbench)
     assert "extra" not in a.models
-    a.store.close()  # type: ignore[union-attr]
+    close(a)
 
 
 def test_fitting_a_router_with_a_store_is_refused(server: RedisServer, routerbench: Any) -> None:
-    a = replica(server)
+    a = replica(server.url)
     before = a.policy
     with pytest.raises(ConfigError, match="before attaching the store"):
         a.fit(routerbench)
     assert a.policy is before
-    a.store.close()  # type: ignore[union-attr]
+    close(a)

@@ -8,14 +8,14 @@ import pytest
 from mixllm.routing.router import Router
 from mixllm.store import RedisStore
 from redis_server import RedisServer, require_redis_server, wait_for
-from store_replica import build_router, text
+from store_replica import build_router, close, replica_store, text
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
 
 
 def replica(server: RedisServer) -> Router:
-    return build_router(store=RedisStore(server.url, block_s=0.05, queue_ttl_s=0.3))
+    return build_router(store=replica_store(server.url, queue_ttl_s=0.3))
 
 
 def test_requests_in_flight_on_one_replica_raise_the_wait_predicted_on_the_other(
@@ -41,7 +41,7 @@ def test_requests_in_flight_on_one_replica_raise_the_wait_predicted_on_the_other
         a.cancel(decision.id)
     wait_for(lambda: b.policy.predicted_wait_s("large") == 0.0, "a's queue to empty on b")
     for router in (a, b):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_a_replica_that_stops_leaves_no_phantom_requests(server: RedisServer) -> None:
@@ -49,9 +49,9 @@ def test_a_replica_that_stops_leaves_no_phantom_requests(server: RedisServer) ->
     for i in range(6):
         a.route(text(i), prompt_tokens=100.0, models=["large"])
     wait_for(lambda: b.policy.predicted_wait_s("large") > 0, "b to see a's queue")
-    a.store.close()  # type: ignore[union-attr]  # no more refreshes, as if it had died
+    close(a)  # no more refreshes, as if it had died
     wait_for(lambda: b.policy.predicted_wait_s("large") == 0.0, "a's load to expire")
-    b.store.close()  # type: ignore[union-attr]
+    close(b)
 
 
 def test_bad_queue_settings_are_refused_with_their_name() -> None:

@@ -22,17 +22,23 @@ from mixllm.errors import ConfigError, DecisionNotFoundError
 from mixllm.routing.router import Router
 from mixllm.store import Observation, RedisStore, StoreError
 from redis_server import WAIT_S, RedisServer, require_redis_server, wait_for
-from store_replica import DIM, arms, build_router, decisions, outcome, text
+from store_replica import (
+    DIM,
+    arms,
+    assert_same_arms,
+    build_router,
+    close,
+    decisions,
+    outcome,
+    replica,
+    replica_store,
+    text,
+)
 
 _SKIP = require_redis_server()
 pytestmark = pytest.mark.skipif(bool(_SKIP), reason=_SKIP)
 
 REPLICA = str(Path(__file__).parents[1].joinpath("store_replica.py"))
-
-
-def store(server: RedisServer, **options: Any) -> RedisStore:
-    options.setdefault("block_s", 0.05)
-    return RedisStore(server.url, **options)
 
 
 def feed(router: Router, indices: range | list[int]) -> list[tuple[int, str]]:
@@ -55,16 +61,6 @@ def reference(learned: list[tuple[int, str]]) -> Router:
         context = router.projection.context(router.embedder.embed([text(i)]))[0]
         router.policy.update(model, context, quality=quality, output_tokens=tokens)
     return router
-
-
-def assert_same_arms(got: dict[str, Any], want: dict[str, Any]) -> None:
-    """Equal within 1e-9 relative (norm-wise): the same sums, added in another order."""
-    assert got.keys() == want.keys()
-    for model in want:
-        assert got[model]["observations"] == want[model]["observations"], model
-        for key in ("a_inv", "theta_quality", "theta_log_length", "length_a_inv"):
-            a, b = np.asarray(got[model][key]), np.asarray(want[model][key])
-            assert np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b), (model, key)
 
 
 def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_path: Path) -> None:
@@ -105,13 +101,13 @@ def test_three_replica_processes_learn_as_one_router(server: RedisServer, tmp_pa
 def test_a_replica_joining_late_starts_from_the_checkpoint_and_replays_the_rest(
     server: RedisServer,
 ) -> None:
-    first = build_router(store=store(server, retain_s=0.0))
+    first = build_router(store=replica_store(server.url, retain_s=0.0))
     learned = feed(first, range(30))
     assert first.store is not None and first.store.checkpoint()
     # The stream was trimmed behind the checkpoint: a late replica can only catch up through it.
     assert first.store._publisher.xlen(first.store.stream_key) <= 1
     learned += feed(first, range(30, 40))
-    late = build_router(store=store(server))
+    late = replica(server.url)
     assert late.store is not None and late.store.sync(WAIT_S)
     assert late.store.stats.applied == 10
     assert_same_arms(arms(late), arms(reference(learned)))
@@ -123,23 +119,23 @@ def test_a_replica_joining_late_starts_from_the_checkpoint_and_replays_the_rest(
     # The trimming behind the checkpoint took nothing either had yet to read.
     assert late.store.stats.recoveries == first.store.stats.recoveries == 0
     for router in (first, late):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_a_checkpoint_for_another_pool_is_refused(server: RedisServer) -> None:
-    first = build_router(store=store(server))
+    first = replica(server.url)
     feed(first, range(5))
     assert first.store is not None and first.store.checkpoint()
     other = build_router()
     other.remove_model("large")
     with pytest.raises(ConfigError, match="checkpoint has models"):
-        other.attach_store(store(server))
+        other.attach_store(replica_store(server.url))
     assert other.store is None
-    first.store.close()
+    close(first)
 
 
 def test_replicas_reconnect_by_themselves_after_redis_restarts(server: RedisServer) -> None:
-    a, b = build_router(store=store(server)), build_router(store=store(server))
+    a, b = replica(server.url), replica(server.url)
     learned = feed(a, range(20))
     assert b.store is not None and b.store.sync(WAIT_S)
     server.stop()
@@ -151,15 +147,15 @@ def test_replicas_reconnect_by_themselves_after_redis_restarts(server: RedisServ
     assert a.store._publisher.xlen(a.store.stream_key) == 40
     assert_same_arms(arms(b), arms(reference(learned)))
     assert_same_arms(arms(a), arms(reference(learned)))
-    a.store.close()
-    b.store.close()
+    close(a)
+    close(b)
 
 
 def test_with_redis_down_routing_goes_on_and_observations_are_delivered_when_it_is_back(
     server: RedisServer,
 ) -> None:
-    a = build_router(store=store(server, max_buffered=15))
-    b = build_router(store=store(server))
+    a = build_router(store=replica_store(server.url, max_buffered=15))
+    b = replica(server.url)
     before = feed(a, range(10))
     assert b.store is not None and b.store.sync(WAIT_S)
     server.stop()
@@ -176,8 +172,8 @@ def test_with_redis_down_routing_goes_on_and_observations_are_delivered_when_it_
     # b learned everything but the 5 oldest observations the full buffer dropped.
     assert_same_arms(arms(b), arms(reference(before + during[5:])))
     assert a.store.stats.connected
-    a.store.close()
-    b.store.close()
+    close(a)
+    close(b)
 
 
 def test_a_replica_killed_with_sigkill_loses_no_acknowledged_observation(
@@ -231,7 +227,7 @@ def test_bad_store_settings_are_refused_with_their_name() -> None:
 def test_feedback_for_a_decision_made_on_one_replica_is_accepted_on_another_once(
     server: RedisServer,
 ) -> None:
-    a, b = build_router(store=store(server)), build_router(store=store(server))
+    a, b = replica(server.url), replica(server.url)
     assert a.store is not None and b.store is not None
     decision = a.route(text(1), prompt_tokens=100.0)
     assert a.policy.in_flight(decision.model) == 1
@@ -250,12 +246,12 @@ def test_feedback_for_a_decision_made_on_one_replica_is_accepted_on_another_once
     assert_same_arms(arms(b), want)
     with pytest.raises(DecisionNotFoundError, match="no decision with id"):
         b.feedback("never-issued", quality=0.5)
-    a.store.close()
-    b.store.close()
+    close(a)
+    close(b)
 
 
 def test_feedback_sent_to_every_replica_at_once_is_learned_once(server: RedisServer) -> None:
-    replicas = [build_router(store=store(server)) for _ in range(3)]
+    replicas = [replica(server.url) for _ in range(3)]
     decisions_made = [replicas[0].route(text(i), prompt_tokens=100.0) for i in range(10)]
     origin = replicas[0].store
     assert origin is not None
@@ -283,28 +279,28 @@ def test_feedback_sent_to_every_replica_at_once_is_learned_once(server: RedisSer
         assert sum(router.policy.inspect(m)["observations"] for m in router.models) == 10
     assert replicas[0].pending() == 0
     for router in replicas:
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_with_config_is_refused_while_a_store_is_attached(server: RedisServer) -> None:
     # A copy would share the store, but the store's reader settles decisions and applies pool
     # changes only on the Router it was attached to.
-    a = build_router(store=store(server))
+    a = replica(server.url)
     before = a.config
     with pytest.raises(ConfigError, match=r"with_config.*store"):
         a.with_config(willingness_to_pay=0.001)
     assert a.config == before
     # Changing the settings before attaching still works.
     cheap = build_router().with_config(willingness_to_pay=0.001)
-    cheap.attach_store(store(server))
+    cheap.attach_store(replica_store(server.url))
     assert cheap.store is not None and cheap.config.willingness_to_pay == 0.001
     for router in (a, cheap):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_checkpoints_are_written_periodically_and_only_forward(server: RedisServer) -> None:
-    a = build_router(store=store(server, checkpoint_every_s=0.1))
-    b = build_router(store=store(server))
+    a = build_router(store=replica_store(server.url, checkpoint_every_s=0.1))
+    b = replica(server.url)
     feed(a, range(5))
     assert a.store is not None and b.store is not None
     # The first checkpoint is written at attach, of the empty stream; then the periodic ones.
@@ -319,26 +315,26 @@ def test_checkpoints_are_written_periodically_and_only_forward(server: RedisServ
     assert not b.store.checkpoint()
     assert a.store._publisher.hget(a.store.checkpoint_key, "id") == covered
     for router in (a, b):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_a_store_serves_one_router(server: RedisServer) -> None:
-    shared = store(server)
+    shared = replica_store(server.url)
     a = build_router(store=shared)
     other = build_router()
     with pytest.raises(StoreError, match="already attached"):
         other.attach_store(shared)
     assert other.store is None
     with pytest.raises(ConfigError, match="already has a store"):
-        a.attach_store(store(server))
+        a.attach_store(replica_store(server.url))
     shared.close()
 
 
 def test_a_replica_that_falls_behind_the_trimming_starts_again_from_the_checkpoint(
     server: RedisServer,
 ) -> None:
-    a = build_router(store=store(server, retain_s=0.0))
-    behind = build_router(store=store(server))
+    a = build_router(store=replica_store(server.url, retain_s=0.0))
+    behind = replica(server.url)
     assert a.store is not None and behind.store is not None
     learned = feed(a, range(10)) + feed(behind, range(10, 15))
     assert behind.store.sync(WAIT_S)
@@ -377,13 +373,13 @@ def test_a_replica_that_falls_behind_the_trimming_starts_again_from_the_checkpoi
     assert_same_arms(arms(behind), arms(reference(learned)))
     assert a.store.stats.recoveries == 0
     for router in (a, behind):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_an_append_whose_reply_was_lost_is_not_learned_twice_from_a_later_checkpoint(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = build_router(store=store(server)), build_router(store=store(server))
+    a, b = replica(server.url), replica(server.url)
     assert a.store is not None and b.store is not None
     learned = feed(a, range(5))
     publisher = a.store._publisher
@@ -408,14 +404,14 @@ def test_an_append_whose_reply_was_lost_is_not_learned_twice_from_a_later_checkp
     reconnect.set()
     wait_for(lambda: a.store.stats.buffered == 0, "a to deliver what it buffered")  # type: ignore[union-attr]
     learned += feed(a, range(6, 8))
-    late = build_router(store=store(server))
+    late = replica(server.url)
     assert late.store is not None
     for router in (a, b, late):
         assert router.store is not None and router.store.sync(WAIT_S)
         assert_same_arms(arms(router), arms(reference(learned)))
     assert publisher.xlen(a.store.stream_key) == len(learned)
     for router in (a, b, late):
-        router.store.close()  # type: ignore[union-attr]
+        close(router)
 
 
 def test_trimming_right_behind_the_readers_takes_nothing_they_had_yet_to_read(
@@ -423,8 +419,8 @@ def test_trimming_right_behind_the_readers_takes_nothing_they_had_yet_to_read(
 ) -> None:
     # Checkpoints every 50 ms, each trimming the stream up to the entry it covers, while both
     # replicas append and read: a reader just behind the trim point has lost nothing.
-    a = build_router(store=store(server, checkpoint_every_s=0.05, retain_s=0.0))
-    b = build_router(store=store(server))
+    a = build_router(store=replica_store(server.url, checkpoint_every_s=0.05, retain_s=0.0))
+    b = replica(server.url)
     assert a.store is not None and b.store is not None
     learned = []
     for i in range(60):
@@ -435,4 +431,4 @@ def test_trimming_right_behind_the_readers_takes_nothing_they_had_yet_to_read(
     assert a.store.stats.recoveries == b.store.stats.recoveries == 0
     for router in (a, b):
         assert_same_arms(arms(router), arms(reference(learned)))
-        router.store.close()  # type: ignore[union-attr]
+        close(router)

@@ -78,31 +78,36 @@ class Batcher(Generic[In, Out]):
     def _work(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[In, asyncio.Future[Out]]]
     ) -> None:
-        """Computes a batch; in the worker thread."""
-        outcome: Sequence[Out] | Exception
+        """Computes a batch; in the worker thread. Whatever the computation raises reaches every
+        caller of the batch; what is more than an error (`KeyboardInterrupt`, `SystemExit`, a
+        cancellation) is raised again here too, for the executor to see, as its callers would
+        have seen it had they called ``compute`` themselves."""
+        outcome: Sequence[Out] | BaseException
         try:
             outcome = self._compute([item for item, _ in batch])
-        except Exception as err:
+        except BaseException as err:  # a caller left waiting would wait for ever
             outcome = err
         # A closed loop has cancelled its callers with it: no one is left to deliver to.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._deliver, loop, batch, outcome)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
 
     def _deliver(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[tuple[In, asyncio.Future[Out]]],
-        outcome: Sequence[Out] | Exception,
+        outcome: Sequence[Out] | BaseException,
     ) -> None:
         """Gives each caller of a batch its result (or the batch's error), then starts the
         next batch with what has queued up meanwhile; on the loop."""
         self._busy = False
-        if not isinstance(outcome, Exception) and len(outcome) != len(batch):
+        if not isinstance(outcome, BaseException) and len(outcome) != len(batch):
             outcome = RuntimeError(f"a batch of {len(batch)} items gave {len(outcome)} results")
         for index, (_, future) in enumerate(batch):
             if future.done():
                 continue
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome[index])

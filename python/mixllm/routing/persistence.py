@@ -45,8 +45,6 @@ MAX_MANIFEST_BYTES = 64 << 10
 # The stream position and the ids of the observations learned past it (a buffer's worth).
 MAX_STREAM_POSITION_BYTES = 64 << 20
 MAX_CONFIG_BYTES = 16 << 20
-# How many times a load starts again when a save replaced the state it was reading.
-_LOAD_ATTEMPTS = 3
 _CALIBRATION = "calibration.json"
 _STREAM_POSITION = "store.json"
 MAX_CALIBRATION_BYTES = 1 << 20
@@ -246,30 +244,22 @@ def read_current_state(
     """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`,
     the store's stream position when it was saved with a store attached, and what a refit
     relearns from).
-    A save may switch CURRENT and delete the folder it named while this reads it: then the
-    reading starts again from the new CURRENT (a few times at most)."""
-    root = directory
-    for attempt in range(_LOAD_ATTEMPTS):
-        name = state_folder.current_state(root)
-        if name is None:
-            raise StateFileError(f"{root} holds no saved router (no {state_folder.CURRENT} file)")
-        folder = root / name
-        try:
-            config, projection, policy, calibration = read_state_folder(folder)
-            return (
-                folder,
-                config,
-                projection,
-                policy,
-                calibration,
-                saved_position(folder),
-                saved_refit_inputs(folder, config),
+    The folder is pinned while it is read, so the saves that may run beside it leave it whole."""
+    with state_folder.pinned_state(directory) as folder:
+        if folder is None:
+            raise StateFileError(
+                f"{directory} holds no saved router (no {state_folder.CURRENT} file)"
             )
-        except StateFileError:
-            moved = state_folder.current_state(root) != name
-            if not moved or attempt == _LOAD_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable: the last attempt re-raises")
+        config, projection, policy, calibration = read_state_folder(folder)
+        return (
+            folder,
+            config,
+            projection,
+            policy,
+            calibration,
+            saved_position(folder),
+            saved_refit_inputs(folder, config),
+        )
 
 
 def saved_position(folder: Path) -> StreamPosition | None:

@@ -13,9 +13,12 @@ processes, take turns. It writes a complete state into a staging folder
 rename, and only then deletes older state folders: a crash at any point leaves the previous
 state loadable. Whatever a crashed save left (staging folders, ``.CURRENT.tmp-*`` files, state
 folders ``CURRENT`` does not name) is removed by the next save, under the lock, so it can never
-be another live save's work. A load takes no lock and writes nothing (the folder may be
-read-only, like the state shipped in the package): it reads ``CURRENT`` once and every file
-through :func:`read_bounded`, whose size is checked before a byte is read.
+be another live save's work. A load never waits for a save and writes nothing (the folder may be
+read-only, like the state shipped in the package): it pins the state folder ``CURRENT`` names
+(:func:`pinned_state`: a shared ``flock`` on the folder itself, which needs no write access) and
+reads every file through :func:`read_bounded`, whose size is checked before a byte is read. A
+save deletes only the state folders no load has pinned (a later save deletes the others), so a
+load reads one whole state however many saves run beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "MAX_CURRENT_BYTES",
     "clean_leftovers",
     "current_state",
+    "pinned_state",
     "read_bounded",
     "save_lock",
     "state_number",
@@ -50,6 +54,10 @@ MAX_CURRENT_BYTES = 64
 _STATE_NAME = re.compile(r"state-(\d{1,18})")
 _STAGING_NAME = re.compile(r"\.state-\d{1,18}\.tmp-.+")
 _POINTER_TMP_NAME = re.compile(rf"\.{CURRENT}\.tmp-.+")
+# How many times a load reads ``CURRENT`` again when the folder it named was deleted before it
+# could be pinned (each time a whole save has run in that moment).
+_PIN_ATTEMPTS = 100
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
 
 
 def state_number(name: str) -> int:
@@ -91,6 +99,49 @@ def current_state(root: Path) -> str | None:
     return name
 
 
+@contextlib.contextmanager
+def pinned_state(root: Path) -> Iterator[Path | None]:
+    """The state folder ``CURRENT`` names under ``root`` (None when there is no ``CURRENT``),
+    which no save deletes until the block ends. A folder that cannot be pinned and that
+    ``CURRENT`` still names (missing, not a folder) is given as it is, for the reading to name
+    what is wrong. Raises `StateFileError` as `current_state` does."""
+    for _ in range(_PIN_ATTEMPTS):
+        name = current_state(root)
+        if name is None:
+            yield None
+            return
+        descriptor = _pin(root / name)
+        if descriptor is None and current_state(root) != name:
+            continue  # deleted by a save since CURRENT named it: read the new one
+        try:
+            yield root / name
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)  # releases the pin
+        return
+    raise StateFileError(f"{root}: saves replaced the state faster than it could be opened")
+
+
+def _pin(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding a shared lock on it, or None when the folder is gone,
+    being deleted, or not a folder."""
+    try:
+        descriptor = os.open(folder, _FOLDER_FLAGS)
+    except OSError:
+        return None
+    try:
+        # A save holds the exclusive lock only while it deletes the folder.
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        # Locked, but perhaps after a save deleted it: the name must still lead to it.
+        named, held = os.stat(folder, follow_symlinks=False), os.fstat(descriptor)
+        if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            return descriptor
+    except OSError:
+        pass
+    os.close(descriptor)
+    return None
+
+
 def read_bounded(path: Path, limit: int, *, what: str) -> bytes:
     """The bytes of the regular file ``path``, refused with `StateFileError` when it is larger
     than ``limit`` bytes (checked before reading, and again while reading, in case it grew).
@@ -129,12 +180,28 @@ def clean_leftovers(root: Path) -> None:
         return
     for entry in root.iterdir():
         name = entry.name
-        if (
-            _STAGING_NAME.fullmatch(name)
-            or _POINTER_TMP_NAME.fullmatch(name)
-            or (keep is not None and name != keep and state_number(name) > 0)
-        ):
+        if _STAGING_NAME.fullmatch(name) or _POINTER_TMP_NAME.fullmatch(name):
             _remove(entry)
+        elif keep is not None and name != keep and state_number(name) > 0:
+            _remove_unpinned(entry)
+
+
+def _remove_unpinned(folder: Path) -> None:
+    """Deletes a state folder unless a load has it pinned (a later save deletes it then)."""
+    try:
+        descriptor = os.open(folder, _FOLDER_FLAGS)
+    except OSError:
+        _remove(folder)  # not a folder: nothing can pin it
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(descriptor)
 
 
 def _remove(path: Path) -> None:
@@ -180,7 +247,7 @@ def write_state(root: Path, files: Mapping[str, bytes]) -> Path:
         _fsync(root)
         for old in root.iterdir():
             if old.name != name and state_number(old.name) > 0:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_unpinned(old)
     return final
 
 

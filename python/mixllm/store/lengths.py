@@ -9,7 +9,9 @@ under the same lock (so a checkpoint or a saved state never holds a length the s
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -39,12 +41,22 @@ class QueuedLength(NamedTuple):
 class LengthQueue:
     """A bounded queue of lengths (when full, the oldest is dropped and counted) and the thread
     that hands them to ``deliver``, oldest first. Appending takes no lock: a deque's append is
-    atomic, and the serving path must not wait behind the thread."""
+    atomic, and the serving path must not wait behind the thread.
+
+    A hand-over that raises loses its batch: it is logged and counted in ``unsent``, and the
+    rest still goes."""
 
     def __init__(self, capacity: int, deliver: Callable[[list[QueuedLength]], None]) -> None:
         self._queue: deque[QueuedLength] = deque(maxlen=capacity)
         self._deliver = deliver
         self.dropped = 0
+        self.unsent = 0
+        # How many lengths the hand-over in progress holds.
+        self._in_hand = 0
+        # Until when the thread hands over what is left once told to stop (set by `close`).
+        self._final_until = math.inf
+        # Both the thread and `close` may count a failed hand-over.
+        self._count_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,23 +72,43 @@ class LengthQueue:
         self._thread = threading.Thread(target=self._run, name="mixllm-lengths", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stops the thread, then hands over what is still queued."""
+    def close(self, timeout_s: float) -> None:
+        """Stops the thread once it has handed over what is still queued, waiting ``timeout_s``
+        at most. Never raises: a hand-over that fails is logged and counted in ``unsent``, and
+        what was not handed over in time (the thread may still be at it) is logged."""
+        self._final_until = time.monotonic() + timeout_s
+        if self._thread is None:
+            self.start()  # the last hand-over is always the thread's: close never waits on one
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        assert thread is not None
+        thread.join(timeout_s)
+        left = len(self._queue) + self._in_hand if thread.is_alive() else len(self._queue)
+        if not thread.is_alive():
             self._thread = None
-        self.drain()
+        if left:
+            log.warning(
+                "the lengths of %d completed requests were not learned within %.1f s of closing",
+                left,
+                timeout_s,
+            )
 
-    def drain(self) -> None:
-        """Hands over everything queued now, in batches."""
-        while self._queue:
+    def drain(self, until: float = math.inf) -> None:
+        """Hands over everything queued now, in batches, while the monotonic clock is before
+        ``until``."""
+        while self._queue and time.monotonic() < until:
             batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            self._deliver(batch)
+            self._in_hand = len(batch)
+            try:
+                self._deliver(batch)
+            except Exception:  # one bad batch must not keep the rest from going
+                with self._count_lock:
+                    self.unsent += len(batch)
+                log.exception("cannot learn the lengths of %d completed requests", len(batch))
+            finally:
+                self._in_hand = 0
 
     def _run(self) -> None:
         while not self._stop.wait(_DELIVER_EVERY_S):
-            try:
-                self.drain()
-            except Exception:  # the thread must outlive one bad batch; the rest still goes
-                log.exception("cannot learn the lengths of completed requests")
+            self.drain()
+        self.drain(until=self._final_until)

@@ -62,6 +62,10 @@ _RECOVERIES_IN_A_ROW = 3
 # How long the reader waits before trying an unreachable Redis again, at first and at most.
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
+# Closing waits this many of the store's timeouts at most for the lengths still queued (a
+# hand-over makes a few calls to Redis, each bounded by the timeout), and again for its own
+# last delivery.
+_CLOSE_CALLS = 4
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class StoreStats:
     # Observations waiting in the local buffer for Redis to come back, and completed requests'
     # lengths not yet learned (they wait a few milliseconds at most while Redis answers).
     buffered: int
-    # Observations and lengths lost because their buffer was full (the oldest go first).
+    # Observations and lengths lost because their buffer was full (the oldest go first), and
+    # lengths whose learning failed.
     dropped: int
     # Other replicas' observations learned from the stream.
     applied: int
@@ -211,6 +216,7 @@ class RedisStore:
             },
         )
         client, self._publisher, self._reader = _connections(url, timeout_s, block_s)
+        self._close_wait_s = _CLOSE_CALLS * float(timeout_s)
         self._redis_error: type[Exception] = client.RedisError
         self._watch_error: type[Exception] = client.WatchError
         self._response_error: type[Exception] = client.ResponseError
@@ -403,13 +409,27 @@ class RedisStore:
             self._thread.join()
             self._thread = None
         if self._router is not None:
-            self._lengths.close()
+            self._lengths.close(self._close_wait_s)
         if self._decisions is not None:
             self._decisions.close()
         if self._queues is not None:
             self._queues.close()
-        with self._publish_lock, contextlib.suppress(self._redis_error):
-            self._flush()
+        # Bounded: a hand-over stuck with the lock must not keep the store from closing.
+        if self._publish_lock.acquire(timeout=self._close_wait_s):
+            try:
+                self._flush()
+            except self._redis_error as err:
+                log.warning("Redis at %s unreachable while closing: %s", self.url, err)
+            except Exception:  # closing goes on: the connections are still to close
+                log.exception("cannot deliver the buffered observations while closing")
+            finally:
+                self._publish_lock.release()
+        if len(self._outbox):
+            log.warning(
+                "closing with %d observations never appended to the stream at %s",
+                len(self._outbox),
+                self.url,
+            )
         self._publisher.close()
         self._reader.close()
 
@@ -940,7 +960,7 @@ class RedisStore:
             published, buffered, dropped = (
                 self._published,
                 len(self._outbox) + len(self._lengths),
-                self._outbox.dropped + self._lengths.dropped,
+                self._outbox.dropped + self._lengths.dropped + self._lengths.unsent,
             )
         with self._applied_cond:
             return StoreStats(
