@@ -8,16 +8,25 @@ import numpy as np
 import pytest
 
 from mixllm._core import Policy
-from mixllm.config import EmbedderConfig, ModelConfig, RouterConfig
+from mixllm.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TOKENS_PER_S,
+    DEFAULT_TTFT_S,
+    EmbedderConfig,
+    ModelConfig,
+    RouterConfig,
+)
 from mixllm.data import RoutingDataset
 from mixllm.evaluation import baselines as bl
 from mixllm.evaluation.experiments import (
     ARRIVAL_ORDERS,
     CONTINUAL_SPLITS,
     EvalSettings,
+    assumed_speeds,
     check_continual_splits,
     in_arrival_order,
     router_config,
+    servers_for,
 )
 from mixllm.evaluation.metrics import (
     Point,
@@ -292,6 +301,29 @@ def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() ->
     # The ridges are left to the fit's cross-validation.
     assert (default.alpha, default.ridge, default.dim) == (0.01, None, 64)
     assert default.models[0] == catalog[gpt4].model_config()
+
+
+def test_simulated_servers_run_at_the_speeds_the_evaluated_router_believes() -> None:
+    catalog = {spec.name: spec for spec in ROUTERBENCH_MODELS}
+    gpt4, gpt35, own_name = "gpt-4-1106-preview", "gpt-3.5-turbo-1106", "my-model"
+    base = RouterConfig(
+        models=(ModelConfig(gpt4, 1.0, 2.0, 0.3, 99.0, 3), ModelConfig(own_name, 1, 1, 2.0, 7.0, 1))
+    )
+    names = [gpt4, gpt35, own_name, "unknown"]
+    servers = servers_for(names, base)
+    speeds = [(s.ttft_s, s.tokens_per_s, s.concurrency) for s in servers]
+    spec = catalog[gpt35]
+    assert speeds == [
+        (0.3, 99.0, 3),  # the configuration's, over the catalog's
+        (spec.ttft_s, spec.tokens_per_s, spec.concurrency),
+        (2.0, 7.0, 1),
+        (DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY),
+    ]
+    assert assumed_speeds(names, base) == ["unknown"]
+    assert assumed_speeds(names) == [own_name, "unknown"]
+    config = router_config(names, tau_s=30.0, base=base)
+    believed = {m.name: (m.ttft_s, m.tokens_per_s, m.concurrency) for m in config.models}
+    assert [believed[name] for name in names] == speeds
 
 
 def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> None:

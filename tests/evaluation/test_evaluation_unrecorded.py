@@ -12,6 +12,7 @@ import pytest
 
 from mixllm.cli import main
 from mixllm.data import RoutingDataset
+from mixllm.evaluation import format_table
 from mixllm.evaluation.unobserved import unobserved_count, with_unobserved_filled
 
 pytest.importorskip("sklearn")
@@ -80,6 +81,9 @@ def test_eval_scores_every_router_on_data_with_unrecorded_outcomes(
     assert "1 outcome(s) not recorded in the data" in captured.err
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["unrecorded_outcomes"] == 1
+    # Models the catalog does not know, with no --config: their speeds are placeholders.
+    assert results["data"]["assumed_speeds"] == list(MODELS)
+    assert "Speeds assumed for 3 of 3 models (cheap, mid, dear)" in format_table(results)
     routers = results["frontier"]["no_time_constraint"]["routers"]
     assert {"mixllm", "MLP", "oracle"} <= set(routers)
     for name in ("mixllm", "MLP", "oracle", *MODELS):

@@ -175,19 +175,30 @@ class _Vectors:
         return self._fallback.embed(items)
 
 
-def servers_for(models: Sequence[str]) -> list[ServerProfile]:
-    """Catalog latency profiles (docs/model-catalog.md); unknown models get middling ones."""
+def servers_for(models: Sequence[str], base: RouterConfig | None = None) -> list[ServerProfile]:
+    """The speeds each model's simulated server runs at: those ``base`` (the evaluated
+    configuration) gives where it lists the model, which are the ones its router believes, else
+    the catalog's (docs/model-catalog.md), else placeholder ones (`assumed_speeds`)."""
+    configured = {m.name: m for m in base.models} if base is not None else {}
     known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
     out = []
     for name in models:
-        spec = known.get(name)
-        if spec is None:
+        given = configured.get(name) or known.get(name)
+        if given is None:
             out.append(
                 ServerProfile(name, DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY)
             )
         else:
-            out.append(ServerProfile(name, spec.ttft_s, spec.tokens_per_s, spec.concurrency))
+            out.append(ServerProfile(name, given.ttft_s, given.tokens_per_s, given.concurrency))
     return out
+
+
+def assumed_speeds(models: Sequence[str], base: RouterConfig | None = None) -> list[str]:
+    """The models `servers_for` runs at placeholder speeds: neither ``base`` nor the catalog
+    knows them, so what the time constraint does to them is made up."""
+    named = {m.name for m in base.models} if base is not None else set()
+    named |= {spec.name for spec in ROUTERBENCH_MODELS}
+    return [name for name in models if name not in named]
 
 
 def router_config(
@@ -1011,13 +1022,14 @@ def run_evaluation(dataset: RoutingDataset, settings: EvalSettings) -> dict[str,
         output_tokens=tokens,
         train=train,
         test=split == "test",
-        servers=servers_for(dataset.models),
+        servers=servers_for(dataset.models, settings.router),
         embedder=embedder,
         reference=reference,
         learned=_learned_pool(dataset.select(train)),
     )
     results = _run_description(dataset, settings, data)
     results["data"]["unrecorded_outcomes"] = unobserved
+    results["data"]["assumed_speeds"] = assumed_speeds(dataset.models, settings.router)
     runners = {
         "frontier": frontier_experiment,
         "continual": continual_experiment,

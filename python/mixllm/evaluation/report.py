@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mixllm.config import DEFAULT_CONCURRENCY, DEFAULT_TOKENS_PER_S, DEFAULT_TTFT_S
 from mixllm.evaluation.ablations import SAME_SUBSPACE_COSINE
 
 __all__ = ["format_table", "machine", "write_report"]
@@ -197,6 +198,16 @@ def _run_notes(results: dict[str, Any]) -> list[str]:
         notes.append(f"Queries arrive in a shuffled order (seed {settings.get('seed')}).")
     elif settings.get("arrivals") == "data":
         notes.append("Queries arrive in the data's order.")
+    assumed = results.get("data", {}).get("assumed_speeds")
+    if assumed:
+        notes.append(
+            f"Speeds assumed for {len(assumed)} of {len(results['data']['models'])} models "
+            f"({', '.join(assumed)}): neither the configuration nor the catalog gives theirs, so "
+            f"their servers run at placeholder ones (time to first token {DEFAULT_TTFT_S:g} s, "
+            f"{DEFAULT_TOKENS_PER_S:g} tokens/s, {DEFAULT_CONCURRENCY} at once) and what the "
+            "time constraint does to them is synthetic. Give their ttft_s, tokens_per_s and "
+            "concurrency in --config to simulate them."
+        )
     return notes
 
 
