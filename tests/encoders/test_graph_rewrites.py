@@ -23,7 +23,6 @@ TEXTS = [
     "Write a SQL query that returns the top five customers by revenue.",
 ]
 ALL_REWRITES = [
-    "softmax NaN guards dropped",
     "key transposes collapsed",
     "GELU fused",
     "query/key/value projections merged",
@@ -46,10 +45,10 @@ def test_every_rewrite_applies_to_the_shipped_export(folded: onnx.ModelProto) ->
     rewritten, applied = graph_rewrites.simplify_checked(folded)
     assert applied == ALL_REWRITES
     before, after = _ops(folded), _ops(rewritten)
-    assert before["IsNaN"] == 6 and after["IsNaN"] == 0
+    assert before["IsNaN"] == after["IsNaN"] == 6  # kept: a row may have every key masked
     assert before["Erf"] == 6 and after["Erf"] == 0 and after["Gelu"] == 6
     assert after["Split"] == 6 and after["MatMul"] == before["MatMul"] - 12
-    assert sum(after.values()) < sum(before.values()) - 80
+    assert sum(after.values()) < sum(before.values()) - 60
     assert _ops(folded) == before  # the original is not touched
 
 
@@ -145,3 +144,68 @@ def test_a_rewrite_that_changes_the_outputs_is_refused(
         kept, applied = graph_rewrites.simplify_checked(folded)
     assert kept is folded and applied == []
     assert "a wrong rewrite" in caplog.text and "kept the graph as it was" in caplog.text
+
+
+def _three_projections(opset: int) -> onnx.ModelProto:
+    """Three MatMul + bias projections of one input, as a BERT layer's query, key and value."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+    for k in range(3):
+        inits += [
+            numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), f"w{k}"),
+            numpy_helper.from_array(rng.normal(size=4).astype(np.float32), f"b{k}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{k}"], [f"m{k}"]),
+            helper.make_node("Add", [f"m{k}", f"b{k}"], [f"y{k}"]),
+        ]
+    outputs = [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [2, 4]) for k in range(3)]
+    graph = helper.make_graph(
+        nodes,
+        "qkv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_projections_merge_only_where_split_takes_its_sizes_as_an_input() -> None:
+    assert graph_rewrites.simplify(_three_projections(13)) == ["query/key/value projections merged"]
+    assert graph_rewrites.simplify(_three_projections(12)) == []
+
+
+def test_a_graph_the_probe_cannot_run_is_kept_as_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = _three_projections(13)  # its input is "x", not token ids: the probe cannot feed it
+    with caplog.at_level(logging.WARNING, logger="mixllm.encoders.graph_rewrites"):
+        kept, applied = graph_rewrites.simplify_checked(model)
+    assert kept is model and applied == []
+    assert "graph rewrites failed" in caplog.text
+
+
+def test_pruning_keeps_what_a_subgraph_reads() -> None:
+    inner = helper.make_graph(
+        [helper.make_node("Identity", ["shared"], ["z"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("Neg", ["x"], ["shared"]),
+        helper.make_node("If", ["c"], ["out"], then_branch=inner, else_branch=inner),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "with-if",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewrites = graph_rewrites._Graph(model)
+    rewrites.prune()
+    assert [n.op_type for n in model.graph.node] == ["Neg", "If"]

@@ -306,24 +306,28 @@ def test_router_config_takes_knobs_and_listed_prices_from_the_configuration() ->
 def test_simulated_servers_run_at_the_speeds_the_evaluated_router_believes() -> None:
     catalog = {spec.name: spec for spec in ROUTERBENCH_MODELS}
     gpt4, gpt35, own_name = "gpt-4-1106-preview", "gpt-3.5-turbo-1106", "my-model"
+    unsaid = "configured-without-speeds"
     base = RouterConfig(
-        models=(ModelConfig(gpt4, 1.0, 2.0, 0.3, 99.0, 3), ModelConfig(own_name, 1, 1, 2.0, 7.0, 1))
+        models=(
+            ModelConfig(gpt4, 1.0, 2.0, 0.3, 99.0, 3),
+            ModelConfig(own_name, 1, 1, 2.0, 7.0, 1),
+            ModelConfig(unsaid, 1, 1),
+        )
     )
-    names = [gpt4, gpt35, own_name, "unknown"]
-    servers = servers_for(names, base)
-    speeds = [(s.ttft_s, s.tokens_per_s, s.concurrency) for s in servers]
-    spec = catalog[gpt35]
+    names = [gpt4, gpt35, own_name, unsaid, "unknown"]
+    speeds = [(s.ttft_s, s.tokens_per_s, s.concurrency) for s in servers_for(names, base)]
+    placeholder = (DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY)
     assert speeds == [
-        (0.3, 99.0, 3),  # the configuration's, over the catalog's
-        (spec.ttft_s, spec.tokens_per_s, spec.concurrency),
-        (2.0, 7.0, 1),
-        (DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY),
+        *[(catalog[n].ttft_s, catalog[n].tokens_per_s, catalog[n].concurrency) for n in names[:2]],
+        (2.0, 7.0, 1),  # a model of the user's own, at the speeds its router believes
+        placeholder,
+        placeholder,
     ]
-    assert assumed_speeds(names, base) == ["unknown"]
-    assert assumed_speeds(names) == [own_name, "unknown"]
+    assert assumed_speeds(names, base) == [unsaid, "unknown"]
+    assert assumed_speeds(names) == [own_name, unsaid, "unknown"]
     config = router_config(names, tau_s=30.0, base=base)
     believed = {m.name: (m.ttft_s, m.tokens_per_s, m.concurrency) for m in config.models}
-    assert [believed[name] for name in names] == speeds
+    assert believed[own_name] == speeds[2]
 
 
 def test_eval_embedder_settings_follow_the_configuration_then_the_flags() -> None:

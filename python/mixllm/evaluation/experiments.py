@@ -176,14 +176,15 @@ class _Vectors:
 
 
 def servers_for(models: Sequence[str], base: RouterConfig | None = None) -> list[ServerProfile]:
-    """The speeds each model's simulated server runs at: those ``base`` (the evaluated
-    configuration) gives where it lists the model, which are the ones its router believes, else
-    the catalog's (docs/model-catalog.md), else placeholder ones (`assumed_speeds`)."""
+    """The speeds each model's simulated server runs at: the catalog's (docs/model-catalog.md)
+    for a model it profiles, else those ``base`` (the evaluated configuration) gives where it
+    lists the model, which are what its router believes, else placeholder ones
+    (`assumed_speeds`). A configured model whose speeds are not given has the placeholders."""
     configured = {m.name: m for m in base.models} if base is not None else {}
     known = {spec.name: spec for spec in ROUTERBENCH_MODELS}
     out = []
     for name in models:
-        given = configured.get(name) or known.get(name)
+        given = known.get(name) or configured.get(name)
         if given is None:
             out.append(
                 ServerProfile(name, DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY)
@@ -194,11 +195,12 @@ def servers_for(models: Sequence[str], base: RouterConfig | None = None) -> list
 
 
 def assumed_speeds(models: Sequence[str], base: RouterConfig | None = None) -> list[str]:
-    """The models `servers_for` runs at placeholder speeds: neither ``base`` nor the catalog
-    knows them, so what the time constraint does to them is made up."""
-    named = {m.name for m in base.models} if base is not None else set()
-    named |= {spec.name for spec in ROUTERBENCH_MODELS}
-    return [name for name in models if name not in named]
+    """The models `servers_for` runs at the placeholder speeds: the catalog does not profile
+    them and ``base`` gives none other (a configuration that leaves a model's speeds out gives it
+    the placeholders), so what the time constraint does to them is made up."""
+    placeholder = (DEFAULT_TTFT_S, DEFAULT_TOKENS_PER_S, DEFAULT_CONCURRENCY)
+    speeds = {s.name: (s.ttft_s, s.tokens_per_s, s.concurrency) for s in servers_for(models, base)}
+    return [name for name in models if speeds[name] == placeholder]
 
 
 def router_config(

@@ -203,7 +203,7 @@ def _run_notes(results: dict[str, Any]) -> list[str]:
         notes.append(
             f"Speeds assumed for {len(assumed)} of {len(results['data']['models'])} models "
             f"({', '.join(assumed)}): neither the configuration nor the catalog gives theirs, so "
-            f"their servers run at placeholder ones (time to first token {DEFAULT_TTFT_S:g} s, "
+            f"their servers run at the placeholder ones (time to first token {DEFAULT_TTFT_S:g} s, "
             f"{DEFAULT_TOKENS_PER_S:g} tokens/s, {DEFAULT_CONCURRENCY} at once) and what the "
             "time constraint does to them is synthetic. Give their ttft_s, tokens_per_s and "
             "concurrency in --config to simulate them."
