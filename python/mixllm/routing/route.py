@@ -279,7 +279,8 @@ class Route(RouterBase):
         ``model`` applies: the caller chose it (``detail.ranking`` orders the models within
         them).
 
-        Refused, with nothing changed: `InputTypeError` when either argument is not a ``str``;
+        Refused, changing nothing (but dropping a decision found past its time to live, as
+        every call that meets one does): `InputTypeError` when either argument is not a ``str``;
         `DecisionNotFoundError` when ``decision_id`` awaits no feedback (never issued, expired,
         cancelled or answered: the message says which; one completed but not yet answered
         still does); `UnknownModelError` when ``model`` is not in the pool (removed since, say);
