@@ -73,4 +73,5 @@ class UnusedDataWarning(UserWarning):
 class StateChangedError(MixllmError, RuntimeError):
     """A fit or refit finished after what it started from changed (the pool, or, for a refit,
     the fitted state): its result was discarded and the Router left as it was (the message
-    says what changed); run it again."""
+    says what changed); run it again. `Router.reroute` raises it too, for a decision made
+    before the fit in place (its context is the replaced projection's)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import mixllm
 from mixllm.cli import main
 from mixllm.config import ModelConfig, RouterConfig, load_config
 from mixllm.data import RoutingDataset, save_jsonl
-from mixllm.routing.calibration import Calibration, CalibrationPoint
+from mixllm.routing.calibration import Calibration, CalibrationPoint, calibrate
 from mixllm.routing.router import Router
 
 TABLE = Calibration(
@@ -86,6 +88,43 @@ def test_fit_calibrates_on_held_out_folds(fitted: Router) -> None:
     # Somewhere between, the easy half goes to the small model: full quality at about half
     # the cost.
     assert any(p.quality_pct >= 99.9 and p.cost_pct < 60.0 for p in calibration.points)
+
+
+def with_a_model_without_data(data: RoutingDataset) -> RoutingDataset:
+    """``data`` with a third model, "new", that holds no outcome on any row."""
+    empty = np.full((len(data), 1), np.nan)
+    assert data.output_tokens is not None
+    return replace(
+        data,
+        models=[*data.models, "new"],
+        quality=np.hstack([data.quality, empty]),
+        cost_usd=np.hstack([data.cost_usd, empty]),
+        output_tokens=np.hstack([data.output_tokens, empty]),
+    )
+
+
+def test_a_pool_model_without_data_is_left_out_of_the_calibration() -> None:
+    data = dataset()
+    config = RouterConfig(models=POOL, dim=8, tau_s=math.inf)
+    contexts = np.random.default_rng(0).normal(size=(len(data), 8))
+    wider = replace(config, models=(*POOL, ModelConfig("new", 0.01, 0.01)))
+    with warnings.catch_warnings():
+        # Not a mean of nothing ("Mean of empty slice") for the model without outcomes.
+        warnings.simplefilter("error")
+        table = calibrate(wider, contexts, with_a_model_without_data(data))
+    # Never chosen for a held-out query it has no outcome for: the table is the pool's without it.
+    assert table == calibrate(config, contexts, data)
+    assert table.reference == "big"
+
+
+def test_a_fit_with_a_model_without_data_warns_of_nothing_empty() -> None:
+    pool = (*POOL, ModelConfig("new", 0.01, 0.01))
+    router = Router(RouterConfig(models=pool, dim=8, tau_s=math.inf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        report = router.fit(with_a_model_without_data(dataset()))
+    assert report.models_without_data == ("new",)
+    assert router.calibration is not None and router.calibration.reference == "big"
 
 
 def test_route_takes_the_operating_point_in_either_form(fitted: Router) -> None:

@@ -4,14 +4,18 @@ drops ends in an error event, and a client that leaves a stream frees its model'
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import cast
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
-from gateway_harness import Harness, running_gateway, wait_until
-from mixllm.config import ServeConfig
+from gateway_harness import Harness, HashEmbedder, running_gateway, wait_until
+from mixllm.config import EmbedderConfig, ServeConfig
+from mixllm.data import RoutingDataset
 
 USER = [{"role": "user", "content": "Summarise the plot of Hamlet."}]
 # Ties go to the first model, so "small" is chosen until it fails.
@@ -53,6 +57,84 @@ def test_a_failing_model_is_replaced_by_the_next_best(
         assert metric(harness, f'mixllm_upstream_errors_total{{kind="{kind}",model="small"}}') == 1
         # The failed attempt left the queue and took no feedback; the answer's did.
         assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 1
+
+
+# The router keeps no routing context: whatever is not embedded again is reused from the decision.
+UNCACHED = EmbedderConfig(cache_size=0)
+
+
+def embedder(harness: Harness) -> HashEmbedder:
+    return cast(HashEmbedder, harness.router.embedder)
+
+
+def observations(harness: Harness) -> dict[str, int]:
+    return {m: int(harness.router.policy.inspect(m)["observations"]) for m in harness.router.models}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fallback_embeds_the_prompt_once_and_its_decision_learns(stream: bool) -> None:
+    with running_gateway(settings=FAILS_FAST, embedder=UNCACHED) as harness:
+        harness.fake.behaviour("small-upstream").status = 500
+        raw = client(harness).chat.completions.with_raw_response.create(
+            model="mixllm", messages=USER, stream=stream
+        )
+        if stream:
+            assert {c.model for c in raw.parse()} == {"large"}  # type: ignore[union-attr]
+        else:
+            assert raw.parse().model == "large"  # type: ignore[union-attr]
+        assert harness.fake.requests("small-upstream") == 1
+        assert metric(harness, 'mixllm_fallbacks_total{model="small"}') == 1
+        # One embedding, for the first decision; the fallback's came from it.
+        assert embedder(harness).batches == [1]
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 1
+        before = observations(harness)
+        response = httpx.post(
+            harness.url + "/v1/feedback",
+            json={"decision_id": raw.headers["x-mixllm-decision-id"], "quality": 0.9},
+        )
+        assert response.status_code == 200 and response.json()["learned"] is True
+        assert observations(harness) == {"small": before["small"], "large": before["large"] + 1}
+
+
+def refit_data(n: int = 8) -> RoutingDataset:
+    rng = np.random.default_rng(5)
+    return RoutingDataset(
+        prompts=[f"training query {i}" for i in range(n)],
+        models=["small", "large"],
+        quality=rng.uniform(0, 1, (n, 2)),
+        cost_usd=np.full((n, 2), 1e-4),
+        prompt_tokens=np.full(n, 10.0),
+        output_tokens=np.full((n, 2), 5.0),
+        latency_s=None,
+        labels=["a", "b"] * (n // 2),
+        split=None,
+        ids=[str(i) for i in range(n)],
+    )
+
+
+def test_a_fallback_after_a_fit_routes_the_text_again() -> None:
+    # A fit while the first model is tried replaces the projection its decision's context came
+    # from: the fallback embeds the prompt again instead of reusing that context.
+    settings = ServeConfig(read_timeout_s=1.0)
+    with running_gateway(settings=settings, embedder=UNCACHED) as harness:
+        harness.fake.behaviour("small-upstream").hang = True
+        answers: list[str] = []
+        asking = threading.Thread(
+            target=lambda: answers.append(
+                client(harness).chat.completions.create(model="mixllm", messages=USER).model
+            )
+        )
+        asking.start()
+        assert wait_until(lambda: harness.router.policy.in_flight("small") == 1)
+        harness.router.fit(refit_data())
+        asking.join(timeout=10)
+        assert answers == ["large"]
+        prompts = [t for call in embedder(harness).calls for t in call if "query" not in t]
+        assert len(prompts) == 2 and len(set(prompts)) == 1
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.policy.in_flight("large") == 0
         assert harness.router.pending() == 1
 
 

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from mixllm._core import InvalidInputError
 from mixllm.config import RouterConfig
 from mixllm.data import RoutingDataset
-from mixllm.routing.tuning import FOLDS, fold_ids
+from mixllm.routing.tuning import FOLDS, column_means_filled, fold_ids
 from mixllm.validation import positive
 
 __all__ = ["LAMBDAS", "Calibration", "CalibrationPoint", "calibrate"]
@@ -140,13 +140,6 @@ def _apart(first: Totals, second: Totals, top: Totals) -> bool:
     return any(abs(a - b) > GAP_PCT / 100 * t for a, b, t in zip(first, second, top, strict=True))
 
 
-def _filled(values: F64, rows: NDArray[np.bool_]) -> F64:
-    """``values`` with each unobserved entry replaced by its column's mean over ``rows``."""
-    means = np.nanmean(np.where(rows[:, None], values, np.nan), axis=0)
-    means = np.nan_to_num(means, nan=0.0)
-    return np.where(np.isnan(values), means[None, :], values)
-
-
 def _refined(totals: dict[float, Totals], routed: Callable[[float], Totals]) -> dict[float, Totals]:
     """``totals`` with more λ: where neighbouring λ route very differently, λ is bisected
     (geometrically), so that a target falls between close points."""
@@ -178,16 +171,20 @@ def calibrate(
     seed: int = 0,
 ) -> Calibration:
     """The calibration table of a configuration on ``dataset`` (see the module's description),
-    with the routing ``contexts`` of its rows. Only the pool's models with outcomes in the data
-    are routed to; an outcome the data did not log counts as the model's mean."""
-    pool = [m for m in config.models if m.name in dataset.models]
+    with the routing ``contexts`` of its rows.
+
+    Only the pool's models with outcomes in the data (a quality logged on at least one row)
+    are routed to. A pool model without any (added to the pool, not yet in the data) is left
+    out: no held-out query can say what choosing it would have given, so the table is the one
+    the other models give, and that model is never its reference. An outcome the data did not
+    log counts as the model's mean over the rows that logged it (a cost never logged, as 0)."""
+    pool = [m for m in config.models if _has_quality(dataset, m.name)]
     if not pool:
-        raise InvalidInputError("calibration needs a model of the pool in the data")
+        raise InvalidInputError("calibration needs a model of the pool with outcomes in the data")
     columns = np.array([dataset.models.index(m.name) for m in pool])
     n = len(dataset)
-    everything = np.ones(n, dtype=np.bool_)
-    quality = _filled(dataset.quality[:, columns], everything)
-    cost = _filled(dataset.cost_usd[:, columns], everything)
+    quality = column_means_filled(dataset.quality[:, columns])
+    cost = column_means_filled(dataset.cost_usd[:, columns])
     tokens = None if dataset.output_tokens is None else dataset.output_tokens[:, columns]
     assignment = fold_ids(n, folds, seed)
     fitted = []
@@ -232,3 +229,10 @@ def calibrate(
         for lam in sorted(totals)
     )
     return Calibration(pool[best].name, n, folds, points)
+
+
+def _has_quality(dataset: RoutingDataset, model: str) -> bool:
+    """Whether ``dataset`` logged a quality for ``model`` on at least one row."""
+    if model not in dataset.models:
+        return False
+    return bool((~np.isnan(dataset.quality[:, dataset.models.index(model)])).any())

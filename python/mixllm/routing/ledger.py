@@ -73,6 +73,12 @@ class PendingDecision:
     length_learned: bool = False
     # The query, for a log of feedback to relearn from.
     text: str | None = None
+    # What the decision was made with besides its context, so that another decision can be
+    # opened for the same query without embedding it again (`Router.reroute`): the prompt's
+    # tokens, the willingness to pay, and the fit whose projection made ``context``.
+    prompt_tokens: float = 0.0
+    willingness_to_pay: float = 0.0
+    fit_generation: int = 0
     # With a shared store: the id of the decision's arm as the replicas know it, and when its
     # shared record expires (wall-clock ms).
     arm: str = ""

@@ -12,9 +12,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm import _lru
-from mixllm._core import Decision, InputTypeError, InvalidInputError
+from mixllm._core import Decision, InputTypeError, InvalidInputError, UnknownModelError
 from mixllm.data import estimate_tokens
-from mixllm.errors import NotFittedError
+from mixllm.errors import NotFittedError, StateChangedError
 from mixllm.routing.ledger import PendingDecision, deadline_ms
 from mixllm.routing.route_limits import RouteLimits
 from mixllm.routing.router_base import RouterBase
@@ -47,7 +47,8 @@ class RouteDecision:
 
 
 class Route(RouterBase):
-    """The Router's decisions: `route`, `route_batch` and `aroute`."""
+    """The Router's decisions: `route`, `route_batch`, `aroute`, and `reroute` for a
+    fallback."""
 
     def _context(self, text: str) -> tuple[NDArray[np.float64], float]:
         """Routing context and prompt tokens of a text (checked by the caller, `check_text`)."""
@@ -268,6 +269,49 @@ class Route(RouterBase):
             self._batchers[loop] = batcher
         return batcher
 
+    def reroute(self, decision_id: str, model: str) -> RouteDecision:
+        """Opens a decision for ``model`` from decision ``decision_id``'s own query, for a
+        fallback when the model it chose cannot answer: the same routing context, prompt tokens
+        and willingness to pay, so nothing is embedded again. The new decision counts its
+        request in flight for ``model`` and takes `complete`, `cancel` and `feedback` like any
+        other (what it learns goes to ``model``); the decision it comes from is left as it is,
+        to be cancelled when its request was never answered. Of the first decision's limits only
+        ``model`` applies: the caller chose it (``detail.ranking`` orders the models within
+        them).
+
+        Refused, changing nothing (but dropping a decision found past its time to live, as
+        every call that meets one does): `InputTypeError` when either argument is not a ``str``;
+        `DecisionNotFoundError` when ``decision_id`` awaits no feedback (never issued, expired,
+        cancelled or answered: the message says which; one completed but not yet answered
+        still does); `UnknownModelError` when ``model`` is not in the pool (removed since, say);
+        `StateChangedError` when a fit or refit has replaced the projection since the decision
+        (its context is the old projection's: route the text again).
+        """
+        for name, value in (("decision_id", decision_id), ("model", model)):
+            if not isinstance(value, str):
+                raise InputTypeError(f"{name} must be a str, not {type(value).__name__}")
+        now = self._now()
+        with self._lock:
+            pending = self._ledger.open(decision_id, self._policy, now)
+            if pending.fit_generation != self._fit_generation:
+                raise StateChangedError(
+                    f"decision {decision_id!r} was made before the fit now in place, with the "
+                    "projection it replaced: route its text again"
+                )
+        if model not in self._policy:
+            raise UnknownModelError(
+                f"decision {decision_id!r} cannot be rerouted to {model!r}: it is not in the pool"
+            )
+        limits = RouteLimits.of([model], None, None)
+        return self._decide(
+            pending.context,
+            pending.prompt_tokens,
+            pending.willingness_to_pay,
+            now,
+            limits,
+            pending.text,
+        )
+
     def _decide(
         self,
         context: NDArray[np.float64],
@@ -292,6 +336,8 @@ class Route(RouterBase):
             # `remove_model` removed the model, since the decision (then nothing is queued).
             pending = PendingDecision.begin(self._policy, model, service_s, context, now)
             pending.text = text
+            pending.prompt_tokens, pending.willingness_to_pay = prompt_tokens, willingness_to_pay
+            pending.fit_generation = self._fit_generation
             pending.arm = self._arm_of(model)
             pending.deadline_ms = deadline_ms(self._config.feedback_ttl_s)
             self._ledger.add(decision_id, pending, self._policy, now)

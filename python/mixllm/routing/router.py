@@ -10,6 +10,9 @@ It ties together the sentence encoder (`Embedder`), the tag-enhanced projection
   training) and takes the request out of flight, recording its latency; a service that learns
   the quality later calls `complete(decision_id, latency_s=...)` when the answer arrives and
   `feedback` afterwards;
+- `reroute(decision_id, model)` opens a decision for another model from a pending decision's
+  own query (its context, prompt tokens and willingness to pay), for a fallback when the chosen
+  model cannot answer, without embedding the text again;
 - decisions wait for feedback at most ``feedback_ttl_s`` seconds and at most ``max_pending`` of
   them are kept; older ones are dropped (their requests leave the queue) and feedback for them
   raises `DecisionNotFoundError` saying so. Feedback for a decision whose model was removed since

@@ -37,6 +37,7 @@ __all__ = [
     "KnobChoice",
     "choose_ridge",
     "choose_ridge_by_routing",
+    "column_means_filled",
     "fold_ids",
     "routing_auc",
 ]
@@ -195,8 +196,8 @@ def choose_ridge_by_routing(
         raise InvalidInputError(
             f"quality and cost must be ({n}, {len(names)}), got {quality.shape} and {cost.shape}"
         )
-    filled_quality = _column_means_filled(quality)
-    filled_cost = _column_means_filled(cost)
+    filled_quality = column_means_filled(quality)
+    filled_cost = column_means_filled(cost)
     reference = int(np.argmax(filled_quality.mean(axis=0)))
     assignment = fold_ids(n, folds, seed)
     # totals[candidate][fold] = (quality, cost) routed at each λ, and the reference's.
@@ -271,7 +272,7 @@ def _area(parts: Sequence[tuple[F64, float, float]]) -> float:
     )
 
 
-def _column_means_filled(values: F64) -> F64:
+def column_means_filled(values: F64) -> F64:
     """``values`` with each NaN replaced by its column's mean (0 for a column of NaN only)."""
     seen = ~np.isnan(values)
     counts = seen.sum(axis=0)

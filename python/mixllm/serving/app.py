@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from mixllm._core import InvalidInputError, NoModelWithinLimitsError, UnknownModelError
 from mixllm.config import ModelConfig, ServeConfig
-from mixllm.errors import ConfigError, DecisionNotFoundError
+from mixllm.errors import ConfigError, DecisionNotFoundError, StateChangedError
 from mixllm.routing.background_refit import BackgroundRefit
 from mixllm.routing.router import RouteDecision, Router
 from mixllm.serving.chat import (
@@ -349,49 +349,35 @@ class Gateway:
     # -- answering ------------------------------------------------------------------------------
 
     async def _answer(self, chat: ChatRequest, pool: list[str]) -> Response:
-        allowed = list(chat.models or pool)
-        # With every allowed model cooled down, trying one beats refusing outright.
-        candidates = self.cooldowns.available(allowed) or allowed
-        try:
-            decision = await self.router.aroute(
-                chat.text,
-                willingness_to_pay=chat.willingness_to_pay,
-                # Every model of the router's pool needs no list: the core allows them all.
-                models=None if len(candidates) == len(self.router.models) else candidates,
-                max_cost_usd=chat.max_cost_usd,
-                max_latency_s=chat.max_latency_s,
-            )
-        except NoModelWithinLimitsError as err:
-            raise RequestError(400, str(err), code="no_model_within_limits") from None
-        except (InvalidInputError, UnknownModelError) as err:
-            raise RequestError(400, str(err)) from None
+        decision = await self._route(chat, pool)
         # The chosen model, then the decision's own fallbacks: the models within every limit
-        # of this request, by the rule that chose it.
+        # of this request, by the rule that chose it. A decision whose model could not answer
+        # stays open until the next one is opened from it, then is cancelled.
         order = decision.detail.ranking
         failures = []
         for attempt, model in enumerate(order[: self.settings.max_attempts]):
             if attempt > 0:
                 self.metrics.fallbacks.labels(order[attempt - 1]).inc()
-                try:
-                    decision = await self.router.aroute(
-                        chat.text, willingness_to_pay=decision.willingness_to_pay, models=[model]
-                    )
-                except UnknownModelError:
-                    failures.append(f"{model}: removed from the pool")
-                    continue
             upstream = self.upstreams().get(model)
             if upstream is None:
                 # Removed from the pool (or left without an upstream) since it was chosen.
-                self._cancel(decision)
                 failures.append(f"{model}: removed from the pool")
                 continue
+            if attempt > 0:
+                try:
+                    decision = await self._fall_back(chat, decision, model)
+                except UnknownModelError:
+                    failures.append(f"{model}: removed from the pool")
+                    continue
+                except BaseException:
+                    self._cancel(decision)
+                    raise
             self.metrics.decisions.labels(model).inc()
             try:
                 if chat.stream:
                     return await self._open_relay(chat, decision, upstream)
                 return await self._complete(chat, decision, upstream)
             except UpstreamFailure as err:
-                self._cancel(decision)
                 self.metrics.upstream_errors.labels(model, err.kind).inc()
                 if self.cooldowns.failed(model):
                     self.metrics.cooldowns.labels(model).inc()
@@ -403,6 +389,7 @@ class Gateway:
             except BaseException:
                 self._cancel(decision)
                 raise
+        self._cancel(decision)
         self.metrics.requests.labels(order[0], "error").inc()
         raise RequestError(
             502,
@@ -410,6 +397,43 @@ class Gateway:
             kind="upstream_error",
             code="upstream_unavailable",
         )
+
+    async def _route(self, chat: ChatRequest, pool: list[str]) -> RouteDecision:
+        """The request's decision, among the allowed models not cooled down."""
+        allowed = list(chat.models or pool)
+        # With every allowed model cooled down, trying one beats refusing outright.
+        candidates = self.cooldowns.available(allowed) or allowed
+        try:
+            return await self.router.aroute(
+                chat.text,
+                willingness_to_pay=chat.willingness_to_pay,
+                # Every model of the router's pool needs no list: the core allows them all.
+                models=None if len(candidates) == len(self.router.models) else candidates,
+                max_cost_usd=chat.max_cost_usd,
+                max_latency_s=chat.max_latency_s,
+            )
+        except NoModelWithinLimitsError as err:
+            raise RequestError(400, str(err), code="no_model_within_limits") from None
+        except (InvalidInputError, UnknownModelError) as err:
+            raise RequestError(400, str(err)) from None
+
+    async def _fall_back(
+        self, chat: ChatRequest, failed: RouteDecision, model: str
+    ) -> RouteDecision:
+        """A decision for ``model`` in place of ``failed``, whose model could not answer:
+        opened from ``failed``'s own context (`Router.reroute`), so the prompt is not embedded
+        again, then ``failed`` is cancelled. A ``failed`` that expired or was dropped while its
+        upstream was tried, or that a fit has outdated, leaves its text to be routed again.
+        `UnknownModelError` (``model`` has left the pool) leaves ``failed`` open."""
+        try:
+            decision = self.router.reroute(failed.id, model)
+        except (DecisionNotFoundError, StateChangedError):
+            self._cancel(failed)
+            return await self.router.aroute(
+                chat.text, willingness_to_pay=failed.willingness_to_pay, models=[model]
+            )
+        self._cancel(failed)
+        return decision
 
     async def _complete(
         self, chat: ChatRequest, decision: RouteDecision, upstream: Upstream
