@@ -156,7 +156,9 @@ def test_a_refused_key_is_the_gateways_failure_and_its_body_is_never_relayed(
         assert f"large: auth: HTTP {status}" in message
         assert "sk-" not in response.text and "Incorrect" not in response.text
         for model in ("small", "large"):
-            assert metric(harness, f'mixllm_upstream_errors_total{{kind="auth",model="{model}"}}') == 1
+            assert (
+                metric(harness, f'mixllm_upstream_errors_total{{kind="auth",model="{model}"}}') == 1
+            )
         # A second refusal in a row cools the model down, as any other failure does.
         httpx.post(harness.url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER})
         assert metric(harness, 'mixllm_cooldowns_total{model="small"}') == 1
