@@ -101,7 +101,9 @@ def parse_chat_request(
     if extension is None:
         extension = {}
     if not isinstance(extension, dict):
-        raise RequestError(400, f"mixllm must be an object, got {extension!r}", param="mixllm")
+        raise RequestError(
+            400, f"mixllm must be an object (or null), got {_json_type(extension)}", param="mixllm"
+        )
     unknown = sorted(set(extension) - {"willingness_to_pay", "models", "max_cost_usd",
                                        "max_latency_s"})  # fmt: skip
     if unknown:
@@ -204,6 +206,15 @@ def _number(
     if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
         raise RequestError(400, f"{where} must be a positive number, got {value}", param=where)
     return float(value)
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (the value itself may be long)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array"}.get(type(value), type(value).__name__)
 
 
 def _models(
