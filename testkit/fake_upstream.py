@@ -1,8 +1,8 @@
 """A fake OpenAI-compatible upstream for the gateway's tests: a real server on 127.0.0.1 whose
-models answer with a configurable time to first token, speed and length, fail with 500s or
-429s at a configurable rate, or hang; it records what it was sent and which streams their
-client left. `ServerThread` runs any ASGI app (this one, or the gateway) on loopback in a
-thread that stops by itself."""
+models answer with a configurable time to first token, speed and length, fail with 500s at a
+configurable rate or always with a given status and message, or hang; it records what it was
+sent and which streams their client left. `ServerThread` runs any ASGI app (this one, or the
+gateway) on loopback in a thread that stops by itself."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Behaviour:
     output_tokens: int = 5
     error_rate: float = 0.0  # share of requests answered 500
     status: int | None = None  # every request answered with this status (429, 500, ...)
+    error_message: str | None = None  # the error body's message (default: "fake <status>")
     hang: bool = False  # never answers (until HANG_S)
     fail_mid_stream: bool = False  # drops the connection after the first token
 
@@ -99,7 +100,8 @@ class FakeUpstream:
             await asyncio.sleep(HANG_S)
         if how.status is not None or fails:
             status = how.status or 500
-            return JSONResponse({"error": {"message": f"fake {status}"}}, status_code=status)
+            message = how.error_message or f"fake {status}"
+            return JSONResponse({"error": {"message": message}}, status_code=status)
         created = int(time.time())
         if body.get("stream"):
             return StreamingResponse(

@@ -1,9 +1,12 @@
-"""What the gateway does when upstreams fail: 500s, 429s and hangs are answered by the next
-model, a model that keeps failing is cooled down and later tried again, a stream its upstream
-drops ends in an error event, and a client that leaves a stream frees its model's slot."""
+"""What the gateway does when upstreams fail: 500s, 429s, 401s and 403s (a refused key), hangs
+and refused connections are answered by the next model, a model that keeps failing is cooled
+down and later tried again, any other 4xx goes back to the caller as it came, a stream its
+upstream drops ends in an error event, and a client that leaves a stream frees its model's
+slot."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import cast
@@ -35,7 +38,13 @@ def metric(harness: Harness, line_start: str) -> float:
 
 @pytest.mark.parametrize(
     ("setting", "value", "kind"),
-    [("status", 500, "status_5xx"), ("status", 429, "status_429"), ("hang", True, "timeout")],
+    [
+        ("status", 500, "status_5xx"),
+        ("status", 429, "status_429"),
+        ("status", 401, "auth"),
+        ("status", 403, "auth"),
+        ("hang", True, "timeout"),
+    ],
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_failing_model_is_replaced_by_the_next_best(
@@ -185,13 +194,83 @@ def test_attempts_are_bounded() -> None:
         assert harness.fake.requests("large-upstream") == 0
 
 
-def test_an_upstream_4xx_goes_back_to_the_client_without_fallback() -> None:
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_4xx_goes_back_to_the_client_without_fallback(
+    status: int, stream: bool
+) -> None:
     with running_gateway(settings=FAILS_FAST) as harness:
-        harness.fake.behaviour("small-upstream").status = 400
-        with pytest.raises(openai.BadRequestError):
-            client(harness).chat.completions.create(model="mixllm", messages=USER)
+        refusing = harness.fake.behaviour("small-upstream")
+        refusing.status, refusing.error_message = status, "messages[0].content is too long"
+        response = httpx.post(
+            harness.url + "/v1/chat/completions",
+            json={"model": "mixllm", "messages": USER, "stream": stream},
+        )
+        # As the upstream sent it: the caller's request is at fault.
+        assert response.status_code == status
+        assert response.json() == {"error": {"message": "messages[0].content is too long"}}
         assert harness.fake.requests("large-upstream") == 0
         assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 0
+        assert metric(harness, 'mixllm_fallbacks_total{model="small"}') == 0
+
+
+# What OpenAI answers a wrong key with: part of the key, echoed.
+KEY_ECHO = "Incorrect API key provided: sk-proj-...abcd"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refused_key_is_the_gateways_failure_and_its_body_is_never_relayed(
+    status: int, stream: bool
+) -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        for name in ("small-upstream", "large-upstream"):
+            refusing = harness.fake.behaviour(name)
+            refusing.status, refusing.error_message = status, KEY_ECHO
+        response = httpx.post(
+            harness.url + "/v1/chat/completions",
+            json={"model": "mixllm", "messages": USER, "stream": stream},
+        )
+        assert response.status_code == 502
+        message = response.json()["error"]["message"]
+        assert f"small: auth: HTTP {status}" in message
+        assert f"large: auth: HTTP {status}" in message
+        assert "sk-" not in response.text and "Incorrect" not in response.text
+        for model in ("small", "large"):
+            assert (
+                metric(harness, f'mixllm_upstream_errors_total{{kind="auth",model="{model}"}}') == 1
+            )
+        # A second refusal in a row cools the model down, as any other failure does.
+        httpx.post(harness.url + "/v1/chat/completions", json={"model": "mixllm", "messages": USER})
+        assert metric(harness, 'mixllm_cooldowns_total{model="small"}') == 1
+        assert httpx.get(harness.url + "/healthz").json()["available"] == []
+        assert harness.router.pending() == 0
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound for a moment, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_that_cannot_be_reached_is_replaced_by_the_next_best(stream: bool) -> None:
+    unreachable = {"small": {"base_url": f"http://127.0.0.1:{closed_port()}/v1"}}
+    with running_gateway(settings=FAILS_FAST, model_changes=unreachable) as harness:
+        completion = client(harness).chat.completions.create(
+            model="mixllm", messages=USER, stream=stream
+        )
+        if stream:
+            assert {c.model for c in completion} == {"large"}  # type: ignore[union-attr]
+        else:
+            assert completion.model == "large"  # type: ignore[union-attr]
+        assert metric(harness, 'mixllm_upstream_errors_total{kind="connect",model="small"}') == 1
+        assert metric(harness, 'mixllm_fallbacks_total{model="small"}') == 1
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 1
 
 
 def test_a_stream_dropped_by_its_upstream_ends_in_an_error_event() -> None:

@@ -127,6 +127,29 @@ def test_allowed_models_from_a_header_limit_the_choice(harness: Harness) -> None
         ),
         (json.dumps({"model": "mixllm:cheapest", "messages": USER}).encode(), 400, "cheapest"),
         (json.dumps({"model": "mixllm:-1", "messages": USER}).encode(), 400, "> 0"),
+        # A bad suffix is refused even when the body (or a header) sets the operating point.
+        (
+            json.dumps(
+                {"model": "mixllm:cheapest", "messages": USER, "mixllm": {"willingness_to_pay": 1}}
+            ).encode(),
+            400,
+            "cheapest",
+        ),
+        *(
+            (
+                json.dumps({"model": "mixllm", "messages": USER, "mixllm": value}).encode(),
+                400,
+                f"mixllm must be an object (or null), got {kind}",
+            )
+            for value, kind in [
+                ([], "an array"),
+                (0, "a number"),
+                (False, "a boolean"),
+                ("", "a string"),
+                ("x", "a string"),
+                ([{"models": ["small"]}], "an array"),
+            ]
+        ),
         (
             json.dumps({"model": "mixllm", "messages": USER, "mixllm": {"models": ["x"]}}).encode(),
             400,
@@ -163,6 +186,23 @@ def test_a_malformed_request_gets_a_4xx_error_body_and_changes_nothing(
     assert sent == {m: harness.fake.requests(f"{m}-upstream") for m in harness.router.models}
 
 
+def test_a_null_mixllm_field_is_taken_as_absent(harness: Harness) -> None:
+    completion = client(harness).chat.completions.create(
+        model="mixllm", messages=USER, extra_body={"mixllm": None}
+    )
+    assert completion.model in harness.router.models
+    assert "mixllm" not in harness.fake.record(f"{completion.model}-upstream").bodies[-1]
+
+
+def test_a_bad_suffix_is_refused_even_beside_a_header(harness: Harness) -> None:
+    with pytest.raises(openai.BadRequestError, match="cheapest"):
+        client(harness).chat.completions.create(
+            model="mixllm:cheapest",
+            messages=USER,
+            extra_headers={"x-mixllm-willingness-to-pay": "1"},
+        )
+
+
 def test_unknown_paths_and_methods_answer_in_the_error_shape(harness: Harness) -> None:
     for response, status in [
         (httpx.get(harness.url + "/v1/chat/completions"), 405),
@@ -197,8 +237,41 @@ def test_models_health_and_metrics(harness: Harness) -> None:
     assert 'mixllm_requests_total{model="small",outcome="ok"}' in metrics
     assert 'mixllm_decisions_total{model="small"}' in metrics
     assert 'mixllm_request_latency_seconds_bucket{le="0.01",model="small"}' in metrics
-    assert "mixllm_requests_in_flight" in metrics
+    assert sample(metrics, 'mixllm_requests_in_flight{model="small"}') == 0
     assert 'mixllm_rejected_requests_total{status="400"}' in metrics
+
+
+def sample(metrics: str, series: str) -> float | None:
+    """The value of one sample line of Prometheus text, None when the series is absent."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_the_in_flight_gauge_counts_a_request_while_it_runs() -> None:
+    with running_gateway() as harness:
+        harness.fake.behaviour("large-upstream").ttft_s = 1.0
+        thread = threading.Thread(
+            target=lambda: client(harness).chat.completions.create(model="large", messages=USER)
+        )
+        thread.start()
+        gauge = 'mixllm_requests_in_flight{model="large"}'
+        assert wait_until(lambda: sample(httpx.get(harness.url + "/metrics").text, gauge) == 1)
+        thread.join(timeout=10)
+        assert sample(httpx.get(harness.url + "/metrics").text, gauge) == 0
+
+
+def test_a_stream_is_counted_in_the_time_to_first_token_histogram() -> None:
+    with running_gateway() as harness:
+        count = 'mixllm_time_to_first_token_seconds_count{model="small"}'
+        assert sample(httpx.get(harness.url + "/metrics").text, count) is None
+        client(harness).chat.completions.create(model="small", messages=USER)
+        # A whole answer has no first token of its own.
+        assert sample(httpx.get(harness.url + "/metrics").text, count) is None
+        for expected in (1, 2):
+            list(client(harness).chat.completions.create(model="small", messages=USER, stream=True))
+            assert sample(httpx.get(harness.url + "/metrics").text, count) == expected
 
 
 def test_the_api_key_is_sent_upstream_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

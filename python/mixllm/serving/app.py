@@ -78,7 +78,12 @@ def create_app(
     it is now; an upstream given in ``upstreams`` takes precedence for its model. With
     ``state_dir`` the router is saved there every ``settings.snapshot_every_s`` seconds and at
     shutdown, after requests in flight have had ``settings.drain_timeout_s`` to finish. The
-    `Gateway` is ``app.state.gateway``."""
+    `Gateway` is ``app.state.gateway``.
+
+    Run as an app of its own, the server runs the gateway's lifespan. Mounted in another
+    Starlette app (``Mount("/router", app=app)``), the host runs it, as the host's own lifespan
+    (``lifespan=app.state.gateway.lifespan``) or inside it (``async with
+    gateway.lifespan(host):``); until it runs, chat completions answer 503 saying so."""
     gateway = Gateway(router, settings or ServeConfig(), upstreams, state_dir)
     app = Starlette(
         routes=[
@@ -158,7 +163,12 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, _app: Starlette | None = None) -> AsyncIterator[None]:
+        """The gateway running: the upstream session open, snapshots and refits scheduled;
+        on exit, requests in flight drained, the last snapshot written, the session closed.
+        Given to (or entered by) the lifespan of whichever app serves the gateway."""
+        if self._client is not None:
+            raise RuntimeError("the gateway's lifespan is already running")
         self._idle = asyncio.Event()
         self._idle.set()
         self._client = open_session(self.settings.connect_timeout_s, self.settings.read_timeout_s)
@@ -176,6 +186,7 @@ class Gateway:
                 saver.cancel()
                 await asyncio.to_thread(self.snapshot)
             await self._client.close()
+            self._client = None
 
     async def drain(self, timeout_s: float) -> bool:
         """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
@@ -235,9 +246,15 @@ class Gateway:
         return found
 
     @property
+    def running(self) -> bool:
+        """Whether the lifespan has started (and not yet ended): only then are requests sent
+        upstream."""
+        return self._client is not None
+
+    @property
     def client(self) -> aiohttp.ClientSession:
         if self._client is None:
-            raise RuntimeError("the gateway is not running (its lifespan has not started)")
+            raise _not_running()
         return self._client
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -246,6 +263,8 @@ class Gateway:
         self._request_started()
         handed_off = False
         try:
+            if not self.running:
+                raise _not_running()
             raw = await self._body(request)
             pool = list(self.upstreams())
             chat = parse_chat_request(raw, request.headers, pool, self.settings)
@@ -319,11 +338,12 @@ class Gateway:
         models = self.router.models
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if self.running else "not_running",
                 "in_flight": self.active,
                 "models": len(models),
                 "available": self.cooldowns.available(models),
-            }
+            },
+            status_code=200 if self.running else 503,
         )
 
     async def prometheus(self, _request: Request) -> Response:
@@ -602,6 +622,17 @@ class _RelayedStream(StreamingResponse):
                 gateway._cancel(self._decision)
                 gateway.metrics.disconnects.labels(model).inc()
             gateway._request_ended()
+
+
+def _not_running() -> RequestError:
+    return RequestError(
+        503,
+        "the gateway is not running: its lifespan has not started. Mounted in another app, "
+        "run it from the host's: Starlette(..., lifespan=gateway_app.state.gateway.lifespan), "
+        "or `async with gateway.lifespan():` inside the host's own lifespan",
+        kind="server_error",
+        code="gateway_not_running",
+    )
 
 
 def _completion_tokens(usage: Any) -> float | None:

@@ -96,9 +96,14 @@ def parse_chat_request(
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, "stream must be true or false", param="stream")
-    extension = body.pop("mixllm", None) or {}
+    # null is taken as absent, as OpenAI's own optional fields take it.
+    extension = body.pop("mixllm", None)
+    if extension is None:
+        extension = {}
     if not isinstance(extension, dict):
-        raise RequestError(400, "mixllm must be an object", param="mixllm")
+        raise RequestError(
+            400, f"mixllm must be an object (or null), got {_json_type(extension)}", param="mixllm"
+        )
     unknown = sorted(set(extension) - {"willingness_to_pay", "models", "max_cost_usd",
                                        "max_latency_s"})  # fmt: skip
     if unknown:
@@ -107,10 +112,12 @@ def parse_chat_request(
     wtp = _number(extension, headers, "willingness_to_pay", HEADER_WTP, allow_inf=True)
     if model == ROUTER_MODEL or model.startswith(ROUTER_MODEL + ":"):
         point = model.partition(":")[2]
-        if point and wtp is None:
-            wtp = _operating_point(point, settings)
+        # Checked even when unused: a bad suffix is refused whatever else the request says.
+        suffix = _operating_point(point, settings) if point else None
+        # The most explicit value wins: the body's field, the header, the model's suffix, the
+        # configured operating point.
         if wtp is None:
-            wtp = settings.willingness_to_pay
+            wtp = suffix if suffix is not None else settings.willingness_to_pay
         allowed = _models(extension, headers, pool)
     elif model in pool:
         allowed = (model,)
@@ -199,6 +206,17 @@ def _number(
     if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
         raise RequestError(400, f"{where} must be a positive number, got {value}", param=where)
     return float(value)
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (the value itself may be long)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 def _models(

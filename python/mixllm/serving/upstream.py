@@ -1,10 +1,11 @@
 """Calls to the models' own OpenAI-compatible endpoints, over one shared aiohttp session
 (its C parser and connection pool keep the gateway's own cost per call small).
 
-A failure the next model could answer instead (no connection, a timeout, 429 or a 5xx) is an
-`UpstreamFailure`; any other 4xx is the caller's request at fault and goes back to it as it
-came (`UpstreamRejection`). Keys are read from the environment when a request is sent and
-never kept in an error message, a log line or a snapshot.
+A failure the next model could answer instead (no connection, a timeout, 429, a 5xx, or a 401
+or 403: the key the gateway holds for that model was refused) is an `UpstreamFailure`; any other
+4xx is the caller's request at fault and goes back to it as it came (`UpstreamRejection`). Keys
+are read from the environment when a request is sent and never kept in an error message, a log
+line or a snapshot; nor is the body of a 401 or 403, which may echo part of the key.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def upstream_of(model: ModelConfig) -> Upstream | None:
 
 class UpstreamFailure(Exception):
     """The model could not answer; another one may. ``kind`` is what went wrong
-    (``connect``, ``timeout``, ``status_429``, ``status_5xx``, ``protocol``, ``auth``)."""
+    (``connect``, ``timeout``, ``status_429``, ``status_5xx``, ``protocol``, ``auth``: the key
+    is not set, or the upstream refused it with a 401 or 403)."""
 
     def __init__(self, model: str, kind: str, detail: str) -> None:
         super().__init__(f"{model}: {kind}: {detail}")
@@ -106,7 +108,8 @@ class UpstreamFailure(Exception):
 
 
 class UpstreamRejection(Exception):
-    """The upstream refused the request itself (a 4xx other than 429): the caller's fault."""
+    """The upstream refused the request itself (a 4xx other than 401, 403 and 429): the
+    caller's fault."""
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         super().__init__(f"upstream answered {status}")
@@ -119,6 +122,11 @@ def _request_body(upstream: Upstream, body: Mapping[str, Any]) -> bytes:
     return orjson.dumps({**body, "model": upstream.model})
 
 
+# What an upstream answers when the key it was sent is missing, wrong, expired or not allowed
+# the model.
+_KEY_REFUSED = (401, 403)
+
+
 async def _check_status(upstream: Upstream, response: aiohttp.ClientResponse) -> None:
     if response.status < 400:
         return
@@ -126,6 +134,10 @@ async def _check_status(upstream: Upstream, response: aiohttp.ClientResponse) ->
     if response.status == 429 or response.status >= 500:
         kind = "status_429" if response.status == 429 else "status_5xx"
         raise UpstreamFailure(upstream.name, kind, f"HTTP {response.status}")
+    if response.status in _KEY_REFUSED:
+        # The gateway's own credentials, not the caller's request: named by status only, as
+        # the body may quote the key ("Incorrect API key provided: sk-...abcd").
+        raise UpstreamFailure(upstream.name, "auth", f"HTTP {response.status}")
     raise UpstreamRejection(
         response.status, content, response.headers.get("content-type", "application/json")
     )
