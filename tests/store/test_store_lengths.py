@@ -362,9 +362,18 @@ def test_closing_gives_up_on_lengths_it_cannot_hand_over_in_time(
     complete(a, range(2))
     delivered(a)
     server.stop()
+    before = arms(a)
+    lengths_thread = store_of(a)._lengths._thread
+    assert lengths_thread is not None
     # Learning and appending a length waits for the publish lock: a feedback holding it and
     # never letting go keeps the lengths from being learned.
     with store_of(a).publishing():
         complete(a, range(2, 5))
         assert raised_by(store_of(a).close, "closing the store") == []
     assert "the lengths of 3 completed requests were not learned" in caplog.text
+    # The hand-over that waited for the lock finds the store closed: nothing is learned or
+    # buffered after close returned.
+    lengths_thread.join(WAIT_S)
+    assert not lengths_thread.is_alive()
+    assert_same_arms(arms(a), before)
+    assert len(store_of(a)._outbox) == 0

@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import ModuleType
@@ -235,6 +236,7 @@ class RedisStore:
         self._outbox = Outbox(max_buffered)
         # Completed requests' lengths, learned and appended in the background.
         self._lengths = LengthQueue(max_buffered, self._deliver_lengths)
+        self._lengths_closed = False  # set by close: a hand-over still waiting learns nothing
         self._online = True
         self._init_reader_state(dedupe_window)
         self._max_unwritten = max_unwritten_decisions
@@ -410,6 +412,7 @@ class RedisStore:
             self._thread = None
         if self._router is not None:
             self._lengths.close(self._close_wait_s)
+            self._lengths_closed = True
         if self._decisions is not None:
             self._decisions.close()
         if self._queues is not None:
@@ -461,17 +464,19 @@ class RedisStore:
                 log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
         self._outbox.put(observation)
 
-    def _deliver_lengths(self, lengths: list[QueuedLength]) -> None:
+    def _deliver_lengths(self, lengths: deque[QueuedLength]) -> None:
         """Learns completed requests' lengths and appends them to the stream, as `feedback`
         learns and publishes an observation (under the publish lock): buffered, and delivered
-        by the reader thread, while Redis is unreachable."""
+        by the reader thread, while Redis is unreachable. Takes each length off ``lengths``
+        once it is learned and buffered, as `LengthQueue` expects."""
         router = self._router
         assert router is not None
         with self._publish_lock:
-            for length in lengths:
-                observation = router._learn_length(length)
+            while lengths and not self._lengths_closed:
+                observation = router._learn_length(lengths[0])
                 if observation is not None:
                     self._outbox.put(observation)
+                lengths.popleft()
             if not self._online or not len(self._outbox):
                 return
             try:
