@@ -160,6 +160,46 @@ def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
     assert attempts == [1, 1]
 
 
+def failing_refits(router: Router) -> list[int]:
+    """Makes every refit of ``router`` fail; returns the list it appends to at each attempt."""
+    attempts: list[int] = []
+
+    def failing() -> mixllm.FitReport:
+        attempts.append(1)
+        raise RuntimeError("no memory left")
+
+    router._refit_locked = failing  # type: ignore[method-assign]
+    return attempts
+
+
+def test_after_a_failed_refit_a_full_log_makes_the_next_attempt_due_as_soon() -> None:
+    # 12 rows and growth 1 would wait for 12 feedbacks; the log holds 4, and refits that
+    # succeed would run every 4 (when it is full): a failed one is retried as often.
+    router = fitted(12, refit_growth=1.0, feedback_log_size=4)
+    attempts = failing_refits(router)
+    give_feedback(router, 4, offset=100)
+    assert attempts == [1]
+    give_feedback(router, 3, offset=200)
+    assert attempts == [1]
+    give_feedback(router, 1, offset=300)
+    assert attempts == [1, 1]
+
+
+def test_feedback_for_a_removed_model_does_not_count_towards_the_retry() -> None:
+    router = fitted(12, refit_growth=1.0, feedback_log_size=4)
+    attempts = failing_refits(router)
+    give_feedback(router, 4, offset=100)
+    assert attempts == [1]
+    orphans = [router.route(text, models=["big"]) for text in dataset(3, offset=400).prompts]
+    router.remove_model("big")
+    assert [router.feedback(d.id, quality=1.0) for d in orphans] == [False] * 3
+    # Nothing was learned or logged by those: the retry still waits for 4 learned feedbacks.
+    give_feedback(router, 3, offset=200)
+    assert attempts == [1]
+    give_feedback(router, 1, offset=300)
+    assert attempts == [1, 1]
+
+
 def test_no_automatic_refit_when_turned_off_or_without_rows_of_a_fit() -> None:
     off = fitted(12, refit_growth=0.0)
     give_feedback(off, 30, offset=100)
