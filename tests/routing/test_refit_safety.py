@@ -386,6 +386,16 @@ def test_the_rows_kept_for_refits_are_capped_newest_first(monkeypatch, tmp_path)
     assert router._training == dataset(20, offset=300).select(slice(5, None))
 
 
+def test_a_state_saved_with_more_rows_than_the_cap_loads_with_the_newest(
+    monkeypatch, tmp_path
+) -> None:
+    router, _ = fitted(20, refit_growth=0.0)
+    state = router.save(tmp_path / "s")
+    monkeypatch.setattr(refit_state, "MAX_TRAINING_ROWS", 15)
+    loaded = Router.load(state.parent, embedder=HashEmbedder(16))  # type: ignore[arg-type]
+    assert loaded._training == dataset(20).select(slice(5, None))
+
+
 def test_rows_past_the_saved_size_keep_their_newest_part(monkeypatch, tmp_path) -> None:
     router, _ = fitted(200, refit_growth=0.0)
     whole = persistence._training_size(refit_state.training_to_bytes(dataset(200)))
