@@ -66,6 +66,7 @@ class AutoRefit(Refitting):
         self._refit_lock = threading.Lock()
         self._pool_generation = 0
         self._fit_generation = 0
+        self._last_fit_kind = "fitted"
         self._fits_running = 0
         self._refit_scheduled = False
         self._refit_thread = None

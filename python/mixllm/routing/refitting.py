@@ -63,7 +63,7 @@ class Refitting(Fitting):
                         f"{changed} while this refit ran: its result was discarded and the "
                         "router left as it was (the feedback stays logged); refit again"
                     )
-                self._swap(fitted, combined)
+                self._swap(fitted, combined, refit=True)
                 # What was learned is in the new rows now; feedback during the refit stays
                 # logged. The log is bounded, so feedback during the refit may have pushed
                 # some of what was copied out already: drop only the copied entries still at
