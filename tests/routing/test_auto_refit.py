@@ -200,6 +200,20 @@ def test_feedback_for_a_removed_model_does_not_count_towards_the_retry() -> None
     assert attempts == [1, 1]
 
 
+def test_a_removed_refit_listener_hears_nothing_and_removing_a_stranger_is_refused() -> None:
+    router = fitted(12, refit_growth=1.0)
+    heard: list[str] = []
+    kept: list[str] = []
+    router.add_refit_listener(heard.append)
+    router.add_refit_listener(kept.append)
+    router.remove_refit_listener(heard.append)
+    with pytest.raises(ValueError, match="not listening to this router's refits"):
+        router.remove_refit_listener(heard.append)
+    give_feedback(router, 12, offset=100)
+    assert router.automatic_refits == 1
+    assert heard == [] and kept == ["ok"]
+
+
 def test_no_automatic_refit_when_turned_off_or_without_rows_of_a_fit() -> None:
     off = fitted(12, refit_growth=0.0)
     give_feedback(off, 30, offset=100)

@@ -43,7 +43,7 @@ OK, FAILED, DISCARDED = "ok", "failed", "discarded"
 
 class AutoRefit(Refitting):
     """The Router's automatic refits (``refit_growth``): `refit_due`, `wait_for_refit`,
-    `add_refit_listener`, and the counts ``automatic_refits`` (succeeded),
+    `add_refit_listener`, `remove_refit_listener`, and the counts ``automatic_refits`` (succeeded),
     ``automatic_refits_failed`` (failed, or refused as unable to run) and
     ``automatic_refits_discarded`` (the pool or the fitted state changed while they ran)."""
 
@@ -83,6 +83,15 @@ class AutoRefit(Refitting):
         refit (from the refit's thread, or the thread whose feedback found it unable to run)."""
         with self._lock:
             self._refit_listeners.append(listener)
+
+    def remove_refit_listener(self, listener: Callable[[str], None]) -> None:
+        """Stops ``listener`` (given to `add_refit_listener`) hearing of refits. Raises
+        `ValueError` when it is not listening, changing nothing."""
+        with self._lock:
+            try:
+                self._refit_listeners.remove(listener)
+            except ValueError:
+                raise ValueError(f"{listener!r} is not listening to this router's refits") from None
 
     def refit_due(self) -> bool:
         """Whether the feedback logged since the last fit has reached ``refit_growth`` times
