@@ -32,7 +32,7 @@ def refuse_trylocks(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
         real_flock(descriptor, operation)
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    monkeypatch.setattr(state_folder, "_warned", set())
+    monkeypatch.setattr(state_folder, "_warned", set(), raising=False)
 
 
 def states(root: Path) -> list[str]:
@@ -86,7 +86,7 @@ def test_a_state_folder_that_cannot_be_opened_is_left_for_a_later_save(
     code: int,
 ) -> None:
     save(tmp_path, 1)
-    monkeypatch.setattr(state_folder, "_warned", set())
+    monkeypatch.setattr(state_folder, "_warned", set(), raising=False)
     with monkeypatch.context() as patch:
         patch.setattr(os, "open", failing_folder_opens(code))
         save(tmp_path, 1)

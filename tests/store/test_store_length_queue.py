@@ -30,7 +30,8 @@ class FailingDeliver:
         while batch:
             if batch[0].output_tokens in self.bad:
                 raise RuntimeError("the store refused a length")
-            self.delivered.append(batch.popleft().output_tokens)
+            self.delivered.append(batch[0].output_tokens)
+            del batch[0]
 
 
 def closed_within_the_deadlock_timeout(queue: LengthQueue, timeout_s: float) -> None:
@@ -141,7 +142,8 @@ def test_nothing_is_handed_over_once_close_gave_up(
     def slow(batch: deque[QueuedLength]) -> None:
         entered.set()
         release.wait(WAIT_S)
-        taken.append(batch.popleft().output_tokens)
+        taken.append(batch[0].output_tokens)
+        del batch[0]
 
     queue = LengthQueue(100, slow)
     queue.start()

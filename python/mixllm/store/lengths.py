@@ -114,8 +114,12 @@ class LengthQueue:
             try:
                 self._deliver(batch)
             except Exception:  # one bad batch must not keep the rest from going
-                self.unsent += len(batch)
-                log.exception("cannot learn the lengths of %d completed requests", len(batch))
+                lost = len(batch)
+                self.unsent += lost
+                if lost:
+                    log.exception("cannot learn the lengths of %d completed requests", lost)
+                else:
+                    log.exception("the lengths of completed requests were learned, then failed")
             finally:
                 with self._take_lock:
                     self._in_hand = deque()
