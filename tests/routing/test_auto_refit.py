@@ -138,6 +138,44 @@ def test_feedback_during_a_refit_stays_logged_when_the_log_is_full() -> None:
     assert router.refit().rows == 40 + 4 + 2
 
 
+def refitted_with_feedback_during(late: int) -> Router:
+    """A Router refitted on 40 rows and 4 answers, given ``late`` more answers while the refit
+    embeds its rows."""
+    router = fitted(40, refit_growth=0.0)
+    held = HeldEmbedder(router.embedder, held=44)
+    router._embedder = held  # type: ignore[assignment]
+    give_feedback(router, 4, offset=100)
+    worker = threading.Thread(target=router.refit)
+    worker.start()
+    assert held.started.wait(30)
+    give_feedback(router, late, offset=200)
+    held.release.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    return router
+
+
+def test_feedback_given_during_a_refit_is_taught_to_the_arms_it_swaps_in() -> None:
+    busy = refitted_with_feedback_during(2)
+    # The same refit with no feedback beside it, then the two answers learned online under
+    # its projection: what the busy Router's new arms must hold.
+    quiet = refitted_with_feedback_during(0)
+    assert quiet.projection is not None
+    texts = dataset(2, offset=200).prompts
+    contexts = quiet.projection.context(quiet.embedder.embed(texts))
+    for text, context in zip(texts, contexts, strict=True):
+        quality = float("two plus two" in text)
+        quiet.policy.update("small", context, quality=quality, output_tokens=40.0)
+    mine, theirs = arms(busy), arms(quiet)
+    assert mine["small"]["observations"] == theirs["small"]["observations"]
+    for name, values in mine.items():
+        for key, value in values.items():
+            if isinstance(value, (int, float, list, np.ndarray)) and not isinstance(value, bool):
+                np.testing.assert_allclose(theirs[name][key], value, rtol=1e-9, err_msg=key)
+    # Still logged, for the next refit to learn from its rows.
+    assert busy.refit().rows == 40 + 4 + 2
+
+
 def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
     router = fitted(12, refit_growth=0.5)
     attempts = []
