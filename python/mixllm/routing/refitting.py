@@ -104,7 +104,10 @@ class Refitting(Fitting):
             for entry, context in zip(late, contexts, strict=True):
                 if entry.model in self._policy:
                     self._policy.update(
-                        entry.model, context, quality=entry.quality, output_tokens=entry.output_tokens
+                        entry.model,
+                        context,
+                        quality=entry.quality,
+                        output_tokens=entry.output_tokens,
                     )
 
     def _check_refit(self, start: FitStart) -> None:

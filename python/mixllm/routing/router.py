@@ -48,9 +48,9 @@ from mixllm.config import OPERATING_POINTS, TUNED_KNOBS, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import ConfigError
+from mixllm.routing import refit_state
 from mixllm.routing.auto_refit import AutoRefit
 from mixllm.routing.calibration import Calibration
-from mixllm.routing import refit_state
 from mixllm.routing.fitting import FitReport, Fitting, newest_rows
 from mixllm.routing.introspection import Introspection
 from mixllm.routing.learning import Learning, LoggedFeedback
