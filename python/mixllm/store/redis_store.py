@@ -477,8 +477,8 @@ class RedisStore:
                 if observation is not None:
                     self._outbox.put(observation)
                 lengths.popleft()
-            if not self._online or not len(self._outbox):
-                return
+            if self._lengths_closed or not self._online or not len(self._outbox):
+                return  # closing flushes what is buffered, and closes the connections
             try:
                 self._flush()
             except self._redis_error as err:
