@@ -73,6 +73,12 @@ class LengthQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def given_up(self) -> bool:
+        """Whether `close` gave up on what was left: a hand-over still under way should then
+        take nothing more (what it left is counted as not learned)."""
+        return self._final_until == -math.inf
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mixllm-lengths", daemon=True)
         self._thread.start()

@@ -236,7 +236,6 @@ class RedisStore:
         self._outbox = Outbox(max_buffered)
         # Completed requests' lengths, learned and appended in the background.
         self._lengths = LengthQueue(max_buffered, self._deliver_lengths)
-        self._lengths_closed = False  # set by close: a hand-over still waiting learns nothing
         self._online = True
         self._init_reader_state(dedupe_window)
         self._max_unwritten = max_unwritten_decisions
@@ -412,7 +411,6 @@ class RedisStore:
             self._thread = None
         if self._router is not None:
             self._lengths.close(self._close_wait_s)
-            self._lengths_closed = True
         if self._decisions is not None:
             self._decisions.close()
         if self._queues is not None:
@@ -468,16 +466,17 @@ class RedisStore:
         """Learns completed requests' lengths and appends them to the stream, as `feedback`
         learns and publishes an observation (under the publish lock): buffered, and delivered
         by the reader thread, while Redis is unreachable. Takes each length off ``lengths``
-        once it is learned and buffered, as `LengthQueue` expects."""
+        once it is learned and buffered, as `LengthQueue` expects, and stops once closing gave
+        up on them."""
         router = self._router
         assert router is not None
         with self._publish_lock:
-            while lengths and not self._lengths_closed:
+            while lengths and not self._lengths.given_up:
                 observation = router._learn_length(lengths[0])
                 if observation is not None:
                     self._outbox.put(observation)
                 lengths.popleft()
-            if self._lengths_closed or not self._online or not len(self._outbox):
+            if self._lengths.given_up or not self._online or not len(self._outbox):
                 return  # closing flushes what is buffered, and closes the connections
             try:
                 self._flush()
