@@ -138,6 +138,44 @@ def test_feedback_during_a_refit_stays_logged_when_the_log_is_full() -> None:
     assert router.refit().rows == 40 + 4 + 2
 
 
+def refitted_with_feedback_during(late: int) -> Router:
+    """A Router refitted on 40 rows and 4 answers, given ``late`` more answers while the refit
+    embeds its rows."""
+    router = fitted(40, refit_growth=0.0)
+    held = HeldEmbedder(router.embedder, held=44)
+    router._embedder = held  # type: ignore[assignment]
+    give_feedback(router, 4, offset=100)
+    worker = threading.Thread(target=router.refit)
+    worker.start()
+    assert held.started.wait(30)
+    give_feedback(router, late, offset=200)
+    held.release.set()
+    worker.join(30)
+    assert not worker.is_alive()
+    return router
+
+
+def test_feedback_given_during_a_refit_is_taught_to_the_arms_it_swaps_in() -> None:
+    busy = refitted_with_feedback_during(2)
+    # The same refit with no feedback beside it, then the two answers learned online under
+    # its projection: what the busy Router's new arms must hold.
+    quiet = refitted_with_feedback_during(0)
+    assert quiet.projection is not None
+    texts = dataset(2, offset=200).prompts
+    contexts = quiet.projection.context(quiet.embedder.embed(texts))
+    for text, context in zip(texts, contexts, strict=True):
+        quality = float("two plus two" in text)
+        quiet.policy.update("small", context, quality=quality, output_tokens=40.0)
+    mine, theirs = arms(busy), arms(quiet)
+    assert mine["small"]["observations"] == theirs["small"]["observations"]
+    for name, values in mine.items():
+        for key, value in values.items():
+            if isinstance(value, (int, float, list, np.ndarray)) and not isinstance(value, bool):
+                np.testing.assert_allclose(theirs[name][key], value, rtol=1e-9, err_msg=key)
+    # Still logged, for the next refit to learn from its rows.
+    assert busy.refit().rows == 40 + 4 + 2
+
+
 def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
     router = fitted(12, refit_growth=0.5)
     attempts = []
@@ -158,6 +196,60 @@ def test_a_failed_automatic_refit_leaves_the_router_as_it_was() -> None:
     assert attempts == [1]
     give_feedback(router, 1, offset=300)
     assert attempts == [1, 1]
+
+
+def failing_refits(router: Router) -> list[int]:
+    """Makes every refit of ``router`` fail; returns the list it appends to at each attempt."""
+    attempts: list[int] = []
+
+    def failing() -> mixllm.FitReport:
+        attempts.append(1)
+        raise RuntimeError("no memory left")
+
+    router._refit_locked = failing  # type: ignore[method-assign]
+    return attempts
+
+
+def test_after_a_failed_refit_a_full_log_makes_the_next_attempt_due_as_soon() -> None:
+    # 12 rows and growth 1 would wait for 12 feedbacks; the log holds 4, and refits that
+    # succeed would run every 4 (when it is full): a failed one is retried as often.
+    router = fitted(12, refit_growth=1.0, feedback_log_size=4)
+    attempts = failing_refits(router)
+    give_feedback(router, 4, offset=100)
+    assert attempts == [1]
+    give_feedback(router, 3, offset=200)
+    assert attempts == [1]
+    give_feedback(router, 1, offset=300)
+    assert attempts == [1, 1]
+
+
+def test_feedback_for_a_removed_model_does_not_count_towards_the_retry() -> None:
+    router = fitted(12, refit_growth=1.0, feedback_log_size=4)
+    attempts = failing_refits(router)
+    give_feedback(router, 4, offset=100)
+    assert attempts == [1]
+    orphans = [router.route(text, models=["big"]) for text in dataset(3, offset=400).prompts]
+    router.remove_model("big")
+    assert [router.feedback(d.id, quality=1.0) for d in orphans] == [False] * 3
+    # Nothing was learned or logged by those: the retry still waits for 4 learned feedbacks.
+    give_feedback(router, 3, offset=200)
+    assert attempts == [1]
+    give_feedback(router, 1, offset=300)
+    assert attempts == [1, 1]
+
+
+def test_a_removed_refit_listener_hears_nothing_and_removing_a_stranger_is_refused() -> None:
+    router = fitted(12, refit_growth=1.0)
+    heard: list[str] = []
+    kept: list[str] = []
+    router.add_refit_listener(heard.append)
+    router.add_refit_listener(kept.append)
+    router.remove_refit_listener(heard.append)
+    with pytest.raises(ValueError, match="not listening to this router's refits"):
+        router.remove_refit_listener(heard.append)
+    give_feedback(router, 12, offset=100)
+    assert router.automatic_refits == 1
+    assert heard == [] and kept == ["ok"]
 
 
 def test_no_automatic_refit_when_turned_off_or_without_rows_of_a_fit() -> None:

@@ -181,7 +181,10 @@ def test_a_manual_refit_during_a_pool_change_is_refused_and_changes_nothing() ->
     assert router.refit().rows == 40
 
 
-def test_a_warm_start_overtaken_by_a_refit_adds_nothing() -> None:
+@pytest.mark.parametrize("overtaker", ["refitted", "fitted"])
+def test_a_warm_start_overtaken_by_a_refit_or_fit_adds_nothing_and_says_which(
+    overtaker: str,
+) -> None:
     router, embedder = fitted(20, refit_growth=0.0)
     feedback_on(router, 20, offset=100)
     examples = replace(dataset(7, offset=700), models=["mid", "other"])
@@ -197,10 +200,15 @@ def test_a_warm_start_overtaken_by_a_refit_adds_nothing() -> None:
     worker = threading.Thread(target=add)
     worker.start()
     assert embedder.started.wait(WAIT_S)
-    router.refit()  # swaps in a new projection while the examples are embedded
+    # Swaps in a new projection while the examples are embedded.
+    if overtaker == "refitted":
+        router.refit()
+    else:
+        router.fit(dataset(20, offset=300))
     embedder.release.set()
     worker.join(WAIT_S)
     assert len(errors) == 1 and isinstance(errors[0], mixllm.StateChangedError)
+    assert f"the router was {overtaker} while the examples of 'mid'" in str(errors[0])
     assert "mid" not in router.models
     router.add_model(MID, examples=examples)
     assert router.policy.inspect("mid")["observations"] == 7
@@ -384,6 +392,16 @@ def test_the_rows_kept_for_refits_are_capped_newest_first(monkeypatch, tmp_path)
     # A fit on more rows than the cap learns from all of them, and keeps the newest.
     assert router.fit(dataset(20, offset=300)).rows == 20
     assert router._training == dataset(20, offset=300).select(slice(5, None))
+
+
+def test_a_state_saved_with_more_rows_than_the_cap_loads_with_the_newest(
+    monkeypatch, tmp_path
+) -> None:
+    router, _ = fitted(20, refit_growth=0.0)
+    state = router.save(tmp_path / "s")
+    monkeypatch.setattr(refit_state, "MAX_TRAINING_ROWS", 15)
+    loaded = Router.load(state.parent, embedder=HashEmbedder(16))  # type: ignore[arg-type]
+    assert loaded._training == dataset(20).select(slice(5, None))
 
 
 def test_rows_past_the_saved_size_keep_their_newest_part(monkeypatch, tmp_path) -> None:

@@ -9,10 +9,12 @@ from dataclasses import replace
 import httpx
 import pytest
 
+from fake_upstream import ServerThread
 from gateway_harness import Harness, running_gateway, tiny_router, wait_until
 from mixllm.config import ServeConfig, load_serve_config
 from mixllm.errors import ConfigError
 from mixllm.routing.background_refit import BackgroundRefit
+from mixllm.serving import Gateway, create_app
 from refit_data import dataset
 
 
@@ -98,6 +100,30 @@ def test_the_router_s_own_refits_are_counted_apart() -> None:
         assert harness.router.automatic_refits == 1
         assert refits(harness, trigger="automatic") == 1
         assert refits(harness, trigger="scheduled") == 0
+
+
+def counted(gateway: Gateway, trigger: str) -> float:
+    value = gateway.metrics.registry.get_sample_value(
+        "mixllm_refits_total", {"outcome": "ok", "trigger": trigger}
+    )
+    return value or 0.0
+
+
+def test_a_second_gateway_on_the_same_router_counts_its_refits_alone() -> None:
+    with running_gateway(refit_growth=1.0) as first:
+        router = first.router
+    second = create_app(router, settings=ServeConfig())
+    with ServerThread(second, grace_s=2):
+        router.fit(replace(dataset(8), models=["small", "large"]))
+        for i in range(8):
+            decision = router.route(f"question {i}")
+            router.feedback(decision.id, quality=1.0)
+        assert router.wait_for_refit(60)
+        assert router.automatic_refits == 1
+        assert counted(second.state.gateway, "automatic") == 1
+    # The first gateway, shut down, no longer hears the router's refits; nor, now, the second.
+    assert counted(first.gateway, "automatic") == 0
+    assert router._refit_listeners == []
 
 
 def test_refits_are_off_by_default_and_bad_settings_are_refused() -> None:

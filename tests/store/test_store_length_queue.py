@@ -4,6 +4,7 @@ never raises and never waits longer than it is given, whatever the hand-over doe
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Any
 
 import pytest
@@ -18,16 +19,19 @@ def length(i: int) -> QueuedLength:
 
 
 class FailingDeliver:
-    """Records the batches handed over, and raises for the ones holding a length in ``bad``."""
+    """Takes the lengths handed over one by one, recording each, and raises at the first one
+    in ``bad`` (leaving it and those after it in the batch)."""
 
     def __init__(self, bad: set[float]) -> None:
         self.bad = bad
         self.delivered: list[float] = []
 
-    def __call__(self, batch: list[QueuedLength]) -> None:
-        if any(item.output_tokens in self.bad for item in batch):
-            raise RuntimeError("the store refused the batch")
-        self.delivered.extend(item.output_tokens for item in batch)
+    def __call__(self, batch: deque[QueuedLength]) -> None:
+        while batch:
+            if batch[0].output_tokens in self.bad:
+                raise RuntimeError("the store refused a length")
+            self.delivered.append(batch[0].output_tokens)
+            del batch[0]
 
 
 def closed_within_the_deadlock_timeout(queue: LengthQueue, timeout_s: float) -> None:
@@ -46,6 +50,21 @@ def test_a_failing_hand_over_at_close_is_logged_and_counted_and_raises_nothing(
     # The batch [2, 3] is lost, and counted; the batches after it still went.
     assert deliver.delivered == [0.0, 1.0, 4.0, 5.0]
     assert queue.unsent == 2 and len(queue) == 0
+    assert "cannot learn the lengths of 2 completed requests" in caplog.text
+
+
+def test_a_hand_over_failing_part_way_counts_only_what_it_did_not_take(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("mixllm.store.lengths._BATCH", 3)
+    deliver = FailingDeliver(bad={1.0})
+    queue = LengthQueue(100, deliver)
+    for i in range(3):
+        queue.put(length(i))
+    closed_within_the_deadlock_timeout(queue, WAIT_S)
+    # Length 0 was taken before the failure: only 1 and 2 are lost.
+    assert deliver.delivered == [0.0]
+    assert queue.unsent == 2
     assert "cannot learn the lengths of 2 completed requests" in caplog.text
 
 
@@ -69,7 +88,7 @@ def test_close_gives_up_on_a_hand_over_that_never_returns(
     release = threading.Event()
     entered = threading.Event()
 
-    def stuck(batch: list[QueuedLength]) -> None:
+    def stuck(batch: deque[QueuedLength]) -> None:
         entered.set()
         release.wait(WAIT_S)
 
@@ -94,9 +113,10 @@ def test_close_stops_handing_over_when_its_time_is_up(
     release = threading.Event()
     seen: list[float] = []
 
-    def slow(batch: list[QueuedLength]) -> None:
+    def slow(batch: deque[QueuedLength]) -> None:
         seen.extend(item.output_tokens for item in batch)
         release.wait(0.2)
+        batch.clear()
 
     queue = LengthQueue(100, slow)
     for i in range(3):
@@ -109,3 +129,36 @@ def test_close_stops_handing_over_when_its_time_is_up(
         assert "the lengths of 3 completed requests were not learned" in caplog.text
     finally:
         release.set()
+
+
+def test_nothing_is_handed_over_once_close_gave_up(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("mixllm.store.lengths._BATCH", 1)
+    release = threading.Event()
+    entered = threading.Event()
+    taken: list[float] = []
+
+    def slow(batch: deque[QueuedLength]) -> None:
+        entered.set()
+        release.wait(WAIT_S)
+        taken.append(batch[0].output_tokens)
+        del batch[0]
+
+    queue = LengthQueue(100, slow)
+    queue.start()
+    for i in range(4):
+        queue.put(length(i))
+    assert entered.wait(WAIT_S)
+    thread = queue._thread
+    assert thread is not None
+    try:
+        # The thread is in a hand-over its periodic drain started, with more queued behind it.
+        closed_within_the_deadlock_timeout(queue, 0.05)
+    finally:
+        release.set()
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
+    # The length in hand when close gave up could still finish; nothing after it went.
+    assert taken == [0.0] and len(queue) == 3
+    assert "the lengths of 4 completed requests were not learned" in caplog.text

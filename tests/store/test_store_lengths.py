@@ -355,6 +355,25 @@ def test_closing_with_redis_gone_raises_nothing_and_names_what_was_not_sent(
     assert "closing with 3 observations never appended to the stream" in caplog.text
 
 
+def test_lengths_learned_before_their_hand_over_fails_are_buffered_not_lost(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = build_router(store=replica_store(server.url))
+    store = store_of(a)
+
+    def broken() -> None:
+        raise RuntimeError("the append failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_flush", broken)
+        complete(a, range(3))
+        wait_for(lambda: "failed" in caplog.text, "the hand-over to fail")
+        # Learned and kept to share: buffered, not also counted as lost.
+        assert store.stats.buffered == 3 and store.stats.dropped == 0
+    delivered(a)
+    close(a)
+
+
 def test_closing_gives_up_on_lengths_it_cannot_hand_over_in_time(
     server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -362,9 +381,18 @@ def test_closing_gives_up_on_lengths_it_cannot_hand_over_in_time(
     complete(a, range(2))
     delivered(a)
     server.stop()
+    before = arms(a)
+    lengths_thread = store_of(a)._lengths._thread
+    assert lengths_thread is not None
     # Learning and appending a length waits for the publish lock: a feedback holding it and
     # never letting go keeps the lengths from being learned.
     with store_of(a).publishing():
         complete(a, range(2, 5))
         assert raised_by(store_of(a).close, "closing the store") == []
     assert "the lengths of 3 completed requests were not learned" in caplog.text
+    # The hand-over that waited for the lock finds the store closed: nothing is learned or
+    # buffered after close returned.
+    lengths_thread.join(WAIT_S)
+    assert not lengths_thread.is_alive()
+    assert_same_arms(arms(a), before)
+    assert len(store_of(a)._outbox) == 0

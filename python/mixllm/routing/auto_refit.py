@@ -17,8 +17,9 @@ What keeps a refit from costing more than that:
   ``tagger.mode = "labels"``) is not attempted: it is logged once, as a warning, and not
   considered again until the pool or the fitted state changes;
 - after a refit failed, the next attempt waits for as many more feedbacks as made it due
-  (``refit_growth`` times the rows), so a failing refit is tried no more often than refits
-  that succeed would run;
+  (``refit_growth`` times the rows, or as many as fill the feedback log when that is fewer), so
+  a failing refit is tried no more often than refits that succeed would run, and no more
+  feedback rotates out of the log unlearned than between two refits that succeed;
 - a refit discarded because the pool or the fitted state changed while it ran is still due,
   and runs again at the next feedback, on the pool as it is then."""
 
@@ -42,7 +43,7 @@ OK, FAILED, DISCARDED = "ok", "failed", "discarded"
 
 class AutoRefit(Refitting):
     """The Router's automatic refits (``refit_growth``): `refit_due`, `wait_for_refit`,
-    `add_refit_listener`, and the counts ``automatic_refits`` (succeeded),
+    `add_refit_listener`, `remove_refit_listener`, and the counts ``automatic_refits`` (succeeded),
     ``automatic_refits_failed`` (failed, or refused as unable to run) and
     ``automatic_refits_discarded`` (the pool or the fitted state changed while they ran)."""
 
@@ -50,8 +51,9 @@ class AutoRefit(Refitting):
     automatic_refits: int
     automatic_refits_failed: int
     automatic_refits_discarded: int
-    # Feedbacks learned (without a store) since the Router was made, and how many it takes
-    # before an automatic refit is tried again after one failed.
+    # Feedbacks learned (without a store; not those whose model had been removed) since the
+    # Router was made, and how many it takes before an automatic refit is tried again after
+    # one failed.
     _feedbacks_seen: int
     _retry_at: int
     # The (pool, fit) generations at which a refit was found unable to run: not tried again
@@ -64,6 +66,7 @@ class AutoRefit(Refitting):
         self._refit_lock = threading.Lock()
         self._pool_generation = 0
         self._fit_generation = 0
+        self._last_fit_kind = "fitted"
         self._fits_running = 0
         self._refit_scheduled = False
         self._refit_thread = None
@@ -81,6 +84,15 @@ class AutoRefit(Refitting):
         with self._lock:
             self._refit_listeners.append(listener)
 
+    def remove_refit_listener(self, listener: Callable[[str], None]) -> None:
+        """Stops ``listener`` (given to `add_refit_listener`) hearing of refits. Raises
+        `ValueError` when it is not listening, changing nothing."""
+        with self._lock:
+            try:
+                self._refit_listeners.remove(listener)
+            except ValueError:
+                raise ValueError(f"{listener!r} is not listening to this router's refits") from None
+
     def refit_due(self) -> bool:
         """Whether the feedback logged since the last fit has reached ``refit_growth`` times
         that fit's rows (or filled the log). A Router with no rows of a fit to scale by (built
@@ -95,6 +107,15 @@ class AutoRefit(Refitting):
         if not growth or training is None or self._store is not None or logged == 0:
             return False
         return logged == self._feedback_log.maxlen or logged >= growth * len(training)
+
+    def _due_step_locked(self) -> int:
+        """How many feedbacks make a refit due after a fit: ``refit_growth`` times its rows, or
+        as many as fill the log, whichever comes first (as `_due_locked` counts)."""
+        step = self._config.refit_growth * len(self._training or ())
+        capacity = self._feedback_log.maxlen
+        if capacity is not None:
+            step = min(step, capacity)
+        return max(1, math.ceil(step))
 
     def _after_feedback(self) -> None:
         """Starts a background refit when one is due, none is scheduled, and it can run."""
@@ -154,8 +175,7 @@ class AutoRefit(Refitting):
             # The Router keeps routing with the state it had.
             with self._lock:
                 self.automatic_refits_failed += 1
-                step = self._config.refit_growth * len(self._training or ())
-                self._retry_at = self._feedbacks_seen + max(1, math.ceil(step))
+                self._retry_at = self._feedbacks_seen + self._due_step_locked()
             log.exception("the automatic refit failed; the router keeps its state")
             return FAILED
         with self._lock:

@@ -184,9 +184,9 @@ class Fitting(RouterBase):
         )
         return Fitted(projection, policy, config, calibration, report)
 
-    def _swap(self, fitted: Fitted, rows: RoutingDataset) -> None:
-        """Puts a fit's state in place (the caller holds the lock), keeping the newest
-        `MAX_TRAINING_ROWS` of the rows it learned from for the next refit."""
+    def _swap(self, fitted: Fitted, rows: RoutingDataset, *, refit: bool = False) -> None:
+        """Puts a fit's (or a refit's) state in place (the caller holds the lock), keeping the
+        newest `MAX_TRAINING_ROWS` of the rows it learned from for the next refit."""
         now = self._now()
         # Requests still in flight keep counting in the new arms' queues.
         for pending in self._ledger:
@@ -201,6 +201,7 @@ class Fitting(RouterBase):
         self._training = newest_rows(rows, refit_state.MAX_TRAINING_ROWS)
         self._contexts.clear()
         self._fit_generation += 1
+        self._last_fit_kind = "refitted" if refit else "fitted"
 
     def _tune(
         self, dataset: RoutingDataset, contexts: NDArray[np.float64], config: RouterConfig

@@ -161,8 +161,10 @@ class Learning(RouterBase):
         store = self._store
         if store is None:
             learned = self._learn(decision_id, target, weight, output_tokens, latency_s, now)
+            if learned is None:
+                return False
             self._after_feedback()
-            return learned is not None
+            return True
         # Learned and appended under the store's lock, so a checkpoint never holds an
         # observation the stream lacks.
         with store.publishing():

@@ -45,6 +45,8 @@ MAX_MANIFEST_BYTES = 64 << 10
 # The stream position and the ids of the observations learned past it (a buffer's worth).
 MAX_STREAM_POSITION_BYTES = 64 << 20
 MAX_CONFIG_BYTES = 16 << 20
+# How many times a load that could not pin its state starts again when a save replaced it.
+_UNPINNED_ATTEMPTS = 10
 _CALIBRATION = "calibration.json"
 _STREAM_POSITION = "store.json"
 MAX_CALIBRATION_BYTES = 1 << 20
@@ -244,22 +246,31 @@ def read_current_state(
     """The folder ``CURRENT`` names under ``directory`` and what it holds (`read_state_folder`,
     the store's stream position when it was saved with a store attached, and what a refit
     relearns from).
-    The folder is pinned while it is read, so the saves that may run beside it leave it whole."""
-    with state_folder.pinned_state(directory) as folder:
-        if folder is None:
-            raise StateFileError(
-                f"{directory} holds no saved router (no {state_folder.CURRENT} file)"
-            )
-        config, projection, policy, calibration = read_state_folder(folder)
-        return (
-            folder,
-            config,
-            projection,
-            policy,
-            calibration,
-            saved_position(folder),
-            saved_refit_inputs(folder, config),
-        )
+    The folder is pinned while it is read, so the saves that may run beside it leave it whole;
+    where it cannot be pinned, a save that deleted it meanwhile sends the reading to the new
+    state (a few times at most)."""
+    for attempt in range(_UNPINNED_ATTEMPTS):
+        with state_folder.pinned_state(directory) as (folder, held):
+            if folder is None:
+                raise StateFileError(
+                    f"{directory} holds no saved router (no {state_folder.CURRENT} file)"
+                )
+            try:
+                config, projection, policy, calibration = read_state_folder(folder)
+                return (
+                    folder,
+                    config,
+                    projection,
+                    policy,
+                    calibration,
+                    saved_position(folder),
+                    saved_refit_inputs(folder, config),
+                )
+            except StateFileError:
+                replaced = not held and state_folder.current_state(directory) != folder.name
+                if not replaced or attempt == _UNPINNED_ATTEMPTS - 1:
+                    raise
+    raise AssertionError("unreachable: the last attempt re-raises")
 
 
 def saved_position(folder: Path) -> StreamPosition | None:

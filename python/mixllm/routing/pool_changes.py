@@ -66,8 +66,8 @@ class PoolChanges(RouterBase):
             if warm is not None and self._fit_generation != fitted:
                 # Its contexts are the old projection's, which the new arms do not use.
                 raise StateChangedError(
-                    f"the router was refitted while the examples of {model.name!r} were "
-                    "embedded: the model was not added; add it again"
+                    f"the router was {self._last_fit_kind} while the examples of "
+                    f"{model.name!r} were embedded: the model was not added; add it again"
                 )
             self._policy.add_model(model.name, **model.policy_kwargs())
             if warm is not None:

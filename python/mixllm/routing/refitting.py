@@ -9,10 +9,14 @@ logged row twice):
   and the refit, which learned on the pool and state as they were, is discarded instead
   (`StateChangedError`), with the log left as it was, so the refit is still due and runs again
   on the pool as it is now;
-- a refit that cannot learn from its rows is refused before it embeds any of them."""
+- a refit that cannot learn from its rows is refused before it embeds any of them;
+- feedback learned while it ran taught the arms it replaces: once swapped in, the new arms are
+  taught it too (embedded again under the new projection), and it stays logged for the next
+  refit."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 
@@ -25,8 +29,11 @@ from mixllm.data import RoutingDataset, count_tokens
 from mixllm.errors import ConfigError, StateChangedError
 from mixllm.routing.fitting import FitReport, FitStart, Fitting
 from mixllm.routing.learning import LoggedFeedback
+from mixllm.understanding.projection import LinearProjection
 
 __all__ = ["Refitting", "concatenated", "feedback_dataset", "refit_refusal"]
+
+log = logging.getLogger("mixllm.refit")
 
 
 class Refitting(Fitting):
@@ -37,8 +44,9 @@ class Refitting(Fitting):
         the feedback learned since (the last ``feedback_log_size`` of them: each its query,
         the chosen model's quality, or 1/0 for binary feedback, and output tokens), so that
         feedback improves the representation too, not only the heads. Routing goes on while
-        it runs (in a background thread, say) and switches to the new state at once; it then
-        keeps the newest `refit_state.MAX_TRAINING_ROWS` rows for the next refit.
+        it runs (in a background thread, say) and switches to the new state at once (whose
+        arms are then taught the feedback learned meanwhile); it then keeps the newest
+        `refit_state.MAX_TRAINING_ROWS` rows for the next refit.
 
         `save` keeps both, so a loaded Router refits as the saved one would have; one loaded
         from a state saved without them (an older mixllm's, or rows past the size a state
@@ -63,7 +71,7 @@ class Refitting(Fitting):
                         f"{changed} while this refit ran: its result was discarded and the "
                         "router left as it was (the feedback stays logged); refit again"
                     )
-                self._swap(fitted, combined)
+                self._swap(fitted, combined, refit=True)
                 # What was learned is in the new rows now; feedback during the refit stays
                 # logged. The log is bounded, so feedback during the refit may have pushed
                 # some of what was copied out already: drop only the copied entries still at
@@ -71,7 +79,36 @@ class Refitting(Fitting):
                 copied = {id(entry) for entry in start.logged}
                 while self._feedback_log and id(self._feedback_log[0]) in copied:
                     self._feedback_log.popleft()
+                late = [entry for entry in self._feedback_log if id(entry) not in copied]
+                swapped = (self._pool_generation, self._fit_generation)
+        self._learn_late(late, fitted.projection, swapped)
         return fitted.report
+
+    def _learn_late(
+        self, late: Sequence[LoggedFeedback], projection: LinearProjection, swapped: tuple[int, int]
+    ) -> None:
+        """Teaches the arms a refit swapped in the feedback learned while it ran (which taught
+        the arms it replaced), so that it counts before the next refit. Their contexts are
+        the new projection's, embedded outside the lock; nothing is taught when the pool or
+        the fit changed since the swap (they stay logged, for the next refit)."""
+        if not late:
+            return
+        try:
+            contexts = projection.context(self.embedder.embed([entry.text for entry in late]))
+        except Exception:  # the refit stands; the next one learns them from the log
+            log.exception("cannot teach the refitted arms the feedback given during the refit")
+            return
+        with self._lock:
+            if (self._pool_generation, self._fit_generation) != swapped:
+                return
+            for entry, context in zip(late, contexts, strict=True):
+                if entry.model in self._policy:
+                    self._policy.update(
+                        entry.model,
+                        context,
+                        quality=entry.quality,
+                        output_tokens=entry.output_tokens,
+                    )
 
     def _check_refit(self, start: FitStart) -> None:
         refusal = refit_refusal(start.config, start.training, len(start.logged))

@@ -51,9 +51,10 @@ from mixllm.config import OPERATING_POINTS, TUNED_KNOBS, RouterConfig
 from mixllm.data import RoutingDataset
 from mixllm.encoders.embedding import Embedder
 from mixllm.errors import ConfigError
+from mixllm.routing import refit_state
 from mixllm.routing.auto_refit import AutoRefit
 from mixllm.routing.calibration import Calibration
-from mixllm.routing.fitting import FitReport, Fitting
+from mixllm.routing.fitting import FitReport, Fitting, newest_rows
 from mixllm.routing.introspection import Introspection
 from mixllm.routing.learning import Learning, LoggedFeedback
 from mixllm.routing.ledger import DecisionLedger
@@ -207,7 +208,12 @@ class Router(
         except ConfigError as err:
             raise StateFileError(f"{folder}: config.json and policy.bin disagree: {err}") from err
         router._saved_position = position
-        router._training = refit.training
+        # A state saved with more rows than a fit keeps (written elsewhere, or by a build
+        # with a larger bound) keeps the newest, as a fit does.
+        training = refit.training
+        router._training = (
+            None if training is None else newest_rows(training, refit_state.MAX_TRAINING_ROWS)
+        )
         router._feedback_log.extend(refit.feedback)
         return router
 

@@ -51,6 +51,8 @@ class RouterBase:
     # at its swap that neither changed under it (what changed is kept, the fit discarded).
     _pool_generation: int
     _fit_generation: int
+    # What swapped in the last fit generation: "fitted" (`fit`) or "refitted" (`refit`).
+    _last_fit_kind: str
     # Fits and refits learning now, and whether an automatic refit is scheduled: a store is
     # not attached meanwhile.
     _fits_running: int

@@ -19,12 +19,18 @@ read-only, like the state shipped in the package): it pins the state folder ``CU
 reads every file through :func:`read_bounded`, whose size is checked before a byte is read. A
 save deletes only the state folders no load has pinned (a later save deletes the others), so a
 load reads one whole state however many saves run beside it.
+
+Where ``flock`` is refused (some network filesystems), nothing can be pinned: saves delete old
+state folders as they would unpinned ones (with a warning, once), and a load whose folder a save
+deleted while it read starts again from the new ``CURRENT`` (see `Pinned.held`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -32,12 +38,14 @@ import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from mixllm._core import StateFileError
 
 __all__ = [
     "CURRENT",
     "MAX_CURRENT_BYTES",
+    "Pinned",
     "clean_leftovers",
     "current_state",
     "pinned_state",
@@ -58,6 +66,30 @@ _POINTER_TMP_NAME = re.compile(rf"\.{CURRENT}\.tmp-.+")
 # could be pinned (each time a whole save has run in that moment).
 _PIN_ATTEMPTS = 100
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+# What flock raises for a lock another holds; anything else means it cannot lock here at all.
+_HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN})
+# What opening a folder raises for a file or a symbolic link in its place.
+_NOT_A_FOLDER = frozenset({errno.ENOTDIR, errno.ELOOP})
+
+log = logging.getLogger(__name__)
+# The kinds of failure already warned about: a save runs often, and each would say it again.
+_warned: set[tuple[str, int | None]] = set()
+
+
+def _warn_once(kind: str, path: Path, err: OSError, consequence: str) -> None:
+    if (kind, err.errno) in _warned:
+        return
+    _warned.add((kind, err.errno))
+    log.warning("%s: %s; %s", path, err, consequence)
+
+
+class Pinned(NamedTuple):
+    """The state folder ``CURRENT`` named (None when there is no ``CURRENT``), and whether it
+    is pinned (False where the filesystem refuses ``flock``: a save may then delete it while it
+    is read)."""
+
+    folder: Path | None
+    held: bool
 
 
 def state_number(name: str) -> int:
@@ -100,21 +132,21 @@ def current_state(root: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def pinned_state(root: Path) -> Iterator[Path | None]:
-    """The state folder ``CURRENT`` names under ``root`` (None when there is no ``CURRENT``),
-    which no save deletes until the block ends. A folder that cannot be pinned and that
-    ``CURRENT`` still names (missing, not a folder) is given as it is, for the reading to name
-    what is wrong. Raises `StateFileError` as `current_state` does."""
+def pinned_state(root: Path) -> Iterator[Pinned]:
+    """The state folder ``CURRENT`` names under ``root``, which no save deletes until the block
+    ends (unless the filesystem cannot lock it: `Pinned.held`). A folder that cannot be pinned
+    and that ``CURRENT`` still names (missing, not a folder) is given as it is, for the reading
+    to name what is wrong. Raises `StateFileError` as `current_state` does."""
     for _ in range(_PIN_ATTEMPTS):
         name = current_state(root)
         if name is None:
-            yield None
+            yield Pinned(None, held=False)
             return
-        descriptor = _pin(root / name)
-        if descriptor is None and current_state(root) != name:
+        descriptor, lockable = _pin(root / name)
+        if descriptor is None and lockable and current_state(root) != name:
             continue  # deleted by a save since CURRENT named it: read the new one
         try:
-            yield root / name
+            yield Pinned(root / name, held=descriptor is not None)
         finally:
             if descriptor is not None:
                 os.close(descriptor)  # releases the pin
@@ -122,24 +154,32 @@ def pinned_state(root: Path) -> Iterator[Path | None]:
     raise StateFileError(f"{root}: saves replaced the state faster than it could be opened")
 
 
-def _pin(folder: Path) -> int | None:
+def _pin(folder: Path) -> tuple[int | None, bool]:
     """A descriptor of ``folder`` holding a shared lock on it, or None when the folder is gone,
-    being deleted, or not a folder."""
+    being deleted, not a folder, or cannot be locked here; and whether it could be locked (False
+    where the filesystem refuses ``flock``)."""
     try:
         descriptor = os.open(folder, _FOLDER_FLAGS)
     except OSError:
-        return None
+        return None, True
     try:
         # A save holds the exclusive lock only while it deletes the folder.
         fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(descriptor)
+        if err.errno in _HELD:
+            return None, True
+        _warn_once("pin", folder, err, "loads cannot pin the state they read")
+        return None, False
+    try:
         # Locked, but perhaps after a save deleted it: the name must still lead to it.
         named, held = os.stat(folder, follow_symlinks=False), os.fstat(descriptor)
         if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-            return descriptor
+            return descriptor, True
     except OSError:
         pass
     os.close(descriptor)
-    return None
+    return None, True
 
 
 def read_bounded(path: Path, limit: int, *, what: str) -> bytes:
@@ -187,18 +227,26 @@ def clean_leftovers(root: Path) -> None:
 
 
 def _remove_unpinned(folder: Path) -> None:
-    """Deletes a state folder unless a load has it pinned (a later save deletes it then)."""
+    """Deletes a state folder unless a load has it pinned (a later save deletes it then), or
+    it cannot be opened now (too many open files, no permission: a later save tries again).
+    Where the filesystem refuses ``flock`` no load can pin it, and it is deleted."""
     try:
         descriptor = os.open(folder, _FOLDER_FLAGS)
-    except OSError:
-        _remove(folder)  # not a folder: nothing can pin it
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        if err.errno in _NOT_A_FOLDER:
+            _remove(folder)  # nothing can pin it
+        else:
+            _warn_once("open", folder, err, "old states are kept until a later save")
         return
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(descriptor)
-        return
-    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in _HELD:
+                return  # pinned by a load
+            _warn_once("delete", folder, err, "old states are deleted without checking for loads")
         shutil.rmtree(folder, ignore_errors=True)
     finally:
         os.close(descriptor)

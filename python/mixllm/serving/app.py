@@ -155,7 +155,9 @@ class Gateway:
                 every_s=settings.refit_every_s,
                 on_refit=lambda outcome: self._count_refit(outcome, "scheduled"),
             )
-        router.add_refit_listener(lambda outcome: self._count_refit(outcome, "automatic"))
+        # Listening until the gateway shuts down: the router may outlive it, and serve others.
+        self._refit_listener = lambda outcome: self._count_refit(outcome, "automatic")
+        router.add_refit_listener(self._refit_listener)
 
     def _count_refit(self, outcome: str, trigger: str) -> None:
         self.metrics.refits.labels(outcome=outcome, trigger=trigger).inc()
@@ -179,6 +181,7 @@ class Gateway:
         try:
             yield
         finally:
+            self.router.remove_refit_listener(self._refit_listener)
             if refits is not None:
                 refits.cancel()
             await self.drain(self.settings.drain_timeout_s)

@@ -43,20 +43,25 @@ class LengthQueue:
     that hands them to ``deliver``, oldest first. Appending takes no lock: a deque's append is
     atomic, and the serving path must not wait behind the thread.
 
-    A hand-over that raises loses its batch: it is logged and counted in ``unsent``, and the
-    rest still goes."""
+    ``deliver`` is given a batch and removes each length from its front once it has taken it
+    (learned it, or kept it to share): what is left in the batch when it raises, or when `close`
+    gives up on it, was not handed over. A hand-over that raises loses what it left: that is
+    logged and counted in ``unsent``, and the rest still goes."""
 
-    def __init__(self, capacity: int, deliver: Callable[[list[QueuedLength]], None]) -> None:
+    def __init__(self, capacity: int, deliver: Callable[[deque[QueuedLength]], None]) -> None:
         self._queue: deque[QueuedLength] = deque(maxlen=capacity)
         self._deliver = deliver
         self.dropped = 0
         self.unsent = 0
-        # How many lengths the hand-over in progress holds.
-        self._in_hand = 0
-        # Until when the thread hands over what is left once told to stop (set by `close`).
+        # The batch being handed over (what ``deliver`` has not taken yet).
+        self._in_hand: deque[QueuedLength] = deque()
+        # Until when the thread may hand over what is queued (set by `close`; minus infinity
+        # once it gave up, so that nothing is handed over after it returned).
         self._final_until = math.inf
-        # Both the thread and `close` may count a failed hand-over.
-        self._count_lock = threading.Lock()
+        # Taking a batch from the queue and `close` counting what is left (queued and in hand)
+        # exclude each other, so that a length is neither counted twice nor missed, and no
+        # batch is taken once `close` has given up.
+        self._take_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,6 +73,12 @@ class LengthQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def given_up(self) -> bool:
+        """Whether `close` gave up on what was left: a hand-over still under way should then
+        take nothing more (what it left is counted as not learned)."""
+        return self._final_until == -math.inf
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mixllm-lengths", daemon=True)
         self._thread.start()
@@ -75,7 +86,9 @@ class LengthQueue:
     def close(self, timeout_s: float) -> None:
         """Stops the thread once it has handed over what is still queued, waiting ``timeout_s``
         at most. Never raises: a hand-over that fails is logged and counted in ``unsent``, and
-        what was not handed over in time (the thread may still be at it) is logged."""
+        what was not handed over in time is logged; nothing more is handed over once it
+        returned (a hand-over already under way cannot be interrupted, and may still finish
+        the length it holds)."""
         self._final_until = time.monotonic() + timeout_s
         if self._thread is None:
             self.start()  # the last hand-over is always the thread's: close never waits on one
@@ -83,7 +96,9 @@ class LengthQueue:
         thread = self._thread
         assert thread is not None
         thread.join(timeout_s)
-        left = len(self._queue) + self._in_hand if thread.is_alive() else len(self._queue)
+        with self._take_lock:
+            self._final_until = -math.inf
+            left = len(self._queue) + len(self._in_hand)
         if not thread.is_alive():
             self._thread = None
         if left:
@@ -95,18 +110,25 @@ class LengthQueue:
 
     def drain(self, until: float = math.inf) -> None:
         """Hands over everything queued now, in batches, while the monotonic clock is before
-        ``until``."""
-        while self._queue and time.monotonic() < until:
-            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            self._in_hand = len(batch)
+        ``until`` and before the time `close` gives the thread."""
+        while True:
+            with self._take_lock:
+                if not self._queue or time.monotonic() >= min(until, self._final_until):
+                    return
+                batch = deque(self._queue.popleft() for _ in range(min(_BATCH, len(self._queue))))
+                self._in_hand = batch
             try:
                 self._deliver(batch)
             except Exception:  # one bad batch must not keep the rest from going
-                with self._count_lock:
-                    self.unsent += len(batch)
-                log.exception("cannot learn the lengths of %d completed requests", len(batch))
+                lost = len(batch)
+                self.unsent += lost
+                if lost:
+                    log.exception("cannot learn the lengths of %d completed requests", lost)
+                else:
+                    log.exception("the lengths of completed requests were learned, then failed")
             finally:
-                self._in_hand = 0
+                with self._take_lock:
+                    self._in_hand = deque()
 
     def _run(self) -> None:
         while not self._stop.wait(_DELIVER_EVERY_S):

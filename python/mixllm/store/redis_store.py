@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import ModuleType
@@ -461,19 +462,22 @@ class RedisStore:
                 log.warning("Redis at %s unreachable, buffering observations: %s", self.url, err)
         self._outbox.put(observation)
 
-    def _deliver_lengths(self, lengths: list[QueuedLength]) -> None:
+    def _deliver_lengths(self, lengths: deque[QueuedLength]) -> None:
         """Learns completed requests' lengths and appends them to the stream, as `feedback`
         learns and publishes an observation (under the publish lock): buffered, and delivered
-        by the reader thread, while Redis is unreachable."""
+        by the reader thread, while Redis is unreachable. Takes each length off ``lengths``
+        once it is learned and buffered, as `LengthQueue` expects, and stops once closing gave
+        up on them."""
         router = self._router
         assert router is not None
         with self._publish_lock:
-            for length in lengths:
-                observation = router._learn_length(length)
+            while lengths and not self._lengths.given_up:
+                observation = router._learn_length(lengths[0])
                 if observation is not None:
                     self._outbox.put(observation)
-            if not self._online or not len(self._outbox):
-                return
+                lengths.popleft()
+            if self._lengths.given_up or not self._online or not len(self._outbox):
+                return  # closing flushes what is buffered, and closes the connections
             try:
                 self._flush()
             except self._redis_error as err:
