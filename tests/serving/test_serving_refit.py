@@ -3,6 +3,7 @@ worker thread, whose new state routes afterwards while requests keep being answe
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import replace
 
@@ -124,6 +125,20 @@ def test_a_second_gateway_on_the_same_router_counts_its_refits_alone() -> None:
     # The first gateway, shut down, no longer hears the router's refits; nor, now, the second.
     assert counted(first.gateway, "automatic") == 0
     assert router._refit_listeners == []
+
+
+def test_the_refit_listener_lives_as_long_as_each_run_of_the_gateway() -> None:
+    with running_gateway() as harness:
+        router = harness.router
+    gateway = create_app(router, settings=ServeConfig()).state.gateway
+
+    async def run_twice() -> None:
+        for _ in range(2):  # a host may run the lifespan again after it ended
+            async with gateway.lifespan():
+                assert router._refit_listeners == [gateway._refit_listener]
+            assert router._refit_listeners == []
+
+    asyncio.run(run_twice())
 
 
 def test_refits_are_off_by_default_and_bad_settings_are_refused() -> None:

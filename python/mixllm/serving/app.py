@@ -155,9 +155,9 @@ class Gateway:
                 every_s=settings.refit_every_s,
                 on_refit=lambda outcome: self._count_refit(outcome, "scheduled"),
             )
-        # Listening until the gateway shuts down: the router may outlive it, and serve others.
+        # Listening while the gateway runs (its lifespan): the router may outlive it, and serve
+        # others.
         self._refit_listener = lambda outcome: self._count_refit(outcome, "automatic")
-        router.add_refit_listener(self._refit_listener)
 
     def _count_refit(self, outcome: str, trigger: str) -> None:
         self.metrics.refits.labels(outcome=outcome, trigger=trigger).inc()
@@ -173,6 +173,7 @@ class Gateway:
             raise RuntimeError("the gateway's lifespan is already running")
         self._idle = asyncio.Event()
         self._idle.set()
+        self.router.add_refit_listener(self._refit_listener)
         self._client = open_session(self.settings.connect_timeout_s, self.settings.read_timeout_s)
         saver = None
         if self.state_dir is not None:
