@@ -142,6 +142,7 @@ class Gateway:
         )
         self.active = 0
         self._idle: asyncio.Event | None = None
+        self._drain_deadline: float | None = None
         self._client: aiohttp.ClientSession | None = None
         self._save_lock = threading.Lock()
         self.refitter: BackgroundRefit | None = None
@@ -179,10 +180,20 @@ class Gateway:
                 await asyncio.to_thread(self.snapshot)
             await self._client.close()
 
+    def stopping(self) -> None:
+        """The server has begun to shut down: from now on every drain ends by
+        ``drain_timeout_s`` from this moment, so that the server's own wait for requests in
+        flight and the lifespan's, one after the other, take no longer together."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+
     async def drain(self, timeout_s: float) -> bool:
-        """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
-        if self._idle is None:
+        """Waits up to ``timeout_s`` (and, once the server is `stopping`, no later than its
+        deadline) for the requests being answered; True if all finished."""
+        if self._idle is None or self._idle.is_set():
             return True
+        if self._drain_deadline is not None:
+            timeout_s = min(timeout_s, max(0.0, self._drain_deadline - time.monotonic()))
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except asyncio.TimeoutError:
