@@ -251,7 +251,7 @@ def test_a_client_leaving_before_the_first_token_frees_the_slot_and_closes_the_u
             httpx.post(
                 harness.url + "/v1/chat/completions",
                 json={"model": "small", "messages": USER, "stream": stream},
-                timeout=CLIENT_GIVES_UP_S,
+                timeout=httpx.Timeout(10, read=CLIENT_GIVES_UP_S),
             )
         # The upstream saw its call closed before it had produced anything.
         left = (lambda: record.streams_left == 1) if stream else (lambda: record.answers_left == 1)

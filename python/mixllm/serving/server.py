@@ -27,6 +27,8 @@ __all__ = ["DrainingServer"]
 
 
 class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with one shutdown deadline shared with ``gateway``."""
+
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         # uvicorn's own cut takes whole seconds and starts after a pause of its own: it only
         # backs up the exact one below.
