@@ -1,8 +1,8 @@
 """A fake OpenAI-compatible upstream for the gateway's tests: a real server on 127.0.0.1 whose
 models answer with a configurable time to first token, speed and length, fail with 500s or
-429s at a configurable rate, or hang; it records what it was sent and which streams their
-client left. `ServerThread` runs any ASGI app (this one, or the gateway) on loopback in a
-thread that stops by itself."""
+429s at a configurable rate, or hang (before answering, or mid-stream); it records what it
+was sent, the tokens it streamed, and which calls their client left. `ServerThread` runs any
+ASGI app (this one, or the gateway) on loopback in a thread that stops by itself."""
 
 from __future__ import annotations
 
