@@ -1,8 +1,9 @@
 """A fake OpenAI-compatible upstream for the gateway's tests: a real server on 127.0.0.1 whose
 models answer with a configurable time to first token, speed and length, fail with 500s at a
-configurable rate or always with a given status and message, or hang; it records what it was
-sent and which streams their client left. `ServerThread` runs any ASGI app (this one, or the
-gateway) on loopback in a thread that stops by itself."""
+configurable rate or always with a given status and message, or hang (before answering, or
+mid-stream); it records what it was sent, the tokens it streamed, and which calls their client
+left. `ServerThread` runs any ASGI app (this one, or the gateway) on loopback in a thread that
+stops by itself."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Behaviour:
     error_message: str | None = None  # the error body's message (default: "fake <status>")
     hang: bool = False  # never answers (until HANG_S)
     fail_mid_stream: bool = False  # drops the connection after the first token
+    hang_after_tokens: int | None = None  # a stream stops sending after this many (until HANG_S)
 
 
 class VirtualClock:
@@ -63,6 +65,8 @@ class Record:
     authorizations: list[str | None] = field(default_factory=list)
     streams_finished: int = 0
     streams_left: int = 0  # streams whose client went away before the end
+    chunks_sent: int = 0  # streamed tokens produced, over every stream
+    answers_left: int = 0  # non-streamed requests whose client went away before the answer
 
 
 class FakeUpstream:
@@ -107,7 +111,12 @@ class FakeUpstream:
             return StreamingResponse(
                 self._stream(model, how, record, created), media_type="text/event-stream"
             )
-        await self._wait(how.ttft_s + how.output_tokens / how.tokens_per_s)
+        if await self._client_leaves_within(
+            request, how.ttft_s + how.output_tokens / how.tokens_per_s
+        ):
+            with self._lock:
+                record.answers_left += 1
+            return Response(status_code=499)
         return JSONResponse(
             {
                 "id": "chatcmpl-fake",
@@ -134,6 +143,16 @@ class FakeUpstream:
             self.clock.advance(seconds)
         await asyncio.sleep(seconds)
 
+    async def _client_leaves_within(self, request: Request, seconds: float) -> bool:
+        """Waits ``seconds`` (as `_wait` does), or less if the client leaves: whether it did."""
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        try:
+            await asyncio.wait_for(_client_left(request), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def _stream(
         self, model: str, how: Behaviour, record: Record, created: int
     ) -> AsyncIterator[bytes]:
@@ -145,6 +164,8 @@ class FakeUpstream:
                     await self._wait(1 / how.tokens_per_s)
                 if i == 1 and how.fail_mid_stream:
                     raise ConnectionAbortedError("the fake upstream drops the stream")
+                if i == how.hang_after_tokens:
+                    await asyncio.sleep(HANG_S)
                 chunk = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
@@ -152,6 +173,8 @@ class FakeUpstream:
                     "model": model,
                     "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}],
                 }
+                with self._lock:
+                    record.chunks_sent += 1
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"
             finished = True
@@ -161,6 +184,12 @@ class FakeUpstream:
                     record.streams_finished += 1
                 else:
                     record.streams_left += 1
+
+
+async def _client_left(request: Request) -> None:
+    """Returns once the client of ``request`` (its body read) has closed its connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class InstantUpstream:

@@ -393,3 +393,51 @@ def test_fallbacks_stay_within_the_requests_limits() -> None:
         assert harness.router.pending() == pending
         assert harness.fake.requests("small-upstream") == 2
         assert all(harness.router.policy.in_flight(m) == 0 for m in harness.router.models)
+
+
+# Long enough that a gateway waiting for it, instead of noticing its client leave, is caught
+# by the state: the upstream would have produced its answer (or first token) by then.
+SLOW_FIRST_TOKEN_S = 3.0
+CLIENT_GIVES_UP_S = 0.3
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_leaving_before_the_first_token_frees_the_slot_and_closes_the_upstream_call(
+    stream: bool,
+) -> None:
+    with running_gateway() as harness:
+        harness.fake.behaviour("small-upstream").ttft_s = SLOW_FIRST_TOKEN_S
+        record = harness.fake.record("small-upstream")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                harness.url + "/v1/chat/completions",
+                json={"model": "small", "messages": USER, "stream": stream},
+                timeout=httpx.Timeout(10, read=CLIENT_GIVES_UP_S),
+            )
+        # The upstream saw its call closed before it had produced anything.
+        left = (lambda: record.streams_left == 1) if stream else (lambda: record.answers_left == 1)
+        assert wait_until(left, 10)
+        assert record.chunks_sent == 0
+        assert record.streams_finished == 0
+        assert wait_until(lambda: harness.gateway.active == 0, 5)
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 0
+        assert metric(harness, 'mixllm_client_disconnects_total{model="small"}') == 1
+        assert metric(harness, 'mixllm_requests_in_flight{model="small"}') == 0
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="ok"}') == 0
+
+
+def test_a_stream_whose_upstream_stops_sending_ends_in_an_error_event() -> None:
+    with running_gateway(settings=FAILS_FAST) as harness:
+        harness.fake.behaviour("small-upstream").hang_after_tokens = 1
+        events = stream_events(harness, "small")
+        assert len(events) == 2 and '"tok "' in events[0]
+        assert '"error"' in events[-1] and "timeout" in events[-1]
+        assert harness.router.policy.in_flight("small") == 0
+        assert harness.router.pending() == 0
+        assert metric(harness, 'mixllm_upstream_errors_total{kind="timeout",model="small"}') == 1
+        assert metric(harness, 'mixllm_requests_total{model="small",outcome="error"}') == 1
+        assert metric(harness, 'mixllm_requests_in_flight{model="small"}') == 0
+        # The gateway closed the hung call.
+        assert wait_until(lambda: harness.fake.record("small-upstream").streams_left == 1, 5)
+        assert wait_until(lambda: harness.gateway.active == 0, 5)

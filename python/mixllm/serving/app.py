@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ __all__ = ["DECISION_HEADER", "Gateway", "create_app"]
 
 DECISION_HEADER = "x-mixllm-decision-id"
 MODEL_HEADER = "x-mixllm-model"
+# The status of a request whose client left before its answer (nginx's; never seen by anyone).
+_CLIENT_CLOSED_REQUEST = 499
 _FEEDBACK_FIELDS = {"decision_id", "quality", "satisfied", "output_tokens"}
 log = logging.getLogger("mixllm.serving")
 
@@ -145,6 +147,7 @@ class Gateway:
         )
         self.active = 0
         self._idle: asyncio.Event | None = None
+        self._drain_deadline: float | None = None
         self._client: aiohttp.ClientSession | None = None
         self._save_lock = threading.Lock()
         self.refitter: BackgroundRefit | None = None
@@ -192,10 +195,20 @@ class Gateway:
             await self._client.close()
             self._client = None
 
+    def stopping(self) -> None:
+        """The server has begun to shut down: from now on every drain ends by
+        ``drain_timeout_s`` from this moment, so that the server's own wait for requests in
+        flight and the lifespan's, one after the other, take no longer together."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+
     async def drain(self, timeout_s: float) -> bool:
-        """Waits up to ``timeout_s`` for the requests being answered; True if all finished."""
-        if self._idle is None:
+        """Waits up to ``timeout_s`` (and, once the server is `stopping`, no later than its
+        deadline) for the requests being answered; True if all finished."""
+        if self._idle is None or self._idle.is_set():
             return True
+        if self._drain_deadline is not None:
+            timeout_s = min(timeout_s, max(0.0, self._drain_deadline - time.monotonic()))
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except asyncio.TimeoutError:
@@ -272,7 +285,7 @@ class Gateway:
             raw = await self._body(request)
             pool = list(self.upstreams())
             chat = parse_chat_request(raw, request.headers, pool, self.settings)
-            response = await self._answer(chat, pool)
+            response = await _unless_client_leaves(request.receive, self._answer(chat, pool))
             handed_off = isinstance(response, _RelayedStream)
             return response
         except RequestError as err:
@@ -467,6 +480,10 @@ class Gateway:
         self.metrics.in_flight.labels(model).inc()
         try:
             answer = await post_completion(self.client, upstream, chat.body)
+        except asyncio.CancelledError:
+            # The client left (or the server is stopping): the upstream call is closed.
+            self.metrics.disconnects.labels(model).inc()
+            raise
         finally:
             self.metrics.in_flight.labels(model).dec()
         latency = time.perf_counter() - started
@@ -515,8 +532,11 @@ class Gateway:
             except BaseException:
                 await stream.aclose()
                 raise
-        except BaseException:
+        except BaseException as err:
             self.metrics.in_flight.labels(model).dec()
+            if isinstance(err, asyncio.CancelledError):
+                # The client left (or the server is stopping) before the first chunk.
+                self.metrics.disconnects.labels(model).inc()
             raise
         ttft = time.perf_counter() - started
         self.metrics.ttft.labels(model).observe(ttft)
@@ -574,6 +594,7 @@ class _RelayedStream(StreamingResponse):
         self._gateway = gateway
         self._decision = decision
         self._relay = relay
+        self._closed = False
         super().__init__(
             self._events(),
             media_type="text/event-stream",
@@ -613,19 +634,66 @@ class _RelayedStream(StreamingResponse):
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway, relay, model = self._gateway, self._relay, self._decision.model
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await relay.stream.aclose()
-            gateway.metrics.in_flight.labels(model).dec()
-            if not relay.finished:
-                # The client left (or the server is stopping): the upstream call is closed above
-                # and its slot freed here; nothing is learned from an answer cut short.
-                relay.finished = True
-                gateway._cancel(self._decision)
-                gateway.metrics.disconnects.labels(model).inc()
-            gateway._request_ended()
+            await self.close()
+            self._gateway._request_ended()
+
+    async def close(self) -> None:
+        """Closes the upstream call and takes the stream out of its model's count, once; for a
+        response never sent as for one sent."""
+        gateway, relay, model = self._gateway, self._relay, self._decision.model
+        if self._closed:
+            return
+        self._closed = True
+        await relay.stream.aclose()
+        gateway.metrics.in_flight.labels(model).dec()
+        if not relay.finished:
+            # The client left (or the server is stopping): the upstream call is closed above
+            # and its slot freed here; nothing is learned from an answer cut short.
+            relay.finished = True
+            gateway._cancel(self._decision)
+            gateway.metrics.disconnects.labels(model).inc()
+
+
+async def _unless_client_leaves(
+    receive: Receive, answering: Coroutine[Any, Any, Response]
+) -> Response:
+    """``answering``'s response, unless the client closes its connection first: then the answer
+    is cancelled (its upstream call closed, its decision out of the queue, at whatever stage it
+    was: routing, waiting for a first chunk or for a whole answer, falling back) and a response
+    nobody will read is returned. Once a stream is handed back, the relay watches instead."""
+    answer = asyncio.ensure_future(answering)
+    left = asyncio.ensure_future(_client_left(receive))
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # Cancelled itself (the server is stopping): so is the answer, and a stream it opened
+        # meanwhile is closed, since it will never be relayed.
+        answer.cancel()
+        await asyncio.wait((answer,))
+        if not answer.cancelled() and answer.exception() is None:
+            unsent = answer.result()
+            if isinstance(unsent, _RelayedStream):
+                await unsent.close()
+        raise
+    finally:
+        left.cancel()
+    if not answer.done():
+        answer.cancel()
+        # The answer's own clean-up runs before the request counts as ended.
+        await asyncio.wait((answer,))
+        if answer.cancelled():
+            return Response(status_code=_CLIENT_CLOSED_REQUEST)
+    return answer.result()
+
+
+async def _client_left(receive: Receive) -> None:
+    """Returns once the client has closed its connection (the request's body has been read, so
+    the server has nothing else to hand on)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _not_running() -> RequestError:

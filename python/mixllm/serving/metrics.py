@@ -50,7 +50,8 @@ class GatewayMetrics:
             "discarded) and trigger (scheduled, automatic)", ["outcome", "trigger"], registry=r,
         )  # fmt: skip
         self.disconnects = Counter(
-            "mixllm_client_disconnects", "Streams the client left before their end",
+            "mixllm_client_disconnects", "Requests the client left (or shutdown cut) before "
+            "their answer ended",
             ["model"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(

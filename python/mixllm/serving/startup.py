@@ -10,7 +10,6 @@ lists leaves the pool.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -97,6 +96,7 @@ def serve(
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from mixllm.serving.app import create_app
+    from mixllm.serving.server import DrainingServer
 
     app = create_app(router, settings=settings, upstreams=upstreams, state_dir=state_dir)
     config = uvicorn.Config(
@@ -105,10 +105,9 @@ def serve(
         port=settings.port,
         lifespan="on",
         access_log=False,
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
         log_level="info",
     )
     # One BLAS thread: the projections it computes are small, and on a machine with few cores
     # its spinning helper threads take the cores the event loop and the encoder need.
     with threadpool_limits(limits=1, user_api="blas"):
-        uvicorn.Server(config).run()
+        DrainingServer(config, app.state.gateway).run()
