@@ -108,27 +108,7 @@ def test_gelu_is_fused_where_it_is_gelu() -> None:
 
 
 def test_two_projections_of_one_input_are_not_merged() -> None:
-    rng = np.random.default_rng(0)
-    inits, nodes = [], []
-    for k in range(2):
-        inits += [
-            numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), f"w{k}"),
-            numpy_helper.from_array(rng.normal(size=4).astype(np.float32), f"b{k}"),
-        ]
-        nodes += [
-            helper.make_node("MatMul", ["x", f"w{k}"], [f"m{k}"]),
-            helper.make_node("Add", [f"m{k}", f"b{k}"], [f"y{k}"]),
-        ]
-    outputs = [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [1, 4]) for k in range(2)]
-    graph = helper.make_graph(
-        nodes,
-        "two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        outputs,
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert graph_rewrites.simplify(model) == []
+    assert graph_rewrites.simplify(_projections(2, opset=17)) == []
 
 
 def test_a_rewrite_that_changes_the_outputs_is_refused(
@@ -146,11 +126,11 @@ def test_a_rewrite_that_changes_the_outputs_is_refused(
     assert "a wrong rewrite" in caplog.text and "kept the graph as it was" in caplog.text
 
 
-def _three_projections(opset: int) -> onnx.ModelProto:
-    """Three MatMul + bias projections of one input, as a BERT layer's query, key and value."""
+def _projections(count: int, opset: int) -> onnx.ModelProto:
+    """MatMul + bias projections of one input (three: a BERT layer's query, key and value)."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
-    for k in range(3):
+    for k in range(count):
         inits += [
             numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), f"w{k}"),
             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), f"b{k}"),
@@ -159,7 +139,9 @@ def _three_projections(opset: int) -> onnx.ModelProto:
             helper.make_node("MatMul", ["x", f"w{k}"], [f"m{k}"]),
             helper.make_node("Add", [f"m{k}", f"b{k}"], [f"y{k}"]),
         ]
-    outputs = [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [2, 4]) for k in range(3)]
+    outputs = [
+        helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [2, 4]) for k in range(count)
+    ]
     graph = helper.make_graph(
         nodes,
         "qkv",
@@ -171,14 +153,16 @@ def _three_projections(opset: int) -> onnx.ModelProto:
 
 
 def test_projections_merge_only_where_split_takes_its_sizes_as_an_input() -> None:
-    assert graph_rewrites.simplify(_three_projections(13)) == ["query/key/value projections merged"]
-    assert graph_rewrites.simplify(_three_projections(12)) == []
+    assert graph_rewrites.simplify(_projections(3, opset=13)) == [
+        "query/key/value projections merged"
+    ]
+    assert graph_rewrites.simplify(_projections(3, opset=12)) == []
 
 
 def test_a_graph_the_probe_cannot_run_is_kept_as_it_was(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    model = _three_projections(13)  # its input is "x", not token ids: the probe cannot feed it
+    model = _projections(3, opset=13)  # its input is "x", not token ids: the probe cannot feed it
     with caplog.at_level(logging.WARNING, logger="mixllm.encoders.graph_rewrites"):
         kept, applied = graph_rewrites.simplify_checked(model)
     assert kept is model and applied == []
