@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mixllm.config import ModelConfig, RouterConfig
+from mixllm.data import RoutingDataset
 from mixllm.routing.router import Router
 from mixllm.understanding.projection import LinearProjection
 
@@ -71,6 +72,24 @@ def light_router(
         embedder=embedder if embedder is not None else HashEmbedder(),
         projection=projection,
         clock=clock,
+    )
+
+
+def rows(n: int = 8) -> RoutingDataset:
+    """``n`` rows of routing data for `light_router`'s pool, random qualities, even costs."""
+    rng = np.random.default_rng(3)
+    models = ["small", "medium", "large"]
+    return RoutingDataset(
+        prompts=[f"training query {i}" for i in range(n)],
+        models=models,
+        quality=rng.uniform(0, 1, (n, len(models))),
+        cost_usd=np.full((n, len(models)), 1e-4),
+        prompt_tokens=np.full(n, 10.0),
+        output_tokens=np.full((n, len(models)), 50.0),
+        latency_s=None,
+        labels=["a", "b"] * (n // 2),
+        split=None,
+        ids=[str(i) for i in range(n)],
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
 from light_router import HashEmbedder
 from mixllm.config import ModelConfig, RouterConfig
@@ -79,6 +80,24 @@ def restart(state: Path, url: str) -> Router:
     router = Router.load(state, embedder=build_router().embedder)
     router.attach_store(replica_store(url))
     return router
+
+
+def restart_without_checkpoint(router: Router, state: Path, url: str) -> tuple[Router, int]:
+    """Once ``router`` has delivered what it buffered: closes it, deletes the stream's
+    checkpoint (so a restart must replay the stream from the position saved in ``state``), and
+    returns a replica restarted from ``state`` and synced, with the stream's length."""
+    from redis_server import WAIT_S, wait_for
+
+    store = store_of(router)
+    wait_for(lambda: store.stats.buffered == 0, "the replica to deliver what it buffered")
+    close(router)
+    client: Any = redis.Redis.from_url(url)
+    client.delete(f"{store.namespace}:checkpoint")
+    length = int(client.xlen(store.stream_key))
+    client.close()
+    restarted = restart(state, url)
+    assert store_of(restarted).sync(WAIT_S)
+    return restarted, length
 
 
 def store_of(router: Router) -> RedisStore:

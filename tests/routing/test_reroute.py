@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import mixllm
-from light_router import DIM, INPUT_DIM, HashEmbedder, ManualClock, model
-from mixllm import data
+from light_router import DIM, INPUT_DIM, HashEmbedder, ManualClock, model, rows
 from mixllm.config import EmbedderConfig, RouterConfig
 from mixllm.errors import DecisionNotFoundError, StateChangedError
 from mixllm.routing.router import Router
@@ -139,28 +138,11 @@ def test_a_model_not_in_the_pool_is_refused() -> None:
     assert unchanged(router) == before
 
 
-def small_dataset(n: int = 8) -> data.RoutingDataset:
-    rng = np.random.default_rng(3)
-    models = ["small", "medium", "large"]
-    return data.RoutingDataset(
-        prompts=[f"training query {i}" for i in range(n)],
-        models=models,
-        quality=rng.uniform(0, 1, (n, len(models))),
-        cost_usd=np.full((n, len(models)), 1e-4),
-        prompt_tokens=np.full(n, 10.0),
-        output_tokens=np.full((n, len(models)), 50.0),
-        latency_s=None,
-        labels=["a", "b"] * (n // 2),
-        split=None,
-        ids=[str(i) for i in range(n)],
-    )
-
-
 def test_a_decision_made_before_a_fit_is_not_rerouted() -> None:
     embedder = HashEmbedder()
     router = uncached_router(embedder)
     decision = router.route(TEXT, models=["small"])
-    router.fit(small_dataset())
+    router.fit(rows())
     before = unchanged(router)
     with pytest.raises(StateChangedError, match="route its text again"):
         router.reroute(decision.id, "large")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mixllm
-from light_router import INPUT_DIM, HashEmbedder, ManualClock, light_router
+from light_router import INPUT_DIM, HashEmbedder, ManualClock, light_router, rows
 from mixllm import _lru, data
 from mixllm._lru import LruCache
 from mixllm.data import tokens
@@ -243,23 +243,6 @@ def test_feedback_with_any_values_learns_or_changes_nothing(
         assert router.pending() == 0 and in_flight(router) == 0
 
 
-def _small_dataset(n: int = 8) -> data.RoutingDataset:
-    rng = np.random.default_rng(3)
-    models = ["small", "medium", "large"]
-    return data.RoutingDataset(
-        prompts=[f"training query {i}" for i in range(n)],
-        models=models,
-        quality=rng.uniform(0, 1, (n, len(models))),
-        cost_usd=np.full((n, len(models)), 1e-4),
-        prompt_tokens=np.full(n, 10.0),
-        output_tokens=np.full((n, len(models)), 50.0),
-        latency_s=None,
-        labels=["a", "b"] * (n // 2),
-        split=None,
-        ids=[str(i) for i in range(n)],
-    )
-
-
 def test_a_context_computed_across_a_fit_is_not_cached() -> None:
     # A route embeds its text while a fit replaces the projection: the context it computed
     # belongs to the old projection and must not be served to later decisions.
@@ -270,7 +253,7 @@ def test_a_context_computed_across_a_fit_is_not_cached() -> None:
             vectors = super().embed(texts)
             if self.router is not None and list(texts) == ["the query"]:
                 router, self.router = self.router, None
-                router.fit(_small_dataset())
+                router.fit(rows())
             return vectors
 
     embedder = FittingMidEmbed()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from mixllm import Policy
 from mixllm.errors import DecisionNotFoundError
@@ -27,6 +26,7 @@ from store_replica import (
     replica,
     replica_store,
     restart,
+    restart_without_checkpoint,
     store_of,
     text,
 )
@@ -167,14 +167,8 @@ def test_a_state_saved_while_redis_was_down_holds_its_buffered_observations_once
     assert store_of(a).stats.buffered == 3
     a.save(tmp_path / "state")
     server.start()
-    wait_for(lambda: store_of(a).stats.buffered == 0, "a to deliver what it buffered")
-    close(a)
-    client: Any = redis.Redis.from_url(server.url)
-    client.delete(f"{store_of(a).namespace}:checkpoint")
-    assert client.xlen(store_of(a).stream_key) == 5
-    client.close()
-    restarted = restart(tmp_path / "state", server.url)
-    assert store_of(restarted).sync(WAIT_S)
+    restarted, stream_length = restart_without_checkpoint(a, tmp_path / "state", server.url)
+    assert stream_length == 5
     assert sum(restarted.policy.inspect(m)["observations"] for m in restarted.models) == 5
     close(restarted)
 

@@ -60,17 +60,6 @@ class _Graph:
             return users[0]
         return None
 
-    def redirect(self, old: str, new: str) -> bool:
-        """Makes every reader of tensor ``old`` read ``new`` instead; refuses (``False``) when
-        ``old`` is an output of the graph, whose name must stay."""
-        if any(o.name == old for o in self.graph.output):
-            return False
-        for node in self.consumers.get(old, []):
-            for k, name in enumerate(node.input):
-                if name == old:
-                    node.input[k] = new
-        return True
-
     def replace(self, replaced: list[onnx.NodeProto], nodes: list[onnx.NodeProto]) -> None:
         """Puts ``nodes``, which produce the tensors ``replaced`` did under the same names,
         where the earliest of ``replaced`` was; the rest of a replaced chain is pruned later."""
